@@ -1,0 +1,54 @@
+# The two set-up commands (see README): `make demo` and `make test`.
+# Both create .venv if it is missing and install everything conveyor needs
+# from this repository's own files, building conveyor._C on the way.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 is the CPU wheel on these machines; any other spec may pull a
+# multi-GB CUDA build. A torch that is already importable is never replaced:
+# when the base interpreter has one (a GPU machine with CUDA torch), the venv
+# is created with --system-site-packages so it sees that torch instead.
+TORCH_SPEC ?= torch==2.13.0
+VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
+PYTEST_ARGS ?=
+
+BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: demo test lint format install bench clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/conveyor demo
+
+test: $(VENV)/.installed lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+install: $(VENV)/.installed
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/histogram_bench.py
+
+$(PY):
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(PY)
+	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_SPEC)"
+	touch $@
+
+# Editable install: Python edits take effect at once; a change under csrc/
+# or to the build files re-runs this rule, which rebuilds conveyor._C.
+$(VENV)/.installed: $(BUILD_INPUTS) $(VENV)/.torch
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache

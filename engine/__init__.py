@@ -1,0 +1,1 @@
+"""conveyor.engine: the gRPC inference server (Open Inference Protocol v2)."""

@@ -1,0 +1,1 @@
+"""conveyor.ingest: Arrow-based reading, validation, profiling and streaming into torch."""

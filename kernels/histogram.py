@@ -1,0 +1,187 @@
+"""Per-feature histogram update: the bin counter behind drift metrics.
+
+For a float32 matrix ``values[rows, features]`` and per-feature bin edges
+``edges[features, n_edges]`` (each row non-decreasing, ``n_edges >= 2``),
+add the number of values falling in each slot into the int64 array
+``counts[features, n_edges + 2]``. Slots per feature, with
+``n_bins = n_edges - 1``:
+
+=================  ==================================================
+slot               holds
+=================  ==================================================
+``0``              below range: ``v < edges[0]`` (``-inf`` included)
+``1 .. n_bins``    bin ``k`` covers ``[edges[k-1], edges[k])``; the last
+                   bin is closed, so ``v == edges[-1]`` lands in it
+``n_edges``        above range: ``v > edges[-1]`` (``+inf`` included)
+``n_edges + 1``    NaN
+=================  ==================================================
+
+Implementations: ``reference`` (numpy, always available), ``cpp`` (C++ with
+OpenMP in ``conveyor._C``) and ``cuda`` (for torch CUDA tensors, when
+``conveyor._C`` was built with CUDA). The dispatcher picks ``cuda`` for CUDA
+tensors and ``cpp`` otherwise; the ``impl`` argument or the
+``CONVEYOR_HISTOGRAM_IMPL`` environment variable forces one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+IMPLS = ("reference", "cpp", "cuda")
+_ENV_IMPL = "CONVEYOR_HISTOGRAM_IMPL"
+
+
+def histogram_slots(n_edges: int) -> int:
+    """Slots per feature for ``n_edges`` edges: below, the bins, above, NaN."""
+    return n_edges + 2
+
+
+def histogram_update_reference(
+    values: np.ndarray, edges: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Plain numpy implementation; the definition the other implementations are tested against."""
+    n_edges = edges.shape[1]
+    for f in range(values.shape[1]):
+        v = values[:, f]
+        slot = np.searchsorted(edges[f], v, side="right")
+        slot[v == edges[f, -1]] = n_edges - 1
+        slot[np.isnan(v)] = n_edges + 1
+        counts[f] += np.bincount(slot, minlength=histogram_slots(n_edges))
+    return counts
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.partition(".")[0] == "torch"
+
+
+def _check_edges(edges: np.ndarray, features: int) -> None:
+    if edges.ndim != 2 or edges.shape[0] != features:
+        raise ValueError(
+            f"edges: expected shape ({features}, n_edges), one row per feature; got {edges.shape}"
+        )
+    if edges.shape[1] < 2:
+        raise ValueError(f"edges: need at least 2 edges per feature, got {edges.shape[1]}")
+    if np.isnan(edges).any():
+        raise ValueError("edges: must not contain NaN")
+    if (np.diff(edges, axis=1) < 0).any():
+        bad = int(np.nonzero((np.diff(edges, axis=1) < 0).any(axis=1))[0][0])
+        raise ValueError(f"edges: row {bad} is not sorted in non-decreasing order")
+
+
+def _resolve_impl(impl: str | None, on_cuda: bool) -> str:
+    impl = impl or os.environ.get(_ENV_IMPL) or ("cuda" if on_cuda else "cpp")
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    if (impl == "cuda") != on_cuda:
+        where = "CUDA tensors" if on_cuda else "host arrays"
+        raise ValueError(f"impl {impl!r} cannot run on {where}")
+    return impl
+
+
+def histogram_update(
+    values: Any,
+    edges: Any,
+    counts: Any | None = None,
+    *,
+    impl: str | None = None,
+    check_edges: bool = True,
+) -> Any:
+    """Add per-feature slot counts of ``values`` into ``counts`` and return ``counts``.
+
+    Args:
+        values: float32 ``[rows, features]``: a numpy array, a CPU torch tensor
+            (viewed without copying) or a CUDA torch tensor. Other float dtypes
+            and non-contiguous layouts are converted to contiguous float32 (a copy).
+        edges: ``[features, n_edges]`` sorted edges per feature (converted to float32,
+            the precision values are compared at), on the same device as ``values``.
+        counts: int64 ``[features, n_edges + 2]`` to accumulate into, on the same
+            device; a zeroed one is allocated when ``None``.
+        impl: ``"reference"``, ``"cpp"`` or ``"cuda"``; default: chosen by device,
+            overridable with the ``CONVEYOR_HISTOGRAM_IMPL`` environment variable.
+        check_edges: verify that edges are sorted and free of NaN (default ``True``).
+            Callers on a hot path that validated their edges once pass ``False``;
+            for CUDA tensors the check costs a device-to-host copy.
+
+    Returns:
+        ``counts``, updated in place.
+    """
+    if _is_torch(values) and values.is_cuda:
+        return _histogram_update_cuda(
+            values, edges, counts, _resolve_impl(impl, True), check_edges
+        )
+
+    if _is_torch(values):
+        values = values.detach().numpy()
+        edges = edges.detach().numpy() if _is_torch(edges) else edges
+        if counts is not None and _is_torch(counts):
+            histogram_update(values, edges, counts.numpy(), impl=impl, check_edges=check_edges)
+            return counts
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"values: expected 2 dimensions [rows, features], got {values.ndim}")
+    edges = np.ascontiguousarray(edges, dtype=np.float32)
+    if check_edges:
+        _check_edges(edges, values.shape[1])
+    elif edges.ndim != 2 or edges.shape[0] != values.shape[1]:
+        raise ValueError(f"edges: expected ({values.shape[1]}, n_edges), got {edges.shape}")
+    shape = (values.shape[1], histogram_slots(edges.shape[1]))
+    if counts is None:
+        counts = np.zeros(shape, dtype=np.int64)
+    elif not isinstance(counts, np.ndarray) or counts.dtype != np.int64 or counts.shape != shape:
+        got = getattr(counts, "dtype", type(counts).__name__), getattr(counts, "shape", None)
+        raise ValueError(f"counts: expected int64 array of shape {shape}, got {got}")
+
+    if _resolve_impl(impl, False) == "reference":
+        return histogram_update_reference(values, edges, counts)
+    from conveyor import _C
+
+    _C.histogram_update(values, edges, counts)
+    return counts
+
+
+def _histogram_update_cuda(
+    values: Any, edges: Any, counts: Any | None, impl: str, check_edges: bool
+) -> Any:
+    import torch
+
+    from conveyor import _C
+
+    if impl == "reference":
+        raise ValueError("impl 'reference' runs on host arrays; copy CUDA tensors to the host")
+    if not hasattr(_C, "histogram_update_cuda"):
+        raise RuntimeError("conveyor._C was built without CUDA (set CONVEYOR_CUDA=ON and rebuild)")
+    if values.dim() != 2:
+        raise ValueError(f"values: expected 2 dimensions [rows, features], got {values.dim()}")
+    values = values.contiguous().float()
+    edges = torch.as_tensor(edges, device=values.device).contiguous().float()
+    if check_edges:
+        _check_edges(edges.cpu().numpy(), values.shape[1])
+    elif edges.dim() != 2 or edges.shape[0] != values.shape[1] or edges.shape[1] < 2:
+        raise ValueError(f"edges: expected ({values.shape[1]}, n_edges >= 2), got {edges.shape}")
+    shape = (values.shape[1], histogram_slots(edges.shape[1]))
+    if counts is None:
+        counts = torch.zeros(shape, dtype=torch.int64, device=values.device)
+    elif (
+        counts.dtype != torch.int64
+        or tuple(counts.shape) != shape
+        or counts.device != values.device
+        or not counts.is_contiguous()
+    ):
+        raise ValueError(
+            f"counts: expected contiguous int64 tensor of shape {shape} on {values.device}"
+        )
+    stream = torch.cuda.current_stream(values.device).cuda_stream
+    with torch.cuda.device(values.device):
+        _C.histogram_update_cuda(
+            values.data_ptr(),
+            values.shape[0],
+            values.shape[1],
+            edges.data_ptr(),
+            edges.shape[1],
+            counts.data_ptr(),
+            stream,
+        )
+    return counts

@@ -1,0 +1,1 @@
+"""conveyor.trainer: DDP training on ingested data, exporting to a model repository."""
