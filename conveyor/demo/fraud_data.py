@@ -119,24 +119,22 @@ def generate(config: FraudDataConfig | None = None) -> dict[str, np.ndarray]:
     abroad = rng.random(n) < 0.04
     country = np.where(abroad, rng.integers(0, len(COUNTRIES), size=n), home)
     foreign = country != home
-    distance = np.round(
-        np.where(foreign, rng.gamma(2.0, 2500, n), rng.gamma(1.2, 12, n)), 1
-    )
+    distance = np.round(np.where(foreign, rng.gamma(2.0, 2500, n), rng.gamma(1.2, 12, n)), 1)
     burst = rng.poisson(1.5 + 6 * (account_weight[account] / account_weight.max()), n)
     txn_count = burst.astype(np.int32)
 
     ratio = amount / np.maximum(usual, 1.0)
     logit = (
-        1.3 * np.log1p(np.maximum(ratio - 1.5, 0))
-        + 0.9 * ((hour <= 4) | (hour >= 23))
-        + 1.3 * foreign
-        + 0.9 * (age < 60)
-        + 0.3 * np.log1p(txn_count)
-        + 0.8 * (card_present == 0)
-        + _CATEGORY_RISK[category]
-        + 0.25 * np.log1p(distance / 100)
+        2.2 * np.log1p(np.maximum(ratio - 1.5, 0))
+        + 1.4 * ((hour <= 4) | (hour >= 23))
+        + 2.0 * foreign
+        + 1.4 * (age < 60)
+        + 0.5 * np.log1p(txn_count)
+        + 1.3 * (card_present == 0)
+        + 1.5 * _CATEGORY_RISK[category]
+        + 0.4 * np.log1p(distance / 100)
     )
-    is_fraud = (rng.random(n) < 1 / (1 + np.exp(-(logit + _calibrate(logit, cfg.fraud_rate)))))
+    is_fraud = rng.random(n) < 1 / (1 + np.exp(-(logit + _calibrate(logit, cfg.fraud_rate))))
 
     columns: dict[str, np.ndarray] = {
         "transaction_id": np.arange(n, dtype=np.int64),
