@@ -35,10 +35,11 @@ _FALSE = {"0", "false", "no", "off"}
 class _Unset:
     """Wraps an option's default, so options given on the command line can be told apart."""
 
-    __slots__ = ("default",)
+    __slots__ = ("default", "required")
 
     def __init__(self, default: Any) -> None:
         self.default = default
+        self.required = False
 
     def __repr__(self) -> str:
         return repr(self.default)
@@ -168,11 +169,18 @@ def _file_values(table: Mapping[str, Any], command: _Command) -> dict[str, tuple
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    """Mark every option's default so :func:`resolve` can see which were given as flags."""
+    """Mark every option's default so :func:`resolve` can see which were given as flags.
+
+    Required options stop being required at parse time, so the environment or
+    the config file can supply them; :func:`resolve` enforces them afterwards.
+    """
     for command in _commands(parser):
         for action in command.options.values():
             if not isinstance(action.default, _Unset):
                 action.default = _Unset(action.default)
+            if action.required:
+                action.required = False
+                action.default.required = True  # type: ignore[attr-defined]
 
 
 def resolve(
@@ -215,6 +223,12 @@ def resolve(
             elif dest in file_values:
                 raw, where = file_values[dest]
                 value = _convert(action, raw, where)
+            elif current.required:
+                flag = "/".join(action.option_strings)
+                raise ConfigError(
+                    f"the following arguments are required: {flag} "
+                    f"(or environment variable {name}, or config key {dest!r})"
+                )
             else:
                 value = current.default
             setattr(args, dest, value)

@@ -124,3 +124,28 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         config.resolve(_parser(), ["serve", "--config", str(tmp_path / "nope.toml")], environ={})
     assert "nope.toml: not found" in capsys.readouterr().err
+
+
+def _required_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t")
+    sub = parser.add_subparsers(required=True)
+    train = sub.add_parser("train")
+    train.set_defaults(_command_path=("train",))
+    train.add_argument("--config")
+    train.add_argument("--label", required=True)
+    config.prepare(parser)
+    return parser
+
+
+def test_required_option_may_come_from_env_or_file(tmp_path: Path) -> None:
+    args = config.resolve(_required_parser(), ["train"], environ={"CONVEYOR_LABEL": "y"})
+    assert args.label == "y"
+    cfg = _write(tmp_path, "[train]\nlabel = 'z'\n")
+    assert config.resolve(_required_parser(), ["train", "--config", str(cfg)], {}).label == "z"
+
+
+def test_required_option_missing_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config.resolve(_required_parser(), ["train"], environ={})
+    assert exc.value.code == 2
+    assert "required: --label (or environment variable CONVEYOR_LABEL" in capsys.readouterr().err
