@@ -71,7 +71,8 @@ class Label:
 
 @dataclass
 class NumericFeature:
-    """A numeric input; ``min``/``max`` inclusive bounds; ``impute`` the value the impute policy writes."""
+    """A numeric input: ``min``/``max`` inclusive bounds (None = unbounded); ``impute`` is the
+    value the impute policy writes."""
 
     name: str
     min: float | None = None
@@ -168,7 +169,7 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "spec") -> FeatureSpec:
-        """Build from parsed JSON; unknown or missing keys are a :class:`SpecError` naming ``where``."""
+        """Build from parsed JSON; unknown or missing keys are a SpecError naming ``where``."""
         try:
             data = dict(data)
             label = Label(**data.pop("label"))
