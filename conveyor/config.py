@@ -33,7 +33,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 class _Unset:
-    """Stands in for an option's default so that options given on the command line can be told apart."""
+    """Wraps an option's default, so options given on the command line can be told apart."""
 
     __slots__ = ("default",)
 
@@ -45,7 +45,7 @@ class _Unset:
 
 
 class ConfigError(ValueError):
-    """A config file or environment value that cannot be used; the message names where it came from."""
+    """A config file or environment value that cannot be used; the message names its source."""
 
 
 @dataclass
@@ -56,7 +56,7 @@ class _Command:
 
 
 def env_name(dest: str) -> str:
-    """The environment variable for an option: ``model_repository`` -> ``CONVEYOR_MODEL_REPOSITORY``."""
+    """The variable for an option: ``model_repository`` -> ``CONVEYOR_MODEL_REPOSITORY``."""
     return ENV_PREFIX + dest.upper()
 
 
@@ -67,9 +67,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _commands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> list[_Command]:
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[_Command]:
     children = _subparsers(parser)
     if not children:
         options = {
@@ -150,9 +148,7 @@ def _check_keys(
             raise ConfigError(f"config file {file}: unknown key {where!r}")
 
 
-def _file_values(
-    table: Mapping[str, Any], command: _Command
-) -> dict[str, tuple[Any, str]]:
+def _file_values(table: Mapping[str, Any], command: _Command) -> dict[str, tuple[Any, str]]:
     """Values for the active command, most specific table last so it wins."""
     values: dict[str, tuple[Any, str]] = {}
     node: Any = table
