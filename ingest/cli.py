@@ -34,10 +34,12 @@ def _print_report(report: dict) -> None:
         print(f"quarantine        {report['quarantine']}")
 
 
-def _source(args: argparse.Namespace):
+def _source(args: argparse.Namespace, spec=None):
+    """The source; with a pinned spec, CSV/JSON columns are read as the spec's types."""
     from conveyor.ingest.source import Source
 
-    return Source(args.source, format=args.format)
+    types = spec.declared_types() if spec is not None else None
+    return Source(args.source, format=args.format, types=types)
 
 
 def _spec(args: argparse.Namespace):
@@ -55,20 +57,21 @@ def run_profile(args: argparse.Namespace) -> int:
     from conveyor.ingest.scan import run_scan
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    source = _source(args)
     if args.spec:
         spec = _spec(args)
         if spec.label.name != args.label:
             from conveyor.ingest.errors import SpecError
 
             raise SpecError(f"{args.spec}: label is {spec.label.name!r}, not {args.label!r}")
+        source = _source(args, spec)
     else:
+        source = _source(args)
         spec = infer_spec(
             source, args.label, weight=args.weight, timestamp=args.timestamp, key=args.key
         )
         if args.policy:
             spec = spec.with_policies(dict(args.policy))
+    out.mkdir(parents=True, exist_ok=True)
     quarantine = out / "quarantine.parquet"
     quarantine.unlink(missing_ok=True)
     result = run_scan(
@@ -94,8 +97,8 @@ def run_validate(args: argparse.Namespace) -> int:
     from conveyor.ingest.profile import load_stats, profiled_ranges
     from conveyor.ingest.scan import run_scan
 
-    source = _source(args)
     spec = _spec(args)
+    source = _source(args, spec)
     stats_path = Path(args.spec).with_name("stats.json")
     ranges = profiled_ranges(load_stats(stats_path)) if stats_path.exists() else None
     quarantine = Path(args.quarantine)

@@ -27,6 +27,18 @@ META_FIELDS = [
 ]
 
 
+def quarantine_table(data: pa.Table, meta: dict[str, list]) -> pa.Table:
+    """``data`` (the rows, unchanged) with the per-row ``meta`` lists appended as the
+    :data:`META_FIELDS` columns (absent ones null)."""
+    n = data.num_rows
+    columns = list(data.columns)
+    names = list(data.column_names)
+    for f in META_FIELDS:
+        columns.append(pa.array(meta.get(f.name, [None] * n), type=f.type))
+        names.append(f.name)
+    return pa.Table.from_arrays(columns, names=names)
+
+
 class QuarantineWriter:
     """Appends quarantined rows to ``path`` (zstd Parquet); the file exists only once a row was
     written. Use as a context manager, or call :meth:`close`."""
@@ -39,15 +51,14 @@ class QuarantineWriter:
 
     def write(self, data: pa.Table, meta: dict[str, list]) -> None:
         """Write ``data`` (the rows, unchanged) with the per-row ``meta`` lists (see module doc)."""
-        n = data.num_rows
-        if n == 0:
+        if data.num_rows:
+            self.write_table(quarantine_table(data, meta))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Write rows already built by :func:`quarantine_table`; the first write fixes the file's
+        schema and later tables are conformed to it."""
+        if table.num_rows == 0:
             return
-        columns = list(data.columns)
-        names = list(data.column_names)
-        for f in META_FIELDS:
-            columns.append(pa.array(meta.get(f.name, [None] * n), type=f.type))
-            names.append(f.name)
-        table = pa.Table.from_arrays(columns, names=names)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._schema = table.schema
@@ -55,7 +66,7 @@ class QuarantineWriter:
         else:
             table = _conform(table, self._schema)
         self._writer.write_table(table)
-        self.rows += n
+        self.rows += table.num_rows
 
     def close(self) -> None:
         if self._writer is not None:

@@ -2,23 +2,36 @@
 
 Per epoch the global row order is: the pieces (Parquet row groups, or files) in a seeded random
 order (file order without shuffle), each piece's rows in file order. Rank ``r`` of ``W`` takes
-one contiguous range of that order, so it reads only its own pieces:
+one contiguous range of that order, so it reads only its own pieces.
 
-* ``drop_last=False`` (default, exactly once): ranks get ``N // W`` or ``N // W + 1`` rows (the
-  first ``N % W`` ranks one more) and every rank runs ``steps = ceil(ceil(N / W) / B)`` steps.
-  Batch ``k`` of a rank holds its positions ``[k*B, (k+1)*B)``, so every batch but the last is
-  full; the last may be short and, when ``N // W`` is a multiple of ``B`` while ``N % W > 0``,
-  a rank with the smaller share gets an empty final batch (0 rows) rather than a repeated row.
-  No row is dropped or padded, and all ranks see the same number of steps (DDP-safe: a
-  collective on an empty batch still runs).
-* ``drop_last=True``: every rank gets exactly ``steps = N // (W*B)`` full batches; the last
-  ``N - W*B*steps`` rows of the epoch's order (which differ between epochs when shuffling) are
-  dropped.
+``drop_last=False`` (default, exactly once): with ``N`` rows, ranks get ``N // W`` or
+``N // W + 1`` rows (the first ``N % W`` ranks one more) and every rank runs
+``S = ceil(ceil(N / W) / B)`` steps, so DDP ranks see equal step counts. Batch ``k`` of a rank
+holds its positions ``[bounds[k], bounds[k+1])`` (:func:`batch_bounds`): steps ``0 .. S-3`` are
+full batches of ``B``; the last two steps share the ``T`` remaining rows. Every rank has at
+least ``(S-1)*B`` rows (``S`` is rounded up from the largest share), so ``B <= T <= 2B``:
 
-Within a rank, shuffling is a bounded shuffle buffer in windows: positions are cut into windows
-of ``K`` rows (``K`` a multiple of ``B``) and each window is permuted with a generator seeded
-by ``(seed, epoch, rank, window)``. Because a window's permutation does not depend on earlier
-rows, resuming at batch ``k`` reads from window ``k*B // K`` on, with no replay.
+* ``T > B`` (the ranks with the largest share): a full batch, then the ``T - B`` left over;
+* ``T == B`` (a rank with the smaller share when ``N // W`` is a multiple of ``B`` and
+  ``N % W > 0``): cutting at ``B`` would leave the last step empty, so the ``B`` rows are split
+  in halves, ``ceil(B/2)`` then ``floor(B/2)``.
+
+No row is dropped, repeated or padded, and no batch is empty, except where a rank has fewer
+rows than steps: ``B == 1`` with ``N % W > 0`` (a rank of ``N // W`` rows runs ``N // W + 1``
+steps) or ``N < W`` (a rank of 0 rows runs 1 step). That rank's last step is then an empty
+batch (0 rows), which keeps the step count equal (a DDP collective still runs) without
+repeating a row; use ``drop_last=True`` to avoid it.
+
+``drop_last=True``: every rank gets exactly ``S = N // (W*B)`` full batches; the last
+``N - W*B*S`` rows of the epoch's order (which differ between epochs when shuffling) are
+dropped.
+
+Every batch lies inside one ``B``-aligned block of positions ``[j*B, (j+1)*B)``. Within a rank,
+shuffling is a bounded shuffle buffer in windows: positions are cut into windows of ``K`` rows
+(``K`` a multiple of ``B``, so a batch never straddles two windows) and each window is permuted
+with a generator seeded by ``(seed, epoch, rank, window)``. Because a window's permutation does
+not depend on earlier rows, resuming at batch ``k`` reads from window ``bounds[k] // K`` on,
+with no replay.
 """
 
 from __future__ import annotations
@@ -51,6 +64,10 @@ class RankPlan:
     def rows(self) -> int:
         return self.hi - self.lo
 
+    def bounds(self, batch_size: int) -> np.ndarray:
+        """Batch offsets within the rank's share: see :func:`batch_bounds`."""
+        return batch_bounds(self.rows, self.steps, batch_size)
+
 
 def piece_order(n_pieces: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     """The epoch's piece order: a seeded permutation, or ``0..n-1`` without shuffle."""
@@ -76,6 +93,26 @@ def rank_range(
     hi = lo + q + (1 if rank < r else 0)
     largest = q + (1 if r else 0)
     return lo, hi, -(-largest // batch_size)
+
+
+def batch_bounds(rows: int, steps: int, batch_size: int) -> np.ndarray:
+    """``steps + 1`` non-decreasing offsets from 0 to ``rows``: batch ``k`` holds positions
+    ``[o[k], o[k+1])`` (the remainder rule in the module docstring)."""
+    B, S = batch_size, steps
+    if rows > S * B:
+        raise ValueError(f"{rows} rows do not fit in {S} steps of {B}")
+    sizes = np.full(S, B, dtype=np.int64)
+    if S == 1:
+        sizes[0] = rows
+    elif S >= 2:
+        tail = rows - (S - 2) * B  # rows for the last two steps
+        if tail < 0:
+            raise ValueError(f"{rows} rows cannot fill {S - 1} steps of {B}")
+        if tail > B:
+            sizes[-1] = tail - B
+        else:  # halves rather than a full batch and an empty one (empty only if tail < 2)
+            sizes[-2], sizes[-1] = tail - tail // 2, tail // 2
+    return np.concatenate([[0], np.cumsum(sizes)])
 
 
 def plan_rank(

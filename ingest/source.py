@@ -199,6 +199,12 @@ class Source:
         format: one of :data:`FORMATS`; default: from the file extensions.
         filesystem: a pyarrow filesystem to use instead of resolving ``source``.
         batch_rows: rows per record batch when reading (default 65,536).
+        csv_delimiter: the CSV field separator (default ``,``).
+        types: declared column types (Arrow types or their names, e.g. ``"float64"``) for the
+            text formats, CSV and JSON lines, used instead of inference from each file's first
+            MiB: a value that does not parse as its declared type is then a per-row ``type``
+            error, never a reason to read the whole column as strings. Parquet and IPC files
+            carry their own types, so ``types`` does not apply to them.
     """
 
     def __init__(
@@ -209,6 +215,7 @@ class Source:
         filesystem: pafs.FileSystem | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         csv_delimiter: str = ",",
+        types: dict[str, str | pa.DataType] | None = None,
     ) -> None:
         self.uri = source
         self.batch_rows = batch_rows
@@ -225,6 +232,8 @@ class Source:
         self.format: str = format
         self._ds_format = _file_format(format, csv_delimiter)
         self.file_schemas = [self._inspect(p) for p in self.files]
+        if types and format in ("csv", "json"):
+            self.file_schemas = [_declare(s, types) for s in self.file_schemas]
         self._check_schemas()
         part_schema = self._partition_schema()
         try:
@@ -375,11 +384,18 @@ class Source:
 
     def _read_binary(self, frag, piece: Piece, cols, filter) -> Iterator[Chunk]:
         if piece.row_group is not None:
-            frag = frag.subset(row_group_ids=[piece.row_group])
+            # A row group is decoded whole anyway; to_table lets pyarrow decode its columns in
+            # parallel (about 15% faster than to_batches here), then it is cut without copying.
+            table = frag.subset(row_group_ids=[piece.row_group]).to_table(
+                schema=self.schema, columns=cols, filter=filter
+            )
+            batches = table.to_batches(max_chunksize=self.batch_rows)
+        else:
+            batches = frag.to_batches(
+                schema=self.schema, columns=cols, filter=filter, batch_size=self.batch_rows
+            )
         row = piece.row_offset
-        for batch in frag.to_batches(
-            schema=self.schema, columns=cols, filter=filter, batch_size=self.batch_rows
-        ):
+        for batch in batches:
             n = batch.num_rows
             yield Chunk(piece.path, batch, np.arange(row, row + n, dtype=np.int64))
             row += n
@@ -569,6 +585,17 @@ class Source:
             filter,
             piece.path,
         )
+
+
+def _declare(schema: pa.Schema, types: dict[str, str | pa.DataType]) -> pa.Schema:
+    """``schema`` with the declared ``types`` in place of the inferred ones."""
+    fields = []
+    for f in schema:
+        declared = types.get(f.name)
+        if isinstance(declared, str):
+            declared = pa.type_for_alias(declared)
+        fields.append(f.with_type(declared) if declared is not None else f)
+    return pa.schema(fields)
 
 
 def _infer_json_schema(lines: list[bytes]) -> pa.Schema:

@@ -121,6 +121,24 @@ class FeatureSpec:
         cols += [c for c in (self.weight, self.timestamp, self.key) if c is not None]
         return list(dict.fromkeys(cols))
 
+    def declared_types(self) -> dict[str, str]:
+        """Arrow type names the spec implies, for reading text formats (CSV, JSON) without
+        inference: numeric features, a regression label and the weight are ``float64``; a
+        categorical's (or a class label's) type follows its vocabulary: ``bool``, ``int64``,
+        ``float64`` or ``string``. Columns the spec says nothing about (an empty vocabulary,
+        timestamp, key, ignored columns) are left to inference."""
+        types = dict.fromkeys(self.numeric_names, "float64")
+        if self.weight is not None:
+            types[self.weight] = "float64"
+        for f in self.categorical:
+            if f.vocab:
+                types[f.name] = _value_type(f.vocab)
+        if self.label.task == "regression":
+            types[self.label.name] = "float64"
+        else:
+            types[self.label.name] = _value_type(self.label.classes or [])
+        return types
+
     def policy(self, rule: str) -> str:
         """The policy in force for ``rule``: the spec's override, else the default."""
         return self.policies.get(rule, DEFAULT_POLICIES[rule])
@@ -202,3 +220,14 @@ class FeatureSpec:
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a spec is a JSON object")
         return cls.from_dict(data, where=str(path))
+
+
+def _value_type(values: list[Any]) -> str:
+    """The Arrow type name that holds every value of a vocabulary (JSON scalars)."""
+    if values and all(isinstance(v, bool) for v in values):
+        return "bool"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "int64"
+    if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return "float64"
+    return "string"

@@ -11,6 +11,11 @@ did not parse is reported as ``type`` and not again as ``null``.
 
 Accounting: ``rows_in = rows_out + rows_quarantined`` (a rejected scan stops with an error),
 counted per rule in :class:`Accounting`.
+
+The streaming loader adds a fast path (:meth:`Validator.fast_clean`): a chunk with no parse
+errors, no nulls in the spec's columns and every bounded column inside its bounds can only break
+the ``nan`` and vocabulary rules, which the loader checks on its converted arrays in one
+vectorised pass; only chunks that fail that are run through :meth:`Validator.check`.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from conveyor.ingest.errors import SpecError, ValidationError
-from conveyor.ingest.quarantine import QuarantineWriter
+from conveyor.ingest.quarantine import QuarantineWriter, quarantine_table
 from conveyor.ingest.source import Chunk
-from conveyor.ingest.spec import FeatureSpec
+from conveyor.ingest.spec import RULES, FeatureSpec
+
+# Rule -> small integer, for per-row rule codes (-1 = the row passed).
+RULE_CODES: dict[str, int] = {rule: i for i, rule in enumerate(RULES)}
 
 
 @dataclass
@@ -51,6 +59,16 @@ class Accounting:
             "imputed_by_rule": dict(sorted(self.imputed_by_rule.items())),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Accounting:
+        return cls(
+            int(data["rows_in"]),
+            int(data["rows_out"]),
+            int(data["rows_quarantined"]),
+            Counter(data.get("quarantined_by_rule", {})),
+            Counter(data.get("imputed_by_rule", {})),
+        )
+
     def merge(self, other: Accounting) -> None:
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out
@@ -63,12 +81,23 @@ class Accounting:
 class Checked:
     """A validated chunk: ``table`` holds the spec's columns, typed, imputed, one row per input
     row; ``valid`` marks rows that passed (the others were quarantined; their values are
-    meaningless); ``rows`` are their 0-based row indices within ``path``."""
+    meaningless); ``rows`` are their 0-based row indices within ``path``; ``rule`` the
+    :data:`RULE_CODES` code of the first rule each row broke (-1 if it passed).
+
+    ``quarantined`` (only when the validator collects, see :class:`Validator`): the quarantined
+    rows as quarantine-file tables (:func:`~conveyor.ingest.quarantine.quarantine_table`), each
+    with the chunk-relative index of its rows; rows that could not be split into columns (bad
+    lines) have no index of their own and carry index 0. ``imputed``: ``(rule, rows)`` for each
+    column where the impute policy replaced values.
+    """
 
     path: str
     table: pa.Table
     valid: np.ndarray
     rows: np.ndarray
+    rule: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    quarantined: list[tuple[pa.Table, np.ndarray]] = field(default_factory=list)
+    imputed: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -87,8 +116,10 @@ class Validator:
         schema: the source's schema (dataset-level rules are checked against it at once).
         file: the source's name, for dataset-level errors.
         ranges: profiled ``{column: (min, max)}`` used where the spec declares no bound.
-        quarantine: where quarantined rows go; None counts them without writing (the loader).
+        quarantine: where quarantined rows go; None counts them without writing.
         check_duplicates: the ``duplicate_key`` rule needs every key seen so far in memory.
+        collect: return quarantined rows in :attr:`Checked.quarantined` (the loader writes them
+            when the consumer takes their batch, so a read-ahead never writes a row twice).
     """
 
     def __init__(
@@ -100,10 +131,12 @@ class Validator:
         ranges: dict[str, tuple[float, float]] | None = None,
         quarantine: QuarantineWriter | None = None,
         check_duplicates: bool = True,
+        collect: bool = False,
     ) -> None:
         self.spec = spec
         self.schema = schema
         self.quarantine = quarantine
+        self.collect = collect
         self.accounting = Accounting()
         self.check_duplicates = check_duplicates and spec.key is not None
         self._seen_keys: set = set()
@@ -179,17 +212,20 @@ class Validator:
         n = batch.num_rows
         acc = self.accounting
         acc.rows_in += n + len(chunk.bad_lines)
+        collected: list[tuple[pa.Table, np.ndarray]] = []
+        imputed: list[tuple[str, np.ndarray]] = []  # (rule, rows) per imputed column
         if chunk.bad_lines:
-            self._bad_lines(chunk)
+            collected += self._bad_lines(chunk)
         cols: dict[str, pa.Array] = {}
         for c in spec.columns():
             if c in self.missing_fill:
                 cols[c] = pa.array([self.missing_fill[c].as_py()] * n, self.missing_fill[c].type)
-                acc.imputed_by_rule["missing_column"] += n
+                imputed.append(("missing_column", np.ones(n, dtype=bool)))
             else:
                 cols[c] = batch.column(c)
         bad = np.zeros(n, dtype=bool)
         first: list[tuple[np.ndarray, str, str]] = []  # (rows, rule, column) in rule order
+        categorical = set(spec.categorical_names)
 
         def apply(rule: str, col: str, mask: np.ndarray, replace: Any = None) -> None:
             nonlocal bad
@@ -210,7 +246,13 @@ class Validator:
                 bad |= mask
                 first.append((mask, rule, col))
                 return
-            acc.imputed_by_rule[rule] += int(mask.sum())
+            if replace is None and col not in categorical:
+                # Nothing declared to write (a label, weight, key or timestamp): the value
+                # stays bad, so the row is quarantined rather than passed on broken.
+                bad |= mask
+                first.append((mask, rule, col))
+                return
+            imputed.append((rule, mask))
             if replace is not None:
                 cols[col] = pc.if_else(pa.array(mask), replace, cols[col])
 
@@ -242,13 +284,40 @@ class Validator:
         if self.check_duplicates:
             apply("duplicate_key", spec.key, self._duplicates(cols[spec.key], bad))
 
+        # Imputed values count only in rows that went out (a later rule may quarantine a row).
+        imputed = [(rule, mask & ~bad) for rule, mask in imputed]
+        for rule, mask in imputed:
+            acc.imputed_by_rule[rule] += int(mask.sum())
         quarantined = int(bad.sum())
         acc.rows_quarantined += quarantined
         acc.rows_out += n - quarantined
+        codes = np.full(n, -1, dtype=np.int8)
+        for mask, r, _ in first:
+            codes[mask] = RULE_CODES[r]
         if quarantined:
-            self._quarantine(chunk, bad, first)
+            collected += self._quarantine(chunk, bad, first)
         table = pa.Table.from_arrays(list(cols.values()), names=list(cols))
-        return Checked(chunk.path, table, ~bad, chunk.rows)
+        return Checked(chunk.path, table, ~bad, chunk.rows, codes, collected, imputed)
+
+    def fast_clean(self, chunk: Chunk) -> bool:
+        """True when no row of ``chunk`` can break a rule other than ``nan``,
+        ``unseen_category`` and ``unseen_class`` (which the caller checks on converted data):
+        no bad lines or parse errors, no imputed missing column, no key rule, no null in the
+        spec's columns and every bounded column within its bounds. Costs one null count per
+        column and one min/max per bounded column, no per-row masks."""
+        if chunk.bad_lines or chunk.parse_errors or self.missing_fill or self.check_duplicates:
+            return False
+        batch = chunk.batch
+        if any(batch.column(c).null_count for c in self.spec.columns()):
+            return False
+        for c, (lo, hi) in self.bounds.items():
+            if (lo is None and hi is None) or batch.num_rows == 0:
+                continue
+            mm = pc.min_max(batch.column(c))
+            least, most = mm["min"].as_py(), mm["max"].as_py()
+            if least is None or (lo is not None and least < lo) or (hi is not None and most > hi):
+                return False
+        return True
 
     def _impute_scalar(self, col: str) -> pa.Scalar | None:
         value = self._impute_value(col)
@@ -279,7 +348,7 @@ class Validator:
 
     def _quarantine(
         self, chunk: Chunk, bad: np.ndarray, first: list[tuple[np.ndarray, str, str]]
-    ) -> None:
+    ) -> list[tuple[pa.Table, np.ndarray]]:
         idx = np.flatnonzero(bad)
         rule = np.empty(len(bad), dtype=object)
         column = np.empty(len(bad), dtype=object)
@@ -287,8 +356,8 @@ class Validator:
             rule[mask], column[mask] = r, c
         for i in idx:
             self.accounting.quarantined_by_rule[rule[i]] += 1
-        if self.quarantine is None:
-            return
+        if self.quarantine is None and not self.collect:
+            return []
         data = chunk.raw if chunk.raw is not None else chunk.batch
         rows = pa.Table.from_batches([data.take(pa.array(idx))])
         values = [self._original(chunk, column[i], int(i)) for i in idx]
@@ -300,9 +369,12 @@ class Validator:
             "_value": [None if v is None else str(v) for v in values],
             "_reason": [_reason(rule[i], column[i], v) for i, v in zip(idx, values, strict=True)],
         }
-        self.quarantine.write(rows, meta)
+        table = quarantine_table(rows, meta)
+        if self.quarantine is not None:
+            self.quarantine.write_table(table)
+        return [(table, idx)] if self.collect else []
 
-    def _bad_lines(self, chunk: Chunk) -> None:
+    def _bad_lines(self, chunk: Chunk) -> list[tuple[pa.Table, np.ndarray]]:
         if self.spec.policy("parse") == "reject":
             b = chunk.bad_lines[0]
             raise ValidationError(
@@ -311,11 +383,11 @@ class Validator:
         k = len(chunk.bad_lines)
         self.accounting.rows_quarantined += k
         self.accounting.quarantined_by_rule["parse"] += k
-        if self.quarantine is None:
-            return
+        if self.quarantine is None and not self.collect:
+            return []
         schema = (chunk.raw if chunk.raw is not None else chunk.batch).schema
         empty = pa.Table.from_arrays([pa.nulls(k, f.type) for f in schema], schema=schema)
-        self.quarantine.write(
+        table = quarantine_table(
             empty,
             {
                 "_file": [chunk.path] * k,
@@ -327,6 +399,9 @@ class Validator:
                 "_raw": [b.text for b in chunk.bad_lines],
             },
         )
+        if self.quarantine is not None:
+            self.quarantine.write_table(table)
+        return [(table, np.zeros(k, dtype=np.int64))] if self.collect else []
 
 
 _REASONS = {

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor.ingest.loader import StreamLoader
-from conveyor.ingest.shard import plan_rank
+from conveyor.ingest.shard import batch_bounds, plan_rank
 from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
 
 SPEC = FeatureSpec(label=Label("y", "regression"), numeric=[NumericFeature("id")])
@@ -41,6 +41,13 @@ def test_plan_covers_every_row_once_with_equal_steps(
         )
         steps.add(plan.steps)
         assert plan.rows <= plan.steps * batch
+        sizes = np.diff(plan.bounds(batch))
+        assert len(sizes) == plan.steps and sizes.sum() == plan.rows
+        assert (sizes <= batch).all() and (sizes[:-2] == batch).all()
+        if drop_last:
+            assert (sizes == batch).all()
+        if plan.rows >= plan.steps:  # else a rank has fewer rows than steps (see shard)
+            assert (sizes > 0).all()
         for s in plan.segments:
             got.extend(range(starts[s.piece] + s.start, starts[s.piece] + s.stop))
     assert len(steps) == 1
@@ -49,6 +56,31 @@ def test_plan_covers_every_row_once_with_equal_steps(
         assert len(got) == total - total % (world * batch)
     else:
         assert sorted(got) == list(range(total))
+
+
+@settings(max_examples=300, deadline=None)
+@given(total=st.integers(0, 400), world=st.integers(1, 8), batch=st.integers(1, 40))
+def test_no_empty_batch_unless_a_rank_has_fewer_rows_than_steps(total, world, batch):
+    shares = [plan_rank([total], world_size=world, rank=r, batch_size=batch, shuffle=False,
+                        seed=0, epoch=0) for r in range(world)]  # fmt: skip
+    for plan in shares:
+        sizes = np.diff(plan.bounds(batch))
+        short = (batch == 1 and total % world > 0) or total < world
+        if plan.rows < plan.steps:
+            assert short, "only B == 1 with a remainder, or N < W, leaves a rank short"
+            assert (sizes == 0).sum() == plan.steps - plan.rows
+        else:
+            assert (sizes > 0).all()
+
+
+def test_remainder_case_that_used_to_give_an_empty_batch():
+    # N // W = 8 is a multiple of B = 4 and N % W = 1: rank 1 has 8 rows for 3 steps.
+    plans = [plan_rank([17], world_size=2, rank=r, batch_size=4, shuffle=False, seed=0, epoch=0)
+             for r in range(2)]  # fmt: skip
+    assert [p.steps for p in plans] == [3, 3]
+    assert np.diff(plans[0].bounds(4)).tolist() == [4, 4, 1]
+    assert np.diff(plans[1].bounds(4)).tolist() == [4, 2, 2]
+    assert batch_bounds(2, 3, 1).tolist() == [0, 1, 2, 2]  # B == 1: the short rank's last step
 
 
 def _write(tmp, sizes, group):
@@ -91,10 +123,13 @@ def test_loader_exactly_once_across_ranks_and_resume(
     )
     seen, steps = [], set()
     for rank in range(world):
-        full = [
-            b.features[:, 0].long().tolist() for b in StreamLoader(str(tmp), SPEC, rank=rank, **kw)
-        ]
+        loader = StreamLoader(str(tmp), SPEC, rank=rank, **kw)
+        full = [b.features[:, 0].long().tolist() for b in loader]
         steps.add(len(full))
+        if loader.plan(0).rows >= len(full):
+            assert all(full), "no empty batch when the rank has at least one row per step"
+        acc = loader.epoch_accounting[0]
+        assert acc.rows_in == acc.rows_out == loader.plan(0).rows and acc.rows_quarantined == 0
         # Resume from a state taken after `cut` batches: the rest matches exactly.
         cut = int(resume * len(full))
         first = StreamLoader(str(tmp), SPEC, rank=rank, **kw)
