@@ -277,7 +277,7 @@ class Validator:
         for f in spec.categorical:
             unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self._vocab[f.name])))
             unseen &= _mask(pc.is_valid(cols[f.name]))
-            apply("unseen_category", f.name, unseen)
+            apply("unseen_category", f.name, unseen, self._impute_scalar(f.name))
         if spec.label.task != "regression":
             unseen = _mask(pc.is_null(pc.index_in(cols[label], value_set=self._classes)))
             apply("unseen_class", label, unseen & _mask(pc.is_valid(cols[label])))
