@@ -21,6 +21,16 @@ def _policy(text: str) -> tuple[str, str]:
     return rule.strip(), policy.strip()
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _print_report(report: dict) -> None:
     acc = report["accounting"]
     print(f"rows in           {acc['rows_in']}")
@@ -57,6 +67,10 @@ def run_profile(args: argparse.Namespace) -> int:
     from conveyor.ingest.scan import run_scan
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        from conveyor.ingest.errors import IngestError
+
+        raise IngestError(f"--out {out}: exists and is not a directory")
     if args.spec:
         spec = _spec(args)
         if spec.label.name != args.label:
@@ -154,8 +168,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     prof.add_argument("--weight", default=None, help="weight column (inference only)")
     prof.add_argument("--timestamp", default=None, help="timestamp column (inference only)")
     prof.add_argument("--key", default=None, help="key column (inference only)")
-    prof.add_argument("--bins", type=int, default=20, help="quantile bins (default: 20)")
-    prof.add_argument("--top-k", type=int, default=20, help="categorical top-K (default: 20)")
+    prof.add_argument("--bins", type=_positive, default=20, help="quantile bins (default: 20)")
+    prof.add_argument("--top-k", type=_positive, default=20, help="categorical top-K (default: 20)")
 
     val = add_command(
         sub,
