@@ -1,3 +1,5 @@
+import re
+
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -113,3 +115,125 @@ def test_json_with_mixed_types_keeps_good_rows(tmp_path):
     # Mixed types in the inspected head make the column a string; the broken line is reported.
     assert chunk.batch.column("x").to_pylist() == ["1.5", "oops", "2"]
     assert [b.row for b in chunk.bad_lines] == [2]
+
+
+# -- non-local filesystems: the same code path as local files ---------------------------------
+def memory_filesystem():
+    import fsspec  # pinned in the dev extra
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    # A fresh in-memory store per test (fsspec caches instances by arguments).
+    return PyFileSystem(FSSpecHandler(fsspec.filesystem("memory", skip_instance_cache=True)))
+
+
+def test_non_local_pyarrow_filesystem(tmp_path):
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+
+    fs = memory_filesystem()
+    t = sample_table(40)
+    for year in (2020, 2021):
+        fs.create_dir(f"bucket/data/year={year}")
+        with fs.open_output_stream(f"bucket/data/year={year}/part.parquet") as out:
+            pq.write_table(t, out, row_group_size=16)
+    src = Source("bucket/data", filesystem=fs)
+    assert [f.lstrip("/") for f in src.files] == [
+        f"bucket/data/year={y}/part.parquet" for y in (2020, 2021)
+    ]
+    got = read_all(src)
+    assert got.num_rows == 80 and set(got.column("year").to_pylist()) == {2020, 2021}
+    assert read_all(Source("bucket/data/year=2021/*.parquet", filesystem=fs)).num_rows == 40
+
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("k")],
+        categorical=[CategoricalFeature("c", vocab=["a", "b", "c"])],
+        ignore=["year"],
+    )
+    loader = StreamLoader(src, spec, batch_size=32, shuffle=True, shuffle_buffer=32)
+    rows = sorted(v for b in loader for v in b.features[:, 1].tolist())
+    assert rows == sorted(list(range(40)) * 2)
+    acc = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet").accounting
+    assert acc.rows_in == acc.rows_out == 80
+
+
+def test_subtree_filesystem_and_csv(tmp_path):
+    from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
+
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    write(sample_table(), tmp_path / "root" / "d" / "a.csv", "csv")
+    fs = SubTreeFileSystem(str(tmp_path / "root"), LocalFileSystem())
+    src = Source("d", filesystem=fs)
+    assert src.format == "csv" and read_all(src).equals(sample_table())
+
+
+# -- files that change under a running scan ---------------------------------------------------
+def xkcy_spec():
+    from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+
+    return FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("k")],
+        categorical=[CategoricalFeature("c", vocab=["a", "b", "c"])],
+    )
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+@pytest.mark.parametrize("fmt", ["parquet", "ipc"])
+def test_file_that_disappears_or_is_truncated_during_a_scan(tmp_path, damage, fmt):
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.scan import run_scan
+
+    for i in range(2):
+        write(sample_table(), tmp_path / f"p{i}.{EXT[fmt]}", fmt)
+    victim = tmp_path / f"p1.{EXT[fmt]}"
+    src = Source(str(tmp_path))  # schemas and row counts read; now the file changes
+    loader = StreamLoader(src, xkcy_spec(), batch_size=8, prefetch=2)
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[:200])
+    pattern = rf"{re.escape(str(victim))}: corrupt or truncated {fmt} file"
+    with pytest.raises(SourceError, match=pattern):
+        run_scan(src, xkcy_spec(), quarantine_path=tmp_path / "q.parquet")
+    with pytest.raises(SourceError, match=pattern):
+        list(loader)
+
+
+def test_csv_truncated_mid_line_is_quarantined_not_dropped(tmp_path):
+    from conveyor.ingest.scan import run_scan
+
+    path = tmp_path / "t.csv"
+    write(sample_table(10), path, "csv")
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b",")])  # the last row loses its last field
+    result = run_scan(Source(str(path)), xkcy_spec(), quarantine_path=tmp_path / "q.parquet")
+    acc = result.accounting
+    assert (acc.rows_in, acc.rows_out, dict(acc.quarantined_by_rule)) == (10, 9, {"parse": 1})
+    assert pq.read_table(result.quarantine).column("_row").to_pylist() == [9]
+
+
+# -- declared types for text formats ------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_declared_types_make_bad_values_row_errors(tmp_path, fmt):
+    from conveyor.ingest.scan import run_scan
+
+    path = tmp_path / f"b.{EXT[fmt]}"
+    if fmt == "csv":
+        path.write_text("x,k,c,y\nn/a?,1,a,0\n2.5,2,b,1\n3.5,3,c,0\n")
+    else:
+        path.write_text(
+            '{"x": "n/a?", "k": 1, "c": "a", "y": 0}\n{"x": 2.5, "k": 2, "c": "b", "y": 1}\n'
+            '{"x": 3.5, "k": 3, "c": "c", "y": 0}\n'
+        )
+    # Inferred from the first block alone, x is a string column...
+    assert pa.types.is_string(Source(str(path)).schema.field("x").type)
+    # ...but a pinned spec says it is a number: the bad value is one row's type error.
+    spec = xkcy_spec()
+    src = Source(str(path), types=spec.declared_types())
+    assert src.schema.field("x").type == pa.float64()
+    result = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet")
+    assert dict(result.accounting.quarantined_by_rule) == {"type": 1}
+    q = pq.read_table(result.quarantine).to_pylist()[0]
+    assert (q["_row"], q["_column"], q["_value"]) == (0, "x", "n/a?")
