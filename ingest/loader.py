@@ -170,6 +170,7 @@ class StreamLoader:
         # Row counts fix the plan; Parquet/IPC know them from metadata, text formats and
         # filters cost a counting pass here, once.
         self.counts = [self.source.count_rows(p, filter) for p in self.pieces]
+        self._warn_rowless_text_files()
         c = self.config
         self.window = window_rows(
             c.shuffle_buffer if c.shuffle else _UNSHUFFLED_WINDOW, c.batch_size
@@ -184,6 +185,21 @@ class StreamLoader:
         self._regression = spec.label.task == "regression"
         if not self._regression:
             self._classes = pa.array(spec.label.classes).cast(types[spec.label.name])
+
+    def _warn_rowless_text_files(self) -> None:
+        """A text file with no row that splits into columns has no position in the plan, so no
+        rank reads its lines: say so rather than skip it silently."""
+        for piece, count in zip(self.pieces, self.counts, strict=True):
+            if count or self.source.format not in ("csv", "json"):
+                continue
+            lines = sum(len(c.bad_lines) for c in self.source.read(piece, [], self.filter))
+            if lines:
+                log.warning(
+                    "%s: none of its %d lines splits into the columns; the loader skips it "
+                    "(run `conveyor ingest validate` to quarantine them)",
+                    piece.path,
+                    lines,
+                )
 
     # -- plan --------------------------------------------------------------------------------
     def plan(self, epoch: int | None = None) -> RankPlan:

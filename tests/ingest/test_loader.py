@@ -175,3 +175,12 @@ def test_pinned_spec_types_beat_csv_inference(tmp_path):
     assert batch.features[:, 0].tolist() == [1.0, 2.0]
     acc = loader.epoch_accounting[0]
     assert acc.rows_quarantined == acc.quarantined_by_rule["type"] == 1
+
+
+def test_text_file_with_no_splittable_row_is_reported(tmp_path, caplog):
+    (tmp_path / "a.csv").write_text("id,x,c,y\n0,0.5,a,0\n1,0.5,b,1\n")
+    (tmp_path / "b.csv").write_text("id,x,c,y\n2,0.5\n3\n")
+    with caplog.at_level("WARNING", logger="conveyor.ingest"):
+        loader = StreamLoader(str(tmp_path), SPEC, batch_size=4)
+    assert f"{tmp_path / 'b.csv'}: none of its 2 lines splits" in caplog.text
+    assert ids(loader) == [0, 1]
