@@ -2,16 +2,20 @@
 
 import logging
 import warnings
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conveyor.ingest.errors import ValidationError
 from conveyor.ingest.loader import StreamLoader
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+from conveyor.ingest.validate import Accounting
 
 SPEC = FeatureSpec(
     label=Label("y", "binary", [0, 1]),
@@ -194,3 +198,56 @@ def test_text_file_with_no_splittable_row_is_reported(tmp_path):
     messages = [r.getMessage() for r in records]
     assert any(m.startswith(f"{tmp_path / 'b.csv'}: none of its 2 lines splits") for m in messages)
     assert ids(loader) == [0, 1]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 90),
+    bad=st.dictionaries(st.integers(0, 89), st.sampled_from(["nan", "inf", "null", "range"])),
+    group=st.integers(1, 40),
+    world=st.integers(1, 3),
+    batch=st.integers(1, 12),
+    shuffle=st.booleans(),
+    prefetch=st.sampled_from([0, 2]),
+)
+def test_loader_accounts_for_random_bad_rows(
+    tmp_path_factory, n, bad, group, world, batch, shuffle, prefetch
+):
+    bad = {i: k for i, k in bad.items() if i < n}
+    x = np.zeros(n)
+    nulls = np.zeros(n, dtype=bool)
+    for i, kind in bad.items():
+        if kind == "null":
+            nulls[i] = True
+        else:
+            x[i] = {"nan": np.nan, "inf": np.inf, "range": 11.0}[kind]
+    tmp = tmp_path_factory.mktemp("lb")
+    table = pa.table(
+        {
+            "id": np.arange(n, dtype=np.float64),
+            "x": pa.array(x, mask=nulls),
+            "c": pa.array(["a"] * n),
+            "y": np.zeros(n, dtype=np.int64),
+        }
+    )
+    pq.write_table(table, tmp / "d.parquet", row_group_size=group)
+    out, quarantined, total = [], [], Accounting()
+    for rank in range(world):
+        loader = StreamLoader(
+            str(tmp / "d.parquet"), SPEC, batch_size=batch, world_size=world, rank=rank,
+            shuffle=shuffle, shuffle_buffer=2 * batch, prefetch=prefetch,
+            quarantine=str(tmp / "q"),
+        )  # fmt: skip
+        out += ids(loader)
+        acc = loader.epoch_accounting[0]
+        assert acc.balanced() and acc.rows_in == loader.plan(0).rows
+        total.merge(acc)
+    for f in (tmp / "q").glob("*.parquet"):
+        quarantined += pq.read_table(f).column("_row").to_pylist()
+    assert sorted(out) == [i for i in range(n) if i not in bad]
+    assert sorted(quarantined) == sorted(bad)
+    assert (total.rows_in, total.rows_quarantined) == (n, len(bad))
+    kinds = {"nan": "nan", "inf": "nan", "null": "null", "range": "range"}
+    assert total.quarantined_by_rule == Counter(kinds[k] for k in bad.values())
