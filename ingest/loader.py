@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
-from conveyor.ingest.errors import LoaderStateError
+from conveyor.ingest.errors import LoaderStateError, SourceError
 from conveyor.ingest.quarantine import QuarantineWriter
 from conveyor.ingest.shard import RankPlan, plan_rank, window_permutation, window_rows
 from conveyor.ingest.source import Chunk, Source
@@ -426,6 +426,14 @@ class StreamLoader:
                 pos += m
                 if pos >= hi and not owns_end:
                     break
+            if pos < hi or (owns_end and pos != hi):
+                # Row counts fixed the plan; a file that has since changed cannot be read
+                # exactly once, so stop naming it rather than shift every later row.
+                raise SourceError(
+                    self.pieces[seg.piece].path,
+                    f"yields {pos} rows where {self.counts[seg.piece]} were counted when the "
+                    "loader was made: it changed during the epoch",
+                )
 
     def _window(self, index: int, n: int, stream: _SliceStream) -> _Window:
         spec = self.spec

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conveyor.ingest.errors import ValidationError
+from conveyor.ingest.errors import SourceError, ValidationError
 from conveyor.ingest.loader import StreamLoader
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
 from conveyor.ingest.validate import Accounting
@@ -251,3 +251,15 @@ def test_loader_accounts_for_random_bad_rows(
     assert (total.rows_in, total.rows_quarantined) == (n, len(bad))
     kinds = {"nan": "nan", "inf": "nan", "null": "null", "range": "range"}
     assert total.quarantined_by_rule == Counter(kinds[k] for k in bad.values())
+
+
+@pytest.mark.parametrize("change", ["shorter", "longer"])
+def test_text_file_that_changes_after_counting_is_named(tmp_path, change):
+    path = tmp_path / "d.csv"
+    lines = ["id,x,c,y"] + [f"{i},0.5,a,0" for i in range(20)]
+    path.write_text("\n".join(lines) + "\n")
+    loader = StreamLoader(str(path), SPEC, batch_size=4, prefetch=2)
+    lines = lines[:-5] if change == "shorter" else [*lines, "20,0.5,a,0"]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=rf"{path}: yields \d+ rows where 20 were counted"):
+        list(loader)
