@@ -16,6 +16,7 @@ from conveyor.ingest.errors import SourceError, ValidationError
 from conveyor.ingest.loader import StreamLoader
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
 from conveyor.ingest.validate import Accounting
+from tests.ingest.conftest import EXT, sample_table, write
 
 SPEC = FeatureSpec(
     label=Label("y", "binary", [0, 1]),
@@ -263,3 +264,24 @@ def test_text_file_that_changes_after_counting_is_named(tmp_path, change):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SourceError, match=rf"{path}: yields \d+ rows where 20 were counted"):
         list(loader)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json", "ipc"])
+def test_round_trip_to_torch_every_format(tmp_path, fmt):
+    table = sample_table(50)
+    write(table, tmp_path / f"d.{EXT[fmt]}", fmt)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("k")],
+        categorical=[CategoricalFeature("c", vocab=["b", "a"])],
+    )
+    loader = StreamLoader(str(tmp_path / f"d.{EXT[fmt]}"), spec, batch_size=16, prefetch=2)
+    batches = list(loader)
+    assert [len(b) for b in batches] == [16, 16, 16, 2]
+    feats = torch.cat([b.features for b in batches]).numpy()
+    np.testing.assert_array_equal(feats[:, 0], table.column("x").to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(feats[:, 1], table.column("k").to_numpy().astype(np.float32))
+    cats = torch.cat([b.categorical for b in batches])[:, 0].tolist()
+    assert cats == [{"b": 1, "a": 2}.get(v, 0) for v in table.column("c").to_pylist()]
+    assert torch.cat([b.label for b in batches]).tolist() == table.column("y").to_pylist()
+    assert loader.epoch_accounting[0].to_dict()["rows_out"] == 50
