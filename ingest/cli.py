@@ -85,6 +85,8 @@ def run_profile(args: argparse.Namespace) -> int:
         )
         if args.policy:
             spec = spec.with_policies(dict(args.policy))
+        if source.format in ("csv", "json"):  # read text as the inferred spec's types
+            source = _source(args, spec)
     out.mkdir(parents=True, exist_ok=True)
     quarantine = out / "quarantine.parquet"
     quarantine.unlink(missing_ok=True)

@@ -6,6 +6,12 @@ are categorical (vocabulary: the ``max_vocab`` most frequent values, ties by val
 and nested columns are put in ``ignore`` unless named as timestamp. The label's task: floats
 are regression; strings and booleans are classification; integers are classification when they
 take at most ``max_classes`` distinct values, regression otherwise. Two classes make ``binary``.
+
+Text formats (CSV, JSON) have their types inferred by pyarrow from each file's first MiB, so one
+bad value there (``"n/a?"`` among numbers) makes a whole column strings. A string feature of a
+text source whose non-null values parse as numbers for at least ``numeric_share`` (default
+99%) of rows is therefore made numeric; its other values become per-row ``type`` errors once the
+source is read with the spec's declared types (as ``conveyor ingest profile`` does).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from conveyor.ingest.errors import SpecError
-from conveyor.ingest.source import Source
+from conveyor.ingest.source import Source, cast_text
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
 
 
@@ -55,6 +61,16 @@ def value_counts(source: Source, columns: list[str]) -> dict[str, Counter]:
     return counts
 
 
+def _numeric_share(counts: Counter) -> float:
+    """Share of the (string) values, weighted by count, that parse as numbers."""
+    total = sum(counts.values())
+    if total == 0 or not all(isinstance(v, str) for v in counts):
+        return 0.0
+    values = list(counts)
+    _, bad = cast_text(pa.array(values, type=pa.string()), pa.float64())
+    return sum(c for v, c, b in zip(values, counts.values(), bad, strict=True) if not b) / total
+
+
 def infer_spec(
     source: Source,
     label: str,
@@ -64,6 +80,7 @@ def infer_spec(
     key: str | None = None,
     max_vocab: int = 10_000,
     max_classes: int = 100,
+    numeric_share: float = 0.99,
 ) -> FeatureSpec:
     """Infer a :class:`FeatureSpec` for ``source`` with ``label`` as target (see module doc)."""
     schema = source.schema
@@ -102,6 +119,10 @@ def infer_spec(
         else:
             task = "binary" if len(distinct) == 2 else "multiclass"
             classes = distinct
+    if source.format in ("csv", "json"):
+        numeric_like = {n for n in categorical if _numeric_share(counts[n]) >= numeric_share}
+        numeric = [f.name for f in schema if f.name in numeric_like or f.name in numeric]
+        categorical = [n for n in categorical if n not in numeric_like]
     cats = []
     for name in categorical:
         ranked = sorted(counts[name].items(), key=_sort_key)[:max_vocab]

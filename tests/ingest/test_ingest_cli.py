@@ -124,3 +124,21 @@ def test_bad_flags_and_paths_give_clear_errors(data, tmp_path, capsys, args, cod
     assert got == code
     assert message.format(**names) in err
     assert "Traceback" not in err
+
+
+def test_profile_csv_with_a_bad_number_early_keeps_the_column_numeric(tmp_path):
+    rows = [f"{i * 0.5},{['u', 'v'][i % 2]},{i % 2}" for i in range(300)]
+    rows[0] = "n/a?,u,0"  # inside the first block pyarrow infers types from
+    (tmp_path / "d.csv").write_text("x,c,y\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert (
+        main(["ingest", "profile", str(tmp_path / "d.csv"), "--label", "y", "--out", str(out)]) == 0
+    )
+    spec = FeatureSpec.load(out / "spec.json")
+    assert spec.numeric_names == ["x"] and spec.categorical_names == ["c"]
+    report = json.loads((out / "report.json").read_text())["accounting"]
+    assert report["quarantined_by_rule"] == {"type": 1} and report["rows_out"] == 299
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["numeric"]["x"]["count"] == 299 and stats["numeric"]["x"]["min"] == 0.5
+    q = pq.read_table(out / "quarantine.parquet").to_pylist()[0]
+    assert (q["_row"], q["_column"], q["_value"], q["x"]) == (0, "x", "n/a?", "n/a?")
