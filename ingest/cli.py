@@ -1,0 +1,192 @@
+"""``conveyor ingest profile`` and ``conveyor ingest validate``.
+
+profile: infer a spec (unless ``--spec``), validate every row, profile the valid ones, and write
+DIR/spec.json, DIR/stats.json, DIR/quarantine.parquet (if any row was quarantined) and
+DIR/report.json (rows in/out/quarantined by rule), printing the report.
+validate: check a source against a pinned spec (profiled ranges from stats.json beside it are
+applied); exits non-zero when a ``reject`` rule fires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _policy(text: str) -> tuple[str, str]:
+    rule, sep, policy = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected RULE=POLICY, got {text!r}")
+    return rule.strip(), policy.strip()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _print_report(report: dict) -> None:
+    acc = report["accounting"]
+    print(f"rows in           {acc['rows_in']}")
+    print(f"rows out          {acc['rows_out']}")
+    print(f"rows quarantined  {acc['rows_quarantined']}")
+    for rule, n in acc["quarantined_by_rule"].items():
+        print(f"  {rule:<16}{n}")
+    for rule, n in acc["imputed_by_rule"].items():
+        print(f"imputed ({rule}) {n}")
+    if report.get("quarantine"):
+        print(f"quarantine        {report['quarantine']}")
+
+
+def _source(args: argparse.Namespace, spec=None):
+    """The source; with a pinned spec, CSV/JSON columns are read as the spec's types."""
+    from conveyor.ingest.source import Source
+
+    types = spec.declared_types() if spec is not None else None
+    return Source(args.source, format=args.format, types=types)
+
+
+def _spec(args: argparse.Namespace):
+    from conveyor.ingest.spec import FeatureSpec
+
+    spec = FeatureSpec.load(args.spec)
+    if args.policy:
+        spec = spec.with_policies(dict(args.policy))
+    return spec
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from conveyor.ingest.infer import infer_spec
+    from conveyor.ingest.profile import ProfileConfig, write_stats
+    from conveyor.ingest.scan import run_scan
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        from conveyor.ingest.errors import IngestError
+
+        raise IngestError(f"--out {out}: exists and is not a directory")
+    if args.spec:
+        spec = _spec(args)
+        if spec.label.name != args.label:
+            from conveyor.ingest.errors import SpecError
+
+            raise SpecError(f"{args.spec}: label is {spec.label.name!r}, not {args.label!r}")
+        source = _source(args, spec)
+    else:
+        source = _source(args)
+        spec = infer_spec(
+            source, args.label, weight=args.weight, timestamp=args.timestamp, key=args.key
+        )
+        if args.policy:
+            spec = spec.with_policies(dict(args.policy))
+        if source.format in ("csv", "json"):  # read text as the inferred spec's types
+            source = _source(args, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine = out / "quarantine.parquet"
+    quarantine.unlink(missing_ok=True)
+    result = run_scan(
+        source,
+        spec,
+        quarantine_path=quarantine,
+        profile=ProfileConfig(n_bins=args.bins, top_k=args.top_k),
+    )
+    spec.save(out / "spec.json")
+    write_stats(result.stats, out / "stats.json")
+    report = {
+        "version": 1,
+        "source": args.source,
+        "accounting": result.accounting.to_dict(),
+        "quarantine": str(result.quarantine) if result.quarantine else None,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_report(report)
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from conveyor.ingest.profile import load_stats, profiled_ranges
+    from conveyor.ingest.scan import run_scan
+
+    spec = _spec(args)
+    source = _source(args, spec)
+    stats_path = Path(args.spec).with_name("stats.json")
+    ranges = profiled_ranges(load_stats(stats_path)) if stats_path.exists() else None
+    quarantine = Path(args.quarantine)
+    quarantine.unlink(missing_ok=True)
+    result = run_scan(source, spec, quarantine_path=quarantine, ranges=ranges)
+    report = {
+        "version": 1,
+        "source": args.source,
+        "accounting": result.accounting.to_dict(),
+        "quarantine": str(result.quarantine) if result.quarantine else None,
+    }
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    _print_report(report)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from conveyor.cli import add_command
+
+    group = add_command(subparsers, "ingest", help="read, validate and profile datasets")
+    sub = group.add_subparsers(title="ingest commands", metavar="COMMAND", required=True)
+
+    def shared(p: argparse.ArgumentParser) -> None:
+        p.add_argument("source", help="file, directory, glob or URI (s3://...)")
+        p.add_argument(
+            "--format",
+            choices=("parquet", "csv", "json", "ipc"),
+            default=None,
+            help="default: from the file extensions",
+        )
+        p.add_argument(
+            "--policy",
+            nargs="+",
+            type=_policy,
+            default=[],
+            metavar="RULE=POLICY",
+            help="override rules' policies (reject|quarantine|impute), e.g. nan=reject null=impute",
+        )
+
+    prof = add_command(
+        sub,
+        "profile",
+        help="infer or apply a spec, validate, and write spec/stats/report",
+        parents=[common],
+        run=run_profile,
+        path=("ingest",),
+    )
+    shared(prof)
+    prof.add_argument("--label", required=True, help="label column")
+    prof.add_argument("--spec", default=None, metavar="FILE", help="use this spec, not inference")
+    prof.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    prof.add_argument("--weight", default=None, help="weight column (inference only)")
+    prof.add_argument("--timestamp", default=None, help="timestamp column (inference only)")
+    prof.add_argument("--key", default=None, help="key column (inference only)")
+    prof.add_argument("--bins", type=_positive, default=20, help="quantile bins (default: 20)")
+    prof.add_argument("--top-k", type=_positive, default=20, help="categorical top-K (default: 20)")
+
+    val = add_command(
+        sub,
+        "validate",
+        help="validate a source against a spec; non-zero exit on reject",
+        parents=[common],
+        run=run_validate,
+        path=("ingest",),
+    )
+    shared(val)
+    val.add_argument("--spec", required=True, metavar="FILE", help="DIR/spec.json")
+    val.add_argument(
+        "--quarantine",
+        default="quarantine.parquet",
+        metavar="FILE",
+        help="quarantine file (default: quarantine.parquet)",
+    )
+    val.add_argument("--report", default=None, metavar="FILE", help="also write report JSON")

@@ -1,0 +1,633 @@
+"""Streaming into torch: sharded, shuffled, prefetched, resumable batches.
+
+:class:`StreamLoader` turns a :class:`~conveyor.ingest.source.Source` and a
+:class:`~conveyor.ingest.spec.FeatureSpec` into :class:`Batch` es of torch tensors. A rank's rows
+(see :mod:`conveyor.ingest.shard` for the plan and the remainder rule) are read window by window
+(``K`` rows, a multiple of the batch size): each chunk's columns are written straight into the
+window's preallocated float32 ``[K, F]`` / int64 ``[K, C]`` arrays, categoricals mapped to ids
+with ``index_in``, and batches are ``torch.from_numpy`` views of those arrays (zero-copy unless
+a row of the batch was quarantined). No Python runs per row.
+
+Validation: a chunk that :meth:`~conveyor.ingest.validate.Validator.fast_clean` passes and whose
+converted values are all finite with known categories and classes (one ``np.isfinite`` pass over
+the window's rows) is clean; any other chunk goes through
+:meth:`~conveyor.ingest.validate.Validator.check`, which imputes, raises on ``reject`` and marks
+quarantined rows. A quarantined row is left out of its batch but never silently: it is counted
+in :attr:`StreamLoader.accounting` (per epoch, for this rank) and, when
+:attr:`LoaderConfig.quarantine` names a directory, written unchanged with its reason to
+``DIR/epoch{E}-rank{R}-from{K}.parquet`` (``K``: the batch the iteration started from, so a
+resumed run writes a new file; after a resume at batch ``K``, files of the same epoch and rank
+started earlier may also hold rows of batches from ``K`` on, which the new file supersedes).
+Rows are counted and written when the consumer takes their batch, not when the reader reaches
+them, so ``rows_in = rows_out + rows_quarantined`` holds for the batches taken, per epoch and
+per rank, and ``rows_in`` of a finished epoch is the rank's planned rows plus any text lines
+that could not be split into columns (counted with the row that follows them, or the file's
+last row). A quarantined row leaves its batch short; a batch whose rows were all quarantined is
+empty (the plan's positions, hence exactly-once and resume, do not depend on validation). The
+duplicate-key rule is not applied here: a rank sees only its shard; run
+``conveyor ingest validate`` for it.
+
+Two background threads (``prefetch > 0``) keep the consumer from waiting: one decodes the next
+chunks (pyarrow decodes a Parquet row group's columns in parallel, without the GIL), one
+validates and converts windows ahead of the consumer. :meth:`StreamLoader.state_dict` records
+the batches the *consumer* has taken (not what the threads have prepared), with this epoch's
+accounting, so :meth:`StreamLoader.load_state_dict` resumes with no row repeated or skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+
+from conveyor.ingest.errors import LoaderStateError, SourceError
+from conveyor.ingest.quarantine import QuarantineWriter
+from conveyor.ingest.shard import RankPlan, plan_rank, window_permutation, window_rows
+from conveyor.ingest.source import Chunk, Source
+from conveyor.ingest.spec import OOV_ID, RULES, FeatureSpec
+from conveyor.ingest.validate import Accounting, Validator
+
+log = logging.getLogger("conveyor.ingest")
+# 2: batch bounds split a short rank's last full batch in two (shard.batch_bounds), and the
+# state carries the epoch's accounting.
+STATE_VERSION = 2
+_UNSHUFFLED_WINDOW = 65_536  # rows converted at a time without shuffling
+_CHUNK_READAHEAD = 2  # decoded chunks queued ahead of the converter
+
+
+@dataclass
+class Batch:
+    """One step's data. ``features`` float32 ``[B, F]`` (spec.numeric order), ``categorical``
+    int64 ``[B, C]`` (ids, 0 = OOV), ``label`` int64 class ids ``[B]`` (classification) or
+    float32 ``[B]`` (regression), ``weight`` float32 ``[B]`` or None."""
+
+    features: torch.Tensor
+    categorical: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass
+class LoaderConfig:
+    """``batch_size`` rows per step (default 1024); ``shuffle`` piece order and a
+    ``shuffle_buffer``-row window (default 65,536 rows); ``seed``; ``world_size``/``rank`` for
+    sharding; ``drop_last`` (see :mod:`conveyor.ingest.shard`); ``prefetch`` batches prepared
+    ahead (default 4; 0 = no background threads); ``quarantine``: a directory for quarantined
+    rows (default None: counted in the accounting, not written)."""
+
+    batch_size: int = 1024
+    shuffle: bool = False
+    shuffle_buffer: int = 65_536
+    seed: int = 0
+    world_size: int = 1
+    rank: int = 0
+    drop_last: bool = False
+    prefetch: int = 4
+    quarantine: str | None = None
+
+
+@dataclass
+class _Window:
+    """Converted rows ``[index*K, index*K + n)`` of a rank's share, in emission order (after
+    the window's shuffle). ``rule``: first rule broken per row (-1 = valid); ``bad``: slots of
+    unsplittable lines (one entry each, at the row they are counted with); ``quarantine``: rows
+    for the quarantine file with their slots; ``imputed``: values imputed per rule, per row."""
+
+    index: int
+    features: np.ndarray
+    categorical: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray | None
+    rule: np.ndarray
+    bad: list[np.ndarray] = field(default_factory=list)
+    quarantine: list[tuple[pa.Table, np.ndarray]] = field(default_factory=list)
+    imputed: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class _Slice:
+    """Rows of one chunk in plan order; ``trailing``: a row-less chunk of lines that could not
+    be split, found after its file's last row (counted with that row)."""
+
+    chunk: Chunk
+    trailing: bool = False
+
+
+class StreamLoader:
+    """Iterable of :class:`Batch`; each ``iter()`` runs the rest of the current epoch.
+
+    Args:
+        source: a :class:`Source`, or a path, glob or URI; a string is opened with the spec's
+            declared column types (:meth:`FeatureSpec.declared_types`), so CSV/JSON values
+            that do not parse as them are quarantined rather than changing the column's type.
+        spec: the feature spec; its policies apply (``reject`` raises during iteration).
+        config: see :class:`LoaderConfig`; keyword arguments override its fields.
+        filter: a pyarrow dataset expression pushed down to the scan.
+        ranges: profiled ``{column: (min, max)}`` for the range rule (e.g. from stats.json).
+    """
+
+    def __init__(
+        self,
+        source: Source | str,
+        spec: FeatureSpec,
+        config: LoaderConfig | None = None,
+        *,
+        filter: ds.Expression | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if not isinstance(source, Source):
+            source = Source(source, types=spec.declared_types())
+        self.source = source
+        self.spec = spec
+        self.config = LoaderConfig(**{**asdict(config or LoaderConfig()), **overrides})
+        if self.config.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.config.batch_size}")
+        self.filter = filter
+        self.validator = Validator(
+            spec,
+            self.source.schema,
+            file=self.source.uri,
+            ranges=ranges,
+            check_duplicates=False,
+            collect=True,
+        )
+        self.columns = [c for c in spec.columns() if c in self.source.schema.names]
+        self.pieces = self.source.pieces()
+        # Row counts fix the plan; Parquet/IPC know them from metadata, text formats and
+        # filters cost a counting pass here, once.
+        self.counts = [self.source.count_rows(p, filter) for p in self.pieces]
+        self._warn_rowless_text_files()
+        c = self.config
+        self.window = window_rows(
+            c.shuffle_buffer if c.shuffle else _UNSHUFFLED_WINDOW, c.batch_size
+        )
+        self.epoch = 0
+        self._next_batch = 0  # batches of this epoch the consumer has taken
+        self._accounting = Accounting()
+        self.epoch_accounting: dict[int, Accounting] = {}
+        self._iteration: object | None = None
+        types = self.validator.types
+        self._vocab = {f.name: pa.array(f.vocab, type=types[f.name]) for f in spec.categorical}
+        self._regression = spec.label.task == "regression"
+        if not self._regression:
+            self._classes = pa.array(spec.label.classes).cast(types[spec.label.name])
+
+    def _warn_rowless_text_files(self) -> None:
+        """A text file with no row that splits into columns has no position in the plan, so no
+        rank reads its lines: say so rather than skip it silently."""
+        for piece, count in zip(self.pieces, self.counts, strict=True):
+            if count or self.source.format not in ("csv", "json"):
+                continue
+            lines = sum(len(c.bad_lines) for c in self.source.read(piece, [], self.filter))
+            if lines:
+                log.warning(
+                    "%s: none of its %d lines splits into the columns; the loader skips it "
+                    "(run `conveyor ingest validate` to quarantine them)",
+                    piece.path,
+                    lines,
+                )
+
+    # -- plan --------------------------------------------------------------------------------
+    def plan(self, epoch: int | None = None) -> RankPlan:
+        c = self.config
+        return plan_rank(
+            self.counts,
+            world_size=c.world_size,
+            rank=c.rank,
+            batch_size=c.batch_size,
+            shuffle=c.shuffle,
+            seed=c.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            drop_last=c.drop_last,
+        )
+
+    def __len__(self) -> int:
+        """Steps per epoch (the same on every rank)."""
+        return self.plan().steps
+
+    @property
+    def accounting(self) -> Accounting:
+        """Rows of the current epoch's batches taken so far on this rank (or of the epoch just
+        finished, until the next one starts); finished epochs are in :attr:`epoch_accounting`."""
+        return self._accounting
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch (like DistributedSampler.set_epoch)."""
+        self.epoch, self._next_batch = epoch, 0
+        self._accounting = Accounting()
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Position to resume from: the epoch, the batches of it already consumed and their
+        accounting."""
+        c = self.config
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches_done": self._next_batch,
+            "seed": c.seed,
+            "shuffle": c.shuffle,
+            "shuffle_buffer": c.shuffle_buffer,
+            "batch_size": c.batch_size,
+            "world_size": c.world_size,
+            "rank": c.rank,
+            "drop_last": c.drop_last,
+            "rows": int(sum(self.counts)),
+            "accounting": self._accounting.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume where ``state`` was taken; it must come from a loader with the same data and
+        settings (else :class:`LoaderStateError` says which setting differs)."""
+        mine = self.state_dict()
+        for key in (
+            "version",
+            "seed",
+            "shuffle",
+            "batch_size",
+            "world_size",
+            "rank",
+            "drop_last",
+            "rows",
+        ):
+            if state.get(key) != mine[key]:
+                raise LoaderStateError(
+                    f"state_dict does not match this loader: {key} is {state.get(key)!r}, "
+                    f"loader has {mine[key]!r}"
+                )
+        if state["shuffle"] and state["shuffle_buffer"] != mine["shuffle_buffer"]:
+            raise LoaderStateError("state_dict does not match this loader: shuffle_buffer")
+        self.epoch, self._next_batch = int(state["epoch"]), int(state["batches_done"])
+        self._accounting = Accounting.from_dict(state["accounting"])
+
+    # -- iteration (consumer side) -----------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        token = self._iteration = object()
+        if self._next_batch == 0:
+            self._accounting = Accounting()
+        plan = self.plan()
+        c, K = self.config, self.window
+        bounds = plan.bounds(c.batch_size)
+        first = self._next_batch
+        windows: Iterator[_Window] | None = None
+        writer = None
+        if c.quarantine is not None:
+            name = f"epoch{self.epoch:04d}-rank{c.rank:05d}-from{first:08d}.parquet"
+            writer = QuarantineWriter(Path(c.quarantine) / name)
+        try:
+            if first < plan.steps and bounds[first] < plan.rows:
+                windows = self._windows(plan, int(bounds[first]) // K)
+                if c.prefetch > 0:
+                    depth = max(1, -(-c.prefetch * c.batch_size // K))
+                    windows = _prefetch(windows, depth, "conveyor-ingest-convert")
+            win: _Window | None = None
+            for k in range(first, plan.steps):
+                lo, hi = int(bounds[k]), int(bounds[k + 1])
+                if hi > lo:
+                    while win is None or win.index < lo // K:
+                        win = next(windows)
+                    base = win.index * K
+                    batch = self._take(win, lo - base, hi - base, writer)
+                else:  # only where the rank has fewer rows than steps (see shard)
+                    batch = self._take(None, 0, 0, writer)
+                if self._iteration is token:
+                    self._next_batch = k + 1
+                yield batch
+        finally:
+            if windows is not None:
+                windows.close()
+            if writer is not None:
+                writer.close()
+        if self._iteration is token and self._next_batch >= plan.steps:
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        acc = self._accounting
+        self.epoch_accounting[self.epoch] = acc
+        if acc.rows_quarantined:
+            log.warning(
+                "epoch %d rank %d: %d of %d rows failed validation and were quarantined (%s)",
+                self.epoch,
+                self.config.rank,
+                acc.rows_quarantined,
+                acc.rows_in,
+                dict(acc.quarantined_by_rule),
+            )
+        self.epoch, self._next_batch = self.epoch + 1, 0
+
+    def _take(self, win: _Window | None, a: int, b: int, writer: QuarantineWriter | None) -> Batch:
+        """Batch of window slots ``[a, b)``; counts (and writes) its quarantined rows."""
+        if win is None:
+            return self._empty()
+        acc = self._accounting
+        rule = win.rule[a:b]
+        bad_rows = np.flatnonzero(rule >= 0)
+        n_bad_lines = sum(int(((s >= a) & (s < b)).sum()) for s in win.bad)
+        acc.rows_in += (b - a) + n_bad_lines
+        acc.rows_out += (b - a) - len(bad_rows)
+        acc.rows_quarantined += len(bad_rows) + n_bad_lines
+        if len(bad_rows):
+            codes = np.bincount(rule[bad_rows], minlength=len(RULES))
+            for code in np.flatnonzero(codes):
+                acc.quarantined_by_rule[RULES[code]] += int(codes[code])
+        if n_bad_lines:
+            acc.quarantined_by_rule["parse"] += n_bad_lines
+        for rule_name, per_row in win.imputed.items():
+            n = int(per_row[a:b].sum())
+            if n:
+                acc.imputed_by_rule[rule_name] += n
+        if writer is not None:
+            for table, slots in win.quarantine:
+                mine = (slots >= a) & (slots < b)
+                if mine.any():
+                    writer.write_table(table.filter(pa.array(mine)))
+        sel: slice | np.ndarray = slice(a, b)
+        if len(bad_rows):
+            sel = np.flatnonzero(rule < 0) + a
+
+        def t(arr: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(arr[sel])
+
+        return Batch(
+            features=t(win.features),
+            categorical=t(win.categorical),
+            label=t(win.label),
+            weight=t(win.weight) if win.weight is not None else None,
+        )
+
+    def _empty(self) -> Batch:
+        spec = self.spec
+        return Batch(
+            features=torch.empty((0, len(spec.numeric)), dtype=torch.float32),
+            categorical=torch.empty((0, len(spec.categorical)), dtype=torch.int64),
+            label=torch.empty(0, dtype=torch.float32 if self._regression else torch.int64),
+            weight=torch.empty(0, dtype=torch.float32) if spec.weight is not None else None,
+        )
+
+    # -- reading and conversion (producer side) ----------------------------------------------
+    def _windows(self, plan: RankPlan, first_window: int) -> Iterator[_Window]:
+        """Converted windows from ``first_window`` to the end of the rank's share."""
+        c, K = self.config, self.window
+        slices = self._slices(plan, first_window * K)
+        if c.prefetch > 0:
+            slices = _prefetch(slices, _CHUNK_READAHEAD, "conveyor-ingest-read")
+        stream = _SliceStream(slices)
+        try:
+            for w in range(first_window, -(-plan.rows // K)):
+                n = min(K, plan.rows - w * K)
+                win = self._window(w, n, stream)
+                if c.shuffle and n > 1:
+                    perm = window_permutation(
+                        n, seed=c.seed, epoch=self.epoch, rank=c.rank, window=w
+                    )
+                    win = _permute(win, perm)
+                yield win
+        finally:
+            slices.close()
+
+    def _slices(self, plan: RankPlan, skip: int) -> Iterator[_Slice]:
+        """The rank's rows in plan order from position ``skip``, as chunk slices. Lines that
+        could not be split come with the chunk they were found in, or, after a file's last
+        row, as a ``trailing`` row-less slice; each is read by the rank that owns the row it
+        is counted with."""
+        for seg in plan.segments:
+            n = seg.stop - seg.start
+            if skip >= n:
+                skip -= n
+                continue
+            lo, hi = seg.start + skip, seg.stop
+            skip = 0
+            pos = 0
+            owns_end = hi == self.counts[seg.piece]
+            for chunk in self.source.read(self.pieces[seg.piece], self.columns, self.filter):
+                m = len(chunk.rows)
+                a, b = max(lo - pos, 0), min(hi - pos, m)
+                if m == 0 and chunk.bad_lines:
+                    if pos >= hi and owns_end:
+                        yield _Slice(chunk, trailing=True)
+                    elif lo <= pos < hi:
+                        yield _Slice(chunk)
+                elif a < b:
+                    yield _Slice(_slice_chunk(chunk, a, b))
+                pos += m
+                if pos >= hi and not owns_end:
+                    break
+            if pos < hi or (owns_end and pos != hi):
+                # Row counts fixed the plan; a file that has since changed cannot be read
+                # exactly once, so stop naming it rather than shift every later row.
+                raise SourceError(
+                    self.pieces[seg.piece].path,
+                    f"yields {pos} rows where {self.counts[seg.piece]} were counted when the "
+                    "loader was made: it changed during the epoch",
+                )
+
+    def _window(self, index: int, n: int, stream: _SliceStream) -> _Window:
+        spec = self.spec
+        win = _Window(
+            index=index,
+            features=np.empty((n, len(spec.numeric)), dtype=np.float32),
+            categorical=np.empty((n, len(spec.categorical)), dtype=np.int64),
+            label=np.empty(n, dtype=np.float32 if self._regression else np.int64),
+            weight=np.empty(n, dtype=np.float32) if spec.weight is not None else None,
+            rule=np.full(n, -1, dtype=np.int8),
+        )
+        off = 0
+        while True:
+            item = stream.next(n - off)
+            if item is None:
+                break
+            chunk = item.chunk
+            m = len(chunk.rows)
+            if m == 0:  # lines that could not be split: count them with a row of this window
+                anchor = off - 1 if item.trailing else off
+                self._check(chunk, win, max(anchor, 0))
+                continue
+            if not (self.validator.fast_clean(chunk) and self._fill(chunk.batch, win, off)):
+                self._check(chunk, win, off)
+            off += m
+        if off != n:
+            raise RuntimeError(f"window {index}: read {off} rows, planned {n}")
+        return win
+
+    def _check(self, chunk: Chunk, win: _Window, off: int) -> None:
+        """The slow path: full validation of a chunk written at window row ``off``."""
+        checked = self.validator.check(chunk)
+        m = len(chunk.rows)
+        if m:
+            self._fill(checked.table, win, off)
+            win.rule[off : off + m] = checked.rule
+        for table, idx in checked.quarantined:
+            win.quarantine.append((table, idx + off))
+        if chunk.bad_lines:
+            win.bad.append(np.full(len(chunk.bad_lines), off, dtype=np.int64))
+        for rule, mask in checked.imputed:
+            per_row = win.imputed.setdefault(rule, np.zeros(len(win.rule), dtype=np.int32))
+            per_row[off : off + m] += mask
+
+    def _fill(self, data: pa.RecordBatch | pa.Table, win: _Window, off: int) -> bool:
+        """Write ``data``'s spec columns into window rows ``[off, off + len)``. True when every
+        value is finite and every category and class is known: with
+        :meth:`Validator.fast_clean`, that the rows break no rule."""
+        spec, m = self.spec, data.num_rows
+        rows = slice(off, off + m)
+        feats = win.features[rows]
+        for j, name in enumerate(spec.numeric_names):
+            _write(feats[:, j], data.column(name))
+        ok = bool(np.isfinite(feats).all())  # one pass over [m, F]
+        for j, name in enumerate(spec.categorical_names):
+            ids = pc.index_in(data.column(name), value_set=self._vocab[name])
+            ok = ok and ids.null_count == 0
+            dst = win.categorical[rows, j]
+            _write(dst, pc.fill_null(ids, OOV_ID - 1))
+            dst += 1  # vocab[i] -> i + 1; unseen (and null) -> OOV_ID
+        label = data.column(spec.label.name)
+        if self._regression:
+            _write(win.label[rows], label)
+            ok = ok and bool(np.isfinite(win.label[rows]).all())
+        else:
+            ids = pc.index_in(label, value_set=self._classes)
+            ok = ok and ids.null_count == 0
+            _write(win.label[rows], pc.fill_null(ids, 0))
+        if win.weight is not None:
+            _write(win.weight[rows], data.column(spec.weight))
+            ok = ok and bool(np.isfinite(win.weight[rows]).all())
+        return ok
+
+
+class _SliceStream:
+    """Slices taken up to ``n`` rows at a time, splitting a slice across windows."""
+
+    def __init__(self, slices: Iterator[_Slice]) -> None:
+        self.slices = slices
+        self.pending: _Slice | None = None
+
+    def _peek(self) -> _Slice | None:
+        if self.pending is None:
+            self.pending = next(self.slices, None)
+        return self.pending
+
+    def next(self, room: int) -> _Slice | None:
+        """The next slice with at most ``room`` rows; with ``room == 0`` only a trailing
+        row-less slice (which belongs with the row just taken), else None."""
+        item = self._peek()
+        if item is None:
+            return None
+        m = len(item.chunk.rows)
+        if room == 0:
+            if m == 0 and item.trailing:
+                self.pending = None
+                return item
+            return None
+        if m > room:
+            self.pending = _Slice(_slice_chunk(item.chunk, room, m))
+            return _Slice(_slice_chunk(item.chunk, 0, room))
+        self.pending = None
+        return item
+
+
+def _write(dst: np.ndarray, col: pa.Array | pa.ChunkedArray) -> None:
+    """Copy an Arrow column into ``dst`` (a numpy view), casting to ``dst.dtype`` on the way.
+    Nulls are written as 0: they only remain in rows that failed validation, whose values are
+    never used."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    off = 0
+    for chunk in chunks:
+        if chunk.null_count:
+            chunk = pc.fill_null(chunk, pa.scalar(0).cast(chunk.type))
+        n = len(chunk)
+        np.copyto(dst[off : off + n], chunk.to_numpy(zero_copy_only=False), casting="unsafe")
+        off += n
+
+
+def _permute(win: _Window, perm: np.ndarray) -> _Window:
+    """The window in emission order ``perm`` (slot ``i`` holds row ``perm[i]``)."""
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(len(perm))
+    return _Window(
+        index=win.index,
+        features=win.features[perm],
+        categorical=win.categorical[perm],
+        label=win.label[perm],
+        weight=win.weight[perm] if win.weight is not None else None,
+        rule=win.rule[perm],
+        bad=[inverse[s] for s in win.bad],
+        quarantine=[(t, inverse[s]) for t, s in win.quarantine],
+        imputed={r: v[perm] for r, v in win.imputed.items()},
+    )
+
+
+def _slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
+    """Rows ``[a, b)`` of a chunk. Its unsplittable lines stay with the slice that starts at
+    row 0: they are counted with the chunk's first row."""
+    if a == 0 and b == len(chunk.rows):
+        return chunk
+    return replace(
+        chunk,
+        batch=chunk.batch.slice(a, b - a),
+        rows=chunk.rows[a:b],
+        raw=chunk.raw.slice(a, b - a) if chunk.raw is not None else None,
+        parse_errors={c: m[a:b] for c, m in chunk.parse_errors.items()},
+        bad_lines=chunk.bad_lines if a == 0 else [],
+    )
+
+
+def _prefetch(it: Iterator, depth: int, name: str) -> Iterator:
+    """Run ``it`` in a daemon thread, ``depth`` items ahead; errors are re-raised here. Closing
+    the returned generator stops the thread (and closes ``it`` there)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)

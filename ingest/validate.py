@@ -1,0 +1,419 @@
+"""Validation: every rule, vectorised over Arrow batches, with its policy applied.
+
+Rules and default policies are in :data:`conveyor.ingest.spec.DEFAULT_POLICIES`. Per chunk of
+rows the :class:`Validator` computes one boolean mask per (rule, column) with pyarrow compute
+and then, by policy: ``reject`` raises :class:`ValidationError` naming file, row, column, rule
+and value; ``quarantine`` marks the row (the first rule it broke is recorded) and writes it,
+unchanged, to the :class:`QuarantineWriter`; ``impute`` replaces the value with the spec's
+declared one (a categorical without one gets the OOV id). Rules are checked in the order
+``type, null, nan, range, unseen_category, unseen_class, duplicate_key`` so that a value that
+did not parse is reported as ``type`` and not again as ``null``.
+
+Accounting: ``rows_in = rows_out + rows_quarantined`` (a rejected scan stops with an error),
+counted per rule in :class:`Accounting`.
+
+The streaming loader adds a fast path (:meth:`Validator.fast_clean`): a chunk with no parse
+errors, no nulls in the spec's columns and every bounded column inside its bounds can only break
+the ``nan`` and vocabulary rules, which the loader checks on its converted arrays in one
+vectorised pass; only chunks that fail that are run through :meth:`Validator.check`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from conveyor.ingest.errors import SpecError, ValidationError
+from conveyor.ingest.quarantine import QuarantineWriter, quarantine_table
+from conveyor.ingest.source import Chunk
+from conveyor.ingest.spec import RULES, FeatureSpec
+
+# Rule -> small integer, for per-row rule codes (-1 = the row passed).
+RULE_CODES: dict[str, int] = {rule: i for i, rule in enumerate(RULES)}
+
+
+@dataclass
+class Accounting:
+    """Where every row went. ``quarantined_by_rule`` and ``imputed_by_rule`` count rows / values."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_quarantined: int = 0
+    quarantined_by_rule: Counter = field(default_factory=Counter)
+    imputed_by_rule: Counter = field(default_factory=Counter)
+
+    def balanced(self) -> bool:
+        return self.rows_in == self.rows_out + self.rows_quarantined
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_quarantined": self.rows_quarantined,
+            "quarantined_by_rule": dict(sorted(self.quarantined_by_rule.items())),
+            "imputed_by_rule": dict(sorted(self.imputed_by_rule.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Accounting:
+        return cls(
+            int(data["rows_in"]),
+            int(data["rows_out"]),
+            int(data["rows_quarantined"]),
+            Counter(data.get("quarantined_by_rule", {})),
+            Counter(data.get("imputed_by_rule", {})),
+        )
+
+    def merge(self, other: Accounting) -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.rows_quarantined += other.rows_quarantined
+        self.quarantined_by_rule.update(other.quarantined_by_rule)
+        self.imputed_by_rule.update(other.imputed_by_rule)
+
+
+@dataclass
+class Checked:
+    """A validated chunk: ``table`` holds the spec's columns, typed, imputed, one row per input
+    row; ``valid`` marks rows that passed (the others were quarantined; their values are
+    meaningless); ``rows`` are their 0-based row indices within ``path``; ``rule`` the
+    :data:`RULE_CODES` code of the first rule each row broke (-1 if it passed).
+
+    ``quarantined`` (only when the validator collects, see :class:`Validator`): the quarantined
+    rows as quarantine-file tables (:func:`~conveyor.ingest.quarantine.quarantine_table`), each
+    with the chunk-relative index of its rows; rows that could not be split into columns (bad
+    lines) have no index of their own and carry index 0. ``imputed``: ``(rule, rows)`` for each
+    column where the impute policy replaced values.
+    """
+
+    path: str
+    table: pa.Table
+    valid: np.ndarray
+    rows: np.ndarray
+    rule: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    quarantined: list[tuple[pa.Table, np.ndarray]] = field(default_factory=list)
+    imputed: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+
+def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _is_float(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t)
+
+
+class Validator:
+    """Applies a spec's rules to chunks read from a :class:`~conveyor.ingest.source.Source`.
+
+    Args:
+        spec: the feature spec (its ``policies`` override the defaults).
+        schema: the source's schema (dataset-level rules are checked against it at once).
+        file: the source's name, for dataset-level errors.
+        ranges: profiled ``{column: (min, max)}`` used where the spec declares no bound.
+        quarantine: where quarantined rows go; None counts them without writing.
+        check_duplicates: the ``duplicate_key`` rule needs every key seen so far in memory.
+        collect: return quarantined rows in :attr:`Checked.quarantined` (the loader writes them
+            when the consumer takes their batch, so a read-ahead never writes a row twice).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        schema: pa.Schema,
+        *,
+        file: str,
+        ranges: dict[str, tuple[float, float]] | None = None,
+        quarantine: QuarantineWriter | None = None,
+        check_duplicates: bool = True,
+        collect: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.schema = schema
+        self.quarantine = quarantine
+        self.collect = collect
+        self.accounting = Accounting()
+        self.check_duplicates = check_duplicates and spec.key is not None
+        self._seen_keys: set = set()
+        self.missing_fill: dict[str, pa.Scalar] = {}
+        self._check_dataset(file)
+        self.types = {
+            c: (schema.field(c).type if c in schema.names else self.missing_fill[c].type)
+            for c in spec.columns()
+        }
+        self.bounds: dict[str, tuple[float | None, float | None]] = {}
+        for f in spec.numeric:
+            lo, hi = (ranges or {}).get(f.name, (None, None))
+            self.bounds[f.name] = (
+                f.min if f.min is not None else lo,
+                f.max if f.max is not None else hi,
+            )
+        for f in spec.numeric:
+            if f.impute is None and any(
+                spec.policy(r) == "impute" for r in ("type", "null", "nan", "range")
+            ):
+                raise SpecError(f"numeric {f.name!r}: an impute policy is set but no impute value")
+        if spec.label.task != "regression":
+            self._classes = pa.array(spec.label.classes).cast(self.types[spec.label.name])
+        self._vocab = {
+            f.name: pa.array(f.vocab, type=self.types[f.name])
+            if f.vocab
+            else pa.array([], type=self.types[f.name])
+            for f in spec.categorical
+        }
+
+    # -- dataset level -----------------------------------------------------------------------
+    def _check_dataset(self, file: str) -> None:
+        spec, names = self.spec, set(self.schema.names)
+        missing = [c for c in self.spec.columns() if c not in names]
+        for col in missing:
+            if spec.policy("missing_column") == "reject":
+                raise ValidationError(
+                    file=file,
+                    row=None,
+                    column=col,
+                    rule="missing_column",
+                    detail="declared in the spec but absent from the data",
+                )
+            value = self._impute_value(col)
+            if value is None:
+                raise SpecError(f"column {col!r} is missing and has no impute value to fill it")
+            self.missing_fill[col] = pa.scalar(value)
+        known = set(spec.columns()) | set(spec.ignore)
+        extra = [c for c in self.schema.names if c not in known]
+        if extra and spec.policy("extra_column") == "reject":
+            raise ValidationError(
+                file=file,
+                row=None,
+                column=extra[0],
+                rule="extra_column",
+                detail=f"not in the spec (columns {extra}); add them to 'ignore' or use "
+                "the 'ignore' policy",
+            )
+
+    def _impute_value(self, col: str) -> Any:
+        for f in self.spec.numeric:
+            if f.name == col:
+                return f.impute
+        for f in self.spec.categorical:
+            if f.name == col:
+                return f.impute
+        return None
+
+    # -- row level ---------------------------------------------------------------------------
+    def check(self, chunk: Chunk) -> Checked:
+        """Validate one chunk; quarantined rows are written and counted; raises on reject."""
+        spec, batch = self.spec, chunk.batch
+        n = batch.num_rows
+        acc = self.accounting
+        acc.rows_in += n + len(chunk.bad_lines)
+        collected: list[tuple[pa.Table, np.ndarray]] = []
+        imputed: list[tuple[str, np.ndarray]] = []  # (rule, rows) per imputed column
+        if chunk.bad_lines:
+            collected += self._bad_lines(chunk)
+        cols: dict[str, pa.Array] = {}
+        for c in spec.columns():
+            if c in self.missing_fill:
+                cols[c] = pa.array([self.missing_fill[c].as_py()] * n, self.missing_fill[c].type)
+                imputed.append(("missing_column", np.ones(n, dtype=bool)))
+            else:
+                cols[c] = batch.column(c)
+        bad = np.zeros(n, dtype=bool)
+        first: list[tuple[np.ndarray, str, str]] = []  # (rows, rule, column) in rule order
+        categorical = set(spec.categorical_names)
+
+        def apply(rule: str, col: str, mask: np.ndarray, replace: Any = None) -> None:
+            nonlocal bad
+            mask = mask & ~bad  # a row already quarantined is reported once
+            if not mask.any():
+                return
+            policy = spec.policy(rule)
+            if policy == "reject":
+                i = int(np.flatnonzero(mask)[0])
+                raise ValidationError(
+                    file=chunk.path,
+                    row=int(chunk.rows[i]),
+                    column=col,
+                    rule=rule,
+                    value=self._original(chunk, col, i),
+                )
+            if policy == "quarantine":
+                bad |= mask
+                first.append((mask, rule, col))
+                return
+            if replace is None and col not in categorical:
+                # Nothing declared to write (a label, weight, key or timestamp): the value
+                # stays bad, so the row is quarantined rather than passed on broken.
+                bad |= mask
+                first.append((mask, rule, col))
+                return
+            imputed.append((rule, mask))
+            if replace is not None:
+                cols[col] = pc.if_else(pa.array(mask), replace, cols[col])
+
+        label = spec.label.name
+        for c in spec.columns():
+            parse = chunk.parse_errors.get(c)
+            if parse is not None:
+                apply("type", c, parse, self._impute_scalar(c))
+        for c in spec.columns():
+            apply("null", c, _mask(pc.is_null(cols[c])), self._impute_scalar(c))
+        for c in [label, *spec.numeric_names, spec.weight]:
+            if c is not None and _is_float(cols[c].type):
+                nan = _mask(pc.or_(pc.is_nan(cols[c]), pc.is_inf(cols[c])))
+                apply("nan", c, nan, self._impute_scalar(c))
+        for c, (lo, hi) in self.bounds.items():
+            out = np.zeros(n, dtype=bool)
+            if lo is not None:
+                out |= _mask(pc.less(cols[c], pa.scalar(lo).cast(cols[c].type, safe=False)))
+            if hi is not None:
+                out |= _mask(pc.greater(cols[c], pa.scalar(hi).cast(cols[c].type, safe=False)))
+            apply("range", c, out, self._impute_scalar(c))
+        for f in spec.categorical:
+            unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self._vocab[f.name])))
+            unseen &= _mask(pc.is_valid(cols[f.name]))
+            apply("unseen_category", f.name, unseen, self._impute_scalar(f.name))
+        if spec.label.task != "regression":
+            unseen = _mask(pc.is_null(pc.index_in(cols[label], value_set=self._classes)))
+            apply("unseen_class", label, unseen & _mask(pc.is_valid(cols[label])))
+        if self.check_duplicates:
+            apply("duplicate_key", spec.key, self._duplicates(cols[spec.key], bad))
+
+        # Imputed values count only in rows that went out (a later rule may quarantine a row).
+        imputed = [(rule, mask & ~bad) for rule, mask in imputed]
+        for rule, mask in imputed:
+            acc.imputed_by_rule[rule] += int(mask.sum())
+        quarantined = int(bad.sum())
+        acc.rows_quarantined += quarantined
+        acc.rows_out += n - quarantined
+        codes = np.full(n, -1, dtype=np.int8)
+        for mask, r, _ in first:
+            codes[mask] = RULE_CODES[r]
+        if quarantined:
+            collected += self._quarantine(chunk, bad, first)
+        table = pa.Table.from_arrays(list(cols.values()), names=list(cols))
+        return Checked(chunk.path, table, ~bad, chunk.rows, codes, collected, imputed)
+
+    def fast_clean(self, chunk: Chunk) -> bool:
+        """True when no row of ``chunk`` can break a rule other than ``nan``,
+        ``unseen_category`` and ``unseen_class`` (which the caller checks on converted data):
+        no bad lines or parse errors, no imputed missing column, no key rule, no null in the
+        spec's columns and every bounded column within its bounds. Costs one null count per
+        column and one min/max per bounded column, no per-row masks."""
+        if chunk.bad_lines or chunk.parse_errors or self.missing_fill or self.check_duplicates:
+            return False
+        batch = chunk.batch
+        if any(batch.column(c).null_count for c in self.spec.columns()):
+            return False
+        for c, (lo, hi) in self.bounds.items():
+            if (lo is None and hi is None) or batch.num_rows == 0:
+                continue
+            mm = pc.min_max(batch.column(c))
+            least, most = mm["min"].as_py(), mm["max"].as_py()
+            if least is None or (lo is not None and least < lo) or (hi is not None and most > hi):
+                return False
+        return True
+
+    def _impute_scalar(self, col: str) -> pa.Scalar | None:
+        value = self._impute_value(col)
+        if value is None:
+            return None
+        return pa.scalar(value).cast(self.types[col])
+
+    def _duplicates(self, keys: pa.Array, bad: np.ndarray) -> np.ndarray:
+        """Keys seen earlier in this scan (or earlier in the chunk). Per-row Python work, only
+        when a key is declared: a set of every key is what exactly-once needs."""
+        out = np.zeros(len(keys), dtype=bool)
+        seen = self._seen_keys
+        for i, k in enumerate(keys.to_pylist()):
+            if bad[i] or k is None:
+                continue
+            if k in seen:
+                out[i] = True
+            else:
+                seen.add(k)
+        return out
+
+    @staticmethod
+    def _original(chunk: Chunk, col: str, i: int) -> Any:
+        source = (
+            chunk.raw if chunk.raw is not None and col in chunk.raw.schema.names else chunk.batch
+        )
+        return source.column(col)[i].as_py() if col in source.schema.names else None
+
+    def _quarantine(
+        self, chunk: Chunk, bad: np.ndarray, first: list[tuple[np.ndarray, str, str]]
+    ) -> list[tuple[pa.Table, np.ndarray]]:
+        idx = np.flatnonzero(bad)
+        rule = np.empty(len(bad), dtype=object)
+        column = np.empty(len(bad), dtype=object)
+        for mask, r, c in first:  # in rule order; each row is in exactly one mask
+            rule[mask], column[mask] = r, c
+        for i in idx:
+            self.accounting.quarantined_by_rule[rule[i]] += 1
+        if self.quarantine is None and not self.collect:
+            return []
+        data = chunk.raw if chunk.raw is not None else chunk.batch
+        rows = pa.Table.from_batches([data.take(pa.array(idx))])
+        values = [self._original(chunk, column[i], int(i)) for i in idx]
+        meta = {
+            "_file": [chunk.path] * len(idx),
+            "_row": [int(chunk.rows[i]) for i in idx],
+            "_rule": [rule[i] for i in idx],
+            "_column": [column[i] for i in idx],
+            "_value": [None if v is None else str(v) for v in values],
+            "_reason": [_reason(rule[i], column[i], v) for i, v in zip(idx, values, strict=True)],
+        }
+        table = quarantine_table(rows, meta)
+        if self.quarantine is not None:
+            self.quarantine.write_table(table)
+        return [(table, idx)] if self.collect else []
+
+    def _bad_lines(self, chunk: Chunk) -> list[tuple[pa.Table, np.ndarray]]:
+        if self.spec.policy("parse") == "reject":
+            b = chunk.bad_lines[0]
+            raise ValidationError(
+                file=chunk.path, row=b.row, column=None, rule="parse", value=b.text, detail=b.reason
+            )
+        k = len(chunk.bad_lines)
+        self.accounting.rows_quarantined += k
+        self.accounting.quarantined_by_rule["parse"] += k
+        if self.quarantine is None and not self.collect:
+            return []
+        schema = (chunk.raw if chunk.raw is not None else chunk.batch).schema
+        empty = pa.Table.from_arrays([pa.nulls(k, f.type) for f in schema], schema=schema)
+        table = quarantine_table(
+            empty,
+            {
+                "_file": [chunk.path] * k,
+                "_row": [b.row for b in chunk.bad_lines],
+                "_rule": ["parse"] * k,
+                "_column": [None] * k,
+                "_value": [None] * k,
+                "_reason": [b.reason for b in chunk.bad_lines],
+                "_raw": [b.text for b in chunk.bad_lines],
+            },
+        )
+        if self.quarantine is not None:
+            self.quarantine.write_table(table)
+        return [(table, np.zeros(k, dtype=np.int64))] if self.collect else []
+
+
+_REASONS = {
+    "type": "does not parse as the column's type",
+    "null": "is null in a required column",
+    "nan": "is NaN or infinite",
+    "range": "is outside the allowed range",
+    "unseen_category": "is not in the vocabulary",
+    "unseen_class": "is not one of the label's classes",
+    "duplicate_key": "repeats a key seen before",
+}
+
+
+def _reason(rule: str, column: str, value: Any) -> str:
+    return f"column {column!r}: value {value!r} {_REASONS.get(rule, rule)}"

@@ -1,0 +1,287 @@
+"""StreamLoader: quarantine and accounting per epoch and rank, resume, conversion details."""
+
+import logging
+import warnings
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conveyor.ingest.errors import SourceError, ValidationError
+from conveyor.ingest.loader import StreamLoader
+from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+from conveyor.ingest.validate import Accounting
+from tests.ingest.conftest import EXT, sample_table, write
+
+SPEC = FeatureSpec(
+    label=Label("y", "binary", [0, 1]),
+    numeric=[NumericFeature("id"), NumericFeature("x", min=-10.0, max=10.0)],
+    categorical=[CategoricalFeature("c", vocab=["a", "b"])],
+)
+N = 120
+# Rows planted with one problem each, and the rule that must catch it.
+BAD = {7: "nan", 13: "null", 40: "range", 41: "unseen_class", 77: "nan", 118: "null"}
+
+
+def bad_table() -> pa.Table:
+    x = np.linspace(-1, 1, N)
+    y = (np.arange(N) % 2).astype(np.int64)
+    x[7], x[77], x[40] = np.nan, np.inf, 99.0
+    y[41] = 5
+    xs = pa.array(x, mask=np.isin(np.arange(N), [13]))
+    c = pa.array([["a", "b", "zzz"][i % 3] if i != 118 else None for i in range(N)])
+    return pa.table({"id": np.arange(N, dtype=np.float64), "x": xs, "c": c, "y": y})
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.parquet"
+    pq.write_table(bad_table(), path, row_group_size=32)
+    return path
+
+
+def ids(batches) -> list[int]:
+    return [int(v) for b in batches for v in b.features[:, 0].tolist()]
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_quarantined_rows_are_counted_and_written_per_rank(data, tmp_path, prefetch):
+    good = sorted(set(range(N)) - set(BAD))
+    seen, quarantined, steps = [], [], set()
+    for rank in range(3):
+        qdir = tmp_path / "q"
+        loader = StreamLoader(
+            str(data), SPEC, batch_size=8, world_size=3, rank=rank, prefetch=prefetch,
+            shuffle=True, shuffle_buffer=16, quarantine=str(qdir),
+        )  # fmt: skip
+        batches = list(loader)
+        steps.add(len(batches))
+        seen += ids(batches)
+        acc = loader.epoch_accounting[0]
+        assert acc.rows_in == loader.plan(0).rows == acc.rows_out + acc.rows_quarantined
+        assert acc.rows_out == sum(len(b) for b in batches)
+        (qfile,) = qdir.glob(f"epoch0000-rank{rank:05d}-from00000000.parquet") or [None]
+        if acc.rows_quarantined:
+            q = pq.read_table(qfile)
+            assert q.num_rows == acc.rows_quarantined
+            rules, counts = np.unique(q.column("_rule").to_pylist(), return_counts=True)
+            assert dict(acc.quarantined_by_rule) == dict(zip(rules, counts, strict=True))
+            quarantined += q.to_pylist()
+    assert len(steps) == 1
+    assert sorted(seen) == good
+    got = {int(r["id"]): r for r in quarantined}
+    assert sorted(got) == sorted(BAD)
+    for i, rule in BAD.items():
+        assert got[i]["_rule"] == rule and got[i]["_row"] == i
+        original = bad_table().slice(i, 1).to_pylist()[0]
+        row = {k: v for k, v in got[i].items() if not k.startswith("_")}
+        assert row.keys() == original.keys()
+        for k, v in original.items():  # unchanged, NaN included
+            assert v == row[k] or (v != v and row[k] != row[k])
+
+
+def test_accounting_is_per_epoch_and_survives_resume(data, tmp_path):
+    kw = dict(batch_size=8, shuffle=True, shuffle_buffer=24, prefetch=2)
+    qdir = tmp_path / "q"
+    whole = StreamLoader(str(data), SPEC, **kw)
+    full = [ids([b]) for b in whole]
+    first = whole.epoch_accounting[0]
+    assert first.rows_in == N and first.rows_quarantined == len(BAD)
+    list(whole)  # epoch 1 starts from zero again
+    assert whole.epoch_accounting[1].to_dict() == first.to_dict()
+
+    cut = 6
+    a = StreamLoader(str(data), SPEC, quarantine=str(qdir), **kw)
+    it = iter(a)
+    head = [ids([next(it)]) for _ in range(cut)]
+    state = a.state_dict()
+    it.close()
+    b = StreamLoader(str(data), SPEC, quarantine=str(qdir), **kw)
+    b.load_state_dict(state)
+    tail = [ids([x]) for x in b]
+    assert head + tail == full
+    assert b.epoch_accounting[0].to_dict() == first.to_dict()
+    # The read-ahead never wrote rows of batches that were not taken: the two files hold
+    # every quarantined row exactly once.
+    files = sorted(qdir.glob("epoch0000-*.parquet"))
+    rows = [r for f in files for r in pq.read_table(f).column("_row").to_pylist()]
+    assert sorted(rows) == sorted(BAD)
+
+
+def test_resume_after_the_last_batch_yields_nothing_then_next_epoch(data):
+    a = StreamLoader(str(data), SPEC, batch_size=50)
+    it = iter(a)
+    taken = [next(it) for _ in range(len(a))]
+    state = a.state_dict()
+    it.close()
+    b = StreamLoader(str(data), SPEC, batch_size=50)
+    b.load_state_dict(state)
+    assert list(b) == [] and b.epoch == 1
+    assert ids(b) == ids(taken)  # epoch 1, unshuffled: the same rows again
+
+
+def test_reject_policy_raises_naming_file_row_column(data):
+    spec = SPEC.with_policies({"nan": "reject"})
+    with pytest.raises(ValidationError) as info:
+        list(StreamLoader(str(data), spec, batch_size=8, prefetch=2))
+    err = info.value
+    assert (err.file, err.row, err.column, err.rule) == (str(data), 7, "x", "nan")
+    assert "d.parquet: row 7, column 'x': rule 'nan' rejected, value nan" in str(err)
+
+
+def test_batches_are_writable_tensors_without_warnings(data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = next(iter(StreamLoader(str(data), SPEC, batch_size=4, prefetch=0)))
+    assert batch.features.dtype == torch.float32 and batch.features.shape == (4, 2)
+    assert batch.categorical.dtype == torch.int64 and batch.label.dtype == torch.int64
+    assert batch.categorical[:, 0].tolist() == [1, 2, 0, 1]  # a, b, unseen -> OOV 0, a
+    batch.label += 1  # a writable buffer of the batch's own
+    batch.features[0, 0] = -1
+
+
+def test_unseen_category_impute_is_counted(data):
+    loader = StreamLoader(str(data), SPEC, batch_size=16)
+    list(loader)
+    # Rows with c == "zzz" (every third) map to the OOV id; the ones quarantined for another
+    # reason are not counted as imputed.
+    zzz = [i for i in range(2, N, 3) if i not in BAD]
+    assert loader.epoch_accounting[0].imputed_by_rule["unseen_category"] == len(zzz)
+
+
+def test_csv_lines_that_cannot_be_split_are_counted_by_the_loader(tmp_path):
+    path = tmp_path / "r.csv"
+    lines = ["id,x,c,y"] + [f"{i},0.5,a,{i % 2}" for i in range(10)]
+    lines.insert(4, "99,1,a")  # ragged, in the middle
+    lines.append("98,1,a,1,EXTRA")  # ragged, after the last row
+    path.write_text("\n".join(lines) + "\n")
+    for world in (1, 2):
+        total = 0
+        for rank in range(world):
+            loader = StreamLoader(str(path), SPEC, batch_size=3, world_size=world, rank=rank)
+            list(loader)
+            acc = loader.epoch_accounting[0]
+            assert acc.balanced()
+            total += acc.rows_in
+            assert acc.rows_quarantined == acc.quarantined_by_rule["parse"]
+        assert total == 12
+
+
+def test_pinned_spec_types_beat_csv_inference(tmp_path):
+    path = tmp_path / "v.csv"
+    path.write_text("id,x,c,y\n0,oops,a,0\n1,2.5,b,1\n2,3.5,a,0\n")
+    loader = StreamLoader(str(path), SPEC, batch_size=8)
+    assert loader.source.schema.field("x").type == pa.float64()
+    (batch,) = list(loader)
+    assert batch.features[:, 0].tolist() == [1.0, 2.0]
+    acc = loader.epoch_accounting[0]
+    assert acc.rows_quarantined == acc.quarantined_by_rule["type"] == 1
+
+
+def test_text_file_with_no_splittable_row_is_reported(tmp_path):
+    (tmp_path / "a.csv").write_text("id,x,c,y\n0,0.5,a,0\n1,0.5,b,1\n")
+    (tmp_path / "b.csv").write_text("id,x,c,y\n2,0.5\n3\n")
+    # A handler of its own: the CLI's logging set-up (other tests) stops propagation to root.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("conveyor.ingest")
+    logger.addHandler(handler)
+    try:
+        loader = StreamLoader(str(tmp_path), SPEC, batch_size=4)
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert any(m.startswith(f"{tmp_path / 'b.csv'}: none of its 2 lines splits") for m in messages)
+    assert ids(loader) == [0, 1]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 90),
+    bad=st.dictionaries(st.integers(0, 89), st.sampled_from(["nan", "inf", "null", "range"])),
+    group=st.integers(1, 40),
+    world=st.integers(1, 3),
+    batch=st.integers(1, 12),
+    shuffle=st.booleans(),
+    prefetch=st.sampled_from([0, 2]),
+)
+def test_loader_accounts_for_random_bad_rows(
+    tmp_path_factory, n, bad, group, world, batch, shuffle, prefetch
+):
+    bad = {i: k for i, k in bad.items() if i < n}
+    x = np.zeros(n)
+    nulls = np.zeros(n, dtype=bool)
+    for i, kind in bad.items():
+        if kind == "null":
+            nulls[i] = True
+        else:
+            x[i] = {"nan": np.nan, "inf": np.inf, "range": 11.0}[kind]
+    tmp = tmp_path_factory.mktemp("lb")
+    table = pa.table(
+        {
+            "id": np.arange(n, dtype=np.float64),
+            "x": pa.array(x, mask=nulls),
+            "c": pa.array(["a"] * n),
+            "y": np.zeros(n, dtype=np.int64),
+        }
+    )
+    pq.write_table(table, tmp / "d.parquet", row_group_size=group)
+    out, quarantined, total = [], [], Accounting()
+    for rank in range(world):
+        loader = StreamLoader(
+            str(tmp / "d.parquet"), SPEC, batch_size=batch, world_size=world, rank=rank,
+            shuffle=shuffle, shuffle_buffer=2 * batch, prefetch=prefetch,
+            quarantine=str(tmp / "q"),
+        )  # fmt: skip
+        out += ids(loader)
+        acc = loader.epoch_accounting[0]
+        assert acc.balanced() and acc.rows_in == loader.plan(0).rows
+        total.merge(acc)
+    for f in (tmp / "q").glob("*.parquet"):
+        quarantined += pq.read_table(f).column("_row").to_pylist()
+    assert sorted(out) == [i for i in range(n) if i not in bad]
+    assert sorted(quarantined) == sorted(bad)
+    assert (total.rows_in, total.rows_quarantined) == (n, len(bad))
+    kinds = {"nan": "nan", "inf": "nan", "null": "null", "range": "range"}
+    assert total.quarantined_by_rule == Counter(kinds[k] for k in bad.values())
+
+
+@pytest.mark.parametrize("change", ["shorter", "longer"])
+def test_text_file_that_changes_after_counting_is_named(tmp_path, change):
+    path = tmp_path / "d.csv"
+    lines = ["id,x,c,y"] + [f"{i},0.5,a,0" for i in range(20)]
+    path.write_text("\n".join(lines) + "\n")
+    loader = StreamLoader(str(path), SPEC, batch_size=4, prefetch=2)
+    lines = lines[:-5] if change == "shorter" else [*lines, "20,0.5,a,0"]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=rf"{path}: yields \d+ rows where 20 were counted"):
+        list(loader)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json", "ipc"])
+def test_round_trip_to_torch_every_format(tmp_path, fmt):
+    table = sample_table(50)
+    write(table, tmp_path / f"d.{EXT[fmt]}", fmt)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("k")],
+        categorical=[CategoricalFeature("c", vocab=["b", "a"])],
+    )
+    loader = StreamLoader(str(tmp_path / f"d.{EXT[fmt]}"), spec, batch_size=16, prefetch=2)
+    batches = list(loader)
+    assert [len(b) for b in batches] == [16, 16, 16, 2]
+    feats = torch.cat([b.features for b in batches]).numpy()
+    np.testing.assert_array_equal(feats[:, 0], table.column("x").to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(feats[:, 1], table.column("k").to_numpy().astype(np.float32))
+    cats = torch.cat([b.categorical for b in batches])[:, 0].tolist()
+    assert cats == [{"b": 1, "a": 2}.get(v, 0) for v in table.column("c").to_pylist()]
+    assert torch.cat([b.label for b in batches]).tolist() == table.column("y").to_pylist()
+    assert loader.epoch_accounting[0].to_dict()["rows_out"] == 50

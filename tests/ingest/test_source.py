@@ -1,0 +1,239 @@
+import re
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from conveyor.ingest.errors import SourceError
+from conveyor.ingest.source import Source
+from tests.ingest.conftest import EXT, sample_table, write
+
+
+def read_all(src: Source, **kw) -> pa.Table:
+    batches = [c.batch for p in src.pieces() for c in src.read(p, **kw)]
+    return pa.Table.from_batches(batches)
+
+
+def test_round_trip_every_format(tmp_path, fmt):
+    table = sample_table()
+    path = tmp_path / f"d.{EXT[fmt]}"
+    write(table, path, fmt)
+    src = Source(str(path))
+    assert src.format == fmt
+    assert read_all(src).equals(table)
+
+
+def test_directory_with_hive_partitions_and_glob(tmp_path):
+    t = sample_table(10)
+    for year in (2020, 2021):
+        (tmp_path / f"year={year}").mkdir()
+        write(t, tmp_path / f"year={year}" / "part.parquet", "parquet")
+    (tmp_path / "_SUCCESS").write_text("")
+    got = read_all(Source(str(tmp_path)))
+    assert got.num_rows == 20 and sorted(set(got.column("year").to_pylist())) == [2020, 2021]
+    globbed = Source(str(tmp_path / "year=2021" / "*.parquet"))
+    assert read_all(globbed).num_rows == 10
+    uri = Source("file://" + str(tmp_path))
+    assert read_all(uri).num_rows == 20
+
+
+def test_projection_and_filter_pushdown(tmp_path, fmt):
+    path = tmp_path / f"d.{EXT[fmt]}"
+    write(sample_table(), path, fmt)
+    got = read_all(Source(str(path)), columns=["k"], filter=ds.field("k") >= 40)
+    assert got.column_names == ["k"] and got.column("k").to_pylist() == list(range(40, 50))
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(SourceError, match="not found"):
+        Source(str(tmp_path / "nope.parquet"))
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.parquet").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"e\.parquet: empty file"):
+        Source(str(tmp_path / "e.parquet"))
+
+
+def test_corrupt_file(tmp_path):
+    (tmp_path / "c.parquet").write_bytes(b"this is not parquet at all")
+    with pytest.raises(SourceError, match=r"c\.parquet: corrupt"):
+        Source(str(tmp_path / "c.parquet"))
+
+
+def test_truncated_file(tmp_path):
+    write(sample_table(), tmp_path / "t.parquet", "parquet")
+    data = (tmp_path / "t.parquet").read_bytes()
+    (tmp_path / "t.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match=r"t\.parquet: corrupt"):
+        Source(str(tmp_path / "t.parquet"))
+
+
+def test_schema_change_mid_dataset(tmp_path):
+    write(sample_table(), tmp_path / "a.parquet", "parquet")
+    pq.write_table(sample_table().drop(["x"]), tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet: schema differs .*missing columns \['x'\]"):
+        Source(str(tmp_path))
+
+
+def test_type_change_mid_dataset(tmp_path):
+    write(sample_table(), tmp_path / "a.parquet", "parquet")
+    t = sample_table()
+    pq.write_table(t.set_column(1, "k", t.column("k").cast(pa.string())), tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match="column 'k' is string, not int64"):
+        Source(str(tmp_path))
+
+
+def test_ragged_csv_row_is_reported_not_dropped(tmp_path):
+    (tmp_path / "r.csv").write_text("x,k,c,y\n1,1,a,0\n2,2,b,1,EXTRA\n3,3,c,1\n")
+    src = Source(str(tmp_path / "r.csv"))
+    chunks = [c for p in src.pieces() for c in src.read(p)]
+    bad = [b for c in chunks for b in c.bad_lines]
+    assert [(b.row, b.text) for b in bad] == [(1, "2,2,b,1,EXTRA")]
+    assert [r for c in chunks for r in c.rows.tolist()] == [0, 2]
+
+
+def test_unparseable_csv_value_is_marked(tmp_path):
+    # Types are inferred from the first 1 MiB block; the bad value sits beyond it.
+    n = 200_000
+    (tmp_path / "v.csv").write_text("x,k\n" + "1.5,1\n" * n + "abc,3\n")
+    src = Source(str(tmp_path / "v.csv"))
+    assert src.schema.field("x").type == pa.float64()
+    chunks = list(src.read(src.pieces()[0]))
+    errors = [i for c in chunks for i in c.rows[c.parse_errors.get("x", [])].tolist()]
+    assert errors == [n]
+    last = chunks[-1]
+    assert last.batch.column("x")[-1].as_py() is None
+    assert last.raw.column("x")[-1].as_py() == "abc"
+
+
+def test_json_with_mixed_types_keeps_good_rows(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"x": 1.5}\n{"x": "oops"}\n{not json\n{"x": 2}\n')
+    src = Source(str(tmp_path / "m.jsonl"))
+    (chunk,) = list(src.read(src.pieces()[0]))
+    # Mixed types in the inspected head make the column a string; the broken line is reported.
+    assert chunk.batch.column("x").to_pylist() == ["1.5", "oops", "2"]
+    assert [b.row for b in chunk.bad_lines] == [2]
+
+
+# -- non-local filesystems: the same code path as local files ---------------------------------
+def memory_filesystem():
+    import fsspec  # pinned in the dev extra
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    # A fresh in-memory store per test (fsspec caches instances by arguments).
+    return PyFileSystem(FSSpecHandler(fsspec.filesystem("memory", skip_instance_cache=True)))
+
+
+def test_non_local_pyarrow_filesystem(tmp_path):
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+
+    fs = memory_filesystem()
+    t = sample_table(40)
+    for year in (2020, 2021):
+        fs.create_dir(f"bucket/data/year={year}")
+        with fs.open_output_stream(f"bucket/data/year={year}/part.parquet") as out:
+            pq.write_table(t, out, row_group_size=16)
+    src = Source("bucket/data", filesystem=fs)
+    assert [f.lstrip("/") for f in src.files] == [
+        f"bucket/data/year={y}/part.parquet" for y in (2020, 2021)
+    ]
+    got = read_all(src)
+    assert got.num_rows == 80 and set(got.column("year").to_pylist()) == {2020, 2021}
+    assert read_all(Source("bucket/data/year=2021/*.parquet", filesystem=fs)).num_rows == 40
+
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("k")],
+        categorical=[CategoricalFeature("c", vocab=["a", "b", "c"])],
+        ignore=["year"],
+    )
+    loader = StreamLoader(src, spec, batch_size=32, shuffle=True, shuffle_buffer=32)
+    rows = sorted(v for b in loader for v in b.features[:, 1].tolist())
+    assert rows == sorted(list(range(40)) * 2)
+    acc = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet").accounting
+    assert acc.rows_in == acc.rows_out == 80
+
+
+def test_subtree_filesystem_and_csv(tmp_path):
+    from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
+
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    write(sample_table(), tmp_path / "root" / "d" / "a.csv", "csv")
+    fs = SubTreeFileSystem(str(tmp_path / "root"), LocalFileSystem())
+    src = Source("d", filesystem=fs)
+    assert src.format == "csv" and read_all(src).equals(sample_table())
+
+
+# -- files that change under a running scan ---------------------------------------------------
+def xkcy_spec():
+    from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+
+    return FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("k")],
+        categorical=[CategoricalFeature("c", vocab=["a", "b", "c"])],
+    )
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+@pytest.mark.parametrize("fmt", ["parquet", "ipc"])
+def test_file_that_disappears_or_is_truncated_during_a_scan(tmp_path, damage, fmt):
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.scan import run_scan
+
+    for i in range(2):
+        write(sample_table(), tmp_path / f"p{i}.{EXT[fmt]}", fmt)
+    victim = tmp_path / f"p1.{EXT[fmt]}"
+    src = Source(str(tmp_path))  # schemas and row counts read; now the file changes
+    loader = StreamLoader(src, xkcy_spec(), batch_size=8, prefetch=2)
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[:200])
+    pattern = rf"{re.escape(str(victim))}: corrupt or truncated {fmt} file"
+    with pytest.raises(SourceError, match=pattern):
+        run_scan(src, xkcy_spec(), quarantine_path=tmp_path / "q.parquet")
+    with pytest.raises(SourceError, match=pattern):
+        list(loader)
+
+
+def test_csv_truncated_mid_line_is_quarantined_not_dropped(tmp_path):
+    from conveyor.ingest.scan import run_scan
+
+    path = tmp_path / "t.csv"
+    write(sample_table(10), path, "csv")
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b",")])  # the last row loses its last field
+    result = run_scan(Source(str(path)), xkcy_spec(), quarantine_path=tmp_path / "q.parquet")
+    acc = result.accounting
+    assert (acc.rows_in, acc.rows_out, dict(acc.quarantined_by_rule)) == (10, 9, {"parse": 1})
+    assert pq.read_table(result.quarantine).column("_row").to_pylist() == [9]
+
+
+# -- declared types for text formats ------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_declared_types_make_bad_values_row_errors(tmp_path, fmt):
+    from conveyor.ingest.scan import run_scan
+
+    path = tmp_path / f"b.{EXT[fmt]}"
+    if fmt == "csv":
+        path.write_text("x,k,c,y\nn/a?,1,a,0\n2.5,2,b,1\n3.5,3,c,0\n")
+    else:
+        path.write_text(
+            '{"x": "n/a?", "k": 1, "c": "a", "y": 0}\n{"x": 2.5, "k": 2, "c": "b", "y": 1}\n'
+            '{"x": 3.5, "k": 3, "c": "c", "y": 0}\n'
+        )
+    # Inferred from the first block alone, x is a string column...
+    assert pa.types.is_string(Source(str(path)).schema.field("x").type)
+    # ...but a pinned spec says it is a number: the bad value is one row's type error.
+    spec = xkcy_spec()
+    src = Source(str(path), types=spec.declared_types())
+    assert src.schema.field("x").type == pa.float64()
+    result = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet")
+    assert dict(result.accounting.quarantined_by_rule) == {"type": 1}
+    q = pq.read_table(result.quarantine).to_pylist()[0]
+    assert (q["_row"], q["_column"], q["_value"]) == (0, "x", "n/a?")

@@ -1,0 +1,281 @@
+"""Every row-level rule under each policy it allows, dataset-level rejects, and accounting."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conveyor.ingest.errors import SourceError, SpecError, ValidationError
+from conveyor.ingest.quarantine import META_FIELDS
+from conveyor.ingest.scan import run_scan
+from conveyor.ingest.source import Source
+from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+from conveyor.ingest.validate import Validator
+
+N, BAD_ROW = 8, 3
+SPEC = FeatureSpec(
+    label=Label("y", "binary", [0, 1]),
+    numeric=[NumericFeature("x", min=-5.0, max=5.0, impute=0.0)],
+    categorical=[CategoricalFeature("c", vocab=["a", "b"], impute="b")],
+    key="id",
+)
+
+
+def good_rows() -> dict[str, list]:
+    return {
+        "id": list(range(N)),
+        "x": [0.5 * i for i in range(N)],
+        "c": ["a", "b"] * (N // 2),
+        "y": [i % 2 for i in range(N)],
+    }
+
+
+def write_parquet(path, cols) -> str:
+    types = {"id": pa.int64(), "x": pa.float64(), "c": pa.string(), "y": pa.int64()}
+    pq.write_table(pa.table({k: pa.array(v, types[k]) for k, v in cols.items()}), path)
+    return str(path)
+
+
+def write_csv(path, lines: list[str]) -> str:
+    path.write_text("\n".join(["id,x,c,y", *lines]) + "\n")
+    return str(path)
+
+
+def csv_lines(bad: str | None = None) -> list[str]:
+    cols = good_rows()
+    lines = [f"{cols['id'][i]},{cols['x'][i]},{cols['c'][i]},{cols['y'][i]}" for i in range(N)]
+    if bad is not None:
+        lines[BAD_ROW] = bad
+    return lines
+
+
+NAN_VALUES = {"nan": math.nan, "+inf": math.inf, "-inf": -math.inf}
+
+
+def case(rule: str, tmp_path, variant: str | None = None):
+    """A file with one bad row at BAD_ROW for ``rule``: (path, column, value as read)."""
+    cols = good_rows()
+    if rule == "parse":
+        return write_csv(tmp_path / "d.csv", csv_lines("3,1.5,a,1,EXTRA")), None, "3,1.5,a,1,EXTRA"
+    if rule == "type":
+        return write_csv(tmp_path / "d.csv", csv_lines("3,abc,a,1")), "x", "abc"
+    column, value = {
+        "null": ("x", None),
+        "nan": ("x", NAN_VALUES.get(variant or "nan")),
+        "range": ("x", 7.5),
+        "unseen_category": ("c", "zzz"),
+        "unseen_class": ("y", 2),
+        "duplicate_key": ("id", 1),
+    }[rule]
+    cols[column][BAD_ROW] = value
+    return write_parquet(tmp_path / "d.parquet", cols), column, value
+
+
+def scan(path: str, spec: FeatureSpec, tmp_path):
+    """Validate every chunk: (accounting, output rows as a list of dicts, quarantine table)."""
+    from conveyor.ingest.quarantine import QuarantineWriter
+
+    source = Source(path, types=spec.declared_types())
+    qpath = tmp_path / "q.parquet"
+    out = []
+    with QuarantineWriter(qpath) as writer:
+        v = Validator(spec, source.schema, file=path, quarantine=writer)
+        for piece in source.pieces():
+            for chunk in source.read(piece):
+                checked = v.check(chunk)
+                out += checked.table.filter(pa.array(checked.valid)).to_pylist()
+    return v.accounting, out, (pq.read_table(qpath) if qpath.exists() else None)
+
+
+RULE_POLICIES = [
+    ("parse", "reject"),
+    ("parse", "quarantine"),
+    *[(r, p) for r in ("type", "null", "range") for p in ("reject", "quarantine", "impute")],
+    *[("nan", p) for p in ("reject", "quarantine", "impute")],
+    ("unseen_category", "reject"),
+    ("unseen_category", "quarantine"),
+    ("unseen_category", "impute"),
+    ("unseen_class", "reject"),
+    ("unseen_class", "quarantine"),
+    ("duplicate_key", "reject"),
+    ("duplicate_key", "quarantine"),
+]
+
+
+@pytest.mark.parametrize(("rule", "policy"), RULE_POLICIES)
+def test_rule_under_policy(rule, policy, tmp_path):
+    variants = ["nan", "+inf", "-inf"] if rule == "nan" else [None]
+    for variant in variants:
+        d = tmp_path / str(variant)
+        d.mkdir()
+        path, column, value = case(rule, d, variant)
+        spec = SPEC.with_policies({rule: policy})
+        if policy == "reject":
+            with pytest.raises(ValidationError) as info:
+                scan(path, spec, d)
+            err = info.value
+            assert (err.file, err.row, err.column, err.rule) == (path, BAD_ROW, column, rule)
+            line = str(err)
+            assert "\n" not in line and f"row {BAD_ROW}" in line and f"rule {rule!r}" in line
+            if column is not None:
+                assert f"column {column!r}" in line
+            if value is not None:
+                assert repr(value) in line and (err.value == value or value != value)
+            continue
+        acc, out, q = scan(path, spec, d)
+        assert acc.balanced() and acc.rows_in == N
+        if policy == "quarantine":
+            assert (acc.rows_out, acc.rows_quarantined) == (N - 1, 1)
+            assert dict(acc.quarantined_by_rule) == {rule: 1}
+            assert [r["id"] for r in out] == [i for i in range(N) if i != BAD_ROW]
+            row = q.to_pylist()[0]
+            assert q.num_rows == 1
+            assert (row["_file"], row["_row"], row["_rule"], row["_column"]) == (
+                path, BAD_ROW, rule, column,
+            )  # fmt: skip
+            assert row["_reason"]
+            if rule == "parse":
+                assert row["_raw"] == value and row["x"] is None
+            elif rule == "type":
+                # CSV rows are kept as the text that was read.
+                assert (row["id"], row["x"], row["c"], row["y"]) == ("3", "abc", "a", "1")
+                assert row["_value"] == "abc"
+            else:
+                got = row[column]
+                assert got == value or (value != value and got != got)
+                others = {k: row[k] for k in ("id", "x", "c", "y") if k != column}
+                expect = {k: v[BAD_ROW] for k, v in good_rows().items() if k != column}
+                assert others == expect
+        else:  # impute: the row goes out with the declared value
+            assert (acc.rows_out, acc.rows_quarantined) == (N, 0)
+            assert dict(acc.imputed_by_rule) == {rule: 1}
+            bad = out[BAD_ROW]
+            if rule == "unseen_category":
+                assert bad["c"] == "b"  # the declared impute value
+            else:
+                assert bad["x"] == 0.0
+
+
+def test_unseen_category_without_impute_value_maps_to_oov(tmp_path):
+    import torch
+
+    from conveyor.ingest.loader import StreamLoader
+
+    path, _, _ = case("unseen_category", tmp_path)
+    spec = FeatureSpec.from_dict(
+        {**SPEC.to_dict(), "categorical": [{"name": "c", "vocab": ["a", "b"]}]}
+    )
+    loader = StreamLoader(path, spec, batch_size=N)
+    (batch,) = list(loader)
+    assert batch.categorical[:, 0].tolist() == [1, 2, 1, 0, 1, 2, 1, 2]
+    assert batch.categorical.dtype == torch.int64
+    assert loader.accounting.imputed_by_rule == {"unseen_category": 1}
+
+
+def test_impute_policy_needs_a_value(tmp_path):
+    path, _, _ = case("null", tmp_path)
+    spec = FeatureSpec.from_dict(
+        {**SPEC.to_dict(), "numeric": [{"name": "x"}], "policies": {"null": "impute"}}
+    )
+    with pytest.raises(SpecError, match="numeric 'x': an impute policy is set but no impute"):
+        scan(path, spec, tmp_path)
+
+
+def test_policy_not_allowed_for_rule():
+    with pytest.raises(SpecError, match="rule 'unseen_class': policy 'impute' not one of"):
+        SPEC.with_policies({"unseen_class": "impute"})
+
+
+# -- dataset level ----------------------------------------------------------------------------
+def test_missing_column_is_rejected(tmp_path):
+    cols = good_rows()
+    del cols["c"]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table(cols), path)
+    with pytest.raises(ValidationError) as info:
+        scan(str(path), SPEC, tmp_path)
+    assert (info.value.file, info.value.column, info.value.rule) == (
+        str(path), "c", "missing_column",
+    )  # fmt: skip
+    assert info.value.row is None
+
+
+def test_missing_column_impute_fills_declared_value(tmp_path):
+    cols = good_rows()
+    del cols["c"]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table(cols), path)
+    acc, out, _ = scan(str(path), SPEC.with_policies({"missing_column": "impute"}), tmp_path)
+    assert {r["c"] for r in out} == {"b"} and acc.imputed_by_rule["missing_column"] == N
+
+
+def test_extra_column_is_rejected_unless_ignored(tmp_path):
+    cols = {**good_rows(), "notes": ["n"] * N}
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table(cols), path)
+    with pytest.raises(ValidationError, match=r"e\.parquet, column 'notes': rule 'extra_column'"):
+        scan(str(path), SPEC, tmp_path)
+    acc, _, _ = scan(str(path), SPEC.with_policies({"extra_column": "ignore"}), tmp_path)
+    assert acc.rows_out == N
+    listed = FeatureSpec.from_dict({**SPEC.to_dict(), "ignore": ["notes"]})
+    assert scan(str(path), listed, tmp_path)[0].rows_out == N
+
+
+def test_schema_contradiction_is_rejected_naming_the_file(tmp_path):
+    write_parquet(tmp_path / "a.parquet", good_rows())
+    t = pa.table({**good_rows(), "x": pa.array([str(v) for v in good_rows()["x"]])})
+    pq.write_table(t, tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet: schema differs .*'x' is string"):
+        scan(str(tmp_path), SPEC, tmp_path)
+
+
+# -- accounting -------------------------------------------------------------------------------
+KINDS = ["nan", "inf", "null", "range", "unseen_class", "dup"]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 60),
+    bad=st.dictionaries(st.integers(0, 59), st.sampled_from(KINDS), max_size=20),
+    group=st.integers(1, 16),
+)
+def test_every_row_is_accounted_for(tmp_path_factory, n, bad, group):
+    bad = {i: k for i, k in bad.items() if 0 < i < n}  # row 0 stays good: "dup" repeats its key
+    ids = np.arange(n, dtype=np.int64)
+    x = np.zeros(n)
+    y = np.zeros(n, dtype=np.int64)
+    nulls = np.zeros(n, dtype=bool)
+    for i, k in bad.items():
+        if k == "nan":
+            x[i] = np.nan
+        elif k == "inf":
+            x[i] = -np.inf
+        elif k == "null":
+            nulls[i] = True
+        elif k == "range":
+            x[i] = 6.0
+        elif k == "unseen_class":
+            y[i] = 9
+        else:
+            ids[i] = 0  # repeats row 0's key
+    tmp = tmp_path_factory.mktemp("acc")
+    table = pa.table({"id": ids, "x": pa.array(x, mask=nulls), "c": pa.array(["a"] * n), "y": y})
+    pq.write_table(table, tmp / "d.parquet", row_group_size=group)
+    qpath = tmp / "q.parquet"
+    result = run_scan(Source(str(tmp / "d.parquet")), SPEC, quarantine_path=qpath)
+    acc = result.accounting
+    assert acc.rows_in == n == acc.rows_out + acc.rows_quarantined
+    expected = sorted(bad)
+    assert acc.rows_quarantined == len(expected) == sum(acc.quarantined_by_rule.values())
+    if expected:
+        q = pq.read_table(qpath)
+        assert sorted(q.column("_row").to_pylist()) == expected
+        assert q.schema.names[-len(META_FIELDS) :] == [f.name for f in META_FIELDS]
+    else:
+        assert result.quarantine is None and not qpath.exists()
