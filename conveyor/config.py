@@ -33,19 +33,20 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 class _Unset:
-    """Stands in for an option's default so that options given on the command line can be told apart."""
+    """Wraps an option's default, so options given on the command line can be told apart."""
 
-    __slots__ = ("default",)
+    __slots__ = ("default", "required")
 
     def __init__(self, default: Any) -> None:
         self.default = default
+        self.required = False
 
     def __repr__(self) -> str:
         return repr(self.default)
 
 
 class ConfigError(ValueError):
-    """A config file or environment value that cannot be used; the message names where it came from."""
+    """A config file or environment value that cannot be used; the message names its source."""
 
 
 @dataclass
@@ -56,7 +57,7 @@ class _Command:
 
 
 def env_name(dest: str) -> str:
-    """The environment variable for an option: ``model_repository`` -> ``CONVEYOR_MODEL_REPOSITORY``."""
+    """The variable for an option: ``model_repository`` -> ``CONVEYOR_MODEL_REPOSITORY``."""
     return ENV_PREFIX + dest.upper()
 
 
@@ -67,9 +68,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _commands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> list[_Command]:
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[_Command]:
     children = _subparsers(parser)
     if not children:
         options = {
@@ -150,9 +149,7 @@ def _check_keys(
             raise ConfigError(f"config file {file}: unknown key {where!r}")
 
 
-def _file_values(
-    table: Mapping[str, Any], command: _Command
-) -> dict[str, tuple[Any, str]]:
+def _file_values(table: Mapping[str, Any], command: _Command) -> dict[str, tuple[Any, str]]:
     """Values for the active command, most specific table last so it wins."""
     values: dict[str, tuple[Any, str]] = {}
     node: Any = table
@@ -172,11 +169,18 @@ def _file_values(
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    """Mark every option's default so :func:`resolve` can see which were given as flags."""
+    """Mark every option's default so :func:`resolve` can see which were given as flags.
+
+    Required options stop being required at parse time, so the environment or
+    the config file can supply them; :func:`resolve` enforces them afterwards.
+    """
     for command in _commands(parser):
         for action in command.options.values():
             if not isinstance(action.default, _Unset):
                 action.default = _Unset(action.default)
+            if action.required:
+                action.required = False
+                action.default.required = True  # type: ignore[attr-defined]
 
 
 def resolve(
@@ -219,6 +223,12 @@ def resolve(
             elif dest in file_values:
                 raw, where = file_values[dest]
                 value = _convert(action, raw, where)
+            elif current.required:
+                flag = "/".join(action.option_strings)
+                raise ConfigError(
+                    f"the following arguments are required: {flag} "
+                    f"(or environment variable {name}, or config key {dest!r})"
+                )
             else:
                 value = current.default
             setattr(args, dest, value)

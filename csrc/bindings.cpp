@@ -73,7 +73,13 @@ py::dict build_info() {
 #else
   info["cuda"] = false;
 #endif
-  info["compiler"] = __VERSION__;
+  #if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
   return info;
 }
 
@@ -85,6 +91,25 @@ PYBIND11_MODULE(_C, m) {
         py::arg("counts"),
         "Add per-feature bin counts of float32 values[rows, features] into "
         "int64 counts[features, n_edges + 2] (slots: below, bins, above, NaN).");
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw py::value_error("num_threads must be >= 1");
+#ifdef CONVEYOR_WITH_OPENMP
+        omp_set_num_threads(n);
+#endif
+      },
+      py::arg("n"), "Threads for the CPU ops (OpenMP); default: OMP_NUM_THREADS or all cores.");
+  m.def(
+      "get_num_threads",
+      []() {
+#ifdef CONVEYOR_WITH_OPENMP
+        return omp_get_max_threads();
+#else
+        return 1;
+#endif
+      },
+      "Threads the CPU ops use.");
   m.def("build_info", &build_info, "How this module was built: OpenMP, CUDA, compiler.");
 #ifdef CONVEYOR_WITH_CUDA
   m.def("cuda_device_count", &conveyor::cuda_device_count,

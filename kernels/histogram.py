@@ -109,9 +109,7 @@ def histogram_update(
         ``counts``, updated in place.
     """
     if _is_torch(values) and values.is_cuda:
-        return _histogram_update_cuda(
-            values, edges, counts, _resolve_impl(impl, True), check_edges
-        )
+        return _histogram_update_cuda(values, edges, counts, _resolve_impl(impl, True), check_edges)
 
     if _is_torch(values):
         values = values.detach().numpy()

@@ -2,16 +2,7 @@
 
 import os
 
-# Triton reads this when a @triton.jit function is defined, so it must be set
-# before any conveyor.kernels module that defines one is imported: on a
-# machine without a GPU the kernels then run in Triton's interpreter.
-if not os.environ.get("CONVEYOR_TEST_REAL_TRITON"):
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-# Tests run several torch workers on 2 cores; one thread each avoids
-# oversubscription that slows them many times over.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 
 def _cuda_devices() -> int:
@@ -22,8 +13,20 @@ def _cuda_devices() -> int:
     return _C.cuda_device_count()
 
 
+CUDA_DEVICES = _cuda_devices()
+
+# Triton reads this when a @triton.jit function is defined, so it must be set
+# before any conveyor.kernels module that defines one is imported. Without a
+# GPU the kernels then run in Triton's interpreter (keep their grids tiny).
+if CUDA_DEVICES == 0:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests run several torch workers on 2 cores; one thread each avoids
+# oversubscription that slows them many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _cuda_devices() > 0:
+    if CUDA_DEVICES > 0:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

@@ -13,9 +13,11 @@ namespace {
 // Rows handled per feature pass. 256 rows x 32 features x 4 bytes stays in
 // L1/L2 while each feature column of the block is gathered.
 constexpr int64_t kBlockRows = 256;
+constexpr int64_t kLanes = 4;
 
-// Counts one block of rows into `local` (features x slots).
-inline void count_block(const float* values, int64_t r0, int64_t nrows, int64_t features,
+// Counts one block of rows into `local` (features x kLanes x slots). Built
+// for AVX2 and for the baseline ISA; the loader picks at run time.
+__attribute__((target_clones("avx2", "default"))) void count_block(const float* values, int64_t r0, int64_t nrows, int64_t features,
                         const float* edges, int64_t n_edges, int64_t* local) {
   const int64_t slots = histogram_slots(n_edges);
   float buf[kBlockRows];
@@ -31,15 +33,28 @@ inline void count_block(const float* values, int64_t r0, int64_t nrows, int64_t 
       for (int64_t b = 0; b < nrows; ++b) idx[b] += static_cast<int32_t>(buf[b] >= ek);
     }
     const float top = e[n_edges - 1];
-    int64_t* c = local + f * slots;
     for (int64_t b = 0; b < nrows; ++b) {
       const float v = buf[b];
       int32_t i = idx[b];
       i = (v == top) ? static_cast<int32_t>(n_edges - 1) : i;
       i = (v != v) ? static_cast<int32_t>(n_edges + 1) : i;
-      ++c[i];
+      idx[b] = i;
     }
+    // Neighbouring values often share a bin; spreading increments over
+    // kLanes copies breaks the store-to-load dependency between them.
+    int64_t* c = local + f * slots * kLanes;
+    int64_t b = 0;
+    for (; b + kLanes <= nrows; b += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) ++c[l * slots + idx[b + l]];
+    }
+    for (; b < nrows; ++b) ++c[idx[b]];
   }
+}
+
+void merge_lanes(const int64_t* local, int64_t features, int64_t slots, int64_t* counts) {
+  for (int64_t f = 0; f < features; ++f)
+    for (int64_t l = 0; l < kLanes; ++l)
+      for (int64_t s = 0; s < slots; ++s) counts[f * slots + s] += local[(f * kLanes + l) * slots + s];
 }
 
 }  // namespace
@@ -49,6 +64,7 @@ void histogram_update_cpu(const float* values, int64_t rows, int64_t features,
   if (rows <= 0 || features <= 0) return;
   const int64_t slots = histogram_slots(n_edges);
   const int64_t cells = features * slots;
+  const int64_t lane_cells = cells * kLanes;
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
 
 #ifdef CONVEYOR_WITH_OPENMP
@@ -57,7 +73,7 @@ void histogram_update_cpu(const float* values, int64_t rows, int64_t features,
   const bool parallel = rows * features >= (1 << 16);
 #pragma omp parallel if (parallel)
   {
-    std::vector<int64_t> local(cells, 0);
+    std::vector<int64_t> local(lane_cells, 0);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kBlockRows;
@@ -65,16 +81,16 @@ void histogram_update_cpu(const float* values, int64_t rows, int64_t features,
                   local.data());
     }
 #pragma omp critical(conveyor_histogram_merge)
-    for (int64_t j = 0; j < cells; ++j) counts[j] += local[j];
+    merge_lanes(local.data(), features, slots, counts);
   }
 #else
-  std::vector<int64_t> local(cells, 0);
+  std::vector<int64_t> local(lane_cells, 0);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t r0 = blk * kBlockRows;
     count_block(values, r0, std::min(kBlockRows, rows - r0), features, edges, n_edges,
                 local.data());
   }
-  for (int64_t j = 0; j < cells; ++j) counts[j] += local[j];
+  merge_lanes(local.data(), features, slots, counts);
 #endif
 }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One prepared check for a machine with one NVIDIA H100/H200: builds
+# conveyor._C with CUDA for that GPU, runs the `gpu` tests, runs the GPU
+# benchmarks, and prints a summary table last. Needs nvcc, torch with CUDA,
+# cmake, ninja, pybind11, scikit-build-core and pytest already installed; no
+# network. Must finish within 8 minutes (each step has its own time limit).
+#
+#   bash benchmarks/gpu_check.sh            # results in benchmarks/results/gpu-<time>/
+#   OUT=/some/dir bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+RESULTS=${OUT:-benchmarks/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS"
+SUMMARY="$RESULTS/summary.md"
+status=0
+
+step() {  # step NAME SECONDS LOGFILE CMD...: run with a time limit, keep the log, record the outcome
+  local name=$1 limit=$2 logfile=$3; shift 3
+  local t0=$SECONDS rc
+  echo "== $name" >&2
+  timeout "$limit" "$@" >"$logfile" 2>&1
+  rc=$?
+  tail -n 25 "$logfile" >&2
+  printf '| %s | %s | %ss |\n' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc=$rc)")" \
+    "$((SECONDS - t0))" >>"$SUMMARY.steps"
+  [ $rc -eq 0 ] || status=1
+  return $rc
+}
+
+{
+  echo "# conveyor GPU check"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "- card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi failed')"
+  echo "- torch: $($PY -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
+  echo "- nvcc: $(nvcc --version 2>/dev/null | tail -n 1)"
+} >"$SUMMARY"
+: >"$SUMMARY.steps"
+
+# 1. Build for the GPU in this machine only (native arch keeps compile time short).
+step build 300 "$RESULTS/build.log" \
+  env CONVEYOR_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -e . \
+  -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=native -Cbuild-dir=build/gpu || {
+  cat "$SUMMARY"; exit 1; }
+
+# 2. The GPU tests (and a check that the extension sees the device).
+step gpu-tests 180 "$RESULTS/tests.log" \
+  "$PY" -m pytest -m gpu tests -q -p no:cacheprovider -o addopts="-ra"
+
+# 3. Benchmarks, each a ratio against a baseline measured in the same run.
+step histogram-bench 120 "$RESULTS/histogram_cuda.txt" \
+  "$PY" benchmarks/histogram_bench.py --device cuda --rows 16000000 --features 32 --repeat 20 \
+  --json "$RESULTS/histogram_cuda.json"
+
+{
+  echo
+  echo "| step | result | time |"
+  echo "| --- | --- | --- |"
+  cat "$SUMMARY.steps"
+  echo
+  echo '```'
+  grep -E "passed|failed|error" "$RESULTS/tests.log" | tail -n 1
+  cat "$RESULTS/histogram_cuda.txt" 2>/dev/null
+  echo '```'
+} >>"$SUMMARY"
+rm -f "$SUMMARY.steps"
+cat "$SUMMARY"
+exit $status

@@ -1,0 +1,1 @@
+"""The main job (``conveyor demo``): the whole pipeline on a generated card-fraud dataset."""

@@ -1,0 +1,180 @@
+"""histogram_update: every implementation against the numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conveyor import _C
+from conveyor.kernels import histogram_slots, histogram_update, histogram_update_reference
+
+
+def _data(rows: int, features: int, n_edges: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((rows, features)).astype(np.float32)
+    if rows:
+        mask = rng.random((rows, features))
+        values[mask < 0.05] = np.nan
+        values[(mask >= 0.05) & (mask < 0.08)] = np.inf
+        values[(mask >= 0.08) & (mask < 0.11)] = -np.inf
+    edges = np.sort(rng.standard_normal((features, n_edges)).astype(np.float32), axis=1)
+    if rows:
+        # Values exactly on edges, including the top edge (closed last bin).
+        values[rng.integers(0, rows, size=min(rows, 50)), 0] = edges[0, n_edges // 2]
+        values[rng.integers(0, rows, size=min(rows, 50)), 0] = edges[0, -1]
+        values[rng.integers(0, rows, size=min(rows, 50)), 0] = edges[0, 0]
+    return values, edges
+
+
+def _reference(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts = np.zeros((values.shape[1], histogram_slots(edges.shape[1])), dtype=np.int64)
+    return histogram_update_reference(values, edges, counts)
+
+
+@pytest.mark.parametrize(
+    ("rows", "features", "n_edges"),
+    [(0, 4, 5), (1, 1, 2), (7, 3, 21), (255, 5, 21), (257, 33, 9), (5000, 32, 21), (70000, 3, 4)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_matches_reference(rows: int, features: int, n_edges: int, threads: int) -> None:
+    values, edges = _data(rows, features, n_edges, seed=rows * 31 + features)
+    before = _C.get_num_threads()
+    _C.set_num_threads(threads)
+    try:
+        got = histogram_update(values, edges, impl="cpp")
+    finally:
+        _C.set_num_threads(before)
+    np.testing.assert_array_equal(got, _reference(values, edges))
+    assert got.sum() == rows * features
+
+
+def test_reference_slot_layout() -> None:
+    edges = np.array([[0.0, 1.0, 2.0]], dtype=np.float32)
+    values = np.array(
+        [[-np.inf], [-1], [0], [0.5], [1], [2], [2.5], [np.inf], [np.nan]], np.float32
+    )
+    counts = histogram_update(values, edges, impl="reference")
+    # below, [0,1), [1,2], above, NaN
+    np.testing.assert_array_equal(counts, [[2, 2, 2, 2, 1]])
+    np.testing.assert_array_equal(histogram_update(values, edges, impl="cpp"), counts)
+
+
+def test_duplicate_edges_are_well_defined() -> None:
+    # Quantile edges of a discrete feature repeat; each value still lands in exactly one slot.
+    edges = np.array([[0, 0, 1, 1, 1, 3]], dtype=np.float32)
+    values = np.array([[0], [0], [1], [2], [3], [3], [4], [-1]], dtype=np.float32)
+    got = histogram_update(values, edges, impl="cpp")
+    np.testing.assert_array_equal(got, _reference(values, edges))
+    np.testing.assert_array_equal(got, [[1, 0, 2, 0, 0, 4, 1, 0]])
+
+
+def test_counts_accumulate() -> None:
+    values, edges = _data(1000, 4, 11, seed=1)
+    counts = histogram_update(values, edges, impl="cpp")
+    histogram_update(values, edges, counts, impl="cpp")
+    np.testing.assert_array_equal(counts, 2 * _reference(values, edges))
+
+
+def test_converts_float64_and_non_contiguous_values() -> None:
+    values, edges = _data(300, 6, 8, seed=2)
+    wide = np.asfortranarray(values.astype(np.float64))
+    np.testing.assert_array_equal(histogram_update(wide, edges), _reference(values, edges))
+    np.testing.assert_array_equal(
+        histogram_update(values[::2, 1:4], edges[1:4]), _reference(values[::2, 1:4], edges[1:4])
+    )
+
+
+def test_env_var_forces_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    values, edges = _data(100, 2, 5, seed=3)
+    monkeypatch.setenv("CONVEYOR_HISTOGRAM_IMPL", "reference")
+    np.testing.assert_array_equal(histogram_update(values, edges), _reference(values, edges))
+    monkeypatch.setenv("CONVEYOR_HISTOGRAM_IMPL", "bogus")
+    with pytest.raises(ValueError, match="impl"):
+        histogram_update(values, edges)
+    with pytest.raises(ValueError, match="cannot run on host arrays"):
+        histogram_update(values, edges, impl="cuda")
+
+
+def test_torch_cpu_tensors_are_viewed_without_copy() -> None:
+    torch = pytest.importorskip("torch")
+    values, edges = _data(500, 3, 6, seed=4)
+    counts = torch.zeros((3, histogram_slots(6)), dtype=torch.int64)
+    out = histogram_update(torch.from_numpy(values), torch.from_numpy(edges), counts)
+    assert out is counts
+    np.testing.assert_array_equal(counts.numpy(), _reference(values, edges))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"values": np.zeros(5, np.float32)}, "values: expected 2 dimensions"),
+        ({"edges": np.zeros((3, 5), np.float32)}, r"edges: expected shape \(2, n_edges\)"),
+        ({"edges": np.zeros((2, 1), np.float32)}, "at least 2 edges"),
+        ({"edges": np.array([[0, 1], [2, 1]], np.float32)}, "row 1 is not sorted"),
+        ({"edges": np.array([[0, np.nan], [0, 1]], np.float32)}, "NaN"),
+        ({"counts": np.zeros((2, 4), np.int32)}, "counts: expected int64 array of shape"),
+        ({"counts": np.zeros((2, 5), np.int64)}, "counts: expected int64 array of shape"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs: dict, message: str) -> None:
+    args = {
+        "values": np.zeros((3, 2), np.float32),
+        "edges": np.array([[0, 1], [0, 1]], np.float32),
+        "counts": None,
+    } | kwargs
+    with pytest.raises(ValueError, match=message):
+        histogram_update(args["values"], args["edges"], args["counts"])
+
+
+def test_extension_checks_arguments_itself() -> None:
+    # Called directly, the compiled op must refuse bad buffers, not crash.
+    values = np.zeros((3, 2), np.float32)
+    edges = np.array([[0, 1], [0, 1]], np.float32)
+    with pytest.raises(TypeError, match="counts: expected dtype int64"):
+        _C.histogram_update(values, edges, np.zeros((2, 4), np.int32))
+    with pytest.raises(ValueError, match="counts: must be C-contiguous"):
+        _C.histogram_update(values, edges, np.zeros((4, 2), np.int64).T)
+    readonly = np.zeros((2, 4), np.int64)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="counts: must be writeable"):
+        _C.histogram_update(values, edges, readonly)
+    with pytest.raises(ValueError, match="edges: expected 2 rows"):
+        _C.histogram_update(values, np.zeros((3, 2), np.float32), np.zeros((2, 4), np.int64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("rows", "features", "n_edges"), [(0, 3, 5), (1000, 32, 21), (3001, 700, 21)]
+)
+def test_cuda_matches_reference(rows: int, features: int, n_edges: int) -> None:
+    # 700 features x 23 slots overflows shared memory: exercises the global-atomics path.
+    torch = pytest.importorskip("torch")
+    values, edges = _data(rows, features, n_edges, seed=5)
+    got = histogram_update(torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda())
+    np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
+
+
+def test_cpp_matches_reference_on_arbitrary_inputs() -> None:
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        rows=st.integers(0, 300),
+        features=st.integers(1, 5),
+        n_edges=st.integers(2, 8),
+        data=st.data(),
+    )
+    def check(rows: int, features: int, n_edges: int, data: hypothesis.strategies.DataObject):
+        values = data.draw(arrays(np.float32, (rows, features), elements=floats))
+        finite = st.floats(-1e6, 1e6, width=32)
+        edges = np.sort(data.draw(arrays(np.float32, (features, n_edges), elements=finite)), axis=1)
+        np.testing.assert_array_equal(
+            histogram_update(values, edges, impl="cpp"), _reference(values, edges)
+        )
+
+    check()
