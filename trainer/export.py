@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +289,11 @@ def export_version(
     tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        program = serving_module(model, spec)
-        torch.jit.save(program, str(tmp / "model.pt"))
+        with warnings.catch_warnings():
+            # torch 2.10+ marks TorchScript deprecated; it is still the contract the engine loads.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+            program = serving_module(model, spec)
+            torch.jit.save(program, str(tmp / "model.pt"))
         config = model_config(spec, name, max_batch_size=max_batch_size, source_types=source_types)
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "spec.json", spec.to_dict())
