@@ -182,11 +182,11 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.train_sums.load_state_dict(ckpt["train_sums"])
         self.best_model = ckpt["best_model"]
         self.state = RunState(**ckpt["state"])
         mine = ckpt["ranks"][self.env.rank]
         self.train_loader.load_state_dict(mine["loader"])
+        self.train_sums.load_state_dict(mine["train_sums"])
         _set_rng_state(mine["rng"])
         if self.env.is_main:
             log.info(
@@ -195,7 +195,11 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Gather every rank's RNG and reader state; rank 0 writes one atomic file."""
-        mine = {"rng": _rng_state(), "loader": self.train_loader.state_dict()}
+        mine = {
+            "rng": _rng_state(),
+            "loader": self.train_loader.state_dict(),
+            "train_sums": self.train_sums.state_dict(),  # this rank's rows only until all-reduced
+        }
         ranks: list[Any] = [mine]
         if self.env.distributed:
             ranks = [None] * self.env.world_size if self.env.is_main else []
@@ -210,7 +214,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "train_sums": self.train_sums.state_dict(),
             "best_model": self.best_model,
             "state": asdict(self.state),
             "ranks": ranks,
