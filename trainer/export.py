@@ -152,6 +152,8 @@ def serving_module(model: TabularModel, spec: FeatureSpec) -> torch.jit.ScriptMo
     import copy
 
     model = copy.deepcopy(model).cpu().eval()
+    for p in model.parameters():  # a served call builds no autograd graph
+        p.requires_grad_(False)
     has_num, has_cat = bool(spec.numeric), bool(spec.categorical)
     if not (has_num or has_cat):
         raise ExportError("the spec has no features: nothing to serve")

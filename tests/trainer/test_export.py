@@ -36,6 +36,7 @@ _CLIENT = textwrap.dedent(
     out = model(*args)
     out = out if isinstance(out, tuple) else (out,)
     assert not any(m.startswith("conveyor") for m in sys.modules), "conveyor was imported"
+    assert not any(t.requires_grad for t in out), "serving builds autograd graphs"
     print(json.dumps({o["name"]: t.tolist() for o, t in zip(cfg["outputs"], out)}))
     """
 )
