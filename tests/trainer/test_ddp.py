@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from trainer_fixtures import run_cli, tabular, write_spec
 
@@ -33,6 +34,7 @@ def _step(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     table = tabular(3000, seed=5)
     data = tmp_path / "d.parquet"
@@ -79,6 +81,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
         assert rx["train"] == ry["train"] and rx["val"] == ry["val"]
 
 
+@pytest.mark.slow
 def test_empty_batch_on_one_rank_under_torchrun(tmp_path: Path) -> None:
     # 9 rows, 2 ranks, batch 4: rank 0 gets 5 rows (2 batches), rank 1 gets 4 rows, and its
     # second batch is empty (or, after the reader's fix, whatever the plan says): every rank

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -21,6 +22,8 @@ from conveyor.trainer.loop import run_worker
 from conveyor.trainer.split import holdout_filters
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_breast_cancer_auc_matches_gradient_boosting(tmp_path: Path) -> None:
     bunch = load_breast_cancer()
     names = [n.replace(" ", "_") for n in bunch.feature_names]
