@@ -75,13 +75,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from conveyor.trainer import launch
     from conveyor.trainer.data import prepare
-    from conveyor.trainer.loop import run_worker
+    from conveyor.trainer.loop import check_fresh_run, run_worker
 
     cfg = _config(args)
     if launch.under_torchrun():
         summary = run_worker(cfg)  # torchrun started this process as one of its workers
     else:
-        prepare(cfg)  # profile once, here, so data errors show as one clear line
+        check_fresh_run(cfg)  # errors that need no worker show as one clear line
+        prepare(cfg)  # profile once, here, before the workers start
         if args.nproc > 1:
             summary = launch.launch(cfg.to_dict(), args.nproc, args.log_level)
         else:

@@ -120,7 +120,10 @@ def launch(config: dict[str, Any], nproc: int, log_level: str = "info") -> dict[
         results = elastic_launch(lc, _worker)(config, log_level)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        message = failure.message
+        if isinstance(message, dict):  # the worker's error file: {"message": ..., "extraInfo"}
+            message = message.get("message", message)
         raise TrainerError(
-            f"worker rank {rank} failed (exit code {failure.exitcode}): {failure.message}"
+            f"worker rank {rank} failed (exit code {failure.exitcode}): {message}"
         ) from None
     return results.get(0)

@@ -159,13 +159,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _resume_or_start(self) -> None:
-        found = checkpoint.list_checkpoints(self.run_dir)
         if not self.cfg.resume:
-            if found:
-                raise TrainerError(
-                    f"{self.run_dir} holds checkpoints of an earlier run: pass --resume to "
-                    "continue it, or choose another --out"
-                )
+            check_fresh_run(self.cfg)
             return
         latest = checkpoint.load_latest(self.run_dir)
         if latest is None:
@@ -393,6 +388,15 @@ class Trainer:
             "history": st.history,
             "config": self.cfg.to_dict(),
         }
+
+
+def check_fresh_run(cfg: TrainConfig) -> None:
+    """A run without ``--resume`` must not write over the checkpoints of another."""
+    if not cfg.resume and checkpoint.list_checkpoints(cfg.out):
+        raise TrainerError(
+            f"{cfg.out} holds checkpoints of an earlier run: pass --resume to continue it, "
+            "or choose another --out"
+        )
 
 
 def run_worker(

@@ -70,3 +70,13 @@ def test_train_end_to_end_on_demo_data(tmp_path: Path) -> None:
     assert spec["key"] == "transaction_id"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all("val" in json.loads(x) for x in lines)
+
+
+def test_existing_run_without_resume_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt-0000000005.pt").write_bytes(b"x")
+    done = run_cli(
+        "train", "nowhere", "--label", "y", "--out", str(tmp_path / "run"), "--nproc", "2"
+    )
+    assert done.returncode == 1
+    assert "pass --resume" in done.stderr and "worker" not in done.stderr
