@@ -156,6 +156,9 @@ class Trainer:
         self.progress = Progress(cfg.progress if env.is_main else False)
         _seed(cfg.seed + 1 + env.rank)  # dropout: a different stream per rank
         self._resume_or_start()
+        # --resume of a run that had already finished: nothing to train; export only if the
+        # kill came between the last checkpoint and the export.
+        self.resumed_finished = self.state.done
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _resume_or_start(self) -> None:
@@ -390,6 +393,17 @@ class Trainer:
         }
 
 
+def _previous_export(cfg: TrainConfig) -> str | None:
+    """The version a finished run already exported (from its summary.json), if any."""
+    import json
+
+    path = Path(cfg.out) / "summary.json"
+    if not path.exists():
+        return None
+    exported = json.loads(path.read_text()).get("exported")
+    return exported if exported and Path(exported).is_dir() else None
+
+
 def check_fresh_run(cfg: TrainConfig) -> None:
     """A run without ``--resume`` must not write over the checkpoints of another."""
     if not cfg.resume and checkpoint.list_checkpoints(cfg.out):
@@ -420,7 +434,11 @@ def run_worker(
         trainer = Trainer(cfg, env)
         summary = trainer.fit()
         if summary is not None:
-            if cfg.model_repository is not None:
+            previous = _previous_export(cfg) if trainer.resumed_finished else None
+            if previous is not None:
+                summary["exported"] = previous
+                log.info("this run had finished and was exported as %s already", previous)
+            elif cfg.model_repository is not None:
                 from conveyor.trainer.export import export_version
 
                 version = export_version(

@@ -112,3 +112,17 @@ def test_refuses_to_clobber_a_run_without_resume(tmp_path: Path, dataset: Path) 
     _train(cfg)
     with pytest.raises(TrainerError, match="pass --resume"):
         _train(cfg)
+
+
+def test_resuming_a_finished_run_does_not_export_twice(tmp_path: Path, dataset: Path) -> None:
+    repo = tmp_path / "repo"
+    cfg = make_config(tmp_path, dataset, epochs=1, model_repository=str(repo), model_name="m")
+    first = _train(cfg)
+    again = _train(
+        make_config(
+            tmp_path, dataset, epochs=1, resume=True, model_repository=str(repo), model_name="m"
+        )
+    )
+    assert again["exported"] == first["exported"] == str(repo / "m" / "1")
+    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1"]
+    assert again["history"] == first["history"]
