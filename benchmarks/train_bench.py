@@ -94,7 +94,8 @@ class Reader:
 
 
 class HandWritten:
-    """The minimal loop: in-memory tensors, randperm batches, forward/backward/AdamW step."""
+    """The minimal loop: in-memory tensors, randperm batches, forward, backward, the same
+    gradient clipping and AdamW step as the trainer."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         spec, stats = load_prepared(cfg)
@@ -108,7 +109,7 @@ class HandWritten:
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        self.batch = cfg.batch_size
+        self.batch, self.clip = cfg.batch_size, cfg.clip_norm
         self.rate()  # warm-up
 
     def rate(self) -> tuple[float, float]:
@@ -119,6 +120,7 @@ class HandWritten:
             idx = perm[i : i + self.batch]
             logits = self.model(self.x[idx], self.c[idx])[:, 0]
             F.binary_cross_entropy_with_logits(logits, self.y[idx]).backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)  # as the trainer
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
         n = len(self.y)

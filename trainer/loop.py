@@ -226,16 +226,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+    def _tensors(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The batch on the device; the weight is None without a weight column (all rows 1)."""
         nb = self.device.type == "cuda"
         x = batch.features.to(self.device, non_blocking=nb)
         c = batch.categorical.to(self.device, non_blocking=nb)
         y = batch.label.to(self.device, non_blocking=nb)
-        w = (
-            batch.weight.to(self.device, non_blocking=nb)
-            if batch.weight is not None
-            else torch.ones(len(batch), device=self.device)
-        )
+        w = batch.weight.to(self.device, non_blocking=nb) if batch.weight is not None else None
         return x, c, y, w
 
     def _micro_step(self, batch: Batch, group_len: int, sync: bool) -> torch.Tensor:
@@ -245,14 +244,20 @@ class Trainer:
             with self._autocast():
                 logits = self.net(x, c)
             losses = row_losses(self.task, logits, y, self.label_norm)
-            total_w = w.sum()
+            loss_sum = losses.sum() if w is None else (losses * w).sum()
             if self.env.distributed:
-                total_w = total_w.detach().clone()
+                total_w = (
+                    torch.tensor(float(len(y)), device=self.device)
+                    if w is None
+                    else w.sum().detach().clone()
+                )
                 dist.all_reduce(total_w)
                 scale = self.env.world_size / total_w.clamp_min(1e-12)
+            elif w is None:
+                scale = 1.0 / max(len(y), 1)
             else:
-                scale = 1.0 / total_w.clamp_min(1e-12)
-            loss = (losses * w).sum() * scale / group_len
+                scale = 1.0 / w.sum().clamp_min(1e-12)
+            loss = loss_sum * scale / group_len
             self.scaler.scale(loss).backward()
         self.train_sums.update(logits, y, w, losses)
         return loss * group_len

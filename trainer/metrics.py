@@ -50,29 +50,40 @@ class MetricSums:
         self.sums = torch.zeros(size, dtype=torch.float64, device=device)
 
     def update(
-        self, logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, losses: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        label: torch.Tensor,
+        weight: torch.Tensor | None,
+        losses: torch.Tensor,
     ) -> None:
-        """Add a batch: ``logits`` [B, out], ``label`` [B], ``weight`` [B], ``losses`` [B]."""
+        """Add a batch: ``logits`` [B, out], ``label`` [B], ``weight`` [B] (None = all 1),
+        ``losses`` [B]. Few, batched tensor ops: this runs every training step."""
         logits = logits.detach().float()
-        w = weight.double()
-        s = self.sums
-        s[0] += (losses.detach().double() * w).sum()
-        s[1] += w.sum()
-        s[3] += float(label.shape[0])
+        w = None if weight is None else weight.double()
+        n = label.shape[0]
+
+        def wsum(values: torch.Tensor) -> torch.Tensor:
+            return values.double().sum() if w is None else (values.double() * w).sum()
+
         if self.task == "binary":
             z = logits[:, 0]
-            s[2] += (((z > 0).long() == label).double() * w).sum()
+            third = wsum((z > 0).long() == label)
             idx = (
                 (z.clamp(-LOGIT_RANGE, LOGIT_RANGE) + LOGIT_RANGE) * (AUC_BINS / (2 * LOGIT_RANGE))
             ).long()
             idx = idx.clamp_(0, AUC_BINS - 1) + AUC_BINS * (label == 0).long()
-            s[4:] += torch.bincount(idx, weights=w, minlength=2 * AUC_BINS)
+            self.sums[4:] += torch.bincount(idx, weights=w, minlength=2 * AUC_BINS)
         elif self.task == "multiclass":
-            s[2] += ((logits.argmax(dim=1) == label).double() * w).sum()
+            third = wsum(logits.argmax(dim=1) == label)
         else:
             mean, std = self.label_norm
-            pred = logits[:, 0].double() * std + mean
-            s[2] += ((pred - label.double()) ** 2 * w).sum()
+            third = wsum((logits[:, 0].double() * std + mean - label.double()) ** 2)
+        weights = torch.full((), float(n), dtype=torch.float64) if w is None else w.sum()
+        rows = torch.full((), float(n), dtype=torch.float64)
+        head = torch.stack(
+            [wsum(losses.detach()), weights.to(third.device), third, rows.to(third.device)]
+        )
+        self.sums[:4] += head
 
     def all_reduce(self) -> None:
         """Sum over ranks (no-op without a process group)."""

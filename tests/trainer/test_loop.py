@@ -126,3 +126,32 @@ def test_resuming_a_finished_run_does_not_export_twice(tmp_path: Path, dataset: 
     assert again["exported"] == first["exported"] == str(repo / "m" / "1")
     assert sorted(p.name for p in (repo / "m").iterdir()) == ["1"]
     assert again["history"] == first["history"]
+
+
+def test_constant_row_weights_change_nothing(tmp_path: Path) -> None:
+    # The loss is normalised by the total weight, so weighting every row by 2 must train
+    # exactly as no weights at all: this checks the weighted path's normalisation.
+    import pyarrow as pa
+
+    table = tabular(300)
+    data = tmp_path / "d.parquet"
+    pq.write_table(table.append_column("w", pa.array([2.0] * 300)), data)
+    spec = json.loads(write_spec(tmp_path, table).read_text())
+    spec["weight"] = "w"
+    weighted_spec = tmp_path / "weighted" / "spec.json"
+    weighted_spec.parent.mkdir()
+    weighted_spec.write_text(json.dumps(spec))
+    weighted = make_config(
+        tmp_path / "b", data, spec=str(weighted_spec), label=None, epochs=2, dropout=0.0
+    )
+    spec["ignore"] = ["w"]
+    plain_spec = tmp_path / "plain" / "spec.json"
+    plain_spec.parent.mkdir()
+    plain_spec.write_text(json.dumps({**spec, "weight": None}))
+    plain = make_config(
+        tmp_path / "a", data, spec=str(plain_spec), label=None, epochs=2, dropout=0.0
+    )
+    a, b = _train(plain), _train(weighted)
+    assert a["history"][-1]["val"] == pytest.approx(b["history"][-1]["val"])
+    for name, w in _weights(Path(plain.out)).items():
+        torch.testing.assert_close(_weights(Path(weighted.out))[name], w, atol=1e-6, rtol=1e-5)

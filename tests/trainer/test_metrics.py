@@ -82,3 +82,12 @@ def test_warmup_then_cosine() -> None:
     assert f[14:] == pytest.approx([0.1] * 6)
     assert all(a >= b for a, b in itertools.pairwise(f[4:]))
     assert np.isfinite(warmup_cosine(0, warmup=0, total=0))
+
+
+def test_no_weight_column_equals_unit_weights() -> None:
+    logits, y, _ = _binary(500, 4)
+    losses = row_losses("binary", logits, y, (0, 1))
+    a, b = MetricSums("binary", torch.device("cpu")), MetricSums("binary", torch.device("cpu"))
+    a.update(logits, y, None, losses)
+    b.update(logits, y, torch.ones(500), losses)
+    assert torch.equal(a.sums, b.sums)
