@@ -78,11 +78,10 @@ class MetricSums:
         else:
             mean, std = self.label_norm
             third = wsum((logits[:, 0].double() * std + mean - label.double()) ** 2)
-        weights = torch.full((), float(n), dtype=torch.float64) if w is None else w.sum()
-        rows = torch.full((), float(n), dtype=torch.float64)
-        head = torch.stack(
-            [wsum(losses.detach()), weights.to(third.device), third, rows.to(third.device)]
-        )
+        dev = self.sums.device
+        rows = torch.full((), float(n), dtype=torch.float64, device=dev)
+        weights = rows if w is None else w.sum()
+        head = torch.stack([wsum(losses.detach()), weights, third, rows])
         self.sums[:4] += head
 
     def all_reduce(self) -> None:
