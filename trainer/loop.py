@@ -84,6 +84,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on biases, norms or embedding tables."""
+    decay, other = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and not name.startswith("embeddings") else other).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -119,22 +127,7 @@ class Trainer:
         if env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        # Weight decay on weight matrices only: not on biases, norms or embeddings.
-        decay = [
-            p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embeddings" not in n
-        ]
-        other = [
-            p
-            for n, p in self.model.named_parameters()
-            if not (p.dim() >= 2 and "embeddings" not in n)
-        ]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": other, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-        )
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         opt_steps = math.ceil(self.steps_per_epoch / cfg.accumulation)
         self.scheduler = make_scheduler(
             self.optimizer,
