@@ -1,11 +1,15 @@
 """The model family: shapes, normalisation, empty batches, the fused-op seam, TorchScript."""
 
+# torch 2.10+ warns that TorchScript is deprecated; it is the format the engine loads.
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conveyor.trainer.model import LinearAct, TabularModel, make_linear
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _model(**kw) -> TabularModel:
