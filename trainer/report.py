@@ -6,6 +6,10 @@
      "train": {"rows": ..., "loss": ..., "logloss": ..., "accuracy": ..., "auc": ...},
      "val": {...same keys...}, "best": true}
 
+``train`` metrics are accumulated over the epoch's own training batches as they were trained on
+(dropout on, weights moving: a running figure, as Keras reports it, at no extra pass); ``val``
+metrics come from a separate pass over the held-out split with the epoch's final weights.
+
 It is rewritten from the checkpointed history at every epoch end (atomically), so after a kill
 and ``--resume`` it never holds an epoch twice. ``RUN_DIR/summary.json`` is the final summary
 (also the exported ``metrics.json``).
