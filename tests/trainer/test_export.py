@@ -1,0 +1,182 @@
+"""The model repository contract: versions, config.json, and a program that needs no conveyor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from trainer_fixtures import tabular, write_spec
+
+from conveyor.ingest.loader import StreamLoader
+from conveyor.ingest.spec import FeatureSpec
+from conveyor.trainer.errors import ExportError
+from conveyor.trainer.export import _publish, category_key, export_version, model_config
+from conveyor.trainer.model import build_model
+
+# Runs in a fresh interpreter: only torch and json, then proves conveyor was never imported.
+_CLIENT = textwrap.dedent(
+    """
+    import json, sys, torch
+    version, rows = sys.argv[1], json.loads(sys.stdin.read())
+    cfg = json.load(open(version + "/config.json"))
+    model = torch.jit.load(version + "/model.pt")
+    args = []
+    for spec in cfg["inputs"]:
+        if spec["datatype"] == "BYTES":
+            args.append([v for row in rows[spec["name"]] for v in row])
+        else:
+            args.append(torch.tensor(rows[spec["name"]], dtype=torch.float32))
+    out = model(*args)
+    out = out if isinstance(out, tuple) else (out,)
+    assert not any(m.startswith("conveyor") for m in sys.modules), "conveyor was imported"
+    assert not any(t.requires_grad for t in out), "serving builds autograd graphs"
+    print(json.dumps({o["name"]: t.tolist() for o, t in zip(cfg["outputs"], out)}))
+    """
+)
+
+
+def _serve(version: Path, rows: dict) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENT, str(version)],
+        input=json.dumps(rows),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def _raw_rows(table, spec: FeatureSpec) -> dict:
+    return {
+        "numeric": [[row[n] for n in spec.numeric_names] for row in table.to_pylist()],
+        "categorical": [
+            [category_key(row[n]) for n in spec.categorical_names] for row in table.to_pylist()
+        ],
+    }
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_exported_program_equals_the_training_model(tmp_path: Path, task: str) -> None:
+    table = tabular(64, seed=3, task=task)
+    data = tmp_path / "d.parquet"
+    pq.write_table(table, data)
+    spec = FeatureSpec.load(write_spec(tmp_path, table, task))
+    stats = {
+        "numeric": {n: {"mean": 1.0, "std": 3.0} for n in spec.numeric_names},
+        "label": {"mean": 100.0, "std": 3.0},
+    }
+    torch.manual_seed(0)
+    model = build_model(spec, stats, hidden=(8,)).eval()
+    version = export_version(tmp_path / "repo", "m", model, spec, stats, {"note": "x"})
+    assert version == tmp_path / "repo" / "m" / "1"
+    assert sorted(p.name for p in version.iterdir()) == [
+        "config.json",
+        "metrics.json",
+        "model.pt",
+        "spec.json",
+        "stats.json",
+    ]
+    served = _serve(version, _raw_rows(table, spec))
+    # The training model on the reader's batches of the same rows (ids, not strings).
+    batch = next(iter(StreamLoader(str(data), spec, batch_size=64, prefetch=0)))
+    with torch.no_grad():
+        logits = model(batch.features, batch.categorical)
+    if task == "regression":
+        expected = {"prediction": logits * 3.0 + 100.0}
+    else:
+        prob = torch.sigmoid(logits) if task == "binary" else torch.softmax(logits, 1)
+        expected = {"probability": prob, "logits": logits}
+    assert served.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(torch.tensor(served[name]), tensor, atol=1e-5, rtol=1e-5)
+    assert (batch.categorical[:, 0] == 0).any()  # "blue" is out of vocabulary: id 0 both ways
+
+
+def test_config_json_contract(tmp_path: Path) -> None:
+    table = tabular(8)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    cfg = model_config(spec, "fraud", max_batch_size=256, source_types={"x0": "double"})
+    assert cfg["name"] == "fraud" and cfg["platform"] == "torchscript"
+    assert cfg["max_batch_size"] == 256 and cfg["instance_count"] == 1
+    assert cfg["inputs"] == [
+        {"name": "numeric", "datatype": "FP32", "shape": [3]},
+        {"name": "categorical", "datatype": "BYTES", "shape": [2]},
+    ]
+    assert cfg["outputs"] == [
+        {"name": "probability", "datatype": "FP32", "shape": [1]},
+        {"name": "logits", "datatype": "FP32", "shape": [1]},
+    ]
+    assert cfg["labels"] == ["0", "1"] and cfg["parameters"]["positive_class"] == "1"
+    batching = cfg["dynamic_batching"]
+    assert batching["preferred_batch_size"] == [16, 64, 256]
+    assert set(batching) == {
+        "max_queue_delay_microseconds",
+        "preferred_batch_size",
+        "max_queue_size",
+        "priority_levels",
+        "default_priority_level",
+    }
+    assert [(f["name"], f["input"], f["index"]) for f in cfg["features"]] == [
+        ("x0", "numeric", 0),
+        ("x1", "numeric", 1),
+        ("x2", "numeric", 2),
+        ("color", "categorical", 0),
+        ("shop", "categorical", 1),
+    ]
+    assert cfg["features"][0]["source_type"] == "double"
+
+
+def test_versions_increase_and_never_overwrite(tmp_path: Path) -> None:
+    table = tabular(8)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    stats = {"numeric": {n: {"mean": 0.0, "std": 1.0} for n in spec.numeric_names}}
+    model = build_model(spec, stats, hidden=(4,))
+    repo = tmp_path / "repo"
+    (repo / "m" / "7").mkdir(parents=True)
+    (repo / "m" / "7" / "keep.txt").write_text("an older version")
+    (repo / "m" / "notes").mkdir()
+    first = export_version(repo, "m", model, spec, stats, {})
+    second = export_version(repo, "m", model, spec, stats, {})
+    assert (first.name, second.name) == ("8", "9")
+    assert (repo / "m" / "7" / "keep.txt").read_text() == "an older version"
+    assert not [p for p in (repo / "m").iterdir() if p.name.startswith(".")]
+
+
+def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    results: list[Path] = []
+
+    def publish(i: int) -> None:
+        tmp = model_dir / f".tmp-{i}"
+        tmp.mkdir()
+        (tmp / "model.pt").write_text(str(i))
+        results.append(_publish(tmp, model_dir))
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(int(p.name) for p in results) == list(range(1, 9))
+    assert sorted((p / "model.pt").read_text() for p in results) == [str(i) for i in range(8)]
+
+
+def test_bad_model_name_is_an_error(tmp_path: Path) -> None:
+    table = tabular(8)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    stats = {"numeric": {n: {"mean": 0.0, "std": 1.0} for n in spec.numeric_names}}
+    with pytest.raises(ExportError):
+        export_version(tmp_path, "../x", build_model(spec, stats), spec, stats, {})
+
+
+def test_category_keys() -> None:
+    assert [category_key(v) for v in ("a", 42, True, False)] == ["a", "42", "true", "false"]

@@ -1,0 +1,157 @@
+"""The training loop in one process: learning, reporting, accumulation, resume, early stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from trainer_fixtures import make_config, tabular, write_spec
+
+from conveyor.trainer.checkpoint import list_checkpoints, load_latest, read_checkpoint
+from conveyor.trainer.data import prepare
+from conveyor.trainer.errors import TrainerError
+from conveyor.trainer.launch import DistEnv
+from conveyor.trainer.loop import run_worker
+
+
+def _train(cfg):
+    prepare(cfg)
+    return run_worker(cfg, DistEnv(), prepared=True)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_latest(run_dir)[1]["model"]
+
+
+def test_learns_reports_and_exports(tmp_path: Path, dataset: Path) -> None:
+    cfg = make_config(
+        tmp_path, dataset, model_repository=str(tmp_path / "repo"), model_name="m", lr=1e-2
+    )
+    summary = _train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
+    for rec in lines:  # train and validation side by side, every epoch
+        assert {"loss", "auc", "accuracy", "logloss"} <= rec["train"].keys() <= rec["val"].keys()
+    assert lines[-1]["train"]["loss"] < lines[0]["train"]["loss"]
+    assert summary["best"]["val"]["auc"] > 0.85
+    assert lines[0]["train"]["rows"] + lines[0]["val"]["rows"] == 600
+    assert summary["exported"] == str(tmp_path / "repo" / "m" / "1")
+    metrics = json.loads((tmp_path / "repo" / "m" / "1" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == summary["best_epoch"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == summary["steps"]
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_other_tasks_train_and_export(tmp_path: Path, task: str) -> None:
+    data = tmp_path / "d.parquet"
+    pq.write_table(tabular(400, task=task), data)
+    spec = write_spec(tmp_path, tabular(400, task=task), task)
+    cfg = make_config(
+        tmp_path,
+        data,
+        spec=str(spec),
+        label=None,
+        epochs=2,
+        lr=3e-3,
+        model_repository=str(tmp_path / "repo"),
+        model_name=task,
+    )
+    summary = _train(cfg)
+    metric = "accuracy" if task == "multiclass" else "rmse"
+    assert summary["metric"] == metric
+    first, last = summary["history"][0]["val"], summary["history"][-1]["val"]
+    assert last["loss"] < first["loss"]
+    assert (tmp_path / "repo" / task / "1" / "model.pt").exists()
+
+
+def test_accumulation_equals_a_bigger_batch(tmp_path: Path) -> None:
+    data = tmp_path / "d.parquet"
+    pq.write_table(tabular(640), data, row_group_size=64)
+    common = {"val_fraction": 0.0, "dropout": 0.0, "epochs": 2, "shuffle_buffer": 128}
+    big = make_config(tmp_path / "a", data, batch_size=32, accumulation=1, **common)
+    small = make_config(tmp_path / "b", data, batch_size=16, accumulation=2, **common)
+    assert _train(big)["steps"] == _train(small)["steps"] == 40
+    for name, w in _weights(Path(big.out)).items():
+        torch.testing.assert_close(_weights(Path(small.out))[name], w, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, dataset: Path) -> None:
+    full = make_config(tmp_path / "full", dataset, checkpoint_every=4, keep_checkpoints=100)
+    _train(full)
+    # A run killed after step 6 of epoch 1 (steps per epoch: 15): keep only what it had written.
+    crashed = Path(tmp_path / "crashed" / "run")
+    shutil.copytree(full.out, crashed)
+    for path in list_checkpoints(crashed):
+        if int(path.stem.split("-")[1]) > 21:
+            path.unlink()
+    (crashed / "summary.json").unlink()
+    kept = read_checkpoint(list_checkpoints(crashed)[0])["state"]
+    assert (kept["epoch"], kept["micro"]) == (1, 5)  # mid-epoch, not at a boundary
+    resumed = make_config(tmp_path / "crashed", dataset, checkpoint_every=4, resume=True)
+    summary = _train(resumed)
+    for name, w in _weights(Path(full.out)).items():
+        torch.testing.assert_close(_weights(crashed)[name], w, atol=1e-6, rtol=1e-6)
+    history = json.loads((Path(full.out) / "summary.json").read_text())["history"]
+    for a, b in zip(summary["history"], history, strict=True):
+        assert a["train"] == pytest.approx(b["train"]) and a["val"] == pytest.approx(b["val"])
+
+
+def test_early_stopping_and_best_weights(tmp_path: Path, dataset: Path) -> None:
+    cfg = make_config(tmp_path, dataset, lr=1e-9, warmup_steps=0, epochs=6, patience=2)
+    summary = _train(cfg)
+    assert summary["stopped_early"] and summary["epochs"] == 3
+    assert summary["best_epoch"] == 0
+
+
+def test_refuses_to_clobber_a_run_without_resume(tmp_path: Path, dataset: Path) -> None:
+    cfg = make_config(tmp_path, dataset, epochs=1)
+    _train(cfg)
+    with pytest.raises(TrainerError, match="pass --resume"):
+        _train(cfg)
+
+
+def test_resuming_a_finished_run_does_not_export_twice(tmp_path: Path, dataset: Path) -> None:
+    repo = tmp_path / "repo"
+    cfg = make_config(tmp_path, dataset, epochs=1, model_repository=str(repo), model_name="m")
+    first = _train(cfg)
+    again = _train(
+        make_config(
+            tmp_path, dataset, epochs=1, resume=True, model_repository=str(repo), model_name="m"
+        )
+    )
+    assert again["exported"] == first["exported"] == str(repo / "m" / "1")
+    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1"]
+    assert again["history"] == first["history"]
+
+
+def test_constant_row_weights_change_nothing(tmp_path: Path) -> None:
+    # The loss is normalised by the total weight, so weighting every row by 2 must train
+    # exactly as no weights at all: this checks the weighted path's normalisation.
+    import pyarrow as pa
+
+    table = tabular(300)
+    data = tmp_path / "d.parquet"
+    pq.write_table(table.append_column("w", pa.array([2.0] * 300)), data)
+    spec = json.loads(write_spec(tmp_path, table).read_text())
+    spec["weight"] = "w"
+    weighted_spec = tmp_path / "weighted" / "spec.json"
+    weighted_spec.parent.mkdir()
+    weighted_spec.write_text(json.dumps(spec))
+    weighted = make_config(
+        tmp_path / "b", data, spec=str(weighted_spec), label=None, epochs=2, dropout=0.0
+    )
+    spec["ignore"] = ["w"]
+    plain_spec = tmp_path / "plain" / "spec.json"
+    plain_spec.parent.mkdir()
+    plain_spec.write_text(json.dumps({**spec, "weight": None}))
+    plain = make_config(
+        tmp_path / "a", data, spec=str(plain_spec), label=None, epochs=2, dropout=0.0
+    )
+    a, b = _train(plain), _train(weighted)
+    assert a["history"][-1]["val"] == pytest.approx(b["history"][-1]["val"])
+    for name, w in _weights(Path(plain.out)).items():
+        torch.testing.assert_close(_weights(Path(weighted.out))[name], w, atol=1e-6, rtol=1e-5)

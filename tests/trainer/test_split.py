@@ -1,0 +1,77 @@
+"""The hold-out split: disjoint, complete, reproducible, independent of sharding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from trainer_fixtures import make_config, tabular
+
+from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+from conveyor.trainer.errors import TrainerError
+from conveyor.trainer.split import holdout_filters
+
+
+def _spec(key: str | None = "id") -> FeatureSpec:
+    return FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature(n) for n in ("x0", "x1", "x2")],
+        key=key,
+    )
+
+
+@pytest.mark.parametrize("key", ["id", None])
+def test_split_is_a_partition_near_the_fraction(key: str | None) -> None:
+    table = tabular(20_000)
+    train, val = holdout_filters(_spec(key), table.schema, 0.2, seed=0)
+    tr, va = table.filter(train), table.filter(val)
+    assert tr.num_rows + va.num_rows == table.num_rows
+    assert not set(tr["id"].to_pylist()) & set(va["id"].to_pylist())
+    assert va.num_rows / table.num_rows == pytest.approx(0.2, abs=0.015)
+
+
+def test_split_depends_on_seed_and_not_on_row_order() -> None:
+    table = tabular(5000)
+    shuffled = table.take(np.random.default_rng(1).permutation(table.num_rows))
+    _, val = holdout_filters(_spec(), table.schema, 0.3, seed=0)
+    _, val_other_seed = holdout_filters(_spec(), table.schema, 0.3, seed=1)
+    ids = set(table.filter(val)["id"].to_pylist())
+    assert ids == set(shuffled.filter(val)["id"].to_pylist())
+    assert ids != set(table.filter(val_other_seed)["id"].to_pylist())
+
+
+def test_duplicated_rows_share_a_split_without_key() -> None:
+    table = tabular(2000)
+    doubled = pa.concat_tables([table, table])
+    _, val = holdout_filters(_spec(None), doubled.schema, 0.25)
+    picked = doubled.filter(val)["id"].to_pylist()
+    assert sorted(picked) == sorted(2 * [i for i in set(picked)])
+
+
+def test_zero_fraction_means_no_split_and_bad_columns_are_errors() -> None:
+    table = tabular(10)
+    assert holdout_filters(_spec(), table.schema, 0.0) == (None, None)
+    with pytest.raises(TrainerError, match="must be an integer or a timestamp"):
+        holdout_filters(_spec(), table.schema, 0.2, column="color")
+    with pytest.raises(TrainerError, match="not in the data"):
+        holdout_filters(_spec(), table.schema, 0.2, column="nope")
+
+
+def test_loaders_read_disjoint_splits_over_ranks(tmp_path: Path) -> None:
+    from conveyor.trainer.data import load_prepared, make_loaders, prepare
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(tabular(1000), path, row_group_size=100)
+    cfg = make_config(tmp_path, path, val_fraction=0.25, prefetch=0)
+    prepare(cfg)
+    spec, stats = load_prepared(cfg)
+    seen = {"train": [], "val": []}
+    for rank in range(2):
+        train, val = make_loaders(cfg, spec, stats, world_size=2, rank=rank)
+        for name, loader in (("train", train), ("val", val)):
+            seen[name] += [tuple(r) for b in loader for r in b.features.tolist()]
+    assert len(seen["train"]) + len(seen["val"]) == 1000
+    assert not set(seen["train"]) & set(seen["val"])

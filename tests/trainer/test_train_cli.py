@@ -1,0 +1,82 @@
+"""``conveyor train`` as a user runs it: flags, environment, config file, errors, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from trainer_fixtures import run_cli
+
+from conveyor.cli import build_parser, main
+from conveyor.config import resolve
+
+
+def test_help_lists_the_train_command_and_its_knobs() -> None:
+    done = run_cli("train", "--help")
+    assert done.returncode == 0
+    for flag in (
+        "--spec", "--label", "--model-repository", "--model-name", "--nproc", "--epochs",
+        "--batch-size", "--resume", "--out", "--lr", "--weight-decay", "--warmup-steps",
+        "--clip-norm", "--accumulation", "--hidden", "--dropout", "--layer-norm", "--patience",
+        "--checkpoint-every", "--seed", "--val-fraction", "--autocast",
+    ):  # fmt: skip
+        assert flag in done.stdout, flag
+
+
+def test_options_resolve_flags_over_env_over_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nepochs = 7\nlr = 0.5\nhidden = [32, 16]\n")
+    env = {"CONVEYOR_EPOCHS": "9", "CONVEYOR_LAYER_NORM": "true"}
+    args = resolve(build_parser(), ["train", "src", "--label", "y", "--config", str(cfg)], env)
+    assert (args.epochs, args.lr, args.hidden, args.layer_norm) == (9, 0.5, [32, 16], True)
+    args = resolve(build_parser(), ["train", "src", "--label", "y", "--epochs", "2"], env)
+    assert args.epochs == 2
+
+
+def test_spec_and_label_together_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "x.parquet", "--spec", "s.json", "--label", "y", "--out", str(tmp_path)])
+    assert code == 1
+    assert "exactly one of --spec" in capsys.readouterr().err
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    done = run_cli("train", str(tmp_path / "nope"), "--label", "y", "--out", str(tmp_path / "r"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("conveyor: error:") and "Traceback" not in done.stderr
+
+
+def test_train_end_to_end_on_demo_data(tmp_path: Path) -> None:
+    from conveyor.demo.fraud_data import FraudDataConfig, write_dataset
+
+    write_dataset(str(tmp_path / "fraud"), FraudDataConfig(rows=4000, days=2, fraud_rate=0.05))
+    done = run_cli(
+        "train", str(tmp_path / "fraud"), "--label", "is_fraud", "--key", "transaction_id",
+        "--timestamp", "ts", "--model-repository", str(tmp_path / "repo"),
+        "--model-name", "fraud", "--out", str(tmp_path / "run"), "--epochs", "2",
+        "--batch-size", "128", "--hidden", "32", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["exported"] == str(tmp_path / "repo" / "fraud" / "1")
+    config = json.loads((tmp_path / "repo" / "fraud" / "1" / "config.json").read_text())
+    features = {f["name"]: f["kind"] for f in config["features"]}
+    # key, timestamp and label are not features; the hive partition column is categorical
+    assert "transaction_id" not in features and "ts" not in features
+    assert features["amount"] == "numeric" and features["merchant_category"] == "categorical"
+    spec = json.loads((tmp_path / "run" / "spec.json").read_text())
+    assert spec["key"] == "transaction_id"
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all("val" in json.loads(x) for x in lines)
+
+
+def test_existing_run_without_resume_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt-0000000005.pt").write_bytes(b"x")
+    done = run_cli(
+        "train", "nowhere", "--label", "y", "--out", str(tmp_path / "run"), "--nproc", "2"
+    )
+    assert done.returncode == 1
+    assert "pass --resume" in done.stderr and "worker" not in done.stderr

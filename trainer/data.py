@@ -1,0 +1,105 @@
+"""The run's data: spec and stats (given, or profiled on the fly) and the two readers.
+
+With ``--spec DIR/spec.json`` the spec is used as is and ``DIR/stats.json`` supplies the
+normalisation statistics (profiled here when it is missing). With ``--label`` the spec is
+inferred and the source profiled through ``conveyor.ingest`` (one validation pass). Either way
+the spec and stats used are copied into the run directory, so a resumed run trains on exactly
+the same ones, and the rows quarantined during profiling go to ``RUN_DIR/quarantine.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from conveyor.ingest.loader import LoaderConfig, StreamLoader
+from conveyor.ingest.profile import ProfileConfig, load_stats, profiled_ranges, write_stats
+from conveyor.ingest.source import Source
+from conveyor.ingest.spec import FeatureSpec
+from conveyor.trainer.config import TrainConfig
+from conveyor.trainer.split import holdout_filters
+
+log = logging.getLogger("conveyor.trainer")
+
+
+def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
+    """Write ``spec.json`` and ``stats.json`` into the run directory (profiling if needed) and
+    return their paths. Run once per job, before the workers start (or on rank 0)."""
+    from conveyor.ingest.infer import infer_spec
+    from conveyor.ingest.scan import run_scan
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_out, stats_out = out / "spec.json", out / "stats.json"
+    if cfg.resume and spec_out.exists() and stats_out.exists():
+        return spec_out, stats_out  # the resumed run keeps the spec and stats it started with
+    source = Source(cfg.source)
+    if cfg.spec is not None:
+        spec = FeatureSpec.load(cfg.spec)
+        stats_in = Path(cfg.spec).with_name("stats.json")
+        if stats_in.exists():
+            if Path(cfg.spec).resolve() != spec_out.resolve():
+                spec.save(spec_out)
+                shutil.copyfile(stats_in, stats_out)
+            return spec_out, stats_out
+        log.info("no stats.json beside %s: profiling %s", cfg.spec, cfg.source)
+    else:
+        assert cfg.label is not None
+        log.info("inferring the spec and profiling %s (label %r)", cfg.source, cfg.label)
+        spec = infer_spec(
+            source, cfg.label, weight=cfg.weight, timestamp=cfg.timestamp, key=cfg.key
+        )
+    result = run_scan(
+        source,
+        spec,
+        quarantine_path=out / "quarantine.parquet",
+        profile=ProfileConfig(),
+        progress=cfg.progress,
+    )
+    spec.save(spec_out)
+    assert result.stats is not None
+    write_stats(result.stats, stats_out)
+    log.info("profiled: %s", json.dumps(result.accounting.to_dict()))
+    return spec_out, stats_out
+
+
+def load_prepared(cfg: TrainConfig) -> tuple[FeatureSpec, dict[str, Any]]:
+    """The spec and stats :func:`prepare` wrote into the run directory."""
+    out = Path(cfg.out)
+    return FeatureSpec.load(out / "spec.json"), load_stats(out / "stats.json")
+
+
+def make_loaders(
+    cfg: TrainConfig,
+    spec: FeatureSpec,
+    stats: dict[str, Any],
+    *,
+    world_size: int,
+    rank: int,
+) -> tuple[StreamLoader, StreamLoader | None]:
+    """``(train, validation)`` readers of this rank's shard (validation None without hold-out).
+
+    Both read the same source with the hold-out filters of :mod:`conveyor.trainer.split` pushed
+    into the scan; training shuffles (seeded by ``cfg.seed`` and the epoch), validation does not.
+    """
+    source = Source(cfg.source)
+    train_filter, val_filter = holdout_filters(
+        spec, source.schema, cfg.val_fraction, seed=cfg.seed, column=cfg.split_column
+    )
+    ranges = profiled_ranges(stats)
+    common = LoaderConfig(
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        world_size=world_size,
+        rank=rank,
+        prefetch=cfg.prefetch,
+        shuffle_buffer=cfg.shuffle_buffer,
+    )
+    train = StreamLoader(source, spec, common, filter=train_filter, ranges=ranges, shuffle=True)
+    val = None
+    if val_filter is not None:
+        val = StreamLoader(source, spec, common, filter=val_filter, ranges=ranges, shuffle=False)
+    return train, val

@@ -1,0 +1,17 @@
+"""Errors raised by conveyor.trainer; the CLI prints them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+from conveyor.errors import ConveyorError
+
+
+class TrainerError(ConveyorError):
+    """Base class: a training run that cannot start or go on (bad option, bad data, bad state)."""
+
+
+class CheckpointError(TrainerError):
+    """No usable checkpoint: missing, corrupt, or from a run with other settings."""
+
+
+class ExportError(TrainerError):
+    """The model repository cannot be written (not a directory, no permission ...)."""

@@ -1,0 +1,325 @@
+"""Export to the model repository: ``REPO/NAME/<version>/``, a servable program and its config.
+
+A version directory holds::
+
+    model.pt      TorchScript (torch.jit.save of a scripted module; loads with torch alone)
+    config.json   what the server reads (below)
+    spec.json     the feature spec the model was trained with (conveyor.ingest)
+    stats.json    the reference statistics (normalisation, drift baselines)
+    metrics.json  the training summary: per-epoch train/validation metrics, best epoch, config
+
+Versions are integers 1, 2, 3 ...; a new one is the highest existing plus one. It is written in
+a hidden temporary directory beside the versions and renamed into place (a directory rename is
+atomic), so a server polling the repository never sees half a version; if another writer took
+the number meanwhile, the rename fails and the next number is tried, so no version is ever
+overwritten.
+
+The program takes raw feature values in the spec's schema and does its own normalisation and
+vocabulary lookup, so serving cannot drift from training. Inputs, in this order (an input is
+left out when the spec has no such feature):
+
+* ``numeric``: FP32 ``[batch, F]``, the spec's numeric features in spec order, as in the data;
+* ``categorical``: BYTES ``[batch, C]``, the spec's categorical features in spec order, passed
+  to the program as a flat ``List[str]`` of ``batch * C`` strings in row-major order. Values are
+  their original strings; integer categories as decimal strings (``"42"``), booleans as
+  ``"true"``/``"false"``. A value outside the vocabulary maps to the out-of-vocabulary id 0,
+  exactly as in training.
+
+Outputs (a tuple, in this order, for classification):
+
+* binary: ``probability`` FP32 ``[batch, 1]`` = P(label == labels[1]),
+  ``logits`` FP32 ``[batch, 1]``;
+* multiclass: ``probability`` FP32 ``[batch, K]`` (softmax, class order = ``labels``),
+  ``logits`` FP32 ``[batch, K]``;
+* regression: ``prediction`` FP32 ``[batch, 1]`` in label units (a single tensor).
+"""
+
+# No `from __future__ import annotations` here: TorchScript reads the annotations at runtime.
+import errno
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from conveyor import __version__
+from conveyor.ingest.spec import FeatureSpec
+from conveyor.trainer.errors import ExportError
+from conveyor.trainer.model import TabularModel
+
+PLATFORM = "torchscript"
+
+
+def category_key(value: Any) -> str:
+    """The string a client sends for a categorical value: see the module docstring."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _Serving(nn.Module):
+    """Raw inputs -> logits: vocabulary lookup in TorchScript, then the training model."""
+
+    vocabs: list[dict[str, int]]
+
+    def __init__(self, model: TabularModel, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.vocabs = [
+            {category_key(v): i + 1 for i, v in enumerate(f.vocab)} for f in spec.categorical
+        ]
+        self.n_numeric = len(spec.numeric)
+        self.n_categorical = len(spec.categorical)
+        self.multiclass = spec.label.task == "multiclass"
+        self.label_mean = model.label_mean
+        self.label_std = model.label_std
+
+    def _ids(self, categorical: list[str], batch: int) -> torch.Tensor:
+        c = self.n_categorical
+        if len(categorical) != batch * c:
+            raise ValueError(
+                "categorical: expected batch * " + str(c) + " strings, got " + str(len(categorical))
+            )
+        ids: list[int] = []
+        for i, value in enumerate(categorical):
+            ids.append(self.vocabs[i % c].get(value, 0))
+        return torch.tensor(ids, dtype=torch.long).reshape(batch, c)
+
+    def _numeric(self, numeric: torch.Tensor) -> torch.Tensor:
+        if numeric.dim() != 2 or numeric.shape[1] != self.n_numeric:
+            raise ValueError("numeric: expected shape [batch, " + str(self.n_numeric) + "]")
+        return numeric.to(torch.float32)
+
+    def _logits(self, numeric: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(numeric, ids).float()
+
+    def _classify(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.multiclass:
+            return torch.softmax(logits, dim=1), logits
+        return torch.sigmoid(logits), logits
+
+    def _regress(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.label_std + self.label_mean
+
+
+# One small class per input/output combination: a TorchScript forward has one fixed signature.
+class ClassifierNumCat(_Serving):
+    def forward(
+        self, numeric: torch.Tensor, categorical: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._numeric(numeric)
+        return self._classify(self._logits(x, self._ids(categorical, x.shape[0])))
+
+
+class ClassifierNum(_Serving):
+    def forward(self, numeric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._numeric(numeric)
+        return self._classify(self._logits(x, torch.zeros(x.shape[0], 0, dtype=torch.long)))
+
+
+class ClassifierCat(_Serving):
+    def forward(self, categorical: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = len(categorical) // self.n_categorical
+        ids = self._ids(categorical, batch)
+        return self._classify(self._logits(torch.zeros(batch, 0), ids))
+
+
+class RegressorNumCat(_Serving):
+    def forward(self, numeric: torch.Tensor, categorical: list[str]) -> torch.Tensor:
+        x = self._numeric(numeric)
+        return self._regress(self._logits(x, self._ids(categorical, x.shape[0])))
+
+
+class RegressorNum(_Serving):
+    def forward(self, numeric: torch.Tensor) -> torch.Tensor:
+        x = self._numeric(numeric)
+        return self._regress(self._logits(x, torch.zeros(x.shape[0], 0, dtype=torch.long)))
+
+
+class RegressorCat(_Serving):
+    def forward(self, categorical: list[str]) -> torch.Tensor:
+        batch = len(categorical) // self.n_categorical
+        return self._regress(self._logits(torch.zeros(batch, 0), self._ids(categorical, batch)))
+
+
+def serving_module(model: TabularModel, spec: FeatureSpec) -> torch.jit.ScriptModule:
+    """The scripted serving program for ``model`` (moved to CPU, in eval mode)."""
+    import copy
+
+    model = copy.deepcopy(model).cpu().eval()
+    for p in model.parameters():  # a served call builds no autograd graph
+        p.requires_grad_(False)
+    has_num, has_cat = bool(spec.numeric), bool(spec.categorical)
+    if not (has_num or has_cat):
+        raise ExportError("the spec has no features: nothing to serve")
+    regression = spec.label.task == "regression"
+    table = {
+        (False, True, True): ClassifierNumCat,
+        (False, True, False): ClassifierNum,
+        (False, False, True): ClassifierCat,
+        (True, True, True): RegressorNumCat,
+        (True, True, False): RegressorNum,
+        (True, False, True): RegressorCat,
+    }
+    module = table[(regression, has_num, has_cat)](model, spec).eval()
+    return torch.jit.script(module)
+
+
+def _arrow_type_name(spec_type: Any) -> str:
+    return str(spec_type) if spec_type is not None else "unknown"
+
+
+def model_config(
+    spec: FeatureSpec,
+    name: str,
+    *,
+    max_batch_size: int = 1024,
+    source_types: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``config.json`` dict (see the module docstring for inputs and outputs)."""
+    types = source_types or {}
+    inputs = []
+    if spec.numeric:
+        inputs.append({"name": "numeric", "datatype": "FP32", "shape": [len(spec.numeric)]})
+    if spec.categorical:
+        inputs.append(
+            {"name": "categorical", "datatype": "BYTES", "shape": [len(spec.categorical)]}
+        )
+    task = spec.label.task
+    classes = [category_key(c) for c in spec.label.classes or []]
+    if task == "regression":
+        outputs = [{"name": "prediction", "datatype": "FP32", "shape": [1]}]
+    else:
+        k = 1 if task == "binary" else len(classes)
+        outputs = [
+            {"name": "probability", "datatype": "FP32", "shape": [k]},
+            {"name": "logits", "datatype": "FP32", "shape": [k]},
+        ]
+    features = [
+        {
+            "name": f.name,
+            "kind": "numeric",
+            "input": "numeric",
+            "index": j,
+            "datatype": "FP32",
+            "source_type": _arrow_type_name(types.get(f.name)),
+        }
+        for j, f in enumerate(spec.numeric)
+    ] + [
+        {
+            "name": f.name,
+            "kind": "categorical",
+            "input": "categorical",
+            "index": j,
+            "datatype": "BYTES",
+            "source_type": _arrow_type_name(types.get(f.name)),
+            "vocab_size": len(f.vocab),
+        }
+        for j, f in enumerate(spec.categorical)
+    ]
+    preferred = [b for b in (16, 64, 256) if b < max_batch_size] + [max_batch_size]
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": PLATFORM,
+        "max_batch_size": max_batch_size,
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 1000,
+            "preferred_batch_size": preferred,
+            "max_queue_size": 4 * max_batch_size,
+            "priority_levels": 1,
+            "default_priority_level": 1,
+        },
+        "instance_count": 1,
+        "features": features,
+        "parameters": {
+            "task": task,
+            "label": spec.label.name,
+            "categorical_encoding": "original strings; integers as decimal strings, booleans as "
+            "true/false; unknown values map to the out-of-vocabulary id",
+            "conveyor_version": __version__,
+        },
+    }
+    if task != "regression":
+        config["labels"] = classes
+        if task == "binary":
+            config["parameters"]["positive_class"] = classes[1]
+    return config
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def existing_versions(model_dir: str | Path) -> list[int]:
+    """Integer version directories under ``model_dir``, ascending."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def export_version(
+    repository: str | Path,
+    name: str,
+    model: TabularModel,
+    spec: FeatureSpec,
+    stats: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    max_batch_size: int = 1024,
+    source_types: dict[str, str] | None = None,
+) -> Path:
+    """Write a new version of ``name`` under ``repository``; returns its directory."""
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"invalid model name {name!r}")
+    model_dir = Path(repository) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {model_dir}: {exc.strerror}") from None
+    tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        with warnings.catch_warnings():
+            # torch 2.10+ marks TorchScript deprecated; it is still the contract the engine loads.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+            program = serving_module(model, spec)
+            torch.jit.save(program, str(tmp / "model.pt"))
+        config = model_config(spec, name, max_batch_size=max_batch_size, source_types=source_types)
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "spec.json", spec.to_dict())
+        _write_json(tmp / "stats.json", stats)
+        _write_json(tmp / "metrics.json", metrics)
+        with open(tmp / "model.pt", "rb") as fh:
+            os.fsync(fh.fileno())
+        return _publish(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, model_dir: Path) -> Path:
+    """Rename ``tmp`` to the next free version number; a number taken meanwhile is skipped."""
+    version = (existing_versions(model_dir) or [0])[-1] + 1
+    for _ in range(1000):
+        target = model_dir / str(version)
+        if not target.exists():
+            try:
+                os.rename(tmp, target)  # refuses a non-empty directory that appeared meanwhile
+                return target
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise ExportError(f"cannot publish {target}: {exc.strerror}") from None
+        version += 1
+    raise ExportError(f"{model_dir}: no free version number found")

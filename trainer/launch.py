@@ -1,0 +1,129 @@
+"""Processes: one per rank, started by torch's elastic launcher or by ``torchrun``.
+
+``conveyor train --nproc N`` calls :func:`launch`, which runs N local workers through
+``torch.distributed.launcher.api.elastic_launch`` (the engine behind ``torchrun``: c10d
+rendezvous on a free local port, workers watched, all stopped when one fails). Under
+``torchrun --nnodes ... --nproc-per-node ...`` the same command line runs in every worker
+process that torchrun starts: :func:`under_torchrun` sees the environment torchrun sets and the
+CLI calls the worker directly. Either way each worker reads ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` from its environment, joins the process group (NCCL
+when it has a GPU, gloo otherwise) and reads its own shard.
+
+Threads: workers that share a machine split its cores, ``cores // LOCAL_WORLD_SIZE`` torch
+threads each (at least 1), unless ``OMP_NUM_THREADS`` is set; on 2 cores with 2 workers that is
+1 each, which avoids oversubscription that slows everything down many times.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from conveyor.trainer.errors import TrainerError
+
+log = logging.getLogger("conveyor.trainer")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job; ``device`` is ``cuda:LOCAL_RANK`` or ``cpu``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    """True in a worker started by torchrun or the elastic launcher."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    )
+
+
+def env_from_environ(device: str | None = None) -> DistEnv:
+    """The DistEnv of this process from torchrun's variables (single process when unset)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return DistEnv(rank, world, local_rank, local_world, device)
+
+
+def set_threads(env: DistEnv) -> None:
+    """One share of the cores per local worker unless OMP_NUM_THREADS says otherwise."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+
+
+def init_process_group(env: DistEnv) -> None:
+    """Join the job's process group (no-op for a single process)."""
+    if not env.distributed or dist.is_initialized():
+        return
+    if env.device.startswith("cuda"):
+        torch.cuda.set_device(env.device)
+        dist.init_process_group("nccl", timeout=timedelta(minutes=10))
+    else:
+        dist.init_process_group("gloo", timeout=timedelta(minutes=10))
+
+
+def _worker(config: dict[str, Any], log_level: str) -> dict[str, Any] | None:
+    """Entry point of each worker process the elastic launcher starts."""
+    from conveyor.log import setup_logging
+    from conveyor.trainer.config import TrainConfig
+    from conveyor.trainer.loop import run_worker
+
+    setup_logging(log_level)
+    return run_worker(TrainConfig.from_dict(config), prepared=True)
+
+
+def launch(config: dict[str, Any], nproc: int, log_level: str = "info") -> dict[str, Any] | None:
+    """Run ``nproc`` local workers with torch's elastic launcher; rank 0's summary is returned.
+
+    A failing worker stops them all (no restarts: ``--resume`` is how a run continues) and
+    raises :class:`TrainerError` naming the rank and its error.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    lc = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"conveyor-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # a free port, like torchrun --standalone
+        max_restarts=0,
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
+    try:
+        results = elastic_launch(lc, _worker)(config, log_level)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        message = failure.message
+        if isinstance(message, dict):  # the worker's error file: {"message": ..., "extraInfo"}
+            message = message.get("message", message)
+        raise TrainerError(
+            f"worker rank {rank} failed (exit code {failure.exitcode}): {message}"
+        ) from None
+    return results.get(0)
