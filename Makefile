@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo test lint format install bench clean
+.PHONY: demo test lint format install bench clean protos
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/conveyor demo
@@ -49,6 +49,11 @@ $(VENV)/.torch: | $(PY)
 $(VENV)/.installed: $(BUILD_INPUTS) $(VENV)/.torch
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
+
+# Regenerate engine/protos/*_pb2*.py from engine/protos/grpc_service.proto
+# (grpcio-tools from the dev extra); commit the result.
+protos: $(VENV)/.installed
+	$(PY) engine/protos/generate.py
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache
