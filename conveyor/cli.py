@@ -19,7 +19,7 @@ from conveyor.log import LEVELS, setup_logging
 
 # Modules that define `register(subparsers, common)`. Keep them light at import
 # time (no torch, no pyarrow at module level) so `conveyor --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("conveyor.info",)
+COMMAND_MODULES: tuple[str, ...] = ("conveyor.info", "conveyor.engine.cli")
 
 log = logging.getLogger("conveyor.cli")
 

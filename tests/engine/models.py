@@ -1,0 +1,83 @@
+"""Tiny TorchScript models and a repository writer for the engine tests."""
+
+# No `from __future__ import annotations`: TorchScript reads these annotations.
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+
+class Affine(nn.Module):
+    """y = 2x + 1 on FP32 [4]; also returns the row sum as INT64 [1]."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool((x < -1000.0).any()):
+            raise RuntimeError("input below -1000 is not allowed")
+        return x * 2.0 + 1.0, x.sum(dim=1, keepdim=True).to(torch.int64)
+
+
+class Vocab(nn.Module):
+    """A BYTES column [batch, 2] looked up in a vocabulary, plus FP32 [3] numeric features."""
+
+    # TorchScript needs typing.Dict in a class-level annotation.
+    vocab: Dict[str, int]  # noqa: UP006
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocab = {"red": 1, "green": 2, "blue": 3}
+
+    def forward(self, colour: list[str], x: torch.Tensor) -> torch.Tensor:
+        ids = [self.vocab.get(c, 0) for c in colour]
+        t = torch.tensor(ids, dtype=torch.float32).reshape(x.shape[0], 2)
+        return torch.cat([t, x.sum(dim=1, keepdim=True)], dim=1)
+
+
+class Version(nn.Module):
+    """Answers its version number for each row (to tell versions apart)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__()
+        self.version = version
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 1), float(self.version))
+
+
+AFFINE_IO: dict[str, Any] = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [4]}],
+    "outputs": [
+        {"name": "y", "datatype": "FP32", "shape": [4]},
+        {"name": "total", "datatype": "INT64", "shape": [1]},
+    ],
+}
+VOCAB_IO: dict[str, Any] = {
+    "inputs": [
+        {"name": "colour", "datatype": "BYTES", "shape": [2]},
+        {"name": "x", "datatype": "FP32", "shape": [3]},
+    ],
+    "outputs": [{"name": "out", "datatype": "FP32", "shape": [3]}],
+}
+VERSION_IO: dict[str, Any] = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+    "outputs": [{"name": "v", "datatype": "FP32", "shape": [1]}],
+}
+
+
+def write_model(
+    repo: Path,
+    name: str,
+    version: int,
+    module: nn.Module,
+    io: dict[str, Any],
+    **config: Any,
+) -> Path:
+    """Script ``module`` into ``repo/name/version/model.pt`` with its config.json."""
+    directory = repo / name / str(version)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(module).save(str(directory / "model.pt"))
+    body = {"name": name, "platform": "torchscript", "max_batch_size": 64, **io, **config}
+    (directory / "config.json").write_text(json.dumps(body))
+    return directory
