@@ -20,11 +20,16 @@ PLATFORMS = ("torchscript", "torch_export")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output: OIP ``datatype`` and ``shape`` without the batch dim (-1 = variable)."""
+    """One input or output: OIP ``datatype`` and ``shape`` without the batch dim (-1 = variable).
+
+    ``columns`` optionally names the feature columns of a ``[batch, C]`` input,
+    in order (the client SDK uses them to build the tensor from a table).
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,10 @@ def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
     seen = set()
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
-        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"}:
-            raise ModelLoadError(f"{at}: expected {{name, datatype, shape}}, got {item!r}")
+        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape", "columns"}:
+            raise ModelLoadError(
+                f"{at}: expected {{name, datatype, shape[, columns]}}, got {item!r}"
+            )
         name, dtype, shape = item.get("name"), item.get("datatype"), item.get("shape")
         if not isinstance(name, str) or not name:
             raise ModelLoadError(f"{at}.name: expected a non-empty string")
@@ -165,7 +172,18 @@ def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
             isinstance(d, bool) or not isinstance(d, int) or d < -1 or d == 0 for d in shape
         ):
             raise ModelLoadError(f"{at}.shape: expected a list of dims >= 1 or -1, got {shape!r}")
-        specs.append(TensorSpec(name, dtype, tuple(shape)))
+        columns = item.get("columns", [])
+        if columns and (
+            not isinstance(columns, list)
+            or not all(isinstance(c, str) for c in columns)
+            or len(shape) != 1
+            or shape[0] != len(columns)
+        ):
+            raise ModelLoadError(
+                f"{at}.columns: expected {shape[0] if len(shape) == 1 else 'C'} column "
+                f"names for a tensor of shape [batch, C], got {columns!r}"
+            )
+        specs.append(TensorSpec(name, dtype, tuple(shape), tuple(columns)))
     return tuple(specs)
 
 

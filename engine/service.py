@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import time
@@ -217,12 +218,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = served.config
 
         def tensors(specs: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-            return [
-                pb.ModelMetadataResponse.TensorMetadata(
+            out = []
+            for s in specs:
+                meta = pb.ModelMetadataResponse.TensorMetadata(
                     name=s.name, datatype=s.datatype, shape=[-1, *s.shape]
                 )
-                for s in specs
-            ]
+                if s.columns:
+                    meta.parameters["columns"].string_param = json.dumps(list(s.columns))
+                out.append(meta)
+            return out
 
         return pb.ModelMetadataResponse(
             name=served.name,
