@@ -296,6 +296,15 @@ class Batcher:
         return batch, dropped
 
     def _execute(self, batch: list[Pending]) -> None:
+        """Run a batch; if it fails and holds several requests, run each alone, so
+        one bad request fails only itself and not the requests batched with it."""
+        if self._execute_batch(batch, isolate=len(batch) > 1):
+            return
+        for pending in batch:
+            self._execute_batch([pending], isolate=False)
+
+    def _execute_batch(self, batch: list[Pending], isolate: bool) -> bool:
+        """Returns False (posting nothing) when the batch failed and ``isolate`` is set."""
         t0 = time.perf_counter_ns()
         rows = sum(p.rows for p in batch)
         queue_ns = int((time.monotonic() * len(batch) - sum(p.arrival for p in batch)) * 1e9)
@@ -321,6 +330,8 @@ class Batcher:
             t3 = time.perf_counter_ns()
             self.stats.record(rows, len(batch), queue_ns, (t0, t1, t2, t3))
         except EngineError as exc:
+            if isolate:
+                return False
             log.warning(
                 "batch of %d rows failed: %s",
                 rows,
@@ -329,10 +340,13 @@ class Batcher:
             )
             results = [(p, exc, True) for p in batch]
         except Exception as exc:  # never let a worker thread die
+            if isolate:
+                return False
             log.exception("batch of %d rows failed", rows, extra={"model": self.name})
             err = Internal(f"model {self.name} failed: {type(exc).__name__}: {exc}")
             results = [(p, err, True) for p in batch]
         self._post(results)
+        return True
 
     def _post(self, results: list[tuple[Pending, Any, bool]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Pending, Any, bool]]] = {}

@@ -136,9 +136,8 @@ class Model:
             with torch.inference_mode():
                 result = self.program(*args)
         except Exception as exc:
-            message = str(exc).strip() or type(exc).__name__
             raise Internal(
-                f"model {self.name!r} version {self.version} raised: {message}"
+                f"model {self.name!r} version {self.version} raised: {_message(exc)}"
             ) from None
         return self._outputs(result, batch)
 
@@ -169,6 +168,15 @@ class Model:
                 raise Internal(f"model {self.name!r} output {spec.name!r}: BYTES unsupported")
             arrays.append(np.ascontiguousarray(array, dtype=want))
         return arrays
+
+
+def _message(exc: Exception) -> str:
+    """The model's own error: TorchScript wraps it in two tracebacks, ending with
+    ``builtins.RuntimeError: <message>``; keep that last line."""
+    text = str(exc).strip()
+    if "Traceback of TorchScript" in text:
+        return text.splitlines()[-1].strip()
+    return text or type(exc).__name__
 
 
 def _text(value: Any) -> str:
