@@ -10,6 +10,7 @@ outputs in config order (a tensor, or a tuple/list of tensors).
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ def _load_program(files: VersionFiles, platform: str) -> Any:
         if platform == "torchscript":
             # TorchScript archives hold code and tensors; torch.jit.load does not
             # unpickle arbitrary Python objects.
-            program = torch.jit.load(str(files.program), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; it still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                program = torch.jit.load(str(files.program), map_location="cpu")
             program.eval()
             return program
         exported = torch.export.load(str(files.program))

@@ -3,8 +3,9 @@
 # No `from __future__ import annotations`: TorchScript reads these annotations.
 
 import json
+import warnings
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +23,7 @@ class Affine(nn.Module):
 class Vocab(nn.Module):
     """A BYTES column [batch, 2] looked up in a vocabulary, plus FP32 [3] numeric features."""
 
-    # TorchScript needs typing.Dict in a class-level annotation.
-    vocab: Dict[str, int]  # noqa: UP006
+    vocab: dict[str, int]
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,7 +77,9 @@ def write_model(
     """Script ``module`` into ``repo/name/version/model.pt`` with its config.json."""
     directory = repo / name / str(version)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(module).save(str(directory / "model.pt"))
+    with warnings.catch_warnings():  # deprecated in torch 2.13, still what the trainer writes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(directory / "model.pt"))
     body = {"name": name, "platform": "torchscript", "max_batch_size": 64, **io, **config}
     (directory / "config.json").write_text(json.dumps(body))
     return directory
