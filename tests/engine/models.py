@@ -20,6 +20,13 @@ class Affine(nn.Module):
         return x * 2.0 + 1.0, x.sum(dim=1, keepdim=True).to(torch.int64)
 
 
+class Exportable(nn.Module):
+    """Affine without the data-dependent check, so torch.export can trace it."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2.0 + 1.0, x.sum(dim=1, keepdim=True).to(torch.int64)
+
+
 class Vocab(nn.Module):
     """A BYTES column [batch, 2] looked up in a vocabulary, plus FP32 [3] numeric features."""
 
