@@ -315,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         help="venv with mlserver installed (default benchmarks/.mlserver-venv)",
     )
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    parser.add_argument(
+        "--servers",
+        default="bare,conveyor-w1,conveyor-w2,mlserver",
+        help="comma-separated subset to run (default: all)",
+    )
     parser.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_server is not None:
@@ -342,16 +347,22 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-        port = free_port()
-        proc = start([sys.executable, __file__, "--bare-server", str(port)], port)
-        try:
-            measure("bare", [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)], port)
-        finally:
-            stop(proc)
+        chosen = set(args.servers.split(","))
+        if "bare" in chosen:
+            port = free_port()
+            proc = start([sys.executable, __file__, "--bare-server", str(port)], port)
+            try:
+                measure("bare", [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)], port)
+            finally:
+                stop(proc)
 
         for workers in (1, 2):
+            if f"conveyor-w{workers}" not in chosen:
+                continue
             port = free_port()
-            env = {**os.environ, "OMP_NUM_THREADS": "1" if workers == 2 else "2"}
+            # One torch thread per process: on 2 shared cores, OpenMP threads
+            # spinning against the event loop and the clients cost more than they give.
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
             proc = start(
                 [
                     sys.executable, "-m", "conveyor", "serve",
@@ -368,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                 stop(proc)
 
         venv = Path(args.mlserver_venv)
-        if not args.skip_mlserver and (venv / "bin" / "mlserver").exists():
+        if "mlserver" not in chosen:
+            pass
+        elif not args.skip_mlserver and (venv / "bin" / "mlserver").exists():
             port = free_port()
             folder = mlserver_dir(work, model_path, port)
             site = next((ROOT / ".venv" / "lib").glob("python*/site-packages"))
@@ -376,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                 **os.environ,
                 # torch comes from conveyor's venv, after MLServer's own packages.
                 "PYTHONPATH": os.pathsep.join([str(HERE), str(site)]),
-                "OMP_NUM_THREADS": "2",
+                "OMP_NUM_THREADS": "1",
             }
             proc = start([str(venv / "bin" / "mlserver"), "start", str(folder)], port, env)
             try:

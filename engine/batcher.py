@@ -158,6 +158,7 @@ class Batcher:
         self._queued = 0
         self._rows = 0
         self._closing = False
+        self._kick_pending = False
         self._cond = threading.Condition(threading.Lock())
         self._threads = [
             threading.Thread(target=self._work, name=f"conveyor-{name}-{i}", daemon=True)
@@ -195,15 +196,30 @@ class Batcher:
                     f"model {self.name}: queue full ({self.batching.max_queue_size} requests "
                     "waiting); retry later"
                 )
-            was_empty = self._queued == 0
             self._levels[pending.level].append(pending)
             self._queued += 1
             self._rows += pending.rows
-            # Wake a worker only when it has something new to decide: the first
-            # request (it starts its delay clock) or a full batch. Every other
-            # arrival just joins the batch the worker is already timing.
-            if was_empty or self._rows >= self._threshold:
-                cond.notify()
+            if self._rows >= self._threshold:
+                cond.notify()  # a full batch: no reason to wait
+                return
+            if self._kick_pending:
+                return
+            self._kick_pending = True
+        # Wake a worker once per event-loop iteration, after every request that
+        # arrived in this iteration has been queued: a burst of arrivals becomes
+        # one batch instead of waking the worker (and contending for the GIL)
+        # on the first of them. A lone request is kicked right after its
+        # handler yields, so it does not wait.
+        loop = pending.loop
+        if loop is None:
+            self._kick()
+        else:
+            loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        with self._cond:
+            self._kick_pending = False
+            self._cond.notify()
 
     def cancel(self, pending: Pending) -> bool:
         """Remove a queued request (client cancelled, or its deadline passed).
