@@ -71,7 +71,7 @@ def write_model(repo: Path, max_batch: int = 512) -> Path:
         "max_batch_size": max_batch,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [FEATURES]}],
         "outputs": [{"name": "probability", "datatype": "FP32", "shape": [1]}],
-        "dynamic_batching": {"max_queue_delay_microseconds": 0, "max_queue_size": 8192},
+        "dynamic_batching": {"max_queue_size": 8192},
     }
     (directory / "config.json").write_text(json.dumps(config))
     return directory / "model.pt"

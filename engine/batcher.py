@@ -10,7 +10,11 @@ When a worker forms a batch:
 * it dispatches at once when the queued rows reach the largest preferred batch
   size (or ``max_batch_size`` when none is configured);
 * otherwise it waits until the oldest queued request has waited
-  ``max_queue_delay_microseconds``, then takes what is there.
+  ``max_queue_delay_microseconds``, then takes what is there -- but only while
+  requests are arriving fast enough for another one to be expected within
+  the time left (a moving average of the gaps between arrivals). A lone or
+  slow stream of requests is therefore dispatched at once, and the delay is
+  spent only when it buys a fuller batch.
 
 While a worker executes, new requests accumulate, so under load batches grow
 by themselves and throughput approaches the model's batched-forward rate; a
@@ -151,6 +155,9 @@ class Batcher:
         self.batching = batching
         self.stats = BatchStats()
         self._delay = batching.max_queue_delay_microseconds / 1e6
+        # Moving average of the gap between arrivals (seconds); inf until two arrived.
+        self._gap = float("inf")
+        self._last_arrival: float | None = None
         self._preferred = tuple(p for p in batching.preferred_batch_size if p <= max_batch_size)
         # Rows at which a batch is dispatched without waiting for the delay.
         self._threshold = max(self._preferred) if self._preferred else max_batch_size
@@ -199,6 +206,12 @@ class Batcher:
             self._levels[pending.level].append(pending)
             self._queued += 1
             self._rows += pending.rows
+            if self._last_arrival is not None:
+                gap = pending.arrival - self._last_arrival
+                self._gap = (
+                    gap if self._gap == float("inf") else self._gap + 0.125 * (gap - self._gap)
+                )
+            self._last_arrival = pending.arrival
             if self._rows >= self._threshold:
                 cond.notify()  # a full batch: no reason to wait
                 return
@@ -269,8 +282,8 @@ class Batcher:
                     break
                 oldest = min(q[0].arrival for q in self._levels if q)
                 wait = oldest + self._delay - time.monotonic()
-                if wait <= 0:
-                    break
+                if wait <= 0 or self._gap > wait:
+                    break  # delay spent, or no other request expected in time
                 cond.wait(wait)
             return self._take()
 

@@ -37,9 +37,10 @@ class DynamicBatching:
     """Triton's dynamic batcher settings.
 
     Attributes:
-        max_queue_delay_microseconds: how long the oldest queued request may
-            wait for others to join its batch (default 0, as in Triton: under
-            load batches still form while a worker executes the previous one).
+        max_queue_delay_microseconds: the longest the oldest queued request
+            may wait for others to join its batch (default 250). The batcher
+            waits only while requests arrive fast enough to fill the batch, so
+            a lone request is dispatched at once; 0 never waits.
         preferred_batch_size: batch sizes (rows) dispatched at once when they
             can be formed (default none: dispatch at ``max_batch_size`` or on delay).
         max_queue_size: requests queued per model before new ones get
@@ -49,7 +50,7 @@ class DynamicBatching:
             0 = the lowest level).
     """
 
-    max_queue_delay_microseconds: int = 0
+    max_queue_delay_microseconds: int = 250
     preferred_batch_size: tuple[int, ...] = ()
     max_queue_size: int = 1024
     priority_levels: int = 2
