@@ -55,34 +55,44 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _wait_for_signal() -> int:
-    """Block the main thread until SIGTERM or SIGINT; returns the signal number."""
-    got = threading.Event()
-    received: list[int] = []
+class _Signals:
+    """Catches SIGTERM and SIGINT from installation on (also while models load)."""
 
-    def handler(signum: int, frame: Any) -> None:
-        received.append(signum)
-        got.set()
+    def __init__(self) -> None:
+        self.got = threading.Event()
+        self.received: list[int] = []
+        self._previous = {
+            s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)
+        }
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while not got.wait(1.0):
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        self.got.set()
+
+    def wait(self) -> int:
+        """Block until a signal came; returns its number."""
+        while not self.got.wait(1.0):
             pass
-    finally:
-        for s, h in previous.items():
+        return self.received[0]
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
             signal.signal(s, h)
-    return received[0]
 
 
 def serve_one(kwargs: dict[str, Any]) -> int:
-    """Run one server process until a signal; 0 after a graceful stop."""
+    """Run one server process until SIGTERM/SIGINT; 0 after a graceful stop."""
     from conveyor.engine.server import Server
 
-    server = Server(**kwargs)
-    server.start()
-    signum = _wait_for_signal()
-    log.info("received %s; shutting down", signal.Signals(signum).name)
-    server.stop()
+    signals = _Signals()
+    try:
+        server = Server(**kwargs)
+        server.start()
+        signum = signals.wait()
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        server.stop()
+    finally:
+        signals.restore()
     return 0
 
 

@@ -184,6 +184,39 @@ def test_cli_serves_and_drains_on_signal(repo: Path, sig: signal.Signals) -> Non
     assert any(r["msg"] == "stopped" for r in records)
 
 
+def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--port", str(port), "--workers", "2", "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "workers did not start"
+                time.sleep(0.2)
+            assert stub.ModelInfer(_request(1.0), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
 def test_cli_reports_a_used_port(repo: Path) -> None:
     with Server(repo, port=0) as server:
         result = subprocess.run(
