@@ -45,6 +45,10 @@ class Cancelled(EngineError):
     code = grpc.StatusCode.CANCELLED
 
 
+class FailedPrecondition(EngineError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Internal(EngineError):
     code = grpc.StatusCode.INTERNAL
 

@@ -30,12 +30,18 @@ import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from conveyor.engine.batcher import Batcher
-from conveyor.engine.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
+from conveyor.engine.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+    NotFound,
+    Unavailable,
+)
 from conveyor.engine.model import PROGRAM_FILES, Model
 from conveyor.engine.model_config import VersionPolicy, load_config
 from conveyor.engine.validation import RequestDecoder
@@ -65,8 +71,6 @@ class ServedVersion:
             max_queue_size=overrides.max_queue_size,
         )
         if overrides.max_batch_size is not None:
-            from dataclasses import replace
-
             config = replace(config, max_batch_size=overrides.max_batch_size)
         self.model = model
         self.config = config
@@ -366,7 +370,8 @@ class ModelRepository:
         entry = self.models[name]
         entry.loaded_by_request = True
         if not entry.versions:
-            raise InvalidArgument(self._why_not_ready(entry, None).replace("is not ready: ", ""))
+            # The repository's contents, not the request, prevent the load.
+            raise FailedPrecondition(self._why_not_ready(entry, None).replace("is not ready: ", ""))
 
     async def unload(self, name: str) -> None:
         """RepositoryModelUnload: drop every version of ``name`` (in-flight requests finish)."""

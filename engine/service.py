@@ -24,6 +24,7 @@ from conveyor.engine.batcher import Pending
 from conveyor.engine.errors import (
     DeadlineExceeded,
     EngineError,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     Unavailable,
@@ -284,12 +285,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _control(self, context: Any, request: Any, *, load: bool) -> None:
         name = request.model_name
-        if self.repository.model_control != "explicit":
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "explicit model load / unload is not allowed with --model-control poll",
-            )
         try:
+            if self.repository.model_control != "explicit":
+                raise FailedPrecondition(
+                    "explicit model load / unload is not allowed with --model-control poll"
+                )
             if load:
                 await self.repository.load(name)
             else:
