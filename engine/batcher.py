@@ -166,6 +166,7 @@ class Batcher:
         self._rows = 0
         self._closing = False
         self._kick_pending = False
+        self._idle = 0  # workers waiting for an empty queue to get a request
         self._cond = threading.Condition(threading.Lock())
         self._threads = [
             threading.Thread(target=self._work, name=f"conveyor-{name}-{i}", daemon=True)
@@ -215,14 +216,16 @@ class Batcher:
             if self._rows >= self._threshold:
                 cond.notify()  # a full batch: no reason to wait
                 return
-            if self._kick_pending:
+            if not self._idle or self._kick_pending:
+                # Busy workers look at the queue when they finish, and one that is
+                # timing a partial batch only needs waking for a full one.
                 return
             self._kick_pending = True
-        # Wake a worker once per event-loop iteration, after every request that
-        # arrived in this iteration has been queued: a burst of arrivals becomes
-        # one batch instead of waking the worker (and contending for the GIL)
-        # on the first of them. A lone request is kicked right after its
-        # handler yields, so it does not wait.
+        # Wake an idle worker once per event-loop iteration, after every request
+        # that arrived in this iteration has been queued: a burst of arrivals
+        # becomes one batch instead of waking the worker (and contending for
+        # the GIL) on the first of them. A lone request is kicked right after
+        # its handler yields, so it does not wait.
         loop = pending.loop
         if loop is None:
             self._kick()
@@ -276,7 +279,11 @@ class Batcher:
                 if self._queued == 0:
                     if self._closing:
                         return None, []
-                    cond.wait()
+                    self._idle += 1
+                    try:
+                        cond.wait()
+                    finally:
+                        self._idle -= 1
                     continue
                 if self._closing or self._rows >= self._threshold:
                     break
