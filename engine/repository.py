@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import time
@@ -330,6 +331,9 @@ class ModelRepository:
                 log.exception("load failed", extra={"model": name, "version": v})
                 continue
             entry.failed.pop(v, None)
+            # torch, the program and its weights are long-lived objects: move them
+            # out of the collector's view so full collections stay short (p99).
+            gc.freeze()
             old = entry.versions.get(v)
             entry.versions[v] = new
             log.info(
