@@ -120,6 +120,11 @@ def serve_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str) ->
 
     if kwargs["port"] == 0:
         raise ServeError("--workers > 1 needs a fixed --port (port 0 would differ per worker)")
+    if kwargs["model_control"] == "explicit":
+        raise ServeError(
+            "--workers > 1 needs --model-control poll: a load/unload RPC would reach "
+            "only one of the worker processes"
+        )
     _check_port_free(kwargs["host"], kwargs["port"])
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(kwargs, level, fmt)) for _ in range(workers)]

@@ -238,6 +238,26 @@ def test_cli_reports_a_used_port(repo: Path) -> None:
     assert "cannot bind" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "0"], "needs a fixed --port"),
+        (["--port", "1", "--model-control", "explicit"], "needs --model-control poll"),
+    ],
+)
+def test_cli_refuses_workers_it_cannot_serve_correctly(
+    repo: Path, flags: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--workers", "2", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and message in result.stderr
+
+
 def test_cli_requires_a_repository() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "conveyor", "serve"], capture_output=True, text=True, timeout=60
