@@ -212,7 +212,13 @@ class ModelRepository:
             if "*" in names:
                 names = tuple(await self._run(self._model_names))
             for name in names:
-                await self.load(name)
+                try:
+                    await self.load(name)
+                except FailedPrecondition as exc:
+                    # Broken files: reported (logs, ModelReady, RepositoryIndex), and
+                    # the other models are served. A name with no directory is a
+                    # typo and stops the start (NotFound propagates).
+                    log.error("not serving: %s", exc.message, extra={"model": name})
 
     async def close(self) -> None:
         """Stop polling; drain and drop every version (their queued requests finish first)."""

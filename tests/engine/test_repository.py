@@ -16,6 +16,7 @@ import pytest
 import torch
 from models import AFFINE_IO, VERSION_IO, Affine, Exportable, Version, write_model
 
+from conveyor.engine.errors import NotFound
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.server import Server
@@ -279,6 +280,34 @@ def test_replaced_version_finishes_its_in_flight_requests(tmp_path: Path) -> Non
         caller.join(10)
         assert results == [1.0]  # the in-flight request finished on version 1
         _wait(lambda: not _ready(stub, "m", "1"))
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_explicit_start_serves_the_good_models_when_one_is_broken(tmp_path: Path) -> None:
+    write_model(tmp_path, "good", 1, Version(1), VERSION_IO)
+    d = write_model(tmp_path, "bad", 1, Version(1), VERSION_IO)
+    (d / "model.pt").write_bytes(b"garbage")
+    server, channel, stub = _serve(tmp_path, model_control="explicit", load_models=["good", "bad"])
+    try:
+        assert _ready(stub, "good") and not _ready(stub, "bad")
+    finally:
+        channel.close()
+        server.stop()
+    with pytest.raises(NotFound, match="no directory"):
+        Server(tmp_path, port=0, model_control="explicit", load_models=["typo"]).start()
+
+
+def test_load_rpc_for_a_broken_model_reports_why(tmp_path: Path) -> None:
+    d = write_model(tmp_path, "broken", 1, Version(1), VERSION_IO)
+    (d / "model.pt").write_bytes(b"garbage")
+    server, channel, stub = _serve(tmp_path, model_control="explicit")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "archive" in info.value.details()
     finally:
         channel.close()
         server.stop()
