@@ -357,3 +357,15 @@ def test_statistics_and_index(stub: object) -> None:
         ("affine", "1", "READY"),
         ("vocab", "1", "READY"),
     }
+
+
+def test_generated_code_matches_the_proto(tmp_path: object) -> None:
+    """The checked-in *_pb2*.py are what `make protos` makes from grpc_service.proto."""
+    from pathlib import Path
+
+    from conveyor.engine.protos import generate
+
+    written = generate.generate(tmp_path)  # type: ignore[arg-type]
+    assert {p.name for p in written} >= {"grpc_service_pb2.py", "grpc_service_pb2_grpc.py"}
+    for path in written:
+        assert path.read_text() == (Path(generate.HERE) / path.name).read_text(), path.name
