@@ -217,6 +217,30 @@ def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
     assert proc.returncode == 0
 
 
+def test_cli_options_from_a_config_file(repo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "conveyor.toml"
+    config.write_text(f"[serve]\nmodel-repository = {str(repo)!r}\nport = 0\nmax-queue-size = 7\n")
+    env = {**os.environ, "CONVEYOR_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line and not json.loads(line)["msg"].startswith("serving"):
+            line = proc.stderr.readline()
+        assert line, "server did not start"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
 def test_cli_reports_a_used_port(repo: Path) -> None:
     with Server(repo, port=0) as server:
         result = subprocess.run(
