@@ -311,3 +311,16 @@ def test_load_rpc_for_a_broken_model_reports_why(tmp_path: Path) -> None:
     finally:
         channel.close()
         server.stop()
+
+
+def test_poll_reloads_a_version_whose_files_changed(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        assert _infer(stub, "m") == 1.0
+        time.sleep(0.05)  # a distinct mtime
+        write_model(tmp_path, "m", 1, Version(7), VERSION_IO)  # same version, new program
+        _wait(lambda: _infer(stub, "m") == 7.0)
+    finally:
+        channel.close()
+        server.stop()
