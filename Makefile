@@ -56,7 +56,8 @@ MLSERVER_VENV := benchmarks/.mlserver-venv
 
 $(MLSERVER_VENV)/bin/mlserver:
 	$(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/pip install --quiet "mlserver==1.7.1"
+	# uvloop 0.22+ breaks MLServer 1.7.1's parallel inference workers (get_event_loop).
+	$(MLSERVER_VENV)/bin/pip install --quiet "mlserver==1.7.1" "uvloop==0.21.0"
 
 serve-bench: $(VENV)/.installed $(MLSERVER_VENV)/bin/mlserver
 	$(PY) benchmarks/serve_bench.py

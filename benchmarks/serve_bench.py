@@ -9,7 +9,9 @@ requests, grpc.aio on uvloop) against servers in their own processes:
   (no parsing, no batching, no model): the ceiling for this client and payload;
 * ``conveyor``: ``conveyor serve`` (1 process, and 2 processes on SO_REUSEPORT);
 * ``mlserver``: Seldon MLServer with a small custom runtime for the same
-  TorchScript model and adaptive batching (its own venv, see --mlserver-venv);
+  TorchScript model and adaptive batching (its own venv, see --mlserver-venv),
+  inference in-process (``parallel_workers: 0``, its fastest here), and
+  ``mlserver-default`` with its default one inference worker process;
 * ``forward``: the model's batched forward in one process (batch 64 and 512).
 
 The model is the trainer's default shape: 64 numeric features, MLP 256-256,
@@ -180,8 +182,8 @@ def wait_ready(port: int, timeout: float = 120.0) -> None:
     raise RuntimeError(f"server on port {port} did not become ready")
 
 
-def mlserver_dir(work: Path, model_path: Path, port: int) -> Path:
-    d = work / "mlserver"
+def mlserver_dir(work: Path, model_path: Path, port: int, parallel_workers: int) -> Path:
+    d = work / f"mlserver-pw{parallel_workers}"
     d.mkdir()
     (d / "settings.json").write_text(
         json.dumps(
@@ -191,7 +193,9 @@ def mlserver_dir(work: Path, model_path: Path, port: int) -> Path:
                 "metrics_port": free_port(),
                 "host": "127.0.0.1",
                 "debug": False,
-                "parallel_workers": 0,  # in-process inference: MLServer's fastest setting here
+                # 0: inference in the server process (fastest here); 1: MLServer's
+                # default, one inference worker process.
+                "parallel_workers": parallel_workers,
             }
         )
     )
@@ -383,24 +387,28 @@ def main(argv: list[str] | None = None) -> int:
                 stop(proc)
 
         venv = Path(args.mlserver_venv)
-        if "mlserver" not in chosen:
+        if "mlserver" not in chosen or args.skip_mlserver:
             pass
-        elif not args.skip_mlserver and (venv / "bin" / "mlserver").exists():
-            port = free_port()
-            folder = mlserver_dir(work, model_path, port)
-            site = next((ROOT / ".venv" / "lib").glob("python*/site-packages"))
-            env = {
-                **os.environ,
-                # torch comes from conveyor's venv, after MLServer's own packages.
-                "PYTHONPATH": os.pathsep.join([str(HERE), str(site)]),
-                "OMP_NUM_THREADS": "1",
-            }
-            proc = start([str(venv / "bin" / "mlserver"), "start", str(folder)], port, env)
-            try:
-                measure("mlserver", [(1, 1), (64, 1), (8, 64)], port)
-            finally:
-                stop(proc)
-        elif not args.skip_mlserver:
+        elif (venv / "bin" / "mlserver").exists():
+            # torch comes from conveyor's venv, through a .pth file: its entries go
+            # after MLServer's own site-packages, so MLServer keeps its own pins
+            # (PYTHONPATH would put conveyor's grpcio/protobuf/uvloop first).
+            ours = next((ROOT / ".venv" / "lib").glob("python*/site-packages"))
+            theirs = next((venv / "lib").glob("python*/site-packages"))
+            (theirs / "zz_conveyor_torch.pth").write_text(f"{ours}\n")
+            env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+            for workers, name, points in (
+                (0, "mlserver", [(1, 1), (64, 1), (8, 64)]),
+                (1, "mlserver-default", [(64, 1)]),
+            ):
+                port = free_port()
+                folder = mlserver_dir(work, model_path, port, workers)
+                proc = start([str(venv / "bin" / "mlserver"), "start", str(folder)], port, env)
+                try:
+                    measure(name, points, port)
+                finally:
+                    stop(proc)
+        else:
             print(f"MLServer skipped: no {venv}/bin/mlserver", flush=True)
 
     print()
@@ -440,6 +448,7 @@ def table(results: list[dict[str, Any]]) -> str:
     bare = find("bare", 64, 1)
     fwd64 = next((r for r in results if r["server"] == "forward" and r["rows"] == 64), None)
     mls = find("mlserver", 64, 1)
+    mls_default = find("mlserver-default", 64, 1)
     for w in ("conveyor-w1", "conveyor-w2"):
         c64 = find(w, 64, 1)
         c1 = find(w, 1, 1)
@@ -452,6 +461,11 @@ def table(results: list[dict[str, Any]]) -> str:
             lines.append(
                 f"- {w}: c=64 rows/s = {c64['rows_s'] / max(mls['rows_s'], 1e-9):.1f} x MLServer (target >= 3); "
                 f"p99 {c64['p99_ms']:.2f} vs {mls['p99_ms']:.2f} ms"
+            )
+        if c64 and mls_default:
+            lines.append(
+                f"- {w}: c=64 rows/s = {c64['rows_s'] / max(mls_default['rows_s'], 1e-9):.1f} x MLServer with default parallel_workers; "
+                f"p99 {c64['p99_ms']:.2f} vs {mls_default['p99_ms']:.2f} ms"
             )
         if big and fwd64:
             lines.append(
