@@ -90,6 +90,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not self.ready:
             raise Unavailable("server is not ready (starting or shutting down)")
         served = self.repository.get(request.model_name, request.model_version)
+        start = time.perf_counter_ns()
+        try:
+            response, rows = await self._infer_on(served, request, time_remaining, request_id)
+        except EngineError:
+            served.fail[0] += 1
+            served.fail[1] += time.perf_counter_ns() - start
+            raise
+        elapsed = time.perf_counter_ns() - start
+        served.success[0] += 1
+        served.success[1] += elapsed
+        if log.isEnabledFor(logging.DEBUG):  # a cached check: free when debug is off
+            log.debug(
+                "infer ok in %.3f ms",
+                elapsed / 1e6,
+                extra={"request_id": request_id, "model": served.name, "rows": rows},
+            )
+        return response
+
+    async def _infer_on(
+        self,
+        served: ServedVersion,
+        request: pb.ModelInferRequest,
+        time_remaining: float | None,
+        request_id: str,
+    ) -> tuple[pb.ModelInferResponse, int]:
         decoded = served.decoder.decode(request)
         batcher = served.batcher
         try:
@@ -101,7 +126,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             per_request = decoded.timeout_us / 1e6
             timeout = per_request if timeout is None else min(timeout, per_request)
         loop = asyncio.get_running_loop()
-        start = time.perf_counter_ns()
         pending = Pending(
             inputs=decoded.inputs,
             rows=decoded.rows,
@@ -115,28 +139,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         batcher.submit(pending)
         timer = None if timeout is None else loop.call_later(timeout, _expire, batcher, pending)
         try:
-            response = await pending.future
+            return await pending.future, decoded.rows
         except asyncio.CancelledError:
             # The client cancelled or the gRPC deadline passed: never compute it.
             batcher.cancel(pending)
             raise
-        except EngineError:
-            served.fail[0] += 1
-            served.fail[1] += time.perf_counter_ns() - start
-            raise
         finally:
             if timer is not None:
                 timer.cancel()
-        elapsed = time.perf_counter_ns() - start
-        served.success[0] += 1
-        served.success[1] += elapsed
-        if log.isEnabledFor(logging.DEBUG):  # a cached check: free when debug is off
-            log.debug(
-                "infer ok in %.3f ms",
-                elapsed / 1e6,
-                extra={"request_id": request_id, "model": served.name, "rows": decoded.rows},
-            )
-        return response
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
