@@ -5,11 +5,13 @@ The model-version directory contract (written by the trainer) is documented in
 (torch.export) plus ``config.json``; the forward takes the inputs in config
 order as ``[batch, ...]`` tensors, a BYTES input ``[batch, C]`` as a flat
 ``List[str]`` of ``batch * C`` strings in row-major order, and returns the
-outputs in config order (a tensor, or a tuple/list of tensors).
+outputs in config order (a tensor, or a tuple/list of them; a BYTES output as
+a flat ``List[str]``, row-major).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -147,14 +149,20 @@ class Model:
     def _outputs(self, result: Any, batch: int) -> list[np.ndarray]:
         import torch
 
-        items = list(result) if isinstance(result, (tuple, list)) else [result]
         specs = self.config.outputs
+        if len(specs) == 1 and specs[0].datatype == "BYTES" and _is_strings(result):
+            items = [result]  # one BYTES output: the list is the output, not a tuple of them
+        else:
+            items = list(result) if isinstance(result, (tuple, list)) else [result]
         if len(items) != len(specs):
             raise Internal(
                 f"model {self.name!r} returned {len(items)} outputs, config lists {len(specs)}"
             )
         arrays = []
         for spec, item in zip(specs, items, strict=True):
+            if spec.datatype == "BYTES":
+                arrays.append(self._strings(spec, item, batch))
+                continue
             if not isinstance(item, torch.Tensor):
                 raise Internal(
                     f"model {self.name!r} output {spec.name!r}: expected a tensor, "
@@ -166,11 +174,37 @@ class Model:
                     f"has no batch dim of {batch}"
                 )
             array = item.detach().cpu().numpy()
-            want = NUMPY_DTYPES.get(spec.datatype)
-            if want is None:
-                raise Internal(f"model {self.name!r} output {spec.name!r}: BYTES unsupported")
-            arrays.append(np.ascontiguousarray(array, dtype=want))
+            arrays.append(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype]))
         return arrays
+
+    def _strings(self, spec: TensorSpec, item: Any, batch: int) -> np.ndarray:
+        """A BYTES output: a flat list of ``batch * prod(shape)`` strings, row-major."""
+        if not _is_strings(item):
+            raise Internal(
+                f"model {self.name!r} output {spec.name!r}: a BYTES output must be a "
+                f"List[str], got {type(item).__name__}"
+            )
+        count = len(item)
+        per_row = count // batch
+        dims = ", ".join(map(str, spec.shape))
+        if -1 in spec.shape:
+            if len(spec.shape) != 1:
+                raise Internal(f"output {spec.name!r}: BYTES outputs are [-1] or fixed-shape")
+            shape: tuple[int, ...] = (batch, per_row)
+        else:
+            shape = (batch, *spec.shape)
+        if count != math.prod(shape):
+            raise Internal(
+                f"model {self.name!r} output {spec.name!r}: {count} strings do not fill "
+                f"[{batch}, {dims}]"
+            )
+        array = np.empty(len(item), dtype=object)
+        array[:] = [s.encode() if isinstance(s, str) else bytes(s) for s in item]
+        return array.reshape(shape)
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, (str, bytes)) for v in value)
 
 
 def _message(exc: Exception) -> str:

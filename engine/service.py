@@ -32,6 +32,7 @@ from conveyor.engine.errors import (
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import ModelRepository, ServedVersion
+from conveyor.engine.tensors import encode_bytes
 
 log = logging.getLogger("conveyor.engine.service")
 
@@ -67,7 +68,12 @@ def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -
                 _Output(name=specs[i].name, datatype=specs[i].datatype, shape=a.shape)
                 for i, a in zip(outputs, chosen, strict=True)
             ],
-            raw_output_contents=[a.tobytes() for a in chosen],
+            raw_output_contents=[
+                encode_bytes(a.reshape(-1).tolist())
+                if specs[i].datatype == "BYTES"
+                else a.tobytes()
+                for i, a in zip(outputs, chosen, strict=True)
+            ],
         )
 
     return finish

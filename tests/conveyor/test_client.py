@@ -219,3 +219,13 @@ def test_tls(repo: Path, tmp_path: Path) -> None:
         plain = Client(f"localhost:{server.port}", timeout=2, retries=0)
         with plain, pytest.raises(UnavailableError):
             plain.is_server_live()
+
+
+def test_bytes_outputs(tmp_path: Path) -> None:
+    from models import LABELER_IO, Labeler
+
+    write_model(tmp_path, "labeler", 1, Labeler(), LABELER_IO)
+    with Server(tmp_path, port=0) as server, Client(server.address, timeout=10) as client:
+        out = client.infer("labeler", np.array([[1.0, 2.0], [-3.0, 1.0], [0.5, 0.5]]))
+    assert out["label"].tolist() == [[b"pos"], [b"neg"], [b"pos"]]
+    np.testing.assert_array_equal(out["score"], [[3.0], [-2.0], [1.0]])

@@ -90,3 +90,22 @@ def write_model(
     body = {"name": name, "platform": "torchscript", "max_batch_size": 64, **io, **config}
     (directory / "config.json").write_text(json.dumps(body))
     return directory
+
+
+class Labeler(nn.Module):
+    """A BYTES output: one label per row, next to a numeric score."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        score = x.sum(dim=1, keepdim=True)
+        values: list[float] = score.reshape(-1).tolist()
+        labels = ["pos" if v > 0 else "neg" for v in values]
+        return score, labels
+
+
+LABELER_IO: dict[str, Any] = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
+    "outputs": [
+        {"name": "score", "datatype": "FP32", "shape": [1]},
+        {"name": "label", "datatype": "BYTES", "shape": [1]},
+    ],
+}

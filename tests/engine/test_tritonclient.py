@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from models import AFFINE_IO, VOCAB_IO, Affine, Vocab, write_model
+from models import AFFINE_IO, LABELER_IO, VOCAB_IO, Affine, Labeler, Vocab, write_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -24,7 +24,10 @@ def triton(
     root = tmp_path_factory.mktemp("triton-repo")
     write_model(root, "affine", 1, Affine(), AFFINE_IO)
     write_model(root, "vocab", 1, Vocab(), VOCAB_IO)
-    server = Server(root, port=0, model_control="explicit", load_models=["affine"]).start()
+    write_model(root, "labeler", 1, Labeler(), LABELER_IO)
+    server = Server(
+        root, port=0, model_control="explicit", load_models=["affine", "labeler"]
+    ).start()
     client = tc.InferenceServerClient(server.address)
     yield server, client
     client.close()
@@ -51,6 +54,14 @@ def test_infer_raw(triton: tuple[Server, tc.InferenceServerClient]) -> None:
     assert result.get_response().id == "t1"
     np.testing.assert_array_equal(result.as_numpy("total"), x.sum(1, keepdims=True))
     assert result.as_numpy("y") is None
+
+
+def test_bytes_output(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    inp = tc.InferInput("x", [2, 2], "FP32")
+    inp.set_data_from_numpy(np.array([[1, 1], [-1, -1]], np.float32))
+    result = client.infer("labeler", [inp])
+    assert result.as_numpy("label").tolist() == [[b"pos"], [b"neg"]]
 
 
 def test_infer_typed_through_tritons_own_stub(
