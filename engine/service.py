@@ -44,6 +44,8 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
 )
+# Most requests of one ModelStreamInfer stream in flight at once.
+STREAM_WINDOW = 1024
 _Output = pb.ModelInferResponse.InferOutputTensor
 _ids = itertools.count(1)
 _pid = os.getpid()
@@ -175,6 +177,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         or error, is sent as soon as it is ready and carries its request's id."""
         out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        # Requests read but not yet answered: a client that sends without reading
+        # its answers stops being read (gRPC flow control), instead of growing `out`.
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def one(request: pb.ModelInferRequest) -> None:
             request_id = _request_id(request)
@@ -198,6 +203,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    await window.acquire()
                     task = asyncio.ensure_future(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -210,6 +216,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while (item := await out.get()) is not None:
                 yield item
+                window.release()
         finally:
             reader.cancel()
             for task in list(tasks):
