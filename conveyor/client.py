@@ -59,6 +59,7 @@ __all__ = [
     "RequestCancelledError",
     "ResourceExhaustedError",
     "TensorInfo",
+    "UnauthenticatedError",
     "UnavailableError",
 ]
 
@@ -109,6 +110,10 @@ class RequestCancelledError(InferenceServerError):
     """The call was cancelled."""
 
 
+class UnauthenticatedError(InferenceServerError):
+    """The server wants a (different) bearer token."""
+
+
 _ERRORS: dict[grpc.StatusCode, type[InferenceServerError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -118,6 +123,7 @@ _ERRORS: dict[grpc.StatusCode, type[InferenceServerError]] = {
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.CANCELLED: RequestCancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 

@@ -52,6 +52,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         grace=args.grace_period,
         reuse_port=args.workers > 1,
         tls=tls,
+        auth_token=args.auth_token,
     )
 
 
@@ -256,4 +257,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
     p.add_argument(
         "--tls-client-ca", default=None, metavar="PEM", help="require client certs signed by it"
+    )
+    p.add_argument(
+        "--auth-token",
+        default=None,
+        metavar="TOKEN",
+        help="require 'authorization: Bearer TOKEN' on every RPC but health "
+        "(prefer CONVEYOR_AUTH_TOKEN: flags show in process lists)",
     )

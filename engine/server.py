@@ -28,6 +28,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from conveyor.engine.auth import BearerTokenInterceptor
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -92,6 +93,8 @@ class Server:
         reuse_port: share the port with other processes (SO_REUSEPORT), for
             multi-process serving; off by default so a used port fails loudly.
         tls: serve TLS instead of plaintext.
+        auth_token: when set, every RPC but the health service needs
+            ``authorization: Bearer <token>`` (else UNAUTHENTICATED).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Server:
         grace: float = 10.0,
         reuse_port: bool = False,
         tls: TLSConfig | None = None,
+        auth_token: str | None = None,
     ) -> None:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
@@ -138,6 +142,7 @@ class Server:
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
         self._tls = tls
+        self._interceptors = [BearerTokenInterceptor(auth_token)] if auth_token else []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -219,7 +224,7 @@ class Server:
         except Exception as exc:
             raise ServerError(f"model repository: {exc}") from None
         servicer = InferenceServicer(repository)
-        server = grpc.aio.server(options=self._grpc_options)
+        server = grpc.aio.server(options=self._grpc_options, interceptors=self._interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -202,6 +202,35 @@ def test_deadline(flaky: tuple[Flaky, str]) -> None:
         client.is_server_ready()
 
 
+def test_bearer_token_is_required_when_the_server_sets_one(repo: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from conveyor.client import UnauthenticatedError
+
+    with Server(repo, port=0, auth_token="s3cret") as server:
+        with Client(server.address, timeout=10, token="s3cret") as client:
+            assert client.infer("affine", np.zeros((1, 4)))["y"].shape == (1, 4)
+            assert [r.error for r in client.stream_infer("affine", [np.zeros((1, 4))])] == [None]
+        for token in (None, "wrong"):
+            with Client(server.address, timeout=10, token=token) as client:
+                with pytest.raises(UnauthenticatedError):
+                    client.is_server_live()
+                with pytest.raises(UnauthenticatedError):
+                    list(client.stream_infer("affine", [np.zeros((1, 4))]))
+        with grpc.insecure_channel(server.address) as channel:
+            stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                iter([pb.ModelInferRequest(model_name="affine")]), timeout=10
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                list(stream)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # Probes need no token.
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_tls(repo: Path, tmp_path: Path) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     made = subprocess.run(
