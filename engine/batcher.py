@@ -251,13 +251,18 @@ class Batcher:
             pending.state = DONE
             return True
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop accepting, execute everything already queued, and join the workers (blocking)."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting, execute everything already queued, and join the workers (blocking).
+
+        Returns False when a worker is still running after ``timeout`` seconds.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     # -- worker side ------------------------------------------------------------------------
 

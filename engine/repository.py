@@ -50,6 +50,8 @@ from conveyor.engine.validation import RequestDecoder
 log = logging.getLogger("conveyor.engine.repository")
 
 MODEL_CONTROL = ("poll", "explicit")
+# Seconds a retired version gets to finish its queued requests.
+RETIRE_TIMEOUT = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -369,7 +371,14 @@ class ModelRepository:
     async def _retire(self, served: list[ServedVersion]) -> None:
         """Routing no longer sees them; let their queued requests finish, then drop them."""
         for s in served:
-            await self._run(s.batcher.close)
+            if not await self._run(s.batcher.close, RETIRE_TIMEOUT):
+                # A model stuck in forward: its (daemon) threads are abandoned rather
+                # than blocking every later load and unload.
+                log.error(
+                    "version still executing after %.0fs; abandoning its workers",
+                    RETIRE_TIMEOUT,
+                    extra={"model": s.name, "version": s.version},
+                )
 
     async def load(self, name: str) -> None:
         """RepositoryModelLoad: (re)load ``name``; NotFound when it has no directory."""

@@ -108,7 +108,7 @@ def test_full_queue_is_rejected_at_once() -> None:
         t0 = time.perf_counter()
         with pytest.raises(ResourceExhausted, match="queue full"):
             batcher.submit(_pending(loop, np.zeros((1, 1), np.float32)))
-        assert time.perf_counter() - t0 < 0.05
+        assert time.perf_counter() - t0 < 1.0  # at once, not after the blocker (10 s)
         gate.set()
         await asyncio.gather(first.future, *(p.future for p in queued))
 
@@ -231,7 +231,7 @@ def test_a_fast_stream_is_batched_and_no_request_waits_past_the_delay() -> None:
     waits = asyncio.run(main())
     batcher.close()
     assert len(run.batches) < 60  # requests 1 ms apart were batched together
-    assert max(waits) < delay + 0.25  # generous for a loaded machine; never unbounded
+    assert max(waits) < delay + 2.0  # generous for a loaded machine; never unbounded
 
 
 def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
@@ -289,4 +289,19 @@ def test_instances_execute_concurrently_and_close_drains_the_queue() -> None:
         await asyncio.gather(*(p.future for p in ps))
 
     asyncio.run(main())
-    batcher.close(timeout=5)
+    assert batcher.close(timeout=5)
+
+
+def test_close_reports_a_worker_stuck_in_the_model() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run)
+
+    async def main() -> None:
+        batcher.submit(_pending(asyncio.get_running_loop(), np.ones((1, 1), np.float32)))
+        assert await asyncio.to_thread(run.entered.wait, 5)
+
+    asyncio.run(main())
+    assert not batcher.close(timeout=0.1)
+    gate.set()
+    assert batcher.close(timeout=5)
