@@ -130,6 +130,12 @@ def test_stop_lets_in_flight_requests_finish(repo: Path) -> None:
     ch.close()
 
 
+def _is_serving(line: str) -> bool:
+    """The JSON log line announcing the port (other stderr lines, e.g. from gRPC's C core,
+    are not JSON and are skipped)."""
+    return line.startswith("{") and json.loads(line)["msg"].startswith("serving")
+
+
 def _start_cli(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, list[str]]:
     env = {**os.environ, "CONVEYOR_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
@@ -156,9 +162,8 @@ def _start_cli(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, lis
         if not line:
             break
         lines.append(line)
-        record = json.loads(line)
-        if record["msg"].startswith("serving"):
-            return proc, int(record["msg"].rsplit(":", 1)[1]), lines
+        if _is_serving(line):
+            return proc, int(json.loads(line)["msg"].rsplit(":", 1)[1]), lines
     proc.kill()
     raise AssertionError(f"server did not start: {lines}")
 
@@ -230,7 +235,7 @@ def test_cli_options_from_a_config_file(repo: Path, tmp_path: Path) -> None:
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
-        while line and not json.loads(line)["msg"].startswith("serving"):
+        while line and not _is_serving(line):
             line = proc.stderr.readline()
         assert line, "server did not start"
         proc.send_signal(signal.SIGTERM)
