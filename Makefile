@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo test lint format install bench clean
+.PHONY: demo test lint format install bench clean protos serve-bench
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/conveyor demo
@@ -49,6 +49,23 @@ $(VENV)/.torch: | $(PY)
 $(VENV)/.installed: $(BUILD_INPUTS) $(VENV)/.torch
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
+
+# The serving benchmark (benchmarks/serve_bench.py); MLServer runs from its own
+# venv under benchmarks/ (ignored) because its pins differ from conveyor's.
+MLSERVER_VENV := benchmarks/.mlserver-venv
+
+$(MLSERVER_VENV)/bin/mlserver:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	# uvloop 0.22+ breaks MLServer 1.7.1's parallel inference workers (get_event_loop).
+	$(MLSERVER_VENV)/bin/pip install --quiet "mlserver==1.7.1" "uvloop==0.21.0"
+
+serve-bench: $(VENV)/.installed $(MLSERVER_VENV)/bin/mlserver
+	$(PY) benchmarks/serve_bench.py
+
+# Regenerate engine/protos/*_pb2*.py from engine/protos/grpc_service.proto
+# (grpcio-tools from the dev extra); commit the result.
+protos: $(VENV)/.installed
+	$(PY) engine/protos/generate.py
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "conveyor.info",
     "conveyor.ingest.cli",
     "conveyor.trainer.cli",
+    "conveyor.engine.cli",
     "conveyor.demo.command",
 )
 

@@ -1,0 +1,480 @@
+# ruff: noqa: E501  (table rows and report lines read better unwrapped)
+"""Serving benchmark: conveyor against a bare grpc.aio ceiling, the raw forward rate and MLServer.
+
+Everything is measured in one run, on this machine, with one load generator
+(separate client processes speaking OIP ModelInfer over gRPC, pre-serialised
+requests, grpc.aio on uvloop) against servers in their own processes:
+
+* ``bare``: a grpc.aio server answering every ModelInfer with a constant
+  (no parsing, no batching, no model): the ceiling for this client and payload;
+* ``conveyor``: ``conveyor serve`` (1 process, and 2 processes on SO_REUSEPORT);
+* ``mlserver``: Seldon MLServer with a small custom runtime for the same
+  TorchScript model and adaptive batching (its own venv, see --mlserver-venv),
+  inference in-process (``parallel_workers: 0``, its fastest here), and
+  ``mlserver-default`` with its default one inference worker process;
+* ``forward``: the model's batched forward in one process (batch 64 and 512).
+
+The model is the trainer's default shape: 64 numeric features, MLP 256-256,
+one sigmoid output. Usage::
+
+    .venv/bin/python benchmarks/serve_bench.py [--duration 5] [--skip-mlserver]
+
+Prints a table (rows/s, requests/s, p50/p90/p99/p99.9 latency, errors) and the
+ratios the targets are stated in; ``--json FILE`` saves the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FEATURES = 64
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def write_model(repo: Path, max_batch: int = 512) -> Path:
+    """The trainer's default model (64 -> 256 -> 256 -> 1, sigmoid) as TorchScript."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(
+        nn.Linear(FEATURES, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 1),
+        nn.Sigmoid(),
+    ).eval()
+    directory = repo / "mlp" / "1"
+    directory.mkdir(parents=True)
+    torch.jit.script(mlp).save(str(directory / "model.pt"))
+    config = {
+        "name": "mlp",
+        "platform": "torchscript",
+        "max_batch_size": max_batch,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [FEATURES]}],
+        "outputs": [{"name": "probability", "datatype": "FP32", "shape": [1]}],
+        "dynamic_batching": {"max_queue_size": 8192},
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory / "model.pt"
+
+
+def forward_rate(model_path: Path, batch: int, seconds: float) -> dict[str, float]:
+    """Rows/s of the scripted model's forward at ``batch`` in this process, with one
+    torch thread like each server process; the best of three windows (shared machine)."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = torch.jit.load(str(model_path))
+    x = torch.randn(batch, FEATURES)
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(20):
+            model(x)
+        for _ in range(3):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 3:
+                model(x)
+                n += 1
+            best = max(best, n / (time.perf_counter() - t0))
+    return {"rows_s": best * batch, "requests_s": best}
+
+
+def request_bytes(rows: int) -> bytes:
+    from conveyor.engine.protos import grpc_service_pb2 as pb
+
+    x = np.random.default_rng(0).standard_normal((rows, FEATURES)).astype(np.float32)
+    return pb.ModelInferRequest(
+        model_name="mlp",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=x.shape)],
+        raw_input_contents=[x.tobytes()],
+    ).SerializeToString()
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bare_server(port: int) -> None:
+    """A grpc.aio server that answers ModelInfer with a constant and ServerReady with true."""
+    import grpc
+    import uvloop
+
+    from conveyor.engine.protos import grpc_service_pb2 as pb
+
+    answer = pb.ModelInferResponse(
+        model_name="mlp",
+        model_version="1",
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name="probability", datatype="FP32", shape=[1, 1]
+            )
+        ],
+        raw_output_contents=[np.zeros(1, np.float32).tobytes()],
+    ).SerializeToString()
+    ready = pb.ServerReadyResponse(ready=True).SerializeToString()
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return answer
+
+    async def is_ready(request: bytes, context: Any) -> bytes:
+        return ready
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, details: Any) -> Any:
+            if details.method == METHOD:
+                return grpc.unary_unary_rpc_method_handler(infer)
+            if details.method.endswith("/ServerReady"):
+                return grpc.unary_unary_rpc_method_handler(is_ready)
+            return None
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((Handler(),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+def wait_ready(port: int, timeout: float = 120.0) -> None:
+    import grpc
+
+    from conveyor.engine.protos import grpc_service_pb2 as pb
+    from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not become ready")
+
+
+def mlserver_dir(work: Path, model_path: Path, port: int, parallel_workers: int) -> Path:
+    d = work / f"mlserver-pw{parallel_workers}"
+    d.mkdir()
+    (d / "settings.json").write_text(
+        json.dumps(
+            {
+                "grpc_port": port,
+                "http_port": free_port(),
+                "metrics_port": free_port(),
+                "host": "127.0.0.1",
+                "debug": False,
+                # 0: inference in the server process (fastest here); 1: MLServer's
+                # default, one inference worker process.
+                "parallel_workers": parallel_workers,
+            }
+        )
+    )
+    (d / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "mlp",
+                "implementation": "mlserver_runtime.TorchScriptRuntime",
+                "parameters": {"uri": str(model_path)},
+                "max_batch_size": 64,
+                "max_batch_time": 0.001,
+            }
+        )
+    )
+    return d
+
+
+# -- load generator -------------------------------------------------------------------------------
+
+
+def _load_process(
+    port: int, payload: bytes, concurrency: int, duration: float, warmup: float, out: Any
+) -> None:
+    import grpc
+    import uvloop
+
+    async def main() -> dict[str, Any]:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        call = channel.unary_unary(METHOD)  # bytes in, bytes out: no client-side protobuf work
+        start = time.perf_counter() + warmup
+        stop = start + duration
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+
+        async def worker() -> None:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                try:
+                    await call(payload, timeout=30)
+                except grpc.RpcError as exc:
+                    if t0 >= start:
+                        errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    continue
+                if t0 >= start:
+                    latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await channel.close()
+        return {"latencies": latencies, "errors": errors}
+
+    out.put(uvloop.run(main()))
+
+
+def run_load(
+    port: int, rows: int, concurrency: int, duration: float, warmup: float = 1.0
+) -> dict[str, Any]:
+    """``concurrency`` requests in flight, spread over up to 2 client processes."""
+    payload = request_bytes(rows)
+    procs_n = 1 if concurrency == 1 else 2
+    per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_load_process, args=(port, payload, c, duration, warmup, queue))
+        for c in per
+    ]
+    for p in procs:
+        p.start()
+    parts = [queue.get(timeout=duration + warmup + 120) for _ in procs]
+    for p in procs:
+        p.join()
+    lat = np.array([x for part in parts for x in part["latencies"]]) * 1e3
+    errors: dict[str, int] = {}
+    for part in parts:
+        for k, v in part["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    n = len(lat)
+    pct = np.percentile(lat, [50, 90, 99, 99.9]) if n else [float("nan")] * 4
+    return {
+        "rows": rows,
+        "concurrency": concurrency,
+        "requests_s": n / duration,
+        "rows_s": n * rows / duration,
+        "p50_ms": float(pct[0]),
+        "p90_ms": float(pct[1]),
+        "p99_ms": float(pct[2]),
+        "p999_ms": float(pct[3]),
+        "errors": sum(errors.values()),
+        "error_codes": errors,
+    }
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(port)
+    except RuntimeError:
+        proc.kill()
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"{cmd[0]} failed to start:\n{err[-3000:]}") from None
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per point (default 5)")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument(
+        "--mlserver-venv",
+        default=str(HERE / ".mlserver-venv"),
+        help="venv with mlserver installed (default benchmarks/.mlserver-venv)",
+    )
+    parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    parser.add_argument(
+        "--servers",
+        default="bare,conveyor-w1,conveyor-w2,mlserver",
+        help="comma-separated subset to run (default: all)",
+    )
+    parser.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare_server is not None:
+        bare_server(args.bare_server)
+        return 0
+
+    d = args.duration
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_path = write_model(work / "repo")
+        for batch in (64, 512):
+            rate = forward_rate(model_path, batch, seconds=min(d, 3.0))
+            results.append({"server": "forward", "rows": batch, "concurrency": 0, **rate})
+            print(f"forward batch {batch}: {rate['rows_s']:,.0f} rows/s", flush=True)
+
+        def measure(name: str, points: list[tuple[int, int]], port: int) -> None:
+            for concurrency, rows in points:
+                r = run_load(port, rows, concurrency, d)
+                results.append({"server": name, **r})
+                print(
+                    f"{name:<12} c={concurrency:<4} rows={rows:<3} {r['requests_s']:>8,.0f} req/s "
+                    f"{r['rows_s']:>9,.0f} rows/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+                    f"errors {r['errors']}",
+                    flush=True,
+                )
+
+        chosen = set(args.servers.split(","))
+        if "bare" in chosen:
+            port = free_port()
+            proc = start([sys.executable, __file__, "--bare-server", str(port)], port)
+            try:
+                measure("bare", [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)], port)
+            finally:
+                stop(proc)
+
+        for workers in (1, 2):
+            if f"conveyor-w{workers}" not in chosen:
+                continue
+            port = free_port()
+            # One torch thread per process: on 2 shared cores, OpenMP threads
+            # spinning against the event loop and the clients cost more than they give.
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            proc = start(
+                [
+                    sys.executable, "-m", "conveyor", "serve",
+                    "--model-repository", str(work / "repo"),
+                    "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+                ],
+                port,
+                env,
+            )  # fmt: skip
+            try:
+                points = [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)]
+                measure(f"conveyor-w{workers}", points, port)
+            finally:
+                stop(proc)
+
+        venv = Path(args.mlserver_venv)
+        if "mlserver" not in chosen or args.skip_mlserver:
+            pass
+        elif (venv / "bin" / "mlserver").exists():
+            # torch comes from conveyor's venv, through a .pth file: its entries go
+            # after MLServer's own site-packages, so MLServer keeps its own pins
+            # (PYTHONPATH would put conveyor's grpcio/protobuf/uvloop first).
+            ours = next((ROOT / ".venv" / "lib").glob("python*/site-packages"))
+            theirs = next((venv / "lib").glob("python*/site-packages"))
+            (theirs / "zz_conveyor_torch.pth").write_text(f"{ours}\n")
+            env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+            for workers, name, points in (
+                (0, "mlserver", [(1, 1), (64, 1), (8, 64)]),
+                (1, "mlserver-default", [(64, 1)]),
+            ):
+                port = free_port()
+                folder = mlserver_dir(work, model_path, port, workers)
+                proc = start([str(venv / "bin" / "mlserver"), "start", str(folder)], port, env)
+                try:
+                    measure(name, points, port)
+                finally:
+                    stop(proc)
+        else:
+            print(f"MLServer skipped: no {venv}/bin/mlserver", flush=True)
+
+    print()
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| server | concurrency | rows/req | requests/s | rows/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        if r["server"] == "forward":
+            lines.append(
+                f"| forward (in-process) | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - |"
+            )
+            continue
+        lines.append(
+            f"| {r['server']} | {r['concurrency']} | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} |"
+        )
+
+    def find(server: str, c: int, rows: int) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in results
+                if r["server"] == server and r["concurrency"] == c and r["rows"] == rows
+            ),
+            None,
+        )
+
+    lines.append("")
+    bare = find("bare", 64, 1)
+    fwd64 = next((r for r in results if r["server"] == "forward" and r["rows"] == 64), None)
+    mls = find("mlserver", 64, 1)
+    mls_default = find("mlserver-default", 64, 1)
+    for w in ("conveyor-w1", "conveyor-w2"):
+        c64 = find(w, 64, 1)
+        c1 = find(w, 1, 1)
+        big = find(w, 8, 64)
+        if c64 and bare:
+            lines.append(
+                f"- {w}: c=64 requests/s = {c64['requests_s'] / bare['requests_s']:.2f} x bare (target >= 0.8)"
+            )
+        if c64 and mls:
+            lines.append(
+                f"- {w}: c=64 rows/s = {c64['rows_s'] / max(mls['rows_s'], 1e-9):.1f} x MLServer (target >= 3); "
+                f"p99 {c64['p99_ms']:.2f} vs {mls['p99_ms']:.2f} ms"
+            )
+        if c64 and mls_default:
+            lines.append(
+                f"- {w}: c=64 rows/s = {c64['rows_s'] / max(mls_default['rows_s'], 1e-9):.1f} x MLServer with default parallel_workers; "
+                f"p99 {c64['p99_ms']:.2f} vs {mls_default['p99_ms']:.2f} ms"
+            )
+        if big and fwd64:
+            lines.append(
+                f"- {w}: c=8 x 64 rows rows/s = {big['rows_s'] / fwd64['rows_s']:.2f} x forward@64 (target >= 0.5)"
+            )
+        if c1:
+            lines.append(f"- {w}: c=1 p50 = {c1['p50_ms']:.2f} ms (target < 1 ms)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

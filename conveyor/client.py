@@ -1,0 +1,767 @@
+"""Client SDK for conveyor (and any Open Inference Protocol v2 gRPC server).
+
+Sync::
+
+    from conveyor.client import Client
+
+    with Client("127.0.0.1:8001") as client:
+        out = client.infer("fraud", {"x": np.zeros((2, 64), np.float32)})
+        out["probability"]                           # numpy array [2, 1]
+
+asyncio::
+
+    async with AsyncClient("127.0.0.1:8001") as client:
+        out = await client.infer("fraud", df)        # a pandas DataFrame, pyarrow Table or dict
+
+Inputs may be a dict of arrays keyed by tensor name, a list of arrays in the
+model's input order, a single array for a one-input model, or a table of
+columns (dict of columns, pandas DataFrame, pyarrow Table): then each input
+tensor is built from the column of its name or from the feature columns the
+model metadata lists for it (``columns``). Values are cast to the model's
+datatypes. Outputs come back as a dict of numpy arrays.
+
+One channel per client, reused for every call. ``timeout`` (seconds) sets the
+gRPC deadline; calls answered UNAVAILABLE are retried with exponential backoff
+(``retries`` times, never past the deadline); every other failure raises an
+:class:`InferenceServerError` subclass carrying the gRPC status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.tensors import NUMPY_DTYPES, from_raw, from_typed, to_raw
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InferResult",
+    "InferenceServerError",
+    "InternalError",
+    "InvalidArgumentError",
+    "ModelInfo",
+    "NotFoundError",
+    "RequestCancelledError",
+    "ResourceExhaustedError",
+    "TensorInfo",
+    "UnauthenticatedError",
+    "UnavailableError",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class InferenceServerError(Exception):
+    """A call failed; ``code`` is the :class:`grpc.StatusCode`, ``details`` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class InvalidArgumentError(InferenceServerError):
+    """The request does not match the model (names, datatypes, shapes, sizes)."""
+
+
+class NotFoundError(InferenceServerError):
+    """Unknown model or version."""
+
+
+class UnavailableError(InferenceServerError):
+    """Server or model not ready (retried automatically before this is raised)."""
+
+
+class ResourceExhaustedError(InferenceServerError):
+    """The model's queue is full, or the message exceeds the size limit."""
+
+
+class DeadlineExceededError(InferenceServerError):
+    """The deadline passed before the answer came."""
+
+
+class InternalError(InferenceServerError):
+    """The model raised; the message is the model's."""
+
+
+class FailedPreconditionError(InferenceServerError):
+    """The server does not allow this now (e.g. load/unload under ``--model-control poll``)."""
+
+
+class RequestCancelledError(InferenceServerError):
+    """The call was cancelled."""
+
+
+class UnauthenticatedError(InferenceServerError):
+    """The server wants a (different) bearer token."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[InferenceServerError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.CANCELLED: RequestCancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+}
+
+
+def error_for(code: grpc.StatusCode, details: str) -> InferenceServerError:
+    """The typed exception for a status code."""
+    return _ERRORS.get(code, InferenceServerError)(code, details)
+
+
+def _from_rpc(exc: grpc.RpcError) -> InferenceServerError:
+    return error_for(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+
+
+# -- metadata and tensors ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: shape includes the batch dim (-1)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """ModelMetadata, decoded."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    @classmethod
+    def from_proto(cls, m: pb.ModelMetadataResponse) -> ModelInfo:
+        def tensors(items: Any) -> tuple[TensorInfo, ...]:
+            out = []
+            for t in items:
+                columns: tuple[str, ...] = ()
+                if "columns" in t.parameters:
+                    columns = tuple(json.loads(t.parameters["columns"].string_param))
+                out.append(TensorInfo(t.name, t.datatype, tuple(t.shape), columns))
+            return tuple(out)
+
+        return cls(m.name, tuple(m.versions), m.platform, tensors(m.inputs), tensors(m.outputs))
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One streamed answer: ``outputs`` on success, ``error`` otherwise; ``id`` is the request's."""
+
+    id: str
+    outputs: dict[str, np.ndarray] | None = None
+    error: InferenceServerError | None = None
+
+
+def _columns(table: Any) -> dict[str, Any] | None:
+    """A dict of columns from a pandas DataFrame or pyarrow Table; None if it is neither."""
+    if hasattr(table, "column_names") and hasattr(table, "column"):  # pyarrow.Table
+        return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
+    if hasattr(table, "columns") and hasattr(table, "to_numpy") and hasattr(table, "iloc"):
+        return {str(c): table[c].to_numpy() for c in table.columns}
+    return None
+
+
+def _cast(values: Any, tensor: TensorInfo) -> np.ndarray:
+    if tensor.datatype == "BYTES":
+        array = np.asarray(values, dtype=object)
+    else:
+        try:
+            array = np.asarray(values, dtype=NUMPY_DTYPES[tensor.datatype])
+        except (TypeError, ValueError) as exc:
+            msg = f"input {tensor.name!r}: cannot convert to {tensor.datatype}: {exc}"
+            raise ValueError(msg) from None
+    inner = tensor.shape[1:]
+    if array.ndim == len(inner):  # a single column for a [batch, 1] tensor, or one row
+        if len(inner) == 1 and inner[0] == 1 and array.ndim == 1:
+            array = array.reshape(-1, 1)
+        else:
+            array = array[np.newaxis, ...]
+    return array
+
+
+def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndarray]]:
+    """Arrays for each of the model's inputs, in metadata order, cast to its datatypes."""
+    specs = info.inputs
+    if isinstance(inputs, np.ndarray):
+        if len(specs) != 1:
+            raise ValueError(f"model {info.name!r} has {len(specs)} inputs; pass a dict")
+        return [(specs[0], _cast(inputs, specs[0]))]
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) != len(specs):
+            raise ValueError(
+                f"model {info.name!r} has {len(specs)} inputs, got a list of {len(inputs)}"
+            )
+        return [(s, _cast(v, s)) for s, v in zip(specs, inputs, strict=True)]
+    columns = _columns(inputs)
+    if columns is None:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                "inputs: expected a dict, list, numpy array, pandas DataFrame or pyarrow "
+                f"Table, got {type(inputs).__name__}"
+            )
+        columns = dict(inputs)
+    out = []
+    for spec in specs:
+        if spec.name in columns:
+            out.append((spec, _cast(columns[spec.name], spec)))
+            continue
+        if spec.columns:
+            missing = [c for c in spec.columns if c not in columns]
+            if missing:
+                raise ValueError(f"input {spec.name!r}: missing columns {missing}")
+            stacked = np.stack([np.asarray(columns[c]) for c in spec.columns], axis=1)
+            out.append((spec, _cast(stacked, spec)))
+            continue
+        raise ValueError(
+            f"input {spec.name!r}: no column of that name"
+            + (f" nor its feature columns {list(spec.columns)}" if spec.columns else "")
+        )
+    return out
+
+
+_ids = itertools.count(1)
+
+
+def make_request(
+    info: ModelInfo,
+    inputs: Any,
+    *,
+    version: str = "",
+    outputs: Iterable[str] | None = None,
+    request_id: str | None = None,
+    priority: int = 0,
+    queue_timeout: float | None = None,
+    parameters: Mapping[str, bool | int | float | str] | None = None,
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with raw contents for ``inputs`` (see :func:`build_inputs`)."""
+    arrays = build_inputs(info, inputs)
+    request = pb.ModelInferRequest(
+        model_name=info.name,
+        model_version=version,
+        id=request_id if request_id is not None else f"c{next(_ids)}",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name=spec.name, datatype=spec.datatype, shape=array.shape
+            )
+            for spec, array in arrays
+        ],
+        raw_input_contents=[to_raw(array, spec.datatype) for spec, array in arrays],
+    )
+    if outputs:
+        request.outputs.extend(
+            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs
+        )
+    if priority:
+        request.parameters["priority"].uint64_param = priority
+    if queue_timeout is not None:
+        request.parameters["timeout"].int64_param = int(queue_timeout * 1e6)
+    for key, value in (parameters or {}).items():
+        param = request.parameters[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        else:
+            param.string_param = str(value)
+    return request
+
+
+def parse_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Outputs by name, as numpy arrays (raw or typed contents)."""
+    raw = response.raw_output_contents
+    out = {}
+    for i, tensor in enumerate(response.outputs):
+        shape = tuple(tensor.shape)
+        if raw:
+            out[tensor.name] = from_raw(raw[i], tensor.datatype, shape)
+        else:
+            out[tensor.name] = from_typed(tensor.contents, tensor.datatype, shape)
+    return out
+
+
+# -- channel set-up ---------------------------------------------------------------------------
+
+
+def _read(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+@dataclass
+class _Settings:
+    address: str
+    timeout: float | None
+    retries: int
+    backoff: float
+    max_backoff: float
+    metadata: tuple[tuple[str, str], ...]
+    options: list[tuple[str, Any]]
+    credentials: grpc.ChannelCredentials | None
+
+
+def _settings(
+    address: str,
+    *,
+    timeout: float | None,
+    retries: int,
+    backoff: float,
+    max_backoff: float,
+    tls: bool,
+    root_certificates: bytes | str | Path | None,
+    private_key: bytes | str | Path | None,
+    certificate_chain: bytes | str | Path | None,
+    token: str | None,
+    max_message_bytes: int,
+    options: Iterable[tuple[str, Any]],
+) -> _Settings:
+    credentials = None
+    if tls or root_certificates or private_key or certificate_chain:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(root_certificates),
+            private_key=_read(private_key),
+            certificate_chain=_read(certificate_chain),
+        )
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    return _Settings(
+        address=address,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        max_backoff=max_backoff,
+        metadata=metadata,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            *options,
+        ],
+        credentials=credentials,
+    )
+
+
+def _delay(settings: _Settings, attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2**attempt)]."""
+    return random.uniform(0, min(settings.max_backoff, settings.backoff * (2**attempt)))
+
+
+class _Common:
+    _settings: _Settings
+    _info: dict[tuple[str, str], ModelInfo]
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        t = self._settings.timeout if timeout is None else timeout
+        return None if t is None else time.monotonic() + t
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _may_retry(self, exc: grpc.RpcError, attempt: int, deadline: float | None) -> float | None:
+        """Seconds to wait before retrying, or None to give up."""
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._settings.retries:  # type: ignore[attr-defined]
+            return None
+        wait = _delay(self._settings, attempt)
+        if deadline is not None and time.monotonic() + wait >= deadline:
+            return None
+        return wait
+
+
+# -- sync client --------------------------------------------------------------------------------
+
+
+class Client(_Common):
+    """A blocking client over one gRPC channel.
+
+    Args:
+        address: ``host:port``.
+        timeout: default deadline per call in seconds (default None: no deadline).
+        retries: retries for UNAVAILABLE (default 3); other errors are raised at once.
+        backoff: first retry's maximum wait in seconds, doubled each retry (default 0.05),
+            capped at ``max_backoff`` (default 1.0).
+        tls: use TLS with the system roots; implied by any of the PEM options.
+        root_certificates, private_key, certificate_chain: PEM bytes or file paths
+            (server CA; client key and certificate for mutual TLS).
+        token: sent as ``authorization: Bearer <token>`` on every call.
+        max_message_bytes: largest message sent or received (default 64 MiB).
+        options: extra gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        retries: int = 3,
+        backoff: float = 0.05,
+        max_backoff: float = 1.0,
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self._settings = s = _settings(
+            address,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            options=options,
+        )
+        if s.credentials is None:
+            self._channel = grpc.insecure_channel(address, options=s.options)
+        else:
+            self._channel = grpc.secure_channel(address, s.credentials, options=s.options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._info = {}
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            try:
+                return method(
+                    request,
+                    timeout=self._remaining(deadline),
+                    metadata=self._settings.metadata or None,
+                )
+            except grpc.RpcError as exc:
+                wait = self._may_retry(exc, attempt, deadline)
+                if wait is None:
+                    raise _from_rpc(exc) from None
+                time.sleep(wait)
+                attempt += 1
+
+    # health and metadata
+    def is_server_live(self, timeout: float | None = None) -> bool:
+        return self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live
+
+    def is_server_ready(self, timeout: float | None = None) -> bool:
+        return self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready
+
+    def is_model_ready(self, model: str, version: str = "", timeout: float | None = None) -> bool:
+        request = pb.ModelReadyRequest(name=model, version=version)
+        return self._call(self._stub.ModelReady, request, timeout).ready
+
+    def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
+        return self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout)
+
+    def model_metadata(
+        self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
+    ) -> ModelInfo:
+        """The model's inputs and outputs (cached per client; ``refresh`` re-reads it)."""
+        key = (model, version)
+        if refresh or key not in self._info:
+            request = pb.ModelMetadataRequest(name=model, version=version)
+            self._info[key] = ModelInfo.from_proto(
+                self._call(self._stub.ModelMetadata, request, timeout)
+            )
+        return self._info[key]
+
+    # inference
+    def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: str = "",
+        outputs: Iterable[str] | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        queue_timeout: float | None = None,
+        request_id: str | None = None,
+        parameters: Mapping[str, bool | int | float | str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs``; returns outputs by name.
+
+        ``priority``: 1 = highest, 0 = the model's default. ``queue_timeout``:
+        seconds the request may wait in the server's queue (the ``timeout``
+        request parameter); ``timeout`` is the whole call's deadline.
+        """
+        request = make_request(
+            self.model_metadata(model, version, timeout=timeout),
+            inputs,
+            version=version,
+            outputs=outputs,
+            request_id=request_id,
+            priority=priority,
+            queue_timeout=queue_timeout,
+            parameters=parameters,
+        )
+        return parse_response(self._call(self._stub.ModelInfer, request, timeout))
+
+    def stream_infer(
+        self,
+        model: str,
+        batches: Iterable[Any],
+        *,
+        version: str = "",
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Iterator[InferResult]:
+        """Send each item of ``batches`` on one ModelStreamInfer stream; yields an
+        :class:`InferResult` per request as answers arrive (errors do not end the stream)."""
+        info = self.model_metadata(model, version, timeout=timeout)
+        requests = (
+            make_request(info, inputs, version=version, priority=priority) for inputs in batches
+        )
+        try:
+            for item in self._stub.ModelStreamInfer(
+                requests,
+                timeout=self._remaining(self._deadline(timeout)),
+                metadata=self._settings.metadata or None,
+            ):
+                yield _stream_result(item)
+        except grpc.RpcError as exc:
+            raise _from_rpc(exc) from None
+
+    # repository and statistics
+    def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
+        request = pb.RepositoryIndexRequest(ready=ready)
+        return list(self._call(self._stub.RepositoryIndex, request, timeout).models)
+
+    def load_model(self, model: str, timeout: float | None = None) -> None:
+        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        request = pb.RepositoryModelLoadRequest(model_name=model)
+        self._call(self._stub.RepositoryModelLoad, request, timeout)
+
+    def unload_model(self, model: str, timeout: float | None = None) -> None:
+        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        self._call(self._stub.RepositoryModelUnload, request, timeout)
+
+    def model_statistics(
+        self, model: str = "", version: str = "", timeout: float | None = None
+    ) -> Any:
+        request = pb.ModelStatisticsRequest(name=model, version=version)
+        return list(self._call(self._stub.ModelStatistics, request, timeout).model_stats)
+
+
+def _stream_result(item: pb.ModelStreamInferResponse) -> InferResult:
+    response = item.infer_response
+    if item.error_message:
+        code_name, _, details = item.error_message.partition(": ")
+        code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
+        if code is grpc.StatusCode.UNKNOWN:
+            details = item.error_message
+        return InferResult(response.id, error=error_for(code, details))
+    return InferResult(response.id, outputs=parse_response(response))
+
+
+# -- asyncio client -------------------------------------------------------------------------------
+
+
+class AsyncClient(_Common):
+    """The asyncio twin of :class:`Client` (same arguments; methods are coroutines)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        retries: int = 3,
+        backoff: float = 0.05,
+        max_backoff: float = 1.0,
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self._settings = s = _settings(
+            address,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            options=options,
+        )
+        if s.credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=s.options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, s.credentials, options=s.options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._info = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            try:
+                return await method(
+                    request,
+                    timeout=self._remaining(deadline),
+                    metadata=self._settings.metadata or None,
+                )
+            except grpc.RpcError as exc:
+                wait = self._may_retry(exc, attempt, deadline)
+                if wait is None:
+                    raise _from_rpc(exc) from None
+                await asyncio.sleep(wait)
+                attempt += 1
+
+    async def is_server_live(self, timeout: float | None = None) -> bool:
+        return (await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live
+
+    async def is_server_ready(self, timeout: float | None = None) -> bool:
+        return (await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout)).ready
+
+    async def is_model_ready(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> bool:
+        request = pb.ModelReadyRequest(name=model, version=version)
+        return (await self._call(self._stub.ModelReady, request, timeout)).ready
+
+    async def model_metadata(
+        self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
+    ) -> ModelInfo:
+        key = (model, version)
+        if refresh or key not in self._info:
+            request = pb.ModelMetadataRequest(name=model, version=version)
+            self._info[key] = ModelInfo.from_proto(
+                await self._call(self._stub.ModelMetadata, request, timeout)
+            )
+        return self._info[key]
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: str = "",
+        outputs: Iterable[str] | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        queue_timeout: float | None = None,
+        request_id: str | None = None,
+        parameters: Mapping[str, bool | int | float | str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """See :meth:`Client.infer`."""
+        request = make_request(
+            await self.model_metadata(model, version, timeout=timeout),
+            inputs,
+            version=version,
+            outputs=outputs,
+            request_id=request_id,
+            priority=priority,
+            queue_timeout=queue_timeout,
+            parameters=parameters,
+        )
+        return parse_response(await self._call(self._stub.ModelInfer, request, timeout))
+
+    async def stream_infer(
+        self,
+        model: str,
+        batches: Iterable[Any] | AsyncIterable[Any],
+        *,
+        version: str = "",
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[InferResult]:
+        """See :meth:`Client.stream_infer`."""
+        info = await self.model_metadata(model, version, timeout=timeout)
+
+        async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+            if isinstance(batches, AsyncIterable):
+                async for inputs in batches:
+                    yield make_request(info, inputs, version=version, priority=priority)
+            else:
+                for inputs in batches:
+                    yield make_request(info, inputs, version=version, priority=priority)
+
+        call = self._stub.ModelStreamInfer(
+            requests(),
+            timeout=self._remaining(self._deadline(timeout)),
+            metadata=self._settings.metadata or None,
+        )
+        try:
+            async for item in call:
+                yield _stream_result(item)
+        except grpc.RpcError as exc:
+            raise _from_rpc(exc) from None
+
+    async def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
+        request = pb.RepositoryIndexRequest(ready=ready)
+        return list((await self._call(self._stub.RepositoryIndex, request, timeout)).models)
+
+    async def load_model(self, model: str, timeout: float | None = None) -> None:
+        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        request = pb.RepositoryModelLoadRequest(model_name=model)
+        await self._call(self._stub.RepositoryModelLoad, request, timeout)
+
+    async def unload_model(self, model: str, timeout: float | None = None) -> None:
+        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        await self._call(self._stub.RepositoryModelUnload, request, timeout)
+
+    async def model_statistics(
+        self, model: str = "", version: str = "", timeout: float | None = None
+    ) -> Any:
+        request = pb.ModelStatisticsRequest(name=model, version=version)
+        return list((await self._call(self._stub.ModelStatistics, request, timeout)).model_stats)

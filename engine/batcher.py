@@ -1,0 +1,404 @@
+"""The dynamic batcher: one bounded, prioritised queue per model version, drained by worker threads.
+
+Requests arrive on the asyncio event loop (:meth:`Batcher.submit` never blocks
+and never runs model code); ``instance_count`` worker threads each take a batch
+from the queue, execute it on the model, split the outputs back per request and
+hand all the batch's results to the event loop in one call.
+
+When a worker forms a batch:
+
+* it dispatches at once when the queued rows reach the largest preferred batch
+  size (or ``max_batch_size`` when none is configured);
+* otherwise it waits until the oldest queued request has waited
+  ``max_queue_delay_microseconds``, then takes what is there -- but only while
+  requests are arriving fast enough for another one to be expected within
+  the time left (a moving average of the gaps between arrivals). A lone or
+  slow stream of requests is therefore dispatched at once, and the delay is
+  spent only when it buys a fuller batch.
+
+While a worker executes, new requests accumulate, so under load batches grow
+by themselves and throughput approaches the model's batched-forward rate; a
+lone request waits at most the queue delay.
+
+Requests are taken highest priority first (level 1), FIFO within a level, whole
+(a request's rows are never split across batches), up to ``max_batch_size``
+rows. A request whose deadline has passed, or that was cancelled, is removed
+and never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from conveyor.engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+)
+from conveyor.engine.model_config import DynamicBatching
+
+log = logging.getLogger("conveyor.engine.batcher")
+
+QUEUED, TAKEN, DONE = 0, 1, 2
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """One request in the queue.
+
+    Attributes:
+        inputs: arrays in model-input order, each ``[rows, ...]``.
+        rows: the request's batch dimension.
+        level: priority queue index (0 = highest).
+        deadline: ``time.monotonic()`` after which it must not be computed, or None.
+        future: resolved on the event loop with ``finish(outputs)`` or an EngineError.
+        finish: called in the worker thread with the request's output slices;
+            its return value resolves the future (the service builds the response there).
+        request_id: for logs.
+    """
+
+    inputs: list[np.ndarray]
+    rows: int
+    level: int
+    deadline: float | None
+    future: asyncio.Future[Any]
+    finish: Callable[[list[np.ndarray]], Any]
+    request_id: str = ""
+    arrival: float = field(default_factory=time.monotonic)
+    state: int = QUEUED
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+class BatchStats:
+    """Counters for ModelStatistics, updated by the workers under one lock (durations in ns)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.execution_count = 0
+        self.inference_count = 0
+        self.last_inference_ms = 0
+        self.queue = [0, 0]
+        self.compute_input = [0, 0]
+        self.compute_infer = [0, 0]
+        self.compute_output = [0, 0]
+        # batch size -> [count, input ns, infer ns, output ns]
+        self.batches: dict[int, list[int]] = {}
+
+    def record(self, rows: int, requests: int, queue_ns: int, t: tuple[int, int, int, int]) -> None:
+        t0, t1, t2, t3 = t
+        with self.lock:
+            self.execution_count += 1
+            self.inference_count += rows
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.queue[0] += requests
+            self.queue[1] += queue_ns
+            for acc, ns in (
+                (self.compute_input, t1 - t0),
+                (self.compute_infer, t2 - t1),
+                (self.compute_output, t3 - t2),
+            ):
+                acc[0] += requests
+                acc[1] += ns
+            b = self.batches.setdefault(rows, [0, 0, 0, 0])
+            b[0] += 1
+            b[1] += t1 - t0
+            b[2] += t2 - t1
+            b[3] += t3 - t2
+
+
+def _deliver(results: list[tuple[Pending, Any, bool]]) -> None:
+    """On the event loop: resolve each request's future (unless it was cancelled meanwhile)."""
+    for pending, value, failed in results:
+        fut = pending.future
+        if fut.done():
+            continue
+        if failed:
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+
+
+class Batcher:
+    """Queue and workers for one model version.
+
+    Args:
+        name: for thread names and logs (``model:version``).
+        run: executes one batch: arrays in input order -> arrays in output order.
+        max_batch_size: most rows in one execution.
+        batching: queue delay, preferred sizes, queue bound, priority levels.
+        instance_count: worker threads, each executing one batch at a time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[list[np.ndarray]], list[np.ndarray]],
+        max_batch_size: int,
+        batching: DynamicBatching,
+        instance_count: int = 1,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.batching = batching
+        self.stats = BatchStats()
+        self._delay = batching.max_queue_delay_microseconds / 1e6
+        # Moving average of the gap between arrivals (seconds); inf until two arrived.
+        self._gap = float("inf")
+        self._last_arrival: float | None = None
+        self._preferred = tuple(p for p in batching.preferred_batch_size if p <= max_batch_size)
+        # Rows at which a batch is dispatched without waiting for the delay.
+        self._threshold = max(self._preferred) if self._preferred else max_batch_size
+        self._levels: list[deque[Pending]] = [deque() for _ in range(batching.priority_levels)]
+        self._queued = 0
+        self._rows = 0
+        self._closing = False
+        self._kick_pending = False
+        self._idle = 0  # workers waiting for an empty queue to get a request
+        self._cond = threading.Condition(threading.Lock())
+        self._threads = [
+            threading.Thread(target=self._work, name=f"conveyor-{name}-{i}", daemon=True)
+            for i in range(instance_count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (not yet taken by a worker)."""
+        return self._queued
+
+    def level_for(self, priority: int) -> int:
+        """Queue index for a request's ``priority`` parameter (1 = highest, 0 = default)."""
+        levels = self.batching.priority_levels
+        if priority == 0:
+            default = self.batching.default_priority_level
+            return (default or levels) - 1
+        if not 1 <= priority <= levels:
+            raise ValueError(f"priority {priority} is outside 1..{levels} (0 = default)")
+        return priority - 1
+
+    def submit(self, pending: Pending) -> None:
+        """Queue a request.
+
+        Raises ResourceExhausted when the queue is full, Unavailable when closing.
+        """
+        cond = self._cond
+        with cond:
+            if self._closing:
+                raise Unavailable(f"model {self.name} is being unloaded")
+            if self._queued >= self.batching.max_queue_size:
+                raise ResourceExhausted(
+                    f"model {self.name}: queue full ({self.batching.max_queue_size} requests "
+                    "waiting); retry later"
+                )
+            self._levels[pending.level].append(pending)
+            self._queued += 1
+            self._rows += pending.rows
+            if self._last_arrival is not None:
+                gap = pending.arrival - self._last_arrival
+                self._gap = (
+                    gap if self._gap == float("inf") else self._gap + 0.125 * (gap - self._gap)
+                )
+            self._last_arrival = pending.arrival
+            if self._rows >= self._threshold:
+                cond.notify()  # a full batch: no reason to wait
+                return
+            if not self._idle or self._kick_pending:
+                # Busy workers look at the queue when they finish, and one that is
+                # timing a partial batch only needs waking for a full one.
+                return
+            self._kick_pending = True
+        # Wake an idle worker once per event-loop iteration, after every request
+        # that arrived in this iteration has been queued: a burst of arrivals
+        # becomes one batch instead of waking the worker (and contending for
+        # the GIL) on the first of them. A lone request is kicked right after
+        # its handler yields, so it does not wait.
+        loop = pending.loop
+        if loop is None:
+            self._kick()
+        else:
+            loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        with self._cond:
+            self._kick_pending = False
+            self._cond.notify()
+
+    def cancel(self, pending: Pending) -> bool:
+        """Remove a queued request (client cancelled, or its deadline passed).
+
+        Returns False when a worker already took it (it then completes normally).
+        """
+        with self._cond:
+            if pending.state != QUEUED:
+                return False
+            self._levels[pending.level].remove(pending)
+            self._queued -= 1
+            self._rows -= pending.rows
+            pending.state = DONE
+            return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting, execute everything already queued, and join the workers (blocking).
+
+        Returns False when a worker is still running after ``timeout`` seconds.
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    # -- worker side ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            batch, dropped = self._next_batch()
+            if dropped:
+                self._post([(p, DeadlineExceeded(_expired_message(p)), True) for p in dropped])
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _next_batch(self) -> tuple[list[Pending] | None, list[Pending]]:
+        """Block until a batch is due; returns (batch or None when closed, expired requests)."""
+        cond = self._cond
+        with cond:
+            while True:
+                if self._queued == 0:
+                    if self._closing:
+                        return None, []
+                    self._idle += 1
+                    try:
+                        cond.wait()
+                    finally:
+                        self._idle -= 1
+                    continue
+                if self._closing or self._rows >= self._threshold:
+                    break
+                oldest = min(q[0].arrival for q in self._levels if q)
+                wait = oldest + self._delay - time.monotonic()
+                if wait <= 0 or self._gap > wait:
+                    break  # delay spent, or no other request expected in time
+                cond.wait(wait)
+            return self._take()
+
+    def _take(self) -> tuple[list[Pending], list[Pending]]:
+        """Pop whole requests, highest priority first, up to the target rows (lock held)."""
+        target = self.max_batch_size
+        if self._preferred and self._rows < self.max_batch_size:
+            fitting = [p for p in self._preferred if p <= self._rows]
+            if fitting:
+                target = fitting[-1]
+        now = time.monotonic()
+        batch: list[Pending] = []
+        dropped: list[Pending] = []
+        rows = 0
+        for queue in self._levels:
+            while queue:
+                head = queue[0]
+                if head.deadline is not None and head.deadline <= now:
+                    queue.popleft()
+                    dropped.append(head)
+                elif rows + head.rows <= target or not batch:
+                    queue.popleft()
+                    batch.append(head)
+                    rows += head.rows
+                    if rows > target:  # a lone request larger than a preferred size
+                        break
+                    continue
+                else:
+                    break
+                self._queued -= 1
+                self._rows -= head.rows
+                head.state = DONE
+            if rows >= target:
+                break
+        for p in batch:
+            self._queued -= 1
+            self._rows -= p.rows
+            p.state = TAKEN
+        return batch, dropped
+
+    def _execute(self, batch: list[Pending]) -> None:
+        """Run a batch; if it fails and holds several requests, run each alone, so
+        one bad request fails only itself and not the requests batched with it."""
+        if self._execute_batch(batch, isolate=len(batch) > 1):
+            return
+        for pending in batch:
+            self._execute_batch([pending], isolate=False)
+
+    def _execute_batch(self, batch: list[Pending], isolate: bool) -> bool:
+        """Returns False (posting nothing) when the batch failed and ``isolate`` is set."""
+        t0 = time.perf_counter_ns()
+        rows = sum(p.rows for p in batch)
+        queue_ns = int((time.monotonic() * len(batch) - sum(p.arrival for p in batch)) * 1e9)
+        results: list[tuple[Pending, Any, bool]] = []
+        try:
+            # np.concatenate copies even a single array: the model gets writable,
+            # contiguous memory that no request's buffer aliases.
+            n_inputs = len(batch[0].inputs)
+            inputs = [np.concatenate([p.inputs[i] for p in batch]) for i in range(n_inputs)]
+            t1 = time.perf_counter_ns()
+            outputs = self._run(inputs)
+            t2 = time.perf_counter_ns()
+            offset = 0
+            for p in batch:
+                end = offset + p.rows
+                try:
+                    results.append((p, p.finish([o[offset:end] for o in outputs]), False))
+                except EngineError as exc:
+                    results.append((p, exc, True))
+                except Exception as exc:
+                    results.append((p, Internal(f"building the response failed: {exc}"), True))
+                offset = end
+            t3 = time.perf_counter_ns()
+            self.stats.record(rows, len(batch), queue_ns, (t0, t1, t2, t3))
+        except EngineError as exc:
+            if isolate:
+                return False
+            log.warning(
+                "batch of %d rows failed: %s",
+                rows,
+                exc.message,
+                extra={"model": self.name, "request_id": ",".join(p.request_id for p in batch)},
+            )
+            results = [(p, exc, True) for p in batch]
+        except Exception as exc:  # never let a worker thread die
+            if isolate:
+                return False
+            log.exception("batch of %d rows failed", rows, extra={"model": self.name})
+            err = Internal(f"model {self.name} failed: {type(exc).__name__}: {exc}")
+            results = [(p, err, True) for p in batch]
+        self._post(results)
+        return True
+
+    def _post(self, results: list[tuple[Pending, Any, bool]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Pending, Any, bool]]] = {}
+        for item in results:
+            loop = item[0].loop or item[0].future.get_loop()
+            by_loop.setdefault(loop, []).append(item)
+        for loop, items in by_loop.items():
+            # RuntimeError: the loop closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _expired_message(p: Pending) -> str:
+    return f"request {p.request_id or '(no id)'}: deadline exceeded while queued; not computed"

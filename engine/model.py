@@ -1,0 +1,227 @@
+"""Load one model version (TorchScript or torch.export, never a pickle) and run batches on it.
+
+The model-version directory contract (written by the trainer) is documented in
+``engine/README.md``. In short: ``model.pt`` (TorchScript) or ``model.pt2``
+(torch.export) plus ``config.json``; the forward takes the inputs in config
+order as ``[batch, ...]`` tensors, a BYTES input ``[batch, C]`` as a flat
+``List[str]`` of ``batch * C`` strings in row-major order, and returns the
+outputs in config order (a tensor, or a tuple/list of them; a BYTES output as
+a flat ``List[str]``, row-major).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conveyor.engine.errors import Internal, ModelLoadError
+from conveyor.engine.model_config import ModelConfig, TensorSpec, load_config
+from conveyor.engine.tensors import NUMPY_DTYPES
+
+PROGRAM_FILES = {"torchscript": "model.pt", "torch_export": "model.pt2"}
+# Files a version directory may hold; anything else that looks like a model
+# (a pickle, a state dict) is refused rather than ignored, so nobody believes it is served.
+_REFUSED_SUFFIXES = (".pkl", ".pickle", ".pth", ".joblib", ".bin", ".ckpt", ".safetensors")
+SIDE_FILES = ("spec.json", "stats.json")
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """Where a version's files are; ``spec``/``stats`` (from ingest, for drift) may be None."""
+
+    directory: Path
+    program: Path
+    config: Path
+    spec: Path | None
+    stats: Path | None
+
+
+def _locate(directory: Path, config: ModelConfig) -> VersionFiles:
+    refused = sorted(p.name for p in directory.iterdir() if p.suffix in _REFUSED_SUFFIXES)
+    if refused:
+        raise ModelLoadError(
+            f"{directory}: refusing {', '.join(refused)}: only TorchScript (model.pt) or "
+            "torch.export (model.pt2) programs are served, never pickles"
+        )
+    program = directory / PROGRAM_FILES[config.platform]
+    if not program.is_file():
+        raise ModelLoadError(
+            f"{directory}: platform {config.platform!r} needs {program.name}, which is missing"
+        )
+    if not zipfile.is_zipfile(program):
+        raise ModelLoadError(
+            f"{program}: not a {config.platform} archive (TorchScript and torch.export "
+            "programs are zip archives)"
+        )
+    side = {name: directory / name for name in SIDE_FILES}
+    return VersionFiles(
+        directory=directory,
+        program=program,
+        config=directory / "config.json",
+        spec=side["spec.json"] if side["spec.json"].is_file() else None,
+        stats=side["stats.json"] if side["stats.json"].is_file() else None,
+    )
+
+
+def _load_program(files: VersionFiles, platform: str) -> Any:
+    import torch
+
+    try:
+        if platform == "torchscript":
+            # TorchScript archives hold code and tensors; torch.jit.load does not
+            # unpickle arbitrary Python objects.
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; it still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                program = torch.jit.load(str(files.program), map_location="cpu")
+            program.eval()
+            return program
+        exported = torch.export.load(str(files.program))
+        return exported.module()
+    except Exception as exc:
+        kind = "TorchScript" if platform == "torchscript" else "torch.export"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{files.program}: cannot load as {kind}: {first}") from None
+
+
+class Model:
+    """One loaded model version: its config, files and program; :meth:`run` executes a batch.
+
+    ``run`` is called from the batcher's worker threads (one per instance); the
+    program is shared by them, which TorchScript and exported modules allow.
+    """
+
+    def __init__(self, name: str, version: int, directory: Path) -> None:
+        self.name = name
+        self.version = version
+        self.config = load_config(directory / "config.json")
+        if self.config.name != name:
+            raise ModelLoadError(
+                f"{directory / 'config.json'}: name {self.config.name!r} does not match the "
+                f"model directory {name!r}"
+            )
+        self.files = _locate(directory, self.config)
+        self.program = _load_program(self.files, self.config.platform)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Run one row of zeros (empty strings for BYTES) so a program that does not
+        match its config fails at load time, not on the first request."""
+        row = [_zeros(spec) for spec in self.config.inputs]
+        try:
+            self.run(row)
+        except Internal as exc:
+            raise ModelLoadError(
+                f"{self.files.program}: warm-up with one row of zeros failed: {exc.message}"
+            ) from None
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Execute one batch. ``inputs`` follow config order, each ``[batch, ...]``.
+
+        Returns one array per configured output, each ``[batch, ...]``. Raises
+        :class:`Internal` with the model's message when the program raises or
+        returns something that does not match the config.
+        """
+        import torch
+
+        batch = len(inputs[0])
+        args: list[Any] = []
+        for spec, array in zip(self.config.inputs, inputs, strict=True):
+            if spec.datatype == "BYTES":
+                args.append([_text(v) for v in array.reshape(-1).tolist()])
+            else:
+                args.append(torch.from_numpy(array))
+        try:
+            with torch.inference_mode():
+                result = self.program(*args)
+        except Exception as exc:
+            raise Internal(
+                f"model {self.name!r} version {self.version} raised: {_message(exc)}"
+            ) from None
+        return self._outputs(result, batch)
+
+    def _outputs(self, result: Any, batch: int) -> list[np.ndarray]:
+        import torch
+
+        specs = self.config.outputs
+        if len(specs) == 1 and specs[0].datatype == "BYTES" and _is_strings(result):
+            items = [result]  # one BYTES output: the list is the output, not a tuple of them
+        else:
+            items = list(result) if isinstance(result, (tuple, list)) else [result]
+        if len(items) != len(specs):
+            raise Internal(
+                f"model {self.name!r} returned {len(items)} outputs, config lists {len(specs)}"
+            )
+        arrays = []
+        for spec, item in zip(specs, items, strict=True):
+            if spec.datatype == "BYTES":
+                arrays.append(self._strings(spec, item, batch))
+                continue
+            if not isinstance(item, torch.Tensor):
+                raise Internal(
+                    f"model {self.name!r} output {spec.name!r}: expected a tensor, "
+                    f"got {type(item).__name__}"
+                )
+            if item.dim() == 0 or item.shape[0] != batch:
+                raise Internal(
+                    f"model {self.name!r} output {spec.name!r}: shape {list(item.shape)} "
+                    f"has no batch dim of {batch}"
+                )
+            array = item.detach().cpu().numpy()
+            arrays.append(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype]))
+        return arrays
+
+    def _strings(self, spec: TensorSpec, item: Any, batch: int) -> np.ndarray:
+        """A BYTES output: a flat list of ``batch * prod(shape)`` strings, row-major."""
+        if not _is_strings(item):
+            raise Internal(
+                f"model {self.name!r} output {spec.name!r}: a BYTES output must be a "
+                f"List[str], got {type(item).__name__}"
+            )
+        count = len(item)
+        per_row = count // batch
+        dims = ", ".join(map(str, spec.shape))
+        if -1 in spec.shape:
+            if len(spec.shape) != 1:
+                raise Internal(f"output {spec.name!r}: BYTES outputs are [-1] or fixed-shape")
+            shape: tuple[int, ...] = (batch, per_row)
+        else:
+            shape = (batch, *spec.shape)
+        if count != math.prod(shape):
+            raise Internal(
+                f"model {self.name!r} output {spec.name!r}: {count} strings do not fill "
+                f"[{batch}, {dims}]"
+            )
+        array = np.empty(len(item), dtype=object)
+        array[:] = [s.encode() if isinstance(s, str) else bytes(s) for s in item]
+        return array.reshape(shape)
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, (str, bytes)) for v in value)
+
+
+def _message(exc: Exception) -> str:
+    """The model's own error: TorchScript wraps it in two tracebacks, ending with
+    ``builtins.RuntimeError: <message>``; keep that last line."""
+    text = str(exc).strip()
+    if "Traceback of TorchScript" in text:
+        return text.splitlines()[-1].strip()
+    return text or type(exc).__name__
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _zeros(spec: TensorSpec) -> np.ndarray:
+    shape = (1, *(1 if d == -1 else d for d in spec.shape))
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])

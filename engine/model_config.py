@@ -1,0 +1,282 @@
+"""A model version's ``config.json``: tensors, batching and instances, parsed and checked.
+
+The file is written by the trainer; see ``engine/README.md`` for the whole
+model-version directory contract. Unknown keys are errors, so a typo in a
+config cannot silently change how a model is served.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from conveyor.engine.errors import ModelLoadError
+from conveyor.engine.tensors import DATATYPES
+
+PLATFORMS = ("torchscript", "torch_export")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: OIP ``datatype`` and ``shape`` without the batch dim (-1 = variable).
+
+    ``columns`` optionally names the feature columns of a ``[batch, C]`` input,
+    in order (the client SDK uses them to build the tensor from a table).
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    """Triton's dynamic batcher settings.
+
+    Attributes:
+        max_queue_delay_microseconds: the longest the oldest queued request
+            may wait for others to join its batch (default 250). The batcher
+            waits only while requests arrive fast enough to fill the batch, so
+            a lone request is dispatched at once; 0 never waits.
+        preferred_batch_size: batch sizes (rows) dispatched at once when they
+            can be formed (default none: dispatch at ``max_batch_size`` or on delay).
+        max_queue_size: requests queued per model before new ones get
+            RESOURCE_EXHAUSTED (default 1024; 0 = the default).
+        priority_levels: number of priority levels, 1 = highest (default 2).
+        default_priority_level: level of requests without a priority (default
+            0 = the lowest level).
+    """
+
+    max_queue_delay_microseconds: int = 250
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    priority_levels: int = 2
+    default_priority_level: int = 0
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model are served: ``latest`` N (default 1), ``all``, or ``specific``."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among ``available``, ascending."""
+        ordered = sorted(available)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.num_versions :] if self.num_versions > 0 else []
+
+    @classmethod
+    def parse(cls, value: Any, where: str = "version_policy") -> VersionPolicy:
+        """From Triton's JSON form (``{"latest": {"num_versions": 2}}``, ``{"all": {}}``,
+        ``{"specific": {"versions": [1, 3]}}``) or the flag form (``latest:2``, ``all``,
+        ``specific:1,3``)."""
+        try:
+            if isinstance(value, str):
+                kind, _, arg = value.partition(":")
+                if kind == "all" and not arg:
+                    return cls("all")
+                if kind == "latest":
+                    n = int(arg) if arg else 1
+                    if n < 1:
+                        raise ValueError("num_versions must be >= 1")
+                    return cls("latest", num_versions=n)
+                if kind == "specific":
+                    return cls("specific", versions=tuple(int(v) for v in arg.split(",") if v))
+                raise ValueError("expected latest[:N], all or specific:V1,V2")
+            if isinstance(value, dict) and len(value) == 1:
+                ((kind, arg),) = value.items()
+                arg = arg or {}
+                if kind == "all":
+                    return cls("all")
+                if kind == "latest":
+                    return cls.parse(f"latest:{int(arg.get('num_versions', 1))}")
+                if kind == "specific":
+                    return cls("specific", versions=tuple(int(v) for v in arg["versions"]))
+            raise ValueError("expected one of latest, all, specific")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{where}: invalid version policy {value!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A parsed ``config.json``; every tensor has a leading batch dim <= ``max_batch_size``."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dynamic_batching: DynamicBatching = field(default_factory=DynamicBatching)
+    instance_count: int = 1
+    labels: tuple[str, ...] = ()
+    parameters: dict[str, Any] = field(default_factory=dict)
+    version_policy: VersionPolicy | None = None
+
+    def with_batching(self, **overrides: Any) -> ModelConfig:
+        """A copy with some dynamic-batching fields replaced (server flags win over files)."""
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, dynamic_batching=replace(self.dynamic_batching, **clean))
+
+
+_TOP = {
+    "name",
+    "platform",
+    "max_batch_size",
+    "inputs",
+    "outputs",
+    "dynamic_batching",
+    "instance_count",
+    "labels",
+    "parameters",
+    "version_policy",
+}
+_BATCHING = set(DynamicBatching.__dataclass_fields__)
+
+
+def _int(value: Any, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelLoadError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(items, list) or not items:
+        raise ModelLoadError(f"{where}: expected a non-empty list of tensors")
+    specs = []
+    seen = set()
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape", "columns"}:
+            raise ModelLoadError(
+                f"{at}: expected {{name, datatype, shape[, columns]}}, got {item!r}"
+            )
+        name, dtype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if not isinstance(name, str) or not name:
+            raise ModelLoadError(f"{at}.name: expected a non-empty string")
+        if name in seen:
+            raise ModelLoadError(f"{at}.name: duplicate tensor name {name!r}")
+        seen.add(name)
+        if dtype not in DATATYPES:
+            raise ModelLoadError(
+                f"{at}.datatype: {dtype!r} is not one of {', '.join(sorted(DATATYPES))}"
+            )
+        if not isinstance(shape, list) or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < -1 or d == 0 for d in shape
+        ):
+            raise ModelLoadError(f"{at}.shape: expected a list of dims >= 1 or -1, got {shape!r}")
+        columns = item.get("columns", [])
+        if columns and (
+            not isinstance(columns, list)
+            or not all(isinstance(c, str) for c in columns)
+            or len(shape) != 1
+            or shape[0] != len(columns)
+        ):
+            raise ModelLoadError(
+                f"{at}.columns: expected {shape[0] if len(shape) == 1 else 'C'} column "
+                f"names for a tensor of shape [batch, C], got {columns!r}"
+            )
+        specs.append(TensorSpec(name, dtype, tuple(shape), tuple(columns)))
+    return tuple(specs)
+
+
+def parse_config(data: Any, where: str) -> ModelConfig:
+    """Check and convert a decoded ``config.json``; errors name ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{where}: expected a JSON object")
+    unknown = set(data) - _TOP
+    if unknown:
+        raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"{where}: 'name' must be a non-empty string")
+    platform = data.get("platform")
+    if platform not in PLATFORMS:
+        raise ModelLoadError(f"{where}: 'platform' must be one of {PLATFORMS}, got {platform!r}")
+    # conveyor always batches: every tensor has a leading batch dim (no Triton-style 0).
+    max_batch = _int(data.get("max_batch_size"), f"{where}: max_batch_size", 1)
+    batching_raw = data.get("dynamic_batching", {})
+    if not isinstance(batching_raw, dict) or set(batching_raw) - _BATCHING:
+        raise ModelLoadError(
+            f"{where}: dynamic_batching: expected an object with keys from {sorted(_BATCHING)}"
+        )
+    b = DynamicBatching()
+    preferred = batching_raw.get("preferred_batch_size", [])
+    if not isinstance(preferred, list):
+        raise ModelLoadError(f"{where}: dynamic_batching.preferred_batch_size: expected a list")
+    batching = DynamicBatching(
+        max_queue_delay_microseconds=_int(
+            batching_raw.get("max_queue_delay_microseconds", b.max_queue_delay_microseconds),
+            f"{where}: dynamic_batching.max_queue_delay_microseconds",
+        ),
+        preferred_batch_size=tuple(
+            sorted(_int(p, f"{where}: dynamic_batching.preferred_batch_size", 1) for p in preferred)
+        ),
+        max_queue_size=_int(
+            batching_raw.get("max_queue_size", b.max_queue_size),
+            f"{where}: dynamic_batching.max_queue_size",
+        )
+        or b.max_queue_size,
+        priority_levels=_int(
+            batching_raw.get("priority_levels", b.priority_levels),
+            f"{where}: dynamic_batching.priority_levels",
+            1,
+        ),
+        default_priority_level=_int(
+            batching_raw.get("default_priority_level", b.default_priority_level),
+            f"{where}: dynamic_batching.default_priority_level",
+        ),
+    )
+    if batching.default_priority_level > batching.priority_levels:
+        raise ModelLoadError(
+            f"{where}: dynamic_batching.default_priority_level exceeds priority_levels"
+        )
+    if any(p > max_batch for p in batching.preferred_batch_size):
+        raise ModelLoadError(
+            f"{where}: dynamic_batching.preferred_batch_size exceeds max_batch_size {max_batch}"
+        )
+    labels = data.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
+        raise ModelLoadError(f"{where}: 'labels' must be a list of strings")
+    parameters = data.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ModelLoadError(f"{where}: 'parameters' must be an object")
+    policy = None
+    if "version_policy" in data:
+        try:
+            policy = VersionPolicy.parse(data["version_policy"], f"{where}: version_policy")
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+    return ModelConfig(
+        name=name,
+        platform=platform,
+        max_batch_size=max_batch,
+        inputs=_tensors(data.get("inputs"), f"{where}: inputs"),
+        outputs=_tensors(data.get("outputs"), f"{where}: outputs"),
+        dynamic_batching=batching,
+        instance_count=_int(data.get("instance_count", 1), f"{where}: instance_count", 1),
+        labels=tuple(labels),
+        parameters=parameters,
+        version_policy=policy,
+    )
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Read and check ``path`` (a version's ``config.json``)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: missing (every model version needs a config.json)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: not valid JSON: {exc}") from None
+    return parse_config(data, str(path))

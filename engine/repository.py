@@ -1,0 +1,430 @@
+"""The live model repository: which versions of which models are served, and swapping them safely.
+
+Layout (the trainer writes it; see ``engine/README.md``)::
+
+    REPO/NAME/<version>/{config.json, model.pt | model.pt2[, spec.json, stats.json]}
+
+Versions are positive integers. Which are served is the model's version policy
+(``version_policy`` in the newest version's config.json, else the server's
+default, ``latest:1``). Model control:
+
+* ``poll``: every ``poll_interval`` seconds the directory is rescanned; new or
+  changed versions are loaded, versions no longer wanted and removed models are
+  unloaded. RepositoryModelLoad/Unload are refused (as Triton does).
+* ``explicit``: models are loaded (``load_models`` at start) and unloaded only by
+  RepositoryModelLoad / RepositoryModelUnload.
+
+Swaps are safe: a new version is loaded in a background thread while the old
+one serves; the routing table is switched on the event loop; the old version's
+batcher then stops accepting, executes what it has queued, and is dropped. A
+version that fails to load keeps its reason (ModelReady false, logs,
+RepositoryIndex, ModelStatistics) and the versions already loaded keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import re
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from conveyor.engine.batcher import Batcher
+from conveyor.engine.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+    NotFound,
+    Unavailable,
+)
+from conveyor.engine.model import PROGRAM_FILES, Model
+from conveyor.engine.model_config import VersionPolicy, load_config
+from conveyor.engine.validation import RequestDecoder
+
+log = logging.getLogger("conveyor.engine.repository")
+
+MODEL_CONTROL = ("poll", "explicit")
+# Seconds a retired version gets to finish its queued requests.
+RETIRE_TIMEOUT = 60.0
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class BatchingOverrides:
+    """Server-wide settings that win over every model's config.json (None = keep the file's)."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_microseconds: int | None = None
+    max_queue_size: int | None = None
+    instance_count: int | None = None
+
+
+class ServedVersion:
+    """A loaded model version with its batcher and request decoder."""
+
+    def __init__(self, model: Model, overrides: BatchingOverrides, fingerprint: tuple) -> None:
+        config = model.config.with_batching(
+            max_queue_delay_microseconds=overrides.max_queue_delay_microseconds,
+            max_queue_size=overrides.max_queue_size,
+        )
+        if overrides.max_batch_size is not None:
+            config = replace(config, max_batch_size=overrides.max_batch_size)
+        self.model = model
+        self.config = config
+        self.name = model.name
+        self.version = model.version
+        self.version_str = str(model.version)
+        self.fingerprint = fingerprint
+        self.decoder = RequestDecoder(model.name, config)
+        self.batcher = Batcher(
+            f"{model.name}:{model.version}",
+            model.run,
+            config.max_batch_size,
+            config.dynamic_batching,
+            overrides.instance_count or config.instance_count,
+        )
+        # Per-request outcomes (counted on the event loop): [count, ns].
+        self.success = [0, 0]
+        self.fail = [0, 0]
+
+
+@dataclass
+class ModelEntry:
+    """Everything known about one model name."""
+
+    name: str
+    versions: dict[int, ServedVersion] = field(default_factory=dict)
+    # version -> (fingerprint, reason) of its last failed load
+    failed: dict[int, tuple[tuple, str]] = field(default_factory=dict)
+    on_disk: list[int] = field(default_factory=list)
+    loaded_by_request: bool = False
+
+    @property
+    def default(self) -> ServedVersion | None:
+        """The version answering requests that name none: the highest loaded."""
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+def _fingerprint(directory: Path) -> tuple:
+    stamps = []
+    for name in ("config.json", *PROGRAM_FILES.values()):
+        try:
+            st = (directory / name).stat()
+            stamps.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            pass
+    return tuple(stamps)
+
+
+class ModelRepository:
+    """Owns every served model version; all mutations happen on the event loop.
+
+    Args:
+        root: the repository directory.
+        model_control: ``poll`` or ``explicit``.
+        poll_interval: seconds between rescans in ``poll`` mode (default 5).
+        load_models: in ``explicit`` mode, models loaded at start (``*`` = all).
+        version_policy: the default when a config.json sets none (default ``latest:1``).
+        overrides: server-wide batching settings.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        model_control: str = "poll",
+        poll_interval: float = 5.0,
+        load_models: Iterable[str] = (),
+        version_policy: VersionPolicy | None = None,
+        overrides: BatchingOverrides | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository {root}: not a directory")
+        if model_control not in MODEL_CONTROL:
+            raise ValueError(f"model_control: expected poll or explicit, got {model_control!r}")
+        self.model_control = model_control
+        self.poll_interval = poll_interval
+        self.load_models = tuple(load_models)
+        self.default_policy = version_policy or VersionPolicy()
+        self.overrides = overrides or BatchingOverrides()
+        self.models: dict[str, ModelEntry] = {}
+        # Loading runs torch code: one background thread, so loads never overlap
+        # and never touch the event loop.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-repository")
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- routing (hot path, event loop) ------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> ServedVersion:
+        """The version that serves a request; NotFound for unknown names or versions,
+        Unavailable for ones that exist but are not loaded."""
+        entry = self.models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model {name!r}")
+        if not version:
+            served = entry.default
+            if served is None:
+                raise Unavailable(self._why_not_ready(entry, None))
+            return served
+        try:
+            number = int(version)
+        except ValueError:
+            raise NotFound(f"model {name!r}: unknown version {version!r}") from None
+        served = entry.versions.get(number)
+        if served is None:
+            if number in entry.on_disk or number in entry.failed:
+                raise Unavailable(self._why_not_ready(entry, number))
+            raise NotFound(f"model {name!r}: unknown version {version!r}")
+        return served
+
+    def _why_not_ready(self, entry: ModelEntry, version: int | None) -> str:
+        label = f"model {entry.name!r}" + (f" version {version}" if version is not None else "")
+        if version is not None and version in entry.failed:
+            return f"{label} is not ready: load failed: {entry.failed[version][1]}"
+        if version is None and entry.failed:
+            newest = max(entry.failed)
+            reason = entry.failed[newest][1]
+            return f"{label} is not ready: version {newest} failed to load: {reason}"
+        return f"{label} is not loaded"
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except (NotFound, Unavailable):
+            return False
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Initial load (poll: everything; explicit: ``load_models``), then the poll task."""
+        if self.model_control == "poll":
+            await self.sync()
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        else:
+            names = self.load_models
+            if "*" in names:
+                names = tuple(await self._run(self._model_names))
+            for name in names:
+                try:
+                    await self.load(name)
+                except FailedPrecondition as exc:
+                    # Broken files: reported (logs, ModelReady, RepositoryIndex), and
+                    # the other models are served. A name with no directory is a
+                    # typo and stops the start (NotFound propagates).
+                    log.error("not serving: %s", exc.message, extra={"model": name})
+
+    async def close(self) -> None:
+        """Stop polling; drain and drop every version (their queued requests finish first)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        async with self._lock:
+            retired = [v for e in self.models.values() for v in e.versions.values()]
+            for entry in self.models.values():
+                entry.versions.clear()
+            await self._retire(retired)
+        self._executor.shutdown(wait=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.sync()
+            except Exception:  # a bad scan must not end polling
+                log.exception("repository poll failed")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- control ------------------------------------------------------------------------------
+
+    def model_dir(self, name: str) -> Path:
+        """The directory of model ``name``; refuses names that leave the repository root."""
+        if not _NAME.match(name) or name in (".", ".."):
+            raise InvalidArgument(
+                f"model name {name!r}: use letters, digits, '_', '-', '.' (no paths)"
+            )
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise InvalidArgument(f"model {name!r}: resolves outside the model repository")
+        return path
+
+    def _model_names(self) -> list[str]:
+        names = []
+        for child in sorted(self.root.iterdir()):
+            if child.is_dir() and _NAME.match(child.name):
+                try:
+                    self.model_dir(child.name)
+                except InvalidArgument as exc:
+                    log.warning("skipping %s: %s", child, exc.message)
+                    continue
+                names.append(child.name)
+        return names
+
+    def _versions_on_disk(self, name: str) -> dict[int, Path]:
+        base = self.model_dir(name)
+        found = {}
+        if not base.is_dir():
+            return found
+        for child in base.iterdir():
+            if child.name.isdigit() and int(child.name) > 0 and child.is_dir():
+                resolved = child.resolve()
+                if not resolved.is_relative_to(self.root):
+                    log.warning("skipping %s: resolves outside the model repository", child)
+                    continue
+                found[int(child.name)] = resolved
+        return found
+
+    def _policy(self, versions: dict[int, Path]) -> VersionPolicy:
+        if not versions:
+            return self.default_policy
+        try:
+            config = load_config(versions[max(versions)] / "config.json")
+        except ModelLoadError:
+            return self.default_policy
+        return config.version_policy or self.default_policy
+
+    def _plan(self, name: str) -> tuple[dict[int, Path], list[int], dict[int, tuple]]:
+        versions = self._versions_on_disk(name)
+        wanted = self._policy(versions).select(list(versions))
+        prints = {v: _fingerprint(versions[v]) for v in versions}
+        return versions, wanted, prints
+
+    def _load_version(self, name: str, version: int, directory: Path, fp: tuple) -> ServedVersion:
+        model = Model(name, version, directory)
+        return ServedVersion(model, self.overrides, fp)
+
+    async def sync(self, names: Iterable[str] | None = None) -> None:
+        """Bring the served versions in line with the disk (all models, or ``names``)."""
+        async with self._lock:
+            if names is None:
+                names = await self._run(self._model_names)
+                for gone in set(self.models) - set(names):
+                    entry = self.models.pop(gone)
+                    log.info("model removed from the repository; unloading", extra={"model": gone})
+                    await self._retire(list(entry.versions.values()))
+            for name in names:
+                await self._sync_model(name)
+
+    async def _sync_model(self, name: str) -> None:
+        versions, wanted, prints = await self._run(self._plan, name)
+        entry = self.models.setdefault(name, ModelEntry(name))
+        entry.on_disk = sorted(versions)
+        for v in wanted:
+            served = entry.versions.get(v)
+            if served is not None and served.fingerprint == prints[v]:
+                continue
+            failed = entry.failed.get(v)
+            if failed is not None and failed[0] == prints[v]:
+                continue  # unchanged since it failed; do not retry every poll
+            t0 = time.perf_counter()
+            try:
+                new = await self._run(self._load_version, name, v, versions[v], prints[v])
+            except ModelLoadError as exc:
+                entry.failed[v] = (prints[v], str(exc))
+                log.error("load failed: %s", exc, extra={"model": name, "version": v})
+                continue
+            except Exception as exc:  # a torch bug or similar: report, keep serving
+                entry.failed[v] = (prints[v], f"{type(exc).__name__}: {exc}")
+                log.exception("load failed", extra={"model": name, "version": v})
+                continue
+            entry.failed.pop(v, None)
+            # torch, the program and its weights are long-lived objects: move them
+            # out of the collector's view so full collections stay short (p99).
+            gc.freeze()
+            old = entry.versions.get(v)
+            entry.versions[v] = new
+            log.info(
+                "loaded in %.2fs",
+                time.perf_counter() - t0,
+                extra={"model": name, "version": v, "platform": new.config.platform},
+            )
+            if old is not None:
+                await self._retire([old])
+        # Retire versions no longer wanted, but keep enough of the loaded ones
+        # to replace wanted versions that failed, so a bad push never takes a
+        # model down.
+        ready_wanted = [v for v in wanted if v in entry.versions]
+        missing = len(wanted) - len(ready_wanted)
+        fallbacks = sorted(
+            (v for v in entry.versions if v not in wanted and v in versions), reverse=True
+        )[: max(missing, 0)]
+        keep = set(ready_wanted) | set(fallbacks)
+        retire = [entry.versions.pop(v) for v in list(entry.versions) if v not in keep]
+        for v in list(entry.failed):
+            if v not in versions:
+                entry.failed.pop(v)
+        if retire:
+            log.info("unloading versions %s", [s.version for s in retire], extra={"model": name})
+            await self._retire(retire)
+
+    async def _retire(self, served: list[ServedVersion]) -> None:
+        """Routing no longer sees them; let their queued requests finish, then drop them."""
+        for s in served:
+            if not await self._run(s.batcher.close, RETIRE_TIMEOUT):
+                # A model stuck in forward: its (daemon) threads are abandoned rather
+                # than blocking every later load and unload.
+                log.error(
+                    "version still executing after %.0fs; abandoning its workers",
+                    RETIRE_TIMEOUT,
+                    extra={"model": s.name, "version": s.version},
+                )
+
+    async def load(self, name: str) -> None:
+        """RepositoryModelLoad: (re)load ``name``; NotFound when it has no directory."""
+        base = self.model_dir(name)
+        if not base.is_dir():
+            raise NotFound(f"model {name!r}: no directory {name}/ in the model repository")
+        await self.sync([name])
+        entry = self.models[name]
+        entry.loaded_by_request = True
+        if not entry.versions:
+            # The repository's contents, not the request, prevent the load.
+            raise FailedPrecondition(self._why_not_ready(entry, None).replace("is not ready: ", ""))
+
+    async def unload(self, name: str) -> None:
+        """RepositoryModelUnload: drop every version of ``name`` (in-flight requests finish)."""
+        self.model_dir(name)
+        async with self._lock:
+            entry = self.models.get(name)
+            if entry is None:
+                raise NotFound(f"unknown model {name!r}")
+            retired = list(entry.versions.values())
+            entry.versions.clear()
+            entry.failed.clear()
+            entry.loaded_by_request = False
+            await self._retire(retired)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def index(self) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model directory and known version."""
+        rows = []
+        names = sorted(set(self.models) | set(self._safe_names()))
+        for name in names:
+            entry = self.models.get(name)
+            if entry is None or (not entry.versions and not entry.failed):
+                rows.append((name, "", "UNAVAILABLE", "unloaded"))
+                continue
+            for v in sorted(set(entry.versions) | set(entry.failed)):
+                if v in entry.versions:
+                    rows.append((name, str(v), "READY", ""))
+                else:
+                    rows.append((name, str(v), "UNAVAILABLE", entry.failed[v][1]))
+        return rows
+
+    def _safe_names(self) -> list[str]:
+        try:
+            return self._model_names()
+        except OSError:
+            return []

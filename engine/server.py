@@ -1,0 +1,280 @@
+"""The embeddable server: gRPC (OIP v2, health, reflection) over a live model repository.
+
+    from conveyor.engine import Server
+
+    with Server("models/", port=0) as server:      # port 0: a free port
+        print(server.address)                      # "127.0.0.1:54321"
+        ...                                        # call it with conveyor.client
+
+The server runs its own event loop (uvloop when installed) in a background
+thread, so it can be embedded in any program, sync or async. ``stop(grace)``
+stops accepting RPCs, lets in-flight ones finish for up to ``grace`` seconds,
+then drains and drops the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from conveyor.engine.auth import BearerTokenInterceptor
+from conveyor.engine.model_config import VersionPolicy
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.repository import BatchingOverrides, ModelRepository
+from conveyor.engine.service import InferenceServicer
+from conveyor.errors import ConveyorError
+
+log = logging.getLogger("conveyor.engine.server")
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ServerError(ConveyorError):
+    """The server could not start (port in use, bad repository)."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """PEM files for TLS; ``client_ca`` set = clients must present a certificate it signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+def _reflection_pool() -> Any:
+    """Our private descriptor pool plus health and reflection, so reflection describes all three."""
+    for module in (health_pb2, reflection_pb2):
+        proto = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+        try:
+            pb.POOL.FindFileByName(proto.name)
+        except KeyError:
+            pb.POOL.Add(proto)
+    return pb.POOL
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # optional on platforms without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Server:
+    """An inference server over ``repository``; use as a context manager or call start/stop.
+
+    Args:
+        repository: the model repository directory (``REPO/NAME/<version>/``).
+        host: interface to bind (default ``127.0.0.1``; ``0.0.0.0`` for all).
+        port: TCP port (default 8001); 0 picks a free one, see :attr:`port`.
+        model_control: ``poll`` (default) or ``explicit``.
+        poll_interval: seconds between repository scans in poll mode (default 5).
+        load_models: models loaded at start in explicit mode (``*`` = all).
+        version_policy: default policy, e.g. ``latest:1`` (default), ``all``, ``specific:1,3``.
+        max_batch_size, max_queue_delay_microseconds, max_queue_size, instance_count:
+            override every model's config.json when set.
+        max_message_bytes: largest request or response accepted (default 64 MiB);
+            bigger ones are refused with RESOURCE_EXHAUSTED before being read.
+        grace: seconds in-flight requests get on stop (default 10).
+        reuse_port: share the port with other processes (SO_REUSEPORT), for
+            multi-process serving; off by default so a used port fails loudly.
+        tls: serve TLS instead of plaintext.
+        auth_token: when set, every RPC but the health service needs
+            ``authorization: Bearer <token>`` (else UNAUTHENTICATED).
+    """
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        model_control: str = "poll",
+        poll_interval: float = 5.0,
+        load_models: Iterable[str] = (),
+        version_policy: str | VersionPolicy | None = None,
+        max_batch_size: int | None = None,
+        max_queue_delay_microseconds: int | None = None,
+        max_queue_size: int | None = None,
+        instance_count: int | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        grace: float = 10.0,
+        reuse_port: bool = False,
+        tls: TLSConfig | None = None,
+        auth_token: str | None = None,
+    ) -> None:
+        if isinstance(version_policy, str):
+            version_policy = VersionPolicy.parse(version_policy)
+        self.repository_path = Path(repository)
+        self.host = host
+        self._requested_port = port
+        self.port: int | None = None
+        self.grace = grace
+        self._options = dict(
+            model_control=model_control,
+            poll_interval=poll_interval,
+            load_models=tuple(load_models),
+            version_policy=version_policy,
+            overrides=BatchingOverrides(
+                max_batch_size=max_batch_size,
+                max_queue_delay_microseconds=max_queue_delay_microseconds,
+                max_queue_size=max_queue_size,
+                instance_count=instance_count,
+            ),
+        )
+        self._grpc_options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+        self._tls = tls
+        self._interceptors = [BearerTokenInterceptor(auth_token)] if auth_token else []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._stop_grace: float | None = None
+        self.repository: ModelRepository | None = None
+        self.servicer: InferenceServicer | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial (available once started)."""
+        return f"{self.host}:{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> Server:
+        """Bind, load the models, and serve in a background thread; returns self once ready."""
+        if self._thread is not None:
+            raise ServerError("server already started")
+        self._thread = threading.Thread(target=self._run, name="conveyor-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise ServerError(f"server did not start within {timeout}s")
+        if self._start_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._start_error
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (``grace`` s), unload, join."""
+        if self._thread is None:
+            return
+        loop = self._loop
+        if loop is not None and self._stop_requested is not None:
+            self._stop_grace = self.grace if grace is None else grace
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop_requested.set)
+        self._thread.join()
+        self._thread = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (True) or ``timeout`` passed (False)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the event loop thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = _new_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start() or logged
+            if not self._started.is_set():
+                self._start_error = exc
+            else:
+                log.exception("server loop failed")
+        finally:
+            self._started.set()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stop_requested = asyncio.Event()
+        try:
+            repository = ModelRepository(self.repository_path, **self._options)
+        except Exception as exc:
+            raise ServerError(f"model repository: {exc}") from None
+        servicer = InferenceServicer(repository)
+        server = grpc.aio.server(options=self._grpc_options, interceptors=self._interceptors)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+            pool=_reflection_pool(),
+        )
+        target = f"{self.host}:{self._requested_port}"
+        try:
+            if self._tls is None:
+                port = server.add_insecure_port(target)
+            else:
+                port = server.add_secure_port(target, self._credentials())
+        except RuntimeError as exc:
+            raise ServerError(f"cannot bind {target}: {exc} (port in use?)") from None
+        if not port:
+            raise ServerError(f"cannot bind {target} (port in use?)")
+        self.port = port
+        self.repository, self.servicer = repository, servicer
+        await server.start()
+        try:
+            await repository.start()
+            servicer.ready = True
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info(
+                "serving %s on %s:%d",
+                self.repository_path,
+                self.host,
+                port,
+                extra={"models": sorted(repository.models)},
+            )
+            self._started.set()
+            await self._stop_requested.wait()
+        finally:
+            servicer.ready = False
+            await health_servicer.enter_graceful_shutdown()
+            grace = self.grace if self._stop_grace is None else self._stop_grace
+            log.info("stopping: finishing in-flight requests (grace %.1fs)", grace)
+            await server.stop(grace)
+            await repository.close()
+            log.info("stopped")
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        tls = self._tls
+        assert tls is not None
+        chain = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
+        if tls.client_ca is None:
+            return grpc.ssl_server_credentials(chain)
+        return grpc.ssl_server_credentials(
+            chain, root_certificates=Path(tls.client_ca).read_bytes(), require_client_auth=True
+        )

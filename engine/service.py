@@ -1,0 +1,399 @@
+"""The ``inference.GRPCInferenceService`` servicer: OIP v2 RPCs plus Triton's extensions.
+
+Every RPC maps engine errors to their gRPC status in one place (``_abort``);
+anything unexpected becomes INTERNAL with its message, logged with the request
+id, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from conveyor import __version__
+from conveyor.engine.batcher import Pending
+from conveyor.engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+)
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.repository import ModelRepository, ServedVersion
+from conveyor.engine.tensors import encode_bytes
+
+log = logging.getLogger("conveyor.engine.service")
+
+EXTENSIONS = (
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+    "schedule_policy",
+)
+# Most requests of one ModelStreamInfer stream in flight at once.
+STREAM_WINDOW = 1024
+_Output = pb.ModelInferResponse.InferOutputTensor
+_ids = itertools.count(1)
+_pid = os.getpid()
+
+
+def _request_id(request: pb.ModelInferRequest) -> str:
+    return request.id or f"{_pid}-{next(_ids)}"
+
+
+def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -> Any:
+    """The ``finish`` callback for one request: runs in the worker thread on its output slices."""
+    specs = served.config.outputs
+    name, version = served.name, served.version_str
+
+    def finish(slices: list[np.ndarray]) -> pb.ModelInferResponse:
+        chosen = [slices[i] for i in outputs]
+        return pb.ModelInferResponse(
+            model_name=name,
+            model_version=version,
+            id=request_id,
+            outputs=[
+                _Output(name=specs[i].name, datatype=specs[i].datatype, shape=a.shape)
+                for i, a in zip(outputs, chosen, strict=True)
+            ],
+            raw_output_contents=[
+                encode_bytes(a.reshape(-1).tolist())
+                if specs[i].datatype == "BYTES"
+                else a.tobytes()
+                for i, a in zip(outputs, chosen, strict=True)
+            ],
+        )
+
+    return finish
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Serves the models of one :class:`ModelRepository`."""
+
+    def __init__(self, repository: ModelRepository, *, server_name: str = "conveyor") -> None:
+        self.repository = repository
+        self.server_name = server_name
+        self.ready = False
+
+    # -- infer ----------------------------------------------------------------------------
+
+    async def infer(
+        self, request: pb.ModelInferRequest, time_remaining: float | None, request_id: str
+    ) -> pb.ModelInferResponse:
+        """Validate, queue and await one request; raises EngineError subclasses."""
+        if not self.ready:
+            raise Unavailable("server is not ready (starting or shutting down)")
+        served = self.repository.get(request.model_name, request.model_version)
+        start = time.perf_counter_ns()
+        try:
+            response, rows = await self._infer_on(served, request, time_remaining, request_id)
+        except EngineError:
+            served.fail[0] += 1
+            served.fail[1] += time.perf_counter_ns() - start
+            raise
+        elapsed = time.perf_counter_ns() - start
+        served.success[0] += 1
+        served.success[1] += elapsed
+        if log.isEnabledFor(logging.DEBUG):  # a cached check: free when debug is off
+            log.debug(
+                "infer ok in %.3f ms",
+                elapsed / 1e6,
+                extra={"request_id": request_id, "model": served.name, "rows": rows},
+            )
+        return response
+
+    async def _infer_on(
+        self,
+        served: ServedVersion,
+        request: pb.ModelInferRequest,
+        time_remaining: float | None,
+        request_id: str,
+    ) -> tuple[pb.ModelInferResponse, int]:
+        decoded = served.decoder.decode(request)
+        batcher = served.batcher
+        try:
+            level = batcher.level_for(decoded.priority)
+        except ValueError as exc:
+            raise InvalidArgument(f"parameter 'priority': {exc}") from None
+        timeout = time_remaining
+        if decoded.timeout_us is not None:
+            per_request = decoded.timeout_us / 1e6
+            timeout = per_request if timeout is None else min(timeout, per_request)
+        loop = asyncio.get_running_loop()
+        pending = Pending(
+            inputs=decoded.inputs,
+            rows=decoded.rows,
+            level=level,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            future=loop.create_future(),
+            finish=_respond(served, request_id, decoded.outputs),
+            request_id=request_id,
+            loop=loop,
+        )
+        batcher.submit(pending)
+        timer = None if timeout is None else loop.call_later(timeout, _expire, batcher, pending)
+        try:
+            return await pending.future, decoded.rows
+        except asyncio.CancelledError:
+            # The client cancelled or the gRPC deadline passed: never compute it.
+            batcher.cancel(pending)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        request_id = _request_id(request)
+        try:
+            return await self.infer(request, context.time_remaining(), request_id)
+        except EngineError as exc:
+            await _abort(context, exc, request_id, request.model_name)
+        except Exception as exc:
+            await _abort(context, _internal(exc), request_id, request.model_name)
+        raise AssertionError("unreachable")  # context.abort raises
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests are processed concurrently (so they batch together); each response,
+        or error, is sent as soon as it is ready and carries its request's id."""
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        # Requests read but not yet answered: a client that sends without reading
+        # its answers stops being read (gRPC flow control), instead of growing `out`.
+        window = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            request_id = _request_id(request)
+            try:
+                response = await self.infer(request, context.time_remaining(), request_id)
+                out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as exc:
+                err = exc if isinstance(exc, EngineError) else _internal(exc)
+                _log_failure(err, request_id, request.model_name)
+                out.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        error_message=f"{err.code.name}: {err.message}",
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name,
+                            model_version=request.model_version,
+                            id=request.id,
+                        ),
+                    )
+                )
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.ensure_future(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+                window.release()
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # -- health and metadata -------------------------------------------------------------
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.ready and self.repository.ready(request.name, request.version)
+        )
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self.server_name, version=__version__, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        try:
+            served = self.repository.get(request.name, request.version)
+        except EngineError as exc:
+            await _abort(context, exc, "", request.name)
+        entry = self.repository.models[request.name]
+        config = served.config
+
+        def tensors(specs: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+            out = []
+            for s in specs:
+                meta = pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype, shape=[-1, *s.shape]
+                )
+                if s.columns:
+                    meta.parameters["columns"].string_param = json.dumps(list(s.columns))
+                out.append(meta)
+            return out
+
+        return pb.ModelMetadataResponse(
+            name=served.name,
+            versions=[str(v) for v in sorted(entry.versions)],
+            platform=config.platform,
+            inputs=tensors(config.inputs),
+            outputs=tensors(config.outputs),
+        )
+
+    # -- statistics and repository -------------------------------------------------------
+
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        repo = self.repository
+        if request.name and request.name not in repo.models:
+            await _abort(context, _not_found(request.name), "", request.name)
+        names = [request.name] if request.name else sorted(repo.models)
+        stats = []
+        for name in names:
+            entry = repo.models[name]
+            versions = sorted(set(entry.versions) | set(entry.failed))
+            if request.version:
+                if not request.version.isdigit() or int(request.version) not in versions:
+                    await _abort(
+                        context,
+                        _not_found(name, request.version),
+                        "",
+                        name,
+                    )
+                versions = [int(request.version)]
+            for v in versions:
+                served = entry.versions.get(v)
+                if served is None:
+                    stats.append(
+                        pb.ModelStatistics(name=name, version=str(v), load_error=entry.failed[v][1])
+                    )
+                    continue
+                stats.append(_statistics(served))
+        return pb.ModelStatisticsResponse(model_stats=stats)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        models = [
+            pb.RepositoryIndexResponse.ModelIndex(name=n, version=v, state=s, reason=r)
+            for n, v, s, r in self.repository.index()
+            if not request.ready or s == "READY"
+        ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._control(context, request, load=True)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._control(context, request, load=False)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _control(self, context: Any, request: Any, *, load: bool) -> None:
+        name = request.model_name
+        try:
+            if self.repository.model_control != "explicit":
+                raise FailedPrecondition(
+                    "explicit model load / unload is not allowed with --model-control poll"
+                )
+            if load:
+                await self.repository.load(name)
+            else:
+                await self.repository.unload(name)
+        except EngineError as exc:
+            await _abort(context, exc, "", name)
+        log.info("%s by request", "loaded" if load else "unloaded", extra={"model": name})
+
+
+def _statistics(served: ServedVersion) -> pb.ModelStatistics:
+    s = served.batcher.stats
+    with s.lock:
+        d = pb.StatisticDuration
+        return pb.ModelStatistics(
+            name=served.name,
+            version=served.version_str,
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+            inference_stats=pb.InferStatistics(
+                success=d(count=served.success[0], ns=served.success[1]),
+                fail=d(count=served.fail[0], ns=served.fail[1]),
+                queue=d(count=s.queue[0], ns=s.queue[1]),
+                compute_input=d(count=s.compute_input[0], ns=s.compute_input[1]),
+                compute_infer=d(count=s.compute_infer[0], ns=s.compute_infer[1]),
+                compute_output=d(count=s.compute_output[0], ns=s.compute_output[1]),
+            ),
+            batch_stats=[
+                pb.InferBatchStatistics(
+                    batch_size=size,
+                    compute_input=d(count=b[0], ns=b[1]),
+                    compute_infer=d(count=b[0], ns=b[2]),
+                    compute_output=d(count=b[0], ns=b[3]),
+                )
+                for size, b in sorted(s.batches.items())
+            ],
+        )
+
+
+def _expire(batcher: Any, pending: Pending) -> None:
+    """Timer on the event loop: a request still queued at its deadline is answered and dropped."""
+    if batcher.cancel(pending) and not pending.future.done():
+        pending.future.set_exception(
+            DeadlineExceeded(
+                f"request {pending.request_id}: deadline exceeded while queued; not computed"
+            )
+        )
+
+
+def _not_found(name: str, version: str = "") -> EngineError:
+    from conveyor.engine.errors import NotFound
+
+    if version:
+        return NotFound(f"model {name!r}: unknown version {version!r}")
+    return NotFound(f"unknown model {name!r}")
+
+
+def _internal(exc: Exception) -> Internal:
+    log.exception("unexpected error")
+    return Internal(f"{type(exc).__name__}: {exc}")
+
+
+def _log_failure(exc: EngineError, request_id: str, model: str) -> None:
+    level = logging.ERROR if isinstance(exc, Internal) else logging.INFO
+    log.log(
+        level,
+        "request failed: %s",
+        exc.message,
+        extra={"request_id": request_id, "model": model, "code": exc.code.name},
+    )
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: EngineError, request_id: str, model: str
+) -> None:
+    _log_failure(exc, request_id, model)
+    await context.abort(exc.code, exc.message)

@@ -1,0 +1,200 @@
+"""Check a ModelInferRequest against the model's metadata and turn it into arrays.
+
+Every problem is an :class:`~conveyor.engine.errors.InvalidArgument` whose
+message names the tensor (or parameter) and says what is wrong. Numeric raw
+contents become zero-copy ``np.frombuffer`` views; nothing is walked per
+element except BYTES strings and typed contents.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from conveyor.engine.errors import InvalidArgument
+from conveyor.engine.model_config import ModelConfig, TensorSpec
+from conveyor.engine.tensors import CONTENTS_FIELD, NUMPY_DTYPES, decode_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    index: int
+    spec: TensorSpec
+    dtype: np.dtype | None  # None for BYTES
+    fixed: bool  # no -1 dims: the inner shape is known without looking at the request
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A checked request: arrays in config input order, its rows and requested output indices."""
+
+    inputs: list[np.ndarray]
+    rows: int
+    outputs: tuple[int, ...]
+    priority: int
+    timeout_us: int | None
+
+
+class RequestDecoder:
+    """Per-model-version lookup tables, built once at load, used for every request."""
+
+    def __init__(self, model: str, config: ModelConfig) -> None:
+        self.model = model
+        self.config = config
+        self._inputs = {
+            spec.name: _Input(i, spec, NUMPY_DTYPES.get(spec.datatype), -1 not in spec.shape)
+            for i, spec in enumerate(config.inputs)
+        }
+        self._outputs = {spec.name: i for i, spec in enumerate(config.outputs)}
+        self._all_outputs = tuple(range(len(config.outputs)))
+        self._names = ", ".join(repr(s.name) for s in config.inputs)
+
+    def decode(self, request: object) -> Decoded:
+        """Check ``request`` (a ModelInferRequest) and return its arrays."""
+        tensors = request.inputs  # type: ignore[attr-defined]
+        raw = request.raw_input_contents  # type: ignore[attr-defined]
+        n = len(self._inputs)
+        if len(tensors) != n:
+            raise InvalidArgument(
+                f"model {self.model!r} expects {n} input(s) ({self._names}), got {len(tensors)}"
+            )
+        if raw and len(raw) != len(tensors):
+            raise InvalidArgument(
+                f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs "
+                "(one per input, in order)"
+            )
+        arrays: list[np.ndarray | None] = [None] * n
+        rows = -1
+        max_batch = self.config.max_batch_size
+        for i, tensor in enumerate(tensors):
+            name = tensor.name
+            entry = self._inputs.get(name)
+            if entry is None:
+                raise InvalidArgument(
+                    f"unexpected input {name!r}: model {self.model!r} has inputs {self._names}"
+                )
+            if arrays[entry.index] is not None:
+                raise InvalidArgument(f"input {name!r} given twice")
+            spec = entry.spec
+            if tensor.datatype != spec.datatype:
+                raise InvalidArgument(
+                    f"input {name!r}: datatype {tensor.datatype or '(empty)'} does not match "
+                    f"the model's {spec.datatype}"
+                )
+            shape = tuple(tensor.shape)
+            if len(shape) != len(spec.shape) + 1:
+                raise InvalidArgument(
+                    f"input {name!r}: shape {list(shape)} should be [batch, "
+                    f"{', '.join(map(str, spec.shape))}] ({len(spec.shape) + 1} dims)"
+                )
+            batch = shape[0]
+            if not 1 <= batch <= max_batch:
+                raise InvalidArgument(
+                    f"input {name!r}: batch dim {batch} is outside 1..{max_batch} "
+                    "(the model's max_batch_size)"
+                )
+            if rows == -1:
+                rows = batch
+            elif batch != rows:
+                raise InvalidArgument(
+                    f"input {name!r}: batch dim {batch} differs from the other inputs' {rows}"
+                )
+            if entry.fixed:
+                if shape[1:] != spec.shape:
+                    raise InvalidArgument(
+                        f"input {name!r}: shape {list(shape)} does not match "
+                        f"[batch, {', '.join(map(str, spec.shape))}]"
+                    )
+            else:
+                for got, want in zip(shape[1:], spec.shape, strict=True):
+                    if got < 0 or (want != -1 and got != want):
+                        raise InvalidArgument(
+                            f"input {name!r}: shape {list(shape)} does not match "
+                            f"[batch, {', '.join(map(str, spec.shape))}] (-1 = any)"
+                        )
+            count = math.prod(shape)
+            if raw:
+                arrays[entry.index] = self._from_raw(name, raw[i], entry, shape, count)
+            else:
+                arrays[entry.index] = self._from_typed(name, tensor, entry, shape, count)
+        outputs = self._requested(request)
+        priority, timeout_us = _parameters(request)
+        return Decoded(arrays, rows, outputs, priority, timeout_us)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _from_raw(
+        name: str, buf: bytes, entry: _Input, shape: tuple[int, ...], count: int
+    ) -> np.ndarray:
+        if entry.dtype is None:
+            try:
+                items = decode_bytes(buf, count)
+            except ValueError as exc:
+                raise InvalidArgument(f"input {name!r}: BYTES raw contents {exc}") from None
+            return np.array(items, dtype=object).reshape(shape)
+        need = count * entry.dtype.itemsize
+        if len(buf) != need:
+            raise InvalidArgument(
+                f"input {name!r}: raw contents hold {len(buf)} bytes; shape {list(shape)} of "
+                f"{entry.spec.datatype} needs {need}"
+            )
+        return np.frombuffer(buf, dtype=entry.dtype).reshape(shape)
+
+    @staticmethod
+    def _from_typed(
+        name: str, tensor: object, entry: _Input, shape: tuple[int, ...], count: int
+    ) -> np.ndarray:
+        datatype = entry.spec.datatype
+        field = CONTENTS_FIELD.get(datatype)
+        if field is None:
+            raise InvalidArgument(f"input {name!r}: {datatype} has no typed contents; send it raw")
+        values = getattr(tensor.contents, field)  # type: ignore[attr-defined]
+        if len(values) != count:
+            raise InvalidArgument(
+                f"input {name!r}: contents.{field} holds {len(values)} values; shape "
+                f"{list(shape)} needs {count}"
+            )
+        if entry.dtype is None:
+            return np.array(list(values), dtype=object).reshape(shape)
+        try:
+            return np.array(values, dtype=entry.dtype).reshape(shape)
+        except OverflowError:
+            raise InvalidArgument(
+                f"input {name!r}: contents.{field} has values out of range for {datatype}"
+            ) from None
+
+    def _requested(self, request: object) -> tuple[int, ...]:
+        wanted = request.outputs  # type: ignore[attr-defined]
+        if not wanted:
+            return self._all_outputs
+        indices = []
+        for out in wanted:
+            index = self._outputs.get(out.name)
+            if index is None:
+                names = ", ".join(map(repr, self._outputs))
+                raise InvalidArgument(
+                    f"requested output {out.name!r}: model {self.model!r} has outputs {names}"
+                )
+            indices.append(index)
+        return tuple(indices)
+
+
+def _int_param(request: object, key: str) -> int | None:
+    params = request.parameters  # type: ignore[attr-defined]
+    if key not in params:
+        return None
+    param = params[key]
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidArgument(f"parameter {key!r}: expected an integer, got {kind or 'nothing'}")
+    value = getattr(param, kind)
+    if value < 0:
+        raise InvalidArgument(f"parameter {key!r}: must be >= 0, got {value}")
+    return value
+
+
+def _parameters(request: object) -> tuple[int, int | None]:
+    if not request.parameters:  # type: ignore[attr-defined]
+        return 0, None
+    return _int_param(request, "priority") or 0, _int_param(request, "timeout")

@@ -1,0 +1,260 @@
+"""conveyor.client against a real in-process server (and tiny fakes for retries and tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
+from models import AFFINE_IO, VOCAB_IO, Affine, Vocab, write_model
+
+from conveyor.client import (
+    AsyncClient,
+    Client,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.server import Server, TLSConfig
+
+COLUMNS_IO = {
+    "inputs": [
+        {**VOCAB_IO["inputs"][0], "columns": ["first_colour", "second_colour"]},
+        {**VOCAB_IO["inputs"][1], "columns": ["a", "b", "c"]},
+    ],
+    "outputs": VOCAB_IO["outputs"],
+}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("client-repo")
+    write_model(root, "affine", 1, Affine(), AFFINE_IO)
+    write_model(root, "vocab", 1, Vocab(), COLUMNS_IO)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[Server]:
+    with Server(repo, port=0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[Client]:
+    with Client(server.address, timeout=10) as c:
+        yield c
+
+
+ROWS = {
+    "first_colour": ["red", "blue"],
+    "second_colour": ["green", "nope"],
+    "a": [1.0, 2.0],
+    "b": [1, 2],
+    "c": [0.5, 0.5],
+}
+EXPECTED = [[1, 2, 2.5], [3, 0, 4.5]]
+
+
+def test_numpy_in_numpy_out(client: Client) -> None:
+    x = np.arange(8, dtype=np.float64).reshape(2, 4)  # cast to the model's FP32
+    out = client.infer("affine", x)
+    assert out["y"].dtype == np.float32
+    np.testing.assert_array_equal(out["y"], x * 2 + 1)
+    np.testing.assert_array_equal(
+        client.infer("affine", {"x": x}, outputs=["total"])["total"], [[6], [22]]
+    )
+    assert set(client.infer("affine", [x])) == {"y", "total"}
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("affine")
+
+
+@pytest.mark.parametrize("kind", ["dict", "pandas", "arrow"])
+def test_tables_become_tensors_from_model_metadata(client: Client, kind: str) -> None:
+    table = {"dict": ROWS, "pandas": pd.DataFrame(ROWS), "arrow": pa.table(ROWS)}[kind]
+    np.testing.assert_array_equal(client.infer("vocab", table)["out"], EXPECTED)
+
+
+def test_metadata_lists_feature_columns(client: Client) -> None:
+    info = client.model_metadata("vocab")
+    assert info.inputs[0].columns == ("first_colour", "second_colour")
+    assert info.inputs[1].shape == (-1, 3)
+
+
+def test_missing_column_is_a_clear_error(client: Client) -> None:
+    with pytest.raises(ValueError, match=r"'x': missing columns \['c'\]"):
+        client.infer("vocab", {k: v for k, v in ROWS.items() if k != "c"})
+
+
+def test_typed_exceptions_carry_the_status(client: Client) -> None:
+    with pytest.raises(NotFoundError) as info:
+        client.infer("nope", np.zeros((1, 4)))
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(InvalidArgumentError, match="'x'"):
+        client.infer("affine", np.zeros((1, 5)))
+    with pytest.raises(InternalError, match="below -1000"):
+        client.infer("affine", np.full((1, 4), -5000.0))
+
+
+def test_streaming(client: Client) -> None:
+    batches = [np.full((1, 4), float(i)) for i in range(4)]
+    batches[1] = np.full((1, 4), -5000.0)
+    results = list(client.stream_infer("affine", batches))
+    assert len(results) == 4
+    assert sum(r.error is not None for r in results) == 1
+    ok = sorted(float(r.outputs["y"][0, 0]) for r in results if r.outputs is not None)
+    assert ok == [1.0, 5.0, 7.0]
+
+
+def test_async_client(server: Server) -> None:
+    async def main() -> None:
+        async with AsyncClient(server.address, timeout=10) as client:
+            assert await client.is_server_ready()
+            outs = await asyncio.gather(
+                *(client.infer("affine", np.full((1, 4), float(i))) for i in range(8))
+            )
+            assert [float(o["y"][0, 0]) for o in outs] == [2 * i + 1 for i in range(8)]
+            np.testing.assert_array_equal(
+                (await client.infer("vocab", pd.DataFrame(ROWS)))["out"], EXPECTED
+            )
+            got = [r async for r in client.stream_infer("affine", [np.ones((1, 4))] * 3)]
+            assert all(r.outputs is not None for r in got)
+            with pytest.raises(NotFoundError):
+                await client.infer("nope", np.zeros((1, 4)))
+
+    asyncio.run(main())
+
+
+# -- retries, deadlines, tokens: a fake server that misbehaves on purpose -------------------
+
+
+class Flaky(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, failures: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        self.failures = failures
+        self.code = code
+        self.calls = 0
+        self.metadata: list[dict[str, str]] = []
+
+    def ServerLive(self, request: object, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+        self.calls += 1
+        self.metadata.append(dict(context.invocation_metadata()))
+        if self.calls <= self.failures:
+            context.abort(self.code, "not yet")
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: object, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+        import time
+
+        time.sleep(1.0)
+        return pb.ServerReadyResponse(ready=True)
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[Flaky, str]]:
+    servicer = Flaky(failures=2)
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_unavailable_is_retried_with_backoff_and_token_is_sent(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    with Client(address, retries=3, backoff=0.01, token="s3cret") as client:
+        assert client.is_server_live()
+    assert servicer.calls == 3
+    assert all(m["authorization"] == "Bearer s3cret" for m in servicer.metadata)
+
+
+def test_retries_give_up(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    with Client(address, retries=1, backoff=0.01) as client, pytest.raises(UnavailableError):
+        client.is_server_live()
+    assert servicer.calls == 2
+
+
+def test_other_errors_are_not_retried(flaky: tuple[Flaky, str]) -> None:
+    servicer, address = flaky
+    servicer.code = grpc.StatusCode.INVALID_ARGUMENT
+    with Client(address, retries=5, backoff=0.01) as client, pytest.raises(InvalidArgumentError):
+        client.is_server_live()
+    assert servicer.calls == 1
+
+
+def test_deadline(flaky: tuple[Flaky, str]) -> None:
+    _, address = flaky
+    with Client(address, timeout=0.2) as client, pytest.raises(DeadlineExceededError):
+        client.is_server_ready()
+
+
+def test_bearer_token_is_required_when_the_server_sets_one(repo: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from conveyor.client import UnauthenticatedError
+
+    with Server(repo, port=0, auth_token="s3cret") as server:
+        with Client(server.address, timeout=10, token="s3cret") as client:
+            assert client.infer("affine", np.zeros((1, 4)))["y"].shape == (1, 4)
+            assert [r.error for r in client.stream_infer("affine", [np.zeros((1, 4))])] == [None]
+        for token in (None, "wrong"):
+            with Client(server.address, timeout=10, token=token) as client:
+                with pytest.raises(UnauthenticatedError):
+                    client.is_server_live()
+                with pytest.raises(UnauthenticatedError):
+                    list(client.stream_infer("affine", [np.zeros((1, 4))]))
+        with grpc.insecure_channel(server.address) as channel:
+            stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                iter([pb.ModelInferRequest(model_name="affine")]), timeout=10
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                list(stream)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # Probes need no token.
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tls(repo: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip("openssl cannot make a test certificate here")
+    with Server(repo, port=0, tls=TLSConfig(cert, key)) as server:
+        with Client(f"localhost:{server.port}", root_certificates=cert, timeout=10) as client:
+            np.testing.assert_array_equal(client.infer("affine", np.zeros((1, 4)))["y"], [[1] * 4])
+        plain = Client(f"localhost:{server.port}", timeout=2, retries=0)
+        with plain, pytest.raises(UnavailableError):
+            plain.is_server_live()
+
+
+def test_bytes_outputs(tmp_path: Path) -> None:
+    from models import LABELER_IO, Labeler
+
+    write_model(tmp_path, "labeler", 1, Labeler(), LABELER_IO)
+    with Server(tmp_path, port=0) as server, Client(server.address, timeout=10) as client:
+        out = client.infer("labeler", np.array([[1.0, 2.0], [-3.0, 1.0], [0.5, 0.5]]))
+    assert out["label"].tolist() == [[b"pos"], [b"neg"], [b"pos"]]
+    np.testing.assert_array_equal(out["score"], [[3.0], [-2.0], [1.0]])

@@ -1,0 +1,307 @@
+"""Dynamic batcher semantics, driven directly with a Python ``run`` function (no gRPC, no torch)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from conveyor.engine.batcher import Batcher, Pending
+from conveyor.engine.errors import DeadlineExceeded, Internal, ResourceExhausted
+from conveyor.engine.model_config import DynamicBatching
+
+
+class Recorder:
+    """A model that doubles its input and records every batch it executed."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        (x,) = inputs
+        if (x < 0).any():
+            raise Internal("negative input")
+        self.batches.append(x.copy())
+        return [x * 2]
+
+    def seen(self) -> set[float]:
+        return {float(v) for b in self.batches for v in b[:, 0]}
+
+
+def _pending(loop: asyncio.AbstractEventLoop, x: np.ndarray, **kw: object) -> Pending:
+    return Pending(
+        inputs=[x],
+        rows=len(x),
+        level=kw.pop("level", 1),  # type: ignore[arg-type]
+        deadline=kw.pop("deadline", None),  # type: ignore[arg-type]
+        future=loop.create_future(),
+        finish=lambda outs: outs[0],
+        loop=loop,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _batcher(run: Callable, max_batch: int = 16, **kw: object) -> Batcher:
+    instances = kw.pop("instance_count", 1)
+    return Batcher("m:1", run, max_batch, DynamicBatching(**kw), instances)  # type: ignore[arg-type]
+
+
+def test_multi_row_requests_are_packed_and_split_back_exactly() -> None:
+    run = Recorder()
+    batcher = _batcher(run, max_batch=16, max_queue_delay_microseconds=200_000)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        xs = [np.full((n, 3), float(i), np.float32) for i, n in enumerate([1, 3, 2, 4, 1])]
+        pendings = [_pending(loop, x) for x in xs]
+        for p in pendings:
+            batcher.submit(p)
+        results = await asyncio.gather(*(p.future for p in pendings))
+        for x, r in zip(xs, results, strict=True):
+            np.testing.assert_array_equal(r, x * 2)
+
+    asyncio.run(main())
+    batcher.close()
+    assert [len(b) for b in run.batches] == [11]  # one batch of all 11 rows, in order
+    np.testing.assert_array_equal(run.batches[0][:, 0], [0, 1, 1, 1, 2, 2, 3, 3, 3, 3, 4])
+
+
+def test_batches_never_exceed_max_batch_size_and_requests_stay_whole() -> None:
+    run = Recorder()
+    batcher = _batcher(run, max_batch=4, max_queue_delay_microseconds=50_000)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pendings = [_pending(loop, np.full((3, 1), float(i), np.float32)) for i in range(4)]
+        for p in pendings:
+            batcher.submit(p)
+        await asyncio.gather(*(p.future for p in pendings))
+
+    asyncio.run(main())
+    batcher.close()
+    assert all(len(b) <= 4 for b in run.batches)
+    assert sorted(len(b) for b in run.batches) == [3, 3, 3, 3]
+
+
+def test_full_queue_is_rejected_at_once() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=1, max_queue_size=2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first = _pending(loop, np.zeros((1, 1), np.float32))
+        batcher.submit(first)
+        assert await asyncio.to_thread(run.entered.wait, 5)  # the worker holds it
+        queued = [_pending(loop, np.zeros((1, 1), np.float32)) for _ in range(2)]
+        for p in queued:
+            batcher.submit(p)
+        t0 = time.perf_counter()
+        with pytest.raises(ResourceExhausted, match="queue full"):
+            batcher.submit(_pending(loop, np.zeros((1, 1), np.float32)))
+        assert time.perf_counter() - t0 < 1.0  # at once, not after the blocker (10 s)
+        gate.set()
+        await asyncio.gather(first.future, *(p.future for p in queued))
+
+    asyncio.run(main())
+    batcher.close()
+
+
+def test_deadline_passed_while_queued_is_never_computed() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=4)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocker = _pending(loop, np.full((1, 1), 1.0, np.float32))
+        batcher.submit(blocker)
+        assert await asyncio.to_thread(run.entered.wait, 5)
+        late = _pending(loop, np.full((1, 1), 7.0, np.float32), deadline=time.monotonic() + 0.05)
+        batcher.submit(late)
+        await asyncio.sleep(0.1)  # its deadline passes while the worker is busy
+        gate.set()
+        await blocker.future
+        with pytest.raises(DeadlineExceeded, match="not computed"):
+            await asyncio.wait_for(late.future, 5)
+
+    asyncio.run(main())
+    batcher.close()
+    assert 7.0 not in run.seen() and 1.0 in run.seen()
+
+
+def test_cancelled_request_leaves_the_queue_and_is_never_computed() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=4)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocker = _pending(loop, np.full((1, 1), 1.0, np.float32))
+        batcher.submit(blocker)
+        assert await asyncio.to_thread(run.entered.wait, 5)
+        victim = _pending(loop, np.full((1, 1), 9.0, np.float32))
+        batcher.submit(victim)
+        assert batcher.queued == 1
+        assert batcher.cancel(victim)
+        assert batcher.queued == 0
+        gate.set()
+        await blocker.future
+        assert not batcher.cancel(blocker)  # already done: nothing to remove
+
+    asyncio.run(main())
+    batcher.close()
+    assert 9.0 not in run.seen()
+
+
+def test_higher_priority_goes_first() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=1, priority_levels=2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocker = _pending(loop, np.full((1, 1), 0.0, np.float32), level=1)
+        batcher.submit(blocker)
+        assert await asyncio.to_thread(run.entered.wait, 5)
+        low = [_pending(loop, np.full((1, 1), 10.0 + i, np.float32), level=1) for i in range(3)]
+        high = [_pending(loop, np.full((1, 1), 20.0 + i, np.float32), level=0) for i in range(3)]
+        for p in [*low, *high]:  # low priority queued first
+            batcher.submit(p)
+        gate.set()
+        await asyncio.gather(*(p.future for p in [blocker, *low, *high]))
+
+    asyncio.run(main())
+    batcher.close()
+    order = [float(b[0, 0]) for b in run.batches]
+    assert order == [0.0, 20.0, 21.0, 22.0, 10.0, 11.0, 12.0]
+    assert batcher.level_for(0) == 1 and batcher.level_for(1) == 0
+    with pytest.raises(ValueError, match=r"outside 1\.\.2"):
+        batcher.level_for(3)
+
+
+def test_lone_request_is_dispatched_without_waiting_for_the_delay() -> None:
+    run = Recorder()
+    batcher = _batcher(run, max_batch=64, max_queue_delay_microseconds=2_000_000)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        p = _pending(loop, np.ones((1, 1), np.float32))
+        t0 = time.perf_counter()
+        batcher.submit(p)
+        await p.future
+        return time.perf_counter() - t0
+
+    assert asyncio.run(main()) < 0.5
+    batcher.close()
+
+
+def test_a_fast_stream_is_batched_and_no_request_waits_past_the_delay() -> None:
+    run = Recorder()
+    delay = 0.03
+    batcher = _batcher(run, max_batch=64, max_queue_delay_microseconds=int(delay * 1e6))
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        waits: list[float] = []
+
+        async def one(i: int) -> None:
+            p = _pending(loop, np.full((1, 1), float(i), np.float32))
+            t0 = time.perf_counter()
+            batcher.submit(p)
+            await p.future
+            waits.append(time.perf_counter() - t0)
+
+        tasks = []
+        for i in range(80):
+            tasks.append(asyncio.ensure_future(one(i)))
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*tasks)
+        return waits
+
+    waits = asyncio.run(main())
+    batcher.close()
+    assert len(run.batches) < 60  # requests 1 ms apart were batched together
+    assert max(waits) < delay + 2.0  # generous for a loaded machine; never unbounded
+
+
+def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
+    run = Recorder()
+    batcher = _batcher(
+        run, max_batch=64, max_queue_delay_microseconds=5_000_000, preferred_batch_size=(4,)
+    )
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(4)]
+        t0 = time.perf_counter()
+        for p in ps:
+            batcher.submit(p)
+        await asyncio.gather(*(p.future for p in ps))
+        return time.perf_counter() - t0
+
+    assert asyncio.run(main()) < 1.0
+    batcher.close()
+    assert [len(b) for b in run.batches] == [4]
+
+
+def test_one_bad_request_fails_only_itself() -> None:
+    run = Recorder()
+    batcher = _batcher(run, max_batch=8, max_queue_delay_microseconds=100_000)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        good = _pending(loop, np.ones((1, 1), np.float32))
+        bad = _pending(loop, -np.ones((1, 1), np.float32))
+        batcher.submit(good)
+        batcher.submit(bad)
+        np.testing.assert_array_equal(await good.future, [[2.0]])
+        with pytest.raises(Internal, match="negative"):
+            await bad.future
+
+    asyncio.run(main())
+    batcher.close()
+
+
+def test_instances_execute_concurrently_and_close_drains_the_queue() -> None:
+    barrier = threading.Barrier(2, timeout=5)
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        barrier.wait()  # only passes when two workers execute at the same time
+        return [inputs[0]]
+
+    batcher = _batcher(run, max_batch=1, instance_count=2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(4)]
+        for p in ps:
+            batcher.submit(p)
+        await asyncio.gather(*(p.future for p in ps))
+
+    asyncio.run(main())
+    assert batcher.close(timeout=5)
+
+
+def test_close_reports_a_worker_stuck_in_the_model() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run)
+
+    async def main() -> None:
+        batcher.submit(_pending(asyncio.get_running_loop(), np.ones((1, 1), np.float32)))
+        assert await asyncio.to_thread(run.entered.wait, 5)
+
+    asyncio.run(main())
+    assert not batcher.close(timeout=0.1)
+    gate.set()
+    assert batcher.close(timeout=5)

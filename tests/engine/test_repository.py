@@ -1,0 +1,326 @@
+"""The live model repository: polling, version policies, failed loads, explicit control, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from models import AFFINE_IO, VERSION_IO, Affine, Exportable, Version, write_model
+
+from conveyor.engine.errors import NotFound
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.server import Server
+
+POLL = 0.1
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` (bounded in time) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _infer(stub: pb_grpc.GRPCInferenceServiceStub, model: str, version: str = "") -> float:
+    request = pb.ModelInferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+        raw_input_contents=[np.zeros(1, np.float32).tobytes()],
+    )
+    resp = stub.ModelInfer(request, timeout=10)
+    return float(np.frombuffer(resp.raw_output_contents[0], np.float32)[0])
+
+
+def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str, version: str = "") -> bool:
+    return stub.ModelReady(pb.ModelReadyRequest(name=model, version=version), timeout=10).ready
+
+
+def _serve(
+    repo: Path, **kw: object
+) -> tuple[Server, grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    server = Server(repo, port=0, poll_interval=POLL, **kw).start()  # type: ignore[arg-type]
+    channel = grpc.insecure_channel(server.address)
+    return server, channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_poll_serves_the_latest_version_and_drops_removed_models(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        assert _infer(stub, "m") == 1.0
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        _wait(lambda: _ready(stub, "m", "2"))
+        assert _infer(stub, "m") == 2.0
+        _wait(lambda: not _ready(stub, "m", "1"))  # latest:1 by default
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(stub, "m", "1")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        write_model(tmp_path, "other", 1, Version(5), VERSION_IO)
+        _wait(lambda: _ready(stub, "other"))
+        for child in sorted((tmp_path / "other").rglob("*"), reverse=True):
+            child.unlink() if child.is_file() else child.rmdir()
+        (tmp_path / "other").rmdir()
+        _wait(lambda: not _ready(stub, "other"))
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(stub, "other")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_version_policies_all_and_specific(tmp_path: Path) -> None:
+    for v in (1, 2, 3):
+        write_model(tmp_path, "every", v, Version(v), VERSION_IO, version_policy={"all": {}})
+        write_model(
+            tmp_path,
+            "some",
+            v,
+            Version(v),
+            VERSION_IO,
+            version_policy={"specific": {"versions": [1, 3]}},
+        )
+        write_model(tmp_path, "two", v, Version(v), VERSION_IO, version_policy="latest:2")
+    server, channel, stub = _serve(tmp_path)
+    try:
+        versions = {
+            m: list(stub.ModelMetadata(pb.ModelMetadataRequest(name=m), timeout=10).versions)
+            for m in ("every", "some", "two")
+        }
+        assert versions == {"every": ["1", "2", "3"], "some": ["1", "3"], "two": ["2", "3"]}
+        assert [_infer(stub, "every", v) for v in ("1", "2", "3")] == [1.0, 2.0, 3.0]
+        assert _infer(stub, "some") == 3.0  # no version named: the highest served
+        assert not _ready(stub, "some", "2")
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_failed_load_is_reported_and_the_previous_version_keeps_serving(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        bad = tmp_path / "m" / "2"
+        bad.mkdir()
+        (bad / "config.json").write_text((tmp_path / "m" / "1" / "config.json").read_text())
+        (bad / "model.pt").write_bytes(b"this is not a TorchScript archive")
+        _wait(lambda: 2 in server.repository.models["m"].failed)  # type: ignore[union-attr]
+        assert not _ready(stub, "m", "2")
+        assert _ready(stub, "m") and _infer(stub, "m") == 1.0
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="m", version="2"), timeout=10)
+        assert "not a torchscript archive" in stats.model_stats[0].load_error
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        reasons = {(m.name, m.version): (m.state, m.reason) for m in index.models}
+        assert reasons[("m", "1")] == ("READY", "")
+        assert reasons[("m", "2")][0] == "UNAVAILABLE" and "archive" in reasons[("m", "2")][1]
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(stub, "m", "2")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "load failed" in info.value.details()
+        # Fixed on disk: picked up at the next poll.
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        _wait(lambda: _ready(stub, "m", "2"))
+        assert _infer(stub, "m") == 2.0
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
+    d = write_model(tmp_path, "pickled", 1, Version(1), VERSION_IO)
+    (d / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2]}))
+    d = write_model(tmp_path, "saved", 1, Version(1), VERSION_IO)
+    torch.save(Version(1), d / "model.pt")  # a pickled nn.Module, not TorchScript
+    d = write_model(tmp_path, "wrongio", 1, Affine(), VERSION_IO)  # expects [batch, 4]
+    d = write_model(tmp_path, "badjson", 1, Version(1), VERSION_IO)
+    (d / "config.json").write_text(json.dumps({"name": "badjson", "platform": "onnx"}))
+    server, channel, stub = _serve(tmp_path)
+    try:
+        entries = server.repository.models  # type: ignore[union-attr]
+        reasons = {name: entries[name].failed[1][1] for name in entries}
+        assert "never pickles" in reasons["pickled"]
+        assert "cannot load as TorchScript" in reasons["saved"]
+        assert "warm-up" in reasons["wrongio"]
+        assert "'platform' must be one of" in reasons["badjson"]
+        assert not any(_ready(stub, name) for name in reasons)
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_torch_export_programs_are_served(tmp_path: Path) -> None:
+    d = tmp_path / "exported" / "1"
+    d.mkdir(parents=True)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(
+        Exportable(), (torch.zeros(2, 4),), dynamic_shapes=({0: batch},), strict=False
+    )
+    torch.export.save(program, str(d / "model.pt2"))
+    config = {"name": "exported", "platform": "torch_export", "max_batch_size": 8, **AFFINE_IO}
+    (d / "config.json").write_text(json.dumps(config))
+    server, channel, stub = _serve(tmp_path)
+    try:
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        request = pb.ModelInferRequest(
+            model_name="exported",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[2, 4])],
+            raw_input_contents=[x.tobytes()],
+        )
+        resp = stub.ModelInfer(request, timeout=10)
+        y = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(2, 4)
+        np.testing.assert_array_equal(y, x * 2 + 1)
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_explicit_control_loads_and_unloads_only_on_request(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path, model_control="explicit")
+    try:
+        assert not _ready(stub, "m")
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(stub, "m")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"), timeout=30)
+        assert _ready(stub, "m") and _infer(stub, "m") == 1.0
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        time.sleep(3 * POLL)
+        assert _infer(stub, "m") == 1.0  # no polling in explicit mode
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"), timeout=30)
+        assert _infer(stub, "m") == 2.0
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="m"), timeout=30)
+        assert not _ready(stub, "m")
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(stub, "m")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        for name, code in (
+            ("missing", grpc.StatusCode.NOT_FOUND),
+            ("../outside", grpc.StatusCode.INVALID_ARGUMENT),
+            ("/etc", grpc.StatusCode.INVALID_ARGUMENT),
+            ("..", grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name), timeout=30)
+            assert info.value.code() == code, name
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_paths_leaving_the_repository_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write_model(outside, "evil", 1, Version(1), VERSION_IO)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    os.symlink(outside / "evil", repo / "evil")
+    write_model(repo, "linked", 1, Version(1), VERSION_IO)
+    os.symlink(outside / "evil" / "1", repo / "linked" / "2")
+    server, channel, stub = _serve(repo, model_control="explicit", load_models=["*"])
+    try:
+        assert not _ready(stub, "evil")
+        assert _ready(stub, "linked", "1") and not _ready(stub, "linked", "2")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="evil"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "outside the model repository" in info.value.details()
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_load_rpc_refused_in_poll_mode(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="m"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_replaced_version_finishes_its_in_flight_requests(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        served = server.repository.models["m"].versions[1]  # type: ignore[union-attr]
+        entered, release = threading.Event(), threading.Event()
+        original = served.batcher._run
+
+        def slow(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            entered.set()
+            assert release.wait(10)
+            return original(inputs)
+
+        served.batcher._run = slow
+        results: list[float] = []
+        caller = threading.Thread(target=lambda: results.append(_infer(stub, "m")))
+        caller.start()
+        assert entered.wait(10)
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        _wait(lambda: _ready(stub, "m", "2"))
+        assert _infer(stub, "m") == 2.0  # new requests already go to version 2
+        assert 1 in server.repository.models["m"].versions or not results  # type: ignore[union-attr]
+        release.set()
+        caller.join(10)
+        assert results == [1.0]  # the in-flight request finished on version 1
+        _wait(lambda: not _ready(stub, "m", "1"))
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_explicit_start_serves_the_good_models_when_one_is_broken(tmp_path: Path) -> None:
+    write_model(tmp_path, "good", 1, Version(1), VERSION_IO)
+    d = write_model(tmp_path, "bad", 1, Version(1), VERSION_IO)
+    (d / "model.pt").write_bytes(b"garbage")
+    server, channel, stub = _serve(tmp_path, model_control="explicit", load_models=["good", "bad"])
+    try:
+        assert _ready(stub, "good") and not _ready(stub, "bad")
+    finally:
+        channel.close()
+        server.stop()
+    with pytest.raises(NotFound, match="no directory"):
+        Server(tmp_path, port=0, model_control="explicit", load_models=["typo"]).start()
+
+
+def test_load_rpc_for_a_broken_model_reports_why(tmp_path: Path) -> None:
+    d = write_model(tmp_path, "broken", 1, Version(1), VERSION_IO)
+    (d / "model.pt").write_bytes(b"garbage")
+    server, channel, stub = _serve(tmp_path, model_control="explicit")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "archive" in info.value.details()
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_poll_reloads_a_version_whose_files_changed(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        assert _infer(stub, "m") == 1.0
+        time.sleep(0.05)  # a distinct mtime
+        write_model(tmp_path, "m", 1, Version(7), VERSION_IO)  # same version, new program
+        _wait(lambda: _infer(stub, "m") == 7.0)
+    finally:
+        channel.close()
+        server.stop()

@@ -1,0 +1,294 @@
+"""The embedded Server and `conveyor serve`: ports, deadlines, cancellation, drain, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from models import VERSION_IO, Version, write_model
+
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.server import Server, ServerError
+
+
+def _request(value: float, **kw: object) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        model_name="m",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+        raw_input_contents=[np.full(1, value, np.float32).tobytes()],
+        **kw,
+    )
+
+
+class Gate:
+    """Wraps a batcher's run: blocks until released and records the values it computed."""
+
+    def __init__(self, server: Server) -> None:
+        self.batcher = server.repository.models["m"].versions[1].batcher  # type: ignore[union-attr]
+        self.original = self.batcher._run
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[float] = []
+        self.batcher._run = self
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.entered.set()
+        assert self.release.wait(10)
+        self.seen.extend(float(v) for v in inputs[0].ravel())
+        return self.original(inputs)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO, dynamic_batching={"max_queue_size": 2})
+    return tmp_path
+
+
+def test_port_zero_reports_the_port_and_a_used_port_fails_loudly(repo: Path) -> None:
+    with Server(repo, port=0) as first:
+        assert first.port and first.port > 0 and first.address == f"127.0.0.1:{first.port}"
+        with pytest.raises(ServerError, match="cannot bind"):
+            Server(repo, port=first.port).start()
+
+
+def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match="not a directory"):
+        Server(tmp_path / "nope", port=0).start()
+
+
+def test_grpc_deadline_while_queued_is_never_computed(repo: Path) -> None:
+    with Server(repo, port=0) as server, grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        gate = Gate(server)
+        blocker = stub.ModelInfer.future(_request(1.0), timeout=10)
+        assert gate.entered.wait(10)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(_request(7.0), timeout=0.2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The per-request "timeout" parameter (microseconds) works the same way.
+        late = _request(8.0)
+        late.parameters["timeout"].int64_param = 100_000
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(late, timeout=10)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "not computed" in info.value.details()
+        gate.release.set()
+        blocker.result(timeout=10)
+        assert stub.ModelInfer(_request(2.0), timeout=10)
+        assert 7.0 not in gate.seen and 8.0 not in gate.seen and {1.0, 2.0} <= set(gate.seen)
+
+
+def test_cancelled_call_leaves_the_queue_and_full_queue_is_resource_exhausted(repo: Path) -> None:
+    with Server(repo, port=0) as server, grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        gate = Gate(server)
+        blocker = stub.ModelInfer.future(_request(1.0), timeout=10)
+        assert gate.entered.wait(10)
+        victim = stub.ModelInfer.future(_request(9.0), timeout=10)
+        queued = stub.ModelInfer.future(_request(3.0), timeout=10)
+        deadline = time.monotonic() + 5
+        while gate.batcher.queued < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as info:  # max_queue_size is 2
+            stub.ModelInfer(_request(4.0), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        victim.cancel()
+        while gate.batcher.queued > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.batcher.queued == 1
+        gate.release.set()
+        blocker.result(timeout=10)
+        queued.result(timeout=10)
+        assert 9.0 not in gate.seen and 4.0 not in gate.seen
+
+
+def test_stop_lets_in_flight_requests_finish(repo: Path) -> None:
+    server = Server(repo, port=0).start()
+    ch = grpc.insecure_channel(server.address)
+    stub = pb_grpc.GRPCInferenceServiceStub(ch)
+    gate = Gate(server)
+    inflight = stub.ModelInfer.future(_request(1.0), timeout=10)
+    assert gate.entered.wait(10)
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
+    stopper.start()
+    time.sleep(0.2)
+    gate.release.set()
+    resp = inflight.result(timeout=10)
+    assert np.frombuffer(resp.raw_output_contents[0], np.float32)[0] == 1.0
+    stopper.join(10)
+    assert not stopper.is_alive()
+    ch.close()
+
+
+def _is_serving(line: str) -> bool:
+    """The JSON log line announcing the port (other stderr lines, e.g. from gRPC's C core,
+    are not JSON and are skipped)."""
+    return line.startswith("{") and json.loads(line)["msg"].startswith("serving")
+
+
+def _start_cli(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, list[str]]:
+    env = {**os.environ, "CONVEYOR_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--port",
+            "0",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if _is_serving(line):
+            return proc, int(json.loads(line)["msg"].rsplit(":", 1)[1]), lines
+    proc.kill()
+    raise AssertionError(f"server did not start: {lines}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_and_drains_on_signal(repo: Path, sig: signal.Signals) -> None:
+    proc, port, lines = _start_cli(repo, "--grace-period", "5")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            assert stub.ModelInfer(_request(1.0), timeout=10)
+            with pytest.raises(grpc.RpcError):
+                stub.ModelInfer(pb.ModelInferRequest(model_name="m", id="req-42"), timeout=10)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    records = [json.loads(line) for line in [*lines, *err.splitlines()] if line.startswith("{")]
+    failed = [r for r in records if r.get("request_id") == "req-42"]
+    assert failed and failed[0]["code"] == "INVALID_ARGUMENT" and failed[0]["model"] == "m"
+    assert any(r["msg"] == "stopped" for r in records)
+
+
+def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--port", str(port), "--workers", "2", "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "workers did not start"
+                time.sleep(0.2)
+            assert stub.ModelInfer(_request(1.0), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
+def test_cli_options_from_a_config_file(repo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "conveyor.toml"
+    config.write_text(f"[serve]\nmodel-repository = {str(repo)!r}\nport = 0\nmax-queue-size = 7\n")
+    env = {**os.environ, "CONVEYOR_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line and not _is_serving(line):
+            line = proc.stderr.readline()
+        assert line, "server did not start"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
+def test_cli_reports_a_used_port(repo: Path) -> None:
+    with Server(repo, port=0) as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--port",
+                str(server.port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "cannot bind" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "0"], "needs a fixed --port"),
+        (["--port", "1", "--model-control", "explicit"], "needs --model-control poll"),
+    ],
+)
+def test_cli_refuses_workers_it_cannot_serve_correctly(
+    repo: Path, flags: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--workers", "2", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and message in result.stderr
+
+
+def test_cli_requires_a_repository() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1 and "--model-repository is required" in result.stderr

@@ -1,0 +1,144 @@
+"""An unmodified third-party client (tritonclient.grpc from PyPI) against conveyor."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from models import AFFINE_IO, LABELER_IO, VOCAB_IO, Affine, Labeler, Vocab, write_model
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from conveyor.engine.server import Server
+
+
+@pytest.fixture(scope="module")
+def triton(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Server, tc.InferenceServerClient]]:
+    root = tmp_path_factory.mktemp("triton-repo")
+    write_model(root, "affine", 1, Affine(), AFFINE_IO)
+    write_model(root, "vocab", 1, Vocab(), VOCAB_IO)
+    write_model(root, "labeler", 1, Labeler(), LABELER_IO)
+    server = Server(
+        root, port=0, model_control="explicit", load_models=["affine", "labeler"]
+    ).start()
+    client = tc.InferenceServerClient(server.address)
+    yield server, client
+    client.close()
+    server.stop()
+
+
+def test_health_and_metadata(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("affine") and not client.is_model_ready("vocab")
+    meta = client.get_model_metadata("affine", as_json=True)
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]
+    assert client.get_server_metadata().name == "conveyor"
+
+
+def test_infer_raw(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    inp = tc.InferInput("x", [3, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(
+        "affine", [inp], outputs=[tc.InferRequestedOutput("total")], request_id="t1"
+    )
+    assert result.get_response().id == "t1"
+    np.testing.assert_array_equal(result.as_numpy("total"), x.sum(1, keepdims=True))
+    assert result.as_numpy("y") is None
+
+
+def test_bytes_output(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    inp = tc.InferInput("x", [2, 2], "FP32")
+    inp.set_data_from_numpy(np.array([[1, 1], [-1, -1]], np.float32))
+    result = client.infer("labeler", [inp])
+    assert result.as_numpy("label").tolist() == [[b"pos"], [b"neg"]]
+
+
+def test_infer_typed_through_tritons_own_stub(
+    triton: tuple[Server, tc.InferenceServerClient],
+) -> None:
+    server, _ = triton
+    request = service_pb2.ModelInferRequest(
+        model_name="affine",
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name="x",
+                datatype="FP32",
+                shape=[1, 4],
+                contents=service_pb2.InferTensorContents(fp32_contents=[1, 2, 3, 4]),
+            )
+        ],
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        resp = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    result = tc.InferResult(resp)
+    np.testing.assert_array_equal(result.as_numpy("y"), [[3, 5, 7, 9]])
+
+
+def test_errors_arrive_as_triton_exceptions(
+    triton: tuple[Server, tc.InferenceServerClient],
+) -> None:
+    _, client = triton
+    inp = tc.InferInput("x", [1, 3], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 3), np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("affine", [inp])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'x'" in info.value.message()
+
+
+def test_streaming_infer(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for i in range(5):
+            inp = tc.InferInput("x", [1, 4], "FP32")
+            value = -5000.0 if i == 2 else float(i)
+            inp.set_data_from_numpy(np.full((1, 4), value, np.float32))
+            client.async_stream_infer("affine", [inp], request_id=f"s{i}")
+        got = [results.get(timeout=10) for _ in range(5)]
+    finally:
+        client.stop_stream()
+    ok = {r.get_response().id: r.as_numpy("y")[0, 0] for r, e in got if e is None}
+    errors = [e for r, e in got if e is not None]
+    assert ok == {"s0": 1.0, "s1": 3.0, "s3": 7.0, "s4": 9.0}
+    assert len(errors) == 1 and "below -1000" in str(errors[0])
+
+
+def test_load_and_unload(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    client.load_model("vocab")
+    assert client.is_model_ready("vocab")
+    colour = tc.InferInput("colour", [1, 2], "BYTES")
+    colour.set_data_from_numpy(np.array([["red", "blue"]], dtype=object))
+    x = tc.InferInput("x", [1, 3], "FP32")
+    x.set_data_from_numpy(np.ones((1, 3), np.float32))
+    np.testing.assert_array_equal(client.infer("vocab", [colour, x]).as_numpy("out"), [[1, 3, 3]])
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert {"name": "vocab", "version": "1", "state": "READY"} in index
+    client.unload_model("vocab")
+    assert not client.is_model_ready("vocab")
+    stats = client.get_inference_statistics("affine", as_json=True)
+    assert int(stats["model_stats"][0]["inference_count"]) > 0
+    with pytest.raises(InferenceServerException):
+        client.load_model("does-not-exist")
+
+
+def test_tritonclient_and_conveyor_share_a_process(tmp_path: Path) -> None:
+    """Both register `inference.*` messages; ours live in a private pool, so no clash."""
+    from conveyor.engine.protos import grpc_service_pb2 as ours
+
+    assert ours.ModelInferRequest.DESCRIPTOR is not service_pb2.ModelInferRequest.DESCRIPTOR
+    wire = service_pb2.ModelInferRequest(model_name="m", id="1").SerializeToString()
+    assert ours.ModelInferRequest.FromString(wire).model_name == "m"

@@ -1,0 +1,93 @@
+"""Request validation never fails in any other way than a clear INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conveyor.engine.errors import InvalidArgument
+from conveyor.engine.model_config import parse_config
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.tensors import decode_bytes, encode_bytes
+from conveyor.engine.validation import RequestDecoder
+
+CONFIG = parse_config(
+    {
+        "name": "m",
+        "platform": "torchscript",
+        "max_batch_size": 8,
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [3]},
+            {"name": "cat", "datatype": "BYTES", "shape": [-1]},
+            {"name": "n", "datatype": "INT64", "shape": [2, -1]},
+        ],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+    },
+    "test",
+)
+DECODER = RequestDecoder("m", CONFIG)
+DATATYPES = ["FP32", "FP64", "INT64", "INT32", "BYTES", "BOOL", "FP16", "", "fp32"]
+NAMES = ["x", "cat", "n", "z", ""]
+
+tensor = st.builds(
+    lambda name, dt, shape: pb.ModelInferRequest.InferInputTensor(
+        name=name, datatype=dt, shape=shape
+    ),
+    st.sampled_from(NAMES),
+    st.sampled_from(DATATYPES),
+    st.lists(st.integers(-3, 10), max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tensors=st.lists(tensor, max_size=4),
+    raw=st.lists(st.binary(max_size=64), max_size=4),
+    params=st.dictionaries(st.sampled_from(["priority", "timeout", "other"]), st.integers(-5, 9)),
+)
+def test_arbitrary_requests_decode_or_fail_cleanly(
+    tensors: list[pb.ModelInferRequest.InferInputTensor],
+    raw: list[bytes],
+    params: dict[str, int],
+) -> None:
+    request = pb.ModelInferRequest(model_name="m", inputs=tensors, raw_input_contents=raw)
+    for key, value in params.items():
+        request.parameters[key].int64_param = value
+    try:
+        decoded = DECODER.decode(request)
+    except InvalidArgument as exc:
+        assert exc.message  # always says what is wrong
+        return
+    assert len(decoded.inputs) == 3
+    assert all(len(a) == decoded.rows for a in decoded.inputs)
+
+
+def test_a_valid_request_decodes_to_the_right_arrays() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    n = np.arange(8, dtype=np.int64).reshape(2, 2, 2)
+    request = pb.ModelInferRequest(
+        model_name="m",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="n", datatype="INT64", shape=[2, 2, 2]),
+            pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[2, 3]),
+            pb.ModelInferRequest.InferInputTensor(name="cat", datatype="BYTES", shape=[2, 1]),
+        ],
+        raw_input_contents=[n.tobytes(), x.tobytes(), encode_bytes(["a", "é"])],
+    )
+    decoded = DECODER.decode(request)
+    np.testing.assert_array_equal(decoded.inputs[0], x)  # config order, not request order
+    assert decoded.inputs[1].tolist() == [[b"a"], ["é".encode()]]
+    np.testing.assert_array_equal(decoded.inputs[2], n)
+    assert decoded.rows == 2
+
+
+@given(st.lists(st.binary(max_size=20), max_size=10))
+def test_bytes_encoding_round_trips(items: list[bytes]) -> None:
+    assert decode_bytes(encode_bytes(items), len(items)) == items
+
+
+def test_truncated_bytes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="truncated"):
+        decode_bytes(b"\x01\x00")
