@@ -120,6 +120,8 @@ class ModelConfig:
     labels: tuple[str, ...] = ()
     parameters: dict[str, Any] = field(default_factory=dict)
     version_policy: VersionPolicy | None = None
+    # The trainer's description of each raw feature: name, kind, input, index, datatype...
+    features: tuple[dict[str, Any], ...] = ()
 
     def with_batching(self, **overrides: Any) -> ModelConfig:
         """A copy with some dynamic-batching fields replaced (server flags win over files)."""
@@ -138,6 +140,7 @@ _TOP = {
     "labels",
     "parameters",
     "version_policy",
+    "features",
 }
 _BATCHING = set(DynamicBatching.__dataclass_fields__)
 
@@ -249,6 +252,11 @@ def parse_config(data: Any, where: str) -> ModelConfig:
     parameters = data.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ModelLoadError(f"{where}: 'parameters' must be an object")
+    features = data.get("features", [])
+    if not isinstance(features, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("name"), str) for f in features
+    ):
+        raise ModelLoadError(f"{where}: 'features' must be a list of objects with a 'name'")
     policy = None
     if "version_policy" in data:
         try:
@@ -266,6 +274,7 @@ def parse_config(data: Any, where: str) -> ModelConfig:
         labels=tuple(labels),
         parameters=parameters,
         version_policy=policy,
+        features=tuple(features),
     )
 
 

@@ -184,11 +184,24 @@ def model_config(
     """The ``config.json`` dict (see the module docstring for inputs and outputs)."""
     types = source_types or {}
     inputs = []
+    # `columns` lets the server and the SDK build these tensors from a dict of columns.
     if spec.numeric:
-        inputs.append({"name": "numeric", "datatype": "FP32", "shape": [len(spec.numeric)]})
+        inputs.append(
+            {
+                "name": "numeric",
+                "datatype": "FP32",
+                "shape": [len(spec.numeric)],
+                "columns": spec.numeric_names,
+            }
+        )
     if spec.categorical:
         inputs.append(
-            {"name": "categorical", "datatype": "BYTES", "shape": [len(spec.categorical)]}
+            {
+                "name": "categorical",
+                "datatype": "BYTES",
+                "shape": [len(spec.categorical)],
+                "columns": spec.categorical_names,
+            }
         )
     task = spec.label.task
     classes = [category_key(c) for c in spec.label.classes or []]
