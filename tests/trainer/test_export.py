@@ -107,8 +107,13 @@ def test_config_json_contract(tmp_path: Path) -> None:
     assert cfg["name"] == "fraud" and cfg["platform"] == "torchscript"
     assert cfg["max_batch_size"] == 256 and cfg["instance_count"] == 1
     assert cfg["inputs"] == [
-        {"name": "numeric", "datatype": "FP32", "shape": [3]},
-        {"name": "categorical", "datatype": "BYTES", "shape": [2]},
+        {"name": "numeric", "datatype": "FP32", "shape": [3], "columns": ["x0", "x1", "x2"]},
+        {
+            "name": "categorical",
+            "datatype": "BYTES",
+            "shape": [2],
+            "columns": spec.categorical_names,
+        },
     ]
     assert cfg["outputs"] == [
         {"name": "probability", "datatype": "FP32", "shape": [1]},
