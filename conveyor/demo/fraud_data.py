@@ -119,9 +119,7 @@ def generate(config: FraudDataConfig | None = None) -> dict[str, np.ndarray]:
     abroad = rng.random(n) < 0.04
     country = np.where(abroad, rng.integers(0, len(COUNTRIES), size=n), home)
     foreign = country != home
-    distance = np.round(
-        np.where(foreign, rng.gamma(2.0, 2500, n), rng.gamma(1.2, 12, n)), 1
-    )
+    distance = np.round(np.where(foreign, rng.gamma(2.0, 2500, n), rng.gamma(1.2, 12, n)), 1)
     burst = rng.poisson(1.5 + 6 * (account_weight[account] / account_weight.max()), n)
     txn_count = burst.astype(np.int32)
 
@@ -136,7 +134,7 @@ def generate(config: FraudDataConfig | None = None) -> dict[str, np.ndarray]:
         + _CATEGORY_RISK[category]
         + 0.25 * np.log1p(distance / 100)
     )
-    is_fraud = (rng.random(n) < 1 / (1 + np.exp(-(logit + _calibrate(logit, cfg.fraud_rate)))))
+    is_fraud = rng.random(n) < 1 / (1 + np.exp(-(logit + _calibrate(logit, cfg.fraud_rate))))
 
     columns: dict[str, np.ndarray] = {
         "transaction_id": np.arange(n, dtype=np.int64),
