@@ -96,12 +96,13 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 
 # CPU default per op, from the measurements in benchmarks/README.md (2 cores,
 # AMD EPYC with AVX-512, torch 2.13 CPU). `work` is the op's size in elements
-# (linear: M*N*K multiply-adds; the others: elements read).
-_CPU_RULES: dict[str, Callable[[int], str]] = {
-    "linear": lambda work: "cpp",
-    "embedding_bag": lambda work: "cpp",
-    "layer_norm": lambda work: "cpp",
-    "histogram": lambda work: "cpp",
+# (linear: M*N*K multiply-adds; the others: elements read); `grad` whether the
+# call will be differentiated (training) or not (inference).
+_CPU_RULES: dict[str, Callable[[int, bool], str]] = {
+    "linear": lambda work, grad: "cpp",
+    "embedding_bag": lambda work, grad: "cpp",
+    "layer_norm": lambda work, grad: "cpp",
+    "histogram": lambda work, grad: "cpp",
 }
 _CUDA_ORDER: dict[str, tuple[str, ...]] = {
     "linear": ("triton", "cuda"),
@@ -117,7 +118,13 @@ def _check_name(impl: str, source: str) -> None:
 
 
 def choose(
-    op: str, device: str, dtype: torch.dtype, impl: str | None = None, *, work: int = 0
+    op: str,
+    device: str,
+    dtype: torch.dtype,
+    impl: str | None = None,
+    *,
+    work: int = 0,
+    grad: bool = False,
 ) -> str:
     """Name of the implementation of ``op`` to run for tensors of ``device``/``dtype``.
 
@@ -127,6 +134,7 @@ def choose(
         dtype: its dtype.
         impl: forced implementation, or ``None`` for the environment/defaults.
         work: problem size used by size-dependent CPU rules (see ``_CPU_RULES``).
+        grad: whether a backward will follow (some CPU rules differ for training).
     """
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
@@ -147,7 +155,7 @@ def choose(
             if available(op, candidate, device, dtype):
                 return candidate
     elif device == "cpu":
-        candidate = _CPU_RULES[op](work)
+        candidate = _CPU_RULES[op](work, grad)
         if available(op, candidate, device, dtype):
             return candidate
     return "reference"
@@ -161,6 +169,11 @@ def cuda_dtype_code(dtype: torch.dtype) -> int:
 def cuda_stream(t: torch.Tensor) -> int:
     """The current CUDA stream of ``t``'s device, as the integer the CUDA ops take."""
     return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record an op on ``tensors`` (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def ptr(t: torch.Tensor | None) -> int:

@@ -159,12 +159,10 @@ def embedding_bag(
         raise ValueError("per_sample_weights: only supported with mode='sum' (as in torch)")
     if weight.dim() != 2:
         raise ValueError(f"weight: expected [V, D], got {tuple(weight.shape)}")
+    grad = dispatch.needs_grad(weight, per_sample_weights)
+    work = indices.numel() * weight.shape[1]
     chosen = dispatch.choose(
-        "embedding_bag",
-        weight.device.type,
-        weight.dtype,
-        impl,
-        work=indices.numel() * weight.shape[1],
+        "embedding_bag", weight.device.type, weight.dtype, impl, work=work, grad=grad
     )
     if chosen == "reference":
         return embedding_bag_reference(indices, weight, offsets, mode, per_sample_weights)
@@ -184,6 +182,9 @@ def embedding_bag(
         per_sample_weights = per_sample_weights.contiguous()
     indices = indices.to(torch.int64).contiguous()
     offsets = offsets.to(torch.int64).contiguous()
+    weight = weight.contiguous()
+    if not grad:  # inference: no autograd node
+        return _BACKENDS[chosen][0](weight, indices, offsets, per_sample_weights, MODES[mode])
     return EmbeddingBagFunction.apply(
-        weight.contiguous(), indices, offsets, per_sample_weights, MODES[mode], chosen
+        weight, indices, offsets, per_sample_weights, MODES[mode], chosen
     )

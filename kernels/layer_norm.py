@@ -157,11 +157,14 @@ def layer_norm(
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != normalized_shape:
             raise ValueError(f"{name}: expected shape {normalized_shape}, got {tuple(t.shape)}")
-    chosen = dispatch.choose("layer_norm", x.device.type, x.dtype, impl, work=x.numel())
+    grad = dispatch.needs_grad(x, weight, bias)
+    chosen = dispatch.choose("layer_norm", x.device.type, x.dtype, impl, work=x.numel(), grad=grad)
     if chosen == "reference":
         return layer_norm_reference(x, normalized_shape, weight, bias, eps)
     n = math.prod(normalized_shape)
     x2 = x.reshape(-1, n).contiguous()
     w = None if weight is None else weight.reshape(n).contiguous()
     b = None if bias is None else bias.reshape(n).contiguous()
+    if not grad:  # inference: no autograd node
+        return _BACKENDS[chosen][0](x2, w, b, float(eps))[0].reshape(x.shape)
     return LayerNormFunction.apply(x2, w, b, float(eps), chosen).reshape(x.shape)

@@ -189,14 +189,19 @@ def fused_linear(
         raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     lead = x.shape[:-1]
     work = math.prod(lead) * weight.shape[0] * weight.shape[1]
-    chosen = dispatch.choose("linear", x.device.type, x.dtype, impl, work=work)
+    grad = dispatch.needs_grad(x, weight, bias)
+    chosen = dispatch.choose("linear", x.device.type, x.dtype, impl, work=work, grad=grad)
     if chosen == "reference":
         return linear_reference(x, weight, bias, activation)
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise ValueError("dtypes: x, weight and bias must share one dtype")
     x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()
     b = None if bias is None else bias.contiguous()
-    y = FusedLinearFunction.apply(x2, weight.contiguous(), b, ACTIVATIONS[activation], chosen)
+    w = weight.contiguous()
+    if grad:
+        y = FusedLinearFunction.apply(x2, w, b, ACTIVATIONS[activation], chosen)
+    else:  # inference: no autograd node, no saved pre-activation
+        y = _BACKENDS[chosen][0](x2, w, b, ACTIVATIONS[activation], False)[0]
     return y.reshape(*lead, weight.shape[0])
 
 

@@ -10,18 +10,13 @@
 #include <memory>
 
 #include "cpu/activation.h"
+#include "cpu/simd.h"
 #include "ops.h"
 
 #ifdef CONVEYOR_WITH_OPENMP
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// One build runs everywhere; the loader picks AVX-512 / AVX2+FMA / baseline.
-#define CONVEYOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CONVEYOR_CLONES
-#endif
 
 namespace conveyor {
 namespace {
@@ -74,6 +69,31 @@ CONVEYOR_CLONES void micro_f64(int64_t kc, const double* a, const double* b, dou
 }
 inline void micro(int64_t kc, const float* a, const float* b, float* t) { micro_f32(kc, a, b, t); }
 inline void micro(int64_t kc, const double* a, const double* b, double* t) { micro_f64(kc, a, b, t); }
+
+CONVEYOR_CLONES void activate_f32(int act, const float* v, float* out, int64_t n) {
+  activate_array<float>(act, v, out, n);
+}
+CONVEYOR_CLONES void activate_f64(int act, const double* v, double* out, int64_t n) {
+  activate_array<double>(act, v, out, n);
+}
+CONVEYOR_CLONES void activate_grad_f32(int act, const float* gy, const float* z, float* g,
+                                       int64_t n) {
+  activate_grad_array<float>(act, gy, z, g, n);
+}
+CONVEYOR_CLONES void activate_grad_f64(int act, const double* gy, const double* z, double* g,
+                                       int64_t n) {
+  activate_grad_array<double>(act, gy, z, g, n);
+}
+inline void activate_any(int act, const float* v, float* o, int64_t n) { activate_f32(act, v, o, n); }
+inline void activate_any(int act, const double* v, double* o, int64_t n) {
+  activate_f64(act, v, o, n);
+}
+inline void activate_grad_any(int act, const float* gy, const float* z, float* g, int64_t n) {
+  activate_grad_f32(act, gy, z, g, n);
+}
+inline void activate_grad_any(int act, const double* gy, const double* z, double* g, int64_t n) {
+  activate_grad_f64(act, gy, z, g, n);
+}
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -164,24 +184,15 @@ void store_tile(const Gemm<T>& g, const T* tile, int64_t m0, int64_t mv, int64_t
       continue;
     }
     T* z = g.Z ? g.Z + (m0 + i) * g.ldc + n0 : nullptr;
-    // Bias and pre-activation in one vectorizable pass; the activation's
-    // switch is hoisted out of the element loop (one loop per activation).
+    // Bias and pre-activation in one vectorizable pass, then the activation
+    // over the row of the tile (vectorized, cloned per ISA).
     T v[NR];
     for (int64_t j = 0; j < nv; ++j) v[j] = first ? t[j] : c[j] + t[j];
     if (g.bias)
       for (int64_t j = 0; j < nv; ++j) v[j] += g.bias[n0 + j];
     if (z)
       for (int64_t j = 0; j < nv; ++j) z[j] = v[j];
-    switch (g.act) {
-      case kActNone:
-        for (int64_t j = 0; j < nv; ++j) c[j] = v[j];
-        break;
-      case kActRelu:
-        for (int64_t j = 0; j < nv; ++j) c[j] = v[j] > T(0) ? v[j] : T(0);
-        break;
-      default:
-        for (int64_t j = 0; j < nv; ++j) c[j] = activate<T>(g.act, v[j]);
-    }
+    activate_any(g.act, v, c, nv);
   }
 }
 
@@ -255,10 +266,15 @@ void linear_backward_cpu(const T* gy, const T* z, const T* x, const T* w, int64_
     buf = aligned_buffer<T>(M * N);
     T* g = buf.get();
     const int64_t total = M * N;
+    constexpr int64_t kChunk = 4096;
+    const int64_t chunks = (total + kChunk - 1) / kChunk;
 #ifdef CONVEYOR_WITH_OPENMP
 #pragma omp parallel for schedule(static) if (total >= (1 << 16))
 #endif
-    for (int64_t i = 0; i < total; ++i) g[i] = gy[i] * activate_grad<T>(act, z[i]);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t i0 = c * kChunk;
+      activate_grad_any(act, gy + i0, z + i0, g + i0, std::min(kChunk, total - i0));
+    }
     gp = g;
   }
   if (gx) {
