@@ -22,10 +22,12 @@ Choice, first match wins:
 4. ``reference``.
 
 CPU defaults were decided by measurement (``benchmarks/kernels/bench_ops.py``,
-see ``benchmarks/README.md``): the C++ path is the default only where it was at
-least as fast as torch's own CPU op in the same run; elsewhere torch
-(``reference``) is. GPU defaults (Triton for the GEMM, where ``tl.dot`` uses
-tensor cores, CUDA for the memory-bound ops) are not yet measured.
+see ``benchmarks/README.md`` and ``_CPU_RULES``): the C++ path is the default only
+where it was at least as fast as torch's own CPU op in the same run; elsewhere
+torch (``reference``) is: small linear and layer-norm calls, and the
+embedding-bag forward when no gradient is needed. GPU defaults (Triton for the
+GEMM, where ``tl.dot`` uses tensor cores; CUDA for the memory-bound ops) are not
+yet measured.
 """
 
 from __future__ import annotations
@@ -94,14 +96,22 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
     return False
 
 
-# CPU default per op, from the measurements in benchmarks/README.md (2 cores,
-# AMD EPYC with AVX-512, torch 2.13 CPU). `work` is the op's size in elements
-# (linear: M*N*K multiply-adds; the others: elements read); `grad` whether the
-# call will be differentiated (training) or not (inference).
+# CPU default per op, from the measurements in benchmarks/README.md (2 shared
+# cores, AMD EPYC with AVX-512, torch 2.13 CPU, one thread, interleaved
+# timings). `work` is the op's size (linear: M*N*K multiply-adds; layer norm:
+# elements; embedding bag: gathered elements); `grad` whether a backward
+# follows (training) or not (inference).
+#
+# - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
+#   (2^22 MACs) up; below, torch's lower call overhead wins (0.8-0.9x at 2^21).
+# - layer_norm: 1.1-1.75x from 2^19 elements up; below, torch (0.7-0.9x at 2^16-2^17).
+# - embedding_bag: torch's forward (FBGEMM) is faster (cpp 0.56-0.99x), but
+#   torch's dense backward is slow (cpp fwd+bwd 1.1-5.7x): cpp for training only.
+# - histogram: C++ is ~50x numpy; torch has no equivalent op.
 _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
-    "linear": lambda work, grad: "cpp",
-    "embedding_bag": lambda work, grad: "cpp",
-    "layer_norm": lambda work, grad: "cpp",
+    "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
+    "embedding_bag": lambda work, grad: "cpp" if grad else "reference",
+    "layer_norm": lambda work, grad: "cpp" if work >= 1 << 19 else "reference",
     "histogram": lambda work, grad: "cpp",
 }
 _CUDA_ORDER: dict[str, tuple[str, ...]] = {

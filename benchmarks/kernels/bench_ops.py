@@ -131,6 +131,14 @@ def ceilings(device: str, timer: Timer) -> dict[str, float]:
     return out
 
 
+def _raise_recompile_limit() -> None:
+    # Every shape is a new specialisation of the same reference function; the
+    # default limit (8) would silently fall back to eager after eight.
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 1024)
+
+
 def _compiled(fn: Callable, note: list[str]) -> Callable | None:
     try:
         compiled = torch.compile(fn, dynamic=False)
@@ -381,6 +389,32 @@ def histogram_cases(device, dtype, note, compile_ref) -> list[Case]:
     return [case]
 
 
+def print_summary(rows: list[Row]) -> None:
+    """One line per op/shape/pass: eager, compile, conveyor's fastest, ratios, roofline."""
+    print("## summary (ms; best = fastest conveyor implementation)")
+    print(
+        f"{'op':<14} {'shape':<34} {'pass':<8} {'eager':>9} {'compile':>9} {'best':>12} "
+        f"{'vs eager':>8} {'vs compile':>10} {'%copy':>6} {'%mm':>5}"
+    )
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.op, r.shape, r.pass_), []).append(r)
+    for (op, shape, pass_), rs in groups.items():
+        by = {r.impl: r for r in rs}
+        ours = [r for r in rs if r.impl not in ("eager", "compile")]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r.ms)
+        comp = by.get("compile")
+        vs_compile = f"{comp.ms / best.ms:>9.2f}x" if comp else f"{'-':>10}"
+        print(
+            f"{op:<14} {shape:<34} {pass_:<8} {by['eager'].ms:>9.3f} "
+            f"{(f'{comp.ms:.3f}' if comp else '-'):>9} {f'{best.impl} {best.ms:.3f}':>12} "
+            f"{by['eager'].ms / best.ms:>7.2f}x {vs_compile} {best.frac_copy:>6.0%} "
+            f"{best.frac_matmul:>5.0%}"
+        )
+
+
 BUILDERS = {
     "linear": linear_cases,
     "embedding_bag": embedding_bag_cases,
@@ -406,6 +440,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     _C.set_num_threads(args.threads)
     torch.manual_seed(0)
+    _raise_recompile_limit()
     dtype = getattr(torch, args.dtype)
     timer = Timer(args.device, args.min_time)
     ceil = ceilings(args.device, timer)
@@ -449,6 +484,7 @@ def main() -> int:
                     flush=True,
                 )
     print("# * = the dispatcher's default for this device/dtype/shape; vs eager = eager_ms / ms")
+    print_summary(rows)
     for n in sorted(set(notes)):
         print(f"# note: {n}")
     if args.json:

@@ -15,6 +15,19 @@ def test_cpu_defaults_are_available_implementations() -> None:
         assert dispatch.available(op, impl, "cpu", torch.float32)
 
 
+def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
+    if not dispatch.has_compiled("linear_forward"):
+        pytest.skip("conveyor._C not built")
+    f32 = torch.float32
+    assert dispatch.choose("linear", "cpu", f32, work=32 * 256 * 256) == "reference"
+    assert dispatch.choose("linear", "cpu", f32, work=512**3) == "cpp"
+    assert dispatch.choose("layer_norm", "cpu", f32, work=64 * 256) == "reference"
+    assert dispatch.choose("layer_norm", "cpu", f32, work=4096 * 256) == "cpp"
+    assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=False) == "reference"
+    assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=True) == "cpp"
+    assert dispatch.choose("histogram", "cpu", f32) == "cpp"
+
+
 def test_unsupported_dtype_falls_back_to_reference() -> None:
     assert dispatch.choose("layer_norm", "cpu", torch.bfloat16) == "reference"
     assert dispatch.choose("linear", "cpu", torch.float16) == "reference"
