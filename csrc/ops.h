@@ -35,6 +35,14 @@ template <typename T>
 void linear_backward_cpu(const T* gy, const T* z, const T* x, const T* w, int64_t M, int64_t N,
                          int64_t K, int act, T* gx, T* gw, T* gb);
 
+// Whole small MLP in one call (inference): h_0 = x [M, dims[0]],
+// h_{l+1} = act_l(h_l w_l^T + b_l), w_l [dims[l+1], dims[l]], b_l or null;
+// out [M, dims[L]]. Intermediate activations stay in one scratch buffer, so a
+// serving call pays one Python -> C++ crossing instead of one per op.
+template <typename T>
+void mlp_forward_cpu(const T* x, int64_t M, const int64_t* dims, int64_t layers,
+                     const T* const* w, const T* const* b, const int* acts, T* out);
+
 // Returns "" or a message (bad index or offsets); out is then unspecified.
 template <typename T>
 std::string embedding_bag_forward_cpu(const T* weight, int64_t V, int64_t D,

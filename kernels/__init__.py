@@ -9,17 +9,21 @@ from conveyor.kernels.histogram import (
 )
 from conveyor.kernels.layer_norm import layer_norm, layer_norm_reference
 from conveyor.kernels.linear import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
+from conveyor.kernels.mlp import FusedMLP, fused_mlp, mlp_reference
 
 __all__ = [
     "ACTIVATIONS",
     "FusedLinear",
+    "FusedMLP",
     "embedding_bag",
     "embedding_bag_reference",
     "fused_linear",
+    "fused_mlp",
     "histogram_slots",
     "histogram_update",
     "histogram_update_reference",
     "layer_norm",
     "layer_norm_reference",
     "linear_reference",
+    "mlp_reference",
 ]

@@ -40,7 +40,9 @@ from collections.abc import Callable
 import torch
 
 IMPLS = ("reference", "cpp", "triton", "cuda")
-OPS = ("linear", "embedding_bag", "layer_norm", "histogram")
+OPS = ("linear", "embedding_bag", "layer_norm", "histogram", "mlp")
+# Implementations that exist per op (the whole-MLP call has no GPU kernel yet).
+_OP_IMPLS = {op: IMPLS for op in OPS} | {"mlp": ("reference", "cpp")}
 ENV_ALL = "CONVEYOR_KERNEL_IMPL"
 
 _CPP_DTYPES = (torch.float32, torch.float64)
@@ -85,6 +87,8 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
     """Whether ``impl`` of ``op`` can run on tensors of ``device`` type and ``dtype``."""
     if impl == "reference":
         return True
+    if impl not in _OP_IMPLS.get(op, ()):
+        return False
     if impl == "cpp":
         return device == "cpu" and dtype in _CPP_DTYPES and has_compiled(_cpp_name(op))
     gpu_dtypes = (torch.float32,) if op == "histogram" else _GPU_DTYPES
@@ -108,17 +112,20 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # - embedding_bag: torch's forward (FBGEMM) is faster (cpp 0.56-0.99x), but
 #   torch's dense backward is slow (cpp fwd+bwd 1.1-5.7x): cpp for training only.
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
+# - mlp (whole-MLP inference in one call): see the bench's mlp rows.
 _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
     "embedding_bag": lambda work, grad: "cpp" if grad else "reference",
     "layer_norm": lambda work, grad: "cpp" if work >= 1 << 19 else "reference",
     "histogram": lambda work, grad: "cpp",
+    "mlp": lambda work, grad: "cpp" if not grad else "reference",
 }
 _CUDA_ORDER: dict[str, tuple[str, ...]] = {
     "linear": ("triton", "cuda"),
     "embedding_bag": ("cuda", "triton"),
     "layer_norm": ("cuda", "triton"),
     "histogram": ("cuda", "triton"),
+    "mlp": (),
 }
 
 

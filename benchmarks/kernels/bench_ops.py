@@ -7,7 +7,9 @@ For every op, shape and pass (``fwd``, ``fwd+bwd``) it times each available
 implementation (CPU: ``cpp``; CUDA: ``triton``, ``cuda``) against ``eager`` (the
 torch reference, i.e. torch's own op) and ``compile`` (``torch.compile`` of the
 reference). Implementations are timed round-robin (one batch of calls each,
-``--rounds`` times, median kept) so drift on a shared machine hits them alike.
+``--rounds`` times, fastest batch kept) so drift on a shared machine hits them
+alike. The ceilings are measured at the start (the fractions use these) and
+again at the end (printed and saved, to show how much the machine drifted).
 Each row reports the median time, the bytes the op must move and its FLOPs,
 hence GB/s and GFLOP/s, as fractions of this run's measured ceilings (a large
 copy and a large matmul, measured once), and the speed-up over eager.
@@ -18,11 +20,11 @@ Tests never depend on this script.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -98,12 +100,18 @@ class Timer:
         return max(1, min(1000, int(self.min_time / t)))
 
     def compare(self, fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+        """Fastest batch of each, batches interleaved across implementations.
+
+        The minimum, not the median: on a machine shared with other jobs the
+        noise only ever adds time, and interleaving exposes every
+        implementation to the same quiet moments.
+        """
         calls = {name: self.calls_for(fn) for name, fn in fns.items()}
         samples: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(rounds):
             for name, fn in fns.items():
                 samples[name].append(self.batch(fn, calls[name]))
-        return {name: statistics.median(s) for name, s in samples.items()}
+        return {name: min(s) for name, s in samples.items()}
 
 
 def ceilings(device: str, timer: Timer) -> dict[str, float]:
@@ -291,7 +299,7 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> list[Case]:
 
 
 def layer_norm_cases(device, dtype, note, compile_ref) -> list[Case]:
-    shapes = [(4096, 256), (1024, 1024), (256, 4096), (16384, 512)]
+    shapes = [(64, 256), (4096, 256), (1024, 1024), (256, 4096), (16384, 512)]
     if device == "cuda":
         shapes += [(65536, 1024), (16384, 8192)]
     es = torch.finfo(dtype).bits // 8
@@ -415,11 +423,62 @@ def print_summary(rows: list[Row]) -> None:
         )
 
 
+def mlp_cases(device, dtype, note, compile_ref) -> list[Case]:
+    """Whole-MLP inference (serving): FusedMLP in one call vs nn.Sequential."""
+    from torch import nn
+
+    from conveyor.kernels import FusedMLP
+
+    cases: list[Case] = []
+    es = torch.finfo(dtype).bits // 8
+
+    def build(dims: list[int], batch: int) -> None:
+        acts = ["relu"] * (len(dims) - 2) + ["none"]
+        fused = FusedMLP(dims, acts).to(device=device, dtype=dtype)
+        mods: list[nn.Module] = []
+        for layer in fused.layers:
+            lin = nn.Linear(layer.in_features, layer.out_features).to(device=device, dtype=dtype)
+            lin.load_state_dict(layer.state_dict())
+            mods += [lin] + ([nn.ReLU()] if layer.activation == "relu" else [])
+        seq = nn.Sequential(*mods)
+        x = torch.randn(batch, dims[0], device=device, dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), seq(x), rtol=1e-4, atol=1e-4)
+        weights = sum(k * n for k, n in itertools.pairwise(dims))
+        case = Case(
+            "mlp", f"{'-'.join(map(str, dims))} batch {batch}", str(dtype)[6:], "infer",
+            es * (weights + batch * (dims[0] + dims[-1])), 2.0 * batch * weights,
+        )  # fmt: skip
+        case.default = dispatch.choose("mlp", device, dtype, work=batch * weights)
+
+        def no_grad(fn):
+            def run():
+                with torch.no_grad():
+                    return fn(x)
+
+            return run
+
+        case.run["eager"] = no_grad(seq)
+        if compile_ref:
+            c = _compiled(no_grad(torch.compile(seq, dynamic=False)), note)
+            if c:
+                case.run["compile"] = c
+        if dispatch.available("mlp", "cpp", device, dtype):
+            case.run["cpp"] = no_grad(fused)
+        cases.append(case)
+
+    for dims in ([64, 128, 64, 1], [256, 512, 256, 1]):
+        for batch in (1, 32, 256):
+            build(dims, batch)
+    return cases
+
+
 BUILDERS = {
     "linear": linear_cases,
     "embedding_bag": embedding_bag_cases,
     "layer_norm": layer_norm_cases,
     "histogram": histogram_cases,
+    "mlp": mlp_cases,
 }
 
 
@@ -483,6 +542,12 @@ def main() -> int:
                     f"{row.speedup_vs_eager:>7.2f}x",
                     flush=True,
                 )
+    again = ceilings(args.device, timer)
+    print(
+        "# ceilings again at the end: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in again.items())
+        + " (fractions above use the start's; the JSON keeps both)"
+    )
     print("# * = the dispatcher's default for this device/dtype/shape; vs eager = eager_ms / ms")
     print_summary(rows)
     for n in sorted(set(notes)):
@@ -496,6 +561,7 @@ def main() -> int:
                     "torch": torch.__version__,
                     "threads": args.threads,
                     "ceilings": ceil,
+                    "ceilings_at_end": again,
                     "notes": sorted(set(notes)),
                     "rows": [asdict(r) for r in rows],
                 },

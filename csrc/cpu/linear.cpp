@@ -244,11 +244,95 @@ void gemm(const Gemm<T>& g) {
   }
 }
 
+// Small batches (serving): y[m, :] = x[m, :] W^T as dot products over the
+// contiguous K of both operands, up to four rows at a time sharing each load
+// of W. No packing: at M <= kSmallM, copying W into panels costs more than
+// the product itself.
+constexpr int64_t kSmallM = 8;
+
+template <typename T, int R>
+CONVEYOR_INLINE void dot_rows(const T* __restrict x, int64_t K, const T* __restrict w, T* acc) {
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int64_t k = 0; k < K; ++k) {
+    const T wk = w[k];
+    a0 += x[k] * wk;
+    if (R > 1) a1 += x[K + k] * wk;
+    if (R > 2) a2 += x[2 * K + k] * wk;
+    if (R > 3) a3 += x[3 * K + k] * wk;
+  }
+  acc[0] = a0;
+  if (R > 1) acc[1] = a1;
+  if (R > 2) acc[2] = a2;
+  if (R > 3) acc[3] = a3;
+}
+
+// Columns [n0, n1) of the pre-activation (bias added) for rows [m0, m0 + rows).
+template <typename T>
+CONVEYOR_INLINE void small_m_block(const T* x, const T* w, const T* b, int64_t K, int64_t N,
+                                   int64_t m0, int64_t rows, int64_t n0, int64_t n1, T* y) {
+  T acc[4];
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* wn = w + n * K;
+    const T* xm = x + m0 * K;
+    switch (rows) {
+      case 1: dot_rows<T, 1>(xm, K, wn, acc); break;
+      case 2: dot_rows<T, 2>(xm, K, wn, acc); break;
+      case 3: dot_rows<T, 3>(xm, K, wn, acc); break;
+      default: dot_rows<T, 4>(xm, K, wn, acc);
+    }
+    const T bias = b ? b[n] : T(0);
+    for (int64_t r = 0; r < rows; ++r) y[(m0 + r) * N + n] = acc[r] + bias;
+  }
+}
+
+CONVEYOR_CLONES void small_m_f32(const float* x, const float* w, const float* b, int64_t K,
+                                 int64_t N, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
+                                 float* y) {
+  small_m_block<float>(x, w, b, K, N, m0, rows, n0, n1, y);
+}
+CONVEYOR_CLONES void small_m_f64(const double* x, const double* w, const double* b, int64_t K,
+                                 int64_t N, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
+                                 double* y) {
+  small_m_block<double>(x, w, b, K, N, m0, rows, n0, n1, y);
+}
+inline void small_m(const float* x, const float* w, const float* b, int64_t K, int64_t N,
+                    int64_t m0, int64_t rows, int64_t n0, int64_t n1, float* y) {
+  small_m_f32(x, w, b, K, N, m0, rows, n0, n1, y);
+}
+inline void small_m(const double* x, const double* w, const double* b, int64_t K, int64_t N,
+                    int64_t m0, int64_t rows, int64_t n0, int64_t n1, double* y) {
+  small_m_f64(x, w, b, K, N, m0, rows, n0, n1, y);
+}
+
+template <typename T>
+void linear_small_m(const T* x, const T* w, const T* b, int64_t M, int64_t N, int64_t K, int act,
+                    T* y, T* z) {
+  constexpr int64_t kCols = 64;  // columns per parallel work item
+  const int64_t chunks = (N + kCols - 1) / kCols;
+#ifdef CONVEYOR_WITH_OPENMP
+#pragma omp parallel for schedule(static) if (M * N * K >= (1 << 18))
+#endif
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * kCols, n1 = std::min(N, n0 + kCols);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) small_m(x, w, b, K, N, m0, std::min<int64_t>(4, M - m0), n0, n1, y);
+    for (int64_t m = 0; m < M; ++m) {
+      T* row = y + m * N + n0;
+      if (z) std::copy(row, row + (n1 - n0), z + m * N + n0);
+      if (act != kActNone) activate_any(act, row, row, n1 - n0);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void linear_forward_cpu(const T* x, const T* w, const T* b, int64_t M, int64_t N, int64_t K,
                         int act, T* y, T* z) {
+  if (M <= kSmallM) {
+    linear_small_m(x, w, b, M, N, K, act, y, act == kActNone ? nullptr : z);
+    return;
+  }
   Gemm<T> g{M, N, K, x, K, 1, w, 1, K, y, N};
   g.epilogue = true;
   g.bias = b;
@@ -307,6 +391,27 @@ void linear_backward_cpu(const T* gy, const T* z, const T* x, const T* w, int64_
   }
 }
 
+template <typename T>
+void mlp_forward_cpu(const T* x, int64_t M, const int64_t* dims, int64_t layers,
+                     const T* const* w, const T* const* b, const int* acts, T* out) {
+  int64_t widest = 0;
+  for (int64_t l = 1; l < layers; ++l) widest = std::max(widest, dims[l]);
+  // Two ping-pong buffers for the hidden layers; the last layer writes `out`.
+  auto scratch = aligned_buffer<T>(2 * M * std::max<int64_t>(widest, 1));
+  const T* h = x;
+  for (int64_t l = 0; l < layers; ++l) {
+    T* dst = l + 1 == layers ? out : scratch.get() + (l % 2) * M * widest;
+    linear_forward_cpu<T>(h, w[l], b[l], M, dims[l + 1], dims[l], acts[l], dst, nullptr);
+    h = dst;
+  }
+}
+
+template void mlp_forward_cpu<float>(const float*, int64_t, const int64_t*, int64_t,
+                                     const float* const*, const float* const*, const int*,
+                                     float*);
+template void mlp_forward_cpu<double>(const double*, int64_t, const int64_t*, int64_t,
+                                      const double* const*, const double* const*, const int*,
+                                      double*);
 template void linear_forward_cpu<float>(const float*, const float*, const float*, int64_t, int64_t,
                                         int64_t, int, float*, float*);
 template void linear_forward_cpu<double>(const double*, const double*, const double*, int64_t,
