@@ -123,7 +123,7 @@ def ceilings(device: str, timer: Timer) -> dict[str, float]:
     n = (256 if device == "cuda" else 32) * 2**20 // 4  # float32 elements
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    t = timer.compare({"copy": lambda: dst.copy_(src)}, rounds=5)["copy"]
+    t = timer.compare({"copy": lambda: dst.copy_(src)}, rounds=9)["copy"]
     out = {"copy_gbs": 2 * src.numel() * 4 / t / 1e9}
     size = 8192 if device == "cuda" else 1536
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
@@ -134,7 +134,7 @@ def ceilings(device: str, timer: Timer) -> dict[str, float]:
         if dispatch.available("linear", "cpp", device, dt):
             # On CPU conveyor's own GEMM can beat torch's BLAS: the ceiling is the faster.
             fns["cpp"] = lambda a=a, b=b: fused_linear(a, b, impl="cpp")
-        t = min(timer.compare(fns, rounds=5).values())
+        t = min(timer.compare(fns, rounds=9).values())
         out[f"matmul_{str(dt).split('.')[-1]}_gflops"] = 2 * size**3 / t / 1e9
     return out
 
@@ -174,7 +174,13 @@ def _with_backward(forward: Callable[[], torch.Tensor], leaves: list[torch.Tenso
 
 
 def linear_cases(device, dtype, note, compile_ref) -> list[Case]:
-    shapes = [(32, 256, 256), (512, 512, 512), (4096, 256, 256), (2048, 1024, 1024)]
+    shapes = [
+        (32, 256, 256),
+        (4, 1024, 1024),
+        (512, 512, 512),
+        (4096, 256, 256),
+        (2048, 1024, 1024),
+    ]
     if device == "cuda":
         shapes += [(8192, 4096, 4096), (64, 4096, 4096)]
     es = torch.finfo(dtype).bits // 8
@@ -216,7 +222,7 @@ def linear_cases(device, dtype, note, compile_ref) -> list[Case]:
                 "linear", shape, str(dtype)[6:], "fwd+bwd",
                 es * (3 * M * K + 3 * N * K + 2 * N + 4 * M * N), 6.0 * M * N * K,
             )  # fmt: skip
-            bw.default = fwd.default
+            bw.default = dispatch.choose("layer_norm", device, dtype, work=M * N, grad=True)
             bw.run["eager"] = _with_backward(
                 lambda a=act: linear_reference(xg, wg, bg, a), [xg, wg, bg]
             )
@@ -280,7 +286,9 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> list[Case]:
                     "embedding_bag", shape, str(dtype)[6:], "fwd+bwd",
                     moved + es * (2 * V * D + nnz * D + B * D) + 8 * nnz, 4.0 * nnz * D,
                 )  # fmt: skip
-                bw.default = fwd.default
+                bw.default = dispatch.choose(
+                    "embedding_bag", device, dtype, work=nnz * D, grad=True
+                )
                 bw.run["eager"] = _with_backward(
                     lambda m=mode, wg=wg: F.embedding_bag(indices, wg, offsets, mode=m), [wg]
                 )
@@ -329,7 +337,7 @@ def layer_norm_cases(device, dtype, note, compile_ref) -> list[Case]:
         bw = Case(
             "layer_norm", shape, str(dtype)[6:], "fwd+bwd", es * (5 * M * N + 6 * N), 20.0 * M * N
         )
-        bw.default = fwd.default
+        bw.default = dispatch.choose("layer_norm", device, dtype, work=M * N, grad=True)
         bw.run["eager"] = _with_backward(lambda n=N: F.layer_norm(xg, (n,), wg, bg), [xg, wg, bg])
         if compile_ref:
             cf = torch.compile(lambda n=N: F.layer_norm(xg, (n,), wg, bg), dynamic=False)
