@@ -155,3 +155,10 @@ def test_gpu_matches_reference(impl, dtype, V, D, B, nnz, mode, psw) -> None:
     if impl == "triton" and not triton_installed():
         pytest.skip("triton not installed")
     _check(impl, V, D, B, nnz, mode, psw, dtype=dtype, device="cuda")
+
+
+@needs_triton
+def test_triton_float16_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 30, 37, 5, 17, "mean", dtype=torch.float16)

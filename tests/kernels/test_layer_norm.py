@@ -96,3 +96,10 @@ def test_gpu_matches_reference(impl: str, dtype: torch.dtype, shape: tuple[int, 
     if impl == "triton" and not triton_installed():
         pytest.skip("triton not installed")
     _check(impl, shape, dtype=dtype, device="cuda")
+
+
+@needs_triton
+def test_triton_float16_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", (3, 37), dtype=torch.float16)

@@ -166,3 +166,10 @@ def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K:
     if impl == "triton" and not triton_installed():
         pytest.skip("triton not installed")
     _check(impl, M, N, K, act, dtype=dtype, device="cuda")
+
+
+@needs_triton
+def test_triton_float16_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 5, 19, 21, "silu", dtype=torch.float16)  # half storage, float32 math
