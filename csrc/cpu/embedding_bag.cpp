@@ -6,7 +6,6 @@
 // atomics by giving each thread the table rows r with r % threads == t; every
 // thread scans the (small) index array and touches only its own rows.
 #include <algorithm>
-#include <atomic>
 #include <string>
 #include <vector>
 
@@ -37,29 +36,48 @@ CONVEYOR_INLINE T dot(int64_t D, const T* __restrict a, const T* __restrict b) {
 
 // Rows prefetched ahead of the one being added: the gather is latency-bound
 // (random rows of a table far larger than cache), so keep several in flight.
-constexpr int64_t kAhead = 12;
+constexpr int64_t kAhead = 16;
 
 // Columns [d0, d0 + W) of one bag, W a compile-time width so the
 // accumulator lives in registers across the whole bag: the inner loop is
 // loads and FMAs with no store-to-load chain through `out`.
 template <typename T, int64_t W>
 CONVEYOR_INLINE void bag_columns(const T* __restrict weight, int64_t D, int64_t d0,
-                                 const int64_t* indices, int64_t s, int64_t e, const T* psw,
-                                 T scale, T* __restrict out) {
+                                 const int64_t* indices, int64_t s, int64_t e, int64_t nnz,
+                                 const T* psw, T scale, T* __restrict out) {
   constexpr int64_t kLine = 64 / sizeof(T);
-  T acc[W] = {};
-  for (int64_t j = s; j < e; ++j) {
-    if (j + kAhead < e) {
-      const T* ahead = weight + indices[j + kAhead] * D + d0;
-      for (int64_t l = 0; l < W; l += kLine) __builtin_prefetch(ahead + l);
+  // Two accumulator sets (even and odd positions of the bag) halve the
+  // FMA dependency chain, which bounds short rows (D of one or two lines).
+  T acc0[W] = {}, acc1[W] = {};
+  int64_t j = s;
+  for (; j + 1 < e; j += 2) {
+    // Prefetch by position in the whole index array, not the bag: bags are
+    // short (tens of rows), and the next bag's rows must be in flight too.
+    if (j + kAhead + 1 < nnz) {
+      const T* a0 = weight + indices[j + kAhead] * D + d0;
+      const T* a1 = weight + indices[j + kAhead + 1] * D + d0;
+      for (int64_t l = 0; l < W; l += kLine) {
+        __builtin_prefetch(a0 + l);
+        __builtin_prefetch(a1 + l);
+      }
     }
-    const T* row = weight + indices[j] * D + d0;
-    const T w = psw ? psw[j] : T(1);
+    const T* r0 = weight + indices[j] * D + d0;
+    const T* r1 = weight + indices[j + 1] * D + d0;
+    const T w0 = psw ? psw[j] : T(1), w1 = psw ? psw[j + 1] : T(1);
 #pragma omp simd
-    for (int64_t d = 0; d < W; ++d) acc[d] += w * row[d];
+    for (int64_t d = 0; d < W; ++d) {
+      acc0[d] += w0 * r0[d];
+      acc1[d] += w1 * r1[d];
+    }
+  }
+  if (j < e) {
+    const T* r0 = weight + indices[j] * D + d0;
+    const T w0 = psw ? psw[j] : T(1);
+#pragma omp simd
+    for (int64_t d = 0; d < W; ++d) acc0[d] += w0 * r0[d];
   }
 #pragma omp simd
-  for (int64_t d = 0; d < W; ++d) out[d0 + d] = acc[d] * scale;
+  for (int64_t d = 0; d < W; ++d) out[d0 + d] = (acc0[d] + acc1[d]) * scale;
 }
 
 // One bag: out[0..D) = scale * sum_j w_j * weight[indices[j]], j in [s, e),
@@ -67,16 +85,16 @@ CONVEYOR_INLINE void bag_columns(const T* __restrict weight, int64_t D, int64_t 
 // remainder (eight lines of float32 are 8 zmm accumulators with AVX-512).
 template <typename T>
 CONVEYOR_INLINE void bag(const T* __restrict weight, int64_t D, const int64_t* indices, int64_t s,
-                         int64_t e, const T* psw, int mode, T* __restrict out) {
+                         int64_t e, int64_t nnz, const T* psw, int mode, T* __restrict out) {
   constexpr int64_t kLine = 64 / sizeof(T);
   const T scale = (mode == kBagMean && e > s) ? T(1) / static_cast<T>(e - s) : T(1);
   int64_t d0 = 0;
   for (; d0 + 8 * kLine <= D; d0 += 8 * kLine)
-    bag_columns<T, 8 * kLine>(weight, D, d0, indices, s, e, psw, scale, out);
+    bag_columns<T, 8 * kLine>(weight, D, d0, indices, s, e, nnz, psw, scale, out);
   for (; d0 + 4 * kLine <= D; d0 += 4 * kLine)
-    bag_columns<T, 4 * kLine>(weight, D, d0, indices, s, e, psw, scale, out);
+    bag_columns<T, 4 * kLine>(weight, D, d0, indices, s, e, nnz, psw, scale, out);
   for (; d0 + kLine <= D; d0 += kLine)
-    bag_columns<T, kLine>(weight, D, d0, indices, s, e, psw, scale, out);
+    bag_columns<T, kLine>(weight, D, d0, indices, s, e, nnz, psw, scale, out);
   if (d0 < D) {
     const int64_t width = D - d0;
     T acc[kLine] = {};
@@ -89,13 +107,39 @@ CONVEYOR_INLINE void bag(const T* __restrict weight, int64_t D, const int64_t* i
   }
 }
 
-CONVEYOR_CLONES void bag_f32(const float* w, int64_t D, const int64_t* idx, int64_t s, int64_t e,
-                             const float* psw, int mode, float* out) {
-  bag<float>(w, D, idx, s, e, psw, mode, out);
+inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
+  return b + 1 < B ? offsets[b + 1] : nnz;
 }
-CONVEYOR_CLONES void bag_f64(const double* w, int64_t D, const int64_t* idx, int64_t s, int64_t e,
-                             const double* psw, int mode, double* out) {
-  bag<double>(w, D, idx, s, e, psw, mode, out);
+
+// Bags [b0, b1): one call per chunk of bags, so the per-ISA dispatch and the
+// loop set-up are paid per chunk, not per (short) bag.
+template <typename T>
+CONVEYOR_INLINE void bags(const T* w, int64_t D, const int64_t* idx, const int64_t* offsets,
+                          int64_t B, int64_t nnz, const T* psw, int mode, T* out, int64_t b0,
+                          int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b)
+    bag<T>(w, D, idx, offsets[b], bag_end(offsets, B, nnz, b), nnz, psw, mode, out + b * D);
+}
+
+CONVEYOR_CLONES void bags_f32(const float* w, int64_t D, const int64_t* idx,
+                              const int64_t* offsets, int64_t B, int64_t nnz, const float* psw,
+                              int mode, float* out, int64_t b0, int64_t b1) {
+  bags<float>(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+CONVEYOR_CLONES void bags_f64(const double* w, int64_t D, const int64_t* idx,
+                              const int64_t* offsets, int64_t B, int64_t nnz, const double* psw,
+                              int mode, double* out, int64_t b0, int64_t b1) {
+  bags<double>(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+inline void bags_any(const float* w, int64_t D, const int64_t* idx, const int64_t* offsets,
+                     int64_t B, int64_t nnz, const float* psw, int mode, float* out, int64_t b0,
+                     int64_t b1) {
+  bags_f32(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+inline void bags_any(const double* w, int64_t D, const int64_t* idx, const int64_t* offsets,
+                     int64_t B, int64_t nnz, const double* psw, int mode, double* out, int64_t b0,
+                     int64_t b1) {
+  bags_f64(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
 }
 CONVEYOR_CLONES void axpy_f32(int64_t D, float s, const float* row, float* out) {
   axpy<float>(D, s, row, out);
@@ -107,14 +151,6 @@ CONVEYOR_CLONES float dot_f32(int64_t D, const float* a, const float* b) { retur
 CONVEYOR_CLONES double dot_f64(int64_t D, const double* a, const double* b) {
   return dot<double>(D, a, b);
 }
-inline void bag_any(const float* w, int64_t D, const int64_t* idx, int64_t s, int64_t e,
-                    const float* psw, int mode, float* out) {
-  bag_f32(w, D, idx, s, e, psw, mode, out);
-}
-inline void bag_any(const double* w, int64_t D, const int64_t* idx, int64_t s, int64_t e,
-                    const double* psw, int mode, double* out) {
-  bag_f64(w, D, idx, s, e, psw, mode, out);
-}
 inline void axpy_any(int64_t D, float s, const float* row, float* out) { axpy_f32(D, s, row, out); }
 inline void axpy_any(int64_t D, double s, const double* row, double* out) {
   axpy_f64(D, s, row, out);
@@ -122,9 +158,6 @@ inline void axpy_any(int64_t D, double s, const double* row, double* out) {
 inline float dot_any(int64_t D, const float* a, const float* b) { return dot_f32(D, a, b); }
 inline double dot_any(int64_t D, const double* a, const double* b) { return dot_f64(D, a, b); }
 
-inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
-  return b + 1 < B ? offsets[b + 1] : nnz;
-}
 
 std::string check_offsets(const int64_t* offsets, int64_t B, int64_t nnz) {
   if (B == 0) return "";
@@ -140,15 +173,14 @@ std::string check_offsets(const int64_t* offsets, int64_t B, int64_t nnz) {
 }
 
 std::string check_indices(const int64_t* indices, int64_t nnz, int64_t V) {
-  std::atomic<int64_t> bad{-1};
-#ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (nnz >= (1 << 16))
-#endif
-  for (int64_t j = 0; j < nnz; ++j) {
-    if (indices[j] < 0 || indices[j] >= V) bad.store(j, std::memory_order_relaxed);
-  }
-  const int64_t j = bad.load();
-  if (j < 0) return "";
+  // A vectorized OR-reduction over the whole array (a few microseconds per
+  // 10^5 indices); the position of a bad index is searched only on failure.
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t j = 0; j < nnz; ++j) bad |= static_cast<int>(static_cast<uint64_t>(indices[j]) >= static_cast<uint64_t>(V));
+  if (!bad) return "";
+  int64_t j = 0;
+  while (static_cast<uint64_t>(indices[j]) < static_cast<uint64_t>(V)) ++j;
   return "index " + std::to_string(indices[j]) + " at position " + std::to_string(j) +
          " is out of range for a table of " + std::to_string(V) + " rows";
 }
@@ -163,12 +195,14 @@ std::string embedding_bag_forward_cpu(const T* weight, int64_t V, int64_t D,
   std::string err = check_offsets(offsets, B, nnz);
   if (err.empty()) err = check_indices(indices, nnz, V);
   if (!err.empty()) return err;
+  constexpr int64_t kBagChunk = 64;
+  const int64_t chunks = (B + kBagChunk - 1) / kBagChunk;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(dynamic, 16) if (nnz * D >= (1 << 15))
+#pragma omp parallel for schedule(static) if (nnz * D >= (1 << 15))
 #endif
-  for (int64_t b = 0; b < B; ++b)
-    bag_any(weight, D, indices, offsets[b], bag_end(offsets, B, nnz, b), per_sample_weights, mode,
-            out + b * D);
+  for (int64_t c = 0; c < chunks; ++c)
+    bags_any(weight, D, indices, offsets, B, nnz, per_sample_weights, mode, out, c * kBagChunk,
+             std::min(B, (c + 1) * kBagChunk));
   return "";
 }
 
