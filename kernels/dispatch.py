@@ -109,10 +109,11 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
 #   (2^22 MACs) up; below, torch's lower call overhead wins (0.8-0.9x at 2^21).
 # - layer_norm: 1.1-1.75x from 2^19 elements up; below, torch (0.7-0.9x at 2^16-2^17).
-# - embedding_bag: torch's forward (FBGEMM) is faster (cpp 0.56-0.99x), but
-#   torch's dense backward is slow (cpp fwd+bwd 1.1-5.7x): cpp for training only.
+# - embedding_bag: torch's forward (FBGEMM) is faster (cpp 0.4-1.0x), but
+#   torch's dense backward is slow (cpp fwd+bwd 1.1-4.7x): cpp for training only.
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
-# - mlp (whole-MLP inference in one call): see the bench's mlp rows.
+# - mlp (whole-MLP inference in one call): 1.0-1.6x nn.Sequential eager at
+#   batch 1-256, so always for inference; training runs layer by layer.
 _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
     "embedding_bag": lambda work, grad: "cpp" if grad else "reference",
