@@ -67,14 +67,14 @@ step histogram-bench 60 "$RESULTS/histogram_cuda.txt" \
 # then against torch.compile of the reference for the GEMM and layer norm
 # (compiling costs seconds per shape, so it runs last and alone).
 step kernels-bench-fp32 90 "$RESULTS/kernels_cuda_fp32.txt" \
-  "$PY" benchmarks/kernels/bench_ops.py --device cuda --no-compile --rounds 5 \
+  "$PY" benchmarks/kernels/bench_ops.py --device cuda --no-compile --rounds 5 --max-seconds 70 \
   --json "$RESULTS/kernels_cuda_fp32.json"
 step kernels-bench-bf16 60 "$RESULTS/kernels_cuda_bf16.txt" \
   "$PY" benchmarks/kernels/bench_ops.py --device cuda --dtype bfloat16 --no-compile --rounds 5 \
-  --ops linear,layer_norm,embedding_bag --json "$RESULTS/kernels_cuda_bf16.json"
+  --max-seconds 45 --ops linear,layer_norm,embedding_bag --json "$RESULTS/kernels_cuda_bf16.json"
 step kernels-bench-compile 120 "$RESULTS/kernels_cuda_compile.txt" \
   "$PY" benchmarks/kernels/bench_ops.py --device cuda --dtype bfloat16 --rounds 5 \
-  --ops linear,layer_norm --json "$RESULTS/kernels_cuda_compile.json"
+  --max-seconds 95 --ops linear,layer_norm --json "$RESULTS/kernels_cuda_compile.json"
 
 {
   echo

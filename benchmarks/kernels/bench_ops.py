@@ -27,7 +27,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -173,7 +173,7 @@ def _with_backward(forward: Callable[[], torch.Tensor], leaves: list[torch.Tenso
     return run
 
 
-def linear_cases(device, dtype, note, compile_ref) -> list[Case]:
+def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     shapes = [
         (32, 256, 256),
         (4, 1024, 1024),
@@ -240,10 +240,11 @@ def linear_cases(device, dtype, note, compile_ref) -> list[Case]:
     for M, K, N in shapes:
         for act in ("relu", "gelu"):
             build(M, K, N, act)
-    return cases
+            yield from cases
+            cases.clear()
 
 
-def embedding_bag_cases(device, dtype, note, compile_ref) -> list[Case]:
+def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     shapes = [(100_000, 64, 2048, 20), (100_000, 16, 8192, 10), (1_000_000, 128, 4096, 40)]
     if device == "cuda":
         shapes += [(4_000_000, 128, 65536, 40)]
@@ -303,10 +304,11 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> list[Case]:
 
     for V, D, B, L in shapes:
         build(V, D, B, L)
-    return cases
+        yield from cases
+        cases.clear()
 
 
-def layer_norm_cases(device, dtype, note, compile_ref) -> list[Case]:
+def layer_norm_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     shapes = [(64, 256), (4096, 256), (1024, 1024), (256, 4096), (16384, 512)]
     if device == "cuda":
         shapes += [(65536, 1024), (16384, 8192)]
@@ -351,15 +353,21 @@ def layer_norm_cases(device, dtype, note, compile_ref) -> list[Case]:
 
     for M, N in shapes:
         build(M, N)
-    return cases
+        yield from cases
+        cases.clear()
 
 
 def histogram_cases(device, dtype, note, compile_ref) -> list[Case]:
     rows, features, n_edges = (16_000_000 if device == "cuda" else 1_000_000), 32, 21
     rng = np.random.default_rng(0)
-    values_np = rng.standard_normal((rows, features), dtype=np.float32)
-    values_np[rng.random((rows, features)) < 0.01] = np.nan
     edges_np = np.sort(rng.standard_normal((features, n_edges)).astype(np.float32), axis=1)
+    if device == "cuda":  # 512M values: generated on the device, seconds faster than numpy
+        g = torch.Generator(device="cuda").manual_seed(0)
+        values_t = torch.randn(rows, features, device="cuda", generator=g)
+        values_t[torch.rand(rows, features, device="cuda", generator=g) < 0.01] = float("nan")
+    else:
+        values_np = rng.standard_normal((rows, features), dtype=np.float32)
+        values_np[rng.random((rows, features)) < 0.01] = np.nan
     case = Case(
         "histogram",
         f"{rows}x{features} {n_edges} edges",
@@ -369,7 +377,7 @@ def histogram_cases(device, dtype, note, compile_ref) -> list[Case]:
         0.0,
     )
     if device == "cuda":
-        values, edges = torch.from_numpy(values_np).cuda(), torch.from_numpy(edges_np).cuda()
+        values, edges = values_t, torch.from_numpy(edges_np).cuda()
 
         def eager():  # per-feature searchsorted + bincount: what torch offers
             n = edges.shape[1]
@@ -431,8 +439,15 @@ def print_summary(rows: list[Row]) -> None:
         )
 
 
-def mlp_cases(device, dtype, note, compile_ref) -> list[Case]:
-    """Whole-MLP inference (serving): FusedMLP in one call vs nn.Sequential."""
+def mlp_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
+    (
+        """Whole-MLP inference (serving): FusedMLP in one call vs nn.Sequential.
+
+    Like every builder, a generator: cases (and their torch.compile warm-ups)
+    are built one at a time, so --max-seconds can stop between them.
+    """
+        ""
+    )
     from torch import nn
 
     from conveyor.kernels import FusedMLP
@@ -478,7 +493,8 @@ def mlp_cases(device, dtype, note, compile_ref) -> list[Case]:
     for dims in ([64, 128, 64, 1], [256, 512, 256, 1]):
         for batch in (1, 32, 256):
             build(dims, batch)
-    return cases
+            yield from cases
+            cases.clear()
 
 
 BUILDERS = {
@@ -499,6 +515,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timed batch")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="stop starting new cases after this long; the summary still prints (0: no limit)",
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -532,9 +554,21 @@ def main() -> int:
     )
     print(header)
     rows: list[Row] = []
+    started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        late = args.max_seconds > 0 and time.perf_counter() - started > args.max_seconds
+        if late:
+            notes.append(f"stopped early: --max-seconds {args.max_seconds:g} reached")
+        return late
+
     for op in args.ops.split(","):
+        if out_of_time():
+            break
         cases = BUILDERS[op](args.device, dtype, notes, not args.no_compile)
         for case in cases:
+            if out_of_time():
+                break
             times = timer.compare(case.run, args.rounds)
             for impl, t in times.items():
                 gbs, gfl = case.bytes / t / 1e9, case.flops / t / 1e9
