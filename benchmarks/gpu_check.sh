@@ -55,7 +55,7 @@ step build 300 "$RESULTS/build.log" \
   cat "$SUMMARY"; exit 1; }
 
 # 2. The GPU tests (and a check that the extension sees the device).
-step gpu-tests 150 "$RESULTS/tests.log" \
+step gpu-tests 180 "$RESULTS/tests.log" \
   "$PY" -m pytest -m gpu tests -q -p no:cacheprovider -o addopts="-ra"
 
 # 3. Benchmarks, each a ratio against a baseline measured in the same run.

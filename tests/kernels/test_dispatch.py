@@ -90,3 +90,18 @@ def test_op_uses_the_forced_implementation(monkeypatch: pytest.MonkeyPatch) -> N
 def test_unknown_op_raises() -> None:
     with pytest.raises(ValueError, match="op: expected"):
         dispatch.choose("conv", "cpu", torch.float32)
+
+
+def test_kernels_import_without_triton_and_run_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Triton is optional at run time: importing the ops must not import it, and
+    # with it reported missing every op still runs (default or reference).
+    import subprocess
+    import sys
+
+    code = "import sys, conveyor.kernels; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    monkeypatch.setattr(dispatch, "triton_installed", lambda: False)
+    monkeypatch.setenv("CONVEYOR_KERNEL_IMPL", "triton")
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    assert not dispatch.available("linear", "triton", "cpu", torch.float32)
+    torch.testing.assert_close(fused_linear(x, w), x @ w.T)

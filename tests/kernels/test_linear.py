@@ -161,7 +161,7 @@ def test_triton_empty_batch_interpreted() -> None:
 @pytest.mark.parametrize("impl", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("M", "N", "K"), [(1, 1, 1), (33, 65, 17), (300, 257, 1000), (0, 4, 8)])
-@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+@pytest.mark.parametrize("act", ["relu", "gelu"])  # all five run in the interpreter tests
 def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K: int, act: str):
     if impl == "triton" and not triton_installed():
         pytest.skip("triton not installed")
