@@ -253,11 +253,11 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def build(V: int, D: int, B: int, L: int) -> None:
-        weight = torch.randn(V, D, dtype=dtype).to(device)
+        weight = torch.randn(V, D, dtype=dtype, device=device)  # 2 GB on GPU: make it there
         nnz = B * L
         indices = torch.randint(0, V, (nnz,), generator=g).to(device)
         offsets = torch.arange(0, nnz, L).to(device)
-        psw = torch.rand(nnz, dtype=dtype).to(device)
+        psw = torch.rand(nnz, dtype=dtype, device=device)
         for mode, p in (("sum", None), ("mean", None), ("sum", psw)):
             shape = f"V={V} D={D} B={B} L={L} {mode}{'+psw' if p is not None else ''}"
             ref = embedding_bag(indices, weight, offsets, mode, p, impl="reference")
