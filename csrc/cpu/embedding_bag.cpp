@@ -1,7 +1,8 @@
 // Embedding bag on the CPU (contract in ops.h).
 //
-// Forward: one bag per iteration of a parallel loop; each bag accumulates its
-// rows into its own output row, so no synchronisation is needed.
+// Forward: chunks of 64 bags per iteration of a parallel loop; each bag
+// accumulates its rows in registers and writes its own output row once, so no
+// synchronisation is needed. Rows are prefetched ahead across bag boundaries.
 // Backward: the scatter-add into grad_weight is made race-free without
 // atomics by giving each thread the table rows r with r % threads == t; every
 // thread scans the (small) index array and touches only its own rows.
