@@ -162,3 +162,16 @@ def test_triton_float16_interpreted() -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the gpu tests")
     _check("triton", 30, 37, 5, 17, "mean", dtype=torch.float16)
+
+
+@pytest.mark.parametrize(("mode", "psw"), [("sum", True), ("mean", False)])
+def test_cpp_two_threads_match_reference(mode: str, psw: bool) -> None:
+    # Row ownership by thread in the backward: the path the 1-thread tests skip.
+    from conveyor import _C
+
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(2)
+        _check("cpp", 500, 64, 300, 6000, mode, psw)
+    finally:
+        _C.set_num_threads(before)

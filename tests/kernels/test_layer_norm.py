@@ -103,3 +103,15 @@ def test_triton_float16_interpreted() -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the gpu tests")
     _check("triton", (3, 37), dtype=torch.float16)
+
+
+def test_cpp_two_threads_match_reference() -> None:
+    # Per-thread partial sums of dweight/dbias: the path the 1-thread tests skip.
+    from conveyor import _C
+
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(2)
+        _check("cpp", (300, 257))
+    finally:
+        _C.set_num_threads(before)
