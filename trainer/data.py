@@ -50,7 +50,12 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
         assert cfg.label is not None
         log.info("inferring the spec and profiling %s (label %r)", cfg.source, cfg.label)
         spec = infer_spec(
-            source, cfg.label, weight=cfg.weight, timestamp=cfg.timestamp, key=cfg.key
+            source,
+            cfg.label,
+            weight=cfg.weight,
+            timestamp=cfg.timestamp,
+            key=cfg.key,
+            include_partitions=cfg.include_partitions,
         )
     result = run_scan(
         source,
