@@ -35,7 +35,8 @@ class TrainConfig:
         val_fraction: share of rows held out for validation (default 0.2; 0 = none, and then
             no early stopping).
         split_column: integer or timestamp column whose hash picks the held-out rows (default:
-            the spec's key; without one, a hash of the numeric feature values).
+            the spec's key when it is one; without, the reader's split by file path and row
+            index, see :mod:`conveyor.trainer.split`).
     Model:
         hidden: MLP widths (default 256, 128); activation one of :data:`ACTIVATIONS`;
         dropout probability; layer_norm after each hidden layer; embedding_dim per categorical.
