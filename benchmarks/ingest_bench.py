@@ -8,6 +8,7 @@ and the ratio printed is the median over those pairs, each pair timed under the 
 rows/s are from each contender's best run."""
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5, help="(a)/conveyor pairs (default 5)")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     names = [f"c{i}" for i in range(args.cols)]
@@ -92,6 +94,19 @@ def main() -> None:
         f"conveyor / (a) = {ratio_a:.2f}  (median of {args.repeat} adjacent pairs; target >= 0.8)"
     )
     print(f"conveyor / (b) = {tb / tc_b:.1f}  (adjacent runs; target >= 5)")
+    if args.json:
+        figures = {
+            "rows": n,
+            "cols": args.cols,
+            "batch": args.batch,
+            "torch_threads": torch.get_num_threads(),
+            "a_pyarrow_rows_per_s": round(n / ta),
+            "loader_rows_per_s": round(n / tc),
+            "b_pandas_rows_per_s": round(n / tb),
+            "loader_over_a": round(ratio_a, 3),
+            "loader_over_b": round(tb / tc_b, 2),
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 """Serving benchmark: conveyor against a bare grpc.aio ceiling, the raw forward rate and MLServer.
 
 Everything is measured in one run, on this machine, with one load generator
-(separate client processes speaking OIP ModelInfer over gRPC, pre-serialised
-requests, grpc.aio on uvloop) against servers in their own processes:
+(conveyor.bench.loadgen, as ``conveyor bench serve`` uses: separate client
+processes speaking OIP ModelInfer over gRPC, pre-serialised requests, grpc.aio
+on uvloop) against servers in their own processes:
 
 * ``bare``: a grpc.aio server answering every ModelInfer with a constant
   (no parsing, no batching, no model): the ceiling for this client and payload;
@@ -26,9 +27,7 @@ ratios the targets are stated in; ``--json FILE`` saves the raw numbers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -213,80 +212,35 @@ def mlserver_dir(work: Path, model_path: Path, port: int, parallel_workers: int)
     return d
 
 
-# -- load generator -------------------------------------------------------------------------------
-
-
-def _load_process(
-    port: int, payload: bytes, concurrency: int, duration: float, warmup: float, out: Any
-) -> None:
-    import grpc
-    import uvloop
-
-    async def main() -> dict[str, Any]:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out: no client-side protobuf work
-        start = time.perf_counter() + warmup
-        stop = start + duration
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-
-        async def worker() -> None:
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= stop:
-                    return
-                try:
-                    await call(payload, timeout=30)
-                except grpc.RpcError as exc:
-                    if t0 >= start:
-                        errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
-                    continue
-                if t0 >= start:
-                    latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        await channel.close()
-        return {"latencies": latencies, "errors": errors}
-
-    out.put(uvloop.run(main()))
+# -- load ---------------------------------------------------------------------------------------
 
 
 def run_load(
     port: int, rows: int, concurrency: int, duration: float, warmup: float = 1.0
 ) -> dict[str, Any]:
-    """``concurrency`` requests in flight, spread over up to 2 client processes."""
-    payload = request_bytes(rows)
-    procs_n = 1 if concurrency == 1 else 2
-    per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=_load_process, args=(port, payload, c, duration, warmup, queue))
-        for c in per
-    ]
-    for p in procs:
-        p.start()
-    parts = [queue.get(timeout=duration + warmup + 120) for _ in procs]
-    for p in procs:
-        p.join()
-    lat = np.array([x for part in parts for x in part["latencies"]]) * 1e3
-    errors: dict[str, int] = {}
-    for part in parts:
-        for k, v in part["errors"].items():
-            errors[k] = errors.get(k, 0) + v
-    n = len(lat)
-    pct = np.percentile(lat, [50, 90, 99, 99.9]) if n else [float("nan")] * 4
+    """``concurrency`` requests in flight from conveyor's load generator
+    (:mod:`conveyor.bench.loadgen`), over 1 client process at concurrency 1 and 2 otherwise."""
+    from conveyor.bench.loadgen import LoadSpec
+    from conveyor.bench.loadgen import run_load as drive
+
+    spec = LoadSpec(
+        target=f"127.0.0.1:{port}",
+        payloads=(request_bytes(rows),),
+        rows=rows,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        procs=1 if concurrency == 1 else 2,
+        timeout=30,
+    )
+    s = drive(spec, progress=False).summary()
+    keep = ("requests_s", "rows_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "errors")
     return {
         "rows": rows,
         "concurrency": concurrency,
-        "requests_s": n / duration,
-        "rows_s": n * rows / duration,
-        "p50_ms": float(pct[0]),
-        "p90_ms": float(pct[1]),
-        "p99_ms": float(pct[2]),
-        "p999_ms": float(pct[3]),
-        "errors": sum(errors.values()),
-        "error_codes": errors,
+        **{k: s[k] for k in keep},
+        "error_codes": s["error_codes"],
+        "client_cpu_cores": s["client_cpu_cores"],
     }
 
 

@@ -146,6 +146,7 @@ def main() -> None:
         default=2,
         help="torch threads of the single-process runs, (a) and (b) (default 2 = the cores)",
     )
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     # The trainer only picks its own thread count when OMP_NUM_THREADS is unset.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -195,6 +196,8 @@ def main() -> None:
     )
     print(f"(c) 2-process DDP (gloo, 1 thread each) {ddp:,.0f} samples/s: {ddp / ours:.2f}x")
     print(json.dumps(figures))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "conveyor.ingest.cli",
     "conveyor.trainer.cli",
     "conveyor.engine.cli",
+    "conveyor.bench.command",
     "conveyor.demo.command",
 )
 

@@ -1,4 +1,5 @@
-"""`conveyor demo`, scaled down: every step runs and the summary accounts for every row."""
+"""`conveyor demo`, scaled down: every step runs, the summary accounts for every row, and the
+served model takes both traffic phases."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from conveyor.cli import main
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "demo"
-    argv = ["demo", "--workdir", str(work), "--rows", "20000", "--nproc", "2", "--epochs", "1"]
-    assert main(argv) == 0
+    argv = ["demo", "--workdir", str(work), "--rows", "20000", "--nproc", "2", "--epochs", "1",
+            "--port", "0", "--metrics-port", "0"]  # fmt: skip
+    assert main([*argv, "--phase-seconds", "2"]) == 0
     out = capsys.readouterr().out
     report = json.loads((work / "profile" / "report.json").read_text())["accounting"]
     assert report["rows_in"] == 20000
@@ -25,6 +27,25 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert {"model.pt", "config.json", "spec.json", "stats.json"} <= {
         p.name for p in version.iterdir()
     }
+
+    # Served traffic: both phases answered, every request, from the raw columns.
+    traffic = json.loads((work / "traffic.json").read_text())
+    phases = {p["phase"]: p for p in traffic["phases"]}
+    assert list(phases) == ["in-distribution", "drifted"]
+    for phase in phases.values():
+        load = phase["load"]
+        assert load["requests"] > 0 and load["errors"] == 0 and load["rows"] == 8
+        assert 0 < load["p50_ms"] <= load["p99_ms"]
+    assert "== traffic: in-distribution" in out and "== traffic: drifted" in out
+    assert set(traffic["timings_s"]) >= {"generate", "profile", "train", "drifted"}
+    drifted = phases["drifted"]["drift"]
+    if drifted is None:
+        # An engine without drift metrics must say so rather than report "no drift".
+        assert "server exposes no drift metrics" in out
+    else:
+        assert drifted["alert"] and drifted["drifted_features"]
+        assert "drift alert ON" in out
+
     # A second run keeps the repository and adds a version, as a retraining job would.
-    assert main(argv) == 0
+    assert main([*argv, "--phase-seconds", "0.5"]) == 0
     assert (work / "models" / "fraud" / "2" / "model.pt").exists()

@@ -1,0 +1,151 @@
+"""``conveyor bench serve``: a sweep of load points against one model of any OIP v2 gRPC server.
+
+Closed-loop concurrencies first, then open-loop rates, each point measured by
+:func:`conveyor.bench.loadgen.run_load` on the same pre-built requests; with a metrics URL,
+the server's own queue and compute times and batch sizes are read around each point.
+Results go to ``OUT/serve.json``, ``OUT/serve.csv`` and ``OUT/serve.png``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conveyor.bench import loadgen, payloads, prom, report
+
+
+@dataclass
+class ServeBenchConfig:
+    """What ``conveyor bench serve`` runs.
+
+    Attributes:
+        target: ``host:port`` of the gRPC server.
+        model: model name; ``version`` empty = the server's default version.
+        concurrency: closed-loop points (requests in flight).
+        rates: open-loop points (requests/s, Poisson arrivals).
+        rows: rows per request (default 1).
+        duration: seconds measured per point (default 10); warmup: seconds before (default 2).
+        procs: client processes (default 1).
+        data: a Parquet file or folder to take inputs from; None = random inputs.
+        metrics_url: the server's Prometheus page, read before and after each point.
+        out: folder for serve.json, serve.csv and serve.png (default ``bench-results``).
+        timeout: per-request deadline, seconds (default 10).
+        token: bearer token for servers that require one.
+        seed: random inputs and arrival times (default 0).
+    """
+
+    target: str
+    model: str
+    version: str = ""
+    concurrency: list[int] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    rows: int = 1
+    duration: float = 10.0
+    warmup: float = 2.0
+    procs: int = 1
+    data: str | None = None
+    metrics_url: str | None = None
+    out: str = "bench-results"
+    timeout: float = 10.0
+    token: str | None = None
+    seed: int = 0
+    progress: bool | None = None
+
+
+def machine() -> str:
+    """A short description of this machine for result tables."""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores{load}"
+
+
+def measure_point(
+    spec: loadgen.LoadSpec,
+    *,
+    model: str,
+    metrics_url: str | None = None,
+    progress: bool | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """One load point's summary, with the server's view of it when ``metrics_url`` is set."""
+    before = _scrape(metrics_url)
+    result = loadgen.run_load(spec, progress=progress, label=label)
+    summary = result.summary()
+    after = _scrape(metrics_url)
+    if before is not None and after is not None:
+        summary.update(prom.server_side(before, after, model))
+    return summary
+
+
+def _scrape(url: str | None) -> prom.Samples | None:
+    return None if url is None else prom.scrape(url)
+
+
+def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every point, print a line for each, write the files; returns the JSON document."""
+    if not cfg.concurrency and not cfg.rates:
+        raise payloads.PayloadError("nothing to run: give --concurrency and/or --rate")
+    info = payloads.model_info(cfg.target, cfg.model, cfg.version, cfg.token)
+    if cfg.data:
+        need = payloads.needed_columns(info)
+        columns = payloads.read_columns(cfg.data, need, limit=cfg.rows * payloads.MAX_PAYLOADS)
+        source = f"file {cfg.data}"
+    else:
+        columns = payloads.random_inputs(info, cfg.rows * 64, seed=cfg.seed)
+        source = "random (from model metadata)"
+    bodies = payloads.build_payloads(info, columns, cfg.rows, version=cfg.version)
+    metrics_url = prom.metrics_url(cfg.metrics_url) if cfg.metrics_url else None
+    if metrics_url:
+        prom.scrape(metrics_url)  # fail before the sweep, not after the first point
+    echo(
+        f"bench serve: {cfg.model} at {cfg.target}, {cfg.rows} row(s)/request, inputs {source}, "
+        f"{len(bodies)} distinct requests, {cfg.procs} client process(es), "
+        f"{cfg.warmup:g} s warm-up + {cfg.duration:g} s per point"
+    )
+    points: list[dict[str, Any]] = []
+    loads: list[dict[str, Any]] = [{"concurrency": c} for c in cfg.concurrency]
+    loads += [{"rate": r} for r in cfg.rates]
+    for load in loads:
+        spec = loadgen.LoadSpec(
+            target=cfg.target,
+            payloads=bodies,
+            rows=cfg.rows,
+            duration=cfg.duration,
+            warmup=cfg.warmup,
+            procs=cfg.procs,
+            timeout=cfg.timeout,
+            token=cfg.token,
+            seed=cfg.seed,
+            **load,
+        )
+        label = f"c={load['concurrency']}" if "concurrency" in load else f"{load['rate']:g}/s"
+        point = measure_point(
+            spec, model=cfg.model, metrics_url=metrics_url, progress=cfg.progress, label=label
+        )
+        points.append(point)
+        echo(report.point_line(point))
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("token", "progress")}
+    document = {
+        "benchmark": "serve",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": settings,
+        "model": {"name": info.name, "platform": info.platform, "versions": list(info.versions)},
+        "points": points,
+    }
+    out = Path(cfg.out)
+    files = [
+        report.write_json(out / "serve.json", document),
+        report.write_csv(out / "serve.csv", points),
+        report.plot_latency(
+            out / "serve.png",
+            points,
+            f"{cfg.model} at {cfg.target}: {cfg.rows} row(s)/request, {machine()}",
+        ),
+    ]
+    echo("wrote " + ", ".join(str(f) for f in files))
+    return document

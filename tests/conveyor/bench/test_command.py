@@ -1,0 +1,136 @@
+"""``conveyor bench``: serve writes JSON, CSV and PNG; the script runners' files and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conveyor.cli import main
+from conveyor.engine.server import Server
+
+PAGE = b"""\
+# TYPE conveyor_batch_size histogram
+conveyor_batch_size_bucket{model="double",version="1",le="+Inf"} 4.0
+conveyor_batch_size_sum{model="double",version="1"} 8.0
+conveyor_batch_size_count{model="double",version="1"} 4.0
+"""
+
+
+@pytest.fixture
+def metrics_page() -> Iterator[str]:
+    """A static Prometheus page on 127.0.0.1 (the engine's own /metrics is another branch's)."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(PAGE)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_serve_writes_json_csv_png(
+    server: Server, tmp_path: Path, metrics_page: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double",
+        "--concurrency", "1,4", "--rate", "150", "--rows", "3", "--duration", "0.5",
+        "--warmup", "0.1", "--procs", "2", "--out", str(out), "--metrics-url", metrics_page,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    document = json.loads((out / "serve.json").read_text())
+    points = document["points"]
+    assert [(p["mode"], p["concurrency"], p["target_rate"]) for p in points] == [
+        ("closed", 1, None),
+        ("closed", 4, None),
+        ("open", None, 150.0),
+    ]
+    assert [p["procs"] for p in points] == [1, 2, 2]  # never more processes than in flight
+    assert all(p["requests"] > 0 and p["errors"] == 0 and p["rows"] == 3 for p in points)
+    # The static page does not move: the server-side deltas are zero, so no means.
+    assert points[0]["server_batch_size"] is None and points[0]["server_requests"] is None
+    assert document["settings"]["target"] == server.address and "token" not in document["settings"]
+    with (out / "serve.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and {"p50_ms", "p999_ms", "requests_s", "client_cpu_cores"} <= set(
+        rows[0]
+    )
+    assert (out / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "c=4" in printed and "rate=150/s" in printed and "serve.png" in printed
+
+
+def test_serve_inputs_from_parquet(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "inputs.parquet"
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    pq.write_table(pa.table({"x": pa.array(list(x), type=pa.list_(pa.float32(), 3))}), data)
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double", "--concurrency", "2",
+        "--rows", "5", "--duration", "0.3", "--warmup", "0.1", "--data", str(data),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    point = json.loads((tmp_path / "out" / "serve.json").read_text())["points"][0]
+    assert point["requests"] > 0 and point["errors"] == 0
+
+
+def test_serve_bad_input_names_the_problem(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"y": [1.0, 2.0]}), data)
+    base = ["bench", "serve", "--target", server.address, "--out", str(tmp_path / "o")]
+    assert main([*base, "--model", "double", "--data", str(data)]) == 1
+    assert "no column(s) ['x']" in capsys.readouterr().err
+    assert main([*base, "--model", "nope"]) == 1
+    assert "model metadata for 'nope'" in capsys.readouterr().err
+
+
+def test_missing_script_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "kernels", "--benchmarks-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "kernels/bench_ops.py not found" in err
+
+
+def test_script_runner_writes_json_csv_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scripts = tmp_path / "benchmarks"
+    scripts.mkdir()
+    (scripts / "train_bench.py").write_text(
+        "import argparse, json\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--json'); p.add_argument('--rows')\n"
+        "a = p.parse_args()\n"
+        "print('measuring', a.rows)\n"
+        "json.dump({'rows': int(a.rows), 'trainer_samples_per_s': 5.0}, open(a.json, 'w'))\n"
+    )
+    out = tmp_path / "out"
+    argv = ["bench", "train", "--benchmarks-dir", str(scripts), "--out", str(out), "--",
+            "--rows", "7"]  # fmt: skip
+    assert main(argv) == 0
+    document = json.loads((out / "train.json").read_text())
+    assert document["figures"] == {"rows": 7, "trainer_samples_per_s": 5.0}
+    assert document["machine"] and document["date"]
+    assert (out / "train.csv").read_text().splitlines() == ["rows,trainer_samples_per_s", "7,5.0"]
+    assert "measuring 7" in (out / "train.log").read_text()
+    assert "measuring 7" in capsys.readouterr().out

@@ -1,0 +1,92 @@
+"""The load generator against an in-process server: both loops, several processes, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conveyor.bench import payloads
+from conveyor.bench.loadgen import LoadError, LoadSpec, run_load
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.server import Server
+
+
+def good_payloads(server: Server, rows: int = 2) -> tuple[bytes, ...]:
+    info = payloads.model_info(server.address, "double")
+    return payloads.build_payloads(info, payloads.random_inputs(info, rows * 4), rows)
+
+
+def wrong_datatype() -> bytes:
+    """x sent as INT32: the server must answer INVALID_ARGUMENT."""
+    return pb.ModelInferRequest(
+        model_name="double",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT32", shape=[1, 3])],
+        raw_input_contents=[np.zeros(3, np.int32).tobytes()],
+    ).SerializeToString()
+
+
+def spec(server: Server, bodies: tuple[bytes, ...], **load: object) -> LoadSpec:
+    return LoadSpec(
+        target=server.address, payloads=bodies, rows=2, duration=0.6, warmup=0.2, timeout=5,
+        **load,
+    )  # fmt: skip
+
+
+def test_closed_loop(server: Server) -> None:
+    result = run_load(spec(server, good_payloads(server), concurrency=4), progress=False)
+    s = result.summary()
+    assert s["mode"] == "closed" and s["procs"] == 1
+    assert s["requests"] > 20 and s["errors"] == 0
+    assert s["rows_s"] == pytest.approx(2 * s["requests_s"])
+    assert 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["p999_ms"] <= s["max_ms"]
+    assert s["client_cpu_s"] > 0
+
+
+def test_open_loop_poisson_rate(server: Server) -> None:
+    result = run_load(spec(server, good_payloads(server), rate=300.0), progress=False)
+    s = result.summary()
+    assert s["mode"] == "open" and s["target_rate"] == 300.0
+    # 180 arrivals expected in 0.6 s; Poisson sd ~13: a wide band that still catches a wrong rate.
+    assert 100 < s["offered_s"] * 0.6 < 260
+    assert s["errors"] == 0 and s["requests"] == round(s["offered_s"] * 0.6)
+    assert s["client_lag_mean_ms"] >= 0
+
+
+def test_two_processes(server: Server) -> None:
+    s = run_load(spec(server, good_payloads(server), concurrency=4, procs=2)).summary()
+    assert s["procs"] == 2 and s["requests"] > 20 and s["errors"] == 0
+
+
+def test_errors_counted_by_code(server: Server) -> None:
+    bodies = (*good_payloads(server), wrong_datatype())
+    s = run_load(spec(server, bodies, concurrency=2), progress=False).summary()
+    codes = s["error_codes"]
+    assert set(codes) == {"INVALID_ARGUMENT"} and codes["INVALID_ARGUMENT"] > 0
+    assert s["errors"] == codes["INVALID_ARGUMENT"]
+    # One request in five is bad and the workers take them in turn.
+    assert s["requests"] == pytest.approx(4 * s["errors"], rel=0.2)
+
+
+def test_no_server_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    load = LoadSpec(
+        target=f"127.0.0.1:{port}", payloads=(b"",), concurrency=1, duration=0.1,
+        connect_timeout=0.5,
+    )  # fmt: skip
+    with pytest.raises(LoadError, match="cannot connect"):
+        run_load(load, progress=False)
+
+
+def test_spec_checks() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        LoadSpec(target="x:1", payloads=(b"",), concurrency=1, rate=5.0)
+    with pytest.raises(ValueError, match="payloads"):
+        LoadSpec(target="x:1", payloads=(), concurrency=1)
+    assert LoadSpec(target="x:1", payloads=(b"",), concurrency=5, procs=2).shares() == [
+        (3, 0.0),
+        (2, 0.0),
+    ]
