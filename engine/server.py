@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
+from conveyor.engine.malformed import MalformedRequestInterceptor
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -177,7 +178,11 @@ class Server:
         if auth is None and auth_token:
             auth = AuthConfig(tokens=(auth_token,))
         self.auth = auth if auth is not None and auth.enabled else None
-        self._interceptors = [BearerTokenInterceptor(self.auth)] if self.auth else []
+        # The token check comes first, so an unauthenticated message is never parsed.
+        self._interceptors: list[grpc.aio.ServerInterceptor] = [
+            *([BearerTokenInterceptor(self.auth)] if self.auth else []),
+            MalformedRequestInterceptor(),
+        ]
         if not is_loopback(host):
             missing = [w for w, have in (("TLS", tls), ("auth tokens", self.auth)) if not have]
             if missing:
