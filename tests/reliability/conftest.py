@@ -103,3 +103,39 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     write_model(root, "affine", 1, Affine(), AFFINE_IO, max_batch_size=8)
     return root
+
+
+class Gate:
+    """Holds calls of the model named ``gated`` (while armed) until released; counts entries."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.armed = False
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.hang_rows_equal: float | None = None  # only rows whose x[0, 0] equals this hang
+
+    def should_hold(self, name: str, inputs: list) -> bool:
+        if name != "gated" or not self.armed:
+            return False
+        return self.hang_rows_equal is None or float(inputs[0][0, 0]) == self.hang_rows_equal
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """Patches Model.run (the server runs in this process) so the model ``gated`` can hang."""
+    from conveyor.engine.model import Model
+
+    controller = Gate()
+    original = Model.run
+
+    def run(self, inputs):  # type: ignore[no-untyped-def]
+        if controller.should_hold(self.name, inputs):
+            controller.entered.release()
+            controller.release.wait(30)  # bounded: a failing test still ends
+        return original(self, inputs)
+
+    monkeypatch.setattr(Model, "run", run)
+    yield controller
+    controller.release.set()
