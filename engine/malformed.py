@@ -76,21 +76,35 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.stream_stream or handler.stream_unary
         streaming_out = handler.stream_stream is not None
 
-        async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        # A malformed message in a stream ends the request stream there, as if the
+        # client had closed it: the handler answers what came before, then the call
+        # ends INVALID_ARGUMENT (aborting from inside the handler's reader task
+        # instead would race with its writes).
+        async def checked(
+            requests: AsyncIterator[Any], bad: list[_Malformed]
+        ) -> AsyncIterator[Any]:
             async for request in requests:
                 if isinstance(request, _Malformed):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                    bad.append(request)
+                    return
                 yield request
 
         if streaming_out:
 
             async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                async for item in inner_stream(checked(requests, context), context):
+                bad: list[_Malformed] = []
+                async for item in inner_stream(checked(requests, bad), context):
                     yield item
+                if bad:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(bad[0]))
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
 
         async def stream_unary(requests: Any, context: Any) -> Any:
-            return await inner_stream(checked(requests, context), context)
+            bad: list[_Malformed] = []
+            response = await inner_stream(checked(requests, bad), context)
+            if bad:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(bad[0]))
+            return response
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
