@@ -286,8 +286,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument(
         "--max-concurrent-streams",
         type=int,
-        default=1024,
-        help="HTTP/2 streams per client connection (default: 1024)",
+        default=None,
+        help="HTTP/2 streams per client connection; beyond, the client sees UNAVAILABLE "
+        "(default: no limit; --max-concurrent-rpcs bounds the server)",
     )
     p.add_argument(
         "--execution-timeout",

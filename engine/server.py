@@ -46,8 +46,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # RPCs being handled at once, server-wide; beyond it a new call is answered
 # RESOURCE_EXHAUSTED at once (each per-model queue is bounded as well).
 DEFAULT_MAX_CONCURRENT_RPCS = 4096
-# HTTP/2 streams one connection may open at once; further calls wait in the client.
-DEFAULT_MAX_CONCURRENT_STREAMS = 1024
+# HTTP/2 streams one connection may open at once (None: gRPC's default, unlimited).
+# Off by default: a burst beyond it is refused with REFUSED_STREAM, which clients
+# see as UNAVAILABLE; the server-wide RPC limit answers RESOURCE_EXHAUSTED instead.
+DEFAULT_MAX_CONCURRENT_STREAMS: int | None = None
 
 
 class ServerError(ConveyorError):
@@ -114,7 +116,7 @@ class Server:
         auth_token: shorthand for ``auth=AuthConfig(tokens=(auth_token,))``.
         auth: bearer tokens, admin tokens, health exemption (see :mod:`conveyor.engine.auth`).
         max_concurrent_rpcs: RPCs handled at once (default 4096); more: RESOURCE_EXHAUSTED.
-        max_concurrent_streams: HTTP/2 streams per connection (default 1024).
+        max_concurrent_streams: HTTP/2 streams per connection (default: no limit).
         execution_timeout: seconds one batch may run in a model (default 60) before
             its requests get DEADLINE_EXCEEDED and its worker thread is replaced.
         max_abandoned_threads: hung workers tolerated per model version (default 4);
@@ -142,7 +144,7 @@ class Server:
         auth_token: str | None = None,
         auth: AuthConfig | None = None,
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
-        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        max_concurrent_streams: int | None = DEFAULT_MAX_CONCURRENT_STREAMS,
         execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT,
         max_abandoned_threads: int = MAX_ABANDONED_THREADS,
     ) -> None:
@@ -171,8 +173,9 @@ class Server:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_concurrent_streams", max_concurrent_streams),
         ]
+        if max_concurrent_streams is not None:
+            self._grpc_options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
         self._max_concurrent_rpcs = max_concurrent_rpcs
         self._tls = tls
         if auth is None and auth_token:
