@@ -28,9 +28,7 @@ from conveyor.engine.server import Server, TLSConfig
 X = np.zeros((1, 4), np.float32)
 
 
-def test_binds_loopback_by_default_and_warns_on_open_non_loopback(
-    repo: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_binds_loopback_by_default_and_warns_on_open_non_loopback(repo: Path) -> None:
     from conveyor.cli import build_parser
     from conveyor.config import resolve
 
@@ -38,15 +36,26 @@ def test_binds_loopback_by_default_and_warns_on_open_non_loopback(
     assert args.host == "127.0.0.1"
     with Server(repo, port=0) as server:
         assert server.address.startswith("127.0.0.1:")
-    # Constructing is enough to check the warning (tests never bind a public address).
-    with caplog.at_level(logging.WARNING, logger="conveyor.engine.server"):
+    # Our own handler: the CLI tests may have set the conveyor loggers not to propagate.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("conveyor.engine.server")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        # Constructing is enough to check the warning (tests never bind a public address).
         Server(repo, host="127.0.0.1")
         Server(repo, host="localhost")
-        assert not caplog.records
+        assert not records
         Server(repo, host="0.0.0.0")
-        assert "without TLS or auth tokens" in caplog.records[-1].getMessage()
+        assert "without TLS or auth tokens" in records[-1].getMessage()
         Server(repo, host="0.0.0.0", auth_token="t")
-        assert "without TLS:" in caplog.records[-1].getMessage()
+        assert "without TLS:" in records[-1].getMessage()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_tls_and_mutual_tls(repo: Path, pki: Pki) -> None:
