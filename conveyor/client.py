@@ -114,6 +114,10 @@ class UnauthenticatedError(InferenceServerError):
     """The server wants a (different) bearer token."""
 
 
+class PermissionDeniedError(InferenceServerError):
+    """The token is valid but not allowed this call (load/unload without an admin token)."""
+
+
 _ERRORS: dict[grpc.StatusCode, type[InferenceServerError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -124,6 +128,7 @@ _ERRORS: dict[grpc.StatusCode, type[InferenceServerError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.CANCELLED: RequestCancelledError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

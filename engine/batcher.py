@@ -24,6 +24,15 @@ Requests are taken highest priority first (level 1), FIFO within a level, whole
 (a request's rows are never split across batches), up to ``max_batch_size``
 rows. A request whose deadline has passed, or that was cancelled, is removed
 and never computed.
+
+Hung models: a watchdog thread abandons a worker whose batch has run longer
+than ``execution_timeout`` seconds. Its requests are answered DEADLINE_EXCEEDED
+at once and a new worker thread takes its place, so later requests are served.
+Python cannot kill a thread, so the abandoned one keeps running until the model
+returns; its result is dropped and it then rejoins as a worker if one is
+missing, else exits. At most ``max_abandoned_threads`` replacements are made
+per model version; beyond that, with no worker left, the version answers
+UNAVAILABLE at once (queued and new requests) until an abandoned thread returns.
 """
 
 from __future__ import annotations
@@ -52,6 +61,26 @@ from conveyor.engine.model_config import DynamicBatching
 log = logging.getLogger("conveyor.engine.batcher")
 
 QUEUED, TAKEN, DONE = 0, 1, 2
+# Seconds one batch may run in the model before its worker is abandoned (None: never).
+DEFAULT_EXECUTION_TIMEOUT = 60.0
+# Replacement threads per model version for workers stuck in the model.
+MAX_ABANDONED_THREADS = 4
+
+
+class _Abandoned(BaseException):
+    """Raised in a worker whose model call returned after the watchdog gave up on it
+    (a BaseException, so the batch error handling does not answer its requests again)."""
+
+    def __init__(self, rejoin: bool) -> None:
+        super().__init__()
+        self.rejoin = rejoin
+
+
+@dataclass(eq=False, slots=True)
+class _Execution:
+    batch: list[Pending]
+    started: float
+    abandoned: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -139,6 +168,9 @@ class Batcher:
         max_batch_size: most rows in one execution.
         batching: queue delay, preferred sizes, queue bound, priority levels.
         instance_count: worker threads, each executing one batch at a time.
+        execution_timeout: seconds one batch may run before its worker is abandoned
+            and replaced (default 60; None disables the watchdog).
+        max_abandoned_threads: replacements made for hung workers (default 4).
     """
 
     def __init__(
@@ -148,6 +180,9 @@ class Batcher:
         max_batch_size: int,
         batching: DynamicBatching,
         instance_count: int = 1,
+        *,
+        execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT,
+        max_abandoned_threads: int = MAX_ABANDONED_THREADS,
     ) -> None:
         self.name = name
         self._run = run
@@ -167,13 +202,35 @@ class Batcher:
         self._closing = False
         self._kick_pending = False
         self._idle = 0  # workers waiting for an empty queue to get a request
-        self._cond = threading.Condition(threading.Lock())
-        self._threads = [
-            threading.Thread(target=self._work, name=f"conveyor-{name}-{i}", daemon=True)
-            for i in range(instance_count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        # The watchdog waits on its own condition (same lock), so a notify() meant for
+        # a worker never wakes it instead.
+        self._watch_cond = threading.Condition(lock)
+        self._instance_count = instance_count
+        self._execution_timeout = execution_timeout
+        self._max_abandoned = max_abandoned_threads
+        self._running: dict[threading.Thread, _Execution] = {}
+        self._live: set[threading.Thread] = set()
+        self._spawned = 0
+        self.abandoned = 0  # abandoned threads still inside the model
+        self.abandoned_total = 0  # workers abandoned since load
+        with self._cond:
+            for _ in range(instance_count):
+                self._spawn()
+        if execution_timeout is not None:
+            threading.Thread(
+                target=self._watch, name=f"conveyor-{name}-watchdog", daemon=True
+            ).start()
+
+    def _spawn(self) -> None:
+        """Start one worker thread (lock held)."""
+        thread = threading.Thread(
+            target=self._work, name=f"conveyor-{self.name}-{self._spawned}", daemon=True
+        )
+        self._spawned += 1
+        self._live.add(thread)
+        thread.start()
 
     @property
     def queued(self) -> int:
@@ -199,6 +256,8 @@ class Batcher:
         with cond:
             if self._closing:
                 raise Unavailable(f"model {self.name} is being unloaded")
+            if not self._live:
+                raise Unavailable(self._stalled_message())
             if self._queued >= self.batching.max_queue_size:
                 raise ResourceExhausted(
                     f"model {self.name}: queue full ({self.batching.max_queue_size} requests "
@@ -259,14 +318,112 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+            self._watch_cond.notify_all()
+            threads = list(self._live)
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._threads)
+        with self._cond:  # an abandoned thread has been reported already
+            return not any(t.is_alive() and t in self._live for t in threads)
+
+    # -- watchdog -----------------------------------------------------------------------------
+
+    def _stalled_message(self) -> str:
+        return (
+            f"model {self.name}: {self.abandoned} execution(s) hung past the "
+            f"{self._execution_timeout:g}s execution timeout and no worker is left; "
+            "retry later"
+        )
+
+    def _watch(self) -> None:
+        """Abandon workers whose batch overran the execution timeout (see the module doc)."""
+        timeout = self._execution_timeout
+        assert timeout is not None
+        period = min(1.0, timeout / 4)
+        cond = self._cond
+        while True:
+            answered: list[tuple[Pending, Any, bool]] = []
+            with cond:
+                if self._closing and not self._live:
+                    return
+                now = time.monotonic()
+                for thread, ex in list(self._running.items()):
+                    if now - ex.started < timeout:
+                        continue
+                    ex.abandoned = True
+                    del self._running[thread]
+                    self._live.discard(thread)
+                    self.abandoned += 1
+                    self.abandoned_total += 1
+                    err = DeadlineExceeded(
+                        f"model {self.name}: execution exceeded the {timeout:g}s execution "
+                        "timeout; the request was abandoned"
+                    )
+                    answered += [(p, err, True) for p in ex.batch]
+                    threads = len(self._live) + self.abandoned
+                    replace = threads < self._instance_count + self._max_abandoned
+                    if replace and not self._closing:
+                        self._spawn()
+                    log.error(
+                        "worker hung for %.1fs (execution timeout %gs); abandoned%s; "
+                        "%d abandoned thread(s) still running",
+                        now - ex.started,
+                        timeout,
+                        ", replaced" if replace else ", not replaced (limit reached)",
+                        self.abandoned,
+                        extra={
+                            "model": self.name,
+                            "request_id": ",".join(p.request_id for p in ex.batch),
+                        },
+                    )
+                if not self._live:
+                    # Nobody left to execute the queue: answer it now, not after a timeout.
+                    stalled = Unavailable(self._stalled_message())
+                    for queue in self._levels:
+                        while queue:
+                            p = queue.popleft()
+                            p.state = DONE
+                            answered.append((p, stalled, True))
+                    self._queued = self._rows = 0
+                self._watch_cond.wait(period)
+            if answered:
+                self._post(answered)
+
+    def _call_model(self, batch: list[Pending], inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the model, registered with the watchdog; raises _Abandoned if it gave up."""
+        me = threading.current_thread()
+        ex = _Execution(batch, time.monotonic())
+        with self._cond:
+            self._running[me] = ex
+        try:
+            return self._run(inputs)
+        finally:
+            with self._cond:
+                if ex.abandoned:
+                    self.abandoned -= 1
+                    rejoin = not self._closing and len(self._live) < self._instance_count
+                    if rejoin:
+                        self._live.add(me)
+                else:
+                    self._running.pop(me, None)
+            if ex.abandoned:
+                log.warning(
+                    "an abandoned worker returned from the model; %s",
+                    "it serves again" if rejoin else "it exits",
+                    extra={"model": self.name},
+                )
+                raise _Abandoned(rejoin)  # the late result is dropped: already answered
 
     # -- worker side ------------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        finally:
+            with self._cond:
+                self._live.discard(threading.current_thread())
+
+    def _work_loop(self) -> None:
         while True:
             batch, dropped = self._next_batch()
             if dropped:
@@ -274,7 +431,11 @@ class Batcher:
             if batch is None:
                 return
             if batch:
-                self._execute(batch)
+                try:
+                    self._execute(batch)
+                except _Abandoned as abandoned:
+                    if not abandoned.rejoin:
+                        return
 
     def _next_batch(self) -> tuple[list[Pending] | None, list[Pending]]:
         """Block until a batch is due; returns (batch or None when closed, expired requests)."""
@@ -356,7 +517,7 @@ class Batcher:
             n_inputs = len(batch[0].inputs)
             inputs = [np.concatenate([p.inputs[i] for p in batch]) for i in range(n_inputs)]
             t1 = time.perf_counter_ns()
-            outputs = self._run(inputs)
+            outputs = self._call_model(batch, inputs)
             t2 = time.perf_counter_ns()
             offset = 0
             for p in batch:

@@ -24,6 +24,22 @@ class ServeError(ConveyorError):
     """Bad serve options (port in use, several workers on port 0)."""
 
 
+def _auth(args: argparse.Namespace) -> Any:
+    """Tokens from the flags / CONVEYOR_* variables (comma-separated) and token files."""
+    from conveyor.engine.auth import AuthConfig, read_token_file, split_tokens
+
+    tokens = split_tokens(args.auth_token)
+    if args.auth_token_file:
+        tokens += read_token_file(args.auth_token_file)
+    admin = split_tokens(args.admin_token)
+    if args.admin_token_file:
+        admin += read_token_file(args.admin_token_file)
+    if args.auth_exempt_health and not (tokens or admin):
+        raise ServeError("--auth-exempt-health needs --auth-token or --auth-token-file")
+    config = AuthConfig(tokens=tokens, admin_tokens=admin, exempt_health=args.auth_exempt_health)
+    return config if config.enabled else None
+
+
 def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     tls = None
     if args.tls_cert or args.tls_key:
@@ -52,7 +68,10 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         grace=args.grace_period,
         reuse_port=args.workers > 1,
         tls=tls,
-        auth_token=args.auth_token,
+        auth=_auth(args),
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_concurrent_streams=args.max_concurrent_streams,
+        execution_timeout=args.execution_timeout or None,
     )
 
 
@@ -259,9 +278,49 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--tls-client-ca", default=None, metavar="PEM", help="require client certs signed by it"
     )
     p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=4096,
+        help="RPCs handled at once; beyond: RESOURCE_EXHAUSTED (default: 4096)",
+    )
+    p.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=None,
+        help="HTTP/2 streams per client connection; beyond, the client sees UNAVAILABLE "
+        "(default: no limit; --max-concurrent-rpcs bounds the server)",
+    )
+    p.add_argument(
+        "--execution-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a batch running longer is answered DEADLINE_EXCEEDED and its worker thread "
+        "replaced; 0 = never (default: 60)",
+    )
+    security = p.add_argument_group("authentication")
+    security.add_argument(
         "--auth-token",
         default=None,
-        metavar="TOKEN",
-        help="require 'authorization: Bearer TOKEN' on every RPC but health "
-        "(prefer CONVEYOR_AUTH_TOKEN: flags show in process lists)",
+        metavar="TOKEN[,TOKEN]",
+        help="require 'authorization: Bearer TOKEN' on every RPC; several (comma-separated) "
+        "for rotation (prefer CONVEYOR_AUTH_TOKEN or --auth-token-file: flags show in "
+        "process lists)",
+    )
+    security.add_argument(
+        "--auth-token-file", default=None, metavar="FILE", help="tokens, one per line"
+    )
+    security.add_argument(
+        "--admin-token",
+        default=None,
+        metavar="TOKEN[,TOKEN]",
+        help="RepositoryModelLoad / Unload need one of these (prefer CONVEYOR_ADMIN_TOKEN)",
+    )
+    security.add_argument(
+        "--admin-token-file", default=None, metavar="FILE", help="admin tokens, one per line"
+    )
+    security.add_argument(
+        "--auth-exempt-health",
+        action="store_true",
+        help="health checks (grpc.health.v1, ServerLive, ServerReady) need no token",
     )

@@ -174,6 +174,10 @@ class Model:
                     f"has no batch dim of {batch}"
                 )
             array = item.detach().cpu().numpy()
+            if array.dtype.kind == "f" and np.isnan(array).any():
+                # A NaN score is a broken model, not an answer: the batcher re-runs a
+                # failed batch request by request, so only the requests producing it fail.
+                raise Internal(f"model {self.name!r} output {spec.name!r}: the model returned NaN")
             arrays.append(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype]))
         return arrays
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from conveyor.engine.batcher import Batcher
+from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS, Batcher
 from conveyor.engine.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -63,6 +63,9 @@ class BatchingOverrides:
     max_queue_delay_microseconds: int | None = None
     max_queue_size: int | None = None
     instance_count: int | None = None
+    # Fault handling (see engine/batcher.py): seconds a batch may run, hung workers tolerated.
+    execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT
+    max_abandoned_threads: int = MAX_ABANDONED_THREADS
 
 
 class ServedVersion:
@@ -88,6 +91,8 @@ class ServedVersion:
             config.max_batch_size,
             config.dynamic_batching,
             overrides.instance_count or config.instance_count,
+            execution_timeout=overrides.execution_timeout,
+            max_abandoned_threads=overrides.max_abandoned_threads,
         )
         # Per-request outcomes (counted on the event loop): [count, ns].
         self.success = [0, 0]

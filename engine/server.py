@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Iterable
@@ -28,7 +29,9 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from conveyor.engine.auth import BearerTokenInterceptor
+from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
+from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
+from conveyor.engine.malformed import MalformedRequestInterceptor
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -40,6 +43,13 @@ log = logging.getLogger("conveyor.engine.server")
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# RPCs being handled at once, server-wide; beyond it a new call is answered
+# RESOURCE_EXHAUSTED at once (each per-model queue is bounded as well).
+DEFAULT_MAX_CONCURRENT_RPCS = 4096
+# HTTP/2 streams one connection may open at once (None: gRPC's default, unlimited).
+# Off by default: a burst beyond it is refused with REFUSED_STREAM, which clients
+# see as UNAVAILABLE; the server-wide RPC limit answers RESOURCE_EXHAUSTED instead.
+DEFAULT_MAX_CONCURRENT_STREAMS: int | None = None
 
 
 class ServerError(ConveyorError):
@@ -64,6 +74,16 @@ def _reflection_pool() -> Any:
         except KeyError:
             pb.POOL.Add(proto)
     return pb.POOL
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -92,9 +112,15 @@ class Server:
         grace: seconds in-flight requests get on stop (default 10).
         reuse_port: share the port with other processes (SO_REUSEPORT), for
             multi-process serving; off by default so a used port fails loudly.
-        tls: serve TLS instead of plaintext.
-        auth_token: when set, every RPC but the health service needs
-            ``authorization: Bearer <token>`` (else UNAUTHENTICATED).
+        tls: serve TLS instead of plaintext (``client_ca`` set: mutual TLS).
+        auth_token: shorthand for ``auth=AuthConfig(tokens=(auth_token,))``.
+        auth: bearer tokens, admin tokens, health exemption (see :mod:`conveyor.engine.auth`).
+        max_concurrent_rpcs: RPCs handled at once (default 4096); more: RESOURCE_EXHAUSTED.
+        max_concurrent_streams: HTTP/2 streams per connection (default: no limit).
+        execution_timeout: seconds one batch may run in a model (default 60) before
+            its requests get DEADLINE_EXCEEDED and its worker thread is replaced.
+        max_abandoned_threads: hung workers tolerated per model version (default 4);
+            beyond, the version answers UNAVAILABLE until one returns.
     """
 
     def __init__(
@@ -116,6 +142,11 @@ class Server:
         reuse_port: bool = False,
         tls: TLSConfig | None = None,
         auth_token: str | None = None,
+        auth: AuthConfig | None = None,
+        max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+        max_concurrent_streams: int | None = DEFAULT_MAX_CONCURRENT_STREAMS,
+        execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT,
+        max_abandoned_threads: int = MAX_ABANDONED_THREADS,
     ) -> None:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
@@ -134,6 +165,8 @@ class Server:
                 max_queue_delay_microseconds=max_queue_delay_microseconds,
                 max_queue_size=max_queue_size,
                 instance_count=instance_count,
+                execution_timeout=execution_timeout,
+                max_abandoned_threads=max_abandoned_threads,
             ),
         )
         self._grpc_options = [
@@ -141,8 +174,28 @@ class Server:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
+        if max_concurrent_streams is not None:
+            self._grpc_options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
+        self._max_concurrent_rpcs = max_concurrent_rpcs
         self._tls = tls
-        self._interceptors = [BearerTokenInterceptor(auth_token)] if auth_token else []
+        if auth is None and auth_token:
+            auth = AuthConfig(tokens=(auth_token,))
+        self.auth = auth if auth is not None and auth.enabled else None
+        # The token check comes first, so an unauthenticated message is never parsed.
+        self._interceptors: list[grpc.aio.ServerInterceptor] = [
+            *([BearerTokenInterceptor(self.auth)] if self.auth else []),
+            MalformedRequestInterceptor(),
+        ]
+        if not is_loopback(host):
+            missing = [w for w, have in (("TLS", tls), ("auth tokens", self.auth)) if not have]
+            if missing:
+                log.warning(
+                    "binding %s, which is not a loopback address, without %s: anyone who "
+                    "can reach the port can %s",
+                    host,
+                    " or ".join(missing),
+                    "read the traffic" if self.auth else "call every RPC, including load/unload",
+                )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -224,7 +277,11 @@ class Server:
         except Exception as exc:
             raise ServerError(f"model repository: {exc}") from None
         servicer = InferenceServicer(repository)
-        server = grpc.aio.server(options=self._grpc_options, interceptors=self._interceptors)
+        server = grpc.aio.server(
+            options=self._grpc_options,
+            interceptors=self._interceptors,
+            maximum_concurrent_rpcs=self._max_concurrent_rpcs,
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

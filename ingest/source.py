@@ -337,7 +337,13 @@ class Source:
         for i, frag in enumerate(self._fragments):
             if self.format == "parquet":
                 offset = 0
-                for rg in frag.row_groups:
+                try:  # the footer may be read only now, after the file changed
+                    row_groups = frag.row_groups
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise SourceError(
+                        frag.path, f"corrupt or truncated parquet file: {exc}"
+                    ) from None
+                for rg in row_groups:
                     out.append(Piece(i, frag.path, rg.id, offset, rg.num_rows))
                     offset += rg.num_rows
             elif self.format == "ipc":

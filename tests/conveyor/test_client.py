@@ -224,11 +224,12 @@ def test_bearer_token_is_required_when_the_server_sets_one(repo: Path) -> None:
             with pytest.raises(grpc.RpcError) as info:
                 list(stream)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            # Probes need no token.
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=10
-            )
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # Health needs the token too unless exempted (tests/reliability/test_auth.py).
+            with pytest.raises(grpc.RpcError) as info:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_tls(repo: Path, tmp_path: Path) -> None:

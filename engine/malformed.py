@@ -1,0 +1,110 @@
+"""Undecodable request messages get INVALID_ARGUMENT, not grpc's generic INTERNAL.
+
+grpc answers a message its deserializer rejects (bad wire format, a string
+field that is not UTF-8) with INTERNAL "Exception deserializing request!",
+which tells a client nothing and reads like a server bug. This interceptor
+wraps every handler's deserializer: a message that does not parse becomes a
+marker, and the call is answered INVALID_ARGUMENT naming the protobuf error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+
+class _Malformed:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _message(marker: _Malformed) -> str:
+    return f"request message does not parse: {marker.reason}"
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError and kin
+            return _Malformed(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Answers requests whose protobuf does not parse with INVALID_ARGUMENT."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        kw = dict(
+            request_deserializer=_lenient(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        inner_stream = handler.stream_stream or handler.stream_unary
+        streaming_out = handler.stream_stream is not None
+
+        # A malformed message in a stream ends the request stream there, as if the
+        # client had closed it: the handler answers what came before, then the call
+        # ends INVALID_ARGUMENT (aborting from inside the handler's reader task
+        # instead would race with its writes).
+        async def checked(
+            requests: AsyncIterator[Any], bad: list[_Malformed]
+        ) -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    bad.append(request)
+                    return
+                yield request
+
+        if streaming_out:
+
+            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                bad: list[_Malformed] = []
+                async for item in inner_stream(checked(requests, bad), context):
+                    yield item
+                if bad:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(bad[0]))
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
+
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            bad: list[_Malformed] = []
+            response = await inner_stream(checked(requests, bad), context)
+            if bad:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(bad[0]))
+            return response
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
