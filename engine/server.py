@@ -29,6 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from conveyor.engine.auth import BearerTokenInterceptor
+from conveyor.engine.drift import DriftSettings
+from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -95,6 +97,11 @@ class Server:
         tls: serve TLS instead of plaintext.
         auth_token: when set, every RPC but the health service needs
             ``authorization: Bearer <token>`` (else UNAUTHENTICATED).
+        metrics_port: serve Prometheus ``/metrics`` on ``host:metrics_port`` (0 = a free
+            port, see :attr:`metrics_port`); None (default) = no endpoint, metrics are
+            still kept in :attr:`metrics` (``conveyor serve`` passes 8002).
+        drift: online drift settings (default :class:`DriftSettings()`: on, 10,000-row
+            window, PSI threshold 0.2); None = no drift tracking.
     """
 
     def __init__(
@@ -116,6 +123,8 @@ class Server:
         reuse_port: bool = False,
         tls: TLSConfig | None = None,
         auth_token: str | None = None,
+        metrics_port: int | None = None,
+        drift: DriftSettings | None = DriftSettings(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
@@ -151,6 +160,12 @@ class Server:
         self._stop_grace: float | None = None
         self.repository: ModelRepository | None = None
         self.servicer: InferenceServicer | None = None
+        self._metrics_port = metrics_port
+        self.metrics_port: int | None = None
+        self.metrics = ServerMetrics()
+        self._options["metrics"] = self.metrics
+        self._options["drift"] = drift
+        self._metrics_endpoint: MetricsEndpoint | None = None
 
     @property
     def address(self) -> str:
@@ -223,7 +238,7 @@ class Server:
             repository = ModelRepository(self.repository_path, **self._options)
         except Exception as exc:
             raise ServerError(f"model repository: {exc}") from None
-        servicer = InferenceServicer(repository)
+        servicer = InferenceServicer(repository, metrics=self.metrics)
         server = grpc.aio.server(options=self._grpc_options, interceptors=self._interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
@@ -245,6 +260,14 @@ class Server:
             raise ServerError(f"cannot bind {target} (port in use?)")
         self.port = port
         self.repository, self.servicer = repository, servicer
+        if self._metrics_port is not None:
+            try:
+                self._metrics_endpoint = MetricsEndpoint(
+                    self.metrics.registry, self.host, self._metrics_port
+                )
+            except OSError as exc:
+                raise ServerError(str(exc)) from None
+            self.metrics_port = self._metrics_endpoint.port
         await server.start()
         try:
             await repository.start()
@@ -267,6 +290,8 @@ class Server:
             log.info("stopping: finishing in-flight requests (grace %.1fs)", grace)
             await server.stop(grace)
             await repository.close()
+            if self._metrics_endpoint is not None:
+                self._metrics_endpoint.close()
             log.info("stopped")
 
     def _credentials(self) -> grpc.ServerCredentials:
