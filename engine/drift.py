@@ -9,8 +9,8 @@ window each): a chunk is added when it fills and the oldest ones leave.
 
 * Numeric features: slot counts from :func:`conveyor.kernels.histogram_update` over the
   reference quantile edges (``edges`` in stats.json: 20 bins). The reference share of a
-  bin is its quantile step (1/20), except where edges repeat (a value that holds several
-  quantiles: a point mass), whose share is estimated from the quantile levels around it.
+  bin is stats.json's ``bin_shares`` (measured by the profiler); for stats without it,
+  the quantile step (1/20), point masses (repeated edges) estimated from the levels.
   Values below the profiled min / above the max count in the first / last bin and in
   ``conveyor_input_invalid_total{reason="out_of_range"}``; NaN (``reason="nan"``) is kept
   out of the bins, as are ``±inf`` (``reason="inf"``, also out of range).
@@ -237,7 +237,7 @@ def build_tracks(
         if not tensor.columns:
             continue
         if tensor.datatype in _NUMERIC_DTYPES:
-            cols, names, edges = [], [], []
+            cols, names, edges, given = [], [], [], []
             for c, name in enumerate(tensor.columns):
                 entry = numeric_stats.get(name)
                 if not entry or not entry.get("edges"):
@@ -245,6 +245,7 @@ def build_tracks(
                 cols.append(c)
                 names.append(name)
                 edges.append(entry["edges"])
+                given.append(entry.get("bin_shares"))
             if not cols:
                 continue
             if len({len(e) for e in edges}) != 1:
@@ -252,7 +253,16 @@ def build_tracks(
             arr = np.asarray(edges, dtype=np.float32)
             if np.isnan(arr).any() or (np.diff(arr, axis=1) < 0).any() or arr.shape[1] < 2:
                 raise ValueError(f"{stats_path}: numeric edges must be sorted numbers")
-            shares = np.stack([quantile_bin_shares(e.astype(np.float64)) for e in arr])
+            # stats.json's measured bin shares when present (exact at point masses),
+            # else estimated from the quantile levels.
+            shares = np.stack(
+                [
+                    np.asarray(g, np.float64)
+                    if g is not None and len(g) == arr.shape[1] - 1
+                    else quantile_bin_shares(e.astype(np.float64))
+                    for g, e in zip(given, arr, strict=True)
+                ]
+            )
             numeric.append(_Numeric(i, np.asarray(cols, np.intp), names, arr, shares))
         elif tensor.datatype == "BYTES":
             for c, name in enumerate(tensor.columns):
