@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bind_common.h"
 #include "histogram.h"
 
 #ifdef CONVEYOR_WITH_OPENMP
@@ -110,6 +111,9 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "Threads the CPU ops use.");
+  conveyor::bind::bind_linear(m);
+  conveyor::bind::bind_embedding_bag(m);
+  conveyor::bind::bind_layer_norm(m);
   m.def("build_info", &build_info, "How this module was built: OpenMP, CUDA, compiler.");
 #ifdef CONVEYOR_WITH_CUDA
   m.def("cuda_device_count", &conveyor::cuda_device_count,

@@ -81,7 +81,12 @@ def run_profile(args: argparse.Namespace) -> int:
     else:
         source = _source(args)
         spec = infer_spec(
-            source, args.label, weight=args.weight, timestamp=args.timestamp, key=args.key
+            source,
+            args.label,
+            weight=args.weight,
+            timestamp=args.timestamp,
+            key=args.key,
+            include_partitions=args.include_partition_columns,
         )
         if args.policy:
             spec = spec.with_policies(dict(args.policy))
@@ -170,6 +175,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     prof.add_argument("--weight", default=None, help="weight column (inference only)")
     prof.add_argument("--timestamp", default=None, help="timestamp column (inference only)")
     prof.add_argument("--key", default=None, help="key column (inference only)")
+    prof.add_argument(
+        "--include-partition-columns",
+        action="store_true",
+        help="make hive partition columns (key=value directories) features; by default an "
+        "inferred spec puts them in ignore (inference only)",
+    )
     prof.add_argument("--bins", type=_positive, default=20, help="quantile bins (default: 20)")
     prof.add_argument("--top-k", type=_positive, default=20, help="categorical top-K (default: 20)")
 

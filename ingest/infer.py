@@ -7,6 +7,11 @@ and nested columns are put in ``ignore`` unless named as timestamp. The label's 
 are regression; strings and booleans are classification; integers are classification when they
 take at most ``max_classes`` distinct values, regression otherwise. Two classes make ``binary``.
 
+Hive partition columns (``day=2026-01-01/`` directories, :attr:`Source.partition_names`) go to
+``ignore`` by default: they describe where a file sits, not the row, and a model that learns a
+day or a shard name does not generalise to new partitions. ``include_partitions=True`` (CLI:
+``--include-partition-columns``) types them like any other column.
+
 Text formats (CSV, JSON) have their types inferred by pyarrow from each file's first MiB, so one
 bad value there (``"n/a?"`` among numbers) makes a whole column strings. A string feature of a
 text source whose non-null values parse as numbers for at least ``numeric_share`` (default
@@ -81,8 +86,12 @@ def infer_spec(
     max_vocab: int = 10_000,
     max_classes: int = 100,
     numeric_share: float = 0.99,
+    include_partitions: bool = False,
 ) -> FeatureSpec:
-    """Infer a :class:`FeatureSpec` for ``source`` with ``label`` as target (see module doc)."""
+    """Infer a :class:`FeatureSpec` for ``source`` with ``label`` as target (see module doc).
+
+    ``include_partitions``: make hive partition columns features (default False: ignored,
+    unless one of them is named as label, weight, timestamp or key)."""
     schema = source.schema
     for role, name in (
         ("label", label),
@@ -93,11 +102,14 @@ def infer_spec(
         if name is not None and name not in schema.names:
             raise SpecError(f"{role} column {name!r} is not in the data (columns: {schema.names})")
     special = {label, weight, timestamp, key} - {None}
+    partitions = set() if include_partitions else set(source.partition_names)
     numeric, categorical, ignore = [], [], []
     for f in schema:
         if f.name in special:
             continue
-        if _is_numeric(f.type):
+        if f.name in partitions:
+            ignore.append(f.name)
+        elif _is_numeric(f.type):
             numeric.append(f.name)
         elif _is_categorical(f.type):
             categorical.append(f.name)

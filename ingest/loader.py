@@ -40,7 +40,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
+from conveyor.ingest.counts import CountCache, piece_counts
 from conveyor.ingest.errors import LoaderStateError, SourceError
 from conveyor.ingest.quarantine import QuarantineWriter
 from conveyor.ingest.shard import RankPlan, plan_rank, window_permutation, window_rows
 from conveyor.ingest.source import Chunk, Source
 from conveyor.ingest.spec import OOV_ID, RULES, FeatureSpec
+from conveyor.ingest.split import SplitConfig
 from conveyor.ingest.validate import Accounting, Validator
 
 log = logging.getLogger("conveyor.ingest")
@@ -86,7 +88,9 @@ class LoaderConfig:
     ``shuffle_buffer``-row window (default 65,536 rows); ``seed``; ``world_size``/``rank`` for
     sharding; ``drop_last`` (see :mod:`conveyor.ingest.shard`); ``prefetch`` batches prepared
     ahead (default 4; 0 = no background threads); ``quarantine``: a directory for quarantined
-    rows (default None: counted in the accounting, not written)."""
+    rows (default None: counted in the accounting, not written); ``split``: read only one part
+    of a seeded hold-out split (:class:`~conveyor.ingest.split.SplitConfig`, applied before
+    sharding; default None: every row)."""
 
     batch_size: int = 1024
     shuffle: bool = False
@@ -97,6 +101,7 @@ class LoaderConfig:
     drop_last: bool = False
     prefetch: int = 4
     quarantine: str | None = None
+    split: SplitConfig | None = None
 
 
 @dataclass
@@ -137,6 +142,9 @@ class StreamLoader:
         config: see :class:`LoaderConfig`; keyword arguments override its fields.
         filter: a pyarrow dataset expression pushed down to the scan.
         ranges: profiled ``{column: (min, max)}`` for the range rule (e.g. from stats.json).
+        count_cache: a :class:`~conveyor.ingest.counts.CountCache` (or its JSON path) to read
+            and store the plan's row counts in, so other processes (ranks, a resumed run) skip
+            the counting pass; counts are also shared within the process without it.
     """
 
     def __init__(
@@ -147,13 +155,14 @@ class StreamLoader:
         *,
         filter: ds.Expression | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
+        count_cache: CountCache | str | Path | None = None,
         **overrides: Any,
     ) -> None:
         if not isinstance(source, Source):
             source = Source(source, types=spec.declared_types())
         self.source = source
         self.spec = spec
-        self.config = LoaderConfig(**{**asdict(config or LoaderConfig()), **overrides})
+        self.config = replace(config or LoaderConfig(), **overrides)
         if self.config.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.config.batch_size}")
         self.filter = filter
@@ -167,9 +176,11 @@ class StreamLoader:
         )
         self.columns = [c for c in spec.columns() if c in self.source.schema.names]
         self.pieces = self.source.pieces()
-        # Row counts fix the plan; Parquet/IPC know them from metadata, text formats and
-        # filters cost a counting pass here, once.
-        self.counts = [self.source.count_rows(p, filter) for p in self.pieces]
+        # Row counts fix the plan; Parquet/IPC know them from metadata (a split adds only the
+        # hash of the row indices), text formats and filters cost a counting pass, cached.
+        if count_cache is not None and not isinstance(count_cache, CountCache):
+            count_cache = CountCache(count_cache)
+        self.counts = piece_counts(self.source, self.pieces, filter, self.config.split, count_cache)
         self._warn_rowless_text_files()
         c = self.config
         self.window = window_rows(
@@ -179,6 +190,8 @@ class StreamLoader:
         self._next_batch = 0  # batches of this epoch the consumer has taken
         self._accounting = Accounting()
         self.epoch_accounting: dict[int, Accounting] = {}
+        self._total = Accounting()  # every batch taken, all epochs (see total_accounting)
+        self._reported: dict[str, Any] | None = None  # the last quarantine warning's counts
         self._iteration: object | None = None
         types = self.validator.types
         self._vocab = {f.name: pa.array(f.vocab, type=types[f.name]) for f in spec.categorical}
@@ -192,7 +205,8 @@ class StreamLoader:
         for piece, count in zip(self.pieces, self.counts, strict=True):
             if count or self.source.format not in ("csv", "json"):
                 continue
-            lines = sum(len(c.bad_lines) for c in self.source.read(piece, [], self.filter))
+            chunks = self.source.read(piece, [], self.filter, self.config.split)
+            lines = sum(len(c.bad_lines) for c in chunks)
             if lines:
                 log.warning(
                     "%s: none of its %d lines splits into the columns; the loader skips it "
@@ -222,13 +236,30 @@ class StreamLoader:
     @property
     def accounting(self) -> Accounting:
         """Rows of the current epoch's batches taken so far on this rank (or of the epoch just
-        finished, until the next one starts); finished epochs are in :attr:`epoch_accounting`."""
+        finished, until the next one starts); reset by :meth:`set_epoch` and at the start of
+        each epoch; finished epochs are in :attr:`epoch_accounting`."""
         return self._accounting
+
+    @property
+    def total_accounting(self) -> Accounting:
+        """Every batch taken on this rank over all epochs (an epoch run twice counts twice),
+        carried across :meth:`state_dict` / :meth:`load_state_dict`."""
+        total = Accounting()
+        total.merge(self._total)
+        total.merge(self._accounting)
+        return total
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch (like DistributedSampler.set_epoch)."""
+        self._new_epoch()
         self.epoch, self._next_batch = epoch, 0
+
+    def _new_epoch(self) -> None:
+        """Fold the current epoch's counts into the total and start from zero."""
+        self._total.merge(self._accounting)
         self._accounting = Accounting()
+        # The validator's own counts are producer-side (read-ahead included): per epoch too.
+        self.validator.accounting = Accounting()
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -246,8 +277,10 @@ class StreamLoader:
             "world_size": c.world_size,
             "rank": c.rank,
             "drop_last": c.drop_last,
+            "split": None if c.split is None else f"{c.split.key()}/{c.split.part}",
             "rows": int(sum(self.counts)),
             "accounting": self._accounting.to_dict(),
+            "total_accounting": self._total.to_dict(),  # earlier epochs, this one excluded
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -262,6 +295,7 @@ class StreamLoader:
             "world_size",
             "rank",
             "drop_last",
+            "split",
             "rows",
         ):
             if state.get(key) != mine[key]:
@@ -273,12 +307,13 @@ class StreamLoader:
             raise LoaderStateError("state_dict does not match this loader: shuffle_buffer")
         self.epoch, self._next_batch = int(state["epoch"]), int(state["batches_done"])
         self._accounting = Accounting.from_dict(state["accounting"])
+        self._total = Accounting.from_dict(state.get("total_accounting", Accounting().to_dict()))
 
     # -- iteration (consumer side) -----------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
         token = self._iteration = object()
-        if self._next_batch == 0:
-            self._accounting = Accounting()
+        if self._next_batch == 0 and self._accounting.rows_in:
+            self._new_epoch()
         plan = self.plan()
         c, K = self.config, self.window
         bounds = plan.bounds(c.batch_size)
@@ -318,15 +353,21 @@ class StreamLoader:
     def _finish_epoch(self) -> None:
         acc = self._accounting
         self.epoch_accounting[self.epoch] = acc
-        if acc.rows_quarantined:
+        # This epoch's counts only, and only when they differ from the last warning's: the same
+        # rows fail again every epoch (and every validation pass), which is no news.
+        counts = {"in": acc.rows_in, "quarantined": acc.rows_quarantined,
+                  "rules": dict(acc.quarantined_by_rule)}  # fmt: skip
+        if acc.rows_quarantined and counts != self._reported:
             log.warning(
-                "epoch %d rank %d: %d of %d rows failed validation and were quarantined (%s)",
+                "epoch %d rank %d: %d of %d rows failed validation and were quarantined (%s)%s",
                 self.epoch,
                 self.config.rank,
                 acc.rows_quarantined,
                 acc.rows_in,
-                dict(acc.quarantined_by_rule),
+                dict(sorted(acc.quarantined_by_rule.items())),
+                "" if self._reported is None else " (changed since the last report)",
             )
+            self._reported = counts
         self.epoch, self._next_batch = self.epoch + 1, 0
 
     def _take(self, win: _Window | None, a: int, b: int, writer: QuarantineWriter | None) -> Batch:
@@ -413,7 +454,10 @@ class StreamLoader:
             skip = 0
             pos = 0
             owns_end = hi == self.counts[seg.piece]
-            for chunk in self.source.read(self.pieces[seg.piece], self.columns, self.filter):
+            chunks = self.source.read(
+                self.pieces[seg.piece], self.columns, self.filter, self.config.split
+            )
+            for chunk in chunks:
                 m = len(chunk.rows)
                 a, b = max(lo - pos, 0), min(hi - pos, m)
                 if m == 0 and chunk.bad_lines:

@@ -32,7 +32,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
 from conveyor.ingest.errors import SourceError
+from conveyor.ingest.split import SplitConfig
 
 FORMATS = ("parquet", "csv", "json", "ipc")
 _EXTENSIONS = {
@@ -351,11 +352,27 @@ class Source:
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(frag.path, f"corrupt or truncated ipc file: {exc}") from None
 
-    def count_rows(self, piece: Piece, filter: ds.Expression | None = None) -> int:
-        """Rows a piece yields under ``filter`` (a counting pass for text formats or filters)."""
+    def count_rows(
+        self,
+        piece: Piece,
+        filter: ds.Expression | None = None,
+        split: SplitConfig | None = None,
+    ) -> int:
+        """Rows a piece yields under ``filter`` and ``split``: from metadata (Parquet, IPC)
+        without a filter, with the split's hash over the row indices and no read; otherwise a
+        counting pass."""
         if filter is None and piece.num_rows is not None:
-            return piece.num_rows
-        return sum(len(c.rows) for c in self.read(piece, columns=[], filter=filter))
+            if split is None:
+                return piece.num_rows
+            rows = np.arange(piece.row_offset, piece.row_offset + piece.num_rows, dtype=np.int64)
+            return int(split.keep(self.relative_path(piece.path), rows).sum())
+        return sum(len(c.rows) for c in self.read(piece, columns=[], filter=filter, split=split))
+
+    def relative_path(self, path: str) -> str:
+        """``path`` relative to the source's root (the directory, or a glob's fixed prefix, or
+        a single file's directory): what the split hashes, so it does not depend on where the
+        dataset is mounted."""
+        return path[len(self.base) :].lstrip("/") if path.startswith(self.base) else path
 
     # -- reading -----------------------------------------------------------------------------
     def read(
@@ -363,13 +380,35 @@ class Source:
         piece: Piece,
         columns: Sequence[str] | None = None,
         filter: ds.Expression | None = None,
+        split: SplitConfig | None = None,
     ) -> Iterator[Chunk]:
-        """Yield the typed rows of ``piece`` (projection ``columns``, default all; ``filter``)."""
-        frag = self._fragments[piece.file_index]
+        """Yield the typed rows of ``piece`` (projection ``columns``, default all; ``filter``;
+        ``split``: only the rows of that part, see :mod:`conveyor.ingest.split`). With a split,
+        rows and unsplittable lines are assigned by their index within the file, so a split
+        commutes with a filter."""
         cols = list(self.schema.names) if columns is None else list(columns)
         unknown = [c for c in cols if c not in self.schema.names]
         if unknown:
             raise SourceError(piece.path, f"no such columns {unknown}")
+        if split is None:
+            yield from self._read(piece, cols, filter)
+            return
+        rel = self.relative_path(piece.path)
+        if filter is not None and self.format in ("parquet", "ipc"):
+            # A pushed-down filter renumbers binary rows among those that pass, and the split
+            # needs file rows: read unfiltered (every column the filter might name), split,
+            # then filter. Slower, only when both are given.
+            for chunk in self._read(piece, list(self.schema.names), None):
+                chunk = _mask_chunk(chunk, split.keep(rel, chunk.rows), split, rel)
+                keep = _evaluate(chunk.batch, filter).to_numpy(zero_copy_only=False)
+                chunk = _mask_chunk(chunk, keep, None, rel)
+                yield replace(chunk, batch=chunk.batch.select(cols))
+            return
+        for chunk in self._read(piece, cols, filter):
+            yield _mask_chunk(chunk, split.keep(rel, chunk.rows), split, rel)
+
+    def _read(self, piece: Piece, cols: list[str], filter: ds.Expression | None) -> Iterator[Chunk]:
+        frag = self._fragments[piece.file_index]
         try:
             if self.format in ("parquet", "ipc"):
                 yield from self._read_binary(frag, piece, cols, filter)
@@ -426,9 +465,13 @@ class Source:
         if filter is not None:
             needed += [n_ for n_ in typed if n_ not in needed]
         batch = pa.RecordBatch.from_arrays([typed[c] for c in needed], names=needed)
+        if not needed:  # keep the row count: a batch built from no columns has 0 rows
+            batch = pa.RecordBatch.from_arrays([pa.nulls(n)], names=["_"]).select([])
+        # No projected column (a counting pass), no raw batch: one of 0 columns has 0 rows,
+        # which the filter below could not apply to.
         raw_batch = (
             pa.RecordBatch.from_arrays([raw[c] for c in cols], names=cols)
-            if raw is not None
+            if raw is not None and cols
             else None
         )
         errors = {c: m for c, m in errors.items() if c in cols and m.any()}
@@ -585,6 +628,29 @@ class Source:
             filter,
             piece.path,
         )
+
+
+def _mask_chunk(chunk: Chunk, keep: np.ndarray, split: SplitConfig | None, rel: str) -> Chunk:
+    """The rows of ``chunk`` where ``keep``; with ``split``, its unsplittable lines are kept
+    when their own file index is in the split's part (an unknown index, -1, hashes as -1)."""
+    bad = chunk.bad_lines
+    if split is not None and bad:
+        bad_keep = split.keep(rel, np.array([b.row for b in bad], dtype=np.int64))
+        bad = [b for b, k in zip(bad, bad_keep, strict=True) if k]
+    if keep.all():
+        return replace(chunk, bad_lines=bad) if bad is not chunk.bad_lines else chunk
+    mask = pa.array(keep)
+    return replace(
+        chunk,
+        batch=chunk.batch.filter(mask),
+        rows=chunk.rows[keep],
+        # A projection to no columns leaves a raw batch of 0 columns (and 0 rows): as is.
+        raw=chunk.raw.filter(mask)
+        if chunk.raw is not None and chunk.raw.num_columns
+        else chunk.raw,
+        parse_errors={c: m[keep] for c, m in chunk.parse_errors.items()},
+        bad_lines=bad,
+    )
 
 
 def _declare(schema: pa.Schema, types: dict[str, str | pa.DataType]) -> pa.Schema:

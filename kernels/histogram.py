@@ -17,21 +17,24 @@ slot               holds
 =================  ==================================================
 
 Implementations: ``reference`` (numpy, always available), ``cpp`` (C++ with
-OpenMP in ``conveyor._C``) and ``cuda`` (for torch CUDA tensors, when
-``conveyor._C`` was built with CUDA). The dispatcher picks ``cuda`` for CUDA
-tensors and ``cpp`` otherwise; the ``impl`` argument or the
-``CONVEYOR_HISTOGRAM_IMPL`` environment variable forces one.
+OpenMP in ``conveyor._C``), ``cuda`` (for torch CUDA tensors, when
+``conveyor._C`` was built with CUDA) and ``triton`` (CUDA tensors; host arrays
+only under ``TRITON_INTERPRET=1``, for tests). By default
+``conveyor.kernels.dispatch`` picks ``cuda`` (else ``triton``) for CUDA tensors
+and ``cpp`` otherwise; the ``impl`` argument or the ``CONVEYOR_HISTOGRAM_IMPL``
+(or ``CONVEYOR_KERNEL_IMPL``) environment variable forces one.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
+import torch
 
-IMPLS = ("reference", "cpp", "cuda")
-_ENV_IMPL = "CONVEYOR_HISTOGRAM_IMPL"
+from conveyor.kernels import dispatch
+
+IMPLS = ("reference", "cpp", "triton", "cuda")
 
 
 def histogram_slots(n_edges: int) -> int:
@@ -72,10 +75,11 @@ def _check_edges(edges: np.ndarray, features: int) -> None:
 
 
 def _resolve_impl(impl: str | None, on_cuda: bool) -> str:
-    impl = impl or os.environ.get(_ENV_IMPL) or ("cuda" if on_cuda else "cpp")
+    if impl is None:  # environment, then the defaults (see conveyor.kernels.dispatch)
+        return dispatch.choose("histogram", "cuda" if on_cuda else "cpu", torch.float32)
     if impl not in IMPLS:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
-    if (impl == "cuda") != on_cuda:
+    if not dispatch.available("histogram", impl, "cuda" if on_cuda else "cpu", torch.float32):
         where = "CUDA tensors" if on_cuda else "host arrays"
         raise ValueError(f"impl {impl!r} cannot run on {where}")
     return impl
@@ -132,8 +136,15 @@ def histogram_update(
         got = getattr(counts, "dtype", type(counts).__name__), getattr(counts, "shape", None)
         raise ValueError(f"counts: expected int64 array of shape {shape}, got {got}")
 
-    if _resolve_impl(impl, False) == "reference":
+    chosen = _resolve_impl(impl, False)
+    if chosen == "reference":
         return histogram_update_reference(values, edges, counts)
+    if chosen == "triton":  # the interpreter, on zero-copy torch views of the arrays
+        from conveyor.kernels.triton_kernels import histogram as triton_histogram
+
+        v, e, c = (torch.from_numpy(a) for a in (values, edges, counts))
+        triton_histogram.histogram_update(v, e, c)
+        return counts
     from conveyor import _C
 
     _C.histogram_update(values, edges, counts)
@@ -143,14 +154,10 @@ def histogram_update(
 def _histogram_update_cuda(
     values: Any, edges: Any, counts: Any | None, impl: str, check_edges: bool
 ) -> Any:
-    import torch
-
     from conveyor import _C
 
     if impl == "reference":
         raise ValueError("impl 'reference' runs on host arrays; copy CUDA tensors to the host")
-    if not hasattr(_C, "histogram_update_cuda"):
-        raise RuntimeError("conveyor._C was built without CUDA (set CONVEYOR_CUDA=ON and rebuild)")
     if values.dim() != 2:
         raise ValueError(f"values: expected 2 dimensions [rows, features], got {values.dim()}")
     values = values.contiguous().float()
@@ -171,6 +178,11 @@ def _histogram_update_cuda(
         raise ValueError(
             f"counts: expected contiguous int64 tensor of shape {shape} on {values.device}"
         )
+    if impl == "triton":
+        from conveyor.kernels.triton_kernels import histogram as triton_histogram
+
+        triton_histogram.histogram_update(values, edges, counts)
+        return counts
     stream = torch.cuda.current_stream(values.device).cuda_stream
     with torch.cuda.device(values.device):
         _C.histogram_update_cuda(

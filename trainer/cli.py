@@ -24,6 +24,7 @@ def _config(args: argparse.Namespace) -> Any:
         key=args.key,
         weight=args.weight,
         timestamp=args.timestamp,
+        include_partitions=args.include_partition_columns,
         val_fraction=args.val_fraction,
         split_column=args.split_column,
         hidden=tuple(args.hidden),
@@ -120,6 +121,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     g.add_argument("--key", default=None, help="key column (spec inference only)")
     g.add_argument("--weight", default=None, help="row weight column (spec inference only)")
     g.add_argument("--timestamp", default=None, help="timestamp column (spec inference only)")
+    g.add_argument(
+        "--include-partition-columns",
+        action="store_true",
+        help="hive partition columns become features (spec inference only; default: ignored)",
+    )
     g.add_argument("--split-column", default=None, help="int/timestamp column to hash for it")
     g.add_argument("--batch-size", type=int, default=1024, help="rows per rank per step")
     g.add_argument("--shuffle-buffer", type=int, default=65_536, help="rows (default 65536)")

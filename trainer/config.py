@@ -28,12 +28,15 @@ class TrainConfig:
         label: label column, used only when ``spec`` is None.
         key, weight, timestamp: columns given these roles when the spec is inferred (a key or
             timestamp is not a feature; the weight weighs each row's loss and metrics).
+        include_partitions: an inferred spec makes hive partition columns (``day=...``
+            directories) features (default False: they go to the spec's ``ignore``).
         out: run directory: checkpoints, ``metrics.jsonl``, ``summary.json``, and the spec and
             stats when profiled here.
         val_fraction: share of rows held out for validation (default 0.2; 0 = none, and then
             no early stopping).
         split_column: integer or timestamp column whose hash picks the held-out rows (default:
-            the spec's key; without one, a hash of the numeric feature values).
+            the spec's key when it is one; without, the reader's split by file path and row
+            index, see :mod:`conveyor.trainer.split`).
     Model:
         hidden: MLP widths (default 256, 128); activation one of :data:`ACTIVATIONS`;
         dropout probability; layer_norm after each hidden layer; embedding_dim per categorical.
@@ -62,6 +65,7 @@ class TrainConfig:
     key: str | None = None
     weight: str | None = None
     timestamp: str | None = None
+    include_partitions: bool = False
     val_fraction: float = 0.2
     split_column: str | None = None
     hidden: tuple[int, ...] = (256, 128)

@@ -15,12 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from conveyor.ingest.counts import CountCache
 from conveyor.ingest.loader import LoaderConfig, StreamLoader
 from conveyor.ingest.profile import ProfileConfig, load_stats, profiled_ranges, write_stats
 from conveyor.ingest.source import Source
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.config import TrainConfig
-from conveyor.trainer.split import holdout_filters
+from conveyor.trainer.split import holdout
 
 log = logging.getLogger("conveyor.trainer")
 
@@ -50,7 +51,12 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
         assert cfg.label is not None
         log.info("inferring the spec and profiling %s (label %r)", cfg.source, cfg.label)
         spec = infer_spec(
-            source, cfg.label, weight=cfg.weight, timestamp=cfg.timestamp, key=cfg.key
+            source,
+            cfg.label,
+            weight=cfg.weight,
+            timestamp=cfg.timestamp,
+            key=cfg.key,
+            include_partitions=cfg.include_partitions,
         )
     result = run_scan(
         source,
@@ -82,13 +88,13 @@ def make_loaders(
 ) -> tuple[StreamLoader, StreamLoader | None]:
     """``(train, validation)`` readers of this rank's shard (validation None without hold-out).
 
-    Both read the same source with the hold-out filters of :mod:`conveyor.trainer.split` pushed
-    into the scan; training shuffles (seeded by ``cfg.seed`` and the epoch), validation does not.
+    Both read the same source; the hold-out (:func:`conveyor.trainer.split.holdout`) is either
+    key filters pushed into the scan or the reader's position split. Training shuffles (seeded
+    by ``cfg.seed`` and the epoch), validation does not. Row counts are cached in
+    ``RUN_DIR/row_counts.json`` so that other ranks and a resumed run do not count again.
     """
     source = Source(cfg.source)
-    train_filter, val_filter = holdout_filters(
-        spec, source.schema, cfg.val_fraction, seed=cfg.seed, column=cfg.split_column
-    )
+    hold = holdout(spec, source.schema, cfg.val_fraction, seed=cfg.seed, column=cfg.split_column)
     ranges = profiled_ranges(stats)
     common = LoaderConfig(
         batch_size=cfg.batch_size,
@@ -98,8 +104,27 @@ def make_loaders(
         prefetch=cfg.prefetch,
         shuffle_buffer=cfg.shuffle_buffer,
     )
-    train = StreamLoader(source, spec, common, filter=train_filter, ranges=ranges, shuffle=True)
+    cache = CountCache(Path(cfg.out) / "row_counts.json")
+    train = StreamLoader(
+        source,
+        spec,
+        common,
+        filter=hold.train_filter,
+        split=hold.train_split,
+        ranges=ranges,
+        count_cache=cache,
+        shuffle=True,
+    )
     val = None
-    if val_filter is not None:
-        val = StreamLoader(source, spec, common, filter=val_filter, ranges=ranges, shuffle=False)
+    if hold.method != "none":
+        val = StreamLoader(
+            source,
+            spec,
+            common,
+            filter=hold.val_filter,
+            split=hold.val_split,
+            ranges=ranges,
+            count_cache=cache,
+            shuffle=False,
+        )
     return train, val

@@ -50,7 +50,7 @@ from torch import nn
 from conveyor import __version__
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.errors import ExportError
-from conveyor.trainer.model import TabularModel
+from conveyor.trainer.model import TabularModel, to_reference
 
 PLATFORM = "torchscript"
 
@@ -151,7 +151,7 @@ def serving_module(model: TabularModel, spec: FeatureSpec) -> torch.jit.ScriptMo
     """The scripted serving program for ``model`` (moved to CPU, in eval mode)."""
     import copy
 
-    model = copy.deepcopy(model).cpu().eval()
+    model = to_reference(copy.deepcopy(model)).cpu().eval()
     for p in model.parameters():  # a served call builds no autograd graph
         p.requires_grad_(False)
     has_num, has_cat = bool(spec.numeric), bool(spec.categorical)

@@ -107,9 +107,15 @@ class Trainer:
         self.spec, self.stats = load_prepared(cfg)
         self.task = self.spec.label.task
         self.metric, self.higher_better = cfg.metric_for(self.task)
+        # Rank 0 counts rows first and caches them in the run directory; the other ranks
+        # wait, then read the counts instead of each scanning the source again.
+        if env.distributed and not env.is_main:
+            dist.barrier()
         self.train_loader, self.val_loader = make_loaders(
             cfg, self.spec, self.stats, world_size=env.world_size, rank=env.rank
         )
+        if env.distributed and env.is_main:
+            dist.barrier()
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise TrainerError(f"{cfg.source}: no training rows")

@@ -45,15 +45,38 @@ class LinearAct(nn.Module):
 def make_linear(in_features: int, out_features: int, activation: str = "none") -> nn.Module:
     """A linear layer followed by ``activation`` (``none``, ``relu``, ``gelu``, ``silu``, ``tanh``).
 
-    The one seam to the fused ops: ``conveyor.kernels.FusedLinear(in, out, activation=...)`` when
-    that package provides it (it must be scriptable and match :class:`LinearAct` within float
-    tolerance), else :class:`LinearAct`.
+    The one seam to the fused ops: ``conveyor.kernels.FusedLinear`` (the dispatcher picks C++,
+    Triton or CUDA, else torch) for the activations it fuses, else :class:`LinearAct`. Both
+    compute the same function within float tolerance; :func:`to_reference` turns the first
+    into the second for export, since TorchScript cannot script the fused op's autograd wrapper.
     """
     try:
-        from conveyor.kernels import FusedLinear  # type: ignore[attr-defined]
+        from conveyor.kernels import FusedLinear
+        from conveyor.kernels.linear import ACTIVATIONS
     except ImportError:
         return LinearAct(in_features, out_features, activation)
+    if activation not in ACTIVATIONS:
+        return LinearAct(in_features, out_features, activation)
     return FusedLinear(in_features, out_features, activation=activation)
+
+
+def to_reference(model: nn.Module) -> nn.Module:
+    """Replace every fused linear in ``model`` (in place) by a :class:`LinearAct` with the same
+    weights, so the model is plain torch (scriptable, loadable without conveyor)."""
+    try:
+        from conveyor.kernels import FusedLinear
+    except ImportError:
+        return model
+    for name, child in list(model.named_children()):
+        if isinstance(child, FusedLinear):
+            plain = LinearAct(child.in_features, child.out_features, child.activation)
+            with torch.no_grad():
+                plain.linear.weight.copy_(child.weight)
+                plain.linear.bias.copy_(child.bias)
+            setattr(model, name, plain)
+        else:
+            to_reference(child)
+    return model
 
 
 class TabularModel(nn.Module):

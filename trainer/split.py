@@ -1,32 +1,37 @@
-"""The held-out validation split, as a pair of filters pushed down into the ingest reader.
+"""The held-out validation split: key filters pushed into the scan, or the reader's own split.
 
-A row is a validation row when a 64-bit hash of its split value falls in the lowest
-``fraction`` of 65,536 buckets; the training filter is the complement, so every valid row is in
-exactly one split, on every run, every rank and every machine, whatever the file layout, sharding
-or shuffling. The split value is, in order of preference:
+Every valid row is in exactly one part, on every run, rank and machine, whatever the sharding or
+shuffling. How a row's part is decided, in order of preference:
 
-1. ``split_column`` when given: an integer or timestamp column (timestamps as int64 ticks);
-2. the spec's ``key`` column when it is an integer or timestamp;
-3. otherwise a hash of the row's numeric feature values, each quantised to 1/1024 (so duplicated
-   rows land in the same split, which keeps exact copies from leaking into validation).
+1. ``split_column`` when given, else the spec's ``key`` when it is an integer or timestamp
+   column: a row is a validation row when a 64-bit hash of that value falls in the lowest
+   ``fraction`` of 65,536 buckets (the training filter is the complement). The hash (multiply by
+   an odd 64-bit constant, wrapping, keep bits 40..55) is computed by pyarrow compute inside the
+   scan. A row keeps its part when files are rewritten, merged or renamed. A null key is in
+   neither part.
+2. otherwise the reader's split (:class:`conveyor.ingest.split.SplitConfig`): a seeded hash of
+   the row's file path under the source root and its index in the file, applied by the reader
+   before sharding, with no column read. It needs no key, but rewriting or renaming a file
+   reshuffles that file's rows between the parts, and exact duplicate rows may land in both.
 
-The hash (multiply by an odd 64-bit constant, wrapping, and keep bits 40..55) is computed by
-pyarrow compute inside the scan, so nothing is read twice. :func:`holdout_filters` returns the
-expressions; tests and baselines apply the same expressions with ``Table.filter``.
+:func:`holdout` returns the choice; :func:`holdout_filters` the key filters alone (tests and
+baselines apply them with ``Table.filter``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from conveyor.ingest.spec import FeatureSpec
+from conveyor.ingest.split import SplitConfig
 from conveyor.trainer.errors import TrainerError
 
 BUCKETS = 1 << 16
 _GOLDEN = pa.scalar(-7046029254386353131, pa.int64())  # 0x9E3779B97F4A7C15 as a signed int64
-_FEATURE_MULTIPLIERS = (0x2545F4914F6CDD1D, 0x5851F42D4C957F2D, 0x14057B7EF767814F)
 
 
 def _hashable(column: str, schema: pa.Schema) -> ds.Expression:
@@ -41,35 +46,19 @@ def _hashable(column: str, schema: pa.Schema) -> ds.Expression:
     )
 
 
-def _content_value(spec: FeatureSpec, schema: pa.Schema) -> ds.Expression:
-    names = [n for n in spec.numeric_names if n in schema.names]
-    if not names:
-        raise TrainerError(
-            "cannot hold out a validation split: the spec has no key and no numeric feature; "
-            "give --split-column COLUMN or --val-fraction 0"
-        )
-    total: ds.Expression | None = None
-    for j, name in enumerate(names):
-        # Quantise, then mix each feature with its own odd multiplier; wrapping arithmetic.
-        q = pc.multiply(pc.field(name).cast(pa.float64()), 1024.0).cast(pa.int64(), safe=False)
-        mult = _FEATURE_MULTIPLIERS[j % len(_FEATURE_MULTIPLIERS)] + 2 * j
-        term = pc.multiply(q, pa.scalar(mult - (1 << 64) if mult >= 1 << 63 else mult, pa.int64()))
-        total = term if total is None else pc.add(total, term)
-    assert total is not None
-    return total
-
-
-def split_value(spec: FeatureSpec, schema: pa.Schema, column: str | None = None) -> ds.Expression:
-    """The int64 expression whose hash decides each row's split (see the module docstring)."""
+def key_column(spec: FeatureSpec, schema: pa.Schema, column: str | None = None) -> str | None:
+    """The integer/timestamp column whose hash decides the split: ``column`` (checked), else
+    the spec's key when it has such a type, else None (use the reader's split)."""
     if column is not None:
         if column not in schema.names:
             raise TrainerError(f"split column {column!r} is not in the data")
-        return _hashable(column, schema)
+        _hashable(column, schema)
+        return column
     if spec.key is not None and spec.key in schema.names:
         typ = schema.field(spec.key).type
         if pa.types.is_integer(typ) or pa.types.is_timestamp(typ):
-            return _hashable(spec.key, schema)
-    return _content_value(spec, schema)
+            return spec.key
+    return None
 
 
 def bucket(value: ds.Expression, seed: int = 0) -> ds.Expression:
@@ -86,9 +75,48 @@ def holdout_filters(
     seed: int = 0,
     column: str | None = None,
 ) -> tuple[ds.Expression | None, ds.Expression | None]:
-    """``(train_filter, val_filter)``; ``(None, None)`` when ``fraction`` is 0 (no hold-out)."""
+    """``(train_filter, val_filter)`` on the key column (see :func:`key_column`); ``(None,
+    None)`` when ``fraction`` is 0 (no hold-out). Raises when there is no such column."""
     if fraction <= 0:
         return None, None
-    b = bucket(split_value(spec, schema, column), seed)
+    name = key_column(spec, schema, column)
+    if name is None:
+        raise TrainerError("no integer or timestamp key column: use holdout() (the reader split)")
+    b = bucket(_hashable(name, schema), seed)
     cut = round(fraction * BUCKETS)
     return pc.greater_equal(b, cut), pc.less(b, cut)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The run's hold-out: ``method`` is ``"none"``, ``"key:COLUMN"`` or ``"position"`` (the
+    reader split); the filters or the split configs of each part (None where unused)."""
+
+    method: str
+    train_filter: ds.Expression | None = None
+    val_filter: ds.Expression | None = None
+    train_split: SplitConfig | None = None
+    val_split: SplitConfig | None = None
+
+
+def holdout(
+    spec: FeatureSpec,
+    schema: pa.Schema,
+    fraction: float,
+    *,
+    seed: int = 0,
+    column: str | None = None,
+) -> Holdout:
+    """Key filters when a key column exists (stable across file rewrites), otherwise the
+    reader's position split (see the module docstring)."""
+    if fraction <= 0:
+        return Holdout("none")
+    name = key_column(spec, schema, column)
+    if name is not None:
+        train, val = holdout_filters(spec, schema, fraction, seed=seed, column=name)
+        return Holdout(f"key:{name}", train_filter=train, val_filter=val)
+    return Holdout(
+        "position",
+        train_split=SplitConfig(fraction, seed, "train"),
+        val_split=SplitConfig(fraction, seed, "val"),
+    )

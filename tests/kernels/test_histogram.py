@@ -178,3 +178,28 @@ def test_cpp_matches_reference_on_arbitrary_inputs() -> None:
         )
 
     check()
+
+
+def test_triton_matches_reference_interpreted() -> None:
+    pytest.importorskip("triton")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    # 300 x 3 values: 4 programs of 256 in the interpreter; NaN, infs and edge hits included.
+    values, edges = _data(300, 3, 6, seed=6)
+    np.testing.assert_array_equal(
+        histogram_update(values, edges, impl="triton"), _reference(values, edges)
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("rows", "features", "n_edges"), [(0, 3, 5), (1000, 32, 21), (3001, 700, 21)]
+)
+def test_triton_matches_reference_on_gpu(rows: int, features: int, n_edges: int) -> None:
+    torch = pytest.importorskip("torch")
+    values, edges = _data(rows, features, n_edges, seed=7)
+    got = histogram_update(
+        torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), impl="triton"
+    )
+    np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))

@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from conveyor.trainer.model import LinearAct, TabularModel, make_linear
+from conveyor.kernels import FusedLinear
+from conveyor.trainer.model import LinearAct, TabularModel, make_linear, to_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -25,7 +28,18 @@ def test_forward_shape_and_script_match(activation: str, layer_norm: bool) -> No
     c = torch.tensor([[0, 5], [1, 4], [2, 3], [3, 2], [1, 1], [0, 0]])
     out = model(x, c)
     assert out.shape == (6, 4)
-    torch.testing.assert_close(torch.jit.script(model)(x, c), out)
+    # Export scripts the plain-torch form of the (fused) training model: same function.
+    plain = to_reference(copy.deepcopy(model))
+    assert not any(isinstance(m, FusedLinear) for m in plain.modules())
+    torch.testing.assert_close(torch.jit.script(plain)(x, c), out, rtol=1e-5, atol=1e-6)
+
+
+def test_training_model_uses_the_fused_linear_where_it_can() -> None:
+    fused = _model(hidden=(8, 4), activation="relu")
+    assert any(isinstance(m, FusedLinear) for m in fused.modules())
+    tanh = _model(hidden=(8, 4), activation="tanh")  # not a fused activation: plain torch
+    plain = [m for m in tanh.modules() if isinstance(m, LinearAct)]
+    assert len(plain) == 2 and all(isinstance(m.act, torch.nn.Tanh) for m in plain)
 
 
 def test_normalisation_uses_stats_and_treats_zero_std_as_one() -> None:
@@ -68,6 +82,8 @@ def test_make_linear_falls_back_to_torch_with_the_same_math() -> None:
         expected = torch.nn.functional.gelu(x @ layer.linear.weight.T + layer.linear.bias)
         torch.testing.assert_close(layer(x), expected)
     else:  # conveyor.kernels provides a fused op: it must match the torch reference
-        ref = LinearAct(5, 3, "gelu")
-        ref.load_state_dict(layer.state_dict(), strict=False)
+        ref = to_reference(torch.nn.Sequential(layer))[0]
+        assert isinstance(ref, LinearAct)
         torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-4)
+        expected = torch.nn.functional.gelu(x @ layer.weight.T + layer.bias)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-4)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from trainer_fixtures import make_config, tabular
 
 from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+from conveyor.ingest.split import SplitConfig
 from conveyor.trainer.errors import TrainerError
-from conveyor.trainer.split import holdout_filters
+from conveyor.trainer.split import holdout, holdout_filters
 
 
 def _spec(key: str | None = "id") -> FeatureSpec:
@@ -23,14 +23,26 @@ def _spec(key: str | None = "id") -> FeatureSpec:
     )
 
 
-@pytest.mark.parametrize("key", ["id", None])
-def test_split_is_a_partition_near_the_fraction(key: str | None) -> None:
+def test_split_is_a_partition_near_the_fraction() -> None:
     table = tabular(20_000)
-    train, val = holdout_filters(_spec(key), table.schema, 0.2, seed=0)
+    train, val = holdout_filters(_spec(), table.schema, 0.2, seed=0)
     tr, va = table.filter(train), table.filter(val)
     assert tr.num_rows + va.num_rows == table.num_rows
     assert not set(tr["id"].to_pylist()) & set(va["id"].to_pylist())
     assert va.num_rows / table.num_rows == pytest.approx(0.2, abs=0.015)
+
+
+def test_holdout_uses_the_key_else_the_reader_split() -> None:
+    schema = tabular(10).schema
+    assert holdout(_spec(), schema, 0.2).method == "key:id"
+    assert holdout(_spec(None), schema, 0.2, column="id").method == "key:id"
+    hold = holdout(_spec(None), schema, 0.2, seed=3)
+    assert hold.method == "position" and hold.train_filter is None is hold.val_filter
+    assert hold.train_split == SplitConfig(0.2, 3, "train")
+    assert hold.val_split == SplitConfig(0.2, 3, "val")
+    assert holdout(_spec(None), schema, 0.0).method == "none"
+    with pytest.raises(TrainerError, match="no integer or timestamp key"):
+        holdout_filters(_spec(None), schema, 0.2)
 
 
 def test_split_depends_on_seed_and_not_on_row_order() -> None:
@@ -43,14 +55,6 @@ def test_split_depends_on_seed_and_not_on_row_order() -> None:
     assert ids != set(table.filter(val_other_seed)["id"].to_pylist())
 
 
-def test_duplicated_rows_share_a_split_without_key() -> None:
-    table = tabular(2000)
-    doubled = pa.concat_tables([table, table])
-    _, val = holdout_filters(_spec(None), doubled.schema, 0.25)
-    picked = doubled.filter(val)["id"].to_pylist()
-    assert sorted(picked) == sorted(2 * [i for i in set(picked)])
-
-
 def test_zero_fraction_means_no_split_and_bad_columns_are_errors() -> None:
     table = tabular(10)
     assert holdout_filters(_spec(), table.schema, 0.0) == (None, None)
@@ -60,12 +64,13 @@ def test_zero_fraction_means_no_split_and_bad_columns_are_errors() -> None:
         holdout_filters(_spec(), table.schema, 0.2, column="nope")
 
 
-def test_loaders_read_disjoint_splits_over_ranks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["id", None])
+def test_loaders_read_disjoint_splits_over_ranks(tmp_path: Path, key: str | None) -> None:
     from conveyor.trainer.data import load_prepared, make_loaders, prepare
 
     path = tmp_path / "d.parquet"
     pq.write_table(tabular(1000), path, row_group_size=100)
-    cfg = make_config(tmp_path, path, val_fraction=0.25, prefetch=0)
+    cfg = make_config(tmp_path, path, val_fraction=0.25, prefetch=0, key=key)
     prepare(cfg)
     spec, stats = load_prepared(cfg)
     seen = {"train": [], "val": []}
@@ -75,3 +80,7 @@ def test_loaders_read_disjoint_splits_over_ranks(tmp_path: Path) -> None:
             seen[name] += [tuple(r) for b in loader for r in b.features.tolist()]
     assert len(seen["train"]) + len(seen["val"]) == 1000
     assert not set(seen["train"]) & set(seen["val"])
+    assert len(seen["val"]) == pytest.approx(250, abs=45)
+    # The counts were cached in the run directory: one entry per piece and part without a key
+    # (the key path's filters too), so other ranks and a resumed run need not count.
+    assert (tmp_path / "run" / "row_counts.json").exists()

@@ -1,0 +1,272 @@
+// Embedding bag on the CPU (contract in ops.h).
+//
+// Forward: chunks of 64 bags per iteration of a parallel loop; each bag
+// accumulates its rows in registers and writes its own output row once, so no
+// synchronisation is needed. Rows are prefetched ahead across bag boundaries.
+// Backward: the scatter-add into grad_weight is made race-free without
+// atomics by giving each thread the table rows r with r % threads == t; every
+// thread scans the (small) index array and touches only its own rows.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "cpu/simd.h"
+#include "ops.h"
+
+#ifdef CONVEYOR_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace conveyor {
+namespace {
+
+// out[0..D) += s * row[0..D): the whole inner loop, written so it vectorizes.
+template <typename T>
+CONVEYOR_INLINE void axpy(int64_t D, T s, const T* __restrict row, T* __restrict out) {
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) out[d] += s * row[d];
+}
+
+template <typename T>
+CONVEYOR_INLINE T dot(int64_t D, const T* __restrict a, const T* __restrict b) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t d = 0; d < D; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+// Rows prefetched ahead of the one being added: the gather is latency-bound
+// (random rows of a table far larger than cache), so keep several in flight.
+constexpr int64_t kAhead = 16;
+
+// Columns [d0, d0 + W) of one bag, W a compile-time width so the
+// accumulator lives in registers across the whole bag: the inner loop is
+// loads and FMAs with no store-to-load chain through `out`.
+template <typename T, int64_t W>
+CONVEYOR_INLINE void bag_columns(const T* __restrict weight, int64_t D, int64_t d0,
+                                 const int64_t* indices, int64_t s, int64_t e, int64_t nnz,
+                                 const T* psw, T scale, T* __restrict out) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  // Two accumulator sets (even and odd positions of the bag) halve the
+  // FMA dependency chain, which bounds short rows (D of one or two lines).
+  T acc0[W] = {}, acc1[W] = {};
+  int64_t j = s;
+  for (; j + 1 < e; j += 2) {
+    // Prefetch by position in the whole index array, not the bag: bags are
+    // short (tens of rows), and the next bag's rows must be in flight too.
+    if (j + kAhead + 1 < nnz) {
+      const T* a0 = weight + indices[j + kAhead] * D + d0;
+      const T* a1 = weight + indices[j + kAhead + 1] * D + d0;
+      for (int64_t l = 0; l < W; l += kLine) {
+        __builtin_prefetch(a0 + l);
+        __builtin_prefetch(a1 + l);
+      }
+    }
+    const T* r0 = weight + indices[j] * D + d0;
+    const T* r1 = weight + indices[j + 1] * D + d0;
+    const T w0 = psw ? psw[j] : T(1), w1 = psw ? psw[j + 1] : T(1);
+#pragma omp simd
+    for (int64_t d = 0; d < W; ++d) {
+      acc0[d] += w0 * r0[d];
+      acc1[d] += w1 * r1[d];
+    }
+  }
+  if (j < e) {
+    const T* r0 = weight + indices[j] * D + d0;
+    const T w0 = psw ? psw[j] : T(1);
+#pragma omp simd
+    for (int64_t d = 0; d < W; ++d) acc0[d] += w0 * r0[d];
+  }
+#pragma omp simd
+  for (int64_t d = 0; d < W; ++d) out[d0 + d] = (acc0[d] + acc1[d]) * scale;
+}
+
+// One bag: out[0..D) = scale * sum_j w_j * weight[indices[j]], j in [s, e),
+// in column chunks of eight or four cache lines, then single lines, then a
+// remainder (eight lines of float32 are 8 zmm accumulators with AVX-512).
+template <typename T>
+CONVEYOR_INLINE void bag(const T* __restrict weight, int64_t D, const int64_t* indices, int64_t s,
+                         int64_t e, int64_t nnz, const T* psw, int mode, T* __restrict out) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  const T scale = (mode == kBagMean && e > s) ? T(1) / static_cast<T>(e - s) : T(1);
+  int64_t d0 = 0;
+  for (; d0 + 8 * kLine <= D; d0 += 8 * kLine)
+    bag_columns<T, 8 * kLine>(weight, D, d0, indices, s, e, nnz, psw, scale, out);
+  for (; d0 + 4 * kLine <= D; d0 += 4 * kLine)
+    bag_columns<T, 4 * kLine>(weight, D, d0, indices, s, e, nnz, psw, scale, out);
+  for (; d0 + kLine <= D; d0 += kLine)
+    bag_columns<T, kLine>(weight, D, d0, indices, s, e, nnz, psw, scale, out);
+  if (d0 < D) {
+    const int64_t width = D - d0;
+    T acc[kLine] = {};
+    for (int64_t j = s; j < e; ++j) {
+      const T* row = weight + indices[j] * D + d0;
+      const T w = psw ? psw[j] : T(1);
+      for (int64_t d = 0; d < width; ++d) acc[d] += w * row[d];
+    }
+    for (int64_t d = 0; d < width; ++d) out[d0 + d] = acc[d] * scale;
+  }
+}
+
+inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
+  return b + 1 < B ? offsets[b + 1] : nnz;
+}
+
+// Bags [b0, b1): one call per chunk of bags, so the per-ISA dispatch and the
+// loop set-up are paid per chunk, not per (short) bag.
+template <typename T>
+CONVEYOR_INLINE void bags(const T* w, int64_t D, const int64_t* idx, const int64_t* offsets,
+                          int64_t B, int64_t nnz, const T* psw, int mode, T* out, int64_t b0,
+                          int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b)
+    bag<T>(w, D, idx, offsets[b], bag_end(offsets, B, nnz, b), nnz, psw, mode, out + b * D);
+}
+
+CONVEYOR_CLONES void bags_f32(const float* w, int64_t D, const int64_t* idx,
+                              const int64_t* offsets, int64_t B, int64_t nnz, const float* psw,
+                              int mode, float* out, int64_t b0, int64_t b1) {
+  bags<float>(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+CONVEYOR_CLONES void bags_f64(const double* w, int64_t D, const int64_t* idx,
+                              const int64_t* offsets, int64_t B, int64_t nnz, const double* psw,
+                              int mode, double* out, int64_t b0, int64_t b1) {
+  bags<double>(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+inline void bags_any(const float* w, int64_t D, const int64_t* idx, const int64_t* offsets,
+                     int64_t B, int64_t nnz, const float* psw, int mode, float* out, int64_t b0,
+                     int64_t b1) {
+  bags_f32(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+inline void bags_any(const double* w, int64_t D, const int64_t* idx, const int64_t* offsets,
+                     int64_t B, int64_t nnz, const double* psw, int mode, double* out, int64_t b0,
+                     int64_t b1) {
+  bags_f64(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+}
+CONVEYOR_CLONES void axpy_f32(int64_t D, float s, const float* row, float* out) {
+  axpy<float>(D, s, row, out);
+}
+CONVEYOR_CLONES void axpy_f64(int64_t D, double s, const double* row, double* out) {
+  axpy<double>(D, s, row, out);
+}
+CONVEYOR_CLONES float dot_f32(int64_t D, const float* a, const float* b) { return dot<float>(D, a, b); }
+CONVEYOR_CLONES double dot_f64(int64_t D, const double* a, const double* b) {
+  return dot<double>(D, a, b);
+}
+inline void axpy_any(int64_t D, float s, const float* row, float* out) { axpy_f32(D, s, row, out); }
+inline void axpy_any(int64_t D, double s, const double* row, double* out) {
+  axpy_f64(D, s, row, out);
+}
+inline float dot_any(int64_t D, const float* a, const float* b) { return dot_f32(D, a, b); }
+inline double dot_any(int64_t D, const double* a, const double* b) { return dot_f64(D, a, b); }
+
+
+std::string check_offsets(const int64_t* offsets, int64_t B, int64_t nnz) {
+  if (B == 0) return "";
+  if (offsets[0] != 0) return "offsets[0] must be 0";
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t s = offsets[b], e = bag_end(offsets, B, nnz, b);
+    if (s > e || e > nnz) {
+      return "offsets must be non-decreasing and at most len(indices) (bag " + std::to_string(b) +
+             ")";
+    }
+  }
+  return "";
+}
+
+std::string check_indices(const int64_t* indices, int64_t nnz, int64_t V) {
+  // A vectorized OR-reduction over the whole array (a few microseconds per
+  // 10^5 indices); the position of a bad index is searched only on failure.
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t j = 0; j < nnz; ++j) bad |= static_cast<int>(static_cast<uint64_t>(indices[j]) >= static_cast<uint64_t>(V));
+  if (!bad) return "";
+  int64_t j = 0;
+  while (static_cast<uint64_t>(indices[j]) < static_cast<uint64_t>(V)) ++j;
+  return "index " + std::to_string(indices[j]) + " at position " + std::to_string(j) +
+         " is out of range for a table of " + std::to_string(V) + " rows";
+}
+
+}  // namespace
+
+template <typename T>
+std::string embedding_bag_forward_cpu(const T* weight, int64_t V, int64_t D,
+                                      const int64_t* indices, int64_t nnz,
+                                      const int64_t* offsets, int64_t B,
+                                      const T* per_sample_weights, int mode, T* out) {
+  std::string err = check_offsets(offsets, B, nnz);
+  if (err.empty()) err = check_indices(indices, nnz, V);
+  if (!err.empty()) return err;
+  constexpr int64_t kBagChunk = 64;
+  const int64_t chunks = (B + kBagChunk - 1) / kBagChunk;
+#ifdef CONVEYOR_WITH_OPENMP
+#pragma omp parallel for schedule(static) if (nnz * D >= (1 << 15))
+#endif
+  for (int64_t c = 0; c < chunks; ++c)
+    bags_any(weight, D, indices, offsets, B, nnz, per_sample_weights, mode, out, c * kBagChunk,
+             std::min(B, (c + 1) * kBagChunk));
+  return "";
+}
+
+template <typename T>
+std::string embedding_bag_backward_cpu(const T* grad_out, const T* weight, int64_t V, int64_t D,
+                                       const int64_t* indices, int64_t nnz,
+                                       const int64_t* offsets, int64_t B,
+                                       const T* per_sample_weights, int mode, T* grad_weight,
+                                       T* grad_psw) {
+  std::string err = check_offsets(offsets, B, nnz);
+  if (err.empty()) err = check_indices(indices, nnz, V);
+  if (!err.empty()) return err;
+  // Bag of each index position (indices before offsets[0] cannot exist: offsets[0] == 0).
+  std::vector<int64_t> bag_of(static_cast<size_t>(nnz));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t e = bag_end(offsets, B, nnz, b);
+    for (int64_t j = offsets[b]; j < e; ++j) bag_of[j] = b;
+  }
+  const bool parallel = nnz * D >= (1 << 15) || V * D >= (1 << 18);
+#ifdef CONVEYOR_WITH_OPENMP
+#pragma omp parallel if (parallel)
+#endif
+  {
+#ifdef CONVEYOR_WITH_OPENMP
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+#pragma omp for schedule(static)
+#else
+    const int64_t threads = 1, t = 0;
+#endif
+    for (int64_t r = 0; r < V; ++r) std::fill(grad_weight + r * D, grad_weight + (r + 1) * D, T(0));
+    // (implicit barrier: the table is zeroed before any thread adds into it)
+    for (int64_t j = 0; j < nnz; ++j) {
+      const int64_t r = indices[j];
+      if (r % threads != t) continue;
+      const int64_t b = bag_of[j];
+      T scale = per_sample_weights ? per_sample_weights[j] : T(1);
+      if (mode == kBagMean) scale /= static_cast<T>(bag_end(offsets, B, nnz, b) - offsets[b]);
+      axpy_any(D, scale, grad_out + b * D, grad_weight + r * D);
+    }
+    if (grad_psw) {
+#ifdef CONVEYOR_WITH_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (int64_t j = 0; j < nnz; ++j)
+        grad_psw[j] = dot_any(D, weight + indices[j] * D, grad_out + bag_of[j] * D);
+    }
+  }
+  return "";
+}
+
+template std::string embedding_bag_forward_cpu<float>(const float*, int64_t, int64_t,
+                                                      const int64_t*, int64_t, const int64_t*,
+                                                      int64_t, const float*, int, float*);
+template std::string embedding_bag_forward_cpu<double>(const double*, int64_t, int64_t,
+                                                       const int64_t*, int64_t, const int64_t*,
+                                                       int64_t, const double*, int, double*);
+template std::string embedding_bag_backward_cpu<float>(const float*, const float*, int64_t,
+                                                       int64_t, const int64_t*, int64_t,
+                                                       const int64_t*, int64_t, const float*, int,
+                                                       float*, float*);
+template std::string embedding_bag_backward_cpu<double>(const double*, const double*, int64_t,
+                                                        int64_t, const int64_t*, int64_t,
+                                                        const int64_t*, int64_t, const double*,
+                                                        int, double*, double*);
+
+}  // namespace conveyor

@@ -1,0 +1,199 @@
+"""Which implementation of a fused op runs: one small set of rules for every op.
+
+Implementations (``IMPLS``):
+
+- ``reference``: plain torch (or numpy for the histogram); always available, the
+  definition every other implementation is tested against.
+- ``cpp``: C++/OpenMP in ``conveyor._C``; CPU tensors of float32 or float64.
+- ``triton``: Triton kernels in ``conveyor.kernels.triton_kernels``; CUDA tensors
+  (float32, float16, bfloat16) when ``triton`` is importable, and CPU tensors only
+  under Triton's interpreter (``TRITON_INTERPRET=1``, tests only: it is slow).
+- ``cuda``: CUDA kernels in ``conveyor._C`` (built with CUDA); CUDA tensors of
+  float32, float16, bfloat16.
+
+Choice, first match wins:
+
+1. the ``impl=`` argument of the op (strict: an implementation that cannot run
+   on the tensor raises ``ValueError``);
+2. ``CONVEYOR_<OP>_IMPL`` (e.g. ``CONVEYOR_LINEAR_IMPL=cpp``), then
+   ``CONVEYOR_KERNEL_IMPL`` for every op; an unknown name raises, a known one
+   that cannot run on this tensor falls through to the defaults;
+3. the defaults below, by device, dtype and (on CPU) problem size;
+4. ``reference``.
+
+CPU defaults were decided by measurement (``benchmarks/kernels/bench_ops.py``,
+see ``benchmarks/README.md`` and ``_CPU_RULES``): the C++ path is the default only
+where it was at least as fast as torch's own CPU op in the same run; elsewhere
+torch (``reference``) is: small linear and layer-norm calls, and the
+embedding-bag forward when no gradient is needed. GPU defaults (Triton for the
+GEMM, where ``tl.dot`` uses tensor cores; CUDA for the memory-bound ops) are not
+yet measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+
+import torch
+
+IMPLS = ("reference", "cpp", "triton", "cuda")
+OPS = ("linear", "embedding_bag", "layer_norm", "histogram", "mlp")
+# Implementations that exist per op (the whole-MLP call has no GPU kernel yet).
+_OP_IMPLS = {op: IMPLS for op in OPS} | {"mlp": ("reference", "cpp")}
+ENV_ALL = "CONVEYOR_KERNEL_IMPL"
+
+_CPP_DTYPES = (torch.float32, torch.float64)
+_GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def env_var(op: str) -> str:
+    """Per-op override variable, e.g. ``CONVEYOR_LAYER_NORM_IMPL``."""
+    return f"CONVEYOR_{op.upper()}_IMPL"
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Whether ``import triton`` would succeed (Triton is optional at run time)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _compiled() -> object | None:
+    try:
+        from conveyor import _C
+    except ImportError:  # a source tree without the built extension: references only
+        return None
+    return _C
+
+
+def has_compiled(name: str) -> bool:
+    """Whether ``conveyor._C`` was built with the function ``name``."""
+    return hasattr(_compiled(), name)
+
+
+def _cpp_name(op: str) -> str:
+    return "histogram_update" if op == "histogram" else f"{op}_forward"
+
+
+def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
+    """Whether ``impl`` of ``op`` can run on tensors of ``device`` type and ``dtype``."""
+    if impl == "reference":
+        return True
+    if impl not in _OP_IMPLS.get(op, ()):
+        return False
+    if impl == "cpp":
+        return device == "cpu" and dtype in _CPP_DTYPES and has_compiled(_cpp_name(op))
+    gpu_dtypes = (torch.float32,) if op == "histogram" else _GPU_DTYPES
+    if impl == "triton":
+        runs_here = device == "cuda" or (device == "cpu" and triton_interpreted())
+        return runs_here and dtype in gpu_dtypes and triton_installed()
+    if impl == "cuda":
+        return device == "cuda" and dtype in gpu_dtypes and has_compiled(_cpp_name(op) + "_cuda")
+    return False
+
+
+# CPU default per op, from the measurements in benchmarks/README.md (2 shared
+# cores, AMD EPYC with AVX-512, torch 2.13 CPU, one thread, interleaved
+# timings). `work` is the op's size (linear: M*N*K multiply-adds; layer norm:
+# elements; embedding bag: gathered elements); `grad` whether a backward
+# follows (training) or not (inference).
+#
+# - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
+#   (2^22 MACs) up; below, torch's lower call overhead wins (0.8-0.9x at 2^21).
+# - layer_norm: 1.1-1.75x from 2^19 elements up; below, torch (0.7-0.9x at 2^16-2^17).
+# - embedding_bag: torch's forward (FBGEMM) is faster (cpp 0.4-1.0x), but
+#   torch's dense backward is slow (cpp fwd+bwd 1.1-4.7x): cpp for training only.
+# - histogram: C++ is ~50x numpy; torch has no equivalent op.
+# - mlp (whole-MLP inference in one call): 1.0-1.6x nn.Sequential eager at
+#   batch 1-256, so always for inference; training runs layer by layer.
+_CPU_RULES: dict[str, Callable[[int, bool], str]] = {
+    "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
+    "embedding_bag": lambda work, grad: "cpp" if grad else "reference",
+    "layer_norm": lambda work, grad: "cpp" if work >= 1 << 19 else "reference",
+    "histogram": lambda work, grad: "cpp",
+    "mlp": lambda work, grad: "cpp" if not grad else "reference",
+}
+_CUDA_ORDER: dict[str, tuple[str, ...]] = {
+    "linear": ("triton", "cuda"),
+    "embedding_bag": ("cuda", "triton"),
+    "layer_norm": ("cuda", "triton"),
+    "histogram": ("cuda", "triton"),
+    "mlp": (),
+}
+
+
+def _check_name(impl: str, source: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r} (from {source})")
+
+
+def choose(
+    op: str,
+    device: str,
+    dtype: torch.dtype,
+    impl: str | None = None,
+    *,
+    work: int = 0,
+    grad: bool = False,
+) -> str:
+    """Name of the implementation of ``op`` to run for tensors of ``device``/``dtype``.
+
+    Args:
+        op: one of ``OPS``.
+        device: ``torch.device.type`` of the op's main input (``"cpu"``, ``"cuda"``).
+        dtype: its dtype.
+        impl: forced implementation, or ``None`` for the environment/defaults.
+        work: problem size used by size-dependent CPU rules (see ``_CPU_RULES``).
+        grad: whether a backward will follow (some CPU rules differ for training).
+    """
+    if op not in OPS:
+        raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+    if impl is not None:
+        _check_name(impl, "the impl argument")
+        if not available(op, impl, device, dtype):
+            raise ValueError(f"{op}: impl {impl!r} cannot run on {device} tensors of {dtype}")
+        return impl
+    for var in (env_var(op), ENV_ALL):
+        forced = os.environ.get(var)
+        if forced:
+            _check_name(forced, var)
+            if available(op, forced, device, dtype):
+                return forced
+            break  # cannot run here: the defaults decide
+    if device == "cuda":
+        for candidate in _CUDA_ORDER[op]:
+            if available(op, candidate, device, dtype):
+                return candidate
+    elif device == "cpu":
+        candidate = _CPU_RULES[op](work, grad)
+        if available(op, candidate, device, dtype):
+            return candidate
+    return "reference"
+
+
+def cuda_dtype_code(dtype: torch.dtype) -> int:
+    """dtype code of the CUDA ops in ``conveyor._C`` (see csrc/ops.h)."""
+    return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    """The current CUDA stream of ``t``'s device, as the integer the CUDA ops take."""
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record an op on ``tensors`` (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    """Device pointer of ``t``, 0 for ``None`` (the CUDA ops' absent argument)."""
+    return 0 if t is None else t.data_ptr()

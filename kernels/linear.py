@@ -1,0 +1,252 @@
+"""Fused linear + bias + activation: ``y = act(x @ weight.T + bias)``.
+
+Shapes: ``x [..., in_features]``, ``weight [out_features, in_features]`` (the
+``nn.Linear`` layout), ``bias [out_features]`` or ``None``; ``y [..., out_features]``.
+dtypes: float32 everywhere; float64 on the reference and C++ paths (gradcheck);
+float16/bfloat16 on the GPU paths (Triton, CUDA), accumulated in float32.
+
+Activations (``ACTIVATIONS``): ``"none"``, ``"relu"``, ``"gelu"`` (exact erf form,
+torch's default ``approximate="none"``), ``"gelu_tanh"`` (torch's
+``approximate="tanh"``) and ``"silu"``.
+
+Forward and backward run as one ``torch.autograd.Function`` per implementation
+(see ``conveyor.kernels.dispatch``): the forward fuses bias and activation into
+the GEMM's epilogue and keeps the pre-activation ``z`` when a gradient is
+needed; the backward forms ``g = dy * act'(z)`` in one pass and runs
+``dx = g @ W``, ``dW = g.T @ x``, ``db = g.sum(0)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conveyor.kernels import dispatch
+
+ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+
+
+def activation_reference(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """torch's own activation named ``activation`` applied to ``z``."""
+    if activation == "none":
+        return z
+    if activation == "relu":
+        return F.relu(z)
+    if activation == "gelu":
+        return F.gelu(z)
+    if activation == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    if activation == "silu":
+        return F.silu(z)
+    raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
+
+
+def linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"
+) -> torch.Tensor:
+    """``nn.Linear`` followed by the activation, in torch eager: the definition."""
+    return activation_reference(F.linear(x, weight, bias), activation)
+
+
+# --- C++ (CPU) ---------------------------------------------------------------
+
+
+def _np(t: torch.Tensor | None):
+    """Zero-copy numpy view of a contiguous CPU tensor (``None`` passes through)."""
+    return None if t is None else t.detach().numpy()
+
+
+def _cpp_forward(x, weight, bias, act, keep_z):
+    from conveyor import _C
+
+    y = x.new_empty((x.shape[0], weight.shape[0]))
+    z = torch.empty_like(y) if keep_z and act else None
+    _C.linear_forward(_np(x), _np(weight), _np(bias), act, _np(y), _np(z))
+    return y, z
+
+
+def _cpp_backward(gy, z, x, weight, act, need):
+    from conveyor import _C
+
+    gx = torch.empty_like(x) if need[0] else None
+    gw = torch.empty_like(weight) if need[1] else None
+    gb = gy.new_empty(weight.shape[0]) if need[2] else None
+    _C.linear_backward(_np(gy), _np(z), _np(x), _np(weight), act, _np(gx), _np(gw), _np(gb))
+    return gx, gw, gb
+
+
+# --- CUDA ----------------------------------------------------------------------
+
+
+def _cuda_forward(x, weight, bias, act, keep_z):
+    from conveyor import _C
+
+    M, K = x.shape
+    N = weight.shape[0]
+    y = x.new_empty((M, N))
+    z = torch.empty_like(y) if keep_z and act else None
+    p = dispatch.ptr
+    with torch.cuda.device(x.device):
+        _C.linear_forward_cuda(
+            p(x), p(weight), p(bias), M, N, K, act, p(y), p(z),
+            dispatch.cuda_dtype_code(x.dtype), dispatch.cuda_stream(x),
+        )  # fmt: skip
+    return y, z
+
+
+def _cuda_backward(gy, z, x, weight, act, need):
+    from conveyor import _C
+
+    M, K = x.shape
+    N = weight.shape[0]
+    gx = torch.empty_like(x) if need[0] else None
+    gw = torch.empty_like(weight) if need[1] else None
+    gb = torch.zeros(N, dtype=torch.float32, device=x.device) if need[2] else None
+    gp = torch.empty_like(gy) if act else None
+    p = dispatch.ptr
+    with torch.cuda.device(x.device):
+        _C.linear_backward_cuda(
+            p(gy), p(z), p(x), p(weight), M, N, K, act, p(gp), p(gx), p(gw), p(gb),
+            dispatch.cuda_dtype_code(x.dtype), dispatch.cuda_stream(x),
+        )  # fmt: skip
+    return gx, gw, None if gb is None else gb.to(gy.dtype)
+
+
+# --- Triton ---------------------------------------------------------------------
+
+
+def _triton_forward(x, weight, bias, act, keep_z):
+    from conveyor.kernels.triton_kernels import linear
+
+    return linear.forward(x, weight, bias, act, keep_z)
+
+
+def _triton_backward(gy, z, x, weight, act, need):
+    from conveyor.kernels.triton_kernels import linear
+
+    return linear.backward(gy, z, x, weight, act, need)
+
+
+_BACKENDS = {
+    "cpp": (_cpp_forward, _cpp_backward),
+    "cuda": (_cuda_forward, _cuda_backward),
+    "triton": (_triton_forward, _triton_backward),
+}
+
+
+class FusedLinearFunction(torch.autograd.Function):
+    """Autograd wrapper around one compiled implementation (2-D ``x`` only)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, act: int, impl: str):
+        fwd, _ = _BACKENDS[impl]
+        keep_z = any(ctx.needs_input_grad[:3])
+        y, z = fwd(x, weight, bias, act, keep_z)
+        ctx.act, ctx.impl = act, impl
+        ctx.save_for_backward(x, weight, z)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, z = ctx.saved_tensors
+        _, bwd = _BACKENDS[ctx.impl]
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        gx, gw, gb = bwd(gy.contiguous(), z, x, weight, ctx.act, need)
+        return gx, gw, gb, None, None
+
+
+def fused_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "none",
+    *,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """``act(x @ weight.T + bias)`` through the implementation the dispatcher picks.
+
+    Args:
+        x: ``[..., in_features]``.
+        weight: ``[out_features, in_features]``, same dtype and device as ``x``.
+        bias: ``[out_features]`` or ``None``.
+        activation: a key of ``ACTIVATIONS`` (default ``"none"``).
+        impl: force ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``; default:
+            ``conveyor.kernels.dispatch.choose`` (env ``CONVEYOR_LINEAR_IMPL``).
+
+    Returns:
+        ``[..., out_features]`` in ``x``'s dtype; differentiable in all inputs.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"shapes: x [..., {x.shape[-1]}] does not match weight {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    lead = x.shape[:-1]
+    work = math.prod(lead) * weight.shape[0] * weight.shape[1]
+    grad = dispatch.needs_grad(x, weight, bias)
+    chosen = dispatch.choose("linear", x.device.type, x.dtype, impl, work=work, grad=grad)
+    if chosen == "reference":
+        return linear_reference(x, weight, bias, activation)
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise ValueError("dtypes: x, weight and bias must share one dtype")
+    x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()
+    b = None if bias is None else bias.contiguous()
+    w = weight.contiguous()
+    if grad:
+        y = FusedLinearFunction.apply(x2, w, b, ACTIVATIONS[activation], chosen)
+    else:  # inference: no autograd node, no saved pre-activation
+        y = _BACKENDS[chosen][0](x2, w, b, ACTIVATIONS[activation], False)[0]
+    return y.reshape(*lead, weight.shape[0])
+
+
+class FusedLinear(nn.Module):
+    """Drop-in for ``nn.Sequential(nn.Linear(in, out), activation)``.
+
+    Parameters and initialisation are those of ``nn.Linear``, so a state dict
+    moves between the two (keys ``weight``, ``bias``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "none",
+        bias: bool = True,
+        *,
+        impl: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}"
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.activation, self.impl = activation, impl
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation (Kaiming-uniform weight, uniform bias)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_linear(x, self.weight, self.bias, self.activation, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, activation={self.activation!r}"
+        )

@@ -1,0 +1,107 @@
+"""The dispatcher: defaults, forcing by argument and environment, fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conveyor.kernels import dispatch, fused_linear
+
+
+def test_cpu_defaults_are_available_implementations() -> None:
+    for op in dispatch.OPS:
+        impl = dispatch.choose(op, "cpu", torch.float32, work=1 << 20)
+        assert impl in ("cpp", "reference")
+        assert dispatch.available(op, impl, "cpu", torch.float32)
+
+
+def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
+    if not dispatch.has_compiled("linear_forward"):
+        pytest.skip("conveyor._C not built")
+    f32 = torch.float32
+    assert dispatch.choose("linear", "cpu", f32, work=32 * 256 * 256) == "reference"
+    assert dispatch.choose("linear", "cpu", f32, work=512**3) == "cpp"
+    assert dispatch.choose("layer_norm", "cpu", f32, work=64 * 256) == "reference"
+    assert dispatch.choose("layer_norm", "cpu", f32, work=4096 * 256) == "cpp"
+    assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=False) == "reference"
+    assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=True) == "cpp"
+    assert dispatch.choose("histogram", "cpu", f32) == "cpp"
+
+
+def test_unsupported_dtype_falls_back_to_reference() -> None:
+    assert dispatch.choose("layer_norm", "cpu", torch.bfloat16) == "reference"
+    assert dispatch.choose("linear", "cpu", torch.float16) == "reference"
+
+
+def test_argument_is_strict() -> None:
+    assert dispatch.choose("layer_norm", "cpu", torch.float32, "reference") == "reference"
+    with pytest.raises(ValueError, match="cannot run on cpu"):
+        dispatch.choose("layer_norm", "cpu", torch.float32, "cuda")
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        dispatch.choose("layer_norm", "cpu", torch.float32, "fast")
+
+
+def test_environment_forces_then_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_KERNEL_IMPL", "reference")
+    assert dispatch.choose("linear", "cpu", torch.float32) == "reference"
+    # The per-op variable wins over the global one.
+    monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "cpp")
+    assert dispatch.choose("linear", "cpu", torch.float32) == "cpp"
+    assert dispatch.choose("layer_norm", "cpu", torch.float32) == "reference"
+    # Known but unavailable here (no CUDA tensors): the defaults decide.
+    monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "cuda")
+    assert dispatch.choose("linear", "cpu", torch.float32) in ("cpp", "reference")
+    monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "bogus")
+    with pytest.raises(ValueError, match="CONVEYOR_LINEAR_IMPL"):
+        dispatch.choose("linear", "cpu", torch.float32)
+
+
+def test_triton_on_cpu_only_in_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not dispatch.available("linear", "triton", "cpu", torch.float32)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.available("linear", "triton", "cpu", torch.float32) == (
+        dispatch.triton_installed()
+    )
+    # Never a CPU default, even when the interpreter could run it.
+    assert dispatch.choose("linear", "cpu", torch.float32) != "triton"
+
+
+def test_op_uses_the_forced_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    import conveyor.kernels.linear as linear
+
+    original = linear._BACKENDS["cpp"]
+
+    def spy(*args):
+        calls.append("cpp")
+        return original[0](*args)
+
+    monkeypatch.setitem(linear._BACKENDS, "cpp", (spy, original[1]))
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "reference")
+    fused_linear(x, w)
+    assert calls == []
+    monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "cpp")
+    fused_linear(x, w)
+    assert calls == ["cpp"]
+
+
+def test_unknown_op_raises() -> None:
+    with pytest.raises(ValueError, match="op: expected"):
+        dispatch.choose("conv", "cpu", torch.float32)
+
+
+def test_kernels_import_without_triton_and_run_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Triton is optional at run time: importing the ops must not import it, and
+    # with it reported missing every op still runs (default or reference).
+    import subprocess
+    import sys
+
+    code = "import sys, conveyor.kernels; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    monkeypatch.setattr(dispatch, "triton_installed", lambda: False)
+    monkeypatch.setenv("CONVEYOR_KERNEL_IMPL", "triton")
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    assert not dispatch.available("linear", "triton", "cpu", torch.float32)
+    torch.testing.assert_close(fused_linear(x, w), x @ w.T)

@@ -1,0 +1,177 @@
+"""embedding_bag: every implementation against torch.nn.functional.embedding_bag.
+
+float32 within 1e-5 (see _tolerances.py); gradcheck in float64 on the C++ path
+itself. Triton runs in the interpreter on tiny shapes; CUDA and compiled
+Triton are `gpu` tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _tolerances import assert_close
+
+from conveyor.kernels import embedding_bag
+from conveyor.kernels.dispatch import triton_installed
+
+
+def _bags(V, D, B, nnz, *, empty_bags=True, dtype=torch.float32, device="cpu", psw=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(V, D, generator=g, dtype=torch.float64)
+    indices = torch.randint(0, V, (nnz,), generator=g)
+    if B:
+        cuts = torch.randint(0, nnz + 1, (B - 1,), generator=g) if empty_bags else None
+        if cuts is None:  # B non-empty bags of about nnz / B each
+            cuts = torch.linspace(1, max(nnz - 1, 1), B - 1).long()
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.sort(cuts).values])
+    else:
+        offsets = torch.zeros(0, dtype=torch.long)
+    weights = torch.randn(nnz, generator=g, dtype=torch.float64) if psw else None
+
+    def cast(t):
+        return None if t is None else t.to(dtype=dtype, device=device).requires_grad_()
+
+    return cast(weight), indices.to(device), offsets.to(device), cast(weights)
+
+
+def _check(impl, V, D, B, nnz, mode, psw=False, dtype=torch.float32, device="cpu", **kw):
+    weight, indices, offsets, weights = _bags(
+        V, D, B, nnz, dtype=dtype, device=device, psw=psw, **kw
+    )
+    out = embedding_bag(indices, weight, offsets, mode, weights, impl=impl)
+    wr = weight.detach().double().cpu().requires_grad_()
+    pr = None if weights is None else weights.detach().double().cpu().requires_grad_()
+    ref = F.embedding_bag(indices.cpu(), wr, offsets.cpu(), mode=mode, per_sample_weights=pr)
+    assert out.shape == (B, D) and out.dtype == dtype
+    assert_close(out.cpu(), ref, dtype, scale=4)
+    if B == 0:
+        return
+    go = torch.randn(B, D, dtype=torch.float64)
+    ins = [t for t in (weight, weights) if t is not None]
+    got = torch.autograd.grad(out, ins, go.to(dtype=dtype, device=device))
+    want = torch.autograd.grad(ref, [t for t in (wr, pr) if t is not None], go)
+    for g, r in zip(got, want, strict=True):
+        assert_close(g.cpu(), r, dtype, scale=4)
+
+
+CASES = [
+    (10, 1, 1, 1),
+    (50, 7, 5, 23),
+    (1000, 33, 17, 300),
+    (300, 128, 64, 4096),
+    (64, 16, 8, 0),  # every bag empty
+]
+
+
+@pytest.mark.parametrize(("V", "D", "B", "nnz"), CASES)
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_cpp_matches_reference(V: int, D: int, B: int, nnz: int, mode: str, psw: bool) -> None:
+    _check("cpp", V, D, B, nnz, mode, psw)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_cpp_empty_batch(mode: str) -> None:
+    _check("cpp", 20, 4, 0, 0, mode)
+
+
+def test_cpp_large_offsets_and_rows() -> None:
+    # Large index values (a 2^20-row table), a bag of 70,000 entries, offsets past 2^16.
+    weight = torch.randn(1 << 20, 2, requires_grad=True)
+    indices = torch.cat([torch.randint((1 << 20) - 100, 1 << 20, (70_000,)), torch.arange(5)])
+    offsets = torch.tensor([0, 69_999, 70_000, 70_002])
+    out = embedding_bag(indices, weight, offsets, "mean", impl="cpp")
+    ref = F.embedding_bag(indices, weight, offsets, mode="mean")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (gw,) = torch.autograd.grad(out.sum(), weight)
+    (gr,) = torch.autograd.grad(ref.sum(), weight)
+    torch.testing.assert_close(gw, gr, rtol=1e-5, atol=1e-7)
+
+
+def test_cpp_two_dimensional_indices_and_threads() -> None:
+    from conveyor import _C
+
+    weight = torch.randn(100, 40)
+    indices = torch.randint(0, 100, (2000, 6))
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(2)
+        out = embedding_bag(indices, weight, mode="mean", impl="cpp")
+    finally:
+        _C.set_num_threads(before)
+    torch.testing.assert_close(out, F.embedding_bag(indices, weight, mode="mean"))
+
+
+@pytest.mark.parametrize(("mode", "psw"), [("sum", True), ("mean", False)])
+def test_cpp_gradcheck_float64(mode: str, psw: bool) -> None:
+    weight, indices, offsets, weights = _bags(12, 3, 4, 9, dtype=torch.float64, psw=psw)
+    if weights is None:
+
+        def fn(w):
+            return embedding_bag(indices, w, offsets, mode, impl="cpp")
+
+        assert torch.autograd.gradcheck(fn, (weight,))
+    else:
+
+        def fn(w, p):
+            return embedding_bag(indices, w, offsets, mode, p, impl="cpp")
+
+        assert torch.autograd.gradcheck(fn, (weight, weights))
+
+
+def test_bad_arguments_raise() -> None:
+    weight = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        embedding_bag(torch.tensor([1, 10]), weight, torch.tensor([0]), impl="cpp")
+    with pytest.raises(ValueError, match="out of range"):
+        embedding_bag(torch.tensor([-1]), weight, torch.tensor([0]), impl="cpp")
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be 0"):
+        embedding_bag(torch.tensor([1, 2]), weight, torch.tensor([1]), impl="cpp")
+    with pytest.raises(ValueError, match="non-decreasing"):
+        embedding_bag(torch.tensor([1, 2]), weight, torch.tensor([0, 2, 1]), impl="cpp")
+    with pytest.raises(ValueError, match="per_sample_weights"):
+        embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "mean", torch.ones(1))
+    with pytest.raises(ValueError, match="mode"):
+        embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "max")
+
+
+needs_triton = pytest.mark.skipif(not triton_installed(), reason="triton not installed")
+
+
+@needs_triton
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_triton_matches_reference_interpreted(mode: str, psw: bool) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 30, 37, 5, 17, mode, psw)  # D = 37: two column blocks, one ragged
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp16: interpreter test
+@pytest.mark.parametrize(("V", "D", "B", "nnz"), [*CASES, (100_000, 64, 2048, 50_000)])
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_gpu_matches_reference(impl, dtype, V, D, B, nnz, mode, psw) -> None:
+    if impl == "triton" and not triton_installed():
+        pytest.skip("triton not installed")
+    _check(impl, V, D, B, nnz, mode, psw, dtype=dtype, device="cuda")
+
+
+@needs_triton
+def test_triton_float16_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 30, 37, 5, 17, "mean", dtype=torch.float16)
+
+
+@pytest.mark.parametrize(("mode", "psw"), [("sum", True), ("mean", False)])
+def test_cpp_two_threads_match_reference(mode: str, psw: bool) -> None:
+    # Row ownership by thread in the backward: the path the 1-thread tests skip.
+    from conveyor import _C
+
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(2)
+        _check("cpp", 500, 64, 300, 6000, mode, psw)
+    finally:
+        _C.set_num_threads(before)

@@ -1,0 +1,117 @@
+"""layer_norm: every implementation against torch.nn.functional.layer_norm.
+
+float32 within 1e-5 (see _tolerances.py; inputs with a large mean included);
+gradcheck in float64 on the C++ path itself. Triton runs in the interpreter on
+tiny shapes; CUDA and compiled Triton are `gpu` tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _tolerances import assert_close
+
+from conveyor.kernels import layer_norm
+from conveyor.kernels.dispatch import triton_installed
+
+
+def _check(
+    impl, shape, n_dims=1, affine=(True, True), dtype=torch.float32, device="cpu", shift=0.0
+):
+    g = torch.Generator().manual_seed(sum(shape) + n_dims)
+    normalized = shape[len(shape) - n_dims :]
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + shift
+    w = torch.randn(*normalized, generator=g, dtype=torch.float64) if affine[0] else None
+    b = torch.randn(*normalized, generator=g, dtype=torch.float64) if affine[1] else None
+
+    def cast(t):
+        return None if t is None else t.to(dtype=dtype, device=device).requires_grad_()
+
+    xs, ws, bs = cast(x), cast(w), cast(b)
+    y = layer_norm(xs, normalized, ws, bs, 1e-5, impl=impl)
+    refs = [None if t is None else t.detach().double().cpu().requires_grad_() for t in (xs, ws, bs)]
+    ref = F.layer_norm(refs[0], normalized, refs[1], refs[2], 1e-5)
+    assert y.shape == xs.shape and y.dtype == dtype
+    assert_close(y.cpu(), ref, dtype, scale=2)
+    gy = torch.randn(*shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(
+        y, [t for t in (xs, ws, bs) if t is not None], gy.to(dtype=dtype, device=device)
+    )
+    want = torch.autograd.grad(ref, [t for t in refs if t is not None], gy)
+    rows = max(1, xs.numel() // max(1, math.prod(normalized)))
+    for a, r in zip(got, want, strict=True):
+        assert_close(a.cpu(), r, dtype, scale=2 * rows**0.5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (64, 300), (3, 4, 129), (1000, 33), (2, 4097)])
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)])
+def test_cpp_matches_reference(shape: tuple[int, ...], affine: tuple[bool, bool]) -> None:
+    _check("cpp", shape, affine=affine)
+
+
+def test_cpp_large_mean_two_dims_and_empty() -> None:
+    _check("cpp", (50, 64), shift=1000.0)
+    _check("cpp", (6, 4, 5), n_dims=2)
+    _check("cpp", (0, 16))
+
+
+def test_cpp_gradcheck_float64() -> None:
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return layer_norm(x, 6, w, b, impl="cpp")
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_bad_arguments_raise() -> None:
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="normalized_shape"):
+        layer_norm(x, 5)
+    with pytest.raises(ValueError, match="weight"):
+        layer_norm(x, 4, torch.ones(5))
+
+
+needs_triton = pytest.mark.skipif(not triton_installed(), reason="triton not installed")
+
+
+@needs_triton
+@pytest.mark.parametrize("affine", [(True, True), (False, False)])
+def test_triton_matches_reference_interpreted(affine: tuple[bool, bool]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", (3, 37), affine=affine)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (300, 1000), (64, 8192), (4096, 512), (0, 8)])
+def test_gpu_matches_reference(impl: str, dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    if impl == "triton" and not triton_installed():
+        pytest.skip("triton not installed")
+    _check(impl, shape, dtype=dtype, device="cuda")
+
+
+@needs_triton
+def test_triton_float16_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", (3, 37), dtype=torch.float16)
+
+
+def test_cpp_two_threads_match_reference() -> None:
+    # Per-thread partial sums of dweight/dbias: the path the 1-thread tests skip.
+    from conveyor import _C
+
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(2)
+        _check("cpp", (300, 257))
+    finally:
+        _C.set_num_threads(before)

@@ -1,0 +1,175 @@
+"""fused_linear / FusedLinear: every implementation against nn.Linear + activation.
+
+Tolerances: see _tolerances.py (float32 1e-5 with inputs scaled so outputs are
+O(1)). Gradients: torch.autograd.gradcheck in float64 on the C++ path itself
+(it is templated for double). Triton runs in the interpreter on tiny shapes;
+the CUDA and compiled-Triton paths are `gpu` tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _tolerances import assert_close
+from torch import nn
+
+from conveyor.kernels import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
+from conveyor.kernels.dispatch import triton_installed
+
+ACTS = tuple(ACTIVATIONS)
+
+
+def _inputs(M, N, K, dtype=torch.float32, device="cpu", bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g, dtype=torch.float64)
+    w = torch.randn(N, K, generator=g, dtype=torch.float64) / math.sqrt(max(K, 1))
+    b = torch.randn(N, generator=g, dtype=torch.float64) if bias else None
+
+    def cast(t):
+        return None if t is None else t.to(dtype=dtype, device=device).requires_grad_()
+
+    return cast(x), cast(w), cast(b)
+
+
+def _check(impl, M, N, K, act, dtype=torch.float32, device="cpu", bias=True):
+    x, w, b = _inputs(M, N, K, dtype, device, bias, seed=M * 7 + N * 3 + K)
+    y = fused_linear(x, w, b, act, impl=impl)
+    # The reference in float64 on the host, rounded once: the fairest target.
+    xr, wr, br = (
+        None if t is None else t.detach().double().cpu().requires_grad_() for t in (x, w, b)
+    )
+    ref = linear_reference(xr, wr, br, act)
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert_close(y.cpu(), ref, dtype)
+    gy = torch.randn(M, N, dtype=torch.float64)
+    ins = [t for t in (x, w, b) if t is not None]
+    got = torch.autograd.grad(y, ins, gy.to(dtype=dtype, device=device), allow_unused=True)
+    want = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy)
+    scale = math.sqrt(max(M, 1))  # dW and db sum over the batch
+    for g, r in zip(got, want, strict=True):
+        assert_close(g.cpu(), r, dtype, scale=scale)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize(
+    ("M", "N", "K"),
+    [(1, 1, 1), (7, 33, 5), (100, 70, 300), (97, 257, 513), (6, 32, 256), (13, 65, 1)],
+)
+def test_cpp_matches_reference(M: int, N: int, K: int, act: str) -> None:
+    _check("cpp", M, N, K, act)
+
+
+@pytest.mark.parametrize(("M", "N", "K"), [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0)])
+def test_cpp_empty_shapes(M: int, N: int, K: int) -> None:
+    _check("cpp", M, N, K, "gelu")
+
+
+def test_cpp_without_bias_and_large_k() -> None:
+    _check("cpp", 9, 40, 1100, "silu", bias=False)  # several K blocks of 256
+
+
+def test_cpp_multithreaded_matches_single() -> None:
+    from conveyor import _C
+
+    x, w, b = _inputs(300, 200, 260)
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(1)
+        one = fused_linear(x, w, b, "relu", impl="cpp")
+        _C.set_num_threads(2)
+        two = fused_linear(x, w, b, "relu", impl="cpp")
+    finally:
+        _C.set_num_threads(before)
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_cpp_gradcheck_float64(act: str) -> None:
+    x, w, b = _inputs(4, 5, 6, torch.float64)
+    if act == "relu":  # keep pre-activations away from the kink
+        with torch.no_grad():
+            b += 0.5 * torch.sign(b)
+    assert torch.autograd.gradcheck(lambda *a: fused_linear(*a, act, impl="cpp"), (x, w, b))
+
+
+def test_module_matches_nn_linear_and_leading_dims() -> None:
+    torch.manual_seed(0)
+    fused = FusedLinear(24, 16, "gelu", impl="cpp")
+    plain = nn.Sequential(nn.Linear(24, 16), nn.GELU())
+    plain[0].load_state_dict(fused.state_dict())
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    y, r = fused(x), plain(x)
+    torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    r.sum().backward()
+    torch.testing.assert_close(gx, x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.weight.grad, plain[0].weight.grad, rtol=1e-5, atol=1e-4)
+    assert "activation='gelu'" in repr(fused)
+
+
+def test_bad_arguments() -> None:
+    x, w, b = _inputs(3, 4, 5)
+    with pytest.raises(ValueError, match="activation"):
+        fused_linear(x, w, b, "tanh")
+    with pytest.raises(ValueError, match="shapes"):
+        fused_linear(x, w.t(), b)
+    with pytest.raises(ValueError, match="bias"):
+        fused_linear(x, w, b[:2])
+
+
+def test_extension_checks_arguments_itself() -> None:
+    import numpy as np
+
+    from conveyor import _C
+
+    x = np.zeros((3, 5), np.float32)
+    w = np.zeros((4, 5), np.float32)
+    y = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"w: expected shape \(4, 5\)"):
+        _C.linear_forward(x, np.zeros((4, 6), np.float32), None, 0, y, None)
+    with pytest.raises(TypeError, match="y: expected dtype float32"):
+        _C.linear_forward(x, w, None, 0, np.zeros((3, 4)), None)
+    with pytest.raises(ValueError, match="act"):
+        _C.linear_forward(x, w, None, 9, y, None)
+    with pytest.raises(ValueError, match="z: the pre-activation"):
+        _C.linear_backward(y, None, x, w, 2, None, None, None)
+
+
+needs_triton = pytest.mark.skipif(not triton_installed(), reason="triton not installed")
+
+
+@needs_triton
+@pytest.mark.parametrize("act", ACTS)
+def test_triton_matches_reference_interpreted(act: str) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 5, 19, 21, act)  # one ragged block in every dimension
+
+
+@needs_triton
+def test_triton_empty_batch_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 0, 3, 4, "relu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("M", "N", "K"), [(1, 1, 1), (33, 65, 17), (300, 257, 1000), (0, 4, 8)])
+@pytest.mark.parametrize("act", ["relu", "gelu"])  # all five run in the interpreter tests
+def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K: int, act: str):
+    if impl == "triton" and not triton_installed():
+        pytest.skip("triton not installed")
+    _check(impl, M, N, K, act, dtype=dtype, device="cuda")
+
+
+@needs_triton
+def test_triton_float16_interpreted() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    _check("triton", 5, 19, 21, "silu", dtype=torch.float16)  # half storage, float32 math
