@@ -8,7 +8,9 @@ Latency and load (histograms, so replicas can be merged, unlike summaries):
 * ``conveyor_batch_size{model,version}``: rows per executed batch;
 * ``conveyor_requests_total{model,version,code}`` (gRPC status name), ``conveyor_rows_total``;
 * gauges ``conveyor_inflight_requests{model}``, ``conveyor_queue_depth{model}``,
-  ``conveyor_model_ready{model,version}``.
+  ``conveyor_model_ready{model,version}`` and ``conveyor_max_queue_size{model,version}``
+  (the queue bound of a loaded version, 0 once unloaded: queue saturation is
+  ``sum by (model) (conveyor_queue_depth) / sum by (model) (conveyor_max_queue_size)``).
 
 Drift (see :mod:`conveyor.engine.drift`): ``conveyor_drift_score{model,version,feature,method}``,
 ``conveyor_drift_alert{model,version}``, ``conveyor_drift_window_rows{model,version}`` and
@@ -23,8 +25,8 @@ Several processes (``conveyor serve --workers N``): the parent points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before starting the workers, which
 then write their values to files there; the parent serves ``/metrics`` through
 prometheus-client's MultiProcessCollector, which sums counters and histograms over the
-processes. Gauges say how they merge: in-flight requests, queue depth and drift window
-rows are summed over live processes (``livesum``); ``model_ready`` is the minimum
+processes. Gauges say how they merge: in-flight requests, queue depth, the queue bound
+and drift window rows are summed over live processes (``livesum``); ``model_ready`` is the minimum
 (``livemin``: 1 only when every live process serves the version); drift scores and the
 alert are the maximum (``livemax``: each process scores its own share of the traffic,
 and the worst one is what an alert should see).
@@ -113,6 +115,13 @@ class ServerMetrics:
             "1 while the model version is loaded and serving.",
             mv,
             multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.max_queue_size = Gauge(
+            "conveyor_max_queue_size",
+            "Requests the version's queue accepts (dynamic_batching.max_queue_size); 0 unloaded.",
+            mv,
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.drift_score = Gauge(

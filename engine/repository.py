@@ -422,6 +422,10 @@ class ModelRepository:
     def _mark_ready(self, name: str, version: int, ready: bool) -> None:
         if self.metrics is not None:
             self.metrics.model_ready.labels(name, str(version)).set(1 if ready else 0)
+            entry = self.models.get(name)
+            served = entry.versions.get(version) if ready and entry is not None else None
+            bound = served.batcher.batching.max_queue_size if served is not None else 0
+            self.metrics.max_queue_size.labels(name, str(version)).set(bound)
 
     async def load(self, name: str) -> None:
         """RepositoryModelLoad: (re)load ``name``; NotFound when it has no directory."""

@@ -72,6 +72,7 @@ def test_metrics_and_drift_view(drift_server, capsys: pytest.CaptureFixture[str]
     assert _value(text, 'conveyor_batch_size_sum{model="affine",version="1"}') == 4000
     assert _value(text, 'conveyor_queue_duration_seconds_count{model="affine"') == 80
     assert _value(text, 'conveyor_model_ready{model="affine",version="1"}') == 1
+    assert _value(text, 'conveyor_max_queue_size{model="affine",version="1"}') == 1024
     assert _value(text, 'conveyor_drift_alert{model="affine",version="1"}') == 1
     assert _value(text, 'conveyor_drift_score{feature="f0",method="psi"') > 0.2
     assert _value(text, "conveyor_inflight_requests") == 0
