@@ -194,3 +194,30 @@ def test_digits_pixel_as_categorical_mix_change(tmp_path: Path) -> None:
     pixel[move] = values[np.argmin(counts)]  # 20 points to the rarest intensity
     after = feed_windows(mon, shifted, WINDOW, scaling)
     assert after[-1][0], after
+
+
+def test_gauges_are_rescored_at_most_every_score_interval(synthetic) -> None:
+    """In the batching path the scores are recomputed at most every ``score_interval``
+    (window rows on every chunk); report() always scores the current window."""
+    config, stats, spec, held_out, scaling = synthetic
+    updates: list = []
+
+    class Sink:
+        def invalid(self, items: list) -> None:
+            pass
+
+        def update(self, report: object) -> None:
+            updates.append(report)
+
+    mon = monitor(config, stats, spec, score_interval=3600)
+    mon.metrics = Sink()
+    feed_windows(mon, [a[: 2 * WINDOW] for a in held_out], WINDOW, scaling)
+    # observe scored the first chunk (nothing scored before), then only sent window
+    # rows; the two report() calls (one per window) scored.
+    assert [r.scored for r in updates].count(True) == 3, [
+        (r.scored, r.window_rows) for r in updates
+    ]
+    assert updates[0].scored
+    rows = [r.window_rows for r in updates if not r.scored]
+    assert len(rows) > 2 and rows == sorted(rows)
+    assert mon.report() is updates[-1]  # nothing new since: not rescored
