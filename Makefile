@@ -15,13 +15,36 @@ PYTEST_ARGS ?=
 
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo test lint format install bench clean protos serve-bench
+.PHONY: demo test lint format install bench clean protos serve-bench prometheus
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/conveyor demo
 
-test: $(VENV)/.installed lint
+test: $(VENV)/.installed lint prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# tests/deploy needs Debian's prometheus package (promtool and the server). Installed
+# only when promtool is missing and we are root; otherwise nothing happens and those
+# tests skip, saying why. A stale package list gets one `apt-get update` and a retry.
+# The package's postinst starts its service (a server on :9090) unless policy-rc.d
+# forbids it, as in most containers; a service started so is stopped again (the tests
+# start their own server on loopback). PROMTOOL and APT_GET exist to test this step.
+PROMTOOL ?= $(shell command -v promtool 2>/dev/null)
+APT_GET ?= apt-get
+prometheus:
+	@if [ -n "$(PROMTOOL)" ] && [ -x "$(PROMTOOL)" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "prometheus: promtool missing and not root: not installing; tests/deploy will skip"; \
+	else \
+		echo "prometheus: installing Debian's prometheus package (promtool) for tests/deploy"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(APT_GET) install -y --no-install-recommends prometheus \
+			|| { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; } \
+			|| echo "prometheus: install failed; tests/deploy will skip"; \
+		if [ -d /run/systemd/system ]; then systemctl stop prometheus >/dev/null 2>&1 || true; fi; \
+		if [ -x /etc/init.d/prometheus ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi; \
+	fi
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -171,6 +171,10 @@ class Batcher:
         execution_timeout: seconds one batch may run before its worker is abandoned
             and replaced (default 60; None disables the watchdog).
         max_abandoned_threads: replacements made for hung workers (default 4).
+
+    ``metrics`` (a :class:`conveyor.engine.metrics.VersionMetrics`) and ``drift`` (a
+    :class:`conveyor.engine.drift.DriftMonitor`) may be set after construction; the
+    workers report each executed batch to them (drift after the responses are posted).
     """
 
     def __init__(
@@ -189,6 +193,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.batching = batching
         self.stats = BatchStats()
+        self.metrics: Any = None
+        self.drift: Any = None
         self._delay = batching.max_queue_delay_microseconds / 1e6
         # Moving average of the gap between arrivals (seconds); inf until two arrived.
         self._gap = float("inf")
@@ -265,6 +271,8 @@ class Batcher:
                 )
             self._levels[pending.level].append(pending)
             self._queued += 1
+            if self.metrics is not None:
+                self.metrics.queue_depth.inc()
             self._rows += pending.rows
             if self._last_arrival is not None:
                 gap = pending.arrival - self._last_arrival
@@ -308,6 +316,8 @@ class Batcher:
             self._queued -= 1
             self._rows -= pending.rows
             pending.state = DONE
+            if self.metrics is not None:
+                self.metrics.queue_depth.dec()
             return True
 
     def close(self, timeout: float | None = None) -> bool:
@@ -495,6 +505,8 @@ class Batcher:
             self._queued -= 1
             self._rows -= p.rows
             p.state = TAKEN
+        if self.metrics is not None and (batch or dropped):
+            self.metrics.queue_depth.dec(len(batch) + len(dropped))
         return batch, dropped
 
     def _execute(self, batch: list[Pending]) -> None:
@@ -509,7 +521,10 @@ class Batcher:
         """Returns False (posting nothing) when the batch failed and ``isolate`` is set."""
         t0 = time.perf_counter_ns()
         rows = sum(p.rows for p in batch)
-        queue_ns = int((time.monotonic() * len(batch) - sum(p.arrival for p in batch)) * 1e9)
+        now = time.monotonic()
+        queue_ns = int((now * len(batch) - sum(p.arrival for p in batch)) * 1e9)
+        inputs: list[np.ndarray] = []
+        outputs: list[np.ndarray] = []
         results: list[tuple[Pending, Any, bool]] = []
         try:
             # np.concatenate copies even a single array: the model gets writable,
@@ -531,6 +546,8 @@ class Batcher:
                 offset = end
             t3 = time.perf_counter_ns()
             self.stats.record(rows, len(batch), queue_ns, (t0, t1, t2, t3))
+            if self.metrics is not None:
+                self.metrics.batch(rows, (t3 - t0) / 1e9, [now - p.arrival for p in batch])
         except EngineError as exc:
             if isolate:
                 return False
@@ -541,13 +558,20 @@ class Batcher:
                 extra={"model": self.name, "request_id": ",".join(p.request_id for p in batch)},
             )
             results = [(p, exc, True) for p in batch]
+            outputs = []
         except Exception as exc:  # never let a worker thread die
             if isolate:
                 return False
             log.exception("batch of %d rows failed", rows, extra={"model": self.name})
             err = Internal(f"model {self.name} failed: {type(exc).__name__}: {exc}")
             results = [(p, err, True) for p in batch]
+            outputs = []
         self._post(results)
+        if self.drift is not None and outputs:
+            try:
+                self.drift.observe(inputs, outputs)
+            except Exception:  # drift must never fail serving
+                log.exception("drift tracking failed", extra={"model": self.name})
         return True
 
     def _post(self, results: list[tuple[Pending, Any, bool]]) -> None:

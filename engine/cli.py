@@ -72,6 +72,25 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_concurrent_streams=args.max_concurrent_streams,
         execution_timeout=args.execution_timeout or None,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        drift=_drift_settings(args),
+    )
+
+
+def _drift_settings(args: argparse.Namespace) -> Any:
+    from conveyor.engine.drift import DriftSettings
+
+    if args.drift == "off":
+        return None
+    if args.drift_window_rows < 10 or args.drift_threshold <= 0 or args.drift_window_seconds <= 0:
+        raise ServeError(
+            "--drift-window-rows must be >= 10; --drift-threshold and --drift-window-seconds > 0"
+        )
+    return DriftSettings(
+        window_rows=args.drift_window_rows,
+        window_seconds=args.drift_window_seconds,
+        min_rows=min(1000, args.drift_window_rows),
+        threshold=args.drift_threshold,
     )
 
 
@@ -136,7 +155,6 @@ def _check_port_free(host: str, port: int) -> None:
 def serve_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str) -> int:
     """``workers`` server processes sharing one port (SO_REUSEPORT); the kernel spreads
     connections across them. Signals are forwarded; exits 0 when all exited 0."""
-    import multiprocessing
 
     if kwargs["port"] == 0:
         raise ServeError("--workers > 1 needs a fixed --port (port 0 would differ per worker)")
@@ -146,6 +164,26 @@ def serve_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str) ->
             "only one of the worker processes"
         )
     _check_port_free(kwargs["host"], kwargs["port"])
+    from conveyor.engine.metrics import MultiProcessMetrics
+
+    # The workers write their metric values to a shared directory; this process
+    # serves /metrics merged over them (see conveyor.engine.metrics).
+    shared = MultiProcessMetrics()
+    try:
+        if kwargs["metrics_port"] is not None:
+            try:
+                port = shared.serve(kwargs["host"], kwargs["metrics_port"])
+            except OSError as exc:
+                raise ServeError(str(exc)) from None
+            log.info("metrics of %d workers on %s:%d/metrics", workers, kwargs["host"], port)
+        return _run_workers({**kwargs, "metrics_port": None}, workers, level, fmt, shared)
+    finally:
+        shared.close()
+
+
+def _run_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str, shared: Any) -> int:
+    import multiprocessing
+
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(kwargs, level, fmt)) for _ in range(workers)]
     for p in procs:
@@ -174,6 +212,9 @@ def serve_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str) ->
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        for p in procs:
+            if p.pid is not None:
+                shared.process_exited(p.pid)
     codes = [p.exitcode for p in procs]
     return 0 if all(c == 0 for c in codes) else 1
 
@@ -195,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from conveyor.cli import add_command
 
+    register_drift(subparsers, common)
     p = add_command(
         subparsers,
         "serve",
@@ -212,7 +254,27 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--metrics-port",
         type=int,
         default=8002,
-        help="Prometheus metrics port (default: 8002; reserved, served by the metrics stage)",
+        help="Prometheus /metrics port on --host; 0 = any free, -1 = none (default: 8002)",
+    )
+    drift = p.add_argument_group("online drift (models with stats.json)")
+    drift.add_argument(
+        "--drift", default="on", choices=("on", "off"), help="track drift (default: on)"
+    )
+    drift.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=0.2,
+        help="PSI above which conveyor_drift_alert is 1; config.json parameters."
+        "drift_threshold wins (default: 0.2)",
+    )
+    drift.add_argument(
+        "--drift-window-rows", type=int, default=10_000, help="sliding window rows (default: 10000)"
+    )
+    drift.add_argument(
+        "--drift-window-seconds",
+        type=float,
+        default=600.0,
+        help="oldest row kept in the window (default: 600)",
     )
     p.add_argument(
         "--model-control",
@@ -324,3 +386,78 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         action="store_true",
         help="health checks (grpc.health.v1, ServerLive, ServerReady) need no token",
     )
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """``conveyor drift``: a served model's drift window, worst feature first."""
+    import json
+
+    from conveyor.client import Client, InferenceServerError
+
+    try:
+        with Client(args.target, timeout=args.timeout, token=args.auth_token) as client:
+            stats = client.model_statistics(args.model, args.model_version or "")
+    except InferenceServerError as exc:
+        raise ServeError(f"{args.target}: {exc}") from None
+    rows = []
+    for s in stats:
+        if not s.HasField("drift"):
+            continue
+        d = s.drift
+        rows.append((s, d))
+    if not rows:
+        raise ServeError(
+            f"model {args.model!r}: no drift tracked (no stats.json beside the model, "
+            "or the server runs with --drift off)"
+        )
+    if args.json:
+        out = [
+            {
+                "model": s.name,
+                "version": s.version,
+                "window_rows": d.window_rows,
+                "threshold": d.threshold,
+                "alert": d.alert,
+                "scored": d.scored,
+                "features": [
+                    {"feature": f.feature, "kind": f.kind, "psi": f.psi, "js": f.js, "chi2": f.chi2}
+                    for f in d.features[: args.top]
+                ],
+            }
+            for s, d in rows
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    for s, d in rows:
+        state = "ALERT" if d.alert else "ok"
+        if not d.scored:
+            state = "warming up"
+        print(
+            f"{s.name} version {s.version}: {state} (window {d.window_rows} rows, "
+            f"PSI threshold {d.threshold:g})"
+        )
+        print(f"  {'feature':<32} {'kind':<12} {'psi':>8} {'js':>8} {'chi2':>10}")
+        for f in d.features[: args.top]:
+            mark = " *" if f.psi > d.threshold else ""
+            chi2 = f"{f.chi2:10.1f}" if f.kind == "categorical" else f"{'-':>10}"
+            print(f"  {f.feature:<32} {f.kind:<12} {f.psi:8.4f} {f.js:8.4f} {chi2}{mark}")
+    return 0
+
+
+def register_drift(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from conveyor.cli import add_command
+
+    p = add_command(
+        subparsers,
+        "drift",
+        help="show a served model's top drifting features (read over gRPC)",
+        parents=[common],
+        run=run_drift,
+    )
+    p.add_argument("--target", default="127.0.0.1:8001", help="server host:port")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--model-version", default=None, help="version (default: every loaded one)")
+    p.add_argument("--top", type=int, default=10, help="features to list (default: 10)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    p.add_argument("--auth-token", default=None, help="bearer token, if the server needs one")
+    p.add_argument("--json", action="store_true", help="print JSON")

@@ -33,9 +33,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS, Batcher
+from conveyor.engine.drift import DriftMonitor, DriftSettings, load_monitor
 from conveyor.engine.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -46,6 +47,9 @@ from conveyor.engine.errors import (
 from conveyor.engine.model import PROGRAM_FILES, Model
 from conveyor.engine.model_config import VersionPolicy, load_config
 from conveyor.engine.validation import RequestDecoder
+
+if TYPE_CHECKING:
+    from conveyor.engine.metrics import ServerMetrics
 
 log = logging.getLogger("conveyor.engine.repository")
 
@@ -69,9 +73,17 @@ class BatchingOverrides:
 
 
 class ServedVersion:
-    """A loaded model version with its batcher and request decoder."""
+    """A loaded model version with its batcher and request decoder (and, when the server
+    has metrics, its Prometheus children and drift monitor)."""
 
-    def __init__(self, model: Model, overrides: BatchingOverrides, fingerprint: tuple) -> None:
+    def __init__(
+        self,
+        model: Model,
+        overrides: BatchingOverrides,
+        fingerprint: tuple,
+        metrics: ServerMetrics | None = None,
+        drift: DriftSettings | None = None,
+    ) -> None:
         config = model.config.with_batching(
             max_queue_delay_microseconds=overrides.max_queue_delay_microseconds,
             max_queue_size=overrides.max_queue_size,
@@ -97,6 +109,20 @@ class ServedVersion:
         # Per-request outcomes (counted on the event loop): [count, ns].
         self.success = [0, 0]
         self.fail = [0, 0]
+        self.metrics = None if metrics is None else metrics.version(model.name, model.version)
+        self.batcher.metrics = self.metrics
+        self.drift: DriftMonitor | None = None
+        if drift is not None and drift.enabled:
+            self.drift = load_monitor(
+                model.name,
+                model.version,
+                config,
+                model.files.stats,
+                model.files.spec,
+                drift,
+                None if metrics is None else metrics.drift,
+            )
+        self.batcher.drift = self.drift
 
 
 @dataclass
@@ -137,6 +163,8 @@ class ModelRepository:
         load_models: in ``explicit`` mode, models loaded at start (``*`` = all).
         version_policy: the default when a config.json sets none (default ``latest:1``).
         overrides: server-wide batching settings.
+        metrics: the server's Prometheus metrics (None: none recorded).
+        drift: drift settings (None: no drift tracking).
     """
 
     def __init__(
@@ -148,7 +176,11 @@ class ModelRepository:
         load_models: Iterable[str] = (),
         version_policy: VersionPolicy | None = None,
         overrides: BatchingOverrides | None = None,
+        metrics: ServerMetrics | None = None,
+        drift: DriftSettings | None = None,
     ) -> None:
+        self.metrics = metrics
+        self.drift = drift
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {root}: not a directory")
@@ -307,7 +339,7 @@ class ModelRepository:
 
     def _load_version(self, name: str, version: int, directory: Path, fp: tuple) -> ServedVersion:
         model = Model(name, version, directory)
-        return ServedVersion(model, self.overrides, fp)
+        return ServedVersion(model, self.overrides, fp, self.metrics, self.drift)
 
     async def sync(self, names: Iterable[str] | None = None) -> None:
         """Bring the served versions in line with the disk (all models, or ``names``)."""
@@ -338,10 +370,12 @@ class ModelRepository:
             except ModelLoadError as exc:
                 entry.failed[v] = (prints[v], str(exc))
                 log.error("load failed: %s", exc, extra={"model": name, "version": v})
+                self._mark_ready(name, v, v in entry.versions)
                 continue
             except Exception as exc:  # a torch bug or similar: report, keep serving
                 entry.failed[v] = (prints[v], f"{type(exc).__name__}: {exc}")
                 log.exception("load failed", extra={"model": name, "version": v})
+                self._mark_ready(name, v, v in entry.versions)
                 continue
             entry.failed.pop(v, None)
             # torch, the program and its weights are long-lived objects: move them
@@ -349,6 +383,7 @@ class ModelRepository:
             gc.freeze()
             old = entry.versions.get(v)
             entry.versions[v] = new
+            self._mark_ready(name, v, True)
             log.info(
                 "loaded in %.2fs",
                 time.perf_counter() - t0,
@@ -376,6 +411,10 @@ class ModelRepository:
     async def _retire(self, served: list[ServedVersion]) -> None:
         """Routing no longer sees them; let their queued requests finish, then drop them."""
         for s in served:
+            entry = self.models.get(s.name)
+            replaced = entry is not None and s.version in entry.versions
+            if not replaced:  # a reload's new copy is already ready under the same labels
+                self._mark_ready(s.name, s.version, False)
             if not await self._run(s.batcher.close, RETIRE_TIMEOUT):
                 # A model stuck in forward: its (daemon) threads are abandoned rather
                 # than blocking every later load and unload.
@@ -384,6 +423,14 @@ class ModelRepository:
                     RETIRE_TIMEOUT,
                     extra={"model": s.name, "version": s.version},
                 )
+
+    def _mark_ready(self, name: str, version: int, ready: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.model_ready.labels(name, str(version)).set(1 if ready else 0)
+            entry = self.models.get(name)
+            served = entry.versions.get(version) if ready and entry is not None else None
+            bound = served.batcher.batching.max_queue_size if served is not None else 0
+            self.metrics.max_queue_size.labels(name, str(version)).set(bound)
 
     async def load(self, name: str) -> None:
         """RepositoryModelLoad: (re)load ``name``; NotFound when it has no directory."""

@@ -31,7 +31,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
+from conveyor.engine.drift import DriftSettings
 from conveyor.engine.malformed import MalformedRequestInterceptor
+from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -121,6 +123,11 @@ class Server:
             its requests get DEADLINE_EXCEEDED and its worker thread is replaced.
         max_abandoned_threads: hung workers tolerated per model version (default 4);
             beyond, the version answers UNAVAILABLE until one returns.
+        metrics_port: serve Prometheus ``/metrics`` on ``host:metrics_port`` (0 = a free
+            port, see :attr:`metrics_port`); None (default) = no endpoint, metrics are
+            still kept in :attr:`metrics` (``conveyor serve`` passes 8002).
+        drift: online drift settings (default :class:`DriftSettings()`: on, 10,000-row
+            window, PSI threshold 0.2); None = no drift tracking.
     """
 
     def __init__(
@@ -147,6 +154,8 @@ class Server:
         max_concurrent_streams: int | None = DEFAULT_MAX_CONCURRENT_STREAMS,
         execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT,
         max_abandoned_threads: int = MAX_ABANDONED_THREADS,
+        metrics_port: int | None = None,
+        drift: DriftSettings | None = DriftSettings(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
@@ -204,6 +213,12 @@ class Server:
         self._stop_grace: float | None = None
         self.repository: ModelRepository | None = None
         self.servicer: InferenceServicer | None = None
+        self._metrics_port = metrics_port
+        self.metrics_port: int | None = None
+        self.metrics = ServerMetrics()
+        self._options["metrics"] = self.metrics
+        self._options["drift"] = drift
+        self._metrics_endpoint: MetricsEndpoint | None = None
 
     @property
     def address(self) -> str:
@@ -276,7 +291,7 @@ class Server:
             repository = ModelRepository(self.repository_path, **self._options)
         except Exception as exc:
             raise ServerError(f"model repository: {exc}") from None
-        servicer = InferenceServicer(repository)
+        servicer = InferenceServicer(repository, metrics=self.metrics)
         server = grpc.aio.server(
             options=self._grpc_options,
             interceptors=self._interceptors,
@@ -302,6 +317,14 @@ class Server:
             raise ServerError(f"cannot bind {target} (port in use?)")
         self.port = port
         self.repository, self.servicer = repository, servicer
+        if self._metrics_port is not None:
+            try:
+                self._metrics_endpoint = MetricsEndpoint(
+                    self.metrics.registry, self.host, self._metrics_port
+                )
+            except OSError as exc:
+                raise ServerError(str(exc)) from None
+            self.metrics_port = self._metrics_endpoint.port
         await server.start()
         try:
             await repository.start()
@@ -324,6 +347,8 @@ class Server:
             log.info("stopping: finishing in-flight requests (grace %.1fs)", grace)
             await server.stop(grace)
             await repository.close()
+            if self._metrics_endpoint is not None:
+                self._metrics_endpoint.close()
             log.info("stopped")
 
     def _credentials(self) -> grpc.ServerCredentials:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -33,6 +33,9 @@ from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import ModelRepository, ServedVersion
 from conveyor.engine.tensors import encode_bytes
+
+if TYPE_CHECKING:
+    from conveyor.engine.metrics import ServerMetrics
 
 log = logging.getLogger("conveyor.engine.service")
 
@@ -84,8 +87,15 @@ def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves the models of one :class:`ModelRepository`."""
 
-    def __init__(self, repository: ModelRepository, *, server_name: str = "conveyor") -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        server_name: str = "conveyor",
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.repository = repository
+        self.metrics = metrics
         self.server_name = server_name
         self.ready = False
 
@@ -97,17 +107,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Validate, queue and await one request; raises EngineError subclasses."""
         if not self.ready:
             raise Unavailable("server is not ready (starting or shutting down)")
-        served = self.repository.get(request.model_name, request.model_version)
+        try:
+            served = self.repository.get(request.model_name, request.model_version)
+        except EngineError as exc:
+            if self.metrics is not None:
+                self.metrics.unknown_model(request.model_name, exc.code.name)
+            raise
         start = time.perf_counter_ns()
+        metrics = served.metrics
+        if metrics is not None:
+            metrics.inflight.inc()
         try:
             response, rows = await self._infer_on(served, request, time_remaining, request_id)
-        except EngineError:
-            served.fail[0] += 1
-            served.fail[1] += time.perf_counter_ns() - start
+        except BaseException as exc:
+            elapsed = time.perf_counter_ns() - start
+            if isinstance(exc, EngineError):
+                served.fail[0] += 1
+                served.fail[1] += elapsed
+            if metrics is not None:
+                metrics.inflight.dec()
+                metrics.request_duration.observe(elapsed / 1e9)
+                metrics.failed(exc.code.name if isinstance(exc, EngineError) else "CANCELLED")
             raise
         elapsed = time.perf_counter_ns() - start
         served.success[0] += 1
         served.success[1] += elapsed
+        if metrics is not None:
+            metrics.inflight.dec()
+            metrics.request_duration.observe(elapsed / 1e9)
+            metrics.ok.inc()
         if log.isEnabledFor(logging.DEBUG):  # a cached check: free when debug is off
             log.debug(
                 "infer ok in %.3f ms",
@@ -329,11 +357,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         log.info("%s by request", "loaded" if load else "unloaded", extra={"model": name})
 
 
+def _drift(served: ServedVersion) -> pb.DriftStatistics | None:
+    """The conveyor extension field: the version's drift window, worst PSI first."""
+    if served.drift is None:
+        return None
+    report = served.drift.report()
+    return pb.DriftStatistics(
+        window_rows=report.window_rows,
+        threshold=report.threshold,
+        alert=report.alert,
+        scored=report.scored,
+        features=[
+            pb.FeatureDrift(feature=f.feature, kind=f.kind, psi=f.psi, js=f.js, chi2=f.chi2)
+            for f in sorted(report.features, key=lambda f: -f.psi)
+        ],
+    )
+
+
 def _statistics(served: ServedVersion) -> pb.ModelStatistics:
     s = served.batcher.stats
+    drift = _drift(served)
     with s.lock:
         d = pb.StatisticDuration
         return pb.ModelStatistics(
+            drift=drift,
             name=served.name,
             version=served.version_str,
             last_inference=s.last_inference_ms,

@@ -102,6 +102,13 @@ class _Numeric:
         edges = np.quantile(self.sample, np.linspace(0.0, 1.0, n_edges))
         edges[0], edges[-1] = self.min, self.max
         edges = np.maximum.accumulate(np.clip(edges, self.min, self.max))
+        # The share of the (sampled) values in each histogram bin, binned as the drift
+        # histogram bins them (float32, bin i = edges[i] <= v < edges[i+1], the last
+        # bin closed): the exact drift reference even where edges repeat (point masses).
+        e32 = edges.astype(np.float32)
+        slot = np.searchsorted(e32, np.asarray(self.sample, np.float32), side="right")
+        slot = np.clip(slot, 1, n_edges - 1) - 1
+        shares = np.bincount(slot, minlength=n_edges - 1) / max(len(self.sample), 1)
         return {
             "count": self.count,
             "nulls": self.nulls,
@@ -110,6 +117,7 @@ class _Numeric:
             "min": self.min,
             "max": self.max,
             "edges": [float(e) for e in edges],
+            "bin_shares": [float(x) for x in shares],
         }
 
 

@@ -1,0 +1,612 @@
+"""Online drift: each served version's inputs and prediction against the trainer's reference.
+
+For a version directory with ``stats.json`` (and ``spec.json`` for vocabularies), the
+batcher's worker threads hand every executed batch to :meth:`DriftMonitor.observe`
+(after the responses are posted, so latency is unaffected). The monitor keeps a
+sliding window of the last ``window_rows`` rows (default 10,000), also bounded to
+``window_seconds`` (default 600), as a ring of chunk histograms (a tenth of the
+window each): a chunk is added when it fills and the oldest ones leave.
+
+* Numeric features: slot counts from :func:`conveyor.kernels.histogram_update` over the
+  reference quantile edges (``edges`` in stats.json: 20 bins). The reference share of a
+  bin is stats.json's ``bin_shares`` (measured by the profiler); for stats without it,
+  the quantile step (1/20), point masses (repeated edges) estimated from the levels.
+  Values below the profiled min / above the max count in the first / last bin and in
+  ``conveyor_input_invalid_total{reason="out_of_range"}``; NaN (``reason="nan"``) is kept
+  out of the bins, as are ``±inf`` (``reason="inf"``, also out of range).
+* Categorical features: buckets for the profiled ``top`` values, one for every other
+  known value, and an explicit unseen (out-of-vocabulary) bucket whose reference share is 0.
+* The prediction (the first numeric output, one score per column): the training
+  predictions are not part of the model repository, so its reference is the first full
+  window served after load (its quantile edges, 20 bins). That catches a prediction
+  moving *while* serving; traffic already drifted at load time is caught by the inputs.
+
+Scores per feature: PSI ``sum((a - e) * ln(a / e))`` with shares floored at 1e-4,
+Jensen-Shannon distance (base 2, in [0, 1]) and, for categoricals, Pearson's
+chi-square statistic. The alert is 1 while any feature's (or the prediction's) PSI
+exceeds the threshold (default 0.2; ``drift_threshold`` in config.json ``parameters``
+or ``--drift-threshold``). Scores are exported once the window holds ``min_rows``
+rows (default 1,000), so a quiet model does not alert on a handful of requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conveyor.kernels import histogram_update
+
+log = logging.getLogger("conveyor.engine.drift")
+
+FLOOR = 1e-4  # smallest share in PSI / JS, so an empty bin scores finitely
+INVALID_REASONS = ("nan", "inf", "out_of_range", "unseen_category")
+_NUMERIC_DTYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16"}
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Server-wide drift settings (per model: ``drift_threshold``, ``drift_window_rows``,
+    ``drift_window_seconds`` and ``drift`` (false = off) in config.json ``parameters``).
+
+    Attributes:
+        enabled: track drift for versions that have stats.json (default True).
+        window_rows: rows in the sliding window (default 10,000).
+        window_seconds: oldest age of a row in the window, seconds (default 600).
+        min_rows: rows the window needs before scores are exported (default 1,000).
+        threshold: PSI above which the alert fires (default 0.2).
+        score_interval: least seconds between recomputing the scores in the batching
+            path (default 1.0; 0 = every chunk). At high rates a chunk fills many times
+            a second, and scoring plus setting ~130 gauges per chunk would cost more
+            than the binning; the gauges then trail the window by at most this long
+            while traffic flows, and :meth:`DriftMonitor.report` (ModelStatistics,
+            ``conveyor drift``) always scores the current window.
+    """
+
+    enabled: bool = True
+    window_rows: int = 10_000
+    window_seconds: float = 600.0
+    min_rows: int = 1_000
+    threshold: float = 0.2
+    score_interval: float = 1.0
+
+    def for_model(self, parameters: dict[str, Any]) -> DriftSettings:
+        """These settings with a model's config.json ``parameters`` applied."""
+        out = self
+        if "drift" in parameters:
+            out = replace(out, enabled=str(parameters["drift"]).lower() not in ("false", "0"))
+        for key, attr, kind in (
+            ("drift_threshold", "threshold", float),
+            ("drift_window_rows", "window_rows", int),
+            ("drift_window_seconds", "window_seconds", float),
+        ):
+            if key in parameters:
+                try:
+                    out = replace(out, **{attr: kind(parameters[key])})
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"config.json parameters.{key}: expected a number, got {parameters[key]!r}"
+                    ) from None
+        if out.window_rows < 10 or out.threshold <= 0 or out.window_seconds <= 0:
+            raise ValueError(
+                "drift: window_rows must be >= 10, threshold and window_seconds > 0 "
+                f"(got {out.window_rows}, {out.threshold}, {out.window_seconds})"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class FeatureScore:
+    """One feature's scores over the current window."""
+
+    feature: str
+    kind: str  # numeric | categorical | prediction
+    psi: float
+    js: float
+    chi2: float = 0.0
+
+
+@dataclass
+class DriftReport:
+    """What ModelStatistics returns and the gauges show."""
+
+    window_rows: int
+    threshold: float
+    scored: bool
+    features: list[FeatureScore] = field(default_factory=list)
+
+    @property
+    def alert(self) -> bool:
+        return self.scored and any(f.psi > self.threshold for f in self.features)
+
+
+# -- reference distributions ----------------------------------------------------------------
+
+
+def quantile_bin_shares(edges: np.ndarray) -> np.ndarray:
+    """Reference share of each of the ``len(edges) - 1`` histogram bins of quantile ``edges``.
+
+    ``edges[i]`` is the ``i / n_bins`` quantile. Bin ``s`` holds ``edges[s-1] <= v < edges[s]``
+    (the last bin also ``v == edges[-1]``), so its share is ``P(v < edges[s]) -
+    P(v < edges[s-1])``. At a distinct edge ``P(v < e) = i / n_bins``; an edge repeated from
+    index ``i0`` on is a point mass, whose lower CDF lies between the levels ``i0 - 1`` and
+    ``i0``: the midpoint is used.
+    """
+    n = len(edges) - 1
+    levels = np.arange(n + 1) / n
+    below = np.empty(n + 1)
+    for j, e in enumerate(edges):
+        first = int(np.searchsorted(edges, e, side="left"))
+        last = int(np.searchsorted(edges, e, side="right")) - 1
+        if first == 0:
+            below[j] = 0.0
+        elif last > first:
+            below[j] = (levels[first - 1] + levels[first]) / 2
+        else:
+            below[j] = levels[j]
+    upper = np.append(below[1:n], 1.0)
+    return np.clip(upper - below[:n], 0.0, 1.0)
+
+
+def psi(actual: np.ndarray, expected: np.ndarray) -> Any:
+    """Population stability index of share vectors (each sums to 1) along the last axis:
+    a float for ``[bins]``, an array for ``[features, bins]`` (scored in one pass)."""
+    a = np.maximum(actual, FLOOR)
+    e = np.maximum(expected, FLOOR)
+    out = np.sum((a - e) * np.log(a / e), axis=-1)
+    return float(out) if out.ndim == 0 else out
+
+
+def js_distance(actual: np.ndarray, expected: np.ndarray) -> Any:
+    """Jensen-Shannon distance, base 2 (0 = same distribution, 1 = disjoint), along the
+    last axis: a float for ``[bins]``, an array for ``[features, bins]``."""
+    a = actual / np.maximum(actual.sum(axis=-1, keepdims=True), 1e-300)
+    e = expected / np.maximum(expected.sum(axis=-1, keepdims=True), 1e-300)
+    m = (a + e) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_a = np.where(a > 0, a * np.log2(a / m), 0.0).sum(axis=-1)
+        kl_e = np.where(e > 0, e * np.log2(e / m), 0.0).sum(axis=-1)
+    out = np.sqrt(np.maximum(0.0, (kl_a + kl_e) / 2))
+    return float(out) if out.ndim == 0 else out
+
+
+def chi_square(counts: np.ndarray, expected: np.ndarray) -> float:
+    """Pearson's statistic of observed ``counts`` against ``expected`` shares."""
+    n = counts.sum()
+    exp = np.maximum(expected, FLOOR) * n
+    return float(np.sum((counts - exp) ** 2 / exp))
+
+
+def category_key(value: Any) -> str:
+    """The string a client sends for a categorical value (as the trainer's export)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass
+class _Numeric:
+    """Numeric columns of one input tensor, binned on the reference edges."""
+
+    input: int
+    columns: np.ndarray  # column indices in the tensor
+    names: list[str]
+    edges: np.ndarray  # float32 [F, E]
+    shares: np.ndarray  # [F, E - 1]
+    kind: str = "numeric"
+
+    @property
+    def slots(self) -> int:
+        return self.edges.shape[1] + 2
+
+
+@dataclass
+class _Categorical:
+    """One categorical column: value -> bucket (top values, other known, unseen)."""
+
+    input: int
+    column: int
+    name: str
+    index: dict[Any, int]
+    other: int  # bucket of known values outside the top ones
+    unseen: int  # bucket of values outside the vocabulary (== other when unknown)
+    shares: np.ndarray
+
+
+def _load_json(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    return json.loads(path.read_text())
+
+
+def build_tracks(
+    config: Any, stats_path: Path | None, spec_path: Path | None
+) -> tuple[list[_Numeric], list[_Categorical]]:
+    """Numeric and categorical tracks for the features that both an input's ``columns``
+    and stats.json describe. Raises ValueError when stats.json is unusable."""
+    stats = _load_json(stats_path)
+    spec = _load_json(spec_path)
+    numeric_stats = stats.get("numeric") or {}
+    categorical_stats = stats.get("categorical") or {}
+    vocabs = {
+        f["name"]: [category_key(v) for v in f.get("vocab") or []]
+        for f in spec.get("categorical") or []
+        if isinstance(f, dict) and "name" in f
+    }
+    numeric: list[_Numeric] = []
+    categorical: list[_Categorical] = []
+    for i, tensor in enumerate(config.inputs):
+        if not tensor.columns:
+            continue
+        if tensor.datatype in _NUMERIC_DTYPES:
+            cols, names, edges, given = [], [], [], []
+            for c, name in enumerate(tensor.columns):
+                entry = numeric_stats.get(name)
+                if not entry or not entry.get("edges"):
+                    continue
+                cols.append(c)
+                names.append(name)
+                edges.append(entry["edges"])
+                given.append(entry.get("bin_shares"))
+            if not cols:
+                continue
+            if len({len(e) for e in edges}) != 1:
+                raise ValueError(f"{stats_path}: numeric features have different edge counts")
+            arr = np.asarray(edges, dtype=np.float32)
+            if np.isnan(arr).any() or (np.diff(arr, axis=1) < 0).any() or arr.shape[1] < 2:
+                raise ValueError(f"{stats_path}: numeric edges must be sorted numbers")
+            # stats.json's measured bin shares when present (exact at point masses),
+            # else estimated from the quantile levels.
+            shares = np.stack(
+                [
+                    np.asarray(g, np.float64)
+                    if g is not None and len(g) == arr.shape[1] - 1
+                    else quantile_bin_shares(e.astype(np.float64))
+                    for g, e in zip(given, arr, strict=True)
+                ]
+            )
+            numeric.append(_Numeric(i, np.asarray(cols, np.intp), names, arr, shares))
+        elif tensor.datatype == "BYTES":
+            for c, name in enumerate(tensor.columns):
+                entry = categorical_stats.get(name)
+                if not entry or not entry.get("count"):
+                    continue
+                top = [(category_key(v), int(n)) for v, n in entry.get("top") or []]
+                count = int(entry["count"])
+                vocab = vocabs.get(name) or []
+                if not vocab and int(entry.get("distinct", 0)) <= len(top):
+                    vocab = [v for v, _ in top]
+                other, unseen = len(top), len(top) + 1
+                index: dict[Any, int] = {}
+                for v in vocab:
+                    index[v] = other
+                    index[v.encode()] = other
+                for b, (v, _) in enumerate(top):
+                    index[v] = b
+                    index[v.encode()] = b
+                shares = np.zeros(len(top) + 2)
+                shares[: len(top)] = [n / count for _, n in top]
+                shares[other] = max(0.0, 1.0 - shares[: len(top)].sum())
+                categorical.append(
+                    _Categorical(i, c, name, index, other, unseen if vocab else other, shares)
+                )
+    return numeric, categorical
+
+
+# -- the monitor ---------------------------------------------------------------------------
+
+
+class _Chunk:
+    """Counts of a run of consecutive rows (a tenth of the window)."""
+
+    __slots__ = ("categorical", "numeric", "prediction", "rows", "start")
+
+    def __init__(self, numeric: list[_Numeric], categorical: list[_Categorical], pred: int) -> None:
+        self.rows = 0
+        self.start = time.monotonic()
+        self.numeric = [np.zeros((len(t.names), t.slots), np.int64) for t in numeric]
+        self.categorical = [np.zeros(len(t.shares), np.int64) for t in categorical]
+        self.prediction = np.zeros((pred, 0), np.int64)
+
+
+class DriftMonitor:
+    """Sliding-window drift of one model version (thread-safe; fed by the batch workers).
+
+    Args:
+        name, version: for labels.
+        config: the version's ModelConfig (inputs with ``columns``, outputs).
+        stats_path, spec_path: the trainer's reference statistics and spec.
+        settings: window and threshold (already merged with the model's parameters).
+        metrics: a :class:`conveyor.engine.metrics.DriftMetrics`, or None (no export).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: Any,
+        stats_path: Path | None,
+        spec_path: Path | None,
+        settings: DriftSettings,
+        metrics: Any | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.settings = settings
+        self.numeric, self.categorical = build_tracks(config, stats_path, spec_path)
+        self._prediction_output = self._pick_prediction(config)
+        self._pred_names: list[str] = []
+        if self._prediction_output is not None:
+            out = config.outputs[self._prediction_output]
+            width = int(np.prod(out.shape)) if out.shape else 1
+            labels = list(config.labels)
+            self._pred_names = (
+                ["prediction"]
+                if width == 1
+                else [
+                    f"prediction:{labels[k] if len(labels) == width else k}" for k in range(width)
+                ]
+            )
+        self._pred_sample: list[np.ndarray] = []
+        self._pred_sample_rows = 0
+        self._pred_edges: np.ndarray | None = None
+        self._pred_shares: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self._chunk_rows = max(1, settings.window_rows // 10)
+        self._chunks: deque[_Chunk] = deque()
+        self._current = self._new_chunk()
+        self._report = DriftReport(0, settings.threshold, False)
+        self._stale = False  # chunks were added since self._report was scored
+        self._scored_at = -float("inf")
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.bind(self)
+
+    @property
+    def tracked(self) -> bool:
+        """Whether there is anything to track (some input feature has reference statistics)."""
+        return bool(self.numeric or self.categorical)
+
+    @property
+    def feature_names(self) -> list[tuple[str, str]]:
+        """(feature, kind) of every tracked feature, prediction last."""
+        out = [(n, "numeric") for t in self.numeric for n in t.names]
+        out += [(t.name, "categorical") for t in self.categorical]
+        out += [(n, "prediction") for n in self._pred_names]
+        return out
+
+    @staticmethod
+    def _pick_prediction(config: Any) -> int | None:
+        for i, out in enumerate(config.outputs):
+            if out.datatype in _NUMERIC_DTYPES and -1 not in out.shape and len(out.shape) <= 1:
+                return i
+        return None
+
+    def _new_chunk(self) -> _Chunk:
+        chunk = _Chunk(self.numeric, self.categorical, 0)
+        if self._pred_edges is not None:
+            chunk.prediction = np.zeros(
+                (self._pred_edges.shape[0], self._pred_edges.shape[1] + 2), np.int64
+            )
+        return chunk
+
+    # -- hot path (worker threads) -------------------------------------------------------
+
+    def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        """Count one executed batch (inputs and outputs in config order, ``[rows, ...]``)."""
+        rows = int(inputs[0].shape[0]) if inputs else 0
+        if rows == 0:
+            return
+        invalid: list[tuple[int, str, str, int]] = []  # (track kind, feature, reason, count)
+        numeric_counts = []
+        for t in self.numeric:
+            x = inputs[t.input]
+            if x.ndim != 2:
+                x = x.reshape(rows, -1)
+            x = x[:, t.columns] if len(t.columns) != x.shape[1] else x
+            counts = histogram_update(
+                np.ascontiguousarray(x, dtype=np.float32), t.edges, check_edges=False
+            )
+            numeric_counts.append(counts)
+            n_edges = t.edges.shape[1]
+            nan = counts[:, n_edges + 1]
+            outside = counts[:, 0] + counts[:, n_edges]
+            if nan.any() or outside.any():
+                inf = np.isinf(x).sum(axis=0) if outside.any() else np.zeros_like(outside)
+                for f, name in enumerate(t.names):
+                    for reason, n in (
+                        ("nan", nan[f]),
+                        ("inf", inf[f]),
+                        ("out_of_range", outside[f] - inf[f]),
+                    ):
+                        if n:
+                            invalid.append((0, name, reason, int(n)))
+        categorical_counts = []
+        for t in self.categorical:
+            column = inputs[t.input].reshape(rows, -1)[:, t.column]
+            get, unseen = t.index.get, t.unseen
+            ids = np.fromiter((get(v, unseen) for v in column), np.intp, rows)
+            counts = np.bincount(ids, minlength=len(t.shares))
+            categorical_counts.append(counts)
+            if t.unseen != t.other and counts[t.unseen]:
+                invalid.append((1, t.name, "unseen_category", int(counts[t.unseen])))
+        prediction = None
+        if self._prediction_output is not None and self._prediction_output < len(outputs):
+            prediction = np.ascontiguousarray(
+                outputs[self._prediction_output].reshape(rows, -1), dtype=np.float32
+            )
+        if invalid and self.metrics is not None:
+            self.metrics.invalid(invalid)
+        with self._lock:
+            chunk = self._current
+            for acc, counts in zip(chunk.numeric, numeric_counts, strict=True):
+                acc += counts
+            for acc, counts in zip(chunk.categorical, categorical_counts, strict=True):
+                acc += counts
+            if prediction is not None:
+                self._observe_prediction(chunk, prediction)
+            chunk.rows += rows
+            if chunk.rows < self._chunk_rows:
+                return
+            self._chunks.append(chunk)
+            self._current = self._new_chunk()
+            now = time.monotonic()
+            if now - self._scored_at >= self.settings.score_interval:
+                report = self._rescore(now)
+            else:
+                self._stale = True
+                self._evict(now)
+                rows_now = sum(c.rows for c in self._chunks)
+                report = DriftReport(rows_now, self.settings.threshold, False)  # rows only
+        if self.metrics is not None:
+            self.metrics.update(report)
+
+    def _observe_prediction(self, chunk: _Chunk, values: np.ndarray) -> None:
+        if self._pred_edges is None:
+            self._pred_sample.append(values.copy())
+            self._pred_sample_rows += len(values)
+            if self._pred_sample_rows >= self.settings.window_rows:
+                sample = np.concatenate(self._pred_sample)
+                sample = sample[np.isfinite(sample).all(axis=1)]
+                self._pred_sample = []
+                if len(sample):
+                    levels = np.linspace(0, 1, 21)
+                    edges = np.quantile(sample, levels, axis=0).T.astype(np.float32)
+                    self._pred_edges = np.ascontiguousarray(edges)
+                    self._pred_shares = np.stack(
+                        [quantile_bin_shares(e.astype(np.float64)) for e in edges]
+                    )
+            return
+        if chunk.prediction.shape[1] == 0:
+            chunk.prediction = np.zeros(
+                (self._pred_edges.shape[0], self._pred_edges.shape[1] + 2), np.int64
+            )
+        histogram_update(values, self._pred_edges, chunk.prediction, check_edges=False)
+
+    # -- window and scores (under the lock) -------------------------------------------------
+
+    def _rescore(self, now: float) -> DriftReport:
+        self._report = self._score(now)
+        self._scored_at = now
+        self._stale = False
+        return self._report
+
+    def _evict(self, now: float) -> None:
+        s = self.settings
+        total = sum(c.rows for c in self._chunks)
+        while self._chunks and (
+            total - self._chunks[0].rows >= s.window_rows
+            or now - self._chunks[0].start > s.window_seconds
+        ):
+            total -= self._chunks.popleft().rows
+
+    def _score(self, now: float) -> DriftReport:
+        self._evict(now)
+        chunks = self._chunks
+        rows = sum(c.rows for c in chunks)
+        report = DriftReport(rows, self.settings.threshold, rows >= self.settings.min_rows)
+        if not report.scored:
+            return report
+        for k, t in enumerate(self.numeric):
+            counts = sum(c.numeric[k] for c in chunks)
+            report.features += _numeric_scores(t.names, counts, t.shares, "numeric")
+        for k, t in enumerate(self.categorical):
+            counts = sum(c.categorical[k] for c in chunks)
+            if counts.sum() == 0:
+                continue
+            shares = counts / counts.sum()
+            report.features.append(
+                FeatureScore(
+                    t.name,
+                    "categorical",
+                    psi(shares, t.shares),
+                    js_distance(shares, t.shares),
+                    chi_square(counts, t.shares),
+                )
+            )
+        if self._pred_shares is not None:
+            scored = [c.prediction for c in chunks if c.prediction.shape[1]]
+            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= self.settings.min_rows:
+                counts = sum(scored)
+                report.features += _numeric_scores(
+                    self._pred_names, counts, self._pred_shares, "prediction"
+                )
+        return report
+
+    def report(self) -> DriftReport:
+        """The scores of the current window (recomputed when chunks were added since the
+        last scoring, or when it has aged); the gauges are brought up to date too."""
+        with self._lock:
+            now = time.monotonic()
+            aged = self._chunks and now - self._chunks[0].start > self.settings.window_seconds
+            if not (self._stale or aged):
+                return self._report
+            report = self._rescore(now)
+        if self.metrics is not None:
+            self.metrics.update(report)
+        return report
+
+
+def _numeric_scores(
+    names: list[str], counts: np.ndarray, shares: np.ndarray, kind: str
+) -> list[FeatureScore]:
+    """Scores of ``[F, E + 2]`` slot counts against ``[F, E - 1]`` bin shares."""
+    n_edges = shares.shape[1] + 1
+    bins = counts[:, 1:n_edges].astype(np.float64)
+    # Out of the profiled range belongs to the outermost bins (their reference share
+    # includes the tails); NaN is a data-quality count, not a distribution change.
+    # +-inf cannot be told from finite out-of-range values here; they are rare and
+    # counted separately in conveyor_input_invalid_total.
+    bins[:, 0] += counts[:, 0]
+    bins[:, -1] += counts[:, n_edges]
+    totals = bins.sum(axis=1)
+    # All features in one numpy pass: per-feature Python calls cost more than the
+    # arithmetic at 64 features (this runs on a worker thread, holding the GIL).
+    actual = bins / np.maximum(totals, 1)[:, None]
+    psis = psi(actual, shares)
+    jss = js_distance(actual, shares)
+    return [
+        FeatureScore(name, kind, float(psis[f]), float(jss[f]))
+        for f, name in enumerate(names)
+        if totals[f] > 0
+    ]
+
+
+def load_monitor(
+    name: str,
+    version: int,
+    config: Any,
+    stats_path: Path | None,
+    spec_path: Path | None,
+    settings: DriftSettings,
+    metrics_factory: Any | None = None,
+) -> DriftMonitor | None:
+    """A monitor for a loaded version, or None when drift is off or nothing can be tracked.
+
+    ``metrics_factory(name, version)`` makes the monitor's Prometheus children. A bad
+    stats.json is logged and leaves drift off for the version (the model still serves).
+    """
+    if stats_path is None:
+        return None
+    try:
+        merged = settings.for_model(config.parameters)
+        if not merged.enabled:
+            return None
+        monitor = DriftMonitor(name, version, config, stats_path, spec_path, merged)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        log.warning("drift tracking off: %s", exc, extra={"model": name, "version": version})
+        return None
+    if not monitor.tracked:
+        return None
+    if metrics_factory is not None:
+        monitor.metrics = metrics_factory(name, version)
+        monitor.metrics.bind(monitor)
+    return monitor

@@ -1,0 +1,183 @@
+"""/metrics over HTTP and the drift view over gRPC, against an in-process server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from drift_data import profile
+from models import AFFINE_IO, Affine, write_model
+
+from conveyor.cli import main
+from conveyor.client import Client, InvalidArgumentError
+from conveyor.engine.drift import DriftSettings
+from conveyor.engine.server import Server
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def _value(text: str, prefix: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def _drift_repo(root: Path, profile_dir: Path, **parameters: str) -> tuple[int, str]:
+    """``affine`` v1 with named columns and the trainer's stats.json (N(0, 1) features);
+    returns (width, input name)."""
+    directory = write_model(root, "affine", 1, Affine(), AFFINE_IO, max_batch_size=64)
+    config = json.loads((directory / "config.json").read_text())
+    width = config["inputs"][0]["shape"][0]
+    columns = [f"f{i}" for i in range(width)]
+    config["inputs"][0]["columns"] = columns
+    if parameters:
+        config["parameters"] = parameters
+    (directory / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {**{c: rng.normal(0, 1, 20_000) for c in columns}, "y": rng.integers(0, 2, 20_000)}
+    )
+    stats, spec = profile(table, "y", profile_dir)
+    (directory / "stats.json").write_bytes(stats.read_bytes())
+    (directory / "spec.json").write_bytes(spec.read_bytes())
+    return width, config["inputs"][0]["name"]
+
+
+@pytest.fixture(scope="module")
+def drift_server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mrepo")
+    width, input_name = _drift_repo(root, tmp_path_factory.mktemp("prof"))
+    settings = DriftSettings(window_rows=1_000, min_rows=500, score_interval=0)
+    with Server(root, port=0, metrics_port=0, poll_interval=3600, drift=settings) as srv:
+        yield srv, width, input_name
+
+
+def test_metrics_and_drift_view(drift_server, capsys: pytest.CaptureFixture[str]) -> None:
+    server, width, input_name = drift_server
+    rng = np.random.default_rng(1)
+    with Client(server.address, timeout=10) as client:
+        for _ in range(40):
+            client.infer("affine", {input_name: rng.normal(0, 1, (50, width)).astype(np.float32)})
+        for _ in range(40):  # one feature moves by 3 std
+            x = rng.normal(0, 1, (50, width)).astype(np.float32)
+            x[:, 0] += 3
+            client.infer("affine", {input_name: x})
+    text = _scrape(server.metrics_port)
+    assert _value(text, 'conveyor_requests_total{code="OK",model="affine",version="1"}') == 80
+    assert _value(text, 'conveyor_rows_total{model="affine",version="1"}') == 4000
+    assert _value(text, 'conveyor_request_duration_seconds_count{model="affine"') == 80
+    assert _value(text, 'conveyor_request_duration_seconds_bucket{le="5e-05"') >= 0
+    assert _value(text, 'conveyor_batch_size_sum{model="affine",version="1"}') == 4000
+    assert _value(text, 'conveyor_queue_duration_seconds_count{model="affine"') == 80
+    assert _value(text, 'conveyor_model_ready{model="affine",version="1"}') == 1
+    assert _value(text, 'conveyor_max_queue_size{model="affine",version="1"}') == 1024
+    assert _value(text, 'conveyor_drift_alert{model="affine",version="1"}') == 1
+    assert _value(text, 'conveyor_drift_score{feature="f0",method="psi"') > 0.2
+    assert _value(text, "conveyor_inflight_requests") == 0
+    assert main(["drift", "--target", server.address, "--model", "affine", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)[0]
+    assert report["alert"] and report["features"][0]["feature"] in ("f0", "prediction")
+    with Client(server.address, timeout=10) as client, pytest.raises(InvalidArgumentError):
+        client.infer("affine", {input_name: np.zeros((1, width + 1), np.float32)})
+    text = _scrape(server.metrics_port)
+    assert _value(text, 'conveyor_requests_total{code="INVALID_ARGUMENT",model="affine"') == 1
+
+
+# Each Client on a connection of its own (not the process-wide subchannel pool).
+LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rows_per_process(values: Path, scratch: Path) -> dict[str, float]:
+    """conveyor_rows_total of each worker, read from its own value file alone."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    out = {}
+    for f in values.glob("counter_*.db"):
+        pid = f.stem.rsplit("_", 1)[1]
+        (scratch / pid).mkdir(parents=True)
+        shutil.copy(f, scratch / pid / f.name)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(scratch / pid))
+        out[pid] = _value(generate_latest(registry).decode(), "conveyor_rows_total{")
+    return out
+
+
+def test_workers_export_the_aggregate(tmp_path: Path) -> None:
+    """``conveyor serve --workers 2``: the parent's /metrics merges both processes
+    (counters and histograms summed, gauges per their multiprocess_mode)."""
+    root = tmp_path / "repo"
+    window = 100  # rows; chunks of 10 rows, one per request
+    width, input_name = _drift_repo(root, tmp_path / "prof", drift_window_rows=str(window))
+    values = tmp_path / "values"  # the shared value directory, to see who wrote what
+    values.mkdir()
+    port, metrics_port = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(root),
+         "--port", str(port), "--metrics-port", str(metrics_port), "--workers", "2",
+         "--log-level", "warning"],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(values)},
+    )  # fmt: skip
+    requests, rows = 24, 10
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # both workers have loaded the model: their queue bounds add up
+            assert proc.poll() is None, "conveyor serve --workers 2 exited"
+            try:
+                if _value(_scrape(metrics_port), "conveyor_max_queue_size{") == 2 * 1024:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.3)
+        x = np.random.default_rng(2).normal(0, 1, (rows, width)).astype(np.float32)
+        for _ in range(requests):
+            # A connection of its own per request, so SO_REUSEPORT spreads them.
+            with Client(f"127.0.0.1:{port}", timeout=10, options=LOCAL_POOL) as client:
+                client.infer("affine", {input_name: x})
+        per_worker = _rows_per_process(values, tmp_path / "split")
+        assert len(per_worker) == 2, f"requests reached one worker only: {per_worker}"
+        text = _scrape(metrics_port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0
+    ok = 'conveyor_requests_total{code="OK",model="affine",version="1"}'
+    assert _value(text, ok) == requests
+    assert _value(text, 'conveyor_rows_total{model="affine",version="1"}') == requests * rows
+    assert sum(per_worker.values()) == requests * rows
+    assert _value(text, 'conveyor_request_duration_seconds_count{model="affine"') == requests
+    assert _value(text, 'conveyor_batch_size_sum{model="affine",version="1"}') == requests * rows
+    # Gauges: ready is the minimum over the workers, in-flight and queue depth the sum,
+    # drift window rows the sum (each worker's window holds its own requests' rows).
+    assert _value(text, 'conveyor_model_ready{model="affine",version="1"}') == 1
+    assert _value(text, 'conveyor_inflight_requests{model="affine"}') == 0
+    assert _value(text, 'conveyor_queue_depth{model="affine"}') == 0
+    windows = sum(min(n, window) for n in per_worker.values())
+    assert _value(text, 'conveyor_drift_window_rows{model="affine",version="1"}') == windows
