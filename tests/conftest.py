@@ -23,6 +23,9 @@ if CUDA_DEVICES == 0:
 # Tests run several torch workers on 2 cores; one thread each avoids
 # oversubscription that slows them many times over.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `conveyor serve` started by a test binds its metrics page to a free port, never
+# the default 8002 that a real server (or the demo) on this machine may hold.
+os.environ.setdefault("CONVEYOR_METRICS_PORT", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

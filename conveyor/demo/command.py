@@ -109,6 +109,7 @@ def _serve_and_drive(
         metrics_port=args.metrics_port,
         phase_seconds=args.phase_seconds,
         seed=args.seed,
+        data=work / "data",
     )
     t0 = time.perf_counter()
     server, metrics_url = traffic.start_server(cfg)

@@ -1,13 +1,15 @@
 """The demo's serving half: start the server on the exported model and drive traffic at it.
 
-Two phases with the bench load generator (:mod:`conveyor.bench.loadgen`), each on fresh
-rows of the generated card-fraud data that training never saw:
+Two phases with the bench load generator (:mod:`conveyor.bench.loadgen`):
 
-1. ``in-distribution``: the same generator and settings as the training data;
-2. ``drifted``: amounts scaled up and a merchant mix moved towards the risky online and
-   luxury categories (:class:`~conveyor.demo.fraud_data.FraudDataConfig`'s
-   ``amount_scale`` and ``category_mix``), the kind of shift that silently breaks a fraud
-   model.
+1. ``in-distribution``: valid rows of the training data's last day (days are uniform random,
+   so a day is an unbiased sample of the reference the profile describes). Freshly generated
+   data would not do: the generator draws a new population of accounts per seed, and a
+   smaller one for fewer rows, so account-level features (age, usual spend) really differ;
+2. ``drifted``: the same rows with amounts scaled up and merchant categories redrawn from a
+   mix moved towards the risky online and luxury categories, the kind of shift that silently
+   breaks a fraud model. Everything else stays, so the drift report can be checked against
+   what was changed.
 
 While a phase runs, the server's Prometheus page is read twice a second for the drift alert,
 so the report can say when (and whether) it turned on. A server without drift metrics is
@@ -42,8 +44,9 @@ class TrafficConfig:
         phase_seconds: measured seconds per phase (default 20).
         request_rows: rows per request (default 8).
         concurrency: requests in flight (default 16).
-        rows_per_phase: distinct rows generated per phase (default 40,000).
-        seed: data seed; phases use ``seed + 101`` and ``seed + 202``.
+        rows_per_phase: distinct rows sent per phase, at most (default 40,000).
+        seed: seed of the drifted phase's category draw.
+        data: the training data (hive-partitioned Parquet) the phases take rows from.
     """
 
     models: Path
@@ -55,6 +58,7 @@ class TrafficConfig:
     concurrency: int = 16
     rows_per_phase: int = 40_000
     seed: int = 0
+    data: Path | None = None
 
 
 @dataclass
@@ -100,22 +104,33 @@ def start_server(cfg: TrafficConfig) -> tuple[Any, str | None]:
 
 
 def phase_rows(name: str, cfg: TrafficConfig) -> dict[str, Any]:
-    """Fresh transactions for a phase (no planted bad rows: this is served traffic), with every
-    column the training files had, the hive ``day`` partition included."""
-    from conveyor.demo.fraud_data import FraudDataConfig, generate, to_table
+    """A phase's rows with every column the training files had (the ``day`` partition
+    included): valid rows of the last day, shifted for the ``drifted`` phase."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
 
+    from conveyor.demo.fraud_data import MERCHANT_CATEGORIES
+
+    if cfg.data is None:
+        raise ValueError("TrafficConfig.data: the training data directory is needed")
+    source = ds.dataset(cfg.data, format="parquet", partitioning="hive")
+    last_day = max(pc.unique(source.to_table(columns=["day"]).column("day")).to_pylist())
+    table = source.to_table(filter=ds.field("day") == last_day)
+    # Served traffic carries no planted bad rows (validation quarantined those).
+    valid = pc.and_(
+        pc.and_(pc.is_finite(table["amount"]), pc.is_finite(table["distance_from_home_km"])),
+        pc.is_valid(table["merchant_category"]),
+    )
+    table = table.filter(valid).slice(0, cfg.rows_per_phase)
+    columns = {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
     if name == "drifted":
-        data = FraudDataConfig(
-            rows=cfg.rows_per_phase,
-            bad_rows=0,
-            seed=cfg.seed + 202,
-            amount_scale=DRIFTED_AMOUNT_SCALE,
-            category_mix=DRIFTED_CATEGORY_MIX,
-        )
-    else:
-        data = FraudDataConfig(rows=cfg.rows_per_phase, bad_rows=0, seed=cfg.seed + 101)
-    table = to_table(generate(data))
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
+        rng = np.random.default_rng(cfg.seed + 202)
+        mix = np.asarray(DRIFTED_CATEGORY_MIX)
+        columns["amount"] = np.round(columns["amount"] * DRIFTED_AMOUNT_SCALE, 2)
+        picks = rng.choice(len(MERCHANT_CATEGORIES), size=table.num_rows, p=mix / mix.sum())
+        columns["merchant_category"] = np.array(MERCHANT_CATEGORIES, dtype=object)[picks]
+    return columns
 
 
 class _AlertWatch:
