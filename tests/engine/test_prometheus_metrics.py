@@ -159,7 +159,17 @@ def test_workers_export_the_aggregate(tmp_path: Path) -> None:
                 client.infer("affine", {input_name: x})
         per_worker = _rows_per_process(values, tmp_path / "split")
         assert len(per_worker) == 2, f"requests reached one worker only: {per_worker}"
+        # Drift is counted in the worker thread after the response is sent, so the last
+        # batches' window rows may land a moment after the client has its answers.
+        windows = sum(min(n, window) for n in per_worker.values())
+        settle = time.monotonic() + 15
         text = _scrape(metrics_port)
+        while (
+            _value(text, 'conveyor_drift_window_rows{model="affine",version="1"}') != windows
+            and time.monotonic() < settle
+        ):
+            time.sleep(0.2)
+            text = _scrape(metrics_port)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -179,5 +189,4 @@ def test_workers_export_the_aggregate(tmp_path: Path) -> None:
     assert _value(text, 'conveyor_model_ready{model="affine",version="1"}') == 1
     assert _value(text, 'conveyor_inflight_requests{model="affine"}') == 0
     assert _value(text, 'conveyor_queue_depth{model="affine"}') == 0
-    windows = sum(min(n, window) for n in per_worker.values())
     assert _value(text, 'conveyor_drift_window_rows{model="affine",version="1"}') == windows
