@@ -6,9 +6,12 @@ Phases (one server process, RSS read from /proc/<pid>/status every second):
 
 1. idle latency: one request at a time for a few seconds (p50 / p99);
 2. capacity: closed loop with 32 concurrent callers (requests/s);
-3. overload: open loop at ``factor`` x capacity for ``duration`` s; every outcome
-   counted by status code; the client caps its own outstanding calls (bounded);
+3. overload: open loop (Poisson arrivals) at ``factor`` x capacity for ``duration`` s;
+   every outcome counted by status code; the client caps its own outstanding calls;
 4. recovery: idle latency again once the load has stopped.
+
+Every phase runs the project's load generator (conveyor.bench.loadgen), as
+`conveyor bench serve` does.
 
 Pass criteria (printed): every RSS sample after warm-up (the first 20% of the overload)
 within 10% of the value at the end of warm-up; no status other than OK and
@@ -18,17 +21,18 @@ RESOURCE_EXHAUSTED; recovery p50 within 2x of the idle p50. Exit status 1 when o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -38,6 +42,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from conveyor.bench.loadgen import LoadResult, LoadSpec, run_load  # noqa: E402
 from conveyor.engine.protos import grpc_service_pb2 as pb  # noqa: E402
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -91,116 +96,70 @@ REQUEST = pb.ModelInferRequest(
 )
 
 
-async def latency(stub: pb_grpc.GRPCInferenceServiceStub, seconds: float) -> list[float]:
-    out = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        t0 = time.perf_counter()
-        await stub.ModelInfer(REQUEST, timeout=10)
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+PAYLOADS = (REQUEST.SerializeToString(),)
 
 
-async def capacity(stub: pb_grpc.GRPCInferenceServiceStub, seconds: float, callers: int) -> float:
-    done = 0
-    end = time.monotonic() + seconds
-
-    async def caller() -> None:
-        nonlocal done
-        while time.monotonic() < end:
-            await stub.ModelInfer(REQUEST, timeout=10)
-            done += 1
-
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    return done / seconds
+def load(address: str, **point: Any) -> LoadResult:
+    """One point of the project's load generator (conveyor.bench.loadgen) at the server."""
+    spec = LoadSpec(target=address, payloads=PAYLOADS, **{"warmup": 0.0, **point})
+    return run_load(spec, progress=False)
 
 
-async def overload(
-    stub: pb_grpc.GRPCInferenceServiceStub,
-    rate: float,
-    seconds: float,
-    pid: int,
-    max_outstanding: int,
-) -> tuple[Counter, list[tuple[float, float]], int]:
-    codes: Counter = Counter()
-    details: dict[str, str] = {}
-    rss: list[tuple[float, float]] = []
-    outstanding = 0
-    skipped = 0
-    start = time.monotonic()
+class RssSampler(threading.Thread):
+    """Reads the server's resident memory once a second until stopped."""
 
-    async def one() -> None:
-        nonlocal outstanding
-        try:
-            await stub.ModelInfer(REQUEST, timeout=5)
-            codes["OK"] += 1
-        except grpc.aio.AioRpcError as exc:
-            codes[exc.code().name] += 1
-            details.setdefault(exc.code().name, exc.details())
-        finally:
-            outstanding -= 1
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.samples = pid, []
+        self._stop_event = threading.Event()
 
-    async def sampler() -> None:
-        while time.monotonic() - start < seconds:
-            rss.append((time.monotonic() - start, rss_mib(pid)))
-            await asyncio.sleep(1.0)
+    def run(self) -> None:
+        while not self._stop_event.wait(1.0):
+            self.samples.append(rss_mib(self.pid))
 
-    sampling = asyncio.ensure_future(sampler())
-    tasks: set[asyncio.Task] = set()
-    sent = 0
-    while (now := time.monotonic() - start) < seconds:
-        due = int(now * rate) - sent
-        for _ in range(max(due, 0)):
-            sent += 1
-            if outstanding >= max_outstanding:
-                skipped += 1  # the client's own bound: never counted against the server
-                continue
-            outstanding += 1
-            task = asyncio.ensure_future(one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.sleep(0.002)
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await sampling
-    for code, text in details.items():
-        print(f"  first {code}: {text}")
-    return codes, rss, skipped
+    def stop(self) -> list[float]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-async def main_async(args: argparse.Namespace, address: str, pid: int) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        await latency(stub, 1.0)  # warm-up
-        idle = await latency(stub, 3.0)
-        cap = await capacity(stub, 5.0, 32)
-        rate = cap * args.factor
-        print(f"idle latency p50 {pct(idle, 50):.2f} ms p99 {pct(idle, 99):.2f} ms")
-        print(f"capacity (32 closed-loop callers): {cap:.0f} req/s; overload at {rate:.0f} req/s")
-        codes, rss, skipped = await overload(stub, rate, args.duration, pid, args.max_outstanding)
-        await asyncio.sleep(1.0)
-        after = await latency(stub, 3.0)
-    warm = [m for t, m in rss if t >= 0.2 * args.duration]
+def report(args: argparse.Namespace, address: str, pid: int) -> int:
+    idle = load(address, concurrency=1, duration=3.0, warmup=1.0).summary()
+    cap = load(address, concurrency=32, duration=5.0).summary()["requests_s"]
+    rate = cap * args.factor
+    print(f"idle latency p50 {idle['p50_ms']:.2f} ms p99 {idle['p99_ms']:.2f} ms")
+    print(f"capacity (32 closed-loop callers): {cap:.0f} req/s; overload at {rate:.0f} req/s")
+    start_rss = rss_mib(pid)
+    sampler = RssSampler(pid)
+    sampler.start()
+    over = load(
+        address, rate=rate, duration=args.duration, timeout=5.0,
+        max_outstanding=args.max_outstanding,
+    )  # fmt: skip
+    rss = sampler.stop()
+    time.sleep(1.0)
+    after = load(address, concurrency=1, duration=3.0).summary()
+    codes = Counter({"OK": over.ok, **over.errors})
+    # Arrivals past the client's own in-flight cap: never counted against the server.
+    skipped = codes.pop("CLIENT_BACKLOG", 0)
+    warm = rss[int(0.2 * len(rss)) :]  # warm-up: the first 20% of the overload
     base = warm[0] if warm else float("nan")
     # Stable = every sample after warm-up within 10% of the value at the end of warm-up.
     drift = max(abs(m - base) for m in warm) / base if warm else float("nan")
     total = sum(codes.values())
     print(f"overload {args.duration:.0f} s: {total} answered, {dict(codes)}")
     print(f"  calls the client skipped (its own {args.max_outstanding} in-flight cap): {skipped}")
-    print(f"RSS MiB: start {rss[0][1]:.1f}, after warm-up {base:.1f}, "
-          f"min {min(warm):.1f}, max {max(warm):.1f}, end {rss[-1][1]:.1f} "
+    print(f"RSS MiB: start {start_rss:.1f}, after warm-up {base:.1f}, "
+          f"min {min(warm):.1f}, max {max(warm):.1f}, end {rss[-1]:.1f} "
           f"(largest deviation from the warm-up value {drift:.1%})")  # fmt: skip
-    print(f"recovery latency p50 {pct(after, 50):.2f} ms p99 {pct(after, 99):.2f} ms "
-          f"({pct(after, 50) / pct(idle, 50):.2f}x idle p50)")  # fmt: skip
+    print(f"recovery latency p50 {after['p50_ms']:.2f} ms p99 {after['p99_ms']:.2f} ms "
+          f"({after['p50_ms'] / idle['p50_ms']:.2f}x idle p50)")  # fmt: skip
     bad = {c: n for c, n in codes.items() if c not in ("OK", "RESOURCE_EXHAUSTED")}
     checks = {
         "rss within 10% after warm-up": drift <= 0.10,
         "only OK / RESOURCE_EXHAUSTED": not bad,
         "overload answered some RESOURCE_EXHAUSTED": codes["RESOURCE_EXHAUSTED"] > 0,
-        "recovery p50 within 2x idle": pct(after, 50) <= 2 * pct(idle, 50),
+        "recovery p50 within 2x idle": after["p50_ms"] <= 2 * idle["p50_ms"],
     }
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
@@ -240,7 +199,7 @@ def main() -> int:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise SystemExit("server did not start")
                     time.sleep(0.2)
-            code = asyncio.run(main_async(args, address, server.pid))
+            code = report(args, address, server.pid)
             assert server.poll() is None, "server died"
             return code
         finally:
