@@ -45,6 +45,10 @@ from conveyor.kernels import (
     linear_reference,
 )
 
+# --large-only: just the GPU-sized shapes (the torch.compile comparison, whose
+# compilations cost seconds per shape, runs on these).
+LARGE_ONLY = False
+
 
 @dataclass
 class Case:
@@ -161,6 +165,24 @@ def _impls(op: str, device: str, dtype: torch.dtype) -> list[str]:
     return [i for i in ("cpp", "triton", "cuda") if dispatch.available(op, i, device, dtype)]
 
 
+def _working(
+    op: str, shape: str, device: str, dtype: torch.dtype, note: list[str], check: Callable
+) -> list[str]:
+    """Implementations of ``op`` that run here and match the reference (``check(impl)``
+    raises otherwise); the others are left out of the timings with a note, so one
+    kernel that fails on a new card or compiler costs its own rows, not the run."""
+    ok = []
+    for impl in _impls(op, device, dtype):
+        try:
+            check(impl)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            note.append(f"{op} {impl} left out at {shape} {dtype}: {type(exc).__name__}: {msg}")
+            continue
+        ok.append(impl)
+    return ok
+
+
 def _with_backward(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]):
     """One forward and backward pass, gradients of ``leaves`` discarded."""
 
@@ -182,7 +204,7 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
         (2048, 1024, 1024),
     ]
     if device == "cuda":
-        shapes += [(8192, 4096, 4096), (64, 4096, 4096)]
+        shapes = [(8192, 4096, 4096), (64, 4096, 4096)] + ([] if LARGE_ONLY else shapes)
     es = torch.finfo(dtype).bits // 8
     cases: list[Case] = []
 
@@ -194,9 +216,14 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
             b = torch.randn(N, device=device, dtype=dtype)
             shape = f"{M}x{K}->{N} {act}"
             ref = fused_linear(x, w, b, act, impl="reference")
-            for impl in _impls("linear", device, dtype):
+            xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+
+            def check(impl: str) -> None:
                 got = fused_linear(x, w, b, act, impl=impl)
                 torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
+                _with_backward(lambda: fused_linear(xg, wg, bg, act, impl=impl), [xg, wg, bg])()
+
+            impls = _working("linear", shape, device, dtype, note, check)
             fwd = Case(
                 "linear",
                 shape,
@@ -211,18 +238,17 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                 c = _compiled(lambda x=x, w=w, b=b, a=act: linear_reference(x, w, b, a), note)
                 if c:
                     fwd.run["compile"] = c
-            for impl in _impls("linear", device, dtype):
+            for impl in impls:
                 fwd.run[impl] = lambda x=x, w=w, b=b, a=act, i=impl: fused_linear(
                     x, w, b, a, impl=i
                 )
             cases.append(fwd)
             # Training step: forward keeping z, backward with all three gradients.
-            xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
             bw = Case(
                 "linear", shape, str(dtype)[6:], "fwd+bwd",
                 es * (3 * M * K + 3 * N * K + 2 * N + 4 * M * N), 6.0 * M * N * K,
             )  # fmt: skip
-            bw.default = dispatch.choose("layer_norm", device, dtype, work=M * N, grad=True)
+            bw.default = dispatch.choose("linear", device, dtype, work=M * N * K, grad=True)
             bw.run["eager"] = _with_backward(
                 lambda a=act: linear_reference(xg, wg, bg, a), [xg, wg, bg]
             )
@@ -231,7 +257,7 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                 c = _compiled(_with_backward(cf, [xg, wg, bg]), note)
                 if c:
                     bw.run["compile"] = _with_backward(cf, [xg, wg, bg])
-            for impl in _impls("linear", device, dtype):
+            for impl in impls:
                 bw.run[impl] = _with_backward(
                     lambda a=act, i=impl: fused_linear(xg, wg, bg, a, impl=i), [xg, wg, bg]
                 )
@@ -247,7 +273,7 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
 def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     shapes = [(100_000, 64, 2048, 20), (100_000, 16, 8192, 10), (1_000_000, 128, 4096, 40)]
     if device == "cuda":
-        shapes += [(4_000_000, 128, 65536, 40)]
+        shapes = [(4_000_000, 128, 65536, 40)] + ([] if LARGE_ONLY else shapes)
     es = torch.finfo(dtype).bits // 8
     cases: list[Case] = []
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -261,9 +287,12 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
         for mode, p in (("sum", None), ("mean", None), ("sum", psw)):
             shape = f"V={V} D={D} B={B} L={L} {mode}{'+psw' if p is not None else ''}"
             ref = embedding_bag(indices, weight, offsets, mode, p, impl="reference")
-            for impl in _impls("embedding_bag", device, dtype):
+
+            def check(impl: str, mode=mode, p=p, ref=ref) -> None:
                 got = embedding_bag(indices, weight, offsets, mode, p, impl=impl)
                 torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
+
+            impls = _working("embedding_bag", shape, device, dtype, note, check)
             moved = es * (nnz * D + B * D) + 8 * (nnz + B) + (es * nnz if p is not None else 0)
             fwd = Case("embedding_bag", shape, str(dtype)[6:], "fwd", moved, 2.0 * nnz * D)
             fwd.default = dispatch.choose("embedding_bag", device, dtype, work=nnz * D)
@@ -276,7 +305,7 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                 c = _compiled(eager, note)
                 if c:
                     fwd.run["compile"] = c
-            for impl in _impls("embedding_bag", device, dtype):
+            for impl in impls:
                 fwd.run[impl] = lambda m=mode, p=p, i=impl: embedding_bag(
                     indices, weight, offsets, m, p, impl=i
                 )
@@ -293,7 +322,7 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                 bw.run["eager"] = _with_backward(
                     lambda m=mode, wg=wg: F.embedding_bag(indices, wg, offsets, mode=m), [wg]
                 )
-                for impl in _impls("embedding_bag", device, dtype):
+                for impl in impls:
                     bw.run[impl] = _with_backward(
                         lambda m=mode, i=impl, wg=wg: embedding_bag(
                             indices, wg, offsets, m, impl=i
@@ -311,7 +340,7 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
 def layer_norm_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     shapes = [(64, 256), (4096, 256), (1024, 1024), (256, 4096), (16384, 512)]
     if device == "cuda":
-        shapes += [(65536, 1024), (16384, 8192)]
+        shapes = [(65536, 1024), (16384, 8192)] + ([] if LARGE_ONLY else shapes)
     es = torch.finfo(dtype).bits // 8
     cases: list[Case] = []
 
@@ -320,9 +349,14 @@ def layer_norm_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
         w = torch.randn(N, device=device, dtype=dtype)
         b = torch.randn(N, device=device, dtype=dtype)
         ref = F.layer_norm(x, (N,), w, b)
-        for impl in _impls("layer_norm", device, dtype):
-            torch.testing.assert_close(layer_norm(x, N, w, b, impl=impl), ref, rtol=2e-2, atol=2e-2)
         shape = f"{M}x{N}"
+        xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+
+        def check(impl: str) -> None:
+            torch.testing.assert_close(layer_norm(x, N, w, b, impl=impl), ref, rtol=2e-2, atol=2e-2)
+            _with_backward(lambda: layer_norm(xg, N, wg, bg, impl=impl), [xg, wg, bg])()
+
+        impls = _working("layer_norm", shape, device, dtype, note, check)
         fwd = Case(
             "layer_norm", shape, str(dtype)[6:], "fwd", es * (2 * M * N + 2 * N), 8.0 * M * N
         )
@@ -332,10 +366,9 @@ def layer_norm_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
             c = _compiled(lambda x=x, w=w, b=b, n=N: F.layer_norm(x, (n,), w, b), note)
             if c:
                 fwd.run["compile"] = c
-        for impl in _impls("layer_norm", device, dtype):
+        for impl in impls:
             fwd.run[impl] = lambda x=x, w=w, b=b, n=N, i=impl: layer_norm(x, n, w, b, impl=i)
         cases.append(fwd)
-        xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
         bw = Case(
             "layer_norm", shape, str(dtype)[6:], "fwd+bwd", es * (5 * M * N + 6 * N), 20.0 * M * N
         )
@@ -345,7 +378,7 @@ def layer_norm_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
             cf = torch.compile(lambda n=N: F.layer_norm(xg, (n,), wg, bg), dynamic=False)
             if _compiled(_with_backward(cf, [xg, wg, bg]), note):
                 bw.run["compile"] = _with_backward(cf, [xg, wg, bg])
-        for impl in _impls("layer_norm", device, dtype):
+        for impl in impls:
             bw.run[impl] = _with_backward(
                 lambda n=N, i=impl: layer_norm(xg, n, wg, bg, impl=i), [xg, wg, bg]
             )
@@ -392,13 +425,15 @@ def histogram_cases(device, dtype, note, compile_ref) -> list[Case]:
 
         ref = eager()
         case.run["eager"] = eager
-        for impl in ("cuda", "triton"):
-            if dispatch.available("histogram", impl, "cuda", torch.float32):
-                got = histogram_update(values, edges, impl=impl, check_edges=False)
-                assert torch.equal(got, ref), f"histogram {impl} differs from eager"
-                case.run[impl] = lambda i=impl: histogram_update(
-                    values, edges, impl=i, check_edges=False
-                )
+
+        def check(impl: str) -> None:
+            got = histogram_update(values, edges, impl=impl, check_edges=False)
+            assert torch.equal(got, ref), f"histogram {impl} differs from eager"
+
+        for impl in _working("histogram", case.shape, "cuda", torch.float32, note, check):
+            case.run[impl] = lambda i=impl: histogram_update(
+                values, edges, impl=i, check_edges=False
+            )
         case.default = dispatch.choose("histogram", "cuda", torch.float32)
     else:  # eager here is the numpy reference (torch has no per-feature histogram op)
         ref = histogram_update(values_np, edges_np, impl="reference")
@@ -411,6 +446,23 @@ def histogram_cases(device, dtype, note, compile_ref) -> list[Case]:
         )
         case.default = "cpp"
     return [case]
+
+
+def _timed(timer: Timer, case: Case, rounds: int, notes: list[str]) -> dict[str, float] | None:
+    """``timer.compare`` of the case; an implementation that raises is left out with a note."""
+    try:
+        return timer.compare(case.run, rounds)
+    except Exception:
+        runs = {}
+        for impl, fn in case.run.items():
+            try:
+                fn()
+                runs[impl] = fn
+            except Exception as exc:
+                notes.append(f"{case.op} {impl} failed at {case.shape}: {type(exc).__name__}"[:200])
+        if "eager" not in runs:
+            return None
+        return timer.compare(runs, rounds)
 
 
 def print_summary(rows: list[Row]) -> None:
@@ -521,8 +573,13 @@ def main() -> int:
         default=0.0,
         help="stop starting new cases after this long; the summary still prints (0: no limit)",
     )
+    parser.add_argument(
+        "--large-only", action="store_true", help="on CUDA, only the large (GPU-sized) shapes"
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
+    global LARGE_ONLY
+    LARGE_ONLY = args.large_only
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible to torch", file=sys.stderr)
         return 2
@@ -565,11 +622,22 @@ def main() -> int:
     for op in args.ops.split(","):
         if out_of_time():
             break
-        cases = BUILDERS[op](args.device, dtype, notes, not args.no_compile)
-        for case in cases:
-            if out_of_time():
+        try:  # histogram_cases builds its one case here; the others are generators
+            cases = iter(BUILDERS[op](args.device, dtype, notes, not args.no_compile))
+        except Exception as exc:
+            notes.append(f"{op}: could not build cases: {type(exc).__name__}: {exc}"[:200])
+            continue
+        while not out_of_time():
+            try:
+                case = next(cases)
+            except StopIteration:
                 break
-            times = timer.compare(case.run, args.rounds)
+            except Exception as exc:  # a builder that fails (out of memory, ...) ends its op
+                notes.append(f"{op}: stopped building cases: {type(exc).__name__}: {exc}"[:200])
+                break
+            times = _timed(timer, case, args.rounds, notes)
+            if times is None:
+                continue
             for impl, t in times.items():
                 gbs, gfl = case.bytes / t / 1e9, case.flops / t / 1e9
                 row = Row(

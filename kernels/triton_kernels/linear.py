@@ -23,12 +23,22 @@ def _matmul_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, z_ptr,
     M, N, K,
     s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+    M_CLASS,  # the autotuner's key for M (a power of two): unused in the body
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # Grouped tile order: GROUP_M row-tiles walk the column tiles together, so
+    # the B tiles they share are still in L2 when the next row-tile needs them.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -80,6 +90,41 @@ def _blocks(M: int, N: int, K: int, device: torch.device) -> tuple[int, int, int
     return bm, 128 if N >= 128 else 64, 32
 
 
+# Large GEMMs on a GPU pick their tiles by measurement, once per (M class, N,
+# K, dtypes): what is fastest differs between cards, dtypes (tf32 tiles take
+# twice the shared memory of bf16 ones) and shapes. Configurations that do not
+# fit the card's shared memory are skipped by the autotuner. Smaller calls (the
+# serving batches, the tests) keep the fixed tiles above: tuning costs a second
+# or so per new key, which a small call would never pay back.
+_TUNE_WORK = 1 << 24  # M*N*K multiply-adds from which a call is tuned
+
+
+def _config(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
+    tiles = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+    return triton.Config(tiles, num_warps=warps, num_stages=stages)
+
+
+# Candidates by input width: 16-bit inputs take K-tiles of 64 (tensor-core
+# friendly), float32 (IEEE or TF32) K-tiles of 32 at twice the bytes per element.
+_CONFIGS_16 = [_config(128, 256, 64, 8, 3), _config(128, 128, 64, 8, 3),
+               _config(128, 128, 64, 4, 4), _config(64, 128, 64, 4, 4)]  # fmt: skip
+_CONFIGS_32 = [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 3),
+               _config(64, 128, 32, 4, 4)]  # fmt: skip
+
+
+def _prune(configs: list, named_args: dict, **kwargs) -> list:
+    """The candidates for this call's input width (K-tile 32 marks the float32 ones)."""
+    wide = named_args["a_ptr"].element_size() >= 4
+    return [c for c in configs if (c.kwargs["BLOCK_K"] == 32) == wide]
+
+
+_tuned_kernel = triton.autotune(
+    configs=_CONFIGS_16 + _CONFIGS_32,
+    key=["M_CLASS", "N", "K"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_matmul_kernel)
+
+
 def matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -99,15 +144,23 @@ def matmul(
     z = torch.empty_like(c) if keep_z and act else None
     if M == 0 or N == 0:
         return c, z
-    bm, bn, bk = _blocks(M, N, K, a.device)
-    grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
-    _matmul_kernel[grid](
+    args = (
         a, b, c, bias if bias is not None else c, z if z is not None else c,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        HAS_BIAS=bias is not None, ACT=act, STORE_Z=z is not None,
-        PRECISION=_precision(a.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        triton.next_power_of_2(M),
     )  # fmt: skip
+    flags = dict(
+        HAS_BIAS=bias is not None, ACT=act, STORE_Z=z is not None,
+        PRECISION=_precision(a.dtype), GROUP_M=8,
+    )  # fmt: skip
+    if a.is_cuda and M * N * K >= _TUNE_WORK:
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+        _tuned_kernel[grid](*args, **flags)
+    else:
+        bm, bn, bk = _blocks(M, N, K, a.device)
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+        _matmul_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return c, z
 
 
