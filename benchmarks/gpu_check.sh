@@ -47,7 +47,8 @@ secs() {  # secs CAP: a bench's --max-seconds, CAP or less so it ends inside the
   echo "# conveyor GPU check"
   echo
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  # A copied working tree may carry a stale .git: the caller can name the commit.
+  echo "- commit: ${CONVEYOR_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   echo "- card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi failed')"
   echo "- torch: $($PY -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
   echo "- nvcc: $(nvcc --version 2>/dev/null | tail -n 1)"

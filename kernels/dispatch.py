@@ -25,9 +25,9 @@ CPU defaults were decided by measurement (``benchmarks/kernels/bench_ops.py``,
 see ``benchmarks/README.md`` and ``_CPU_RULES``): the C++ path is the default only
 where it was at least as fast as torch's own CPU op in the same run; elsewhere
 torch (``reference``) is: small linear and layer-norm calls, and the
-embedding-bag forward when no gradient is needed. GPU defaults (Triton for the
-GEMM, where ``tl.dot`` uses tensor cores; CUDA for the memory-bound ops) are not
-yet measured.
+embedding-bag forward when no gradient is needed. CUDA defaults were measured
+on an H200 (``_CUDA_RULES``): our kernels where they beat torch's op, torch
+elsewhere (small calls, where launch cost decides, and the GEMM).
 """
 
 from __future__ import annotations
@@ -121,12 +121,33 @@ _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "histogram": lambda work, grad: "cpp",
     "mlp": lambda work, grad: "cpp" if not grad else "reference",
 }
-_CUDA_ORDER: dict[str, tuple[str, ...]] = {
-    "linear": ("triton", "cuda"),
-    "embedding_bag": ("cuda", "triton"),
-    "layer_norm": ("cuda", "triton"),
-    "histogram": ("cuda", "triton"),
-    "mlp": (),
+# CUDA defaults, from benchmarks/kernels/bench_ops.py on an H200 (torch 2.11,
+# cu130; benchmarks/results/gpu/, 2026-11-27), float32 and bfloat16 alike.
+# Below a few million elements every op is bound by the Python-side launch
+# (torch's own op returns in ~11 us, ours in ~20-30 us), so torch keeps those.
+#
+# - linear: torch (cuBLAS) everywhere. Triton's fused GEMM reached 0.84x of
+#   torch at 8192x4096x4096 bf16 (76% of the measured matmul ceiling), 0.47x
+#   in IEEE float32; the CUDA kernel has no tensor-core path. The fused
+#   epilogue saves one pass over the output, which never paid for the slower
+#   GEMM.
+# - embedding_bag: forward from 2^23 gathered elements: CUDA (1.5-3.3x torch;
+#   91% of copy bandwidth in float32 at 4M x 128, 66% in bfloat16); training:
+#   CUDA below 2^26 (1.2-1.9x, torch's backward is slow) and Triton above
+#   (1.4-1.8x, its backward scales where CUDA's atomics do not).
+# - layer_norm: forward from 2^25 elements: Triton (1.5-2.0x, 84-96% of copy
+#   bandwidth); training: torch (our backward was 0.9-1.3x of torch's).
+# - histogram: CUDA (Triton's kernel is ~13x slower on the device).
+_CUDA_RULES: dict[str, Callable[[int, bool], tuple[str, ...]]] = {
+    "linear": lambda work, grad: (),
+    "embedding_bag": lambda work, grad: (
+        (("triton", "cuda") if work >= 1 << 26 else ("cuda", "triton"))
+        if grad
+        else (("cuda", "triton") if work >= 1 << 23 else ())
+    ),
+    "layer_norm": lambda work, grad: ("triton", "cuda") if not grad and work >= 1 << 25 else (),
+    "histogram": lambda work, grad: ("cuda", "triton"),
+    "mlp": lambda work, grad: (),
 }
 
 
@@ -169,7 +190,7 @@ def choose(
                 return forced
             break  # cannot run here: the defaults decide
     if device == "cuda":
-        for candidate in _CUDA_ORDER[op]:
+        for candidate in _CUDA_RULES[op](work, grad):
             if available(op, candidate, device, dtype):
                 return candidate
     elif device == "cpu":

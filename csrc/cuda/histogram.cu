@@ -1,10 +1,19 @@
 // CUDA histogram update. Same contract as the CPU op (see histogram.h).
 //
-// One thread per value over the flattened [rows * features] matrix (loads are
-// coalesced because consecutive threads read consecutive features of a row).
-// Each block keeps 32-bit counters and the edges in shared memory when they
-// fit, so the atomics stay on chip, and flushes them once into the 64-bit
-// global counts.
+// The op must stream the values at close to the device's memory bandwidth,
+// so the work per value is kept to a few dozen instructions:
+// - loads are coalesced (consecutive threads read consecutive values of the
+//   row-major [rows, features] matrix) and, when features % 4 == 0 and the
+//   pointer is 16-byte aligned, 128-bit wide (4 values per load);
+// - a value's feature is tracked incrementally across the grid-stride loop,
+//   not recomputed with a 64-bit modulo per value;
+// - each feature's edges sit in shared memory padded with +inf to a power of
+//   two, so the bin is found by a fixed, branch-free binary lifting;
+// - each block counts into 32-bit shared counters (lanes of a warp read
+//   different features, so their atomics rarely collide) and flushes them
+//   once into the 64-bit global counts.
+// When the counters and edges do not fit in shared memory, a plain kernel
+// counts straight into global memory.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -16,7 +25,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Number of edges <= v (upper bound), by branch-light binary search.
+// Number of edges <= v (upper bound), by branch-light binary search over n edges.
 __device__ __forceinline__ int count_le(const float* e, int n, float v) {
   int lo = 0;
   while (n > 0) {
@@ -28,49 +37,86 @@ __device__ __forceinline__ int count_le(const float* e, int n, float v) {
   return lo;
 }
 
-__device__ __forceinline__ int slot_of(const float* e, int n_edges, float v) {
-  if (v != v) return n_edges + 1;
-  if (v == e[n_edges - 1]) return n_edges - 1;
-  return count_le(e, n_edges, v);
+// Slot of v for a feature whose edges `e` are padded with +inf to `padded`
+// (a power of two > n_edges): binary lifting over the padded row counts the
+// edges <= v; +inf values reach padded - 1 >= n_edges and are clamped.
+__device__ __forceinline__ int padded_slot(const float* e, int padded, int n_edges, float v) {
+  int lo = 0;
+#pragma unroll
+  for (int step = 32; step > 0; step >>= 1) {
+    if (step < padded) lo += (e[lo + step - 1] <= v) ? step : 0;
+  }
+  lo = min(lo, n_edges);
+  lo = (v == e[n_edges - 1]) ? n_edges - 1 : lo;  // the top edge closes the last bin
+  return (v != v) ? n_edges + 1 : lo;              // NaN
 }
 
-template <bool kShared>
-__global__ void histogram_kernel(const float* __restrict__ values, long long total, int features,
-                                 const float* __restrict__ edges, int n_edges,
-                                 unsigned long long* __restrict__ counts) {
+// Shared-memory counters; VEC values per load (4: float4, 1: float).
+template <int VEC>
+__global__ void histogram_shared_kernel(const float* __restrict__ values, long long total,
+                                        int features, const float* __restrict__ edges,
+                                        int n_edges, int padded,
+                                        unsigned long long* __restrict__ counts) {
   extern __shared__ unsigned char smem[];
   const int slots = n_edges + 2;
   const int cells = features * slots;
   unsigned int* s_counts = reinterpret_cast<unsigned int*>(smem);
   float* s_edges = reinterpret_cast<float*>(s_counts + cells);
-  const float* e_base = edges;
 
-  if (kShared) {
-    for (int j = threadIdx.x; j < cells; j += blockDim.x) s_counts[j] = 0;
-    for (int j = threadIdx.x; j < features * n_edges; j += blockDim.x) s_edges[j] = edges[j];
-    __syncthreads();
-    e_base = s_edges;
+  for (int j = threadIdx.x; j < cells; j += blockDim.x) s_counts[j] = 0;
+  for (int j = threadIdx.x; j < features * padded; j += blockDim.x) {
+    const int f = j / padded, k = j - f * padded;
+    s_edges[j] = k < n_edges ? edges[f * n_edges + k] : __int_as_float(0x7f800000);  // +inf
+  }
+  __syncthreads();
+
+  const long long groups = total / VEC;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  long long g = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  // Feature of this thread's first value, and how far it moves per grid stride.
+  int f0 = static_cast<int>((g * VEC) % features);
+  const int f_step = static_cast<int>((stride * VEC) % features);
+  for (; g < groups; g += stride) {
+    float v[VEC];
+    if constexpr (VEC == 4) {
+      const float4 q = __ldg(reinterpret_cast<const float4*>(values) + g);
+      v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    } else {
+      v[0] = __ldg(values + g);
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      // With VEC == 4, features % 4 == 0 and f0 % 4 == 0: f0 + j never wraps.
+      const int f = f0 + j;
+      const int s = padded_slot(s_edges + f * padded, padded, n_edges, v[j]);
+      atomicAdd(s_counts + f * slots + s, 1u);
+    }
+    f0 += f_step;
+    f0 = f0 >= features ? f0 - features : f0;
   }
 
+  __syncthreads();
+  for (int j = threadIdx.x; j < cells; j += blockDim.x) {
+    const unsigned int c = s_counts[j];
+    if (c) atomicAdd(counts + j, static_cast<unsigned long long>(c));
+  }
+}
+
+// Fallback when the per-block counters and edges exceed shared memory.
+__global__ void histogram_global_kernel(const float* __restrict__ values, long long total,
+                                        int features, const float* __restrict__ edges,
+                                        int n_edges, unsigned long long* __restrict__ counts) {
+  const int slots = n_edges + 2;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += stride) {
     const int f = static_cast<int>(i % features);
     const float v = __ldg(values + i);
-    const int s = slot_of(e_base + f * n_edges, n_edges, v);
-    if (kShared) {
-      atomicAdd(s_counts + f * slots + s, 1u);
-    } else {
-      atomicAdd(counts + f * slots + s, 1ull);
-    }
-  }
-
-  if (kShared) {
-    __syncthreads();
-    for (int j = threadIdx.x; j < cells; j += blockDim.x) {
-      const unsigned int c = s_counts[j];
-      if (c) atomicAdd(counts + j, static_cast<unsigned long long>(c));
-    }
+    const float* e = edges + static_cast<long long>(f) * n_edges;
+    int s = count_le(e, n_edges, v);
+    s = (v == e[n_edges - 1]) ? n_edges - 1 : s;
+    s = (v != v) ? n_edges + 1 : s;
+    atomicAdd(counts + static_cast<long long>(f) * slots + s, 1ull);
   }
 }
 
@@ -90,21 +136,33 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
     err = cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlock, device);
   if (err != cudaSuccess) return cudaGetErrorString(err);
 
+  int padded = 1;
+  while (padded <= n_edges) padded <<= 1;  // a power of two > n_edges (+inf pads)
   const int slots = static_cast<int>(n_edges + 2);
   const size_t smem = static_cast<size_t>(features) * slots * sizeof(unsigned int) +
-                      static_cast<size_t>(features) * n_edges * sizeof(float);
+                      static_cast<size_t>(features) * padded * sizeof(float);
+  const bool vec4 = features % 4 == 0 && reinterpret_cast<std::uintptr_t>(values) % 16 == 0;
+  const long long items = vec4 ? total / 4 : total;
   // Enough blocks to fill the device, and enough that no block's 32-bit
   // shared counters can overflow (each block sees at most 2^30 values).
-  long long blocks = std::min<long long>((total + kThreads - 1) / kThreads, 8LL * sms);
+  long long blocks = std::min<long long>((items + kThreads - 1) / kThreads, 8LL * sms);
   blocks = std::max<long long>(blocks, total / (1LL << 30) + 1);
   blocks = std::min<long long>(blocks, 0x7fffffffLL);
 
   auto* out = reinterpret_cast<unsigned long long*>(counts);
-  if (smem <= static_cast<size_t>(smem_limit)) {
-    histogram_kernel<true><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-        values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), out);
+  // The lifting unrolls 6 steps: up to 63 edges per feature take the shared path.
+  if (smem <= static_cast<size_t>(smem_limit) && padded <= 64) {
+    if (vec4) {
+      histogram_shared_kernel<4><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+          values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), padded,
+          out);
+    } else {
+      histogram_shared_kernel<1><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+          values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), padded,
+          out);
+    }
   } else {
-    histogram_kernel<false><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    histogram_global_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
         values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), out);
   }
   err = cudaGetLastError();

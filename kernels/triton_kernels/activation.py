@@ -10,9 +10,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-_SQRT_2_OVER_PI = 0.7978845608028654
+# Globals read inside @triton.jit functions must be constexpr: the compiler
+# refuses plain Python floats (the interpreter does not, so only a GPU run shows it).
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 
 
 @triton.jit
@@ -30,7 +32,7 @@ def apply(z, ACT: tl.constexpr):
     elif ACT == 2:
         z = 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
     elif ACT == 3:
-        z = 0.5 * z * (1.0 + _tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)))
+        z = 0.5 * z * (1.0 + _tanh((z + 0.044715 * z * z * z) * _SQRT_2_OVER_PI))
     elif ACT == 4:
         z = z * tl.sigmoid(z)
     return z
@@ -44,7 +46,7 @@ def grad(z, ACT: tl.constexpr):
     elif ACT == 2:
         d = 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
     elif ACT == 3:
-        t = _tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
+        t = _tanh((z + 0.044715 * z * z * z) * _SQRT_2_OVER_PI)
         d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (
             1.0 + 3.0 * 0.044715 * z * z
         )

@@ -106,7 +106,8 @@ def _config(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config
 
 # Candidates by input width: 16-bit inputs take K-tiles of 64 (tensor-core
 # friendly), float32 (IEEE or TF32) K-tiles of 32 at twice the bytes per element.
-_CONFIGS_16 = [_config(128, 256, 64, 8, 3), _config(128, 128, 64, 8, 3),
+_CONFIGS_16 = [_config(128, 256, 64, 8, 3), _config(128, 256, 64, 8, 4),
+               _config(256, 128, 64, 8, 3), _config(128, 128, 64, 8, 3),
                _config(128, 128, 64, 4, 4), _config(64, 128, 64, 4, 4)]  # fmt: skip
 _CONFIGS_32 = [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 3),
                _config(64, 128, 32, 4, 4)]  # fmt: skip

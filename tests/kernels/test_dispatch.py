@@ -105,3 +105,37 @@ def test_kernels_import_without_triton_and_run_without_it(monkeypatch: pytest.Mo
     x, w = torch.randn(3, 4), torch.randn(5, 4)
     assert not dispatch.available("linear", "triton", "cpu", torch.float32)
     torch.testing.assert_close(fused_linear(x, w), x @ w.T)
+
+
+@pytest.mark.parametrize(
+    ("op", "work", "grad", "expected"),
+    [
+        ("linear", 1 << 40, False, "reference"),  # cuBLAS beat both of our GEMMs
+        ("linear", 1 << 40, True, "reference"),
+        ("embedding_bag", 1 << 20, False, "reference"),  # launch-bound: torch
+        ("embedding_bag", 1 << 24, False, "cuda"),
+        ("embedding_bag", 1 << 20, True, "cuda"),
+        ("embedding_bag", 1 << 28, True, "triton"),
+        ("layer_norm", 1 << 20, False, "reference"),
+        ("layer_norm", 1 << 26, False, "triton"),
+        ("layer_norm", 1 << 26, True, "reference"),
+        ("histogram", 0, False, "cuda"),
+        ("mlp", 1 << 20, False, "reference"),
+    ],
+)
+def test_cuda_defaults_follow_the_measured_rules(monkeypatch, op, work, grad, expected) -> None:
+    # Every implementation "available", as on a GPU machine with everything built.
+    monkeypatch.setattr(dispatch, "available", lambda *args: True)
+    for var in (dispatch.env_var(op), dispatch.ENV_ALL):
+        monkeypatch.delenv(var, raising=False)
+    assert dispatch.choose(op, "cuda", torch.bfloat16, work=work, grad=grad) == expected
+
+
+def test_cuda_default_falls_back_to_the_next_gpu_impl_then_reference(monkeypatch) -> None:
+    monkeypatch.delenv(dispatch.ENV_ALL, raising=False)
+    monkeypatch.delenv(dispatch.env_var("histogram"), raising=False)
+    only_triton = lambda op, impl, device, dtype: impl in ("triton", "reference")  # noqa: E731
+    monkeypatch.setattr(dispatch, "available", only_triton)
+    assert dispatch.choose("histogram", "cuda", torch.float32) == "triton"
+    monkeypatch.setattr(dispatch, "available", lambda op, impl, device, dtype: impl == "reference")
+    assert dispatch.choose("histogram", "cuda", torch.float32) == "reference"

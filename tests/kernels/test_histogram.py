@@ -144,13 +144,33 @@ def test_extension_checks_arguments_itself() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    ("rows", "features", "n_edges"), [(0, 3, 5), (1000, 32, 21), (3001, 700, 21)]
+    ("rows", "features", "n_edges"),
+    [
+        (0, 3, 5),
+        (1000, 32, 21),  # 4-wide loads
+        (5003, 7, 9),  # features % 4 != 0: one value per load
+        (200_003, 12, 2),  # many grid strides: the tracked feature wraps
+        (2000, 8, 63),  # the largest padded edge row of the shared path (64)
+        (2000, 8, 64),  # one more edge: the global-atomics path
+        (3001, 700, 21),  # 700 features x 23 slots overflow shared memory: global path
+    ],
 )
 def test_cuda_matches_reference(rows: int, features: int, n_edges: int) -> None:
-    # 700 features x 23 slots overflows shared memory: exercises the global-atomics path.
     torch = pytest.importorskip("torch")
     values, edges = _data(rows, features, n_edges, seed=5)
     got = histogram_update(torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda())
+    np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_reference_on_an_unaligned_view() -> None:
+    # A view starting one float in: no 16-byte alignment, so no 4-wide loads.
+    torch = pytest.importorskip("torch")
+    values, edges = _data(4001, 16, 21, seed=8)
+    flat = torch.zeros(values.size + 1, dtype=torch.float32, device="cuda")
+    flat[1:] = torch.from_numpy(values.ravel()).cuda()
+    view = flat[1:].view(values.shape)
+    got = histogram_update(view, torch.from_numpy(edges).cuda())
     np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
 
 
