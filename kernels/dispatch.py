@@ -137,7 +137,7 @@ _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
 #   (1.4-1.8x, its backward scales where CUDA's atomics do not).
 # - layer_norm: forward from 2^25 elements: Triton (1.5-2.0x, 84-96% of copy
 #   bandwidth); training: torch (our backward was 0.9-1.3x of torch's).
-# - histogram: CUDA (Triton's kernel is ~13x slower on the device).
+# - histogram: CUDA (1.36 ms for 16M x 32 values; Triton's kernel took 36 ms).
 _CUDA_RULES: dict[str, Callable[[int, bool], tuple[str, ...]]] = {
     "linear": lambda work, grad: (),
     "embedding_bag": lambda work, grad: (

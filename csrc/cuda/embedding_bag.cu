@@ -36,9 +36,6 @@ __global__ void forward_kernel(const T* __restrict__ weight, long long D,
   if (d >= D) return;
   const long long s = offsets[b], e = bag_end(offsets, B, nnz, b);
   float acc = 0.f;
-  // Unrolled so that several rows' loads are in flight at once: one thread's
-  // loads are otherwise a chain of dependent DRAM round trips.
-#pragma unroll 4
   for (long long j = s; j < e; ++j) {
     const float scale = psw ? to_f(psw[j]) : 1.f;
     acc = fmaf(scale, to_f(weight[indices[j] * D + d]), acc);

@@ -8,7 +8,10 @@
 // - a value's feature is tracked incrementally across the grid-stride loop,
 //   not recomputed with a 64-bit modulo per value;
 // - each feature's edges sit in shared memory padded with +inf to a power of
-//   two, so the bin is found by a fixed, branch-free binary lifting;
+//   two, so the bin is found by a fixed, branch-free binary lifting; rows are
+//   one float longer than that (an odd stride), so lanes searching different
+//   features at the same step read different banks (a stride of 32 made them
+//   all collide on one bank: 8-way conflicts at every step);
 // - each block counts into 32-bit shared counters (lanes of a warp read
 //   different features, so their atomics rarely collide) and flushes them
 //   once into the 64-bit global counts.
@@ -60,12 +63,13 @@ __global__ void histogram_shared_kernel(const float* __restrict__ values, long l
   extern __shared__ unsigned char smem[];
   const int slots = n_edges + 2;
   const int cells = features * slots;
+  const int row = padded + 1;  // odd stride: see the top of the file
   unsigned int* s_counts = reinterpret_cast<unsigned int*>(smem);
   float* s_edges = reinterpret_cast<float*>(s_counts + cells);
 
   for (int j = threadIdx.x; j < cells; j += blockDim.x) s_counts[j] = 0;
-  for (int j = threadIdx.x; j < features * padded; j += blockDim.x) {
-    const int f = j / padded, k = j - f * padded;
+  for (int j = threadIdx.x; j < features * row; j += blockDim.x) {
+    const int f = j / row, k = j - f * row;
     s_edges[j] = k < n_edges ? edges[f * n_edges + k] : __int_as_float(0x7f800000);  // +inf
   }
   __syncthreads();
@@ -88,7 +92,7 @@ __global__ void histogram_shared_kernel(const float* __restrict__ values, long l
     for (int j = 0; j < VEC; ++j) {
       // With VEC == 4, features % 4 == 0 and f0 % 4 == 0: f0 + j never wraps.
       const int f = f0 + j;
-      const int s = padded_slot(s_edges + f * padded, padded, n_edges, v[j]);
+      const int s = padded_slot(s_edges + f * row, padded, n_edges, v[j]);
       atomicAdd(s_counts + f * slots + s, 1u);
     }
     f0 += f_step;
@@ -140,30 +144,37 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
   while (padded <= n_edges) padded <<= 1;  // a power of two > n_edges (+inf pads)
   const int slots = static_cast<int>(n_edges + 2);
   const size_t smem = static_cast<size_t>(features) * slots * sizeof(unsigned int) +
-                      static_cast<size_t>(features) * padded * sizeof(float);
+                      static_cast<size_t>(features) * (padded + 1) * sizeof(float);
   const bool vec4 = features % 4 == 0 && reinterpret_cast<std::uintptr_t>(values) % 16 == 0;
+  const bool shared = smem <= static_cast<size_t>(smem_limit) && padded <= 64;  // 6 lifting steps
+  const void* kernel = !shared ? reinterpret_cast<const void*>(histogram_global_kernel)
+                       : vec4  ? reinterpret_cast<const void*>(histogram_shared_kernel<4>)
+                               : reinterpret_cast<const void*>(histogram_shared_kernel<1>);
+  // One full wave of resident blocks (each loops over its share), but enough
+  // blocks that none of the 32-bit shared counters can overflow (a block sees
+  // at most 2^30 values), and no more than there is work for.
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
+                                                      shared ? smem : 0);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
   const long long items = vec4 ? total / 4 : total;
-  // Enough blocks to fill the device, and enough that no block's 32-bit
-  // shared counters can overflow (each block sees at most 2^30 values).
-  long long blocks = std::min<long long>((items + kThreads - 1) / kThreads, 8LL * sms);
+  long long blocks = std::min<long long>((items + kThreads - 1) / kThreads,
+                                         static_cast<long long>(std::max(per_sm, 1)) * sms);
   blocks = std::max<long long>(blocks, total / (1LL << 30) + 1);
   blocks = std::min<long long>(blocks, 0x7fffffffLL);
+  const auto grid = static_cast<unsigned>(blocks);
+  const auto f = static_cast<int>(features);
+  const auto n = static_cast<int>(n_edges);
 
   auto* out = reinterpret_cast<unsigned long long*>(counts);
-  // The lifting unrolls 6 steps: up to 63 edges per feature take the shared path.
-  if (smem <= static_cast<size_t>(smem_limit) && padded <= 64) {
-    if (vec4) {
-      histogram_shared_kernel<4><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-          values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), padded,
-          out);
-    } else {
-      histogram_shared_kernel<1><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-          values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), padded,
-          out);
-    }
+  if (!shared) {
+    histogram_global_kernel<<<grid, kThreads, 0, stream>>>(values, total, f, edges, n, out);
+  } else if (vec4) {
+    histogram_shared_kernel<4><<<grid, kThreads, smem, stream>>>(values, total, f, edges, n,
+                                                                  padded, out);
   } else {
-    histogram_global_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        values, total, static_cast<int>(features), edges, static_cast<int>(n_edges), out);
+    histogram_shared_kernel<1><<<grid, kThreads, smem, stream>>>(values, total, f, edges, n,
+                                                                  padded, out);
   }
   err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
