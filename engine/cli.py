@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +120,19 @@ class _Signals:
             signal.signal(s, h)
 
 
-def serve_one(kwargs: dict[str, Any]) -> int:
-    """Run one server process until SIGTERM/SIGINT; 0 after a graceful stop."""
+def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = None) -> int:
+    """Run one server process until SIGTERM/SIGINT; 0 after a graceful stop.
+
+    ``started`` is called once the server serves (a worker tells its parent).
+    """
     from conveyor.engine.server import Server
 
     signals = _Signals()
     try:
         server = Server(**kwargs)
         server.start()
+        if started is not None:
+            started()
         signum = signals.wait()
         log.info("received %s; shutting down", signal.Signals(signum).name)
         server.stop()
@@ -135,11 +141,11 @@ def serve_one(kwargs: dict[str, Any]) -> int:
     return 0
 
 
-def _child(kwargs: dict[str, Any], level: str, fmt: str) -> None:
+def _child(kwargs: dict[str, Any], level: str, fmt: str, ready: Any) -> None:
     from conveyor.log import setup_logging
 
     setup_logging(level, fmt)
-    raise SystemExit(serve_one(kwargs))
+    raise SystemExit(serve_one(kwargs, started=ready.set))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -152,9 +158,12 @@ def _check_port_free(host: str, port: int) -> None:
             raise ServeError(f"cannot bind {host}:{port}: {exc.strerror}") from None
 
 
-def serve_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str) -> int:
+def serve_workers(
+    kwargs: dict[str, Any], workers: int, level: str, fmt: str, restart: bool = True
+) -> int:
     """``workers`` server processes sharing one port (SO_REUSEPORT); the kernel spreads
-    connections across them. Signals are forwarded; exits 0 when all exited 0."""
+    connections across them. Signals are forwarded, dead workers replaced (see
+    ``conveyor.engine.workers``); exits 0 when all stopped gracefully."""
 
     if kwargs["port"] == 0:
         raise ServeError("--workers > 1 needs a fixed --port (port 0 would differ per worker)")
@@ -176,47 +185,17 @@ def serve_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str) ->
             except OSError as exc:
                 raise ServeError(str(exc)) from None
             log.info("metrics of %d workers on %s:%d/metrics", workers, kwargs["host"], port)
-        return _run_workers({**kwargs, "metrics_port": None}, workers, level, fmt, shared)
+        from conveyor.engine.workers import WorkerPolicy, run_workers
+
+        return run_workers(
+            _child,
+            ({**kwargs, "metrics_port": None}, level, fmt),
+            workers,
+            WorkerPolicy(restart=restart),
+            on_exit=shared.process_exited,
+        )
     finally:
         shared.close()
-
-
-def _run_workers(kwargs: dict[str, Any], workers: int, level: str, fmt: str, shared: Any) -> int:
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(kwargs, level, fmt)) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    log.info("started %d worker processes on port %d", workers, kwargs["port"])
-    stopping = threading.Event()
-
-    def forward(signum: int, frame: Any) -> None:
-        stopping.set()
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                try:
-                    import os
-
-                    os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for p in procs:
-            while p.is_alive():
-                p.join(0.5)
-                if not stopping.is_set() and p.exitcode not in (None, 0):
-                    forward(signal.SIGTERM, None)  # one failed: stop the rest
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        for p in procs:
-            if p.pid is not None:
-                shared.process_exited(p.pid)
-    codes = [p.exitcode for p in procs]
-    return 0 if all(c == 0 for c in codes) else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
         raise ServeError("--workers must be >= 1")
     if args.workers == 1:
         return serve_one(kwargs)
-    return serve_workers(kwargs, args.workers, args.log_level, args.log_format)
+    return serve_workers(
+        kwargs, args.workers, args.log_level, args.log_format, args.worker_restart == "on"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -320,6 +301,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=int,
         default=1,
         help="server processes sharing the port with SO_REUSEPORT (default: 1)",
+    )
+    p.add_argument(
+        "--worker-restart",
+        choices=("on", "off"),
+        default="on",
+        help="with --workers > 1: replace a worker that dies while serving; three deaths in a "
+        "row within 10 s of starting stop the server (default: on)",
     )
     p.add_argument(
         "--grace-period",

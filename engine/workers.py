@@ -1,0 +1,181 @@
+"""Several server processes on one port (``conveyor serve --workers N``), supervised.
+
+The parent starts N worker processes (``spawn``), forwards SIGTERM/SIGINT to them
+and waits for their graceful stop. A worker that dies while serving (killed by
+the OOM killer, a crash in native code, an unexpected exit) is replaced, so the
+server keeps its capacity instead of running on silently with fewer processes:
+
+- a worker that exits before it reported ready (bad flags, a model repository
+  that does not load) stops everything at once with exit status 1: the same
+  error would repeat in every replacement;
+- a worker that dies after it was ready is replaced after a back-off (1 s,
+  doubling up to 30 s while deaths come fast); ``max_fast_crashes`` deaths in a
+  row, each within ``min_uptime_s`` of its worker becoming ready, stop
+  everything with exit status 1 (a crash loop is for the orchestrator to see);
+- with ``restart=False`` the first death stops everything (exit status 1).
+
+Exit status 0 only when every worker stopped gracefully after a signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("conveyor.engine")
+
+
+@dataclass
+class WorkerPolicy:
+    """How the parent treats a worker that dies while serving.
+
+    Attributes:
+        restart: replace dead workers (default True); False stops everything.
+        min_uptime_s: a death sooner than this after the worker became ready
+            counts as a fast crash (seconds, default 10).
+        max_fast_crashes: fast crashes in a row (over all workers) after which
+            the parent gives up and stops everything (default 3).
+        backoff_s: wait before a replacement after a fast crash, doubled per
+            further fast crash up to ``max_backoff_s`` (seconds, default 1 and 30).
+        poll_s: how often the parent looks at its workers (seconds, default 0.2).
+    """
+
+    restart: bool = True
+    min_uptime_s: float = 10.0
+    max_fast_crashes: int = 3
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    poll_s: float = 0.2
+
+
+@dataclass
+class _Slot:
+    process: Any
+    ready: Any  # multiprocessing.Event set by the worker once it serves
+    ready_at: float | None = None
+    generation: int = 0
+    reaped: bool = False  # its exit has been handled
+
+
+def _describe(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def run_workers(
+    target: Callable[..., None],
+    args: tuple,
+    workers: int,
+    policy: WorkerPolicy | None = None,
+    on_exit: Callable[[int], None] | None = None,
+) -> int:
+    """Run ``workers`` processes of ``target(*args, ready_event)``; see the module doc.
+
+    ``target`` must set ``ready_event`` once it serves. ``on_exit(pid)`` is
+    called for every worker process that ended (the metrics directory marks it
+    dead). Returns the exit status for the parent (0 or 1).
+    """
+    import multiprocessing
+
+    policy = policy or WorkerPolicy()
+    ctx = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+    lock = threading.Lock()  # the signal handler and the loop both touch the slots
+
+    def spawn(generation: int = 0) -> _Slot:
+        ready = ctx.Event()
+        process = ctx.Process(target=target, args=(*args, ready), daemon=False)
+        process.start()
+        return _Slot(process, ready, generation=generation)
+
+    slots = [spawn() for _ in range(workers)]
+    log.info("started %d worker processes", workers)
+
+    def stop_all(signum: int = signal.SIGTERM) -> None:
+        stopping.set()
+        with lock:
+            for slot in slots:
+                pid = slot.process.pid
+                if slot.process.is_alive() and pid is not None:
+                    with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                        os.kill(pid, signum)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop_all(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    failed = False
+    fast_crashes = 0
+    try:
+        while True:
+            now = time.monotonic()
+            for i, slot in enumerate(slots):
+                if slot.ready_at is None and slot.ready.is_set():
+                    slot.ready_at = now
+                if slot.process.is_alive() or slot.process.exitcode is None:
+                    continue
+                if slot.reaped:
+                    continue
+                slot.reaped = True
+                code = slot.process.exitcode
+                if on_exit is not None and slot.process.pid is not None:
+                    on_exit(slot.process.pid)
+                if stopping.is_set():
+                    # A worker still starting when the stop came has no handler
+                    # yet: SIGTERM ends it at once, which is a clean stop too.
+                    clean = code == 0 or (slot.ready_at is None and code == -signal.SIGTERM)
+                    failed |= not clean
+                    continue
+                what = f"worker {i} (pid {slot.process.pid}) {_describe(code)}"
+                if slot.ready_at is None:
+                    log.error("%s before it was ready; stopping all workers", what)
+                    failed = True
+                    stop_all()
+                    continue
+                if not policy.restart:
+                    log.error("%s; stopping all workers (restarts are off)", what)
+                    failed = True
+                    stop_all()
+                    continue
+                fast = now - slot.ready_at < policy.min_uptime_s
+                fast_crashes = fast_crashes + 1 if fast else 0
+                if fast_crashes >= policy.max_fast_crashes:
+                    log.error(
+                        "%s; %d workers died within %gs of becoming ready in a row: "
+                        "stopping all workers",
+                        what, fast_crashes, policy.min_uptime_s,
+                    )  # fmt: skip
+                    failed = True
+                    stop_all()
+                    continue
+                delay = 0.0
+                if fast:
+                    delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (fast_crashes - 1))
+                log.error("%s; starting a replacement in %.1fs", what, delay)
+                if stopping.wait(delay):
+                    continue
+                with lock:
+                    slots[i] = spawn(slot.generation + 1)
+                log.info("worker %d replaced (pid %s)", i, slots[i].process.pid)
+            if stopping.is_set() and all(s.reaped for s in slots):
+                break
+            time.sleep(policy.poll_s)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if not stopping.is_set():  # an exception in the loop: leave no orphans
+            stop_all()
+        for slot in slots:
+            slot.process.join(timeout=60)
+    return 1 if failed else 0

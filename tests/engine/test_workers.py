@@ -1,0 +1,157 @@
+"""``conveyor serve --workers N``: the parent replaces workers that die while serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import worker_targets
+from models import VERSION_IO, Version, write_model
+from test_server import _request
+
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.workers import WorkerPolicy, run_workers
+
+FAST = dict(backoff_s=0.05, poll_s=0.05)
+
+
+def _pids(folder: Path) -> set[int]:
+    return {int(p.name) for p in folder.iterdir()}
+
+
+def _wait(predicate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _in_thread(fn) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+            os.kill(os.getpid(), signal.SIGTERM)  # unblock run_workers
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_a_worker_killed_while_serving_is_replaced(tmp_path: Path) -> None:
+    exited: list[int] = []
+
+    def chaos() -> None:
+        _wait(lambda: len(_pids(tmp_path)) == 2)
+        victim = min(_pids(tmp_path))
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: len(_pids(tmp_path)) == 3)  # the replacement announced itself
+        os.kill(os.getpid(), signal.SIGTERM)  # now stop the whole group gracefully
+
+    thread = _in_thread(chaos)
+    code = run_workers(
+        worker_targets.serve_until_term, (str(tmp_path),), 2, WorkerPolicy(**FAST), exited.append
+    )
+    thread.join(5)
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert code == 0  # the survivors and the replacement all stopped gracefully
+    assert sorted(exited) == sorted(_pids(tmp_path))  # every process seen to its end
+
+
+def test_a_worker_failing_before_ready_stops_everything(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    code = run_workers(worker_targets.fail_before_ready, (str(tmp_path),), 2, WorkerPolicy(**FAST))
+    assert code == 1
+    assert time.monotonic() - t0 < 30  # no restarts of a configuration error
+
+
+def test_a_crash_loop_gives_up(tmp_path: Path) -> None:
+    policy = WorkerPolicy(max_fast_crashes=3, **FAST)
+    code = run_workers(worker_targets.crash_after_ready, (str(tmp_path),), 1, policy)
+    assert code == 1
+    assert len(_pids(tmp_path)) == 3  # the first worker and two replacements
+
+
+def test_without_restarts_a_death_stops_everything(tmp_path: Path) -> None:
+    def chaos() -> None:
+        _wait(lambda: len(_pids(tmp_path)) == 2)
+        os.kill(min(_pids(tmp_path)), signal.SIGKILL)
+
+    thread = _in_thread(chaos)
+    code = run_workers(
+        worker_targets.serve_until_term,
+        (str(tmp_path),),
+        2,
+        WorkerPolicy(restart=False, **FAST),
+    )
+    thread.join(5)
+    assert code == 1
+    assert len(_pids(tmp_path)) == 2  # nobody replaced
+
+
+def _workers_of(pid: int) -> set[int]:
+    """Worker processes of a ``conveyor serve`` parent (not multiprocessing's resource
+    tracker, the parent's other child)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    found = set()
+    for child in path.read_text().split() if path.exists() else ():
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+        except OSError:  # exited meanwhile
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_cli_replaces_a_killed_worker_and_keeps_serving(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "m", 1, Version(1), VERSION_IO)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--port", str(port), "--workers", "2", "--log-level", "info", "--metrics-port", "-1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+
+            def ready() -> bool:
+                try:
+                    return stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
+                except grpc.RpcError:
+                    return False
+
+            _wait(lambda: ready() and len(_workers_of(proc.pid)) == 2, 90)
+            victim = max(_workers_of(proc.pid))
+            os.kill(victim, signal.SIGKILL)
+            _wait(lambda: len(_workers_of(proc.pid) - {victim}) == 2, 90)
+            _wait(ready, 90)
+            for _ in range(20):  # either worker may take the connection: all succeed
+                assert stub.ModelInfer(_request(1.0), timeout=10)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "killed by SIGKILL; starting a replacement" in err
+    assert "replaced" in err
