@@ -345,7 +345,7 @@ class Trainer:
         st.history.append(rec)
         st.epoch += 1
         st.micro = 0
-        self.train_sums.sums.zero_()
+        self.train_sums.reset()
         if cfg.patience and st.bad_epochs >= cfg.patience:
             st.done = st.stopped_early = True
         if st.epoch >= cfg.epochs:
