@@ -120,6 +120,27 @@ class _Window:
     bad: list[np.ndarray] = field(default_factory=list)
     quarantine: list[tuple[pa.Table, np.ndarray]] = field(default_factory=list)
     imputed: dict[str, np.ndarray] = field(default_factory=dict)
+    # Prefix counts that :meth:`count_prefixes` fills on the producer side, so that the consumer
+    # counts a batch's quarantined rows, unsplittable lines and imputed values with a few
+    # subtractions: ``rule_upto[i]`` rows before slot ``i`` broke a rule (None: none did),
+    # ``line_slots`` the sorted slots of unsplittable lines, ``imputed_upto[rule][i]`` values
+    # imputed before slot ``i``.
+    rule_upto: np.ndarray | None = None
+    line_slots: np.ndarray | None = None
+    imputed_upto: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def count_prefixes(self) -> _Window:
+        """Fill the prefix counts (after the window's last change, its shuffle)."""
+        broken = self.rule >= 0
+        if broken.any():
+            self.rule_upto = np.concatenate(([0], np.cumsum(broken)))
+        if self.bad:
+            self.line_slots = np.sort(np.concatenate(self.bad))
+        self.imputed_upto = {
+            rule: np.concatenate(([0], np.cumsum(per_row, dtype=np.int64)))
+            for rule, per_row in self.imputed.items()
+        }
+        return self
 
 
 @dataclass
@@ -371,24 +392,32 @@ class StreamLoader:
         self.epoch, self._next_batch = self.epoch + 1, 0
 
     def _take(self, win: _Window | None, a: int, b: int, writer: QuarantineWriter | None) -> Batch:
-        """Batch of window slots ``[a, b)``; counts (and writes) its quarantined rows."""
+        """Batch of window slots ``[a, b)``; counts (and writes) its quarantined rows. Runs once
+        per step on the consumer's thread, so a batch without a broken row costs a few
+        subtractions on the window's prefix counts (see :meth:`_Window.count_prefixes`)."""
         if win is None:
             return self._empty()
         acc = self._accounting
-        rule = win.rule[a:b]
-        bad_rows = np.flatnonzero(rule >= 0)
-        n_bad_lines = sum(int(((s >= a) & (s < b)).sum()) for s in win.bad)
+        n_bad = 0 if win.rule_upto is None else int(win.rule_upto[b] - win.rule_upto[a])
+        n_bad_lines = 0
+        if win.line_slots is not None:
+            n_bad_lines = int(
+                np.searchsorted(win.line_slots, b) - np.searchsorted(win.line_slots, a)
+            )
         acc.rows_in += (b - a) + n_bad_lines
-        acc.rows_out += (b - a) - len(bad_rows)
-        acc.rows_quarantined += len(bad_rows) + n_bad_lines
-        if len(bad_rows):
-            codes = np.bincount(rule[bad_rows], minlength=len(RULES))
+        acc.rows_out += (b - a) - n_bad
+        acc.rows_quarantined += n_bad + n_bad_lines
+        sel: slice | np.ndarray = slice(a, b)
+        if n_bad:
+            rule = win.rule[a:b]
+            codes = np.bincount(rule[rule >= 0], minlength=len(RULES))
             for code in np.flatnonzero(codes):
                 acc.quarantined_by_rule[RULES[code]] += int(codes[code])
+            sel = np.flatnonzero(rule < 0) + a
         if n_bad_lines:
             acc.quarantined_by_rule["parse"] += n_bad_lines
-        for rule_name, per_row in win.imputed.items():
-            n = int(per_row[a:b].sum())
+        for rule_name, upto in win.imputed_upto.items():
+            n = int(upto[b] - upto[a])
             if n:
                 acc.imputed_by_rule[rule_name] += n
         if writer is not None:
@@ -396,9 +425,6 @@ class StreamLoader:
                 mine = (slots >= a) & (slots < b)
                 if mine.any():
                     writer.write_table(table.filter(pa.array(mine)))
-        sel: slice | np.ndarray = slice(a, b)
-        if len(bad_rows):
-            sel = np.flatnonzero(rule < 0) + a
 
         def t(arr: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(arr[sel])
@@ -436,7 +462,7 @@ class StreamLoader:
                         n, seed=c.seed, epoch=self.epoch, rank=c.rank, window=w
                     )
                     win = _permute(win, perm)
-                yield win
+                yield win.count_prefixes()
         finally:
             slices.close()
 
