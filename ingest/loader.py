@@ -8,11 +8,15 @@ window's preallocated float32 ``[K, F]`` / int64 ``[K, C]`` arrays, categoricals
 with ``index_in``, and batches are ``torch.from_numpy`` views of those arrays (zero-copy unless
 a row of the batch was quarantined). No Python runs per row.
 
-Validation: a chunk that :meth:`~conveyor.ingest.validate.Validator.fast_clean` passes and whose
-converted values are all finite with known categories and classes (one ``np.isfinite`` pass over
-the window's rows) is clean; any other chunk goes through
-:meth:`~conveyor.ingest.validate.Validator.check`, which imputes, raises on ``reject`` and marks
-quarantined rows. A quarantined row is left out of its batch but never silently: it is counted
+Validation: a chunk's rows are converted straight away, and those that
+:meth:`~conveyor.ingest.validate.Validator.suspect_rows` flags (a null, a value out of bounds) or
+whose converted values are not finite or not in the vocabulary or classes (one ``np.isfinite``
+pass and one null count per column; per-row masks only for a column that fails it) go through
+:meth:`~conveyor.ingest.validate.Validator.check`, alone, which imputes, raises on ``reject`` and
+marks quarantined rows; the chunk's other rows break no rule. A chunk with unsplittable lines,
+parse errors, a missing column to impute or the duplicate-key rule is checked whole.
+
+A quarantined row is left out of its batch but never silently: it is counted
 in :attr:`StreamLoader.accounting` (per epoch, for this rank) and, when
 :attr:`LoaderConfig.quarantine` names a directory, written unchanged with its reason to
 ``DIR/epoch{E}-rank{R}-from{K}.parquet`` (``K``: the batch the iteration started from, so a
@@ -427,7 +431,7 @@ class StreamLoader:
                     writer.write_table(table.filter(pa.array(mine)))
 
         def t(arr: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(arr[sel])
+            return torch.from_numpy(arr[sel] if isinstance(sel, slice) else _rows(arr, sel))
 
         return Batch(
             features=t(win.features),
@@ -505,9 +509,9 @@ class StreamLoader:
                     "loader was made: it changed during the epoch",
                 )
 
-    def _window(self, index: int, n: int, stream: _SliceStream) -> _Window:
+    def _new_window(self, index: int, n: int) -> _Window:
         spec = self.spec
-        win = _Window(
+        return _Window(
             index=index,
             features=np.empty((n, len(spec.numeric)), dtype=np.float32),
             categorical=np.empty((n, len(spec.categorical)), dtype=np.int64),
@@ -515,6 +519,9 @@ class StreamLoader:
             weight=np.empty(n, dtype=np.float32) if spec.weight is not None else None,
             rule=np.full(n, -1, dtype=np.int8),
         )
+
+    def _window(self, index: int, n: int, stream: _SliceStream) -> _Window:
+        win = self._new_window(index, n)
         off = 0
         while True:
             item = stream.next(n - off)
@@ -526,8 +533,15 @@ class StreamLoader:
                 anchor = off - 1 if item.trailing else off
                 self._check(chunk, win, max(anchor, 0))
                 continue
-            if not (self.validator.fast_clean(chunk) and self._fill(chunk.batch, win, off)):
+            suspect = self.validator.suspect_rows(chunk)
+            if suspect is None:
                 self._check(chunk, win, off)
+            else:
+                unconverted = self._fill(chunk.batch, win, off)
+                if unconverted is not None:
+                    suspect |= unconverted
+                if suspect.any():
+                    self._check_rows(chunk, np.flatnonzero(suspect), win, off)
             off += m
         if off != n:
             raise RuntimeError(f"window {index}: read {off} rows, planned {n}")
@@ -548,34 +562,69 @@ class StreamLoader:
             per_row = win.imputed.setdefault(rule, np.zeros(len(win.rule), dtype=np.int32))
             per_row[off : off + m] += mask
 
-    def _fill(self, data: pa.RecordBatch | pa.Table, win: _Window, off: int) -> bool:
-        """Write ``data``'s spec columns into window rows ``[off, off + len)``. True when every
-        value is finite and every category and class is known: with
-        :meth:`Validator.fast_clean`, that the rows break no rule."""
+    def _check_rows(self, chunk: Chunk, rows: np.ndarray, win: _Window, off: int) -> None:
+        """The slow path for rows ``rows`` (positions in ``chunk``, which is written at window
+        row ``off`` and passed :meth:`Validator.suspect_rows`): they are validated alone and
+        written over their slots; the chunk's other rows break no rule and stay as written."""
+        checked = self.validator.check(_take_rows(chunk, rows))
+        slots = rows + off
+        part = self._new_window(win.index, len(rows))
+        self._fill(checked.table, part, 0)
+        win.features[slots] = part.features
+        win.categorical[slots] = part.categorical
+        win.label[slots] = part.label
+        if win.weight is not None:
+            win.weight[slots] = part.weight
+        win.rule[slots] = checked.rule
+        for table, idx in checked.quarantined:
+            win.quarantine.append((table, slots[idx]))
+        for rule, mask in checked.imputed:
+            per_row = win.imputed.setdefault(rule, np.zeros(len(win.rule), dtype=np.int32))
+            per_row[slots] += mask
+
+    def _fill(self, data: pa.RecordBatch | pa.Table, win: _Window, off: int) -> np.ndarray | None:
+        """Write ``data``'s spec columns into window rows ``[off, off + len)``. Returns None when
+        every value is finite and every category and class is known, else a boolean mask of
+        the rows where one is not. With :meth:`Validator.suspect_rows`, the rows in neither
+        mask break no rule. Per-row masks are made only for a column that fails its one
+        vectorised check (a NaN, an unknown category)."""
         spec, m = self.spec, data.num_rows
         rows = slice(off, off + m)
+        failed: list[np.ndarray] = []
+
+        def finite(values: np.ndarray) -> None:
+            if not np.isfinite(values).all():  # one pass; per-row only when it fails
+                bad = ~np.isfinite(values)
+                failed.append(bad.any(axis=1) if bad.ndim == 2 else bad)
+
+        def known(ids: pa.Array | pa.ChunkedArray) -> None:
+            if ids.null_count:
+                failed.append(_null_mask(ids))
+
         feats = win.features[rows]
         for j, name in enumerate(spec.numeric_names):
             _write(feats[:, j], data.column(name))
-        ok = bool(np.isfinite(feats).all())  # one pass over [m, F]
+        finite(feats)
         for j, name in enumerate(spec.categorical_names):
             ids = pc.index_in(data.column(name), value_set=self._vocab[name])
-            ok = ok and ids.null_count == 0
+            known(ids)
             dst = win.categorical[rows, j]
             _write(dst, pc.fill_null(ids, OOV_ID - 1))
             dst += 1  # vocab[i] -> i + 1; unseen (and null) -> OOV_ID
         label = data.column(spec.label.name)
         if self._regression:
             _write(win.label[rows], label)
-            ok = ok and bool(np.isfinite(win.label[rows]).all())
+            finite(win.label[rows])
         else:
             ids = pc.index_in(label, value_set=self._classes)
-            ok = ok and ids.null_count == 0
+            known(ids)
             _write(win.label[rows], pc.fill_null(ids, 0))
         if win.weight is not None:
             _write(win.weight[rows], data.column(spec.weight))
-            ok = ok and bool(np.isfinite(win.weight[rows]).all())
-        return ok
+            finite(win.weight[rows])
+        if not failed:
+            return None
+        return np.logical_or.reduce(failed) if len(failed) > 1 else failed[0]
 
 
 class _SliceStream:
@@ -623,21 +672,44 @@ def _write(dst: np.ndarray, col: pa.Array | pa.ChunkedArray) -> None:
         off += n
 
 
+def _null_mask(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Boolean mask of the null values of ``col``."""
+    return np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _take_rows(chunk: Chunk, rows: np.ndarray) -> Chunk:
+    """Rows ``rows`` of a chunk without unsplittable lines or parse errors."""
+    take = pa.array(rows)
+    return replace(
+        chunk,
+        batch=chunk.batch.take(take),
+        rows=chunk.rows[rows],
+        raw=chunk.raw.take(take) if chunk.raw is not None else None,
+    )
+
+
 def _permute(win: _Window, perm: np.ndarray) -> _Window:
     """The window in emission order ``perm`` (slot ``i`` holds row ``perm[i]``)."""
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(len(perm))
     return _Window(
         index=win.index,
-        features=win.features[perm],
-        categorical=win.categorical[perm],
-        label=win.label[perm],
-        weight=win.weight[perm] if win.weight is not None else None,
-        rule=win.rule[perm],
+        features=_rows(win.features, perm),
+        categorical=_rows(win.categorical, perm),
+        label=_rows(win.label, perm),
+        weight=_rows(win.weight, perm) if win.weight is not None else None,
+        rule=_rows(win.rule, perm),
         bad=[inverse[s] for s in win.bad],
         quarantine=[(t, inverse[s]) for t, s in win.quarantine],
-        imputed={r: v[perm] for r, v in win.imputed.items()},
+        imputed={r: _rows(v, perm) for r, v in win.imputed.items()},
     )
+
+
+def _rows(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``arr[index]`` along the first axis; ``np.take`` gathers the rows of a 2-D array several
+    times faster than fancy indexing (numpy 2.4, one thread: 0.4 against 3.2 ms for the four
+    arrays of a 65,536-row window)."""
+    return np.take(arr, index, axis=0)
 
 
 def _slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conveyor.ingest.errors import SourceError, ValidationError
 from conveyor.ingest.loader import StreamLoader
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
-from conveyor.ingest.validate import Accounting
+from conveyor.ingest.validate import Accounting, Validator
 from tests.ingest.conftest import EXT, sample_table, write
 
 SPEC = FeatureSpec(
@@ -353,3 +353,42 @@ def test_accounting_balances_per_epoch_and_rank_across_resume(
         assert b.epoch_accounting[1].to_dict() == whole.epoch_accounting[1].to_dict()
         assert b.total_accounting.to_dict() == total.to_dict()
     assert quarantined == {0: len(bad), 1: len(bad)}
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [{}, {"null": "impute", "nan": "impute", "range": "impute"}],
+    ids=["quarantine", "impute"],
+)
+def test_rows_checked_alone_equal_whole_chunks_checked(data, tmp_path, monkeypatch, policies):
+    """The loader validates only a chunk's suspect rows; checking every chunk whole (the
+    reference) yields the same batches, accounting and quarantine files."""
+    spec = FeatureSpec(
+        label=SPEC.label,
+        numeric=[
+            NumericFeature("id", impute=0.0),
+            NumericFeature("x", min=-10.0, max=10.0, impute=0.5),
+        ],
+        categorical=SPEC.categorical,
+        policies=policies,
+    )
+
+    def run(name: str) -> tuple[list, dict, list]:
+        loader = StreamLoader(
+            str(data), spec, batch_size=8, shuffle=True, shuffle_buffer=48,
+            quarantine=str(tmp_path / name), prefetch=0,
+        )  # fmt: skip
+        batches = [(b.features, b.categorical, b.label) for b in loader]
+        (qfile,) = (tmp_path / name).glob("*.parquet")
+        rows = [repr(r) for r in pq.read_table(qfile).to_pylist()]  # repr: NaN equals NaN
+        return batches, loader.epoch_accounting[0].to_dict(), rows
+
+    checked_alone = run("alone")
+    monkeypatch.setattr(Validator, "suspect_rows", lambda self, chunk: None)
+    whole = run("whole")
+    assert checked_alone[1] == whole[1] and checked_alone[2] == whole[2]
+    assert checked_alone[1]["rows_quarantined"] > 0
+    assert len(checked_alone[0]) == len(whole[0])
+    for a, b in zip(checked_alone[0], whole[0], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
