@@ -8,11 +8,15 @@ window's preallocated float32 ``[K, F]`` / int64 ``[K, C]`` arrays, categoricals
 with ``index_in``, and batches are ``torch.from_numpy`` views of those arrays (zero-copy unless
 a row of the batch was quarantined). No Python runs per row.
 
-Validation: a chunk that :meth:`~conveyor.ingest.validate.Validator.fast_clean` passes and whose
-converted values are all finite with known categories and classes (one ``np.isfinite`` pass over
-the window's rows) is clean; any other chunk goes through
-:meth:`~conveyor.ingest.validate.Validator.check`, which imputes, raises on ``reject`` and marks
-quarantined rows. A quarantined row is left out of its batch but never silently: it is counted
+Validation: a chunk's rows are converted straight away, and those that
+:meth:`~conveyor.ingest.validate.Validator.suspect_rows` flags (a null, a value out of bounds) or
+whose converted values are not finite or not in the vocabulary or classes (one ``np.isfinite``
+pass and one null count per column; per-row masks only for a column that fails it) go through
+:meth:`~conveyor.ingest.validate.Validator.check`, alone, which imputes, raises on ``reject`` and
+marks quarantined rows; the chunk's other rows break no rule. A chunk with unsplittable lines,
+parse errors, a missing column to impute or the duplicate-key rule is checked whole.
+
+A quarantined row is left out of its batch but never silently: it is counted
 in :attr:`StreamLoader.accounting` (per epoch, for this rank) and, when
 :attr:`LoaderConfig.quarantine` names a directory, written unchanged with its reason to
 ``DIR/epoch{E}-rank{R}-from{K}.parquet`` (``K``: the batch the iteration started from, so a
@@ -32,6 +36,13 @@ chunks (pyarrow decodes a Parquet row group's columns in parallel, without the G
 validates and converts windows ahead of the consumer. :meth:`StreamLoader.state_dict` records
 the batches the *consumer* has taken (not what the threads have prepared), with this epoch's
 accounting, so :meth:`StreamLoader.load_state_dict` resumes with no row repeated or skipped.
+
+Across epochs: the first batch of an epoch waits for its whole first window to be read,
+converted and shuffled (about 40 ms for 65,536 rows of the demo data), with the threads idle
+since the previous epoch's last window. :meth:`StreamLoader.read_ahead` names the epoch the next
+iteration will run; the threads then start on its first windows as soon as the current epoch's
+last window is handed over, while the consumer still works through that window, and the next
+iteration takes them (any other next iteration drops them).
 """
 
 from __future__ import annotations
@@ -120,6 +131,27 @@ class _Window:
     bad: list[np.ndarray] = field(default_factory=list)
     quarantine: list[tuple[pa.Table, np.ndarray]] = field(default_factory=list)
     imputed: dict[str, np.ndarray] = field(default_factory=dict)
+    # Prefix counts that :meth:`count_prefixes` fills on the producer side, so that the consumer
+    # counts a batch's quarantined rows, unsplittable lines and imputed values with a few
+    # subtractions: ``rule_upto[i]`` rows before slot ``i`` broke a rule (None: none did),
+    # ``line_slots`` the sorted slots of unsplittable lines, ``imputed_upto[rule][i]`` values
+    # imputed before slot ``i``.
+    rule_upto: np.ndarray | None = None
+    line_slots: np.ndarray | None = None
+    imputed_upto: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def count_prefixes(self) -> _Window:
+        """Fill the prefix counts (after the window's last change, its shuffle)."""
+        broken = self.rule >= 0
+        if broken.any():
+            self.rule_upto = np.concatenate(([0], np.cumsum(broken)))
+        if self.bad:
+            self.line_slots = np.sort(np.concatenate(self.bad))
+        self.imputed_upto = {
+            rule: np.concatenate(([0], np.cumsum(per_row, dtype=np.int64)))
+            for rule, per_row in self.imputed.items()
+        }
+        return self
 
 
 @dataclass
@@ -193,6 +225,8 @@ class StreamLoader:
         self._total = Accounting()  # every batch taken, all epochs (see total_accounting)
         self._reported: dict[str, Any] | None = None  # the last quarantine warning's counts
         self._iteration: object | None = None
+        self._announced: int | None = None  # see read_ahead
+        self._ahead: tuple[int, _Prefetch] | None = None  # (epoch, its windows from the first)
         types = self.validator.types
         self._vocab = {f.name: pa.array(f.vocab, type=types[f.name]) for f in spec.categorical}
         self._regression = spec.label.task == "regression"
@@ -254,6 +288,39 @@ class StreamLoader:
         self._new_epoch()
         self.epoch, self._next_batch = epoch, 0
 
+    def read_ahead(self, epoch: int) -> None:
+        """Say that the iteration after this epoch's (the one running, or the next to start)
+        runs ``epoch`` from its first batch: after this epoch ends by itself (``self.epoch +
+        1``) or after ``set_epoch(epoch)``. The background threads start on its first windows
+        once this epoch's last window has been handed over, while the consumer still works
+        through it, so that epoch's first batch does not wait for a window to be read. A next
+        iteration of another epoch or position drops what was read ahead: a wrong guess costs
+        reading up to ``prefetch`` batches' windows, never correctness. Rows read ahead are
+        counted in the validator's producer-side accounting of the epoch running at the time.
+        No effect with ``prefetch=0``."""
+        if self.config.prefetch > 0:
+            self._announced = epoch
+
+    def close(self) -> None:
+        """Stop reading ahead (the threads of a finished iteration end by themselves)."""
+        self._announced = None
+        self._drop_ahead()
+
+    def _start_ahead(self) -> None:
+        """Start reading the announced epoch, if any (see :meth:`read_ahead`)."""
+        epoch, self._announced = self._announced, None
+        if epoch is None or (self._ahead is not None and self._ahead[0] == epoch):
+            return
+        self._drop_ahead()
+        plan = self.plan(epoch)
+        if plan.rows:
+            self._ahead = (epoch, self._open_windows(plan, 0, epoch))
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].close()
+            self._ahead = None
+
     def _new_epoch(self) -> None:
         """Fold the current epoch's counts into the total and start from zero."""
         self._total.merge(self._accounting)
@@ -306,6 +373,7 @@ class StreamLoader:
         if state["shuffle"] and state["shuffle_buffer"] != mine["shuffle_buffer"]:
             raise LoaderStateError("state_dict does not match this loader: shuffle_buffer")
         self.epoch, self._next_batch = int(state["epoch"]), int(state["batches_done"])
+        self._drop_ahead()
         self._accounting = Accounting.from_dict(state["accounting"])
         self._total = Accounting.from_dict(state.get("total_accounting", Accounting().to_dict()))
 
@@ -323,18 +391,24 @@ class StreamLoader:
         if c.quarantine is not None:
             name = f"epoch{self.epoch:04d}-rank{c.rank:05d}-from{first:08d}.parquet"
             writer = QuarantineWriter(Path(c.quarantine) / name)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead[0] != self.epoch or first != 0):
+            ahead[1].close()
+            ahead = None
+        last_window = -(-plan.rows // K) - 1
         try:
-            if first < plan.steps and bounds[first] < plan.rows:
-                windows = self._windows(plan, int(bounds[first]) // K)
-                if c.prefetch > 0:
-                    depth = max(1, -(-c.prefetch * c.batch_size // K))
-                    windows = _prefetch(windows, depth, "conveyor-ingest-convert")
+            if ahead is not None:
+                windows = ahead[1]
+            elif first < plan.steps and bounds[first] < plan.rows:
+                windows = self._open_windows(plan, int(bounds[first]) // K, self.epoch)
             win: _Window | None = None
             for k in range(first, plan.steps):
                 lo, hi = int(bounds[k]), int(bounds[k + 1])
                 if hi > lo:
                     while win is None or win.index < lo // K:
                         win = next(windows)
+                        if win.index == last_window and self._iteration is token:
+                            self._start_ahead()  # this epoch's threads are done
                     base = win.index * K
                     batch = self._take(win, lo - base, hi - base, writer)
                 else:  # only where the rank has fewer rows than steps (see shard)
@@ -347,6 +421,8 @@ class StreamLoader:
                 windows.close()
             if writer is not None:
                 writer.close()
+        if self._iteration is token:
+            self._start_ahead()  # when not started above (no window was handed over)
         if self._iteration is token and self._next_batch >= plan.steps:
             self._finish_epoch()
 
@@ -371,24 +447,32 @@ class StreamLoader:
         self.epoch, self._next_batch = self.epoch + 1, 0
 
     def _take(self, win: _Window | None, a: int, b: int, writer: QuarantineWriter | None) -> Batch:
-        """Batch of window slots ``[a, b)``; counts (and writes) its quarantined rows."""
+        """Batch of window slots ``[a, b)``; counts (and writes) its quarantined rows. Runs once
+        per step on the consumer's thread, so a batch without a broken row costs a few
+        subtractions on the window's prefix counts (see :meth:`_Window.count_prefixes`)."""
         if win is None:
             return self._empty()
         acc = self._accounting
-        rule = win.rule[a:b]
-        bad_rows = np.flatnonzero(rule >= 0)
-        n_bad_lines = sum(int(((s >= a) & (s < b)).sum()) for s in win.bad)
+        n_bad = 0 if win.rule_upto is None else int(win.rule_upto[b] - win.rule_upto[a])
+        n_bad_lines = 0
+        if win.line_slots is not None:
+            n_bad_lines = int(
+                np.searchsorted(win.line_slots, b) - np.searchsorted(win.line_slots, a)
+            )
         acc.rows_in += (b - a) + n_bad_lines
-        acc.rows_out += (b - a) - len(bad_rows)
-        acc.rows_quarantined += len(bad_rows) + n_bad_lines
-        if len(bad_rows):
-            codes = np.bincount(rule[bad_rows], minlength=len(RULES))
+        acc.rows_out += (b - a) - n_bad
+        acc.rows_quarantined += n_bad + n_bad_lines
+        sel: slice | np.ndarray = slice(a, b)
+        if n_bad:
+            rule = win.rule[a:b]
+            codes = np.bincount(rule[rule >= 0], minlength=len(RULES))
             for code in np.flatnonzero(codes):
                 acc.quarantined_by_rule[RULES[code]] += int(codes[code])
+            sel = np.flatnonzero(rule < 0) + a
         if n_bad_lines:
             acc.quarantined_by_rule["parse"] += n_bad_lines
-        for rule_name, per_row in win.imputed.items():
-            n = int(per_row[a:b].sum())
+        for rule_name, upto in win.imputed_upto.items():
+            n = int(upto[b] - upto[a])
             if n:
                 acc.imputed_by_rule[rule_name] += n
         if writer is not None:
@@ -396,12 +480,9 @@ class StreamLoader:
                 mine = (slots >= a) & (slots < b)
                 if mine.any():
                     writer.write_table(table.filter(pa.array(mine)))
-        sel: slice | np.ndarray = slice(a, b)
-        if len(bad_rows):
-            sel = np.flatnonzero(rule < 0) + a
 
         def t(arr: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(arr[sel])
+            return torch.from_numpy(arr[sel] if isinstance(sel, slice) else _rows(arr, sel))
 
         return Batch(
             features=t(win.features),
@@ -420,23 +501,31 @@ class StreamLoader:
         )
 
     # -- reading and conversion (producer side) ----------------------------------------------
-    def _windows(self, plan: RankPlan, first_window: int) -> Iterator[_Window]:
-        """Converted windows from ``first_window`` to the end of the rank's share."""
+    def _open_windows(self, plan: RankPlan, first_window: int, epoch: int) -> Iterator[_Window]:
+        """:meth:`_windows`, prepared by the background threads when ``prefetch > 0``."""
+        c = self.config
+        windows = self._windows(plan, first_window, epoch)
+        if c.prefetch <= 0:
+            return windows
+        depth = max(1, -(-c.prefetch * c.batch_size // self.window))
+        return _Prefetch(windows, depth, "conveyor-ingest-convert")
+
+    def _windows(self, plan: RankPlan, first_window: int, epoch: int) -> Iterator[_Window]:
+        """Converted windows of ``epoch`` (whose plan is ``plan``) from ``first_window`` to the
+        end of the rank's share."""
         c, K = self.config, self.window
-        slices = self._slices(plan, first_window * K)
+        slices: Iterator[_Slice] = self._slices(plan, first_window * K)
         if c.prefetch > 0:
-            slices = _prefetch(slices, _CHUNK_READAHEAD, "conveyor-ingest-read")
+            slices = _Prefetch(slices, _CHUNK_READAHEAD, "conveyor-ingest-read")
         stream = _SliceStream(slices)
         try:
             for w in range(first_window, -(-plan.rows // K)):
                 n = min(K, plan.rows - w * K)
                 win = self._window(w, n, stream)
                 if c.shuffle and n > 1:
-                    perm = window_permutation(
-                        n, seed=c.seed, epoch=self.epoch, rank=c.rank, window=w
-                    )
+                    perm = window_permutation(n, seed=c.seed, epoch=epoch, rank=c.rank, window=w)
                     win = _permute(win, perm)
-                yield win
+                yield win.count_prefixes()
         finally:
             slices.close()
 
@@ -479,9 +568,9 @@ class StreamLoader:
                     "loader was made: it changed during the epoch",
                 )
 
-    def _window(self, index: int, n: int, stream: _SliceStream) -> _Window:
+    def _new_window(self, index: int, n: int) -> _Window:
         spec = self.spec
-        win = _Window(
+        return _Window(
             index=index,
             features=np.empty((n, len(spec.numeric)), dtype=np.float32),
             categorical=np.empty((n, len(spec.categorical)), dtype=np.int64),
@@ -489,6 +578,9 @@ class StreamLoader:
             weight=np.empty(n, dtype=np.float32) if spec.weight is not None else None,
             rule=np.full(n, -1, dtype=np.int8),
         )
+
+    def _window(self, index: int, n: int, stream: _SliceStream) -> _Window:
+        win = self._new_window(index, n)
         off = 0
         while True:
             item = stream.next(n - off)
@@ -500,8 +592,15 @@ class StreamLoader:
                 anchor = off - 1 if item.trailing else off
                 self._check(chunk, win, max(anchor, 0))
                 continue
-            if not (self.validator.fast_clean(chunk) and self._fill(chunk.batch, win, off)):
+            suspect = self.validator.suspect_rows(chunk)
+            if suspect is None:
                 self._check(chunk, win, off)
+            else:
+                unconverted = self._fill(chunk.batch, win, off)
+                if unconverted is not None:
+                    suspect |= unconverted
+                if suspect.any():
+                    self._check_rows(chunk, np.flatnonzero(suspect), win, off)
             off += m
         if off != n:
             raise RuntimeError(f"window {index}: read {off} rows, planned {n}")
@@ -522,34 +621,69 @@ class StreamLoader:
             per_row = win.imputed.setdefault(rule, np.zeros(len(win.rule), dtype=np.int32))
             per_row[off : off + m] += mask
 
-    def _fill(self, data: pa.RecordBatch | pa.Table, win: _Window, off: int) -> bool:
-        """Write ``data``'s spec columns into window rows ``[off, off + len)``. True when every
-        value is finite and every category and class is known: with
-        :meth:`Validator.fast_clean`, that the rows break no rule."""
+    def _check_rows(self, chunk: Chunk, rows: np.ndarray, win: _Window, off: int) -> None:
+        """The slow path for rows ``rows`` (positions in ``chunk``, which is written at window
+        row ``off`` and passed :meth:`Validator.suspect_rows`): they are validated alone and
+        written over their slots; the chunk's other rows break no rule and stay as written."""
+        checked = self.validator.check(_take_rows(chunk, rows))
+        slots = rows + off
+        part = self._new_window(win.index, len(rows))
+        self._fill(checked.table, part, 0)
+        win.features[slots] = part.features
+        win.categorical[slots] = part.categorical
+        win.label[slots] = part.label
+        if win.weight is not None:
+            win.weight[slots] = part.weight
+        win.rule[slots] = checked.rule
+        for table, idx in checked.quarantined:
+            win.quarantine.append((table, slots[idx]))
+        for rule, mask in checked.imputed:
+            per_row = win.imputed.setdefault(rule, np.zeros(len(win.rule), dtype=np.int32))
+            per_row[slots] += mask
+
+    def _fill(self, data: pa.RecordBatch | pa.Table, win: _Window, off: int) -> np.ndarray | None:
+        """Write ``data``'s spec columns into window rows ``[off, off + len)``. Returns None when
+        every value is finite and every category and class is known, else a boolean mask of
+        the rows where one is not. With :meth:`Validator.suspect_rows`, the rows in neither
+        mask break no rule. Per-row masks are made only for a column that fails its one
+        vectorised check (a NaN, an unknown category)."""
         spec, m = self.spec, data.num_rows
         rows = slice(off, off + m)
+        failed: list[np.ndarray] = []
+
+        def finite(values: np.ndarray) -> None:
+            if not np.isfinite(values).all():  # one pass; per-row only when it fails
+                bad = ~np.isfinite(values)
+                failed.append(bad.any(axis=1) if bad.ndim == 2 else bad)
+
+        def known(ids: pa.Array | pa.ChunkedArray) -> None:
+            if ids.null_count:
+                failed.append(_null_mask(ids))
+
         feats = win.features[rows]
         for j, name in enumerate(spec.numeric_names):
             _write(feats[:, j], data.column(name))
-        ok = bool(np.isfinite(feats).all())  # one pass over [m, F]
+        finite(feats)
         for j, name in enumerate(spec.categorical_names):
             ids = pc.index_in(data.column(name), value_set=self._vocab[name])
-            ok = ok and ids.null_count == 0
+            known(ids)
             dst = win.categorical[rows, j]
             _write(dst, pc.fill_null(ids, OOV_ID - 1))
             dst += 1  # vocab[i] -> i + 1; unseen (and null) -> OOV_ID
         label = data.column(spec.label.name)
         if self._regression:
             _write(win.label[rows], label)
-            ok = ok and bool(np.isfinite(win.label[rows]).all())
+            finite(win.label[rows])
         else:
             ids = pc.index_in(label, value_set=self._classes)
-            ok = ok and ids.null_count == 0
+            known(ids)
             _write(win.label[rows], pc.fill_null(ids, 0))
         if win.weight is not None:
             _write(win.weight[rows], data.column(spec.weight))
-            ok = ok and bool(np.isfinite(win.weight[rows]).all())
-        return ok
+            finite(win.weight[rows])
+        if not failed:
+            return None
+        return np.logical_or.reduce(failed) if len(failed) > 1 else failed[0]
 
 
 class _SliceStream:
@@ -597,21 +731,44 @@ def _write(dst: np.ndarray, col: pa.Array | pa.ChunkedArray) -> None:
         off += n
 
 
+def _null_mask(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Boolean mask of the null values of ``col``."""
+    return np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _take_rows(chunk: Chunk, rows: np.ndarray) -> Chunk:
+    """Rows ``rows`` of a chunk without unsplittable lines or parse errors."""
+    take = pa.array(rows)
+    return replace(
+        chunk,
+        batch=chunk.batch.take(take),
+        rows=chunk.rows[rows],
+        raw=chunk.raw.take(take) if chunk.raw is not None else None,
+    )
+
+
 def _permute(win: _Window, perm: np.ndarray) -> _Window:
     """The window in emission order ``perm`` (slot ``i`` holds row ``perm[i]``)."""
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(len(perm))
     return _Window(
         index=win.index,
-        features=win.features[perm],
-        categorical=win.categorical[perm],
-        label=win.label[perm],
-        weight=win.weight[perm] if win.weight is not None else None,
-        rule=win.rule[perm],
+        features=_rows(win.features, perm),
+        categorical=_rows(win.categorical, perm),
+        label=_rows(win.label, perm),
+        weight=_rows(win.weight, perm) if win.weight is not None else None,
+        rule=_rows(win.rule, perm),
         bad=[inverse[s] for s in win.bad],
         quarantine=[(t, inverse[s]) for t, s in win.quarantine],
-        imputed={r: v[perm] for r, v in win.imputed.items()},
+        imputed={r: _rows(v, perm) for r, v in win.imputed.items()},
     )
+
+
+def _rows(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``arr[index]`` along the first axis; ``np.take`` gathers the rows of a 2-D array several
+    times faster than fancy indexing (numpy 2.4, one thread: 0.4 against 3.2 ms for the four
+    arrays of a 65,536-row window)."""
+    return np.take(arr, index, axis=0)
 
 
 def _slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
@@ -629,49 +786,62 @@ def _slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
     )
 
 
-def _prefetch(it: Iterator, depth: int, name: str) -> Iterator:
-    """Run ``it`` in a daemon thread, ``depth`` items ahead; errors are re-raised here. Closing
-    the returned generator stops the thread (and closes ``it`` there)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+class _Prefetch:
+    """Iterator over ``it`` run in a daemon thread, started at once, ``depth`` items ahead;
+    errors are re-raised in the consumer. :meth:`close` stops the thread (and closes ``it``
+    there), whether or not anything was taken."""
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    _DONE = object()
+
+    def __init__(self, it: Iterator, depth: int, name: str) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._work, args=(it,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self, it: Iterator) -> None:
         try:
             for item in it:
-                if not put(item):
+                if not self._put(item):
                     return
-            put(done)
+            self._put(self._DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
+            self._put(exc)
         finally:
             close = getattr(it, "close", None)
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
+    def __iter__(self) -> _Prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._DONE:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+        while self._thread.is_alive():
             try:
-                q.get_nowait()
+                self._queue.get_nowait()
             except queue.Empty:
-                thread.join(0.05)
+                self._thread.join(0.05)

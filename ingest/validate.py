@@ -12,10 +12,11 @@ did not parse is reported as ``type`` and not again as ``null``.
 Accounting: ``rows_in = rows_out + rows_quarantined`` (a rejected scan stops with an error),
 counted per rule in :class:`Accounting`.
 
-The streaming loader adds a fast path (:meth:`Validator.fast_clean`): a chunk with no parse
-errors, no nulls in the spec's columns and every bounded column inside its bounds can only break
-the ``nan`` and vocabulary rules, which the loader checks on its converted arrays in one
-vectorised pass; only chunks that fail that are run through :meth:`Validator.check`.
+The streaming loader adds a fast path (:meth:`Validator.fast_clean`, row by row
+:meth:`Validator.suspect_rows`): a row of a chunk with no parse errors, with no null in the
+spec's columns and every bounded column inside its bounds can only break the ``nan`` and
+vocabulary rules, which the loader checks on its converted arrays in one vectorised pass; only
+the rows that fail either are run through :meth:`Validator.check`.
 """
 
 from __future__ import annotations
@@ -318,6 +319,35 @@ class Validator:
             if least is None or (lo is not None and least < lo) or (hi is not None and most > hi):
                 return False
         return True
+
+    def suspect_rows(self, chunk: Chunk) -> np.ndarray | None:
+        """Row by row what :meth:`fast_clean` decides for the chunk: None when the chunk must go
+        through :meth:`check` whole (unsplittable lines, parse errors, an imputed missing
+        column, the key rule), else a boolean mask of the rows with a null in one of the spec's
+        columns or a bounded value out of bounds (as :meth:`check`'s ``range`` rule compares).
+        The other rows can break only the ``nan`` and vocabulary rules. Costs what
+        :meth:`fast_clean` does, plus a per-row mask for each column that has a null or an
+        out-of-bounds value."""
+        if chunk.bad_lines or chunk.parse_errors or self.missing_fill or self.check_duplicates:
+            return None
+        batch = chunk.batch
+        suspect = np.zeros(batch.num_rows, dtype=bool)
+        for c in self.spec.columns():
+            if batch.column(c).null_count:
+                suspect |= _mask(pc.is_null(batch.column(c)))
+        for c, (lo, hi) in self.bounds.items():
+            if (lo is None and hi is None) or batch.num_rows == 0:
+                continue
+            col = batch.column(c)
+            mm = pc.min_max(col)
+            least, most = mm["min"].as_py(), mm["max"].as_py()
+            if least is None:  # every value null: flagged above
+                continue
+            if lo is not None and least < lo:
+                suspect |= _mask(pc.less(col, pa.scalar(lo).cast(col.type, safe=False)))
+            if hi is not None and most > hi:
+                suspect |= _mask(pc.greater(col, pa.scalar(hi).cast(col.type, safe=False)))
+        return suspect
 
     def _impute_scalar(self, col: str) -> pa.Scalar | None:
         value = self._impute_value(col)

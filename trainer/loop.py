@@ -275,6 +275,8 @@ class Trainer:
         st, cfg, steps = self.state, self.cfg, self.steps_per_epoch
         if st.micro == 0:
             self.train_loader.set_epoch(st.epoch)
+        if st.epoch + 1 < cfg.epochs:  # early stopping may waste this read
+            self.train_loader.read_ahead(st.epoch + 1)
         self.net.train()
         self.progress.start(st.epoch, steps, st.micro)
         t0 = time.perf_counter()
@@ -345,7 +347,7 @@ class Trainer:
         st.history.append(rec)
         st.epoch += 1
         st.micro = 0
-        self.train_sums.sums.zero_()
+        self.train_sums.reset()
         if cfg.patience and st.bad_epochs >= cfg.patience:
             st.done = st.stopped_early = True
         if st.epoch >= cfg.epochs:
@@ -361,11 +363,16 @@ class Trainer:
         if self.env.is_main and st.history:
             write_history(self.run_dir / "metrics.jsonl", st.history)
         t0 = time.perf_counter()
-        while not st.done:
-            seconds = self._train_epoch()
-            self._end_epoch(seconds)
-            if st.stopped_early and self.env.is_main:
-                log.info("early stop: no %s improvement for %d epochs", self.metric, st.bad_epochs)
+        try:
+            while not st.done:
+                seconds = self._train_epoch()
+                self._end_epoch(seconds)
+                if st.stopped_early and self.env.is_main:
+                    log.info(
+                        "early stop: no %s improvement for %d epochs", self.metric, st.bad_epochs
+                    )
+        finally:
+            self.train_loader.close()  # an epoch read ahead that will not run
         if not self.env.is_main:
             return None
         return self.summary(time.perf_counter() - t0)

@@ -1,6 +1,7 @@
 """StreamLoader: quarantine and accounting per epoch and rank, resume, conversion details."""
 
 import logging
+import threading
 import warnings
 from collections import Counter
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from conveyor.ingest.errors import SourceError, ValidationError
 from conveyor.ingest.loader import StreamLoader
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
-from conveyor.ingest.validate import Accounting
+from conveyor.ingest.validate import Accounting, Validator
 from tests.ingest.conftest import EXT, sample_table, write
 
 SPEC = FeatureSpec(
@@ -353,3 +354,106 @@ def test_accounting_balances_per_epoch_and_rank_across_resume(
         assert b.epoch_accounting[1].to_dict() == whole.epoch_accounting[1].to_dict()
         assert b.total_accounting.to_dict() == total.to_dict()
     assert quarantined == {0: len(bad), 1: len(bad)}
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [{}, {"null": "impute", "nan": "impute", "range": "impute"}],
+    ids=["quarantine", "impute"],
+)
+def test_rows_checked_alone_equal_whole_chunks_checked(data, tmp_path, monkeypatch, policies):
+    """The loader validates only a chunk's suspect rows; checking every chunk whole (the
+    reference) yields the same batches, accounting and quarantine files."""
+    spec = FeatureSpec(
+        label=SPEC.label,
+        numeric=[
+            NumericFeature("id", impute=0.0),
+            NumericFeature("x", min=-10.0, max=10.0, impute=0.5),
+        ],
+        categorical=SPEC.categorical,
+        policies=policies,
+    )
+
+    def run(name: str) -> tuple[list, dict, list]:
+        loader = StreamLoader(
+            str(data), spec, batch_size=8, shuffle=True, shuffle_buffer=48,
+            quarantine=str(tmp_path / name), prefetch=0,
+        )  # fmt: skip
+        batches = [(b.features, b.categorical, b.label) for b in loader]
+        (qfile,) = (tmp_path / name).glob("*.parquet")
+        rows = [repr(r) for r in pq.read_table(qfile).to_pylist()]  # repr: NaN equals NaN
+        return batches, loader.epoch_accounting[0].to_dict(), rows
+
+    checked_alone = run("alone")
+    monkeypatch.setattr(Validator, "suspect_rows", lambda self, chunk: None)
+    whole = run("whole")
+    assert checked_alone[1] == whole[1] and checked_alone[2] == whole[2]
+    assert checked_alone[1]["rows_quarantined"] > 0
+    assert len(checked_alone[0]) == len(whole[0])
+    for a, b in zip(checked_alone[0], whole[0], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+
+
+def _ingest_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("conveyor-ingest")]
+
+
+def test_read_ahead_starts_the_next_epoch_early_and_changes_no_batch(data, monkeypatch):
+    def loader() -> StreamLoader:
+        return StreamLoader(str(data), SPEC, batch_size=8, shuffle=True, shuffle_buffer=24)
+
+    def epoch_batches(ld: StreamLoader, ahead: int | None) -> list:
+        if ahead is not None:
+            ld.read_ahead(ahead)
+        return [(b.features, b.categorical, b.label) for b in ld]
+
+    plain, early = loader(), loader()
+    opened: list[tuple[int, int]] = []
+    open_windows = StreamLoader._open_windows
+
+    def spy(self, plan, first_window, epoch):
+        opened.append((epoch, first_window))
+        return open_windows(self, plan, first_window, epoch)
+
+    monkeypatch.setattr(StreamLoader, "_open_windows", spy)
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        want = epoch_batches(plain, None)
+        early.set_epoch(epoch)
+        opened.clear()
+        got = epoch_batches(early, epoch + 1 if epoch < 2 else None)
+        # Epoch 0 opens its own windows; every later one was opened during the epoch before.
+        assert opened == ([(0, 0), (1, 0)] if epoch == 0 else [(2, 0)] if epoch == 1 else [])
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert early.accounting.to_dict() == plain.accounting.to_dict()
+    assert early._ahead is None and not _ingest_threads()
+
+
+def test_read_ahead_of_another_epoch_is_dropped(data):
+    ref = StreamLoader(str(data), SPEC, batch_size=8, shuffle=True, shuffle_buffer=24)
+    ref.set_epoch(5)
+    want = [b.features for b in ref]
+    ld = StreamLoader(str(data), SPEC, batch_size=8, shuffle=True, shuffle_buffer=24)
+    ld.read_ahead(1)
+    list(ld)
+    assert ld._ahead is not None and ld._ahead[0] == 1
+    ld.set_epoch(5)  # not the announced epoch: what was read ahead is not used
+    got = [b.features for b in ld]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    state = ld.state_dict()  # epoch 6, batch 0
+    it = iter(ld)
+    next(it)
+    it.close()
+    ld.read_ahead(7)
+    list(ld)  # epoch 6 from its second batch; epoch 7 is read ahead at its last window
+    assert ld._ahead is not None and ld._ahead[0] == 7
+    ld.load_state_dict(state)  # a new position drops it
+    assert ld._ahead is None and not _ingest_threads()
+    ld.read_ahead(8)
+    list(ld)
+    assert ld._ahead is not None
+    ld.close()
+    assert ld._ahead is None and not _ingest_threads()

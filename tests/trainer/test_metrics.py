@@ -91,3 +91,41 @@ def test_no_weight_column_equals_unit_weights() -> None:
     a.update(logits, y, None, losses)
     b.update(logits, y, torch.ones(500), losses)
     assert torch.equal(a.sums, b.sums)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_queued_updates_equal_per_batch_updates(task: str) -> None:
+    """Batches are queued and folded in bulk; every reader of the sums sees them all."""
+    g = torch.Generator().manual_seed(7)
+    out = 3 if task == "multiclass" else 1
+    logits = torch.randn(1000, out, generator=g)
+    y = torch.randint(0, out if task == "multiclass" else 2, (1000,), generator=g)
+    if task == "regression":
+        y = torch.randn(1000, generator=g) * 2 + 10
+    w = torch.rand(1000, generator=g) + 0.5
+    norm = (10.0, 2.0) if task == "regression" else (0.0, 1.0)
+    losses = row_losses(task, logits, y, norm)
+    eager = MetricSums(task, torch.device("cpu"), norm, flush_rows=1)
+    queued = MetricSums(task, torch.device("cpu"), norm, flush_rows=400)
+    for lo in range(0, 1000, 100):
+        sl = slice(lo, lo + 100)
+        for sums in (eager, queued):
+            sums.update(logits[sl], y[sl], w[sl], losses[sl])
+    assert queued.queued_rows == 200  # folded in at 400 and 800 rows; two batches queued
+    state = queued.state_dict()  # folds the queue in
+    assert queued.queued_rows == 0
+    torch.testing.assert_close(state["sums"], eager.sums, rtol=1e-12, atol=1e-9)
+    assert queued.result() == pytest.approx(eager.result(), rel=1e-12)
+    queued.update(logits[:10], y[:10], w[:10], losses[:10])
+    queued.reset()
+    assert queued.result() == {"rows": 0.0} and not queued.sums.any()
+
+
+def test_queue_mixes_unweighted_and_weighted_batches() -> None:
+    logits, y, w = _binary(300, 5)
+    losses = row_losses("binary", logits, y, (0, 1))
+    a, b = MetricSums("binary", torch.device("cpu")), MetricSums("binary", torch.device("cpu"))
+    a.update(logits[:100], y[:100], None, losses[:100])
+    a.update(logits[100:], y[100:], w[100:], losses[100:])
+    b.update(logits, y, torch.cat([torch.ones(100), w[100:]]), losses)
+    torch.testing.assert_close(a.sums, b.sums)
