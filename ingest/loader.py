@@ -47,9 +47,11 @@ iteration takes them (any other next iteration drops them).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -786,6 +788,19 @@ def _slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
     )
 
 
+# Prefetch threads still running at interpreter exit (an iteration abandoned
+# without close(), an epoch read ahead) are stopped and joined first: a daemon
+# thread left inside pyarrow's C++ reader while the interpreter tears down can
+# abort the process ("terminate called without an active exception").
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_prefetches() -> None:
+    for prefetch in list(_LIVE):
+        prefetch.close()
+
+
 class _Prefetch:
     """Iterator over ``it`` run in a daemon thread, started at once, ``depth`` items ahead;
     errors are re-raised in the consumer. :meth:`close` stops the thread (and closes ``it``
@@ -799,6 +814,7 @@ class _Prefetch:
         self._finished = False
         self._thread = threading.Thread(target=self._work, args=(it,), name=name, daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
