@@ -256,6 +256,8 @@ class CpuSampler:
         while True:
             self.samples.append((time.perf_counter(), tree_cpu_seconds(self._pid)))
             if self._stop.wait(self._period):
+                # One more sample after the load ended, so the window's end is covered.
+                self.samples.append((time.perf_counter(), tree_cpu_seconds(self._pid)))
                 return
 
     def stop(self) -> None:
