@@ -20,8 +20,11 @@ one sigmoid output. Usage::
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 5] [--skip-mlserver]
 
-Prints a table (rows/s, requests/s, p50/p90/p99/p99.9 latency, errors) and the
-ratios the targets are stated in; ``--json FILE`` saves the raw numbers.
+Prints a table (rows/s, requests/s, p50/p90/p99/p99.9 latency, errors, and the
+server's CPU time per request over the same window, a steadier figure than
+requests/s on a shared machine) and the ratios the targets are stated in;
+``--json FILE`` saves the raw numbers. ``--points 64x1,8x64`` runs only those
+concurrency x rows points; ``--servers`` picks the servers.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -212,14 +216,82 @@ def mlserver_dir(work: Path, model_path: Path, port: int, parallel_workers: int)
     return d
 
 
+# -- server CPU -----------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc; 0 elsewhere)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+    tree, total, grew = {pid}, 0.0, True
+    while grew:
+        more = {p for p, (ppid, _) in stats.items() if ppid in tree} - tree
+        grew = bool(more)
+        tree |= more
+    for p in tree:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
+class CpuSampler:
+    """Samples a server's CPU seconds every ``period`` s, to read them over a load window."""
+
+    def __init__(self, pid: int, period: float = 0.1) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._pid, self._period = pid, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter(), tree_cpu_seconds(self._pid)))
+            if self._stop.wait(self._period):
+                # One more sample after the load ended, so the window's end is covered.
+                self.samples.append((time.perf_counter(), tree_cpu_seconds(self._pid)))
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, start: float, end: float) -> float | None:
+        """CPU seconds used from ``start`` to ``end`` (perf_counter times), interpolated."""
+
+        def at(t: float) -> float | None:
+            for (t0, c0), (t1, c1) in zip(self.samples, self.samples[1:], strict=False):
+                if t0 <= t <= t1:
+                    return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
+            return None
+
+        a, b = at(start), at(end)
+        return None if a is None or b is None else b - a
+
+
 # -- load ---------------------------------------------------------------------------------------
 
 
 def run_load(
-    port: int, rows: int, concurrency: int, duration: float, warmup: float = 1.0
+    port: int,
+    rows: int,
+    concurrency: int,
+    duration: float,
+    warmup: float = 1.0,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """``concurrency`` requests in flight from conveyor's load generator
-    (:mod:`conveyor.bench.loadgen`), over 1 client process at concurrency 1 and 2 otherwise."""
+    (:mod:`conveyor.bench.loadgen`), over 1 client process at concurrency 1 and 2 otherwise.
+    With ``server_pid``, also the server's CPU microseconds per answered request over the
+    measurement window (``server_cpu_us``)."""
     from conveyor.bench.loadgen import LoadSpec
     from conveyor.bench.loadgen import run_load as drive
 
@@ -233,14 +305,27 @@ def run_load(
         procs=1 if concurrency == 1 else 2,
         timeout=30,
     )
-    s = drive(spec, progress=False).summary()
+    sampler = None if server_pid is None else CpuSampler(server_pid)
+    try:
+        result = drive(spec, progress=False)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+    s = result.summary()
     keep = ("requests_s", "rows_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "errors")
+    server_cpu = None
+    if sampler is not None and s["requests"]:
+        start = result.started + warmup
+        used = sampler.between(start, start + duration)
+        server_cpu = None if used is None else 1e6 * used / s["requests"]
     return {
         "rows": rows,
         "concurrency": concurrency,
         **{k: s[k] for k in keep},
         "error_codes": s["error_codes"],
         "client_cpu_cores": s["client_cpu_cores"],
+        "client_cpu_us": s["client_cpu_us_per_request"],
+        "server_cpu_us": server_cpu,
     }
 
 
@@ -282,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         default="bare,conveyor-w1,conveyor-w2,mlserver",
         help="comma-separated subset to run (default: all)",
     )
+    parser.add_argument(
+        "--points",
+        default=None,
+        help="comma-separated CONCURRENCYxROWS points to run, e.g. 64x1,8x64 (default: all)",
+    )
     parser.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_server is not None:
@@ -298,14 +388,34 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"server": "forward", "rows": batch, "concurrency": 0, **rate})
             print(f"forward batch {batch}: {rate['rows_s']:,.0f} rows/s", flush=True)
 
-        def measure(name: str, points: list[tuple[int, int]], port: int) -> None:
+        wanted = None
+        if args.points:
+            wanted = {tuple(int(v) for v in p.split("x")) for p in args.points.split(",")}
+
+        def measure(
+            name: str,
+            points: list[tuple[int, int]],
+            port: int,
+            pid: int,
+            metrics: str | None = None,
+        ) -> None:
+            from conveyor.bench import prom
+
             for concurrency, rows in points:
-                r = run_load(port, rows, concurrency, d)
+                if wanted is not None and (concurrency, rows) not in wanted:
+                    continue
+                before = prom.scrape(metrics) if metrics else None
+                r = run_load(port, rows, concurrency, d, server_pid=pid)
+                if before is not None and metrics:
+                    r["batch_rows"] = prom.server_side(before, prom.scrape(metrics), "mlp")[
+                        "server_batch_size"
+                    ]
                 results.append({"server": name, **r})
                 print(
                     f"{name:<12} c={concurrency:<4} rows={rows:<3} {r['requests_s']:>8,.0f} req/s "
                     f"{r['rows_s']:>9,.0f} rows/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
-                    f"errors {r['errors']}",
+                    f"errors {r['errors']} server CPU {_us(r['server_cpu_us'])} us/req"
+                    + (f" batch {r['batch_rows']:.0f} rows" if r.get("batch_rows") else ""),
                     flush=True,
                 )
 
@@ -314,14 +424,14 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             proc = start([sys.executable, __file__, "--bare-server", str(port)], port)
             try:
-                measure("bare", [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)], port)
+                measure("bare", [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)], port, proc.pid)
             finally:
                 stop(proc)
 
         for workers in (1, 2):
             if f"conveyor-w{workers}" not in chosen:
                 continue
-            port = free_port()
+            port, metrics_port = free_port(), free_port()
             # One torch thread per process: on 2 shared cores, OpenMP threads
             # spinning against the event loop and the clients cost more than they give.
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -330,13 +440,15 @@ def main(argv: list[str] | None = None) -> int:
                     sys.executable, "-m", "conveyor", "serve",
                     "--model-repository", str(work / "repo"),
                     "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+                    "--metrics-port", str(metrics_port),
                 ],
                 port,
                 env,
             )  # fmt: skip
             try:
                 points = [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)]
-                measure(f"conveyor-w{workers}", points, port)
+                metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+                measure(f"conveyor-w{workers}", points, port, proc.pid, metrics)
             finally:
                 stop(proc)
 
@@ -359,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder = mlserver_dir(work, model_path, port, workers)
                 proc = start([str(venv / "bin" / "mlserver"), "start", str(folder)], port, env)
                 try:
-                    measure(name, points, port)
+                    measure(name, points, port, proc.pid)
                 finally:
                     stop(proc)
         else:
@@ -372,20 +484,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| server | concurrency | rows/req | requests/s | rows/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| server | concurrency | rows/req | requests/s | rows/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | server CPU us/req |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         if r["server"] == "forward":
             lines.append(
-                f"| forward (in-process) | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - |"
+                f"| forward (in-process) | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {1e6 / r['requests_s']:.0f} |"
             )
             continue
         lines.append(
             f"| {r['server']} | {r['concurrency']} | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} "
-            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} |"
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} "
+            f"| {_us(r.get('server_cpu_us'))} |"
         )
 
     def find(server: str, c: int, rows: int) -> dict[str, Any] | None:
@@ -427,6 +544,12 @@ def table(results: list[dict[str, Any]]) -> str:
             )
         if c1:
             lines.append(f"- {w}: c=1 p50 = {c1['p50_ms']:.2f} ms (target < 1 ms)")
+        for point, base in ((c64, bare), (big, find("bare", 8, 64))):
+            if point and base and point.get("server_cpu_us") and base.get("server_cpu_us"):
+                lines.append(
+                    f"- {w}: c={point['concurrency']} x {point['rows']} rows: server CPU "
+                    f"{point['server_cpu_us']:.0f} us/request vs bare {base['server_cpu_us']:.0f}"
+                )
     return "\n".join(lines)
 
 

@@ -173,7 +173,14 @@ class Model:
                     f"model {self.name!r} output {spec.name!r}: shape {list(item.shape)} "
                     f"has no batch dim of {batch}"
                 )
-            array = item.detach().cpu().numpy()
+            # Under inference_mode the output is a CPU tensor without grad: .numpy() is a
+            # view. detach()/cpu() are only called when needed, since each is a dispatcher
+            # call that drops and retakes the GIL (a hand-off to the busy event loop).
+            if item.requires_grad:
+                item = item.detach()
+            if not item.is_cpu:
+                item = item.cpu()
+            array = item.numpy()
             if array.dtype.kind == "f" and np.isnan(array).any():
                 # A NaN score is a broken model, not an answer: the batcher re-runs a
                 # failed batch request by request, so only the requests producing it fail.

@@ -27,12 +27,12 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.drift import DriftSettings
-from conveyor.engine.malformed import MalformedRequestInterceptor
+from conveyor.engine.malformed import LenientHandlers
 from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -190,11 +190,12 @@ class Server:
         if auth is None and auth_token:
             auth = AuthConfig(tokens=(auth_token,))
         self.auth = auth if auth is not None and auth.enabled else None
-        # The token check comes first, so an unauthenticated message is never parsed.
-        self._interceptors: list[grpc.aio.ServerInterceptor] = [
-            *([BearerTokenInterceptor(self.auth)] if self.auth else []),
-            MalformedRequestInterceptor(),
-        ]
+        # The token check runs before the handler's deserializer, so an
+        # unauthenticated message is never parsed. Without tokens, no interceptor
+        # runs at all (malformed messages are handled by the handlers themselves).
+        self._interceptors: list[grpc.aio.ServerInterceptor] = (
+            [BearerTokenInterceptor(self.auth)] if self.auth else []
+        )
         if not is_loopback(host):
             missing = [w for w, have in (("TLS", tls), ("auth tokens", self.auth)) if not have]
             if missing:
@@ -297,14 +298,18 @@ class Server:
             interceptors=self._interceptors,
             maximum_concurrent_rpcs=self._max_concurrent_rpcs,
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        handlers = LenientHandlers()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, handlers)
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server,
-            pool=_reflection_pool(),
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                pool=_reflection_pool(),
+            ),
+            handlers,
         )
+        server.add_generic_rpc_handlers((handlers,))
         target = f"{self.host}:{self._requested_port}"
         try:
             if self._tls is None:

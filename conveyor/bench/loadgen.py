@@ -124,6 +124,10 @@ class LoadResult:
     client_cpu_s: float
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # time.perf_counter() (system-wide on Linux) when the clients were released: each
+    # measures from started + warmup for duration seconds, so a caller can read the
+    # server's own counters over the same window.
+    started: float = 0.0
 
     @property
     def ok(self) -> int:
@@ -404,6 +408,7 @@ def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -
         scheduled=sum(part["scheduled"] for part in results.values()),
         client_cpu_s=sum(part["cpu_s"] for part in results.values()),
         wall_s=wall,
+        started=t0,
     )
 
 
