@@ -365,6 +365,9 @@ class Batcher:
                     self._live.discard(thread)
                     self.abandoned += 1
                     self.abandoned_total += 1
+                    if self.metrics is not None:
+                        self.metrics.execution_timeouts.inc()
+                        self.metrics.abandoned.inc()
                     err = DeadlineExceeded(
                         f"model {self.name}: execution exceeded the {timeout:g}s execution "
                         "timeout; the request was abandoned"
@@ -411,6 +414,8 @@ class Batcher:
             with self._cond:
                 if ex.abandoned:
                     self.abandoned -= 1
+                    if self.metrics is not None:
+                        self.metrics.abandoned.dec()
                     rejoin = not self._closing and len(self._live) < self._instance_count
                     if rejoin:
                         self._live.add(me)

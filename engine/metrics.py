@@ -145,6 +145,20 @@ class ServerMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.execution_timeouts = Counter(
+            "conveyor_execution_timeouts",
+            "Batches that ran past the execution timeout; their requests were answered "
+            "DEADLINE_EXCEEDED and their worker threads abandoned.",
+            mv,
+            registry=r,
+        )
+        self.abandoned_executions = Gauge(
+            "conveyor_abandoned_executions",
+            "Abandoned batches still running in the model (their threads cannot be killed).",
+            mv,
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.input_invalid = Counter(
             "conveyor_input_invalid",
             "Input values that are NaN, +-inf, outside the profiled range, or unseen categories.",
@@ -181,6 +195,8 @@ class VersionMetrics:
         self.inflight = metrics.inflight.labels(model)
         self.queue_depth = metrics.queue_depth.labels(model)
         self.ready = metrics.model_ready.labels(model, version)
+        self.execution_timeouts = metrics.execution_timeouts.labels(model, version)
+        self.abandoned = metrics.abandoned_executions.labels(model, version)
         self._codes: dict[str, Any] = {}
 
     def failed(self, code: str) -> None:

@@ -123,6 +123,28 @@ class ModelConfig:
     # The trainer's description of each raw feature: name, kind, input, index, datatype...
     features: tuple[dict[str, Any], ...] = ()
 
+    def execution_timeout(self, default: float | None) -> float | None:
+        """Seconds one batch of this model may run before it is abandoned: the
+        ``execution_timeout_seconds`` parameter (0 = never) when config.json has it,
+        else ``default`` (the server's ``--execution-timeout``; None = never).
+
+        A model known to take long (large batches on a slow device) can allow more
+        than the server's default; one that must answer fast can allow less.
+        """
+        raw = self.parameters.get("execution_timeout_seconds")
+        if raw is None:
+            return default
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ModelLoadError(
+                f"model {self.name}: config.json parameters.execution_timeout_seconds: "
+                f"expected a number of seconds >= 0 (0 = never), got {raw!r}"
+            )
+        return seconds or None
+
     def with_batching(self, **overrides: Any) -> ModelConfig:
         """A copy with some dynamic-batching fields replaced (server flags win over files)."""
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -67,7 +67,9 @@ class BatchingOverrides:
     max_queue_delay_microseconds: int | None = None
     max_queue_size: int | None = None
     instance_count: int | None = None
-    # Fault handling (see engine/batcher.py): seconds a batch may run, hung workers tolerated.
+    # Fault handling (see engine/batcher.py): seconds a batch may run (the default for
+    # models whose config.json has no parameters.execution_timeout_seconds), hung
+    # workers tolerated.
     execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT
     max_abandoned_threads: int = MAX_ABANDONED_THREADS
 
@@ -103,7 +105,7 @@ class ServedVersion:
             config.max_batch_size,
             config.dynamic_batching,
             overrides.instance_count or config.instance_count,
-            execution_timeout=overrides.execution_timeout,
+            execution_timeout=config.execution_timeout(overrides.execution_timeout),
             max_abandoned_threads=overrides.max_abandoned_threads,
         )
         # Per-request outcomes (counted on the event loop): [count, ns].

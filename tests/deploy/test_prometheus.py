@@ -56,7 +56,7 @@ def _promtool(*args: str) -> str:
 
 @needs_promtool
 def test_promtool_checks_rules_and_config() -> None:
-    assert "4 rules found" in _promtool("check", "rules", "deploy/prometheus/alerts.yml")
+    assert "5 rules found" in _promtool("check", "rules", "deploy/prometheus/alerts.yml")
     _promtool("check", "config", "deploy/prometheus/prometheus.yml")
 
 
@@ -193,6 +193,7 @@ def test_prometheus_scrapes_the_server(server: Server, tmp_path: Path) -> None:
             "ConveyorHighErrorRatio",
             "ConveyorQueueSaturated",
             "ConveyorInputDrift",
+            "ConveyorModelHung",
         }
         for expr in _dashboard_queries():
             if expr.startswith("label_values("):

@@ -94,3 +94,40 @@ def test_a_hang_is_abandoned_replaced_and_bounded(repo: Path, gate: Gate) -> Non
         assert batcher.abandoned == 0 and batcher.abandoned_total == 2
         assert client.infer("gated", _row(1))["y"].tolist() == [[3.0] * 4]
         assert client.infer("gated", _row(7))["y"].tolist() == [[15.0] * 4]
+
+
+def test_a_models_own_execution_timeout_wins_and_is_counted(tmp_path: Path, gate: Gate) -> None:
+    # The server would wait forever (None); the model's config.json allows 0.3 s.
+    params = {"execution_timeout_seconds": "0.3"}
+    write_model(tmp_path, "gated", 1, Affine(), AFFINE_IO, max_batch_size=8, parameters=params)
+    server = Server(tmp_path, port=0, execution_timeout=None)
+    with server, Client(server.address, timeout=20, retries=0) as client:
+        gate.armed, gate.hang_rows_equal = True, 7.0
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match=r"0\.3s execution timeout"):
+            client.infer("gated", _row(7))
+        assert time.monotonic() - t0 < 10
+        registry = server.metrics.registry
+        labels = {"model": "gated", "version": "1"}
+        assert registry.get_sample_value("conveyor_execution_timeouts_total", labels) == 1
+        assert registry.get_sample_value("conveyor_abandoned_executions", labels) == 1
+        gate.release.set()  # the hung call returns: the gauge comes back to 0
+        deadline = time.monotonic() + 20
+        while registry.get_sample_value("conveyor_abandoned_executions", labels) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        assert registry.get_sample_value("conveyor_abandoned_executions", labels) == 0
+        assert client.infer("gated", _row(1))["y"].tolist() == [[3.0] * 4]
+
+
+@pytest.mark.parametrize("bad", ["soon", -1, "inf"])
+def test_a_bad_execution_timeout_fails_the_load_naming_the_key(tmp_path: Path, bad) -> None:
+    params = {"execution_timeout_seconds": bad}
+    write_model(tmp_path, "m", 1, Affine(), AFFINE_IO, parameters=params)
+    with (
+        Server(tmp_path, port=0) as server,
+        Client(server.address, retries=0) as client,
+        pytest.raises(UnavailableError, match=r"parameters\.execution_timeout_seconds"),
+    ):
+        client.infer("m", _row(1))
