@@ -51,6 +51,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -797,8 +798,10 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 @atexit.register
 def _close_live_prefetches() -> None:
+    # Bounded: a read stuck on a remote filesystem must not keep the process alive.
+    deadline = time.monotonic() + 10.0
     for prefetch in list(_LIVE):
-        prefetch.close()
+        prefetch.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class _Prefetch:
@@ -853,10 +856,12 @@ class _Prefetch:
             raise item
         return item
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread and wait for it (at most ``timeout`` seconds; None = no bound)."""
         self._finished = True
         self._stop.set()
-        while self._thread.is_alive():
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive() and (deadline is None or time.monotonic() < deadline):
             try:
                 self._queue.get_nowait()
             except queue.Empty:

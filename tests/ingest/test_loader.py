@@ -459,3 +459,29 @@ def test_read_ahead_of_another_epoch_is_dropped(data):
     assert ld._ahead is not None
     ld.close()
     assert ld._ahead is None and not _ingest_threads()
+
+
+def test_prefetch_close_is_bounded_when_the_source_is_stuck() -> None:
+    # What the exit hook relies on: a read stuck on a remote filesystem must not
+    # keep the process from exiting.
+    import threading
+    import time
+
+    from conveyor.ingest.loader import _Prefetch
+
+    release = threading.Event()
+
+    def stuck():
+        yield 1
+        release.wait(30)
+        yield 2
+
+    prefetch = _Prefetch(stuck(), depth=1, name="test-stuck")
+    assert next(prefetch) == 1
+    t0 = time.monotonic()
+    prefetch.close(timeout=0.2)
+    assert time.monotonic() - t0 < 2.0
+    assert prefetch._thread.is_alive()  # given up on, not joined
+    release.set()
+    prefetch.close()  # unbounded: joins once the source moves
+    assert not prefetch._thread.is_alive()
