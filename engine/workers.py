@@ -60,8 +60,8 @@ class _Slot:
     process: Any
     ready: Any  # multiprocessing.Event set by the worker once it serves
     ready_at: float | None = None
-    generation: int = 0
     reaped: bool = False  # its exit has been handled
+    respawn_at: float | None = None  # when its replacement is due (monotonic seconds)
 
 
 def _describe(exitcode: int | None) -> str:
@@ -90,45 +90,56 @@ def run_workers(
 
     policy = policy or WorkerPolicy()
     ctx = multiprocessing.get_context("spawn")
+    # The signal handler only sets this: the loop below does the forwarding, so
+    # the handler never contends with the loop for the slots.
     stopping = threading.Event()
-    lock = threading.Lock()  # the signal handler and the loop both touch the slots
+    terminated: set[int] = set()  # pids already sent SIGTERM
 
-    def spawn(generation: int = 0) -> _Slot:
+    def spawn() -> _Slot:
         ready = ctx.Event()
         process = ctx.Process(target=target, args=(*args, ready), daemon=False)
         process.start()
-        return _Slot(process, ready, generation=generation)
+        return _Slot(process, ready)
+
+    def terminate_live() -> None:
+        for slot in slots:
+            pid = slot.process.pid
+            if pid is not None and pid not in terminated and slot.process.exitcode is None:
+                terminated.add(pid)
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                    os.kill(pid, signal.SIGTERM)
 
     slots = [spawn() for _ in range(workers)]
     log.info("started %d worker processes", workers)
-
-    def stop_all(signum: int = signal.SIGTERM) -> None:
-        stopping.set()
-        with lock:
-            for slot in slots:
-                pid = slot.process.pid
-                if slot.process.is_alive() and pid is not None:
-                    with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-                        os.kill(pid, signum)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop_all(signal.SIGTERM)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGTERM, signal.SIGINT)
+    }
     failed = False
     fast_crashes = 0
+
+    def give_up(message: str, *log_args: Any) -> None:
+        nonlocal failed
+        log.error(message + "; stopping all workers", *log_args)
+        failed = True
+        stopping.set()
+
     try:
         while True:
+            if stopping.is_set():
+                terminate_live()
             now = time.monotonic()
             for i, slot in enumerate(slots):
                 if slot.ready_at is None and slot.ready.is_set():
                     slot.ready_at = now
-                if slot.process.is_alive() or slot.process.exitcode is None:
+                if slot.respawn_at is not None:
+                    if not stopping.is_set() and now >= slot.respawn_at:
+                        slots[i] = spawn()
+                        log.info("worker %d replaced (pid %s)", i, slots[i].process.pid)
                     continue
-                if slot.reaped:
+                code = slot.process.exitcode
+                if slot.reaped or code is None:
                     continue
                 slot.reaped = True
-                code = slot.process.exitcode
                 if on_exit is not None and slot.process.pid is not None:
                     on_exit(slot.process.pid)
                 if stopping.is_set():
@@ -139,43 +150,32 @@ def run_workers(
                     continue
                 what = f"worker {i} (pid {slot.process.pid}) {_describe(code)}"
                 if slot.ready_at is None:
-                    log.error("%s before it was ready; stopping all workers", what)
-                    failed = True
-                    stop_all()
+                    give_up("%s before it was ready", what)
                     continue
                 if not policy.restart:
-                    log.error("%s; stopping all workers (restarts are off)", what)
-                    failed = True
-                    stop_all()
+                    give_up("%s (restarts are off)", what)
                     continue
                 fast = now - slot.ready_at < policy.min_uptime_s
                 fast_crashes = fast_crashes + 1 if fast else 0
                 if fast_crashes >= policy.max_fast_crashes:
-                    log.error(
-                        "%s; %d workers died within %gs of becoming ready in a row: "
-                        "stopping all workers",
+                    give_up(
+                        "%s; %d workers died within %gs of becoming ready in a row",
                         what, fast_crashes, policy.min_uptime_s,
                     )  # fmt: skip
-                    failed = True
-                    stop_all()
                     continue
                 delay = 0.0
                 if fast:
                     delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (fast_crashes - 1))
                 log.error("%s; starting a replacement in %.1fs", what, delay)
-                if stopping.wait(delay):
-                    continue
-                with lock:
-                    slots[i] = spawn(slot.generation + 1)
-                log.info("worker %d replaced (pid %s)", i, slots[i].process.pid)
+                slot.respawn_at = now + delay  # the loop keeps watching the others meanwhile
             if stopping.is_set() and all(s.reaped for s in slots):
                 break
             time.sleep(policy.poll_s)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if not stopping.is_set():  # an exception in the loop: leave no orphans
-            stop_all()
+        stopping.set()  # after an exception in the loop too: leave no orphans
+        terminate_live()
         for slot in slots:
             slot.process.join(timeout=60)
     return 1 if failed else 0
