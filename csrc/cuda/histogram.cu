@@ -40,6 +40,13 @@ __device__ __forceinline__ int count_le(const float* e, int n, float v) {
   return lo;
 }
 
+// Slot of v from the count of edges <= v (histogram.h): the top edge closes
+// the last bin, NaN has its own slot.
+__device__ __forceinline__ int slot_of(int count, float v, float top, int n_edges) {
+  count = (v == top) ? n_edges - 1 : count;
+  return (v != v) ? n_edges + 1 : count;
+}
+
 // Slot of v for a feature whose edges `e` are padded with +inf to `padded`
 // (a power of two > n_edges): binary lifting over the padded row counts the
 // edges <= v; +inf values reach padded - 1 >= n_edges and are clamped.
@@ -49,9 +56,7 @@ __device__ __forceinline__ int padded_slot(const float* e, int padded, int n_edg
   for (int step = 32; step > 0; step >>= 1) {
     if (step < padded) lo += (e[lo + step - 1] <= v) ? step : 0;
   }
-  lo = min(lo, n_edges);
-  lo = (v == e[n_edges - 1]) ? n_edges - 1 : lo;  // the top edge closes the last bin
-  return (v != v) ? n_edges + 1 : lo;              // NaN
+  return slot_of(min(lo, n_edges), v, e[n_edges - 1], n_edges);
 }
 
 // Shared-memory counters; VEC values per load (4: float4, 1: float).
@@ -117,9 +122,7 @@ __global__ void histogram_global_kernel(const float* __restrict__ values, long l
     const int f = static_cast<int>(i % features);
     const float v = __ldg(values + i);
     const float* e = edges + static_cast<long long>(f) * n_edges;
-    int s = count_le(e, n_edges, v);
-    s = (v == e[n_edges - 1]) ? n_edges - 1 : s;
-    s = (v != v) ? n_edges + 1 : s;
+    const int s = slot_of(count_le(e, n_edges, v), v, e[n_edges - 1], n_edges);
     atomicAdd(counts + static_cast<long long>(f) * slots + s, 1ull);
   }
 }
