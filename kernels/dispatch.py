@@ -122,7 +122,7 @@ _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "mlp": lambda work, grad: "cpp" if not grad else "reference",
 }
 # CUDA defaults, from benchmarks/kernels/bench_ops.py on an H200 (torch 2.11,
-# cu130; benchmarks/results/gpu/, 2026-11-27), float32 and bfloat16 alike.
+# cu130; benchmarks/gpu-results/2026-11-27-h200/), float32 and bfloat16 alike.
 # Below a few million elements every op is bound by the Python-side launch
 # (torch's own op returns in ~11 us, ours in ~20-30 us), so torch keeps those.
 #
