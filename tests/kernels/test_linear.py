@@ -157,10 +157,39 @@ def test_triton_empty_batch_interpreted() -> None:
     _check("triton", 0, 3, 4, "relu")
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_tma_kernel_every_layout_interpreted(dtype: torch.dtype) -> None:
+    """The descriptor kernel, forced, on the three operand layouts the op uses:
+    forward ``x @ W.T`` (b stored [N, K]), ``dx = g @ W`` and ``dW = g.T @ x``
+    (a stored [K, M]); ragged edges in every dimension."""
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    from conveyor.kernels.triton_kernels import linear as triton_linear
+
+    M, N, K = 33, 40, 72  # rows of 16-byte multiples, tiles of 16 left ragged
+    g = torch.Generator().manual_seed(3)
+    x, w, gy = (torch.randn(*s, generator=g).to(dtype) for s in ((M, K), (N, K), (M, N)))
+    bias = torch.randn(N, generator=g).to(dtype)
+    y, z = triton_linear.matmul(x, w.t(), bias=bias, act=4, keep_z=True, tma=True)
+    pre = x.double() @ w.double().t() + bias.double()
+    assert_close(z, pre, dtype, scale=math.sqrt(K))
+    assert_close(y, torch.nn.functional.silu(pre), dtype, scale=math.sqrt(K))
+    dx = triton_linear.matmul(gy, w, tma=True)[0]
+    dw = triton_linear.matmul(gy.t(), x, tma=True)[0]
+    assert_close(dx, gy.double() @ w.double(), dtype, scale=math.sqrt(N))
+    assert_close(dw, gy.double().t() @ x.double(), dtype, scale=math.sqrt(M))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("M", "N", "K"), [(1, 1, 1), (33, 65, 17), (300, 257, 1000), (0, 4, 8)])
+@pytest.mark.parametrize(
+    ("M", "N", "K"),
+    # (300, 384, 1000) is large enough to be autotuned, with rows the tensor
+    # memory accelerator can address: the descriptor kernel on Hopper.
+    [(1, 1, 1), (33, 65, 17), (300, 257, 1000), (300, 384, 1000), (0, 4, 8)],
+)
 @pytest.mark.parametrize("act", ["relu", "gelu"])  # all five run in the interpreter tests
 def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K: int, act: str):
     if impl == "triton" and not triton_installed():
