@@ -20,8 +20,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "histogram.h"
 
@@ -58,7 +56,10 @@ __device__ __forceinline__ int padded_slot(const float* e, int padded, int n_edg
   for (int step = 32; step > 0; step >>= 1) {
     if (step < padded) lo += (e[lo + step - 1] <= v) ? step : 0;
   }
-  return slot_of(min(lo, n_edges), v, e[n_edges - 1], n_edges);
+  // The top edge is read only for values at or above it (slot_of reads it for
+  // every value: one shared load in six, in a kernel bound by them).
+  if (lo >= n_edges) lo = (v == e[n_edges - 1]) ? n_edges - 1 : n_edges;
+  return (v != v) ? n_edges + 1 : lo;
 }
 
 // Shared-memory counters; VEC values per load (4: float4, 1: float).
@@ -113,79 +114,6 @@ __global__ void histogram_shared_kernel(const float* __restrict__ values, long l
   }
 }
 
-// Slot of v for the feature whose edges start at `e` in the edge-major table
-// (edge k at e[k * fp]), padded with +inf to `padded` edges (a power of two).
-__device__ __forceinline__ int banked_slot(const float* e, int fp, int padded, int n_edges,
-                                           float v) {
-  int lo = 0;
-#pragma unroll
-  for (int step = 32; step > 0; step >>= 1) {
-    if (step < padded) lo += (e[(lo + step - 1) * fp] <= v) ? step : 0;
-  }
-  if (lo >= n_edges) lo = (v == e[(n_edges - 1) * fp]) ? n_edges - 1 : n_edges;  // top edge
-  return (v != v) ? n_edges + 1 : lo;
-}
-
-// Conflict-free variant: lane l of a warp reads values l, l + 32, ... of a
-// contiguous run, so (features >= 32) the 32 lanes always hold 32 different
-// features, and both shared tables are feature-minor ([edge][feature] and
-// [slot][feature], rows of fp = features rounded up to 32): a lane's every
-// access, whatever edge or slot, falls in the bank of its feature. Scalar
-// loads, kUnroll in flight per thread.
-constexpr int kUnroll = 4;
-__global__ void histogram_banked_kernel(const float* __restrict__ values, long long total,
-                                        int features, const float* __restrict__ edges,
-                                        int n_edges, int padded, int fp,
-                                        unsigned long long* __restrict__ counts) {
-  extern __shared__ unsigned char smem[];
-  const int slots = n_edges + 2;
-  unsigned int* s_counts = reinterpret_cast<unsigned int*>(smem);
-  float* s_edges = reinterpret_cast<float*>(s_counts + slots * fp);
-  for (int j = threadIdx.x; j < slots * fp; j += blockDim.x) s_counts[j] = 0;
-  for (int j = threadIdx.x; j < padded * fp; j += blockDim.x) {
-    const int k = j / fp, f = j - k * fp;
-    s_edges[j] = (k < n_edges && f < features) ? edges[f * n_edges + k]
-                                               : __int_as_float(0x7f800000);  // +inf
-  }
-  __syncthreads();
-
-  const int lane = threadIdx.x & 31;
-  const long long warps = static_cast<long long>(gridDim.x) * (blockDim.x / 32);
-  const long long first =
-      (static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * 32 * kUnroll;
-  const long long step = warps * 32 * kUnroll;
-  int f0 = static_cast<int>((first + lane) % features);
-  const int f_step = static_cast<int>(step % features);
-  const int f_next = 32 % features;
-  for (long long i = first + lane; i < total; i += step) {
-    float v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const long long k = i + 32LL * u;
-      v[u] = k < total ? __ldg(values + k) : 0.f;
-    }
-    int f = f0;
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (i + 32LL * u < total) {
-        const int sl = banked_slot(s_edges + f, fp, padded, n_edges, v[u]);
-        atomicAdd(s_counts + sl * fp + f, 1u);
-      }
-      f += f_next;
-      f = f >= features ? f - features : f;
-    }
-    f0 += f_step;
-    f0 = f0 >= features ? f0 - features : f0;
-  }
-
-  __syncthreads();
-  for (int j = threadIdx.x; j < slots * fp; j += blockDim.x) {
-    const int sl = j / fp, f = j - sl * fp;
-    const unsigned int c = s_counts[j];
-    if (c && f < features) atomicAdd(counts + f * slots + sl, static_cast<unsigned long long>(c));
-  }
-}
-
 // Fallback when the per-block counters and edges exceed shared memory.
 __global__ void histogram_global_kernel(const float* __restrict__ values, long long total,
                                         int features, const float* __restrict__ edges,
@@ -225,13 +153,7 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
                       static_cast<size_t>(features) * (padded + 1) * sizeof(float);
   const bool vec4 = features % 4 == 0 && reinterpret_cast<std::uintptr_t>(values) % 16 == 0;
   const bool shared = smem <= static_cast<size_t>(smem_limit) && padded <= 64;  // 6 lifting steps
-  const int fp = static_cast<int>((features + 31) / 32 * 32);
-  const size_t banked_smem = static_cast<size_t>(slots + padded) * fp * sizeof(unsigned int);
-  const char* choice = std::getenv("CONVEYOR_HISTOGRAM_KERNEL");  // experiment: packed|banked
-  const bool banked = shared && features >= 32 && banked_smem <= static_cast<size_t>(smem_limit) &&
-                      !(choice && std::string(choice) == "packed");
-  const void* kernel = banked  ? reinterpret_cast<const void*>(histogram_banked_kernel)
-                       : !shared ? reinterpret_cast<const void*>(histogram_global_kernel)
+  const void* kernel = !shared ? reinterpret_cast<const void*>(histogram_global_kernel)
                        : vec4  ? reinterpret_cast<const void*>(histogram_shared_kernel<4>)
                                : reinterpret_cast<const void*>(histogram_shared_kernel<1>);
   // One full wave of resident blocks (each loops over its share), but enough
@@ -239,9 +161,9 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
   // at most 2^30 values), and no more than there is work for.
   int per_sm = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
-                                                      banked ? banked_smem : shared ? smem : 0);
+                                                      shared ? smem : 0);
   if (err != cudaSuccess) return cudaGetErrorString(err);
-  const long long items = banked ? (total + kUnroll - 1) / kUnroll : vec4 ? total / 4 : total;
+  const long long items = vec4 ? total / 4 : total;
   long long blocks = std::min<long long>((items + kThreads - 1) / kThreads,
                                          static_cast<long long>(std::max(per_sm, 1)) * sms);
   blocks = std::max<long long>(blocks, total / (1LL << 30) + 1);
@@ -251,10 +173,7 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
   const auto n = static_cast<int>(n_edges);
 
   auto* out = reinterpret_cast<unsigned long long*>(counts);
-  if (banked) {
-    histogram_banked_kernel<<<grid, kThreads, banked_smem, stream>>>(values, total, f, edges, n,
-                                                                     padded, fp, out);
-  } else if (!shared) {
+  if (!shared) {
     histogram_global_kernel<<<grid, kThreads, 0, stream>>>(values, total, f, edges, n, out);
   } else if (vec4) {
     histogram_shared_kernel<4><<<grid, kThreads, smem, stream>>>(values, total, f, edges, n,

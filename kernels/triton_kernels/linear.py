@@ -264,6 +264,15 @@ def matmul(
     if M == 0 or N == 0:
         return c, z
     tuned = a.is_cuda and M * N * K >= _TUNE_WORK
+    if tuned and a.dtype == torch.float32:
+        # TF32 tensor-core instructions take both operands K-major from shared
+        # memory (16-bit ones may be transposed): the backward's g.T, x and W
+        # as [K, N] are not, and ran at half the forward's rate. A copy into
+        # that layout costs one pass over the operand, a few percent of the GEMM.
+        if a.stride(1) != 1:
+            a = a.contiguous()
+        if b.stride(0) != 1:
+            b = b.t().contiguous().t()
     flags = dict(
         HAS_BIAS=bias is not None, ACT=act, STORE_Z=z is not None,
         PRECISION=_precision(a.dtype, a.device), GROUP_M=8,

@@ -147,9 +147,9 @@ def test_extension_checks_arguments_itself() -> None:
     ("rows", "features", "n_edges"),
     [
         (0, 3, 5),
-        (1000, 32, 21),  # >= 32 features: the bank-per-feature kernel
-        (30_001, 33, 21),  # ... features not a multiple of 32: lanes wrap within a warp
-        (20_011, 40, 63),  # ... 6 lifting steps, a ragged last run
+        (1000, 32, 21),  # 4-wide loads
+        (30_001, 36, 21),  # ... features not a multiple of 32
+        (20_011, 40, 63),  # ... 6 lifting steps, values at the top edge
         (200_003, 48, 2),  # ... many grid strides
         (5003, 7, 9),  # features % 4 != 0: one value per load
         (200_003, 12, 2),  # many grid strides: the tracked feature wraps
