@@ -56,10 +56,7 @@ __device__ __forceinline__ int padded_slot(const float* e, int padded, int n_edg
   for (int step = 32; step > 0; step >>= 1) {
     if (step < padded) lo += (e[lo + step - 1] <= v) ? step : 0;
   }
-  // The top edge is read only for values at or above it (slot_of reads it for
-  // every value: one shared load in six, in a kernel bound by them).
-  if (lo >= n_edges) lo = (v == e[n_edges - 1]) ? n_edges - 1 : n_edges;
-  return (v != v) ? n_edges + 1 : lo;
+  return slot_of(min(lo, n_edges), v, e[n_edges - 1], n_edges);
 }
 
 // Shared-memory counters; VEC values per load (4: float4, 1: float).
