@@ -27,7 +27,8 @@ where it was at least as fast as torch's own CPU op in the same run; elsewhere
 torch (``reference``) is: small linear and layer-norm calls, and the
 embedding-bag forward when no gradient is needed. CUDA defaults were measured
 on an H200 (``_CUDA_RULES``): our kernels where they beat torch's op, torch
-elsewhere (small calls, where launch cost decides, and the GEMM).
+elsewhere (small calls, where launch cost decides, and the GEMM except float32
+without TF32, where 3xTF32 beats the IEEE SGEMM).
 """
 
 from __future__ import annotations
@@ -121,33 +122,44 @@ _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "histogram": lambda work, grad: "cpp",
     "mlp": lambda work, grad: "cpp" if not grad else "reference",
 }
+
+
 # CUDA defaults, from benchmarks/kernels/bench_ops.py on an H200 (torch 2.11,
-# cu130; benchmarks/gpu-results/2026-11-27-h200/), float32 and bfloat16 alike.
+# cu130; benchmarks/gpu-results/2026-11-27-h200/), float32 and bfloat16 alike
+# unless stated.
 # Below a few million elements every op is bound by the Python-side launch
 # (torch's own op returns in ~11 us, ours in ~20-30 us), so torch keeps those.
 #
-# - linear: torch (cuBLAS) everywhere. Triton's fused GEMM reached 0.84x of
-#   torch at 8192x4096x4096 bf16 (76% of the measured matmul ceiling), 0.47x
-#   in IEEE float32; the CUDA kernel has no tensor-core path. The fused
-#   epilogue saves one pass over the output, which never paid for the slower
-#   GEMM.
-# - embedding_bag: forward from 2^23 gathered elements: CUDA (1.5-3.3x torch;
-#   91% of copy bandwidth in float32 at 4M x 128, 66% in bfloat16); training:
-#   CUDA below 2^26 (1.2-1.9x, torch's backward is slow) and Triton above
-#   (1.4-1.8x, its backward scales where CUDA's atomics do not).
+# - linear: torch (cuBLAS), except float32 without TF32 from 2^32 multiply-adds:
+#   there Triton's GEMM with 3xTF32 tensor-core products is 1.5x torch's IEEE
+#   SGEMM forward and 1.4x with the backward (8192x4096x4096). In bfloat16,
+#   cuBLAS keeps its lead (ours 0.80-0.91x eager, 0.78-1.00x torch.compile),
+#   and with TF32 allowed torch's own TF32 GEMM is the faster one.
+# - embedding_bag: forward from 2^23 gathered elements: CUDA (2-3.7x torch; at
+#   4M x 128, 101% of the copy bandwidth in float32 and 98% in bfloat16, the
+#   16-byte packed loads); training: CUDA below 2^26 (1.2-1.9x, torch's
+#   backward is slow) and Triton above (1.4-1.8x, its backward scales where
+#   CUDA's atomics do not).
 # - layer_norm: forward from 2^25 elements: Triton (1.5-2.0x, 84-96% of copy
 #   bandwidth); training: torch (our backward was 0.9-1.3x of torch's).
 # - histogram: CUDA (1.36 ms for 16M x 32 values; Triton's kernel took 36 ms).
-_CUDA_RULES: dict[str, Callable[[int, bool], tuple[str, ...]]] = {
-    "linear": lambda work, grad: (),
-    "embedding_bag": lambda work, grad: (
+def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype) -> tuple[str, ...]:
+    ieee = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return ("triton",) if ieee and work >= 1 << 32 else ()
+
+
+_CUDA_RULES: dict[str, Callable[[int, bool, torch.dtype], tuple[str, ...]]] = {
+    "linear": _linear_on_cuda,
+    "embedding_bag": lambda work, grad, dtype: (
         (("triton", "cuda") if work >= 1 << 26 else ("cuda", "triton"))
         if grad
         else (("cuda", "triton") if work >= 1 << 23 else ())
     ),
-    "layer_norm": lambda work, grad: ("triton", "cuda") if not grad and work >= 1 << 25 else (),
-    "histogram": lambda work, grad: ("cuda", "triton"),
-    "mlp": lambda work, grad: (),
+    "layer_norm": lambda work, grad, dtype: (
+        ("triton", "cuda") if not grad and work >= 1 << 25 else ()
+    ),
+    "histogram": lambda work, grad, dtype: ("cuda", "triton"),
+    "mlp": lambda work, grad, dtype: (),
 }
 
 
@@ -190,7 +202,7 @@ def choose(
                 return forced
             break  # cannot run here: the defaults decide
     if device == "cuda":
-        for candidate in _CUDA_RULES[op](work, grad):
+        for candidate in _CUDA_RULES[op](work, grad, dtype):
             if available(op, candidate, device, dtype):
                 return candidate
     elif device == "cpu":

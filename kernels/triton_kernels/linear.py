@@ -5,15 +5,26 @@ on GPU, float32 accumulation) and the bias/activation epilogue fused; it also
 stores the pre-activation when the backward needs it. The backward runs one
 elementwise kernel ``g = dy * act'(z)`` and the same GEMM twice with strides
 (``dx = g @ W``, ``dW = g.T @ x``); ``db = g.sum(0)`` is a torch reduction.
-float32 inputs use IEEE float32 products unless torch allows TF32 for matmuls
-(``torch.backends.cuda.matmul.allow_tf32``), to match ``nn.Linear``.
+float32 inputs keep float32 accuracy unless torch allows TF32 for matmuls
+(``torch.backends.cuda.matmul.allow_tf32``), to match ``nn.Linear``: on a GPU
+through three TF32 tensor-core products per term ("3xTF32"), in the
+interpreter in IEEE float32.
+
+The largest GEMMs (from 2^32 multiply-adds) on a Hopper or later GPU move their tiles with
+the tensor memory accelerator (``_matmul_tma_kernel``) when every operand has a
+unit stride and 16-byte aligned rows; ``CONVEYOR_TRITON_TMA=0`` keeps them on
+the pointer kernel, for comparing the two.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from conveyor.kernels.triton_kernels import activation
 
@@ -68,6 +79,52 @@ def _matmul_kernel(
 
 
 @triton.jit
+def _matmul_tma_kernel(
+    a_desc, b_desc, c_desc, z_desc, bias_ptr,
+    M, N, K,
+    M_CLASS,  # the autotuner's key for M (a power of two): unused in the body
+    A_KM: tl.constexpr, B_NK: tl.constexpr, OUT_DTYPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # The same GEMM as _matmul_kernel, with every tile moved by the Hopper
+    # tensor memory accelerator: one descriptor per operand instead of a block
+    # of pointers, so the loads are asynchronous bulk copies the pipeline can
+    # run ahead, and the edges are padded with zeros (loads) or clipped (stores)
+    # by the hardware instead of masks. Operands are described in their storage
+    # layout: A_KM when ``a`` is stored [K, M] (a transposed view), B_NK when
+    # ``b`` is stored [N, K] (the forward's weight); the tile is transposed in
+    # registers.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    off_m = (first_m + (pid % per_group) % group_rows) * BLOCK_M
+    off_n = ((pid % per_group) // group_rows) * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if A_KM:  # noqa: SIM108 (constexpr branches: only one is compiled)
+            a = a_desc.load([k0, off_m]).T
+        else:
+            a = a_desc.load([off_m, k0])
+        if B_NK:  # noqa: SIM108
+            b = b_desc.load([off_n, k0]).T
+        else:
+            b = b_desc.load([k0, off_n])
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        rn = off_n + tl.arange(0, BLOCK_N)
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if STORE_Z:
+        z_desc.store([off_m, off_n], acc.to(OUT_DTYPE))
+    c_desc.store([off_m, off_n], activation.apply(acc, ACT).to(OUT_DTYPE))
+
+
+@triton.jit
 def _act_grad_kernel(gy_ptr, z_ptr, g_ptr, total, ACT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
@@ -77,10 +134,14 @@ def _act_grad_kernel(gy_ptr, z_ptr, g_ptr, total, ACT: tl.constexpr, BLOCK: tl.c
     tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+def _precision(dtype: torch.dtype, device: torch.device) -> str:
+    if dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"  # (16-bit inputs ignore it)
+    # float32 without TF32: on a GPU three TF32 tensor-core products per term
+    # (the "3xTF32" split: a = hi + lo, a*b ~ hi*hi + hi*lo + lo*hi) keep
+    # about float32's accuracy, the dropped lo*lo being ~2^-22 of the product,
+    # at several times the speed of scalar float32 FMAs.
+    return "tf32x3" if device.type == "cuda" else "ieee"
 
 
 def _blocks(M: int, N: int, K: int, device: torch.device) -> tuple[int, int, int]:
@@ -115,8 +176,27 @@ _CONFIGS_32 = [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 3),
 
 def _prune(configs: list, named_args: dict, **kwargs) -> list:
     """The candidates for this call's input width (K-tile 32 marks the float32 ones)."""
-    wide = named_args["a_ptr"].element_size() >= 4
+    a = named_args["a_ptr"] if "a_ptr" in named_args else named_args["a_desc"].base
+    wide = a.element_size() >= 4
     return [c for c in configs if (c.kwargs["BLOCK_K"] == 32) == wide]
+
+
+def _tma_blocks(nargs: dict) -> None:
+    """Give the descriptors the tile shapes of the configuration about to run."""
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [bk, bm] if nargs["A_KM"] else [bm, bk]
+    nargs["b_desc"].block_shape = [bn, bk] if nargs["B_NK"] else [bk, bn]
+    nargs["c_desc"].block_shape = [bm, bn]
+    nargs["z_desc"].block_shape = [bm, bn]
+
+
+def _with_hook(config: triton.Config) -> triton.Config:
+    return triton.Config(
+        dict(config.kwargs),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+        pre_hook=_tma_blocks,
+    )
 
 
 _tuned_kernel = triton.autotune(
@@ -124,6 +204,45 @@ _tuned_kernel = triton.autotune(
     key=["M_CLASS", "N", "K"],
     prune_configs_by={"early_config_prune": _prune},
 )(_matmul_kernel)
+_tuned_tma_kernel = triton.autotune(
+    configs=[_with_hook(c) for c in _CONFIGS_16 + _CONFIGS_32],
+    key=["M_CLASS", "N", "K", "A_KM", "B_NK"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_matmul_tma_kernel)
+
+# From this many multiply-adds the descriptor kernel beat the pointer kernel
+# on the H200 (8192x4096x4096: 0.445 against 0.460-0.487 ms in bfloat16).
+# Below it, building the descriptors on the host each call (tens of us) cost
+# more than TMA saved: 64x4096x4096 took 0.104 ms against 0.072.
+_TMA_WORK = 1 << 32
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+# Set to 0 to keep every GEMM on the pointer kernel (for comparing the two).
+_TMA_ENV = "CONVEYOR_TRITON_TMA"
+
+
+@functools.cache
+def _has_tma(device_index: int) -> bool:
+    """Whether the GPU has the tensor memory accelerator (Hopper, compute 9.0, or later)."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def _storage(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+    """``t`` as its storage lays it out (rows contiguous) and whether that is ``t.T``,
+    or None when a TMA descriptor cannot address it (no unit stride, 16-byte
+    alignment of the base and row stride)."""
+    if t.stride(1) == 1:
+        view, transposed = t, False
+    elif t.stride(0) == 1:
+        view, transposed = t.t(), True
+    else:
+        return None
+    if t.data_ptr() % 16 or (view.stride(0) * t.element_size()) % 16:
+        return None
+    return view, transposed
+
+
+def _descriptor(view: torch.Tensor, block: list[int]) -> TensorDescriptor:
+    return TensorDescriptor(view, list(view.shape), list(view.stride()), block)
 
 
 def matmul(
@@ -134,10 +253,14 @@ def matmul(
     act: int = 0,
     keep_z: bool = False,
     out_dtype: torch.dtype | None = None,
+    tma: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``act(a @ b + bias)`` for 2-D ``a [M, K]``, ``b [K, N]`` of any strides.
 
     Returns ``(c [M, N], z)``, ``z`` the pre-activation when ``keep_z``.
+    ``tma``: use the tensor-memory-accelerator kernel (default: for tuned GEMMs
+    on a Hopper or later GPU whose operands it can address; True forces it,
+    also in the interpreter, for the tests).
     """
     M, K = a.shape
     N = b.shape[1]
@@ -145,17 +268,39 @@ def matmul(
     z = torch.empty_like(c) if keep_z and act else None
     if M == 0 or N == 0:
         return c, z
+    tuned = a.is_cuda and M * N * K >= _TUNE_WORK
+    if tuned and a.dtype == torch.float32:
+        # TF32 tensor-core instructions take both operands K-major from shared
+        # memory (16-bit ones may be transposed): the backward's g.T, x and W
+        # as [K, N] are not, and ran at half the forward's rate. A copy into
+        # that layout costs one pass over the operand, a few percent of the GEMM.
+        if a.stride(1) != 1:
+            a = a.contiguous()
+        if b.stride(0) != 1:
+            b = b.t().contiguous().t()
+    flags = dict(
+        HAS_BIAS=bias is not None, ACT=act, STORE_Z=z is not None,
+        PRECISION=_precision(a.dtype, a.device), GROUP_M=8,
+    )  # fmt: skip
+    if tma is None:
+        tma = (
+            tuned
+            and M * N * K >= _TMA_WORK
+            and os.environ.get(_TMA_ENV, "1") != "0"
+            and _has_tma(a.device.index or 0)
+        )
+    sa = _storage(a) if tma else None
+    sb = _storage(b) if sa is not None else None
+    if sa is not None and sb is not None and _storage(c) is not None:
+        _matmul_tma(a, sa, sb, c, z, bias, tuned, flags)
+        return c, z
     args = (
         a, b, c, bias if bias is not None else c, z if z is not None else c,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
         triton.next_power_of_2(M),
     )  # fmt: skip
-    flags = dict(
-        HAS_BIAS=bias is not None, ACT=act, STORE_Z=z is not None,
-        PRECISION=_precision(a.dtype), GROUP_M=8,
-    )  # fmt: skip
-    if a.is_cuda and M * N * K >= _TUNE_WORK:
+    if tuned:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
         _tuned_kernel[grid](*args, **flags)
     else:
@@ -163,6 +308,32 @@ def matmul(
         grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
         _matmul_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return c, z
+
+
+def _matmul_tma(a, sa, sb, c, z, bias, tuned: bool, flags: dict) -> None:
+    """Launch ``_matmul_tma_kernel``; ``sa``/``sb`` are ``_storage`` of ``a`` and ``b``."""
+    M, K = a.shape
+    N = c.shape[1]
+    (a_view, a_km), (b_view, b_kn) = sa, sb
+    # b [K, N] stored with unit stride along K is the [N, K] layout (b_kn: b.T).
+    layout = dict(A_KM=a_km, B_NK=b_kn, OUT_DTYPE=_TL_DTYPES[c.dtype])
+    args = (bias if bias is not None else c, M, N, K, triton.next_power_of_2(M))
+    if tuned:
+        descs = [_descriptor(t, [1, 1]) for t in (a_view, b_view, c)]
+        descs.append(_descriptor(z, [1, 1]) if z is not None else descs[2])
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+        _tuned_tma_kernel[grid](*descs, *args, **layout, **flags)
+        return
+    bm, bn, bk = _blocks(M, N, K, a.device)
+    nargs = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **layout)
+    nargs["a_desc"], nargs["b_desc"], nargs["c_desc"] = (
+        _descriptor(t, [1, 1]) for t in (a_view, b_view, c)
+    )
+    nargs["z_desc"] = _descriptor(z, [1, 1]) if z is not None else nargs["c_desc"]
+    _tma_blocks(nargs)
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    descs = [nargs[k] for k in ("a_desc", "b_desc", "c_desc", "z_desc")]
+    _matmul_tma_kernel[grid](*descs, *args, **layout, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
 
 
 def forward(x, weight, bias, act: int, keep_z: bool):

@@ -110,7 +110,7 @@ def test_kernels_import_without_triton_and_run_without_it(monkeypatch: pytest.Mo
 @pytest.mark.parametrize(
     ("op", "work", "grad", "expected"),
     [
-        ("linear", 1 << 40, False, "reference"),  # cuBLAS beat both of our GEMMs
+        ("linear", 1 << 40, False, "reference"),  # bfloat16: cuBLAS beat both of our GEMMs
         ("linear", 1 << 40, True, "reference"),
         ("embedding_bag", 1 << 20, False, "reference"),  # launch-bound: torch
         ("embedding_bag", 1 << 24, False, "cuda"),
@@ -129,6 +129,22 @@ def test_cuda_defaults_follow_the_measured_rules(monkeypatch, op, work, grad, ex
     for var in (dispatch.env_var(op), dispatch.ENV_ALL):
         monkeypatch.delenv(var, raising=False)
     assert dispatch.choose(op, "cuda", torch.bfloat16, work=work, grad=grad) == expected
+
+
+@pytest.mark.parametrize(
+    ("work", "allow_tf32", "expected"),
+    [(1 << 32, False, "triton"), (1 << 31, False, "reference"), (1 << 32, True, "reference")],
+)
+def test_cuda_float32_linear_is_triton_only_for_large_ieee_gemms(
+    monkeypatch, work: int, allow_tf32: bool, expected: str
+) -> None:
+    # 3xTF32 beat torch's IEEE SGEMM from 2^32 multiply-adds; with TF32 allowed
+    # torch's own TF32 GEMM is faster.
+    monkeypatch.setattr(dispatch, "available", lambda *args: True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    for var in (dispatch.env_var("linear"), dispatch.ENV_ALL):
+        monkeypatch.delenv(var, raising=False)
+    assert dispatch.choose("linear", "cuda", torch.float32, work=work) == expected
 
 
 def test_cuda_default_falls_back_to_the_next_gpu_impl_then_reference(monkeypatch) -> None:

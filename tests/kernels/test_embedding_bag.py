@@ -149,7 +149,10 @@ def test_triton_matches_reference_interpreted(mode: str, psw: bool) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp16: interpreter test
-@pytest.mark.parametrize(("V", "D", "B", "nnz"), [*CASES, (100_000, 64, 2048, 50_000)])
+# D = 520: rows of more 16-byte packs than a warp has threads (CUDA's packed forward loops).
+@pytest.mark.parametrize(
+    ("V", "D", "B", "nnz"), [*CASES, (100_000, 64, 2048, 50_000), (200, 520, 9, 300)]
+)
 @pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
 def test_gpu_matches_reference(impl, dtype, V, D, B, nnz, mode, psw) -> None:
     if impl == "triton" and not triton_installed():

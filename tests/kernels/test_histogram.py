@@ -148,6 +148,9 @@ def test_extension_checks_arguments_itself() -> None:
     [
         (0, 3, 5),
         (1000, 32, 21),  # 4-wide loads
+        (30_001, 36, 21),  # ... features not a multiple of 32
+        (20_011, 40, 63),  # ... 6 lifting steps, values at the top edge
+        (200_003, 48, 2),  # ... many grid strides
         (5003, 7, 9),  # features % 4 != 0: one value per load
         (200_003, 12, 2),  # many grid strides: the tracked feature wraps
         (2000, 8, 63),  # the largest padded edge row of the shared path (64)
