@@ -382,8 +382,49 @@ def _delay(settings: _Settings, attempt: int) -> float:
 
 
 class _Common:
+    """What the sync and asyncio clients share: settings, channel, retry rules
+    (see :class:`Client` for the arguments)."""
+
+    _grpc: Any  # grpc or grpc.aio: which kind of channel to open
     _settings: _Settings
     _info: dict[tuple[str, str], ModelInfo]
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        retries: int = 3,
+        backoff: float = 0.05,
+        max_backoff: float = 1.0,
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self._settings = s = _settings(
+            address,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            options=options,
+        )
+        if s.credentials is None:
+            self._channel = self._grpc.insecure_channel(address, options=s.options)
+        else:
+            self._channel = self._grpc.secure_channel(address, s.credentials, options=s.options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._info = {}
 
     def _deadline(self, timeout: float | None) -> float | None:
         t = self._settings.timeout if timeout is None else timeout
@@ -423,42 +464,7 @@ class Client(_Common):
         options: extra gRPC channel options.
     """
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float | None = None,
-        retries: int = 3,
-        backoff: float = 0.05,
-        max_backoff: float = 1.0,
-        tls: bool = False,
-        root_certificates: bytes | str | Path | None = None,
-        private_key: bytes | str | Path | None = None,
-        certificate_chain: bytes | str | Path | None = None,
-        token: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        options: Iterable[tuple[str, Any]] = (),
-    ) -> None:
-        self._settings = s = _settings(
-            address,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            tls=tls,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            token=token,
-            max_message_bytes=max_message_bytes,
-            options=options,
-        )
-        if s.credentials is None:
-            self._channel = grpc.insecure_channel(address, options=s.options)
-        else:
-            self._channel = grpc.secure_channel(address, s.credentials, options=s.options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._info = {}
+    _grpc = grpc  # the module whose channels this client uses
 
     def close(self) -> None:
         self._channel.close()
@@ -608,42 +614,7 @@ def _stream_result(item: pb.ModelStreamInferResponse) -> InferResult:
 class AsyncClient(_Common):
     """The asyncio twin of :class:`Client` (same arguments; methods are coroutines)."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float | None = None,
-        retries: int = 3,
-        backoff: float = 0.05,
-        max_backoff: float = 1.0,
-        tls: bool = False,
-        root_certificates: bytes | str | Path | None = None,
-        private_key: bytes | str | Path | None = None,
-        certificate_chain: bytes | str | Path | None = None,
-        token: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        options: Iterable[tuple[str, Any]] = (),
-    ) -> None:
-        self._settings = s = _settings(
-            address,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            tls=tls,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            token=token,
-            max_message_bytes=max_message_bytes,
-            options=options,
-        )
-        if s.credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=s.options)
-        else:
-            self._channel = grpc.aio.secure_channel(address, s.credentials, options=s.options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._info = {}
+    _grpc = grpc.aio
 
     async def close(self) -> None:
         await self._channel.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from trainer_fixtures import run_cli, tabular, write_spec
+from trainer_fixtures import assert_resumed_like_uninterrupted, run_cli, tabular, write_spec
 
 from conveyor.ingest.shard import rank_range
 from conveyor.trainer.checkpoint import list_checkpoints, load_latest
@@ -69,16 +69,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
     resumed = run_cli(*_train_args(data, spec, out, "--nproc", "2", "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
-    a, b = load_latest(tmp_path / "ref")[1], load_latest(out)[1]
-    assert a["state"]["step"] == b["state"]["step"] == 2 * steps_per_epoch
-    for name, w in a["model"].items():
-        torch.testing.assert_close(b["model"][name], w, atol=1e-6, rtol=1e-6)
-    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
-    got_lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(got_lines) == 2
-    for x, y in zip(ref_lines, got_lines, strict=True):
-        rx, ry = json.loads(x), json.loads(y)
-        assert rx["train"] == ry["train"] and rx["val"] == ry["val"]
+    assert_resumed_like_uninterrupted(tmp_path / "ref", out, 2 * steps_per_epoch)
 
 
 @pytest.mark.slow

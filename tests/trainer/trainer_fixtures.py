@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,22 @@ def run_cli(*args: str, timeout: float = 120, **popen: Any) -> subprocess.Comple
         env=env,
         **popen,
     )
+
+
+def assert_resumed_like_uninterrupted(ref: Path, out: Path, steps: int) -> None:
+    """The resumed run in ``out`` ended where the uninterrupted one in ``ref`` did:
+    same step (``steps``), same weights, same per-epoch metrics (two epochs)."""
+    import torch
+
+    from conveyor.trainer.checkpoint import load_latest
+
+    a, b = load_latest(ref)[1], load_latest(out)[1]
+    assert a["state"]["step"] == b["state"]["step"] == steps
+    for name, w in a["model"].items():
+        torch.testing.assert_close(b["model"][name], w, atol=1e-6, rtol=1e-6)
+    ref_lines = (ref / "metrics.jsonl").read_text().splitlines()
+    got_lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(got_lines) == len(ref_lines) == 2
+    for x, y in zip(ref_lines, got_lines, strict=True):
+        rx, ry = json.loads(x), json.loads(y)
+        assert rx["train"] == ry["train"] and rx["val"] == ry["val"]
