@@ -64,9 +64,10 @@ def _spec(args: argparse.Namespace):
 def run_profile(args: argparse.Namespace) -> int:
     from conveyor.ingest.infer import infer_spec
     from conveyor.ingest.profile import ProfileConfig, write_stats
+    from conveyor.ingest.quarantine import local_output
     from conveyor.ingest.scan import run_scan
 
-    out = Path(args.out)
+    out = local_output(args.out, "--out")
     if out.exists() and not out.is_dir():
         from conveyor.ingest.errors import IngestError
 
@@ -116,13 +117,16 @@ def run_profile(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     from conveyor.ingest.profile import load_stats, profiled_ranges
+    from conveyor.ingest.quarantine import local_output
     from conveyor.ingest.scan import run_scan
 
+    quarantine = local_output(args.quarantine, "--quarantine")
+    if args.report:
+        local_output(args.report, "--report")
     spec = _spec(args)
     source = _source(args, spec)
     stats_path = Path(args.spec).with_name("stats.json")
     ranges = profiled_ranges(load_stats(stats_path)) if stats_path.exists() else None
-    quarantine = Path(args.quarantine)
     quarantine.unlink(missing_ok=True)
     result = run_scan(source, spec, quarantine_path=quarantine, ranges=ranges)
     report = {

@@ -66,7 +66,7 @@ import torch
 
 from conveyor.ingest.counts import CountCache, piece_counts
 from conveyor.ingest.errors import LoaderStateError, SourceError
-from conveyor.ingest.quarantine import QuarantineWriter
+from conveyor.ingest.quarantine import QuarantineWriter, local_output
 from conveyor.ingest.shard import RankPlan, plan_rank, window_permutation, window_rows
 from conveyor.ingest.source import Chunk, Source
 from conveyor.ingest.spec import OOV_ID, RULES, FeatureSpec
@@ -200,6 +200,8 @@ class StreamLoader:
         self.config = replace(config or LoaderConfig(), **overrides)
         if self.config.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.config.batch_size}")
+        if self.config.quarantine is not None:  # at once, not at the first iteration
+            local_output(self.config.quarantine, "quarantine")
         self.filter = filter
         self.validator = Validator(
             spec,

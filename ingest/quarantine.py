@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from conveyor.ingest.errors import IngestError
+
 META_FIELDS = [
     pa.field("_file", pa.string()),
     pa.field("_row", pa.int64()),
@@ -25,6 +27,15 @@ META_FIELDS = [
     pa.field("_reason", pa.string()),
     pa.field("_raw", pa.string()),
 ]
+
+
+def local_output(path: str | Path, what: str) -> Path:
+    """``path`` as a local path. Outputs (the quarantine, reports) are written to local disk
+    only: a URI (``s3://...``) is an :class:`IngestError` naming ``what`` (e.g. ``"--out"``),
+    not a local directory named ``s3:``."""
+    if "://" in str(path):
+        raise IngestError(f"{what} {path}: a URI; outputs are written to a local path only")
+    return Path(path)
 
 
 def quarantine_table(data: pa.Table, meta: dict[str, list]) -> pa.Table:
@@ -44,7 +55,7 @@ class QuarantineWriter:
     written. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = local_output(path, "quarantine")
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None

@@ -108,6 +108,16 @@ class Chunk:
     bad_lines: list[BadLine] = field(default_factory=list)
 
 
+def _split_query(source: str) -> tuple[str, str]:
+    """``(location, query)``: a URI's query (``?endpoint_override=...&scheme=http``, with its
+    ``?``; "" when none) holds filesystem options, so its ``?`` and ``[`` are not glob
+    characters and it is not part of any file's path. A local path has no query."""
+    if "://" not in source:
+        return source, ""
+    location, sep, query = source.partition("?")
+    return location, sep + query
+
+
 def _split_glob(source: str) -> tuple[str, str | None]:
     match = _GLOB_CHARS.search(source)
     if match is None:
@@ -146,17 +156,22 @@ def discover(
     source: str, filesystem: pafs.FileSystem | None = None
 ) -> tuple[pafs.FileSystem, str, list[str]]:
     """List a source's data files: ``(filesystem, base directory, sorted file paths)``."""
-    base, pattern = _split_glob(source)
-    fs, base_path = resolve_filesystem(base, filesystem)
+    location, query = _split_query(source) if filesystem is None else (source, "")
+    base, pattern = _split_glob(location)
+    fs, base_path = resolve_filesystem(base + query, filesystem)
     base_path = base_path.rstrip("/") or "/"
-    info = fs.get_file_info(base_path)
-    if info.type == pafs.FileType.NotFound:
-        raise SourceError(source, "not found")
-    if info.type == pafs.FileType.File:
-        if pattern is not None:
-            raise SourceError(source, "glob prefix is a file")
-        return fs, posixpath.dirname(base_path), [base_path]
-    infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True))
+    # A remote store that cannot be reached or refuses the credentials raises OSError here.
+    try:
+        info = fs.get_file_info(base_path)
+        if info.type == pafs.FileType.NotFound:
+            raise SourceError(source, "not found")
+        if info.type == pafs.FileType.File:
+            if pattern is not None:
+                raise SourceError(source, "glob prefix is a file")
+            return fs, posixpath.dirname(base_path), [base_path]
+        infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True))
+    except OSError as exc:
+        raise SourceError(source, f"cannot list: {exc}") from None
     files = []
     glob_rel = None
     if pattern is not None:
