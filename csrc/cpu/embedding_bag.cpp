@@ -35,6 +35,10 @@ CONVEYOR_INLINE T dot(int64_t D, const T* __restrict a, const T* __restrict b) {
   return acc;
 }
 
+inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
+  return b + 1 < B ? offsets[b + 1] : nnz;
+}
+
 // Rows prefetched ahead of the one being added: the gather is latency-bound
 // (random rows of a table far larger than cache), so keep several in flight.
 constexpr int64_t kAhead = 16;
@@ -112,8 +116,91 @@ CONVEYOR_INLINE void bag(const T* __restrict weight, int64_t D, const int64_t* i
   }
 }
 
-inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
-  return b + 1 < B ? offsets[b + 1] : nnz;
+
+// Bags [b0, b1) of rows exactly W wide (W a compile-time constant, the
+// common widths): the bag's whole accumulator is W / vector-width registers,
+// the row address is a shift, and unweighted sums add instead of FMA-ing by
+// 1 (the add's shorter latency bounds a one-register bag's chain).
+// Two accumulator sets (even and odd positions) halve that chain when a row
+// is one or two vectors; wider rows already have independent registers.
+template <typename T, int64_t W, bool kWeighted>
+CONVEYOR_INLINE void bags_fixed(const T* __restrict w, const int64_t* __restrict idx,
+                                const int64_t* __restrict offsets, int64_t B, int64_t nnz,
+                                const T* __restrict psw, bool mean, T* __restrict out, int64_t b0,
+                                int64_t b1) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  constexpr bool kTwo = W <= 2 * kLine;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = offsets[b], e = bag_end(offsets, B, nnz, b);
+    T acc0[W] = {}, acc1[W] = {};
+    int64_t j = s;
+    for (; kTwo && j + 1 < e; j += 2) {
+      if (j + kAhead + 1 < nnz) {
+        const T* a0 = w + idx[j + kAhead] * W;
+        const T* a1 = w + idx[j + kAhead + 1] * W;
+        for (int64_t l = 0; l < W; l += kLine) {
+          __builtin_prefetch(a0 + l);
+          __builtin_prefetch(a1 + l);
+        }
+      }
+      const T* r0 = w + idx[j] * W;
+      const T* r1 = w + idx[j + 1] * W;
+      if constexpr (kWeighted) {
+        const T w0 = psw[j], w1 = psw[j + 1];
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) {
+          acc0[d] += w0 * r0[d];
+          acc1[d] += w1 * r1[d];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) {
+          acc0[d] += r0[d];
+          acc1[d] += r1[d];
+        }
+      }
+    }
+    for (; j < e; ++j) {
+      if (j + kAhead < nnz) {
+        const T* a = w + idx[j + kAhead] * W;
+        for (int64_t l = 0; l < W; l += kLine) __builtin_prefetch(a + l);
+      }
+      const T* r = w + idx[j] * W;
+      if constexpr (kWeighted) {
+        const T w0 = psw[j];
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) acc0[d] += w0 * r[d];
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) acc0[d] += r[d];
+      }
+    }
+    const T scale = (mean && e > s) ? T(1) / static_cast<T>(e - s) : T(1);
+#pragma omp simd
+    for (int64_t d = 0; d < W; ++d) out[b * W + d] = (acc0[d] + acc1[d]) * scale;
+  }
+}
+
+template <typename T, bool kWeighted>
+CONVEYOR_INLINE bool bags_by_width(const T* w, int64_t D, const int64_t* idx,
+                                   const int64_t* offsets, int64_t B, int64_t nnz, const T* psw,
+                                   bool mean, T* out, int64_t b0, int64_t b1) {
+  switch (D) {
+    case 16:
+      bags_fixed<T, 16, kWeighted>(w, idx, offsets, B, nnz, psw, mean, out, b0, b1);
+      return true;
+    case 32:
+      bags_fixed<T, 32, kWeighted>(w, idx, offsets, B, nnz, psw, mean, out, b0, b1);
+      return true;
+    case 64:
+      bags_fixed<T, 64, kWeighted>(w, idx, offsets, B, nnz, psw, mean, out, b0, b1);
+      return true;
+    case 128:
+      bags_fixed<T, 128, kWeighted>(w, idx, offsets, B, nnz, psw, mean, out, b0, b1);
+      return true;
+    default:
+      return false;
+  }
 }
 
 // Bags [b0, b1): one call per chunk of bags, so the per-ISA dispatch and the
@@ -122,6 +209,10 @@ template <typename T>
 CONVEYOR_INLINE void bags(const T* w, int64_t D, const int64_t* idx, const int64_t* offsets,
                           int64_t B, int64_t nnz, const T* psw, int mode, T* out, int64_t b0,
                           int64_t b1) {
+  const bool mean = mode == kBagMean;
+  if (psw ? bags_by_width<T, true>(w, D, idx, offsets, B, nnz, psw, mean, out, b0, b1)
+          : bags_by_width<T, false>(w, D, idx, offsets, B, nnz, psw, mean, out, b0, b1))
+    return;
   for (int64_t b = b0; b < b1; ++b)
     bag<T>(w, D, idx, offsets[b], bag_end(offsets, B, nnz, b), nnz, psw, mode, out + b * D);
 }

@@ -70,6 +70,29 @@ def test_cpp_matches_reference(V: int, D: int, B: int, nnz: int, mode: str, psw:
     _check("cpp", V, D, B, nnz, mode, psw)
 
 
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool) -> None:
+    # The compiled-in widths (16..128) have their own loops, which take rows
+    # in pairs: bags of every length 0..9 (odd ones leave a row over), and
+    # indices near the ends of the index array (the prefetch look-ahead stops
+    # there). D = 24 is a width without its own loop.
+    lengths = torch.arange(10).repeat(3)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    nnz = int(lengths.sum())
+    g = torch.Generator().manual_seed(D)
+    weight = torch.randn(300, D, generator=g, dtype=dtype)
+    indices = torch.randint(0, 300, (nnz,), generator=g)
+    weights = torch.randn(nnz, generator=g, dtype=dtype) if psw else None
+    out = embedding_bag(indices, weight, offsets, mode, weights, impl="cpp")
+    ref = F.embedding_bag(
+        indices, weight.double(), offsets, mode=mode,
+        per_sample_weights=None if weights is None else weights.double(),
+    )  # fmt: skip
+    assert_close(out, ref, dtype, scale=4)
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_cpp_empty_batch(mode: str) -> None:
     _check("cpp", 20, 4, 0, 0, mode)
