@@ -158,6 +158,37 @@ def test_bad_arguments_raise() -> None:
         embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "max")
 
 
+@pytest.mark.parametrize("D", [16, 24])  # a width with its own loop, one without
+@pytest.mark.parametrize("position", [0, 1, 2, 777, 1498, 1499])
+def test_cpp_bad_index_anywhere_raises(D: int, position: int) -> None:
+    # The forward checks indices as it gathers them, chunk by chunk (64 bags):
+    # a bad one must raise wherever it sits (even or odd place in a bag, a
+    # later chunk, the last position), with its position in the message.
+    weight = torch.randn(50, D)
+    offsets = torch.arange(0, 1500, 5)  # 300 bags of 5
+    for bad in (50, -3):
+        indices = torch.randint(0, 50, (1500,))
+        indices[position] = bad
+        with pytest.raises(ValueError, match=f"index {bad} at position {position} is out of range"):
+            embedding_bag(indices, weight, offsets, impl="cpp")
+
+
+@pytest.mark.parametrize("D", [16, 24])
+@pytest.mark.parametrize(
+    ("bag", "value", "reported"),
+    [(150, 0, 149), (150, -1, 149), (299, 1501, 298), (64, 10_000, 63), (63, 1000, 63)],
+)
+def test_cpp_bad_offsets_in_a_later_chunk_raise(D: int, bag: int, value: int, reported: int):
+    # Offsets are checked per chunk of 64 bags too, pairs across a chunk
+    # boundary (bags 63 | 64) included; the message names the first bad bag.
+    weight = torch.randn(50, D)
+    indices = torch.randint(0, 50, (1500,))
+    offsets = torch.arange(0, 1500, 5)
+    offsets[bag] = value
+    with pytest.raises(ValueError, match=rf"at most len\(indices\) \(bag {reported}\)"):
+        embedding_bag(indices, weight, offsets, impl="cpp")
+
+
 needs_triton = pytest.mark.skipif(not triton_installed(), reason="triton not installed")
 
 
