@@ -75,10 +75,11 @@ def test_cpp_matches_reference(V: int, D: int, B: int, nnz: int, mode: str, psw:
 @pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
 def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool) -> None:
     # The compiled-in widths (16..128) have their own loops, which take rows
-    # in pairs: bags of every length 0..9 (odd ones leave a row over), and
-    # indices near the ends of the index array (the prefetch look-ahead stops
-    # there). D = 24 is a width without its own loop.
-    lengths = torch.arange(10).repeat(3)
+    # in pairs: bags of every length 0..9 (odd ones leave a row over), in
+    # chunks of 64 bags far from the end of the index array (prefetching
+    # without a bounds test) and near it (the look-ahead stops at nnz).
+    # D = 24 is a width without its own loop.
+    lengths = torch.arange(10).repeat(30)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
     nnz = int(lengths.sum())
     g = torch.Generator().manual_seed(D)
@@ -140,6 +141,34 @@ def test_cpp_gradcheck_float64(mode: str, psw: bool) -> None:
             return embedding_bag(indices, w, offsets, mode, p, impl="cpp")
 
         assert torch.autograd.gradcheck(fn, (weight, weights))
+
+
+def test_cpp_tensors_on_another_device_raise() -> None:
+    # The C++ path reads raw host pointers: tensors elsewhere must not reach it.
+    weight = torch.randn(10, 16)
+    cpu, meta = torch.tensor([1, 2]), torch.tensor([1, 2], device="meta")
+    with pytest.raises(ValueError, match="weight's device"):
+        embedding_bag(meta, weight, torch.tensor([0]), impl="cpp")
+    with pytest.raises(ValueError, match="weight's device"):
+        embedding_bag(cpu, weight, torch.tensor([0], device="meta"), impl="cpp")
+    with pytest.raises(ValueError, match="per_sample_weights"):
+        embedding_bag(
+            cpu, weight, torch.tensor([0]), "sum", torch.ones(2, device="meta"), impl="cpp"
+        )
+
+
+def test_pointer_binding_checks_its_scalars() -> None:
+    from conveyor import _C
+
+    out = torch.empty(1, 4)
+    weight, indices, offsets = torch.randn(3, 4), torch.tensor([0, 5]), torch.tensor([0])
+    p = [t.data_ptr() for t in (weight, indices, offsets, out)]
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        _C.embedding_bag_forward_ptr(p[0], 3, 4, p[1], -2, p[2], 1, 0, 0, p[3], False)
+    with pytest.raises(ValueError, match="mode"):
+        _C.embedding_bag_forward_ptr(p[0], 3, 4, p[1], 2, p[2], 1, 0, 7, p[3], False)
+    with pytest.raises(ValueError, match="index 5 at position 1 is out of range"):
+        _C.embedding_bag_forward_ptr(p[0], 3, 4, p[1], 2, p[2], 1, 0, 0, p[3], False)
 
 
 def test_bad_arguments_raise() -> None:
