@@ -227,8 +227,12 @@ CONVEYOR_INLINE int bags_fixed(const T* __restrict w, uint64_t V, const int64_t*
       }
     }
     const T scale = (mean && e > s) ? T(1) / static_cast<T>(e - s) : T(1);
+    if constexpr (kTwo) {
 #pragma omp simd
-    for (int64_t d = 0; d < W; ++d) out[b * W + d] = (acc0[d] + acc1[d]) * scale;
+      for (int64_t d = 0; d < W; ++d) acc0[d] += acc1[d];
+    }
+#pragma omp simd
+    for (int64_t d = 0; d < W; ++d) out[b * W + d] = acc0[d] * scale;
   }
   return 0;
 }

@@ -94,6 +94,22 @@ def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool
     assert_close(out, ref, dtype, scale=4)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("D", [16, 20])
+def test_cpp_int32_and_int64_indices(index_dtype: torch.dtype, D: int) -> None:
+    # int32 indices and offsets are widened once; int64 ones go through as
+    # they are (no copy): both must match torch, which takes either.
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(1000, D, generator=g)
+    indices = torch.randint(0, 1000, (700,), generator=g).to(index_dtype)
+    offsets = torch.arange(0, 700, 7).to(index_dtype)
+    weights = torch.rand(700, generator=g)
+    for mode, psw in (("sum", None), ("mean", None), ("sum", weights)):
+        out = embedding_bag(indices, weight, offsets, mode, psw, impl="cpp")
+        ref = F.embedding_bag(indices, weight, offsets, mode=mode, per_sample_weights=psw)
+        assert_close(out, ref, torch.float32, scale=4)
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_cpp_empty_batch(mode: str) -> None:
     _check("cpp", 20, 4, 0, 0, mode)
