@@ -71,6 +71,42 @@ void bind_embedding_bag(py::module_& m) {
       py::arg("mode"), py::arg("out"),
       "out[B,D] = per-bag sum (mode 0) or mean (mode 1) of weight[V,D] rows; int64 indices "
       "[nnz] and offsets [B] (bag starts); per_sample_weights [nnz] or None (sum only).");
+  // The same op on host pointers, for kernels/embedding_bag.py: turning five
+  // tensors into numpy arrays and checking them again here cost ~4 us a call
+  // (the 10^5-row shapes in bench_ops take 60-130 us). That wrapper has
+  // checked shapes, dtypes, devices and contiguity; index and offset values
+  // are checked here as in embedding_bag_forward.
+  m.def(
+      "embedding_bag_forward_ptr",
+      [](std::uintptr_t weight, int64_t V, int64_t D, std::uintptr_t indices, int64_t nnz,
+         std::uintptr_t offsets, int64_t B, std::uintptr_t psw, int mode, std::uintptr_t out,
+         bool f64) {
+        check_mode(mode, psw != 0);
+        if (V < 0 || D < 0 || nnz < 0 || B < 0) throw py::value_error("sizes must be >= 0");
+        std::string err;
+        {
+          py::gil_scoped_release release;
+          if (f64) {
+            err = embedding_bag_forward_cpu<double>(
+                reinterpret_cast<const double*>(weight), V, D,
+                reinterpret_cast<const int64_t*>(indices), nnz,
+                reinterpret_cast<const int64_t*>(offsets), B,
+                reinterpret_cast<const double*>(psw), mode, reinterpret_cast<double*>(out));
+          } else {
+            err = embedding_bag_forward_cpu<float>(
+                reinterpret_cast<const float*>(weight), V, D,
+                reinterpret_cast<const int64_t*>(indices), nnz,
+                reinterpret_cast<const int64_t*>(offsets), B,
+                reinterpret_cast<const float*>(psw), mode, reinterpret_cast<float*>(out));
+          }
+        }
+        if (!err.empty()) throw py::value_error("embedding_bag_forward: " + err);
+      },
+      py::arg("weight_ptr"), py::arg("V"), py::arg("D"), py::arg("indices_ptr"), py::arg("nnz"),
+      py::arg("offsets_ptr"), py::arg("B"), py::arg("psw_ptr"), py::arg("mode"),
+      py::arg("out_ptr"), py::arg("f64"),
+      "embedding_bag_forward on host pointers of contiguous buffers the caller has checked "
+      "(float32, or float64 if f64; int64 indices and offsets; psw_ptr 0 for none).");
   m.def(
       "embedding_bag_backward",
       [](const py::object& grad_out, const py::object& weight, const py::object& indices,

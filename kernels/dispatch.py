@@ -110,8 +110,13 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
 #   (2^22 MACs) up; below, torch's lower call overhead wins (0.8-0.9x at 2^21).
 # - layer_norm: 1.1-1.75x from 2^19 elements up; below, torch (0.7-0.9x at 2^16-2^17).
-# - embedding_bag: torch's forward (FBGEMM) is faster (cpp 0.4-1.0x), but
-#   torch's dense backward is slow (cpp fwd+bwd 1.1-4.7x): cpp for training only.
+# - embedding_bag: training: cpp (torch's dense backward is slow; fwd+bwd
+#   1.1-5.8x). Inference stays torch: our forward now beats FBGEMM's on most
+#   shapes (1.06-1.19x at 10^6 x 128, 1.02-1.28x on 10^5-10^6-row tables
+#   from 2^22 gathered elements, mean 1.2-2.9x everywhere), but not sum and
+#   sum+psw at D=64 (0.94-0.99x at 10^5 rows, 0.91-0.98x with 10^3-10^4
+#   rows in cache), and these rules see only the size, not the table or the
+#   mode (2026-11-27).
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
 # - mlp (whole-MLP inference in one call): 1.0-1.6x nn.Sequential eager at
 #   batch 1-256, so always for inference; training runs layer by layer.

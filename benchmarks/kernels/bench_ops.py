@@ -48,6 +48,8 @@ from conveyor.kernels import (
 # --large-only: just the GPU-sized shapes (the torch.compile comparison, whose
 # compilations cost seconds per shape, runs on these).
 LARGE_ONLY = False
+# --embedding-bag-shapes: (V, D, B, L) tuples replacing embedding_bag's defaults.
+EMBEDDING_BAG_SHAPES: list[tuple[int, int, int, int]] = []
 
 
 @dataclass
@@ -272,7 +274,9 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
 
 def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     shapes = [(100_000, 64, 2048, 20), (100_000, 16, 8192, 10), (1_000_000, 128, 4096, 40)]
-    if device == "cuda":
+    if EMBEDDING_BAG_SHAPES:
+        shapes = EMBEDDING_BAG_SHAPES
+    elif device == "cuda":
         shapes = [(4_000_000, 128, 65536, 40)] + ([] if LARGE_ONLY else shapes)
     es = torch.finfo(dtype).bits // 8
     cases: list[Case] = []
@@ -576,10 +580,22 @@ def main() -> int:
     parser.add_argument(
         "--large-only", action="store_true", help="on CUDA, only the large (GPU-sized) shapes"
     )
+    parser.add_argument(
+        "--embedding-bag-shapes",
+        metavar="V,D,B,L;...",
+        default="",
+        help="embedding_bag shapes instead of the defaults (table rows V, width D, B bags of L)",
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     global LARGE_ONLY
     LARGE_ONLY = args.large_only
+    for spec in filter(None, args.embedding_bag_shapes.split(";")):
+        try:
+            V, D, B, L = (int(x) for x in spec.split(","))
+        except ValueError:
+            parser.error(f"--embedding-bag-shapes: expected V,D,B,L integers, got {spec!r}")
+        EMBEDDING_BAG_SHAPES.append((V, D, B, L))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible to torch", file=sys.stderr)
         return 2

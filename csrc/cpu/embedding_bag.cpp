@@ -35,9 +35,29 @@ CONVEYOR_INLINE T dot(int64_t D, const T* __restrict a, const T* __restrict b) {
   return acc;
 }
 
+inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
+  return b + 1 < B ? offsets[b + 1] : nnz;
+}
+
 // Rows prefetched ahead of the one being added: the gather is latency-bound
 // (random rows of a table far larger than cache), so keep several in flight.
-constexpr int64_t kAhead = 16;
+// 24 (prefetcht0) against 8, 16, 32, 48, 64: 16 -> 24 made 10^6 x 128 rows
+// ~10% faster (2.2 -> 1.9 ms), D = 16 ~5%, D = 64 the same; 48 and more lost
+// again; prefetcht1 lost 20-40% everywhere (one thread, EPYC Zen 4).
+constexpr int64_t kAhead = 24;
+
+// Prefetches columns [d0, d0 + width) of a row some positions ahead. The
+// address is computed in integers: the forward checks indices chunk by chunk,
+// so a look-ahead index may not be checked yet, and a prefetch never faults
+// but out-of-range pointer arithmetic would be undefined.
+template <typename T>
+CONVEYOR_INLINE void prefetch_row(const T* weight, int64_t row, int64_t D, int64_t d0,
+                                  int64_t width) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(weight) +
+                         (static_cast<uintptr_t>(row) * D + d0) * sizeof(T);
+  for (int64_t l = 0; l < width * static_cast<int64_t>(sizeof(T)); l += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(base + l));
+}
 
 // Columns [d0, d0 + W) of one bag, W a compile-time width so the
 // accumulator lives in registers across the whole bag: the inner loop is
@@ -58,12 +78,8 @@ CONVEYOR_INLINE void bag_columns(const T* __restrict weight, int64_t D, int64_t 
     // Prefetch by position in the whole index array, not the bag: bags are
     // short (tens of rows), and the next bag's rows must be in flight too.
     if (j + kAhead + 1 < nnz) {
-      const T* a0 = weight + indices[j + kAhead] * D + d0;
-      const T* a1 = weight + indices[j + kAhead + 1] * D + d0;
-      for (int64_t l = 0; l < W; l += kLine) {
-        __builtin_prefetch(a0 + l);
-        __builtin_prefetch(a1 + l);
-      }
+      prefetch_row(weight, indices[j + kAhead], D, d0, W);
+      prefetch_row(weight, indices[j + kAhead + 1], D, d0, W);
     }
     const T* r0 = weight + indices[j] * D + d0;
     const T* r1 = weight + indices[j + 1] * D + d0;
@@ -75,7 +91,7 @@ CONVEYOR_INLINE void bag_columns(const T* __restrict weight, int64_t D, int64_t 
     }
   }
   for (; j < e; ++j) {  // the odd one out, or every row of a single-line chunk
-    if (!kTwo && j + kAhead < nnz) __builtin_prefetch(weight + indices[j + kAhead] * D + d0);
+    if (!kTwo && j + kAhead < nnz) prefetch_row(weight, indices[j + kAhead], D, d0, kLine);
     const T* r0 = weight + indices[j] * D + d0;
     const T w0 = psw ? psw[j] : T(1);
 #pragma omp simd
@@ -112,39 +128,192 @@ CONVEYOR_INLINE void bag(const T* __restrict weight, int64_t D, const int64_t* i
   }
 }
 
-inline int64_t bag_end(const int64_t* offsets, int64_t B, int64_t nnz, int64_t b) {
-  return b + 1 < B ? offsets[b + 1] : nnz;
+
+// The checks read every index and offset once, so they are vectorized like
+// the kernels: the baseline x86-64 build has no 64-bit unsigned compare and
+// took 23 us for 82k indices (the whole forward took ~110), the AVX-512 clone
+// 3 us. Positions are searched only on failure.
+CONVEYOR_INLINE int index_bad(const int64_t* indices, int64_t n, int64_t V) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t j = 0; j < n; ++j)
+    bad |= static_cast<int>(static_cast<uint64_t>(indices[j]) >= static_cast<uint64_t>(V));
+  return bad;
+}
+
+CONVEYOR_CLONES int any_offset_bad(const int64_t* offsets, int64_t B, int64_t nnz) {
+  int bad = offsets[0] != 0 || offsets[B - 1] > nnz;
+#pragma omp simd reduction(| : bad)
+  for (int64_t b = 1; b < B; ++b) bad |= static_cast<int>(offsets[b - 1] > offsets[b]);
+  return bad;
+}
+
+CONVEYOR_CLONES int any_index_bad(const int64_t* indices, int64_t nnz, int64_t V) {
+  return index_bad(indices, nnz, V);
+}
+
+// Whether the offsets of bags [b0, b1) decrease or leave [0, nnz]. The
+// forward checks each chunk of bags just before gathering it (a separate
+// pass over every offset and index first read them twice from L2/L3: ~7 us
+// of ~75 for 82k indices). Pairs across a chunk boundary are compared by the
+// chunk on the left (its last bag ends at the next chunk's first offset), so
+// the chunks together check the whole array.
+CONVEYOR_INLINE int chunk_offsets_bad(const int64_t* offsets, int64_t B, int64_t nnz,
+                                      int64_t b0, int64_t b1) {
+  const int64_t j0 = offsets[b0], j1 = bag_end(offsets, B, nnz, b1 - 1);
+  int bad = (j0 < 0) | (j1 > nnz) | (offsets[b1 - 1] > j1);
+#pragma omp simd reduction(| : bad)
+  for (int64_t b = b0 + 1; b < b1; ++b) bad |= static_cast<int>(offsets[b - 1] > offsets[b]);
+  return bad;
+}
+
+// Bags [b0, b1) of rows exactly W wide (W a compile-time constant, the
+// common widths): the bag's whole accumulator is W / vector-width registers,
+// the row address is a shift, and unweighted sums add instead of FMA-ing by
+// 1 (the add's shorter latency bounds a one-register bag's chain).
+// Two accumulator sets (even and odd positions) halve that chain when a row
+// is one or two vectors; wider rows already have independent registers.
+// Each index is range-checked as it is used (a compare and a branch never
+// taken, cheaper than a separate pass); returns 1 at the first bad one.
+// Wider accumulators (two sets up to 4 or 8 lines) and prefetching only a
+// row's first line or two were measured and lost or tied.
+template <typename T, int64_t W, bool kWeighted, bool kNearEnd>
+CONVEYOR_INLINE int bags_fixed(const T* __restrict w, uint64_t V, const int64_t* __restrict idx,
+                               const int64_t* __restrict offsets, int64_t B, int64_t nnz,
+                               const T* __restrict psw, bool mean, T* __restrict out, int64_t b0,
+                               int64_t b1) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  constexpr bool kTwo = W <= 2 * kLine;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = offsets[b], e = bag_end(offsets, B, nnz, b);
+    T acc0[W] = {}, acc1[W] = {};
+    int64_t j = s;
+    for (; kTwo && j + 1 < e; j += 2) {
+      if (!kNearEnd || j + kAhead + 1 < nnz) {
+        prefetch_row(w, idx[j + kAhead], W, 0, W);
+        prefetch_row(w, idx[j + kAhead + 1], W, 0, W);
+      }
+      const uint64_t i0 = idx[j], i1 = idx[j + 1];
+      if (__builtin_expect((i0 >= V) | (i1 >= V), 0)) return 1;
+      const T* r0 = w + i0 * W;
+      const T* r1 = w + i1 * W;
+      if constexpr (kWeighted) {
+        const T w0 = psw[j], w1 = psw[j + 1];
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) {
+          acc0[d] += w0 * r0[d];
+          acc1[d] += w1 * r1[d];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) {
+          acc0[d] += r0[d];
+          acc1[d] += r1[d];
+        }
+      }
+    }
+    for (; j < e; ++j) {
+      if (!kNearEnd || j + kAhead < nnz) prefetch_row(w, idx[j + kAhead], W, 0, W);
+      const uint64_t i0 = idx[j];
+      if (__builtin_expect(i0 >= V, 0)) return 1;
+      const T* r = w + i0 * W;
+      if constexpr (kWeighted) {
+        const T w0 = psw[j];
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) acc0[d] += w0 * r[d];
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < W; ++d) acc0[d] += r[d];
+      }
+    }
+    const T scale = (mean && e > s) ? T(1) / static_cast<T>(e - s) : T(1);
+    if constexpr (kTwo) {
+#pragma omp simd
+      for (int64_t d = 0; d < W; ++d) acc0[d] += acc1[d];
+    }
+#pragma omp simd
+    for (int64_t d = 0; d < W; ++d) out[b * W + d] = acc0[d] * scale;
+  }
+  return 0;
+}
+
+template <typename T, int64_t W, bool kWeighted>
+CONVEYOR_INLINE int bags_fixed_at(bool near_end, const T* w, uint64_t V, const int64_t* idx,
+                                  const int64_t* offsets, int64_t B, int64_t nnz, const T* psw,
+                                  bool mean, T* out, int64_t b0, int64_t b1) {
+  return near_end
+             ? bags_fixed<T, W, kWeighted, true>(w, V, idx, offsets, B, nnz, psw, mean, out, b0, b1)
+             : bags_fixed<T, W, kWeighted, false>(w, V, idx, offsets, B, nnz, psw, mean, out, b0,
+                                                  b1);
+}
+
+// bags_by_width's answer for a width without its own loop.
+constexpr int kNoFixedWidth = -1;
+
+template <typename T, bool kWeighted>
+CONVEYOR_INLINE int bags_by_width(const T* w, int64_t V, int64_t D, const int64_t* idx,
+                                  const int64_t* offsets, int64_t B, int64_t nnz, const T* psw,
+                                  bool mean, T* out, int64_t b0, int64_t b1) {
+  // Chunks that end more than kAhead positions before nnz prefetch without
+  // a bounds test (~2% at D = 16 and 64: the loop is bound by instructions).
+  const bool near_end = bag_end(offsets, B, nnz, b1 - 1) + kAhead + 1 >= nnz;
+  switch (D) {
+    case 16:
+      return bags_fixed_at<T, 16, kWeighted>(near_end, w, V, idx, offsets, B, nnz, psw, mean,
+                                               out, b0, b1);
+    case 32:
+      return bags_fixed_at<T, 32, kWeighted>(near_end, w, V, idx, offsets, B, nnz, psw, mean,
+                                               out, b0, b1);
+    case 64:
+      return bags_fixed_at<T, 64, kWeighted>(near_end, w, V, idx, offsets, B, nnz, psw, mean,
+                                               out, b0, b1);
+    case 128:
+      return bags_fixed_at<T, 128, kWeighted>(near_end, w, V, idx, offsets, B, nnz, psw, mean,
+                                               out, b0, b1);
+    default:
+      return kNoFixedWidth;
+  }
 }
 
 // Bags [b0, b1): one call per chunk of bags, so the per-ISA dispatch and the
 // loop set-up are paid per chunk, not per (short) bag.
+// Returns 1 (output unspecified) on bad offsets or indices.
 template <typename T>
-CONVEYOR_INLINE void bags(const T* w, int64_t D, const int64_t* idx, const int64_t* offsets,
-                          int64_t B, int64_t nnz, const T* psw, int mode, T* out, int64_t b0,
-                          int64_t b1) {
+CONVEYOR_INLINE int bags(const T* w, int64_t V, int64_t D, const int64_t* idx,
+                         const int64_t* offsets, int64_t B, int64_t nnz, const T* psw, int mode,
+                         T* out, int64_t b0, int64_t b1) {
+  if (chunk_offsets_bad(offsets, B, nnz, b0, b1)) return 1;
+  const bool mean = mode == kBagMean;
+  const int fixed =
+      psw ? bags_by_width<T, true>(w, V, D, idx, offsets, B, nnz, psw, mean, out, b0, b1)
+          : bags_by_width<T, false>(w, V, D, idx, offsets, B, nnz, psw, mean, out, b0, b1);
+  if (fixed != kNoFixedWidth) return fixed;
+  const int64_t j0 = offsets[b0], j1 = bag_end(offsets, B, nnz, b1 - 1);
+  if (index_bad(idx + j0, j1 - j0, V)) return 1;
   for (int64_t b = b0; b < b1; ++b)
     bag<T>(w, D, idx, offsets[b], bag_end(offsets, B, nnz, b), nnz, psw, mode, out + b * D);
+  return 0;
 }
 
-CONVEYOR_CLONES void bags_f32(const float* w, int64_t D, const int64_t* idx,
-                              const int64_t* offsets, int64_t B, int64_t nnz, const float* psw,
-                              int mode, float* out, int64_t b0, int64_t b1) {
-  bags<float>(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+CONVEYOR_CLONES int bags_f32(const float* w, int64_t V, int64_t D, const int64_t* idx,
+                             const int64_t* offsets, int64_t B, int64_t nnz, const float* psw,
+                             int mode, float* out, int64_t b0, int64_t b1) {
+  return bags<float>(w, V, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
 }
-CONVEYOR_CLONES void bags_f64(const double* w, int64_t D, const int64_t* idx,
-                              const int64_t* offsets, int64_t B, int64_t nnz, const double* psw,
-                              int mode, double* out, int64_t b0, int64_t b1) {
-  bags<double>(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+CONVEYOR_CLONES int bags_f64(const double* w, int64_t V, int64_t D, const int64_t* idx,
+                             const int64_t* offsets, int64_t B, int64_t nnz, const double* psw,
+                             int mode, double* out, int64_t b0, int64_t b1) {
+  return bags<double>(w, V, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
 }
-inline void bags_any(const float* w, int64_t D, const int64_t* idx, const int64_t* offsets,
-                     int64_t B, int64_t nnz, const float* psw, int mode, float* out, int64_t b0,
-                     int64_t b1) {
-  bags_f32(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+inline int bags_any(const float* w, int64_t V, int64_t D, const int64_t* idx,
+                    const int64_t* offsets, int64_t B, int64_t nnz, const float* psw, int mode,
+                    float* out, int64_t b0, int64_t b1) {
+  return bags_f32(w, V, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
 }
-inline void bags_any(const double* w, int64_t D, const int64_t* idx, const int64_t* offsets,
-                     int64_t B, int64_t nnz, const double* psw, int mode, double* out, int64_t b0,
-                     int64_t b1) {
-  bags_f64(w, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
+inline int bags_any(const double* w, int64_t V, int64_t D, const int64_t* idx,
+                    const int64_t* offsets, int64_t B, int64_t nnz, const double* psw, int mode,
+                    double* out, int64_t b0, int64_t b1) {
+  return bags_f64(w, V, D, idx, offsets, B, nnz, psw, mode, out, b0, b1);
 }
 CONVEYOR_CLONES void axpy_f32(int64_t D, float s, const float* row, float* out) {
   axpy<float>(D, s, row, out);
@@ -163,25 +332,6 @@ inline void axpy_any(int64_t D, double s, const double* row, double* out) {
 inline float dot_any(int64_t D, const float* a, const float* b) { return dot_f32(D, a, b); }
 inline double dot_any(int64_t D, const double* a, const double* b) { return dot_f64(D, a, b); }
 
-
-// The checks read every index and offset once, so they are vectorized clones
-// like the kernels: the baseline x86-64 build has no 64-bit unsigned compare
-// and took 23 us for 82k indices (the whole forward took ~110), the AVX-512
-// clone 3 us. Positions are searched only on failure.
-CONVEYOR_CLONES int any_offset_bad(const int64_t* offsets, int64_t B, int64_t nnz) {
-  int bad = offsets[0] != 0 || offsets[B - 1] > nnz;
-#pragma omp simd reduction(| : bad)
-  for (int64_t b = 1; b < B; ++b) bad |= static_cast<int>(offsets[b - 1] > offsets[b]);
-  return bad;
-}
-
-CONVEYOR_CLONES int any_index_bad(const int64_t* indices, int64_t nnz, int64_t V) {
-  int bad = 0;
-#pragma omp simd reduction(| : bad)
-  for (int64_t j = 0; j < nnz; ++j)
-    bad |= static_cast<int>(static_cast<uint64_t>(indices[j]) >= static_cast<uint64_t>(V));
-  return bad;
-}
 
 std::string check_offsets(const int64_t* offsets, int64_t B, int64_t nnz) {
   if (B == 0 || !any_offset_bad(offsets, B, nnz)) return "";
@@ -211,18 +361,20 @@ std::string embedding_bag_forward_cpu(const T* weight, int64_t V, int64_t D,
                                       const int64_t* indices, int64_t nnz,
                                       const int64_t* offsets, int64_t B,
                                       const T* per_sample_weights, int mode, T* out) {
-  std::string err = check_offsets(offsets, B, nnz);
-  if (err.empty()) err = check_indices(indices, nnz, V);
-  if (!err.empty()) return err;
+  if (B > 0 && offsets[0] != 0) return "offsets[0] must be 0";
   constexpr int64_t kBagChunk = 64;
   const int64_t chunks = (B + kBagChunk - 1) / kBagChunk;
+  int bad = 0;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (nnz * D >= (1 << 15))
+#pragma omp parallel for schedule(static) reduction(| : bad) if (nnz * D >= (1 << 15))
 #endif
   for (int64_t c = 0; c < chunks; ++c)
-    bags_any(weight, D, indices, offsets, B, nnz, per_sample_weights, mode, out, c * kBagChunk,
-             std::min(B, (c + 1) * kBagChunk));
-  return "";
+    bad |= bags_any(weight, V, D, indices, offsets, B, nnz, per_sample_weights, mode, out,
+                    c * kBagChunk, std::min(B, (c + 1) * kBagChunk));
+  if (!bad) return "";
+  std::string err = check_offsets(offsets, B, nnz);
+  if (err.empty()) err = check_indices(indices, nnz, V);
+  return err;
 }
 
 template <typename T>

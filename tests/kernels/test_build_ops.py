@@ -10,6 +10,7 @@ CPU_OPS = (
     "linear_backward",
     "mlp_forward",
     "embedding_bag_forward",
+    "embedding_bag_forward_ptr",
     "embedding_bag_backward",
     "layer_norm_forward",
     "layer_norm_backward",

@@ -70,6 +70,46 @@ def test_cpp_matches_reference(V: int, D: int, B: int, nnz: int, mode: str, psw:
     _check("cpp", V, D, B, nnz, mode, psw)
 
 
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool) -> None:
+    # The compiled-in widths (16..128) have their own loops, which take rows
+    # in pairs: bags of every length 0..9 (odd ones leave a row over), in
+    # chunks of 64 bags far from the end of the index array (prefetching
+    # without a bounds test) and near it (the look-ahead stops at nnz).
+    # D = 24 is a width without its own loop.
+    lengths = torch.arange(10).repeat(30)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    nnz = int(lengths.sum())
+    g = torch.Generator().manual_seed(D)
+    weight = torch.randn(300, D, generator=g, dtype=dtype)
+    indices = torch.randint(0, 300, (nnz,), generator=g)
+    weights = torch.randn(nnz, generator=g, dtype=dtype) if psw else None
+    out = embedding_bag(indices, weight, offsets, mode, weights, impl="cpp")
+    ref = F.embedding_bag(
+        indices, weight.double(), offsets, mode=mode,
+        per_sample_weights=None if weights is None else weights.double(),
+    )  # fmt: skip
+    assert_close(out, ref, dtype, scale=4)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("D", [16, 20])
+def test_cpp_int32_and_int64_indices(index_dtype: torch.dtype, D: int) -> None:
+    # int32 indices and offsets are widened once; int64 ones go through as
+    # they are (no copy): both must match torch, which takes either.
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(1000, D, generator=g)
+    indices = torch.randint(0, 1000, (700,), generator=g).to(index_dtype)
+    offsets = torch.arange(0, 700, 7).to(index_dtype)
+    weights = torch.rand(700, generator=g)
+    for mode, psw in (("sum", None), ("mean", None), ("sum", weights)):
+        out = embedding_bag(indices, weight, offsets, mode, psw, impl="cpp")
+        ref = F.embedding_bag(indices, weight, offsets, mode=mode, per_sample_weights=psw)
+        assert_close(out, ref, torch.float32, scale=4)
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_cpp_empty_batch(mode: str) -> None:
     _check("cpp", 20, 4, 0, 0, mode)
@@ -119,6 +159,34 @@ def test_cpp_gradcheck_float64(mode: str, psw: bool) -> None:
         assert torch.autograd.gradcheck(fn, (weight, weights))
 
 
+def test_cpp_tensors_on_another_device_raise() -> None:
+    # The C++ path reads raw host pointers: tensors elsewhere must not reach it.
+    weight = torch.randn(10, 16)
+    cpu, meta = torch.tensor([1, 2]), torch.tensor([1, 2], device="meta")
+    with pytest.raises(ValueError, match="weight's device"):
+        embedding_bag(meta, weight, torch.tensor([0]), impl="cpp")
+    with pytest.raises(ValueError, match="weight's device"):
+        embedding_bag(cpu, weight, torch.tensor([0], device="meta"), impl="cpp")
+    with pytest.raises(ValueError, match="per_sample_weights"):
+        embedding_bag(
+            cpu, weight, torch.tensor([0]), "sum", torch.ones(2, device="meta"), impl="cpp"
+        )
+
+
+def test_pointer_binding_checks_its_scalars() -> None:
+    from conveyor import _C
+
+    out = torch.empty(1, 4)
+    weight, indices, offsets = torch.randn(3, 4), torch.tensor([0, 5]), torch.tensor([0])
+    p = [t.data_ptr() for t in (weight, indices, offsets, out)]
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        _C.embedding_bag_forward_ptr(p[0], 3, 4, p[1], -2, p[2], 1, 0, 0, p[3], False)
+    with pytest.raises(ValueError, match="mode"):
+        _C.embedding_bag_forward_ptr(p[0], 3, 4, p[1], 2, p[2], 1, 0, 7, p[3], False)
+    with pytest.raises(ValueError, match="index 5 at position 1 is out of range"):
+        _C.embedding_bag_forward_ptr(p[0], 3, 4, p[1], 2, p[2], 1, 0, 0, p[3], False)
+
+
 def test_bad_arguments_raise() -> None:
     weight = torch.randn(10, 3)
     with pytest.raises(ValueError, match="out of range"):
@@ -133,6 +201,37 @@ def test_bad_arguments_raise() -> None:
         embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "mean", torch.ones(1))
     with pytest.raises(ValueError, match="mode"):
         embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "max")
+
+
+@pytest.mark.parametrize("D", [16, 24])  # a width with its own loop, one without
+@pytest.mark.parametrize("position", [0, 1, 2, 777, 1498, 1499])
+def test_cpp_bad_index_anywhere_raises(D: int, position: int) -> None:
+    # The forward checks indices as it gathers them, chunk by chunk (64 bags):
+    # a bad one must raise wherever it sits (even or odd place in a bag, a
+    # later chunk, the last position), with its position in the message.
+    weight = torch.randn(50, D)
+    offsets = torch.arange(0, 1500, 5)  # 300 bags of 5
+    for bad in (50, -3):
+        indices = torch.randint(0, 50, (1500,))
+        indices[position] = bad
+        with pytest.raises(ValueError, match=f"index {bad} at position {position} is out of range"):
+            embedding_bag(indices, weight, offsets, impl="cpp")
+
+
+@pytest.mark.parametrize("D", [16, 24])
+@pytest.mark.parametrize(
+    ("bag", "value", "reported"),
+    [(150, 0, 149), (150, -1, 149), (299, 1501, 298), (64, 10_000, 63), (63, 1000, 63)],
+)
+def test_cpp_bad_offsets_in_a_later_chunk_raise(D: int, bag: int, value: int, reported: int):
+    # Offsets are checked per chunk of 64 bags too, pairs across a chunk
+    # boundary (bags 63 | 64) included; the message names the first bad bag.
+    weight = torch.randn(50, D)
+    indices = torch.randint(0, 50, (1500,))
+    offsets = torch.arange(0, 1500, 5)
+    offsets[bag] = value
+    with pytest.raises(ValueError, match=rf"at most len\(indices\) \(bag {reported}\)"):
+        embedding_bag(indices, weight, offsets, impl="cpp")
 
 
 needs_triton = pytest.mark.skipif(not triton_installed(), reason="triton not installed")
