@@ -9,12 +9,18 @@ When a worker forms a batch:
 
 * it dispatches at once when the queued rows reach the largest preferred batch
   size (or ``max_batch_size`` when none is configured);
-* otherwise it waits until the oldest queued request has waited
-  ``max_queue_delay_microseconds``, then takes what is there -- but only while
-  requests are arriving fast enough for another one to be expected within
-  the time left (a moving average of the gaps between arrivals). A lone or
-  slow stream of requests is therefore dispatched at once, and the delay is
-  spent only when it buys a fuller batch.
+* otherwise it waits until the oldest queued request has waited its
+  *patience* (at most ``max_queue_delay_microseconds``), then takes what is
+  there -- but only while requests are arriving fast enough for another one
+  to be expected within the time left (a moving average of the gaps between
+  arrivals). The patience halves each time a batch leaves with a single
+  request and doubles (up to the delay) when one leaves with several: a
+  closed-loop client at concurrency 1 arrives as regularly as a stream but
+  sends nothing while its request is held, so after a few requests it is no
+  longer held at all, while under load (requests queue up behind a busy
+  worker) the full delay is spent building large batches, which is what
+  amortises each batch's fixed cost (thread hand-offs, the model call).
+  A lone or slow stream of requests is dispatched at once.
 
 While a worker executes, new requests accumulate, so under load batches grow
 by themselves and throughput approaches the model's batched-forward rate; a
@@ -65,6 +71,8 @@ QUEUED, TAKEN, DONE = 0, 1, 2
 DEFAULT_EXECUTION_TIMEOUT = 60.0
 # Replacement threads per model version for workers stuck in the model.
 MAX_ABANDONED_THREADS = 4
+# Seconds: the smallest non-zero patience (see Batcher._patience); below it, none.
+_MIN_PATIENCE = 50e-6
 
 
 class _Abandoned(BaseException):
@@ -196,6 +204,9 @@ class Batcher:
         self.metrics: Any = None
         self.drift: Any = None
         self._delay = batching.max_queue_delay_microseconds / 1e6
+        # How long a partial batch is currently held for company (seconds, <= the delay):
+        # halved when a batch leaves with one request, doubled when it leaves with several.
+        self._patience = self._delay
         # Moving average of the gap between arrivals (seconds); inf until two arrived.
         self._gap = float("inf")
         self._last_arrival: float | None = None
@@ -469,7 +480,7 @@ class Batcher:
                 if self._closing or self._rows >= self._threshold:
                     break
                 oldest = min(q[0].arrival for q in self._levels if q)
-                wait = oldest + self._delay - time.monotonic()
+                wait = oldest + self._patience - time.monotonic()
                 if wait <= 0 or self._gap > wait:
                     break  # delay spent, or no other request expected in time
                 cond.wait(wait)
@@ -510,6 +521,12 @@ class Batcher:
             self._queued -= 1
             self._rows -= p.rows
             p.state = TAKEN
+        if len(batch) > 1:
+            self._patience = min(self._delay, max(2 * self._patience, _MIN_PATIENCE))
+        elif batch:
+            # Holding a request gathered no company: a closed-loop client at low
+            # concurrency sends its next request only after this one is answered.
+            self._patience = 0.0 if self._patience < 2 * _MIN_PATIENCE else self._patience / 2
         if self.metrics is not None and (batch or dropped):
             self.metrics.queue_depth.dec(len(batch) + len(dropped))
         return batch, dropped
