@@ -9,12 +9,19 @@ When a worker forms a batch:
 
 * it dispatches at once when the queued rows reach the largest preferred batch
   size (or ``max_batch_size`` when none is configured);
-* otherwise it waits until the oldest queued request has waited
-  ``max_queue_delay_microseconds``, then takes what is there -- but only while
-  requests are arriving fast enough for another one to be expected within
-  the time left (a moving average of the gaps between arrivals). A lone or
-  slow stream of requests is therefore dispatched at once, and the delay is
-  spent only when it buys a fuller batch.
+* otherwise it waits until the oldest queued request has waited its
+  *patience* (at most ``max_queue_delay_microseconds``), then takes what is
+  there -- but only while requests are arriving fast enough for another one
+  to be expected within the time left (a moving average of the gaps between
+  arrivals). The patience halves each time a batch leaves with a single
+  request or after a wait that no new request joined, and doubles (up to
+  the delay) otherwise: a closed-loop client at concurrency 1 arrives as
+  regularly as a stream but sends nothing while its request is held, so
+  after a few requests it is no longer held at all (likewise a few clients
+  that are all queued already), while under load (requests queue up behind
+  a busy worker) the full delay is spent building large batches, which is
+  what amortises each batch's fixed cost (thread hand-offs, the model call).
+  A lone or slow stream of requests is dispatched at once.
 
 While a worker executes, new requests accumulate, so under load batches grow
 by themselves and throughput approaches the model's batched-forward rate; a
@@ -65,6 +72,8 @@ QUEUED, TAKEN, DONE = 0, 1, 2
 DEFAULT_EXECUTION_TIMEOUT = 60.0
 # Replacement threads per model version for workers stuck in the model.
 MAX_ABANDONED_THREADS = 4
+# Seconds: the smallest non-zero patience (see Batcher._patience); below it, none.
+_MIN_PATIENCE = 50e-6
 
 
 class _Abandoned(BaseException):
@@ -196,6 +205,10 @@ class Batcher:
         self.metrics: Any = None
         self.drift: Any = None
         self._delay = batching.max_queue_delay_microseconds / 1e6
+        # How long a partial batch is currently held for company (seconds, <= the delay):
+        # halved when a batch leaves with one request, doubled when it leaves with several.
+        self._patience = self._delay
+        self._arrivals = 0  # requests submitted since load (tells whether a wait gathered any)
         # Moving average of the gap between arrivals (seconds); inf until two arrived.
         self._gap = float("inf")
         self._last_arrival: float | None = None
@@ -271,6 +284,7 @@ class Batcher:
                 )
             self._levels[pending.level].append(pending)
             self._queued += 1
+            self._arrivals += 1
             if self.metrics is not None:
                 self.metrics.queue_depth.inc()
             self._rows += pending.rows
@@ -456,6 +470,7 @@ class Batcher:
         """Block until a batch is due; returns (batch or None when closed, expired requests)."""
         cond = self._cond
         with cond:
+            mark = None  # arrivals count when this batch started waiting for company
             while True:
                 if self._queued == 0:
                     if self._closing:
@@ -469,14 +484,20 @@ class Batcher:
                 if self._closing or self._rows >= self._threshold:
                     break
                 oldest = min(q[0].arrival for q in self._levels if q)
-                wait = oldest + self._delay - time.monotonic()
+                wait = oldest + self._patience - time.monotonic()
                 if wait <= 0 or self._gap > wait:
                     break  # delay spent, or no other request expected in time
+                if mark is None:
+                    mark = self._arrivals
                 cond.wait(wait)
-            return self._take()
+            return self._take(None if mark is None else self._arrivals - mark)
 
-    def _take(self) -> tuple[list[Pending], list[Pending]]:
-        """Pop whole requests, highest priority first, up to the target rows (lock held)."""
+    def _take(self, gathered: int | None = None) -> tuple[list[Pending], list[Pending]]:
+        """Pop whole requests, highest priority first, up to the target rows (lock held).
+
+        ``gathered``: requests that arrived while this batch waited for company
+        (None: it did not wait); it and the batch size adjust the patience.
+        """
         target = self.max_batch_size
         if self._preferred and self._rows < self.max_batch_size:
             fitting = [p for p in self._preferred if p <= self._rows]
@@ -510,6 +531,13 @@ class Batcher:
             self._queued -= 1
             self._rows -= p.rows
             p.state = TAKEN
+        if gathered == 0 or len(batch) == 1:
+            # Holding requests gathered no company: closed-loop clients that are all
+            # waiting on queued requests (concurrency 1, or a few clients per server
+            # process) send nothing more until they are answered.
+            self._patience = 0.0 if self._patience < 2 * _MIN_PATIENCE else self._patience / 2
+        elif batch:
+            self._patience = min(self._delay, max(2 * self._patience, _MIN_PATIENCE))
         if self.metrics is not None and (batch or dropped):
             self.metrics.queue_depth.dec(len(batch) + len(dropped))
         return batch, dropped

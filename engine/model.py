@@ -12,6 +12,7 @@ a flat ``List[str]``, row-major).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -108,6 +109,7 @@ class Model:
             )
         self.files = _locate(directory, self.config)
         self.program = _load_program(self.files, self.config.platform)
+        self._holders = threading.local()
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -137,14 +139,35 @@ class Model:
                 args.append([_text(v) for v in array.reshape(-1).tolist()])
             else:
                 args.append(torch.from_numpy(array))
+        holder = self._holder() if self.config.platform == "torchscript" else None
         try:
+            if holder is not None:
+                holder.tensors = [a for a in args if isinstance(a, torch.Tensor)]
             with torch.inference_mode():
                 result = self.program(*args)
         except Exception as exc:
             raise Internal(
                 f"model {self.name!r} version {self.version} raised: {_message(exc)}"
             ) from None
+        finally:
+            if holder is not None:
+                holder.tensors = []
         return self._outputs(result, batch)
+
+    def _holder(self) -> Any:
+        """This thread's keep-alive for the input tensors of a TorchScript call.
+
+        A tensor made in Python has a PyObject; when C++ drops its second-to-last
+        reference, torch decrefs that PyObject, which takes the GIL. The TorchScript
+        interpreter drops each input after its last use, inside the call that runs
+        without the GIL, so every batch stalled mid-forward until the event loop let
+        go of the GIL. A third reference held in C++ (a TorchScript attribute, set
+        and cleared with the GIL held) moves that decref out of the forward.
+        """
+        holder = getattr(self._holders, "module", None)
+        if holder is None:
+            holder = self._holders.module = _new_holder()
+        return holder
 
     def _outputs(self, result: Any, batch: int) -> list[np.ndarray]:
         import torch
@@ -212,6 +235,19 @@ class Model:
         array = np.empty(len(item), dtype=object)
         array[:] = [s.encode() if isinstance(s, str) else bytes(s) for s in item]
         return array.reshape(shape)
+
+
+def _new_holder() -> Any:
+    import torch
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tensors = [torch.zeros(0)]  # a non-empty list: TorchScript infers List[Tensor]
+
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(Holder())
 
 
 def _is_strings(value: Any) -> bool:

@@ -234,6 +234,62 @@ def test_a_fast_stream_is_batched_and_no_request_waits_past_the_delay() -> None:
     assert max(waits) < delay + 2.0  # generous for a loaded machine; never unbounded
 
 
+def test_a_closed_loop_client_at_concurrency_1_stops_being_held() -> None:
+    # Each request is sent when the previous one is answered: arrivals are regular
+    # (a small gap) but nobody can join a held request, so holding one for the
+    # delay only adds latency. The patience halves per lone batch; after a few
+    # requests none is held.
+    run = Recorder()
+    delay = 0.2
+    batcher = _batcher(run, max_batch=64, max_queue_delay_microseconds=int(delay * 1e6))
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        times = []
+        for i in range(16):
+            p = _pending(loop, np.full((1, 1), float(i), np.float32))
+            t0 = time.perf_counter()
+            batcher.submit(p)
+            await p.future
+            times.append(time.perf_counter() - t0)
+        return times
+
+    times = asyncio.run(main())
+    batcher.close()
+    assert len(run.batches) == 16
+    # Held for the whole delay, the last 6 would take 6 x 0.2 s; they take about nothing.
+    assert sum(times[-6:]) < delay
+
+
+def test_a_few_closed_loop_clients_all_queued_stop_being_held() -> None:
+    # 4 clients, each sending when answered: their requests batch together, but
+    # once all 4 are queued no fifth can come, so waiting for one is wasted.
+    run = Recorder()
+    delay = 0.2
+    batcher = _batcher(run, max_batch=64, max_queue_delay_microseconds=int(delay * 1e6))
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        rounds: list[float] = []
+
+        async def one(i: int) -> None:
+            p = _pending(loop, np.full((1, 1), float(i), np.float32))
+            batcher.submit(p)
+            await p.future
+
+        for r in range(16):
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(4 * r + c) for c in range(4)))
+            rounds.append(time.perf_counter() - t0)
+        return rounds
+
+    rounds = asyncio.run(main())
+    batcher.close()
+    assert len(run.seen()) == 64
+    # Held for the whole delay, the last 6 rounds would take 6 x 0.2 s.
+    assert sum(rounds[-6:]) < delay
+
+
 def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
     run = Recorder()
     batcher = _batcher(
