@@ -8,7 +8,9 @@ on uvloop) against servers in their own processes:
 
 * ``bare``: a grpc.aio server answering every ModelInfer with a constant
   (no parsing, no batching, no model): the ceiling for this client and payload;
-* ``conveyor``: ``conveyor serve`` (1 process, and 2 processes on SO_REUSEPORT);
+* ``conveyor``: ``conveyor serve`` (1 process, and 2 processes on SO_REUSEPORT),
+  with ``--max-queue-delay-microseconds 2000`` (``--conveyor-delay``): the
+  setting for a saturated server; the default, 250, favours latency;
 * ``mlserver``: Seldon MLServer with a small custom runtime for the same
   TorchScript model and adaptive batching (its own venv, see --mlserver-venv),
   inference in-process (``parallel_workers: 0``, its fastest here), and
@@ -372,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated CONCURRENCYxROWS points to run, e.g. 64x1,8x64 (default: all)",
     )
+    parser.add_argument(
+        "--conveyor-delay",
+        type=int,
+        default=2000,
+        help="conveyor's --max-queue-delay-microseconds (default 2000, its throughput "
+        "setting; the server's own default, 250, favours latency below saturation)",
+    )
     parser.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_server is not None:
@@ -441,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--model-repository", str(work / "repo"),
                     "--port", str(port), "--workers", str(workers), "--log-level", "warning",
                     "--metrics-port", str(metrics_port),
+                    "--max-queue-delay-microseconds", str(args.conveyor_delay),
                 ],
                 port,
                 env,

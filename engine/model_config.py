@@ -38,11 +38,13 @@ class DynamicBatching:
 
     Attributes:
         max_queue_delay_microseconds: the longest the oldest queued request
-            may wait for others to join its batch (default 2000). The batcher
+            may wait for others to join its batch (default 250). The batcher
             waits only while requests arrive fast enough to fill the batch and
             holding requests has recently gathered company, so a lone request
             (or a closed-loop client at concurrency 1) is dispatched at once;
-            0 never waits.
+            0 never waits. Larger values (e.g. 2000) buy throughput when the
+            server is saturated, at up to that much latency for open-loop
+            traffic below saturation (benchmarks/README.md has both figures).
         preferred_batch_size: batch sizes (rows) dispatched at once when they
             can be formed (default none: dispatch at ``max_batch_size`` or on delay).
         max_queue_size: requests queued per model before new ones get
@@ -52,7 +54,7 @@ class DynamicBatching:
             0 = the lowest level).
     """
 
-    max_queue_delay_microseconds: int = 2000
+    max_queue_delay_microseconds: int = 250
     preferred_batch_size: tuple[int, ...] = ()
     max_queue_size: int = 1024
     priority_levels: int = 2
