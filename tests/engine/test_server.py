@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from cli_server import start_cli_server
 from models import VERSION_IO, Version, write_model
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -190,17 +191,7 @@ def test_cli_serves_and_drains_on_signal(repo: Path, sig: signal.Signals) -> Non
 
 
 def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
-         "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc, port = start_cli_server(repo, "--workers", "2", "--log-level", "warning")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 import worker_targets
+from cli_server import start_cli_server
 from models import VERSION_IO, Version, write_model
 from test_server import _request
 
@@ -120,15 +118,9 @@ def _workers_of(pid: int) -> set[int]:
 def test_cli_replaces_a_killed_worker_and_keeps_serving(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "m", 1, Version(1), VERSION_IO)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
-         "--port", str(port), "--workers", "2", "--log-level", "info", "--metrics-port", "-1"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc, port = start_cli_server(
+        repo, "--workers", "2", "--log-level", "info", "--metrics-port", "-1"
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
