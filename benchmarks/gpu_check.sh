@@ -73,9 +73,9 @@ step build-tests 30 "$RESULTS/build_tests.log" \
   "$PY" -m pytest tests/conveyor/test_build.py -q -p no:cacheprovider -o addopts="-ra"
 
 # 3. Benchmarks, each a ratio against a baseline measured in the same run.
-step histogram-bench 45 "$RESULTS/histogram_cuda.txt" \
+step histogram-bench 60 "$RESULTS/histogram_cuda.txt" \
   "$PY" benchmarks/histogram_bench.py --device cuda --rows 16000000 --features 32 --repeat 20 \
-  --json "$RESULTS/histogram_cuda.json"
+  --cuda-variants --json "$RESULTS/histogram_cuda.json"
 
 # Fused ops: every implementation against torch eager (float32, then bfloat16),
 # then against torch.compile of the reference on the large shapes (compiling

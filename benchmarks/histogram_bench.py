@@ -7,10 +7,12 @@ CPU (default): conveyor._C's C++/OpenMP op against the numpy reference; prints
 the median time of each over ``--repeat`` runs, values/s and the speed-up
 numpy_time / cpp_time.
 
-CUDA: conveyor's CUDA op against a torch eager reference (searchsorted +
-bincount per feature) on the same device, timed with CUDA events, plus the
-device's measured copy bandwidth, so the op's read bandwidth is reported as a
-fraction of what the memory system delivers.
+CUDA: conveyor's CUDA op (and its Triton kernel) against a torch eager
+reference (searchsorted + bincount per feature) on the same device, timed with
+CUDA events, plus the device's measured copy bandwidth, so the op's read
+bandwidth is reported as a fraction of what the memory system delivers.
+``--cuda-variants`` also times the CUDA kernel with the search kernel forced
+(no lookup table) and with tables of 256, 512 and 1024 cells per feature.
 
 Data: standard normal values with 1% NaN and 0.1% +inf, edges at the data's
 quantiles (as drift profiling makes them). Counts are checked for equality
@@ -31,7 +33,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from conveyor import _C
-from conveyor.kernels import histogram_slots, histogram_update
+from conveyor.kernels import dispatch, histogram_slots, histogram_update
+from conveyor.kernels.histogram import _histogram_update_cuda
 
 
 def make_data(rows: int, features: int, bins: int, seed: int = 0):
@@ -106,6 +109,26 @@ def cuda_main(args) -> int:
     counts = torch.zeros_like(got)
     t_cuda = bench(lambda: histogram_update(values, edges, counts, check_edges=False), args.repeat)
     t_torch = bench(lambda: torch_reference(values, edges), max(1, args.repeat // 2))
+    extra = {}  # further rows: name -> seconds
+    if dispatch.available("histogram", "triton", "cuda", torch.float32):
+        if not torch.equal(histogram_update(values, edges, impl="triton"), ref):
+            print("MISMATCH: Triton counts differ from the torch reference", file=sys.stderr)
+            return 1
+        extra["triton"] = bench(
+            lambda: histogram_update(values, edges, counts, impl="triton", check_edges=False),
+            args.repeat,
+        )
+    for cells in (-1, 256, 512, 1024) if args.cuda_variants else ():
+        name = "cuda search" if cells < 0 else f"cuda {cells} cells"
+
+        def run(cells=cells):
+            return _histogram_update_cuda(values, edges, counts, "cuda", False, lut_cells=cells)
+
+        counts.zero_()
+        if not torch.equal(run(), ref):
+            print(f"MISMATCH: {name} counts differ from the torch reference", file=sys.stderr)
+            return 1
+        extra[name] = bench(run, args.repeat)
     src = torch.empty(values.numel(), dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
     t_copy = bench(lambda: dst.copy_(src), args.repeat)
@@ -125,6 +148,7 @@ def cuda_main(args) -> int:
         "op_read_gbs": op_gbs,
         "copy_gbs": copy_gbs,
         "fraction_of_copy_bandwidth": op_gbs / copy_gbs,
+        "variants_s": extra,
     }
     print(
         f"histogram_update {args.rows} x {args.features} float32 on {name}, "
@@ -133,6 +157,9 @@ def cuda_main(args) -> int:
     print(f"  {'impl':<12} {'time ms':>10} {'GB/s':>8}")
     print(f"  {'torch eager':<12} {t_torch * 1e3:>10.3f} {nbytes / t_torch / 1e9:>8.0f}")
     print(f"  {'cuda':<12} {t_cuda * 1e3:>10.3f} {op_gbs:>8.0f}")
+    for name, t in extra.items():
+        gbs = nbytes / t / 1e9
+        print(f"  {name:<16} {t * 1e3:>6.3f} {gbs:>8.0f}  ({gbs / copy_gbs:.0%} of copy)")
     print(
         f"  device copy bandwidth {copy_gbs:.0f} GB/s (read+write); "
         f"op at {op_gbs / copy_gbs:.0%} of it; {t_torch / t_cuda:.1f}x torch eager"
@@ -150,6 +177,11 @@ def main() -> int:
     parser.add_argument("--bins", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--cuda-variants",
+        action="store_true",
+        help="CUDA: also time the search kernel and lookup tables of 256/512/1024 cells",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     if args.device == "cuda":

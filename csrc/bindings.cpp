@@ -121,7 +121,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "histogram_update_cuda",
       [](std::uintptr_t values, int64_t rows, int64_t features, std::uintptr_t edges,
-         int64_t n_edges, std::uintptr_t counts, std::uintptr_t stream) {
+         int64_t n_edges, std::uintptr_t counts, std::uintptr_t stream, int64_t lut_cells) {
         if (rows < 0 || features < 0) throw py::value_error("rows and features must be >= 0");
         if (n_edges < 2) throw py::value_error("edges: need at least 2 edges per feature");
         std::string err;
@@ -130,13 +130,15 @@ PYBIND11_MODULE(_C, m) {
           err = conveyor::histogram_update_cuda(
               reinterpret_cast<const float*>(values), rows, features,
               reinterpret_cast<const float*>(edges), n_edges, reinterpret_cast<int64_t*>(counts),
-              stream);
+              lut_cells, stream);
         }
         if (!err.empty()) throw std::runtime_error("histogram_update_cuda: " + err);
       },
       py::arg("values_ptr"), py::arg("rows"), py::arg("features"), py::arg("edges_ptr"),
-      py::arg("n_edges"), py::arg("counts_ptr"), py::arg("stream"),
-      "Device-pointer histogram update on a CUDA stream (see histogram_update).");
+      py::arg("n_edges"), py::arg("counts_ptr"), py::arg("stream"), py::arg("lut_cells") = 0,
+      "Device-pointer histogram update on a CUDA stream (see histogram_update). lut_cells: "
+      "0 picks the kernel by size, -1 never uses the lookup table, a power of two in "
+      "[16, 4096] forces a table of that many cells per feature where it fits.");
 #else
   m.def("cuda_device_count", []() { return 0; }, "Always 0: built without CUDA.");
 #endif

@@ -26,10 +26,13 @@ void histogram_update_cpu(const float* values, int64_t rows, int64_t features,
 #ifdef CONVEYOR_WITH_CUDA
 // Device pointers; runs asynchronously on `stream` (a cudaStream_t, passed as
 // an integer so this header needs no CUDA includes). Returns "" on success or
-// the CUDA error string.
+// the CUDA error string. lut_cells: 0 picks the kernel by size (a lookup
+// table of cells per feature for large calls), -1 never uses the table, a
+// power of two in [16, 4096] forces a table of that many cells where it fits
+// in shared memory (tests and benchmarks).
 std::string histogram_update_cuda(const float* values, int64_t rows, int64_t features,
                                   const float* edges, int64_t n_edges, int64_t* counts,
-                                  std::uintptr_t stream);
+                                  int64_t lut_cells, std::uintptr_t stream);
 int cuda_device_count();
 #endif
 

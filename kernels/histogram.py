@@ -152,8 +152,11 @@ def histogram_update(
 
 
 def _histogram_update_cuda(
-    values: Any, edges: Any, counts: Any | None, impl: str, check_edges: bool
+    values: Any, edges: Any, counts: Any | None, impl: str, check_edges: bool, lut_cells: int = 0
 ) -> Any:
+    """The CUDA-tensor path of ``histogram_update``. ``lut_cells`` (CUDA kernel
+    only): 0 picks the kernel by size, -1 never uses the lookup table, a power
+    of two in [16, 4096] forces a table of that many cells (tests, benchmarks)."""
     from conveyor import _C
 
     if impl == "reference":
@@ -193,5 +196,6 @@ def _histogram_update_cuda(
             edges.shape[1],
             counts.data_ptr(),
             stream,
+            lut_cells,
         )
     return counts

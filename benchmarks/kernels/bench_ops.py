@@ -206,7 +206,12 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
         (2048, 1024, 1024),
     ]
     if device == "cuda":
-        shapes = [(8192, 4096, 4096), (64, 4096, 4096)] + ([] if LARGE_ONLY else shapes)
+        # A square compute-bound GEMM, then the trainer's MLP layers (64 -> 256
+        # -> 256) on a large batch, where the GEMM is memory-bound and fusing
+        # the bias and activation saves passes over the output.
+        large = [(8192, 4096, 4096), (262144, 256, 256)]
+        rest = [(262144, 64, 256), (64, 4096, 4096)]
+        shapes = large + ([] if LARGE_ONLY else rest + shapes)
     es = torch.finfo(dtype).bits // 8
     cases: list[Case] = []
 

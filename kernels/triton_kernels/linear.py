@@ -51,35 +51,43 @@ def _matmul_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr = 1,
 ):  # fmt: skip
     pid_m, pid_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
+    # Split-K (SPLIT_K > 1, no epilogue): program (tile, s) sums the s-th run of
+    # K-tiles and adds its partial tile into a zeroed float32 ``c``.
+    k_run = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_lo = tl.program_id(1) * k_run
+    k_hi = tl.minimum(K, k_lo + k_run)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + rk
         a = tl.load(
             a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak,
-            mask=(rm[:, None] < M) & (kk[None, :] < K),
+            mask=(rm[:, None] < M) & (kk[None, :] < k_hi),
             other=0.0,
         )
         b = tl.load(
             b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn,
-            mask=(kk[:, None] < K) & (rn[None, :] < N),
+            mask=(kk[:, None] < k_hi) & (rn[None, :] < N),
             other=0.0,
         )
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    # Epilogue, while the tile is in registers: bias, pre-activation, activation.
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offs = rm[:, None] * s_cm + rn[None, :] * s_cn
-    if STORE_Z:
-        tl.store(z_ptr + offs, acc.to(z_ptr.dtype.element_ty), mask=mask)
-    out = activation.apply(acc, ACT)
-    tl.store(c_ptr + offs, out.to(c_ptr.dtype.element_ty), mask=mask)
+    if SPLIT_K > 1:
+        tl.atomic_add(c_ptr + offs, acc, mask=mask)
+    else:
+        # Epilogue, while the tile is in registers: bias, pre-activation, activation.
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        if STORE_Z:
+            tl.store(z_ptr + offs, acc.to(z_ptr.dtype.element_ty), mask=mask)
+        out = activation.apply(acc, ACT)
+        tl.store(c_ptr + offs, out.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -253,6 +261,7 @@ def matmul(
     keep_z: bool = False,
     out_dtype: torch.dtype | None = None,
     tma: bool | None = None,
+    split_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``act(a @ b + bias)`` for 2-D ``a [M, K]``, ``b [K, N]`` of any strides.
 
@@ -260,6 +269,9 @@ def matmul(
     ``tma``: use the tensor-memory-accelerator kernel (default: for tuned GEMMs
     on a Hopper or later GPU whose operands it can address; True forces it,
     also in the interpreter, for the tests).
+    ``split_k``: split the K loop over this many programs per output tile
+    (default: ``_split_k``, for a plain product with too few tiles to fill
+    the GPU; forced in the tests).
     """
     M, K = a.shape
     N = b.shape[1]
@@ -267,6 +279,13 @@ def matmul(
     z = torch.empty_like(c) if keep_z and act else None
     if M == 0 or N == 0:
         return c, z
+    plain = bias is None and not act
+    if split_k is None:
+        split_k = _split_k(M, N, K, a) if plain else 1
+    if split_k > 1:
+        if not plain:
+            raise ValueError("split_k: only for a plain product (no bias, no activation)")
+        return _matmul_split_k(a, b, c, split_k), None
     tuned = a.is_cuda and M * N * K >= _TUNE_WORK
     if tuned and a.dtype == torch.float32:
         # TF32 tensor-core instructions take both operands K-major from shared
@@ -307,6 +326,54 @@ def matmul(
         grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
         _matmul_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return c, z
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _split_k(M: int, N: int, K: int, a: torch.Tensor) -> int:
+    """How many K-runs per output tile: >1 when the product has fewer output
+    tiles than the GPU has SMs but a long K (the weight gradient of a narrow
+    layer over a large batch: 256 x 64 outputs over K = 262144 rows would
+    otherwise run on 2 of 132 SMs). About two programs per SM, each at least
+    8 K-tiles long."""
+    if not a.is_cuda:
+        return 1
+    bm, bn, bk = _blocks(M, N, K, a.device)
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    sms = _sm_count(a.device.index or 0)
+    if tiles >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, tiles), K // (8 * bk)))
+
+
+def _matmul_split_k(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, split: int) -> torch.Tensor:
+    """``a @ b`` with ``split`` programs per output tile adding float32 partial
+    tiles atomically (the sum's order varies between runs: not bit-reproducible)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if a.is_cuda and a.dtype == torch.float32:  # K-major operands, as in matmul()
+        a = a if a.stride(1) == 1 else a.contiguous()
+        b = b if b.stride(0) == 1 else b.t().contiguous().t()
+    acc = c if c.dtype == torch.float32 else torch.empty_like(c, dtype=torch.float32)
+    acc.zero_()
+    bm, bn, bk = _blocks(M, N, K, a.device)
+    if a.is_cuda and a.element_size() < 4:
+        bk = 64  # 16-bit inputs: the tensor-core-friendly K-tile
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), split)
+    _matmul_kernel[grid](
+        a, b, acc, acc, acc, M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), acc.stride(0), acc.stride(1),
+        triton.next_power_of_2(M),
+        HAS_BIAS=False, ACT=0, STORE_Z=False, PRECISION=_precision(a.dtype, a.device),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=split,
+        num_warps=8 if a.is_cuda and bm * bn >= 128 * 128 else 4,
+    )  # fmt: skip
+    if acc is not c:
+        c.copy_(acc)
+    return c
 
 
 def _matmul_tma(a, sa, sb, c, z, bias, tuned: bool, flags: dict) -> None:

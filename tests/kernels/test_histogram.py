@@ -156,6 +156,8 @@ def test_extension_checks_arguments_itself() -> None:
         (2000, 8, 63),  # the largest padded edge row of the shared path (64)
         (2000, 8, 64),  # one more edge: the global-atomics path
         (3001, 700, 21),  # 700 features x 23 slots overflow shared memory: global path
+        (40_000, 32, 21),  # 2^20 values and more: the lookup-table kernel
+        (150_001, 7, 21),  # ... one value per load
     ],
 )
 def test_cuda_matches_reference(rows: int, features: int, n_edges: int) -> None:
@@ -175,6 +177,73 @@ def test_cuda_matches_reference_on_an_unaligned_view() -> None:
     view = flat[1:].view(values.shape)
     got = histogram_update(view, torch.from_numpy(edges).cuda())
     np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
+
+
+def _awkward_edges(kind: str, features: int, n_edges: int, rng) -> np.ndarray:
+    """Edges that stress the lookup table's cells (see csrc/cuda/histogram.cu)."""
+    if kind == "duplicates":  # a discrete feature: many edges share a value
+        return np.sort(rng.integers(-2, 3, (features, n_edges)).astype(np.float32), axis=1)
+    if kind == "constant":  # every edge equal: a zero range
+        return np.full((features, n_edges), np.float32(0.25))
+    if kind == "infinite":  # an infinite range: every value in cell 0
+        edges = np.sort(rng.standard_normal((features, n_edges)).astype(np.float32), axis=1)
+        edges[:, 0], edges[:, -1] = -np.inf, np.inf
+        return edges
+    if kind == "clustered":  # a huge range around edges closer than one cell
+        inner = rng.standard_normal((features, n_edges - 2)) * 1e-6
+        outer = np.tile([-3e38, 3e38], (features, 1))
+        return np.sort(np.concatenate([inner, outer], axis=1).astype(np.float32), axis=1)
+    return np.sort(rng.standard_normal((features, n_edges)).astype(np.float32), axis=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cells", [16, 64, 1024])
+@pytest.mark.parametrize(
+    ("rows", "features", "n_edges", "kind"),
+    [
+        (0, 3, 5, "normal"),
+        (1, 1, 2, "normal"),
+        (5000, 32, 21, "normal"),  # 4-wide loads, one feature group per thread
+        (30_001, 36, 21, "normal"),  # a grid that must be a multiple of 9 blocks
+        (20_011, 40, 127, "normal"),  # the most edges the table holds
+        (5003, 7, 9, "normal"),  # features % 4 != 0: one value per load
+        (200_003, 12, 3, "normal"),  # many grid strides, two loads in flight
+        (4001, 16, 21, "duplicates"),
+        (4001, 16, 9, "constant"),
+        (4001, 16, 21, "infinite"),
+        (4001, 16, 21, "clustered"),
+    ],
+)
+def test_cuda_lookup_table_matches_reference(
+    rows: int, features: int, n_edges: int, kind: str, cells: int
+) -> None:
+    torch = pytest.importorskip("torch")
+    from conveyor.kernels.histogram import _histogram_update_cuda
+
+    rng = np.random.default_rng(rows + features + cells)
+    values, _ = _data(rows, features, n_edges, seed=9)
+    edges = _awkward_edges(kind, features, n_edges, rng)
+    if rows:  # values on the edges, and tiny values around zero
+        values[rng.integers(0, rows, size=min(rows, 200)), :] = edges[:, rng.integers(0, n_edges)]
+        values[rng.integers(0, rows, size=min(rows, 200)), :] *= np.float32(1e-30)
+    got = _histogram_update_cuda(
+        torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
+        check_edges=False, lut_cells=cells,
+    )  # fmt: skip
+    np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
+
+
+@pytest.mark.gpu
+def test_cuda_lookup_table_cells_are_checked() -> None:
+    torch = pytest.importorskip("torch")
+    from conveyor.kernels.histogram import _histogram_update_cuda
+
+    values, edges = _data(10, 2, 3, seed=1)
+    with pytest.raises(RuntimeError, match="lut_cells must be"):
+        _histogram_update_cuda(
+            torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
+            check_edges=False, lut_cells=100,
+        )  # fmt: skip
 
 
 def test_cpp_matches_reference_on_arbitrary_inputs() -> None:
