@@ -28,7 +28,8 @@ torch (``reference``) is: small linear and layer-norm calls, and the
 embedding-bag forward when no gradient is needed. CUDA defaults were measured
 on an H200 (``_CUDA_RULES``): our kernels where they beat torch's op, torch
 elsewhere (small calls, where launch cost decides, and the GEMM except float32
-without TF32, where 3xTF32 beats the IEEE SGEMM).
+without TF32, where 3xTF32 beats the IEEE SGEMM, and 16-bit inference through
+a narrow ReLU layer, where the fused epilogue saves a pass over the output).
 """
 
 from __future__ import annotations
@@ -135,11 +136,17 @@ _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
 # Below a few million elements every op is bound by the Python-side launch
 # (torch's own op returns in ~11 us, ours in ~20-30 us), so torch keeps those.
 #
-# - linear: torch (cuBLAS), except float32 without TF32 from 2^32 multiply-adds:
-#   there Triton's GEMM with 3xTF32 tensor-core products is 1.5x torch's IEEE
-#   SGEMM forward and 1.4x with the backward (8192x4096x4096). In bfloat16,
-#   cuBLAS keeps its lead (ours 0.80-0.91x eager, 0.78-1.00x torch.compile),
-#   and with TF32 allowed torch's own TF32 GEMM is the faster one.
+# - linear: torch (cuBLAS), except
+#   - float32 without TF32 from 2^32 multiply-adds: Triton's GEMM with 3xTF32
+#     tensor-core products is 1.5x torch's IEEE SGEMM forward and 1.4x with
+#     the backward at 8192x4096x4096, and 1.5-1.9x forward at the trainer's
+#     layers on a large batch (262144 x 64/256 -> 256);
+#   - 16-bit inference with ReLU on a memory-bound GEMM (2^32 multiply-adds or
+#     more, no side over 256: the trainer's layers on a large batch): fusing
+#     bias and ReLU into the epilogue saves a pass over the output, 1.1-1.3x
+#     eager and 1.14x torch.compile at 262144 x 256 -> 256. With GELU our
+#     epilogue is slower (0.8-1.0x), and at the square 8192x4096x4096 cuBLAS
+#     keeps its lead (ours 0.77-0.97x eager), as it does with TF32 allowed.
 # - embedding_bag: forward from 2^23 gathered elements: CUDA (2-3.7x torch; at
 #   4M x 128, 101% of the copy bandwidth in float32 and 98% in bfloat16, the
 #   16-byte packed loads); training: CUDA below 2^26 (1.2-1.9x, torch's
@@ -147,24 +154,32 @@ _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
 #   CUDA's atomics do not).
 # - layer_norm: forward from 2^25 elements: Triton (1.5-2.0x, 84-96% of copy
 #   bandwidth); training: torch (our backward was 0.9-1.3x of torch's).
-# - histogram: CUDA (1.36 ms for 16M x 32 values; Triton's kernel took 36 ms).
-def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype) -> tuple[str, ...]:
-    ieee = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    return ("triton",) if ieee and work >= 1 << 32 else ()
+# - histogram: CUDA (0.90-1.0 ms for 16M x 32 values with its lookup table;
+#   Triton's kernel took 7.1 ms).
+#
+# `detail` is what a rule needs beyond size: linear passes (M, N, K, activation).
+def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype, detail: tuple) -> tuple[str, ...]:
+    if work < 1 << 32:
+        return ()
+    if dtype == torch.float32:
+        return () if torch.backends.cuda.matmul.allow_tf32 else ("triton",)
+    _, n, k, activation = detail or (0, 1 << 30, 1 << 30, "")
+    memory_bound = max(n, k) <= 256
+    return ("triton",) if memory_bound and activation == "relu" and not grad else ()
 
 
-_CUDA_RULES: dict[str, Callable[[int, bool, torch.dtype], tuple[str, ...]]] = {
+_CUDA_RULES: dict[str, Callable[[int, bool, torch.dtype, tuple], tuple[str, ...]]] = {
     "linear": _linear_on_cuda,
-    "embedding_bag": lambda work, grad, dtype: (
+    "embedding_bag": lambda work, grad, dtype, detail: (
         (("triton", "cuda") if work >= 1 << 26 else ("cuda", "triton"))
         if grad
         else (("cuda", "triton") if work >= 1 << 23 else ())
     ),
-    "layer_norm": lambda work, grad, dtype: (
+    "layer_norm": lambda work, grad, dtype, detail: (
         ("triton", "cuda") if not grad and work >= 1 << 25 else ()
     ),
-    "histogram": lambda work, grad, dtype: ("cuda", "triton"),
-    "mlp": lambda work, grad, dtype: (),
+    "histogram": lambda work, grad, dtype, detail: ("cuda", "triton"),
+    "mlp": lambda work, grad, dtype, detail: (),
 }
 
 
@@ -181,6 +196,7 @@ def choose(
     *,
     work: int = 0,
     grad: bool = False,
+    detail: tuple = (),
 ) -> str:
     """Name of the implementation of ``op`` to run for tensors of ``device``/``dtype``.
 
@@ -191,6 +207,7 @@ def choose(
         impl: forced implementation, or ``None`` for the environment/defaults.
         work: problem size used by size-dependent CPU rules (see ``_CPU_RULES``).
         grad: whether a backward will follow (some CPU rules differ for training).
+        detail: op-specific facts a CUDA rule reads (linear: ``(M, N, K, activation)``).
     """
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
@@ -207,7 +224,7 @@ def choose(
                 return forced
             break  # cannot run here: the defaults decide
     if device == "cuda":
-        for candidate in _CUDA_RULES[op](work, grad, dtype):
+        for candidate in _CUDA_RULES[op](work, grad, dtype, detail):
             if available(op, candidate, device, dtype):
                 return candidate
     elif device == "cpu":

@@ -190,7 +190,10 @@ def fused_linear(
     lead = x.shape[:-1]
     work = math.prod(lead) * weight.shape[0] * weight.shape[1]
     grad = dispatch.needs_grad(x, weight, bias)
-    chosen = dispatch.choose("linear", x.device.type, x.dtype, impl, work=work, grad=grad)
+    detail = (math.prod(lead), weight.shape[0], weight.shape[1], activation)
+    chosen = dispatch.choose(
+        "linear", x.device.type, x.dtype, impl, work=work, grad=grad, detail=detail
+    )
     if chosen == "reference":
         return linear_reference(x, weight, bias, activation)
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):

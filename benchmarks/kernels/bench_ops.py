@@ -239,7 +239,8 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                 es * (M * K + N * K + N + M * N),
                 2.0 * M * N * K,
             )
-            fwd.default = dispatch.choose("linear", device, dtype, work=M * N * K)
+            detail = (M, N, K, act)
+            fwd.default = dispatch.choose("linear", device, dtype, work=M * N * K, detail=detail)
             fwd.run["eager"] = lambda x=x, w=w, b=b, a=act: linear_reference(x, w, b, a)
             if compile_ref:
                 c = _compiled(lambda x=x, w=w, b=b, a=act: linear_reference(x, w, b, a), note)
@@ -255,7 +256,9 @@ def linear_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                 "linear", shape, str(dtype)[6:], "fwd+bwd",
                 es * (3 * M * K + 3 * N * K + 2 * N + 4 * M * N), 6.0 * M * N * K,
             )  # fmt: skip
-            bw.default = dispatch.choose("linear", device, dtype, work=M * N * K, grad=True)
+            bw.default = dispatch.choose(
+                "linear", device, dtype, work=M * N * K, grad=True, detail=detail
+            )
             bw.run["eager"] = _with_backward(
                 lambda a=act: linear_reference(xg, wg, bg, a), [xg, wg, bg]
             )

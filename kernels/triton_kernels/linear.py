@@ -3,8 +3,10 @@
 One strided GEMM kernel ``C = act(A @ B + bias)`` with ``tl.dot`` (tensor cores
 on GPU, float32 accumulation) and the bias/activation epilogue fused; it also
 stores the pre-activation when the backward needs it. The backward runs one
-elementwise kernel ``g = dy * act'(z)`` and the same GEMM twice with strides
-(``dx = g @ W``, ``dW = g.T @ x``); ``db = g.sum(0)`` is a torch reduction.
+elementwise kernel ``g = dy * act'(z)`` and two GEMMs with strides (``dx = g @ W``,
+``dW = g.T @ x``), which have nothing left to fuse: on a GPU they run on this
+GEMM only where it beat torch's (``_backward_matmul``); ``db = g.sum(0)`` is a
+torch reduction.
 float32 inputs keep float32 accuracy unless torch allows TF32 for matmuls
 (``torch.backends.cuda.matmul.allow_tf32``), to match ``nn.Linear``: on a GPU
 through three TF32 tensor-core products per term ("3xTF32"), in the
@@ -51,43 +53,35 @@ def _matmul_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+    GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid_m, pid_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    # Split-K (SPLIT_K > 1, no epilogue): program (tile, s) sums the s-th run of
-    # K-tiles and adds its partial tile into a zeroed float32 ``c``.
-    k_run = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-    k_lo = tl.program_id(1) * k_run
-    k_hi = tl.minimum(K, k_lo + k_run)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         a = tl.load(
             a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak,
-            mask=(rm[:, None] < M) & (kk[None, :] < k_hi),
+            mask=(rm[:, None] < M) & (kk[None, :] < K),
             other=0.0,
         )
         b = tl.load(
             b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn,
-            mask=(kk[:, None] < k_hi) & (rn[None, :] < N),
+            mask=(kk[:, None] < K) & (rn[None, :] < N),
             other=0.0,
         )
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    # Epilogue, while the tile is in registers: bias, pre-activation, activation.
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offs = rm[:, None] * s_cm + rn[None, :] * s_cn
-    if SPLIT_K > 1:
-        tl.atomic_add(c_ptr + offs, acc, mask=mask)
-    else:
-        # Epilogue, while the tile is in registers: bias, pre-activation, activation.
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        if STORE_Z:
-            tl.store(z_ptr + offs, acc.to(z_ptr.dtype.element_ty), mask=mask)
-        out = activation.apply(acc, ACT)
-        tl.store(c_ptr + offs, out.to(c_ptr.dtype.element_ty), mask=mask)
+    if STORE_Z:
+        tl.store(z_ptr + offs, acc.to(z_ptr.dtype.element_ty), mask=mask)
+    out = activation.apply(acc, ACT)
+    tl.store(c_ptr + offs, out.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -261,7 +255,6 @@ def matmul(
     keep_z: bool = False,
     out_dtype: torch.dtype | None = None,
     tma: bool | None = None,
-    split_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``act(a @ b + bias)`` for 2-D ``a [M, K]``, ``b [K, N]`` of any strides.
 
@@ -269,9 +262,6 @@ def matmul(
     ``tma``: use the tensor-memory-accelerator kernel (default: for tuned GEMMs
     on a Hopper or later GPU whose operands it can address; True forces it,
     also in the interpreter, for the tests).
-    ``split_k``: split the K loop over this many programs per output tile
-    (default: ``_split_k``, for a plain product with too few tiles to fill
-    the GPU; forced in the tests).
     """
     M, K = a.shape
     N = b.shape[1]
@@ -279,13 +269,6 @@ def matmul(
     z = torch.empty_like(c) if keep_z and act else None
     if M == 0 or N == 0:
         return c, z
-    plain = bias is None and not act
-    if split_k is None:
-        split_k = _split_k(M, N, K, a) if plain else 1
-    if split_k > 1:
-        if not plain:
-            raise ValueError("split_k: only for a plain product (no bias, no activation)")
-        return _matmul_split_k(a, b, c, split_k), None
     tuned = a.is_cuda and M * N * K >= _TUNE_WORK
     if tuned and a.dtype == torch.float32:
         # TF32 tensor-core instructions take both operands K-major from shared
@@ -333,47 +316,28 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _split_k(M: int, N: int, K: int, a: torch.Tensor) -> int:
-    """How many K-runs per output tile: >1 when the product has fewer output
-    tiles than the GPU has SMs but a long K (the weight gradient of a narrow
-    layer over a large batch: 256 x 64 outputs over K = 262144 rows would
-    otherwise run on 2 of 132 SMs). About two programs per SM, each at least
-    8 K-tiles long."""
-    if not a.is_cuda:
-        return 1
-    bm, bn, bk = _blocks(M, N, K, a.device)
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    sms = _sm_count(a.device.index or 0)
-    if tiles >= sms:
-        return 1
-    return max(1, min(triton.cdiv(2 * sms, tiles), K // (8 * bk)))
+def _fills_gpu(M: int, N: int, K: int, a: torch.Tensor) -> bool:
+    """Whether ``a @ b`` has at least one output tile per SM (the kernel has no
+    split-K: each program walks the whole K)."""
+    bm, bn, _ = _blocks(M, N, K, a.device)
+    return triton.cdiv(M, bm) * triton.cdiv(N, bn) >= _sm_count(a.device.index or 0)
 
 
-def _matmul_split_k(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, split: int) -> torch.Tensor:
-    """``a @ b`` with ``split`` programs per output tile adding float32 partial
-    tiles atomically (the sum's order varies between runs: not bit-reproducible)."""
+def _backward_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for the backward, whose GEMMs have no epilogue to fuse: Triton's
+    GEMM only where it was measured faster than torch's (cuBLAS) on the H200,
+    i.e. float32 without TF32 (3xTF32 against the IEEE SGEMM) when the product
+    fills the GPU. 16-bit and TF32 GEMMs, and the weight gradient of a narrow
+    layer over a large batch (few output tiles, a long K that cuBLAS splits),
+    go to torch: 262144 x 256 -> 256 in bfloat16 took 1.30 ms for dW on our
+    kernel against 0.11 ms for cuBLAS (benchmarks/README.md)."""
     M, K = a.shape
     N = b.shape[1]
-    if a.is_cuda and a.dtype == torch.float32:  # K-major operands, as in matmul()
-        a = a if a.stride(1) == 1 else a.contiguous()
-        b = b if b.stride(0) == 1 else b.t().contiguous().t()
-    acc = c if c.dtype == torch.float32 else torch.empty_like(c, dtype=torch.float32)
-    acc.zero_()
-    bm, bn, bk = _blocks(M, N, K, a.device)
-    if a.is_cuda and a.element_size() < 4:
-        bk = 64  # 16-bit inputs: the tensor-core-friendly K-tile
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), split)
-    _matmul_kernel[grid](
-        a, b, acc, acc, acc, M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), acc.stride(0), acc.stride(1),
-        triton.next_power_of_2(M),
-        HAS_BIAS=False, ACT=0, STORE_Z=False, PRECISION=_precision(a.dtype, a.device),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=split,
-        num_warps=8 if a.is_cuda and bm * bn >= 128 * 128 else 4,
-    )  # fmt: skip
-    if acc is not c:
-        c.copy_(acc)
-    return c
+    if not a.is_cuda or M == 0 or N == 0:
+        return matmul(a, b)[0]
+    if _precision(a.dtype, a.device) == "tf32x3" and _fills_gpu(M, N, K, a):
+        return matmul(a, b)[0]
+    return a @ b
 
 
 def _matmul_tma(a, sa, sb, c, z, bias, tuned: bool, flags: dict) -> None:
@@ -416,7 +380,7 @@ def backward(gy, z, x, weight, act: int, need):
         block = 1024 if gy.is_cuda else 64
         if total:
             _act_grad_kernel[(triton.cdiv(total, block),)](gy, z, g, total, ACT=act, BLOCK=block)
-    gx = matmul(g, weight)[0] if need[0] else None
-    gw = matmul(g.t(), x)[0] if need[1] else None
-    gb = g.float().sum(0).to(gy.dtype) if need[2] else None
+    gx = _backward_matmul(g, weight) if need[0] else None
+    gw = _backward_matmul(g.t(), x) if need[1] else None
+    gb = g.sum(0, dtype=torch.float32).to(gy.dtype) if need[2] else None
     return gx, gw, gb

@@ -28,6 +28,23 @@ def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
     assert dispatch.choose("histogram", "cpu", f32) == "cpp"
 
 
+def test_cuda_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rule alone (no GPU needed): which shapes go to Triton's GEMM on CUDA.
+    rule = dispatch._CUDA_RULES["linear"]
+    bf16, f32 = torch.bfloat16, torch.float32
+    layer = (262144, 256, 256, "relu")  # the trainer's 256 -> 256 layer, large batch
+    big = 262144 * 256 * 256
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert rule(big, False, bf16, layer) == ("triton",)
+    assert rule(big, True, bf16, layer) == ()  # training: cuBLAS
+    assert rule(big, False, bf16, (*layer[:3], "gelu")) == ()
+    assert rule(8192 * 4096 * 4096, False, bf16, (8192, 4096, 4096, "relu")) == ()
+    assert rule(4096 * 256 * 256, False, bf16, (4096, 256, 256, "relu")) == ()  # small
+    assert rule(big, True, f32, layer) == ("triton",)  # 3xTF32 against the IEEE SGEMM
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert rule(big, True, f32, layer) == ()
+
+
 def test_unsupported_dtype_falls_back_to_reference() -> None:
     assert dispatch.choose("layer_norm", "cpu", torch.bfloat16) == "reference"
     assert dispatch.choose("linear", "cpu", torch.float16) == "reference"
