@@ -117,7 +117,10 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   from 2^22 gathered elements, mean 1.2-2.9x everywhere), but not sum and
 #   sum+psw at D=64 (0.94-0.99x at 10^5 rows, 0.91-0.98x with 10^3-10^4
 #   rows in cache), and these rules see only the size, not the table or the
-#   mode (2026-11-27).
+#   mode (2026-11-27). Half-row prefetch for tables in L2 then lifted D=64
+#   with 10^3-3*10^3 rows to 1.02-1.04x (kernel time), but sum+psw at D=64
+#   with 10^4 rows (0.97x), D=128 with 10^3 rows (0.97x) and the wrapper's
+#   ~7-10 us per call (0.86-1.02x end to end) keep torch the default.
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
 # - mlp (whole-MLP inference in one call): 1.0-1.6x nn.Sequential eager at
 #   batch 1-256, so always for inference; training runs layer by layer.

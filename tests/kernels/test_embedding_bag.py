@@ -70,21 +70,17 @@ def test_cpp_matches_reference(V: int, D: int, B: int, nnz: int, mode: str, psw:
     _check("cpp", V, D, B, nnz, mode, psw)
 
 
-@pytest.mark.parametrize("D", [16, 32, 64, 128, 24])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
-def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool) -> None:
+def _check_row_widths(D: int, dtype: torch.dtype, mode: str, psw: bool, rows: int) -> None:
     # The compiled-in widths (16..128) have their own loops, which take rows
     # in pairs: bags of every length 0..9 (odd ones leave a row over), in
     # chunks of 64 bags far from the end of the index array (prefetching
     # without a bounds test) and near it (the look-ahead stops at nnz).
-    # D = 24 is a width without its own loop.
     lengths = torch.arange(10).repeat(30)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
     nnz = int(lengths.sum())
     g = torch.Generator().manual_seed(D)
-    weight = torch.randn(300, D, generator=g, dtype=dtype)
-    indices = torch.randint(0, 300, (nnz,), generator=g)
+    weight = torch.randn(rows, D, generator=g, dtype=dtype)
+    indices = torch.randint(0, rows, (nnz,), generator=g)
     weights = torch.randn(nnz, generator=g, dtype=dtype) if psw else None
     out = embedding_bag(indices, weight, offsets, mode, weights, impl="cpp")
     ref = F.embedding_bag(
@@ -92,6 +88,23 @@ def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool
         per_sample_weights=None if weights is None else weights.double(),
     )  # fmt: skip
     assert_close(out, ref, dtype, scale=4)
+
+
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_cpp_row_widths_forward(D: int, dtype: torch.dtype, mode: str, psw: bool) -> None:
+    # 200 rows (at most 200 KB) fit in any L2 (256 KiB or more), where the
+    # loops prefetch half of each row. D = 24 is a width without its own loop.
+    _check_row_widths(D, dtype, mode, psw, rows=200)
+
+
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize(("mode", "psw"), [("sum", False), ("sum", True), ("mean", False)])
+def test_cpp_row_widths_forward_table_beyond_l2(D: int, mode: str, psw: bool) -> None:
+    # 2^17 rows of float32 (16-64 MB) fit in no L2: the loops prefetch whole
+    # rows. D = 16 is one cache line, prefetched whole either way.
+    _check_row_widths(D, torch.float32, mode, psw, rows=1 << 17)
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
