@@ -12,10 +12,11 @@ float32 inputs keep float32 accuracy unless torch allows TF32 for matmuls
 through three TF32 tensor-core products per term ("3xTF32"), in the
 interpreter in IEEE float32.
 
-The largest GEMMs (from 2^32 multiply-adds) on a Hopper or later GPU move their tiles with
-the tensor memory accelerator (``_matmul_tma_kernel``) when every operand has a
-unit stride and 16-byte aligned rows; ``CONVEYOR_TRITON_TMA=0`` keeps them on
-the pointer kernel, for comparing the two.
+The largest GEMMs (from 2^32 multiply-adds, except 16-bit ones with a side of
+256 or less) on a Hopper or later GPU move their tiles with the tensor memory
+accelerator (``_matmul_tma_kernel``) when every operand has a unit stride and
+16-byte aligned rows; ``CONVEYOR_TRITON_TMA=0`` keeps them on the pointer
+kernel, for comparing the two.
 """
 
 from __future__ import annotations
@@ -216,6 +217,14 @@ _tuned_tma_kernel = triton.autotune(
 # Below it, building the descriptors on the host each call (tens of us) cost
 # more than TMA saved: 64x4096x4096 took 0.104 ms against 0.072.
 _TMA_WORK = 1 << 32
+# ... but not for a 16-bit layer this narrow (the trainer's 64 -> 256 -> 256
+# on a large batch): its GEMM is short enough that the ~45 us of host work
+# per call to build descriptors decides. At 262144 x 256 -> 256 in bfloat16
+# the TMA kernel ran 0.107 ms on the GPU against 0.117 for the pointer kernel,
+# but cost 0.124 ms of host time against 0.079, so calls back to back took
+# 0.126 against 0.118 ms (64 -> 256: 0.105 against 0.079). float32 GEMMs of
+# the same shape are long enough to hide it (0.49 against 0.53 ms).
+_TMA_NARROW = 256
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 # Set to 0 to keep every GEMM on the pointer kernel (for comparing the two).
 _TMA_ENV = "CONVEYOR_TRITON_TMA"
@@ -287,6 +296,7 @@ def matmul(
         tma = (
             tuned
             and M * N * K >= _TMA_WORK
+            and (a.element_size() >= 4 or min(N, K) > _TMA_NARROW)
             and os.environ.get(_TMA_ENV, "1") != "0"
             and _has_tma(a.device.index or 0)
         )
