@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cli_server import start_cli_server
+from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server
 from models import VERSION_IO, Version, write_model
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -138,7 +137,7 @@ def _is_serving(line: str) -> bool:
 
 
 def _start_cli(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, list[str]]:
-    env = {**os.environ, "CONVEYOR_LOG_FORMAT": "json"}
+    env = {**FAULTHANDLER_ENV, "CONVEYOR_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -178,8 +177,7 @@ def test_cli_serves_and_drains_on_signal(repo: Path, sig: signal.Signals) -> Non
             assert stub.ModelInfer(_request(1.0), timeout=10)
             with pytest.raises(grpc.RpcError):
                 stub.ModelInfer(pb.ModelInferRequest(model_name="m", id="req-42"), timeout=10)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        err = stop_cli_server(proc, 30, sig)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -205,8 +203,7 @@ def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
                 assert time.monotonic() < deadline, "workers did not start"
                 time.sleep(0.2)
             assert stub.ModelInfer(_request(1.0), timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        stop_cli_server(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -216,7 +213,7 @@ def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
 def test_cli_options_from_a_config_file(repo: Path, tmp_path: Path) -> None:
     config = tmp_path / "conveyor.toml"
     config.write_text(f"[serve]\nmodel-repository = {str(repo)!r}\nport = 0\nmax-queue-size = 7\n")
-    env = {**os.environ, "CONVEYOR_LOG_FORMAT": "json"}
+    env = {**FAULTHANDLER_ENV, "CONVEYOR_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "serve", "--config", str(config)],
         stderr=subprocess.PIPE,
@@ -229,8 +226,7 @@ def test_cli_options_from_a_config_file(repo: Path, tmp_path: Path) -> None:
         while line and not _is_serving(line):
             line = proc.stderr.readline()
         assert line, "server did not start"
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        stop_cli_server(proc, 30)
     finally:
         if proc.poll() is None:
             proc.kill()

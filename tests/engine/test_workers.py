@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 import worker_targets
-from cli_server import start_cli_server
+from cli_server import start_cli_server, stop_cli_server
 from models import VERSION_IO, Version, write_model
 from test_server import _request
 
@@ -139,8 +139,7 @@ def test_cli_replaces_a_killed_worker_and_keeps_serving(tmp_path: Path) -> None:
             for _ in range(20):  # either worker may take the connection: all succeed
                 assert stub.ModelInfer(_request(1.0), timeout=10)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        err = stop_cli_server(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()
