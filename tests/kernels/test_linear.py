@@ -119,6 +119,11 @@ def test_bad_arguments() -> None:
         fused_linear(x, w.t(), b)
     with pytest.raises(ValueError, match="bias"):
         fused_linear(x, w, b[:2])
+    # The C++ path takes raw pointers: a tensor elsewhere must be refused, not read.
+    with pytest.raises(ValueError, match="devices"):
+        fused_linear(x, w.to("meta"), b, impl="cpp")
+    with pytest.raises(ValueError, match="devices"):
+        fused_linear(x, w, b.to("meta"), impl="cpp")
 
 
 def test_extension_checks_arguments_itself() -> None:
