@@ -140,6 +140,10 @@ def test_extension_checks_arguments_itself() -> None:
         _C.linear_forward(x, w, None, 0, np.zeros((3, 4)), None)
     with pytest.raises(ValueError, match="act"):
         _C.linear_forward(x, w, None, 9, y, None)
+    with pytest.raises(ValueError, match="act"):
+        _C.linear_forward_ptr(0, 0, 0, 1, 1, 1, 9, 0, 0, False)
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        _C.linear_forward_ptr(0, 0, 0, -1, 1, 1, 0, 0, 0, False)
     with pytest.raises(ValueError, match="z: the pre-activation"):
         _C.linear_backward(y, None, x, w, 2, None, None, None)
 
