@@ -95,6 +95,29 @@ void bind_linear(py::module_& m) {
       "y[M,N] = act(x[M,K] w[N,K]^T + b[N]); z (or None) receives the pre-activation. "
       "float32 or float64; act: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 silu.");
   m.def(
+      "linear_forward_ptr",
+      [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, int64_t M, int64_t N, int64_t K,
+         int act, std::uintptr_t y, std::uintptr_t z, bool f64) {
+        check_act(act);
+        if (M < 0 || N < 0 || K < 0) throw py::value_error("sizes must be >= 0");
+        py::gil_scoped_release release;
+        if (f64) {
+          linear_forward_cpu<double>(
+              reinterpret_cast<const double*>(x), reinterpret_cast<const double*>(w),
+              reinterpret_cast<const double*>(b), M, N, K, act, reinterpret_cast<double*>(y),
+              reinterpret_cast<double*>(z));
+        } else {
+          linear_forward_cpu<float>(
+              reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(w),
+              reinterpret_cast<const float*>(b), M, N, K, act, reinterpret_cast<float*>(y),
+              reinterpret_cast<float*>(z));
+        }
+      },
+      py::arg("x_ptr"), py::arg("w_ptr"), py::arg("b_ptr"), py::arg("M"), py::arg("N"),
+      py::arg("K"), py::arg("act"), py::arg("y_ptr"), py::arg("z_ptr"), py::arg("f64"),
+      "linear_forward on host pointers of contiguous buffers the caller has checked "
+      "(float32, or float64 if f64; b_ptr and z_ptr 0 for none).");
+  m.def(
       "linear_backward",
       [](const py::object& gy, const py::object& z, const py::object& x, const py::object& w,
          int act, const py::object& gx, const py::object& gw, const py::object& gb) {

@@ -109,7 +109,8 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # follows (training) or not (inference).
 #
 # - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
-#   (2^22 MACs) up; below, torch's lower call overhead wins (0.8-0.9x at 2^21).
+#   (2^22 MACs) up; below, torch's lower call overhead wins (0.88-0.94x at
+#   2^20-2^21 with the pointer binding, 2026-11-27 20:45; 0.82-0.89x before).
 # - layer_norm: 1.1-1.75x from 2^19 elements up; below, torch (0.7-0.9x at 2^16-2^17).
 # - embedding_bag: training: cpp (torch's dense backward is slow; fwd+bwd
 #   1.1-5.8x). Inference stays torch: our forward now beats FBGEMM's on most

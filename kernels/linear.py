@@ -62,9 +62,17 @@ def _np(t: torch.Tensor | None):
 def _cpp_forward(x, weight, bias, act, keep_z):
     from conveyor import _C
 
-    y = x.new_empty((x.shape[0], weight.shape[0]))
+    # Pointers, not numpy arrays: fused_linear() has checked shapes, dtypes and
+    # contiguity, which the numpy binding would check again (~4 us a call:
+    # most of a small layer's time).
+    M, K = x.shape
+    N = weight.shape[0]
+    y = x.new_empty((M, N))
     z = torch.empty_like(y) if keep_z and act else None
-    _C.linear_forward(_np(x), _np(weight), _np(bias), act, _np(y), _np(z))
+    p = dispatch.ptr
+    _C.linear_forward_ptr(
+        p(x), p(weight), p(bias), M, N, K, act, p(y), p(z), x.dtype == torch.float64
+    )
     return y, z
 
 
@@ -198,6 +206,8 @@ def fused_linear(
         return linear_reference(x, weight, bias, activation)
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise ValueError("dtypes: x, weight and bias must share one dtype")
+    if weight.device != x.device or (bias is not None and bias.device != x.device):
+        raise ValueError("devices: x, weight and bias must be on one device")
     x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()
     b = None if bias is None else bias.contiguous()
     w = weight.contiguous()

@@ -7,6 +7,7 @@ from conveyor import _C
 
 CPU_OPS = (
     "linear_forward",
+    "linear_forward_ptr",
     "linear_backward",
     "mlp_forward",
     "embedding_bag_forward",

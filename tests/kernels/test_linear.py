@@ -119,6 +119,11 @@ def test_bad_arguments() -> None:
         fused_linear(x, w.t(), b)
     with pytest.raises(ValueError, match="bias"):
         fused_linear(x, w, b[:2])
+    # The C++ path takes raw pointers: a tensor elsewhere must be refused, not read.
+    with pytest.raises(ValueError, match="devices"):
+        fused_linear(x, w.to("meta"), b, impl="cpp")
+    with pytest.raises(ValueError, match="devices"):
+        fused_linear(x, w, b.to("meta"), impl="cpp")
 
 
 def test_extension_checks_arguments_itself() -> None:
@@ -135,6 +140,10 @@ def test_extension_checks_arguments_itself() -> None:
         _C.linear_forward(x, w, None, 0, np.zeros((3, 4)), None)
     with pytest.raises(ValueError, match="act"):
         _C.linear_forward(x, w, None, 9, y, None)
+    with pytest.raises(ValueError, match="act"):
+        _C.linear_forward_ptr(0, 0, 0, 1, 1, 1, 9, 0, 0, False)
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        _C.linear_forward_ptr(0, 0, 0, -1, 1, 1, 0, 0, 0, False)
     with pytest.raises(ValueError, match="z: the pre-activation"):
         _C.linear_backward(y, None, x, w, 2, None, None, None)
 
