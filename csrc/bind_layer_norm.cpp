@@ -58,6 +58,31 @@ void bind_layer_norm(py::module_& m) {
       "y[M,N] = (x - mean) * rstd * weight + bias over each row; weight/bias [N] or None; "
       "mean, rstd [M] are written for the backward. float32 or float64.");
   m.def(
+      "layer_norm_forward_ptr",
+      [](std::uintptr_t x, std::uintptr_t weight, std::uintptr_t bias, int64_t M, int64_t N,
+         double eps, std::uintptr_t y, std::uintptr_t mean, std::uintptr_t rstd, bool f64) {
+        if (!(eps >= 0)) throw py::value_error("eps must be >= 0");
+        if (M < 0 || N < 0) throw py::value_error("sizes must be >= 0");
+        if ((mean == 0) != (rstd == 0)) throw py::value_error("mean and rstd: both or neither");
+        py::gil_scoped_release release;
+        if (f64) {
+          layer_norm_forward_cpu<double>(
+              reinterpret_cast<const double*>(x), reinterpret_cast<const double*>(weight),
+              reinterpret_cast<const double*>(bias), M, N, eps, reinterpret_cast<double*>(y),
+              reinterpret_cast<double*>(mean), reinterpret_cast<double*>(rstd));
+        } else {
+          layer_norm_forward_cpu<float>(
+              reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(weight),
+              reinterpret_cast<const float*>(bias), M, N, eps, reinterpret_cast<float*>(y),
+              reinterpret_cast<float*>(mean), reinterpret_cast<float*>(rstd));
+        }
+      },
+      py::arg("x_ptr"), py::arg("weight_ptr"), py::arg("bias_ptr"), py::arg("M"), py::arg("N"),
+      py::arg("eps"), py::arg("y_ptr"), py::arg("mean_ptr"), py::arg("rstd_ptr"), py::arg("f64"),
+      "layer_norm_forward on host pointers of contiguous buffers the caller has checked "
+      "(float32, or float64 if f64; weight/bias 0 for none; mean and rstd both 0 when no "
+      "backward needs them).");
+  m.def(
       "layer_norm_backward",
       [](const py::object& gy, const py::object& x, const py::object& weight,
          const py::object& mean, const py::object& rstd, const py::object& gx,

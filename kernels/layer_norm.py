@@ -36,13 +36,20 @@ def _np(t: torch.Tensor | None):
     return None if t is None else t.detach().numpy()
 
 
-def _cpp_forward(x, weight, bias, eps):
+def _cpp_forward(x, weight, bias, eps, keep_stats=True):
     from conveyor import _C
 
+    # Pointers, not numpy arrays: layer_norm() has checked shapes, dtypes,
+    # devices and contiguity, which the numpy binding would check again (with
+    # the conversions, most of a small call's time).
+    M, N = x.shape
     y = torch.empty_like(x)
-    mean = x.new_empty(x.shape[0])
-    rstd = x.new_empty(x.shape[0])
-    _C.layer_norm_forward(_np(x), _np(weight), _np(bias), eps, _np(y), _np(mean), _np(rstd))
+    mean = x.new_empty(M) if keep_stats else None
+    rstd = x.new_empty(M) if keep_stats else None
+    p = dispatch.ptr
+    _C.layer_norm_forward_ptr(
+        p(x), p(weight), p(bias), M, N, eps, p(y), p(mean), p(rstd), x.dtype == torch.float64
+    )
     return y, mean, rstd
 
 
@@ -58,7 +65,7 @@ def _cpp_backward(gy, x, weight, mean, rstd, need):
     return gx, gw, gb
 
 
-def _cuda_forward(x, weight, bias, eps):
+def _cuda_forward(x, weight, bias, eps, keep_stats=True):  # the kernel always writes them
     from conveyor import _C
 
     M, N = x.shape
@@ -95,7 +102,7 @@ def _cuda_backward(gy, x, weight, mean, rstd, need):
     return gx, cast(gw), cast(gb)
 
 
-def _triton_forward(x, weight, bias, eps):
+def _triton_forward(x, weight, bias, eps, keep_stats=True):  # the kernel always writes them
     from conveyor.kernels.triton_kernels import layer_norm
 
     return layer_norm.forward(x, weight, bias, eps)
@@ -161,10 +168,14 @@ def layer_norm(
     chosen = dispatch.choose("layer_norm", x.device.type, x.dtype, impl, work=x.numel(), grad=grad)
     if chosen == "reference":
         return layer_norm_reference(x, normalized_shape, weight, bias, eps)
+    # The compiled paths take raw pointers: weight and bias must match x.
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"{name}: expected x's dtype and device ({x.dtype}, {x.device})")
     n = math.prod(normalized_shape)
     x2 = x.reshape(-1, n).contiguous()
     w = None if weight is None else weight.reshape(n).contiguous()
     b = None if bias is None else bias.reshape(n).contiguous()
     if not grad:  # inference: no autograd node
-        return _BACKENDS[chosen][0](x2, w, b, float(eps))[0].reshape(x.shape)
+        return _BACKENDS[chosen][0](x2, w, b, float(eps), False)[0].reshape(x.shape)
     return LayerNormFunction.apply(x2, w, b, float(eps), chosen).reshape(x.shape)

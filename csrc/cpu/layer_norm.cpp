@@ -54,8 +54,10 @@ CONVEYOR_INLINE void row_forward(const T* __restrict xr, const T* __restrict w,
                                  T* mean, T* rstd) {
   const RowStats<T> st = row_stats(xr, N, eps);
   const T hi = st.hi, lo = st.lo, r = st.rstd;
-  *mean = hi;
-  *rstd = r;
+  if (mean) {  // inference passes no statistics buffers
+    *mean = hi;
+    *rstd = r;
+  }
   if (w && b) {
 #pragma omp simd
     for (int64_t n = 0; n < N; ++n) yr[n] = ((xr[n] - hi) - lo) * r * w[n] + b[n];
@@ -154,7 +156,8 @@ void layer_norm_forward_cpu(const T* x, const T* weight, const T* bias, int64_t 
 #pragma omp parallel for schedule(static) if (M * N >= (1 << 15))
 #endif
   for (int64_t m = 0; m < M; ++m)
-    row_fwd(x + m * N, weight, bias, N, eps, y + m * N, mean + m, rstd + m);
+    row_fwd(x + m * N, weight, bias, N, eps, y + m * N, mean ? mean + m : nullptr,
+            rstd ? rstd + m : nullptr);
 }
 
 template <typename T>

@@ -14,6 +14,7 @@ CPU_OPS = (
     "embedding_bag_forward_ptr",
     "embedding_bag_backward",
     "layer_norm_forward",
+    "layer_norm_forward_ptr",
     "layer_norm_backward",
 )
 CUDA_OPS = (

@@ -23,6 +23,8 @@ def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
     assert dispatch.choose("linear", "cpu", f32, work=512**3) == "cpp"
     assert dispatch.choose("layer_norm", "cpu", f32, work=64 * 256) == "reference"
     assert dispatch.choose("layer_norm", "cpu", f32, work=4096 * 256) == "cpp"
+    assert dispatch.choose("layer_norm", "cpu", f32, work=512 * 256) == "cpp"  # inference
+    assert dispatch.choose("layer_norm", "cpu", f32, work=512 * 256, grad=True) == "reference"
     assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=False) == "reference"
     assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=True) == "cpp"
     assert dispatch.choose("histogram", "cpu", f32) == "cpp"

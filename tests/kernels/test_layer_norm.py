@@ -75,6 +75,35 @@ def test_bad_arguments_raise() -> None:
         layer_norm(x, 5)
     with pytest.raises(ValueError, match="weight"):
         layer_norm(x, 4, torch.ones(5))
+    # The compiled paths take raw pointers: mismatched tensors are refused, not read.
+    with pytest.raises(ValueError, match="weight: expected x's dtype and device"):
+        layer_norm(x, 4, torch.ones(4, dtype=torch.float64), impl="cpp")
+    with pytest.raises(ValueError, match="bias: expected x's dtype and device"):
+        layer_norm(x, 4, None, torch.ones(4, device="meta"), impl="cpp")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+def test_cpp_inference_without_statistics(dtype: torch.dtype, affine: bool) -> None:
+    # No gradient: the C++ forward writes no mean/rstd (null buffers).
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(37, 129, generator=g, dtype=dtype)
+    w, b = (torch.randn(129, generator=g, dtype=dtype) if affine else None for _ in range(2))
+    with torch.no_grad():
+        got = layer_norm(x, 129, w, b, impl="cpp")
+    want = torch.nn.functional.layer_norm(x.double(), (129,), *(
+        None if t is None else t.double() for t in (w, b)
+    ))  # fmt: skip
+    assert_close(got, want, dtype)
+
+
+def test_extension_pointer_binding_checks_arguments() -> None:
+    from conveyor import _C
+
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        _C.layer_norm_forward_ptr(0, 0, 0, 1, 1, -1.0, 0, 0, 0, False)
+    with pytest.raises(ValueError, match="both or neither"):
+        _C.layer_norm_forward_ptr(0, 0, 0, 1, 1, 1e-5, 0, 8, 0, False)
 
 
 needs_triton = pytest.mark.skipif(not triton_installed(), reason="triton not installed")
