@@ -110,9 +110,9 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #
 # - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
 #   (2^22 MACs) up; below, torch's lower call overhead wins (0.88-0.94x at
-#   2^20-2^21 with the pointer binding, 2026-11-27 20:45; 0.82-0.89x before).
+#   2^20-2^21 with the pointer binding, 2026-11-27 20:35; 0.82-0.89x before).
 # - layer_norm: 1.1-1.75x from 2^19 elements up. Inference from 2^17 since
-#   the pointer binding (2026-11-27 20:50, load average 1.1-1.6): forward
+#   the pointer binding (2026-11-27 20:38, load average 1.1-1.6): forward
 #   1.06-1.78x at 2^17-2^18 on rows of 256-4096; at 2^16 0.92-1.18x. Training
 #   stays from 2^19: forward + backward was 0.81-1.12x at 2^17-2^18.
 # - embedding_bag: training: cpp (torch's dense backward is slow; fwd+bwd
