@@ -337,15 +337,17 @@ def _backward_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for the backward, whose GEMMs have no epilogue to fuse: Triton's
     GEMM only where it was measured faster than torch's (cuBLAS) on the H200,
     i.e. float32 without TF32 (3xTF32 against the IEEE SGEMM) when the product
-    fills the GPU. 16-bit and TF32 GEMMs, and the weight gradient of a narrow
-    layer over a large batch (few output tiles, a long K that cuBLAS splits),
-    go to torch: 262144 x 256 -> 256 in bfloat16 took 1.30 ms for dW on our
-    kernel against 0.11 ms for cuBLAS (benchmarks/README.md)."""
+    fills the GPU and has no output side under 128. 16-bit and TF32 GEMMs,
+    narrow outputs, and the weight gradient of a narrow layer over a large
+    batch (few output tiles, a long K that cuBLAS splits) go to torch:
+    262144 x 256 -> 256 in bfloat16 took 1.30 ms for dW on our kernel against
+    0.11 ms for cuBLAS (benchmarks/README.md)."""
     M, K = a.shape
     N = b.shape[1]
     if not a.is_cuda or M == 0 or N == 0:
         return matmul(a, b)[0]
-    if _precision(a.dtype, a.device) == "tf32x3" and _fills_gpu(M, N, K, a):
+    wide = min(M, N) >= 128  # dx of a 64-wide input: 0.52 ms ours, 0.26 cuBLAS
+    if _precision(a.dtype, a.device) == "tf32x3" and wide and _fills_gpu(M, N, K, a):
         return matmul(a, b)[0]
     return a @ b
 

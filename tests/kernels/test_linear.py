@@ -220,10 +220,10 @@ def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("M", "N", "K"), [(4096, 1024, 96), (8192, 32, 64)])
+@pytest.mark.parametrize(("M", "N", "K"), [(2048, 2048, 2048), (8192, 32, 64)])
 def test_triton_backward_on_both_gemms_on_gpu(M: int, N: int, K: int) -> None:
-    # float32 without TF32: 4096 x 1024 outputs fill the GPU, so dx and dW run
-    # on our 3xTF32 GEMM; dW of 32 x 64 outputs over K = 8192 runs on torch's.
+    # float32 without TF32: dx and dW of 2048 x 2048 outputs fill the GPU, so
+    # they run on our 3xTF32 GEMM; the narrow ones of 8192 x 32 -> 64 on torch's.
     if not triton_installed():
         pytest.skip("triton not installed")
     _check("triton", M, N, K, "relu", dtype=torch.float32, device="cuda")
