@@ -43,6 +43,9 @@ def test_cuda_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rule(8192 * 4096 * 4096, False, bf16, (8192, 4096, 4096, "relu")) == ()
     assert rule(4096 * 256 * 256, False, bf16, (4096, 256, 256, "relu")) == ()  # small
     assert rule(big, True, f32, layer) == ("triton",)  # 3xTF32 against the IEEE SGEMM
+    narrow = (262144, 256, 64, "relu")  # the 64 -> 256 input layer
+    assert rule(262144 * 256 * 64, False, f32, narrow) == ("triton",)
+    assert rule(262144 * 256 * 64, True, f32, narrow) == ()
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     assert rule(big, True, f32, layer) == ()
 
