@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "histogram.h"
 
@@ -92,7 +93,8 @@ __global__ void histogram_lut_build_kernel(const float* __restrict__ edges, int 
                                            unsigned char* __restrict__ lut) {
   const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<long long>(features) * cells) return;
-  const int f = static_cast<int>(i / cells), c = static_cast<int>(i - static_cast<long long>(f) * cells);
+  const int f = static_cast<int>(i / cells);
+  const int c = static_cast<int>(i - static_cast<long long>(f) * cells);
   const float* e = edges + static_cast<long long>(f) * n_edges;
   const float lo = e[0];
   const float scale = __fdiv_rn(static_cast<float>(cells), __fsub_rn(e[n_edges - 1], lo));
@@ -176,9 +178,7 @@ histogram_lut_kernel(const float* __restrict__ values, long long total, int feat
       if (entry & kLutHasEdge) {
         while (below < n_edges && edge_row[j][below] <= v[j]) ++below;
       }
-      int s = (v[j] == top[j]) ? n_edges - 1 : below;  // the top edge closes the last bin
-      s = (v[j] != v[j]) ? n_edges + 1 : s;            // NaN
-      atomicAdd(count_row[j] + s, 1u);
+      atomicAdd(count_row[j] + slot_of(below, v[j], top[j], n_edges), 1u);
     }
   };
   for (; g + stride < groups; g += 2 * stride) {
@@ -229,12 +229,7 @@ __global__ void histogram_shared_kernel(const float* __restrict__ values, long l
   const int f_step = static_cast<int>((stride * VEC) % features);
   for (; g < groups; g += stride) {
     float v[VEC];
-    if constexpr (VEC == 4) {
-      const float4 q = __ldg(reinterpret_cast<const float4*>(values) + g);
-      v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-    } else {
-      v[0] = __ldg(values + g);
-    }
+    load_group<VEC>(values, g, v);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       // With VEC == 4, features % 4 == 0 and f0 % 4 == 0: f0 + j never wraps.
@@ -279,8 +274,6 @@ long long grid_blocks(long long items, long long total, int per_sm, int sms, lon
   blocks = std::max<long long>(blocks, total / (1LL << 30) + 1);
   return (blocks + multiple - 1) / multiple * multiple;
 }
-
-long long gcd(long long a, long long b) { return b == 0 ? a : gcd(b, a % b); }
 
 // Bytes of shared memory the table kernel needs per block.
 size_t lut_smem(int64_t features, int64_t n_edges, int cells) {
@@ -327,7 +320,8 @@ bool launch_lut(const float* values, long long total, int features, const float*
   if (*err != cudaSuccess) return true;
   // A grid stride (blocks * kThreads * vec values) that is a multiple of
   // `features` keeps each thread on the same features.
-  const long long multiple = features / gcd(features, static_cast<long long>(kThreads) * vec);
+  const long long multiple =
+      features / std::gcd(static_cast<long long>(features), static_cast<long long>(kThreads) * vec);
   if (multiple > 2LL * std::max(per_sm, 1) * sms) return false;
   const long long blocks = grid_blocks(total / vec, total, per_sm, sms, multiple);
   if (blocks > 0x7fffffffLL) return false;
