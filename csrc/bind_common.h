@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops.h"
+
 namespace conveyor::bind {
 
 namespace py = pybind11;
@@ -103,8 +105,12 @@ inline void raise_if(const std::string& err, const char* op) {
   if (!err.empty()) throw std::runtime_error(std::string(op) + ": " + err);
 }
 
-inline void check_act(int act) {
-  if (act < 0 || act > 4) throw py::value_error("act: expected a code in 0..4, got " + std::to_string(act));
+// The fused linear op takes codes 0..4; the whole-MLP paths also sigmoid (5) and tanh (6).
+inline void check_act(int act, int last = kActSilu) {
+  if (act < 0 || act > last) {
+    throw py::value_error("act: expected a code in 0.." + std::to_string(last) + ", got " +
+                          std::to_string(act));
+  }
 }
 
 inline void check_dtype_code(int dtype) {
@@ -116,5 +122,6 @@ inline void check_dtype_code(int dtype) {
 void bind_linear(py::module_& m);
 void bind_embedding_bag(py::module_& m);
 void bind_layer_norm(py::module_& m);
+void bind_mlp(py::module_& m);
 
 }  // namespace conveyor::bind

@@ -1,6 +1,4 @@
 // Bindings of the fused linear op (see ops.h for the contract).
-#include <vector>
-
 #include "bind_common.h"
 #include "ops.h"
 
@@ -40,46 +38,9 @@ void backward(const py::object& gy, const py::object& z, const py::object& x,
   linear_backward_cpu<T>(gyp, zp, xp, wp, M, N, K, act, gxp, gwp, gbp);
 }
 
-template <typename T>
-void mlp(const py::object& x, const py::list& layers, const py::object& out) {
-  const auto [M, K0] = shape2(x, "x");
-  const int64_t L = static_cast<int64_t>(layers.size());
-  if (L == 0) throw py::value_error("layers: need at least one (w, b, act)");
-  std::vector<int64_t> dims{K0};
-  std::vector<const T*> ws, bs;
-  std::vector<int> acts;
-  for (const auto& item : layers) {
-    const auto layer = item.cast<py::tuple>();
-    if (layer.size() != 3) throw py::value_error("layers: each item is (w, b or None, act)");
-    const int64_t N = shape2(layer[0], "w").first;
-    ws.push_back(in_ptr<T>(layer[0], "w", {N, dims.back()}));
-    bs.push_back(in_ptr<T>(layer[1], "b", {N}));
-    const int act = layer[2].cast<int>();
-    check_act(act);
-    acts.push_back(act);
-    dims.push_back(N);
-  }
-  const T* xp = in_ptr<T>(x, "x", {M, K0});
-  T* op = out_ptr<T>(out, "out", {M, dims.back()});
-  py::gil_scoped_release release;
-  mlp_forward_cpu<T>(xp, M, dims.data(), L, ws.data(), bs.data(), acts.data(), op);
-}
-
 }  // namespace
 
 void bind_linear(py::module_& m) {
-  m.def(
-      "mlp_forward",
-      [](const py::object& x, const py::list& layers, const py::object& out) {
-        if (is_f64(x, "x")) {
-          mlp<double>(x, layers, out);
-        } else {
-          mlp<float>(x, layers, out);
-        }
-      },
-      py::arg("x"), py::arg("layers"), py::arg("out"),
-      "Inference through a whole MLP in one call: layers is a list of (w[N,K], b[N] or None, "
-      "act); out[M, N_last]. float32 or float64.");
   m.def(
       "linear_forward",
       [](const py::object& x, const py::object& w, const py::object& b, int act,

@@ -114,6 +114,7 @@ PYBIND11_MODULE(_C, m) {
   conveyor::bind::bind_linear(m);
   conveyor::bind::bind_embedding_bag(m);
   conveyor::bind::bind_layer_norm(m);
+  conveyor::bind::bind_mlp(m);
   m.def("build_info", &build_info, "How this module was built: OpenMP, CUDA, compiler.");
 #ifdef CONVEYOR_WITH_CUDA
   m.def("cuda_device_count", &conveyor::cuda_device_count,

@@ -18,11 +18,22 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace conveyor {
 
 // Activation codes shared with the Python wrappers (kernels/linear.py).
-enum Activation : int { kActNone = 0, kActRelu = 1, kActGelu = 2, kActGeluTanh = 3, kActSilu = 4 };
+// Sigmoid and tanh exist for the whole-MLP inference paths only (a model's
+// output layer); the fused linear op and its GPU kernels take codes 0..4.
+enum Activation : int {
+  kActNone = 0,
+  kActRelu = 1,
+  kActGelu = 2,
+  kActGeluTanh = 3,
+  kActSilu = 4,
+  kActSigmoid = 5,
+  kActTanh = 6,
+};
 // Pooling codes (kernels/embedding_bag.py).
 enum BagMode : int { kBagSum = 0, kBagMean = 1 };
 
@@ -42,6 +53,32 @@ void linear_backward_cpu(const T* gy, const T* z, const T* x, const T* w, int64_
 template <typename T>
 void mlp_forward_cpu(const T* x, int64_t M, const int64_t* dims, int64_t layers,
                      const T* const* w, const T* const* b, const int* acts, T* out);
+
+// The same MLP with each layer's weights packed once into NR-wide column
+// panels, for a model served many times: forward() reads x in place and packs
+// nothing. The pointers given to the constructor are copied from and may be
+// freed afterwards; forward() is const and may run on several threads at once.
+template <typename T>
+struct PackedLayer {
+  int64_t K = 0, N = 0;
+  int act = kActNone;
+  std::vector<T> panels;  // [ceil(N / NR)][K][NR], zero past N
+  std::vector<T> bias;    // [ceil(N / NR) * NR], zero past N (and everywhere if none)
+};
+
+template <typename T>
+class PackedMLP {
+ public:
+  // w[l]: [out_features[l], K_l] row-major (K_0 = in_features), b[l] or null.
+  PackedMLP(int64_t in_features, const std::vector<const T*>& w, const std::vector<const T*>& b,
+            const std::vector<int64_t>& out_features, const std::vector<int>& acts);
+  // out [M, out_features.back()] = the MLP of x [M, in_features].
+  void forward(const T* x, int64_t M, T* out) const;
+  const std::vector<PackedLayer<T>>& layers() const { return layers_; }
+
+ private:
+  std::vector<PackedLayer<T>> layers_;
+};
 
 // Returns "" or a message (bad index or offsets); out is then unspecified.
 template <typename T>

@@ -9,12 +9,14 @@ from conveyor.kernels.histogram import (
 )
 from conveyor.kernels.layer_norm import layer_norm, layer_norm_reference
 from conveyor.kernels.linear import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
-from conveyor.kernels.mlp import FusedMLP, fused_mlp, mlp_reference
+from conveyor.kernels.mlp import MLP_ACTIVATIONS, FusedMLP, PackedMLP, fused_mlp, mlp_reference
 
 __all__ = [
     "ACTIVATIONS",
+    "MLP_ACTIVATIONS",
     "FusedLinear",
     "FusedMLP",
+    "PackedMLP",
     "embedding_bag",
     "embedding_bag_reference",
     "fused_linear",

@@ -41,6 +41,11 @@ def activation_reference(z: torch.Tensor, activation: str) -> torch.Tensor:
         return F.gelu(z, approximate="tanh")
     if activation == "silu":
         return F.silu(z)
+    # Output activations of the whole-MLP inference paths only (kernels/mlp.py).
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    if activation == "tanh":
+        return torch.tanh(z)
     raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
 
 

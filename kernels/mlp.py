@@ -2,12 +2,19 @@
 
 ``fused_mlp(x, layers)`` computes ``h = act_L(... act_1(x @ W_1.T + b_1) ...)``
 for ``layers = [(W_l [N_l, K_l], b_l [N_l] or None, activation_l), ...]``
-(activations as ``conveyor.kernels.ACTIVATIONS``), ``x [..., K_1]``. The ``cpp``
+(activations as ``conveyor.kernels.ACTIVATIONS``, plus ``sigmoid`` and ``tanh``
+for the C++ paths: ``MLP_ACTIVATIONS``), ``x [..., K_1]``. The ``cpp``
 implementation runs every layer inside one call to ``conveyor._C`` (intermediate
 activations in one scratch buffer), which at serving batch sizes removes most
 of the per-op dispatch cost of eager torch. Inference only: when autograd
 needs the graph, or on devices without an implementation, it runs the layers
 as ``fused_linear`` calls (the dispatcher's choice per layer).
+
+:class:`PackedMLP` is the serving form: the weights are copied once into the
+kernel's panel layout, so a call packs nothing (2-4x TorchScript's forward of
+the same ``nn.Sequential`` at batch 1-512 on this machine, see
+benchmarks/README.md). :class:`FusedMLP` uses it for inference, and the engine
+for models that ask for the ``conveyor_mlp`` accelerator.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from conveyor.kernels import dispatch
 from conveyor.kernels.linear import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
 
 Layer = tuple[torch.Tensor, torch.Tensor | None, str]
+
+# The fused linear's activations, plus the output activations only the C++ MLP paths take.
+MLP_ACTIVATIONS = {**ACTIVATIONS, "sigmoid": 5, "tanh": 6}
 
 
 def mlp_reference(x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tensor:
@@ -58,10 +68,10 @@ def _pack(layers: Sequence[Layer]) -> list[tuple]:
     """The ``(w, b, act_code)`` numpy views ``conveyor._C.mlp_forward`` takes."""
     packed = []
     for w, b, act in layers:
-        if act not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {act!r}")
+        if act not in MLP_ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {tuple(MLP_ACTIVATIONS)}, got {act!r}")
         bias = None if b is None else b.detach().contiguous().numpy()
-        packed.append((w.detach().contiguous().numpy(), bias, ACTIVATIONS[act]))
+        packed.append((w.detach().contiguous().numpy(), bias, MLP_ACTIVATIONS[act]))
     return packed
 
 
@@ -76,6 +86,67 @@ def _run_cpp(x: torch.Tensor, packed: list[tuple]) -> torch.Tensor:
     out = np.empty((x.shape[0], packed[-1][0].shape[0]), dtype=packed[-1][0].dtype)
     _C.mlp_forward(x.detach().numpy(), packed, out)
     return torch.from_numpy(out).reshape(*lead, out.shape[-1])
+
+
+class PackedMLP:
+    """An MLP's weights packed once for repeated CPU inference (the serving path).
+
+    Args:
+        layers: ``[(W [N, K], b [N] or None, activation), ...]``, CPU tensors, all float32
+            or all float64 (activations: keys of ``MLP_ACTIVATIONS``). The values are
+            copied: later changes to the tensors are not seen.
+
+    Calls take ``x [..., K_0]`` of the weights' dtype (a torch tensor or a numpy array,
+    answered in kind) and return ``[..., N_last]``. Thread-safe: several threads may
+    call one instance at once; each call releases the GIL while it computes.
+    """
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        from conveyor import _C
+
+        if not layers:
+            raise ValueError("layers: need at least one (w, b, activation)")
+        for i, (w, b, _) in enumerate(layers):
+            for name, t in (("w", w), ("b", b)):
+                if t is not None and t.device.type != "cpu":
+                    raise ValueError(f"layer {i} {name}: PackedMLP runs on the CPU, got {t.device}")
+        self._c = _C.PackedMLP(_pack(layers))
+        self.dims: tuple[int, ...] = tuple(self._c.dims)
+        self.dtype = np.dtype(np.float64 if self._c.f64 else np.float32)
+
+    @property
+    def in_features(self) -> int:
+        return self.dims[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.dims[-1]
+
+    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``x [M, K_0]`` (numpy, the packed dtype) -> ``[M, N_last]``, into ``out`` if given.
+
+        ``x`` that is not C-contiguous is copied first; ``out`` must be C-contiguous."""
+        if x.ndim != 2 or x.shape[1] != self.dims[0]:
+            raise ValueError(f"x: expected shape (M, {self.dims[0]}), got {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype}, got {x.dtype}")
+        x = np.ascontiguousarray(x)
+        shape = (x.shape[0], self.dims[-1])
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out: expected a C-contiguous {self.dtype} array of shape {shape}")
+        # Pointers: everything the numpy binding would check is checked above.
+        self._c.forward_ptr(x.ctypes.data, x.shape[0], out.ctypes.data)
+        return out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise ValueError(f"x: PackedMLP runs on the CPU, got {x.device}")
+        lead = x.shape[:-1]
+        flat = x.detach().reshape(math.prod(lead), x.shape[-1])
+        out = self.run(flat.numpy() if flat.is_contiguous() else flat.contiguous().numpy())
+        return torch.from_numpy(out).reshape(*lead, out.shape[-1])
 
 
 class FusedMLP(nn.Module):
@@ -114,12 +185,12 @@ class FusedMLP(nn.Module):
         work = (x.numel() // max(1, x.shape[-1])) * self._work_per_row
         if dispatch.choose("mlp", "cpu", x.dtype, self.impl, work=work) != "cpp":
             return fused_mlp(x, self._layers(), impl="reference")
-        # Serving hot path: the numpy views of the parameters are built once and
-        # reused until a parameter changes storage (.to(), load into a new
-        # tensor) or is modified in place (its version counter moves, e.g. an
-        # optimizer step or load_state_dict). Assigning a new Parameter object
-        # to a layer is not seen: call refresh() after doing that.
+        # Serving hot path: the weights are packed once and reused until a
+        # parameter changes storage (.to(), load into a new tensor) or is
+        # modified in place (its version counter moves, e.g. an optimizer step
+        # or load_state_dict). Assigning a new Parameter object to a layer is
+        # not seen: call refresh() after doing that.
         key = tuple((p.data_ptr(), p._version) for p in self._params)
         if self._packed is None or self._packed[0] != key:
-            self._packed = (key, _pack(self._layers()))
-        return _run_cpp(x, self._packed[1])
+            self._packed = (key, PackedMLP(self._layers()))
+        return self._packed[1](x)

@@ -71,6 +71,10 @@ __attribute__((always_inline)) inline T activate(int act, T z) {
     }
     case kActSilu:
       return z / (T(1) + act_exp(-z));
+    case kActSigmoid:
+      return T(1) / (T(1) + act_exp(-z));
+    case kActTanh:
+      return act_tanh(z);
     default:
       return z;
   }
@@ -96,6 +100,14 @@ __attribute__((always_inline)) inline T activate_grad(int act, T z) {
     case kActSilu: {
       const T s = T(1) / (T(1) + act_exp(-z));
       return s * (T(1) + z * (T(1) - s));
+    }
+    case kActSigmoid: {
+      const T s = T(1) / (T(1) + act_exp(-z));
+      return s * (T(1) - s);
+    }
+    case kActTanh: {
+      const T t = act_tanh(z);
+      return T(1) - t * t;
     }
     default:
       return T(1);
@@ -124,6 +136,8 @@ inline void activate_array(int act, const T* v, T* out, int64_t n) {
     case kActGelu: activate_n<kActGelu>(v, out, n); break;
     case kActGeluTanh: activate_n<kActGeluTanh>(v, out, n); break;
     case kActSilu: activate_n<kActSilu>(v, out, n); break;
+    case kActSigmoid: activate_n<kActSigmoid>(v, out, n); break;
+    case kActTanh: activate_n<kActTanh>(v, out, n); break;
     default: activate_n<kActNone>(v, out, n);
   }
 }
@@ -135,6 +149,8 @@ inline void activate_grad_array(int act, const T* gy, const T* z, T* g, int64_t 
     case kActGelu: activate_grad_n<kActGelu>(gy, z, g, n); break;
     case kActGeluTanh: activate_grad_n<kActGeluTanh>(gy, z, g, n); break;
     case kActSilu: activate_grad_n<kActSilu>(gy, z, g, n); break;
+    case kActSigmoid: activate_grad_n<kActSigmoid>(gy, z, g, n); break;
+    case kActTanh: activate_grad_n<kActTanh>(gy, z, g, n); break;
     default: activate_grad_n<kActNone>(gy, z, g, n);
   }
 }

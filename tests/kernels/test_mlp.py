@@ -46,23 +46,30 @@ def test_no_bias_and_leading_dims() -> None:
     torch.testing.assert_close(fused_mlp(x, layers, impl="cpp"), mlp_reference(x, layers))
 
 
-def test_module_inference_is_one_call_and_training_keeps_gradients(monkeypatch) -> None:
-    from conveyor import _C
+def test_module_inference_packs_once_and_training_keeps_gradients(monkeypatch) -> None:
+    from conveyor.kernels import mlp as mlp_module
 
     torch.manual_seed(0)
     model = FusedMLP([16, 32, 8, 1], ["relu", "gelu", "none"])
     x = torch.randn(4, 16)
-    calls = []
-    real = _C.mlp_forward
-    monkeypatch.setattr(_C, "mlp_forward", lambda *a: calls.append(1) or real(*a))
+    packs = []
+    real = mlp_module.PackedMLP
+    monkeypatch.setattr(mlp_module, "PackedMLP", lambda layers: packs.append(1) or real(layers))
+    layers = [(m.weight, m.bias, m.activation) for m in model.layers]
     with torch.no_grad():
         y = model(x)
-    assert calls == [1]
-    layers = [(m.weight, m.bias, m.activation) for m in model.layers]
+        model(x)
+    assert packs == [1]  # packed on the first call, reused after
     torch.testing.assert_close(y, mlp_reference(x, layers), rtol=1e-5, atol=1e-5)
+    # An in-place change (an optimizer step, load_state_dict) moves the version counter.
+    with torch.no_grad():
+        model.layers[0].weight.mul_(2)
+        y2 = model(x)
+    assert packs == [1, 1]
+    torch.testing.assert_close(y2, mlp_reference(x, layers), rtol=1e-5, atol=1e-5)
     # With autograd on, it runs layer by layer and gradients flow.
     model(x).sum().backward()
-    assert calls == [1]
+    assert packs == [1, 1]
     assert all(m.weight.grad is not None for m in model.layers)
 
 
@@ -72,3 +79,112 @@ def test_bad_arguments() -> None:
     layers = _layers([4, 3], ["relu"])
     with pytest.raises(ValueError, match="w: expected shape"):
         fused_mlp(torch.randn(2, 5), layers, impl="cpp")
+
+
+# -- PackedMLP: weights packed once (the serving path) ---------------------------------------
+
+
+@pytest.mark.parametrize("batch", [0, 1, 2, 3, 5, 6, 7, 8, 13, 96, 97, 200])
+@pytest.mark.parametrize(
+    ("dims", "acts"),
+    [
+        ([64, 256, 256, 1], ["relu", "relu", "sigmoid"]),
+        ([33, 17, 5], ["gelu", "tanh"]),
+        ([7, 40, 31, 3], ["silu", "gelu_tanh", "none"]),
+        ([1, 1], ["sigmoid"]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_matches_reference(batch: int, dims: list[int], acts: list[str], dtype) -> None:
+    from conveyor.kernels import PackedMLP
+
+    layers = _layers(dims, acts, dtype, seed=batch + len(dims))
+    x = torch.randn(batch, dims[0], dtype=dtype)
+    got = PackedMLP(layers)(x)
+    want = mlp_reference(x.double(), [(w.double(), b.double(), a) for w, b, a in layers])
+    assert got.shape == (batch, dims[-1]) and got.dtype == dtype
+    assert_close(got, want, dtype, scale=4)
+
+
+def test_packed_numpy_api_no_bias_leading_dims_and_copies() -> None:
+    import numpy as np
+
+    from conveyor.kernels import PackedMLP
+
+    layers = _layers([12, 70, 3], ["relu", "none"], bias=False)
+    packed = PackedMLP(layers)
+    assert packed.dims == (12, 70, 3) and packed.dtype == np.float32
+    x = torch.randn(2, 5, 12)
+    want = mlp_reference(x, layers)
+    torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)
+    # numpy in, numpy out; a strided x is copied; out is filled in place.
+    xs = torch.randn(12, 9).numpy().T  # [9, 12], not C-contiguous
+    out = np.full((9, 3), np.nan, dtype=np.float32)
+    assert packed.run(xs, out) is out
+    torch.testing.assert_close(
+        torch.from_numpy(out), mlp_reference(torch.from_numpy(xs.copy()), layers)
+    )
+    # The weights were copied at construction: later changes are not seen.
+    layers[0][0].zero_()
+    torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_threads_share_one_instance() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conveyor.kernels import PackedMLP
+
+    layers = _layers([64, 256, 256, 1], ["relu", "relu", "sigmoid"])
+    packed = PackedMLP(layers)
+    xs = [torch.randn(b, 64) for b in (1, 7, 64, 100) * 4]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(packed, xs))
+    for x, y in zip(xs, got, strict=True):
+        torch.testing.assert_close(y, mlp_reference(x, layers), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_bad_arguments() -> None:
+    import numpy as np
+
+    from conveyor.kernels import PackedMLP
+
+    layers = _layers([4, 3], ["relu"])
+    packed = PackedMLP(layers)
+    with pytest.raises(ValueError, match=r"x: expected shape \(M, 4\)"):
+        packed(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        packed(torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out: expected"):
+        packed.run(np.zeros((2, 4), np.float32), np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="need at least one"):
+        PackedMLP([])
+    with pytest.raises(ValueError, match="activation"):
+        PackedMLP([(layers[0][0], layers[0][1], "softmax")])
+    with pytest.raises(ValueError, match="w: expected shape"):
+        PackedMLP(layers + _layers([5, 2], ["none"]))  # 3 outputs feed a layer wanting 5
+    with pytest.raises(TypeError, match="float32 or float64"):
+        PackedMLP([(layers[0][0].half(), None, "relu")])
+
+
+def test_packed_property_random_shapes() -> None:
+    """Any widths, depth, batch and activation mix: the packed path equals the reference."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    from conveyor.kernels import MLP_ACTIVATIONS, PackedMLP
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(
+        dims=st.lists(st.integers(1, 80), min_size=2, max_size=5),
+        batch=st.integers(0, 40),
+        acts=st.lists(st.sampled_from(sorted(MLP_ACTIVATIONS)), min_size=4, max_size=4),
+        bias=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+    def check(dims, batch, acts, bias, seed) -> None:
+        layers = _layers(dims, acts[: len(dims) - 1], torch.float64, bias=bias, seed=seed)
+        x = torch.randn(batch, dims[0], dtype=torch.float64)
+        got = PackedMLP(layers)(x)
+        torch.testing.assert_close(got, mlp_reference(x, layers), rtol=1e-10, atol=1e-12)
+
+    check()
