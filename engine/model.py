@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from conveyor.engine.accelerators import accelerate
 from conveyor.engine.errors import Internal, ModelLoadError
 from conveyor.engine.model_config import ModelConfig, TensorSpec, load_config
 from conveyor.engine.tensors import NUMPY_DTYPES
@@ -110,6 +111,8 @@ class Model:
         self.files = _locate(directory, self.config)
         self.program = _load_program(self.files, self.config.platform)
         self._holders = threading.local()
+        # A runner through conveyor's kernels when config.json asks for one (and it applies).
+        self.accelerated = accelerate(self.program, self.config, str(directory))
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -133,6 +136,16 @@ class Model:
         import torch
 
         batch = len(inputs[0])
+        if self.accelerated is not None:
+            try:
+                arrays = self.accelerated.run(list(inputs))
+            except Exception as exc:
+                raise Internal(
+                    f"model {self.name!r} version {self.version} raised: {_message(exc)}"
+                ) from None
+            for spec, array in zip(self.config.outputs, arrays, strict=True):
+                self._check_numbers(spec, array)
+            return arrays
         args: list[Any] = []
         for spec, array in zip(self.config.inputs, inputs, strict=True):
             if spec.datatype == "BYTES":
@@ -204,12 +217,15 @@ class Model:
             if not item.is_cpu:
                 item = item.cpu()
             array = item.numpy()
-            if array.dtype.kind == "f" and np.isnan(array).any():
-                # A NaN score is a broken model, not an answer: the batcher re-runs a
-                # failed batch request by request, so only the requests producing it fail.
-                raise Internal(f"model {self.name!r} output {spec.name!r}: the model returned NaN")
+            self._check_numbers(spec, array)
             arrays.append(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype]))
         return arrays
+
+    def _check_numbers(self, spec: TensorSpec, array: np.ndarray) -> None:
+        if array.dtype.kind == "f" and np.isnan(array).any():
+            # A NaN score is a broken model, not an answer: the batcher re-runs a
+            # failed batch request by request, so only the requests producing it fail.
+            raise Internal(f"model {self.name!r} output {spec.name!r}: the model returned NaN")
 
     def _strings(self, spec: TensorSpec, item: Any, batch: int) -> np.ndarray:
         """A BYTES output: a flat list of ``batch * prod(shape)`` strings, row-major."""

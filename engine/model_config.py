@@ -126,6 +126,8 @@ class ModelConfig:
     version_policy: VersionPolicy | None = None
     # The trainer's description of each raw feature: name, kind, input, index, datatype...
     features: tuple[dict[str, Any], ...] = ()
+    # optimization.execution_accelerators.cpu_execution_accelerator names (engine/accelerators.py).
+    cpu_accelerators: tuple[str, ...] = ()
 
     def execution_timeout(self, default: float | None) -> float | None:
         """Seconds one batch of this model may run before it is abandoned: the
@@ -167,6 +169,7 @@ _TOP = {
     "parameters",
     "version_policy",
     "features",
+    "optimization",
 }
 _BATCHING = set(DynamicBatching.__dataclass_fields__)
 
@@ -215,6 +218,39 @@ def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
             )
         specs.append(TensorSpec(name, dtype, tuple(shape), tuple(columns)))
     return tuple(specs)
+
+
+def _accelerators(data: Any, where: str) -> tuple[str, ...]:
+    """Triton's ``optimization.execution_accelerators.cpu_execution_accelerator`` names."""
+    from conveyor.engine.accelerators import ACCELERATORS
+
+    at = f"{where}: optimization"
+    if not isinstance(data, dict) or set(data) - {"execution_accelerators"}:
+        raise ModelLoadError(f"{at}: expected an object with 'execution_accelerators'")
+    accel = data.get("execution_accelerators", {})
+    at += ".execution_accelerators"
+    if not isinstance(accel, dict) or set(accel) - {"cpu_execution_accelerator"}:
+        raise ModelLoadError(
+            f"{at}: expected an object with 'cpu_execution_accelerator' (no GPU accelerators)"
+        )
+    items = accel.get("cpu_execution_accelerator", [])
+    at += ".cpu_execution_accelerator"
+    if not isinstance(items, list):
+        raise ModelLoadError(f"{at}: expected a list of {{name}} objects")
+    names = []
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or set(item) - {"name", "parameters"}
+            or name not in ACCELERATORS
+        ):
+            raise ModelLoadError(
+                f"{at}[{i}]: expected {{name[, parameters]}} with name one of {ACCELERATORS}, "
+                f"got {item!r}"
+            )
+        names.append(name)
+    return tuple(names)
 
 
 def parse_config(data: Any, where: str) -> ModelConfig:
@@ -301,6 +337,7 @@ def parse_config(data: Any, where: str) -> ModelConfig:
         parameters=parameters,
         version_policy=policy,
         features=tuple(features),
+        cpu_accelerators=_accelerators(data.get("optimization", {}), where),
     )
 
 

@@ -386,11 +386,10 @@ class ModelRepository:
             old = entry.versions.get(v)
             entry.versions[v] = new
             self._mark_ready(name, v, True)
-            log.info(
-                "loaded in %.2fs",
-                time.perf_counter() - t0,
-                extra={"model": name, "version": v, "platform": new.config.platform},
-            )
+            fields = {"model": name, "version": v, "platform": new.config.platform}
+            if new.model.accelerated is not None:
+                fields["accelerator"] = new.model.accelerated.describe
+            log.info("loaded in %.2fs", time.perf_counter() - t0, extra=fields)
             if old is not None:
                 await self._retire([old])
         # Retire versions no longer wanted, but keep enough of the loaded ones
