@@ -11,11 +11,15 @@ on uvloop) against servers in their own processes:
 * ``conveyor``: ``conveyor serve`` (1 process, and 2 processes on SO_REUSEPORT),
   with ``--max-queue-delay-microseconds 2000`` (``--conveyor-delay``): the
   setting for a saturated server; the default, 250, favours latency;
+  ``conveyor-mlp``: one process, the model's config asking for the
+  ``conveyor_mlp`` execution accelerator (the same weights through
+  ``conveyor.kernels.PackedMLP`` instead of the TorchScript interpreter);
 * ``mlserver``: Seldon MLServer with a small custom runtime for the same
   TorchScript model and adaptive batching (its own venv, see --mlserver-venv),
   inference in-process (``parallel_workers: 0``, its fastest here), and
   ``mlserver-default`` with its default one inference worker process;
-* ``forward``: the model's batched forward in one process (batch 64 and 512).
+* ``forward``: the model's batched forward in one process (batch 64 and 512),
+  as TorchScript and through ``PackedMLP`` (``forward-mlp``).
 
 The model is the trainer's default shape: 64 numeric features, MLP 256-256,
 one sigmoid output. Usage::
@@ -55,8 +59,9 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 # -- the model ---------------------------------------------------------------------------------
 
 
-def write_model(repo: Path, max_batch: int = 512) -> Path:
-    """The trainer's default model (64 -> 256 -> 256 -> 1, sigmoid) as TorchScript."""
+def write_model(repo: Path, max_batch: int = 512, accelerated: bool = False) -> Path:
+    """The trainer's default model (64 -> 256 -> 256 -> 1, sigmoid) as TorchScript;
+    ``accelerated``: its config asks for the ``conveyor_mlp`` execution accelerator."""
     import torch
     from torch import nn
 
@@ -80,18 +85,32 @@ def write_model(repo: Path, max_batch: int = 512) -> Path:
         "outputs": [{"name": "probability", "datatype": "FP32", "shape": [1]}],
         "dynamic_batching": {"max_queue_size": 8192},
     }
+    if accelerated:
+        config["optimization"] = {
+            "execution_accelerators": {"cpu_execution_accelerator": [{"name": "conveyor_mlp"}]}
+        }
     (directory / "config.json").write_text(json.dumps(config))
     return directory / "model.pt"
 
 
-def forward_rate(model_path: Path, batch: int, seconds: float) -> dict[str, float]:
+def forward_rate(
+    model_path: Path, batch: int, seconds: float, packed: bool = False
+) -> dict[str, float]:
     """Rows/s of the scripted model's forward at ``batch`` in this process, with one
-    torch thread like each server process; the best of three windows (shared machine)."""
+    torch thread like each server process; the best of three windows (shared machine).
+    ``packed``: the same weights through the engine's ``conveyor_mlp`` accelerator."""
     import torch
 
     torch.set_num_threads(1)
     model = torch.jit.load(str(model_path))
     x = torch.randn(batch, FEATURES)
+    if packed:
+        from conveyor.engine.accelerators import mlp_layers
+        from conveyor.kernels import PackedMLP
+
+        run = PackedMLP(mlp_layers(model)).run
+        xn = x.numpy()
+        model = lambda _: run(xn)  # noqa: E731  (same loop below for both)
     best = 0.0
     with torch.inference_mode():
         for _ in range(20):
@@ -366,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     parser.add_argument(
         "--servers",
-        default="bare,conveyor-w1,conveyor-w2,mlserver",
+        default="bare,conveyor-w1,conveyor-w2,conveyor-mlp,mlserver",
         help="comma-separated subset to run (default: all)",
     )
     parser.add_argument(
@@ -392,10 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_path = write_model(work / "repo")
-        for batch in (64, 512):
-            rate = forward_rate(model_path, batch, seconds=min(d, 3.0))
-            results.append({"server": "forward", "rows": batch, "concurrency": 0, **rate})
-            print(f"forward batch {batch}: {rate['rows_s']:,.0f} rows/s", flush=True)
+        write_model(work / "repo-mlp", accelerated=True)
+        for name, packed in (("forward", False), ("forward-mlp", True)):
+            for batch in (64, 512):
+                rate = forward_rate(model_path, batch, seconds=min(d, 3.0), packed=packed)
+                results.append({"server": name, "rows": batch, "concurrency": 0, **rate})
+                print(f"{name} batch {batch}: {rate['rows_s']:,.0f} rows/s", flush=True)
 
         wanted = None
         if args.points:
@@ -437,8 +458,12 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop(proc)
 
-        for workers in (1, 2):
-            if f"conveyor-w{workers}" not in chosen:
+        for name, workers, repo in (
+            ("conveyor-w1", 1, work / "repo"),
+            ("conveyor-w2", 2, work / "repo"),
+            ("conveyor-mlp", 1, work / "repo-mlp"),
+        ):
+            if name not in chosen:
                 continue
             port, metrics_port = free_port(), free_port()
             # One torch thread per process: on 2 shared cores, OpenMP threads
@@ -447,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = start(
                 [
                     sys.executable, "-m", "conveyor", "serve",
-                    "--model-repository", str(work / "repo"),
+                    "--model-repository", str(repo),
                     "--port", str(port), "--workers", str(workers), "--log-level", "warning",
                     "--metrics-port", str(metrics_port),
                     "--max-queue-delay-microseconds", str(args.conveyor_delay),
@@ -458,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 points = [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)]
                 metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-                measure(f"conveyor-w{workers}", points, port, proc.pid, metrics)
+                measure(name, points, port, proc.pid, metrics)
             finally:
                 stop(proc)
 
@@ -504,9 +529,10 @@ def table(results: list[dict[str, Any]]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        if r["server"] == "forward":
+        if r["server"] in ("forward", "forward-mlp"):
+            label = "forward (in-process)" if r["server"] == "forward" else "forward (conveyor_mlp)"
             lines.append(
-                f"| forward (in-process) | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {1e6 / r['requests_s']:.0f} |"
+                f"| {label} | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {1e6 / r['requests_s']:.0f} |"
             )
             continue
         lines.append(
@@ -530,7 +556,8 @@ def table(results: list[dict[str, Any]]) -> str:
     fwd64 = next((r for r in results if r["server"] == "forward" and r["rows"] == 64), None)
     mls = find("mlserver", 64, 1)
     mls_default = find("mlserver-default", 64, 1)
-    for w in ("conveyor-w1", "conveyor-w2"):
+    mlp64 = next((r for r in results if r["server"] == "forward-mlp" and r["rows"] == 64), None)
+    for w in ("conveyor-w1", "conveyor-w2", "conveyor-mlp"):
         c64 = find(w, 64, 1)
         c1 = find(w, 1, 1)
         big = find(w, 8, 64)
@@ -551,6 +578,10 @@ def table(results: list[dict[str, Any]]) -> str:
         if big and fwd64:
             lines.append(
                 f"- {w}: c=8 x 64 rows rows/s = {big['rows_s'] / fwd64['rows_s']:.2f} x forward@64 (target >= 0.5)"
+            )
+        if big and mlp64 and w == "conveyor-mlp":
+            lines.append(
+                f"- {w}: c=8 x 64 rows rows/s = {big['rows_s'] / mlp64['rows_s']:.2f} x its own forward@64 (conveyor_mlp)"
             )
         if c1:
             lines.append(f"- {w}: c=1 p50 = {c1['p50_ms']:.2f} ms (target < 1 ms)")
