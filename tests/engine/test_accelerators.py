@@ -73,7 +73,11 @@ class Custom(nn.Module):
             IO,
             r"module 7 \(Sigmoid\): an activation must directly follow a Linear",
         ),
-        (mlp(nn.Linear(33, 2)), IO, r"the layers map 10 -> 2 features, the config x \[10\] -> p \[1\]"),
+        (
+            mlp(nn.Linear(33, 2)),
+            IO,
+            r"the layers map 10 -> 2 features, the config x \[10\] -> p \[1\]",
+        ),
         (
             mlp(nn.Linear(33, 1)),
             {**IO, "outputs": [*IO["outputs"], {"name": "q", "datatype": "FP32", "shape": [1]}]},
