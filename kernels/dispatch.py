@@ -126,8 +126,11 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   with 10^4 rows (0.97x), D=128 with 10^3 rows (0.97x) and the wrapper's
 #   ~7-10 us per call (0.86-1.02x end to end) keep torch the default.
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
-# - mlp (whole-MLP inference in one call): 1.0-1.6x nn.Sequential eager at
-#   batch 1-256, so always for inference; training runs layer by layer.
+# - mlp (whole-MLP inference in one call, weights packed once by FusedMLP):
+#   1.2-2.2x nn.Sequential eager at batch 1-512 (1.0-1.6x when the call still
+#   packed the weights), so always for inference; training runs layer by layer.
+#   A FusedLinear module's own inference also uses the packed weights from 2^16
+#   multiply-adds unless an implementation is forced (kernels/linear.py).
 _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
     "embedding_bag": lambda work, grad: "cpp" if grad else "reference",

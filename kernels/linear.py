@@ -19,6 +19,7 @@ needed; the backward forms ``g = dy * act'(z)`` in one pass and runs
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -223,11 +224,22 @@ def fused_linear(
     return y.reshape(*lead, weight.shape[0])
 
 
+# CPU inference through a module's own weights (fixed between calls) packs them
+# once (kernels/mlp.py PackedMLP): 1.4-2.9x torch's op from 8x256x256 (2^19) up,
+# but at 1x64x256 (2^14) torch's ~4 us call is cheaper than ours (~7 us).
+_PACKED_MIN_WORK = 1 << 16
+
+
 class FusedLinear(nn.Module):
     """Drop-in for ``nn.Sequential(nn.Linear(in, out), activation)``.
 
     Parameters and initialisation are those of ``nn.Linear``, so a state dict
-    moves between the two (keys ``weight``, ``bias``).
+    moves between the two (keys ``weight``, ``bias``). CPU inference (no
+    autograd graph) from 2^16 multiply-adds runs on a packed copy of the
+    weights (``conveyor.kernels.PackedMLP``), made on the first such call and
+    remade after the parameters change; it costs one more copy of the weights
+    in memory. Forcing an implementation (``impl``, ``CONVEYOR_LINEAR_IMPL``)
+    bypasses it.
     """
 
     def __init__(
@@ -261,7 +273,45 @@ class FusedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and not dispatch.needs_grad(x, self.weight, self.bias):
+            packed = self._packed_for(x)
+            if packed is not None:
+                return packed(x)
         return fused_linear(x, self.weight, self.bias, self.activation, impl=self.impl)
+
+    def _packed_for(self, x: torch.Tensor):  # -> PackedMLP | None
+        """This layer's weights packed once, for CPU inference from ``_PACKED_MIN_WORK``
+        multiply-adds; None where ``fused_linear`` decides (smaller calls, other dtypes,
+        an implementation forced by ``impl`` or the environment)."""
+        w = self.weight
+        if x.dtype != w.dtype or x.dtype not in (torch.float32, torch.float64):
+            return None
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            return None  # fused_linear raises the shape error
+        if x.numel() // max(1, self.in_features) * self.in_features * self.out_features < (
+            _PACKED_MIN_WORK
+        ):
+            return None
+        forced = self.impl or os.environ.get(dispatch.env_var("linear"))
+        forced = forced or os.environ.get(dispatch.ENV_ALL)
+        if forced not in (None, "", "cpp") or not dispatch.available("mlp", "cpp", "cpu", w.dtype):
+            return None
+        # Rebuilt when a parameter changes storage (.to(), a new Parameter) or is
+        # modified in place (its version counter moves: an optimizer step, load_state_dict).
+        key = tuple((t.data_ptr(), t._version) for t in (w, self.bias) if t is not None)
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            from conveyor.kernels.mlp import PackedMLP
+
+            cached = self._packed = (key, PackedMLP([(w, self.bias, self.activation)]))
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        # The packed copy is a compiled object (not picklable) and cheap to rebuild:
+        # copy.deepcopy and pickling of the module leave it behind.
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        return state
 
     def extra_repr(self) -> str:
         return (

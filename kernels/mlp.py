@@ -179,6 +179,12 @@ class FusedMLP(nn.Module):
     def _layers(self) -> list[Layer]:
         return [(m.weight, m.bias, m.activation) for m in self.layers]
 
+    def __getstate__(self) -> dict:
+        # The packed copy is a compiled object (not picklable): deepcopy/pickle rebuild it.
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu":
             return fused_mlp(x, self._layers(), impl=self.impl)

@@ -111,6 +111,43 @@ def test_module_matches_nn_linear_and_leading_dims() -> None:
     assert "activation='gelu'" in repr(fused)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_module_inference_packs_its_weights_once(monkeypatch, dtype, bias: bool) -> None:
+    import copy
+    import pickle
+
+    from conveyor.kernels import mlp
+
+    packs = []
+    real = mlp.PackedMLP
+    monkeypatch.setattr(mlp, "PackedMLP", lambda layers: packs.append(1) or real(layers))
+    torch.manual_seed(0)
+    layer = FusedLinear(96, 70, "silu", bias=bias, dtype=dtype)
+    x = torch.randn(2, 13, 96, dtype=dtype)  # 26 x 96 x 70 multiply-adds: above the threshold
+    want = linear_reference(x, layer.weight, layer.bias, "silu")
+    with torch.no_grad():
+        assert_close(layer(x), want, dtype)
+        assert_close(layer(x[:, ::2]), want[:, ::2], dtype)  # a strided x
+    assert packs == [1]
+    with torch.no_grad():
+        layer.weight.mul_(0.5)  # in place: the version counter moves
+        assert_close(layer(x), linear_reference(x, layer.weight, layer.bias, "silu"), dtype)
+    assert packs == [1, 1]
+    # The compiled copy stays behind in deepcopy and pickle (the trainer deepcopies models).
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        with torch.no_grad():
+            assert_close(clone(x), layer(x), dtype)
+    # Training, small calls and forced implementations go through fused_linear.
+    layer(x).sum().backward()
+    with torch.no_grad():
+        layer(x[:1, :1])
+        FusedLinear(96, 70, impl="reference", dtype=dtype)(x)
+        monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "reference")
+        layer(x)
+    assert len(packs) == 4  # the two clones packed their own copies; nothing else did
+
+
 def test_bad_arguments() -> None:
     x, w, b = _inputs(3, 4, 5)
     with pytest.raises(ValueError, match="activation"):
