@@ -225,9 +225,11 @@ def fused_linear(
 
 
 # CPU inference through a module's own weights (fixed between calls) packs them
-# once (kernels/mlp.py PackedMLP): 1.4-2.9x torch's op from 8x256x256 (2^19) up,
-# but at 1x64x256 (2^14) torch's ~4 us call is cheaper than ours (~7 us).
-_PACKED_MIN_WORK = 1 << 16
+# once (kernels/mlp.py PackedMLP). Module against nn.Linear + activation, one
+# thread (benchmarks/README.md): 1.01x at 8x64x256 (2^17), 1.26-1.81x at
+# 2^19-2^21, 1.5-3.6x above; 0.92x at 1x256x256 (2^16), where the ~10 us of
+# either call is all overhead.
+_PACKED_MIN_WORK = 1 << 17
 
 
 class FusedLinear(nn.Module):
@@ -235,7 +237,7 @@ class FusedLinear(nn.Module):
 
     Parameters and initialisation are those of ``nn.Linear``, so a state dict
     moves between the two (keys ``weight``, ``bias``). CPU inference (no
-    autograd graph) from 2^16 multiply-adds runs on a packed copy of the
+    autograd graph) from 2^17 multiply-adds runs on a packed copy of the
     weights (``conveyor.kernels.PackedMLP``), made on the first such call and
     remade after the parameters change; it costs one more copy of the weights
     in memory. Forcing an implementation (``impl``, ``CONVEYOR_LINEAR_IMPL``)
@@ -273,7 +275,10 @@ class FusedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and not dispatch.needs_grad(x, self.weight, self.bias):
+        b = self.bias
+        if not torch.is_grad_enabled() or not (
+            x.requires_grad or self.weight.requires_grad or (b is not None and b.requires_grad)
+        ):
             packed = self._packed_for(x)
             if packed is not None:
                 return packed(x)
@@ -284,14 +289,12 @@ class FusedLinear(nn.Module):
         multiply-adds; None where ``fused_linear`` decides (smaller calls, other dtypes,
         an implementation forced by ``impl`` or the environment)."""
         w = self.weight
+        if x.numel() * self.out_features < _PACKED_MIN_WORK or x.device.type != "cpu":
+            return None  # (numel x N = rows x K x N)
         if x.dtype != w.dtype or x.dtype not in (torch.float32, torch.float64):
             return None
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             return None  # fused_linear raises the shape error
-        if x.numel() // max(1, self.in_features) * self.in_features * self.out_features < (
-            _PACKED_MIN_WORK
-        ):
-            return None
         forced = self.impl or os.environ.get(dispatch.env_var("linear"))
         forced = forced or os.environ.get(dispatch.ENV_ALL)
         if forced not in (None, "", "cpp") or not dispatch.available("mlp", "cpp", "cpu", w.dtype):

@@ -113,6 +113,7 @@ class PackedMLP:
         self._c = _C.PackedMLP(_pack(layers))
         self.dims: tuple[int, ...] = tuple(self._c.dims)
         self.dtype = np.dtype(np.float64 if self._c.f64 else np.float32)
+        self._torch_dtype = torch.float64 if self._c.f64 else torch.float32
 
     @property
     def in_features(self) -> int:
@@ -141,12 +142,20 @@ class PackedMLP:
         return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Torch tensors and data pointers throughout: at serving sizes each numpy
+        # conversion and check costs about as much as a small layer.
         if x.device.type != "cpu":
             raise ValueError(f"x: PackedMLP runs on the CPU, got {x.device}")
-        lead = x.shape[:-1]
-        flat = x.detach().reshape(math.prod(lead), x.shape[-1])
-        out = self.run(flat.numpy() if flat.is_contiguous() else flat.contiguous().numpy())
-        return torch.from_numpy(out).reshape(*lead, out.shape[-1])
+        if x.dtype != self._torch_dtype:
+            raise TypeError(f"x: expected dtype {self.dtype}, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.dims[0]:
+            raise ValueError(f"x: expected shape (..., {self.dims[0]}), got {tuple(x.shape)}")
+        flat = x if x.dim() == 2 else x.reshape(-1, self.dims[0])
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        out = torch.empty((flat.shape[0], self.dims[-1]), dtype=x.dtype)
+        self._c.forward_ptr(flat.data_ptr(), flat.shape[0], out.data_ptr())
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.dims[-1])
 
 
 class FusedMLP(nn.Module):

@@ -151,6 +151,8 @@ def test_packed_bad_arguments() -> None:
     layers = _layers([4, 3], ["relu"])
     packed = PackedMLP(layers)
     with pytest.raises(ValueError, match=r"x: expected shape \(M, 4\)"):
+        packed.run(torch.randn(2, 5).numpy())
+    with pytest.raises(ValueError, match=r"x: expected shape \(\.\.\., 4\)"):
         packed(torch.randn(2, 5))
     with pytest.raises(TypeError, match="x: expected dtype float32"):
         packed(torch.randn(2, 4, dtype=torch.float64))
