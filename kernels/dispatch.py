@@ -129,8 +129,8 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # - mlp (whole-MLP inference in one call, weights packed once by FusedMLP):
 #   1.2-2.2x nn.Sequential eager at batch 1-512 (1.0-1.6x when the call still
 #   packed the weights), so always for inference; training runs layer by layer.
-#   A FusedLinear module's own inference also uses the packed weights from 2^17
-#   multiply-adds unless an implementation is forced (kernels/linear.py).
+#   A FusedLinear module's own CPU inference also uses its packed weights unless
+#   an implementation is forced (kernels/linear.py).
 _CPU_RULES: dict[str, Callable[[int, bool], str]] = {
     "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
     "embedding_bag": lambda work, grad: "cpp" if grad else "reference",

@@ -226,10 +226,11 @@ def fused_linear(
 
 # CPU inference through a module's own weights (fixed between calls) packs them
 # once (kernels/mlp.py PackedMLP). Module against nn.Linear + activation, one
-# thread (benchmarks/README.md): 1.01x at 8x64x256 (2^17), 1.26-1.81x at
-# 2^19-2^21, 1.5-3.6x above; 0.92x at 1x256x256 (2^16), where the ~10 us of
-# either call is all overhead.
-_PACKED_MIN_WORK = 1 << 17
+# thread (benchmarks/kernels/module_inference.py, benchmarks/README.md): 1.06x
+# at 2^18 multiply-adds, 1.3-1.8x at 2^19-2^21, 1.5-3.4x above; 0.85-0.93x at
+# 2^16-2^17, where the ~10 us of either call is all overhead. The packed path
+# runs at every size: through the module, fused_linear (checks, dispatch) is
+# slower still there.
 
 
 class FusedLinear(nn.Module):
@@ -237,7 +238,7 @@ class FusedLinear(nn.Module):
 
     Parameters and initialisation are those of ``nn.Linear``, so a state dict
     moves between the two (keys ``weight``, ``bias``). CPU inference (no
-    autograd graph) from 2^17 multiply-adds runs on a packed copy of the
+    autograd graph) runs on a packed copy of the
     weights (``conveyor.kernels.PackedMLP``), made on the first such call and
     remade after the parameters change; it costs one more copy of the weights
     in memory. Forcing an implementation (``impl``, ``CONVEYOR_LINEAR_IMPL``)
@@ -285,12 +286,12 @@ class FusedLinear(nn.Module):
         return fused_linear(x, self.weight, self.bias, self.activation, impl=self.impl)
 
     def _packed_for(self, x: torch.Tensor):  # -> PackedMLP | None
-        """This layer's weights packed once, for CPU inference from ``_PACKED_MIN_WORK``
-        multiply-adds; None where ``fused_linear`` decides (smaller calls, other dtypes,
-        an implementation forced by ``impl`` or the environment)."""
+        """This layer's weights packed once, for CPU inference; None where ``fused_linear``
+        decides (other devices and dtypes, an implementation forced by ``impl`` or the
+        environment)."""
         w = self.weight
-        if x.numel() * self.out_features < _PACKED_MIN_WORK or x.device.type != "cpu":
-            return None  # (numel x N = rows x K x N)
+        if x.device.type != "cpu":
+            return None
         if x.dtype != w.dtype or x.dtype not in (torch.float32, torch.float64):
             return None
         if x.dim() == 0 or x.shape[-1] != self.in_features:
