@@ -8,10 +8,12 @@ A model asks for one in its ``config.json`` with Triton's vocabulary::
 ``conveyor_mlp``: a TorchScript program that is an ``nn.Sequential`` (nested ones
 allowed) of ``nn.Linear`` layers, each followed by at most one of ``ReLU``,
 ``GELU``, ``SiLU``, ``Sigmoid``, ``Tanh`` (``Dropout`` and ``Identity`` are skipped:
-the program runs in eval mode), float32, one FP32 input and one FP32 output, runs
-as one :class:`conveyor.kernels.PackedMLP` call per batch: the weights packed once,
-no TorchScript interpreter, the GIL released for the whole forward (2-4x the
-program's own forward at batch 1-512 on this machine, see benchmarks/README.md).
+the program runs in eval mode), or a torch.export program whose graph is the same
+chain (``aten.linear`` and those activations, eval-mode dropout), float32, one FP32
+input and one FP32 output, runs as one :class:`conveyor.kernels.PackedMLP` call per
+batch: the weights packed once, no interpreter, the GIL released for the whole
+forward (about 2x the TorchScript program's forward at batch 1-512 on this
+machine, see benchmarks/README.md).
 
 Asked for and not applicable, the load fails with the reason: a model that asked
 to be accelerated is never silently served another way. Before it serves, the
@@ -81,10 +83,96 @@ def _flatten(module: Any, where: str) -> list[tuple[str, Any]]:
 
 
 def mlp_layers(program: Any) -> list[tuple[Any, Any, str]]:
-    """``[(weight, bias or None, activation), ...]`` of a TorchScript Sequential MLP.
+    """``[(weight, bias or None, activation), ...]`` of a TorchScript Sequential MLP,
+    or of a torch.export program's graph of the same chain.
 
-    Raises ``ValueError`` naming the first module that does not fit.
+    Raises ``ValueError`` naming the first module or graph node that does not fit.
     """
+    import torch
+
+    if isinstance(program, torch.fx.GraphModule):
+        layers = _graph_layers(program)
+    else:
+        layers = _script_layers(program)
+    if not layers:
+        raise ValueError("the program has no Linear layer")
+    for i, (w, b, _) in enumerate(layers):
+        for t in (w, b):
+            if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+                raise ValueError(
+                    f"Linear {i}: float32 CPU parameters needed, got {t.dtype} on {t.device}"
+                )
+    return [(w, b, act) for w, b, act in layers]
+
+
+def _graph_layers(gm: Any) -> list[list[Any]]:
+    """An exported program's graph: one input, then a chain of ``aten.linear`` nodes,
+    each followed by at most one activation (eval-mode ``aten.dropout`` skipped),
+    whose last node is the only output."""
+    import torch
+
+    aten = torch.ops.aten
+    unary = {
+        aten.relu.default: "relu",
+        aten.silu.default: "silu",
+        aten.sigmoid.default: "sigmoid",
+        aten.tanh.default: "tanh",
+    }
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise ValueError(f"the graph takes {len(inputs)} inputs, not one")
+
+    def param(node: Any) -> Any:
+        if node is None:
+            return None
+        if getattr(node, "op", None) != "get_attr":
+            raise ValueError(f"node {node}: a Linear's weight and bias must be parameters")
+        value = gm
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        return value
+
+    layers: list[list[Any]] = []
+    current = inputs[0]  # the node the chain has reached
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr") or (
+            node.op == "call_module" and node.target == "_guards_fn"
+        ):
+            continue  # the input, parameters, and export's input guards
+        what = f"node {node.name} ({node.target})"
+        if node.op == "output":
+            (result,) = node.args
+            if isinstance(result, (tuple, list)) and len(result) == 1:
+                result = result[0]
+            if result is not current or not layers:
+                raise ValueError("the graph's output is not the end of one Linear chain")
+            return layers
+        if node.op != "call_function" or not node.args or node.args[0] is not current:
+            raise ValueError(f"{what} does not continue the chain from the input")
+        if node.target == aten.linear.default:
+            bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            layers.append([param(node.args[1]), param(bias), "none"])
+        elif not layers:
+            raise ValueError(f"{what} comes before any Linear")
+        elif node.target == aten.dropout.default and len(node.args) > 2 and not node.args[2]:
+            pass  # eval mode: the identity
+        else:
+            act = unary.get(node.target)
+            if node.target == aten.gelu.default:
+                act = {"none": "gelu", "tanh": "gelu_tanh"}.get(
+                    node.kwargs.get("approximate", "none")
+                )
+            if act is None or len(node.args) != 1:
+                raise ValueError(f"{what} is not a Linear or a supported activation")
+            if layers[-1][2] != "none":
+                raise ValueError(f"{what}: an activation must directly follow a Linear")
+            layers[-1][2] = act
+        current = node
+    raise ValueError("the graph has no output")
+
+
+def _script_layers(program: Any) -> list[list[Any]]:
+    """A TorchScript nn.Sequential (nested ones flattened) of Linear + activation modules."""
     if _type_name(program) != _NN + "container.Sequential":
         kind = getattr(program, "original_name", type(program).__name__)
         raise ValueError(f"the program is a {kind}, not a TorchScript nn.Sequential")
@@ -109,31 +197,18 @@ def mlp_layers(program: Any) -> list[tuple[Any, Any, str]]:
                 "a Linear"
             )
         layers[-1][2] = act
-    if not layers:
-        raise ValueError("the Sequential has no Linear layer")
-    import torch
-
-    for i, (w, b, _) in enumerate(layers):
-        for t in (w, b):
-            if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
-                raise ValueError(
-                    f"Linear {i}: float32 CPU parameters needed, got {t.dtype} on {t.device}"
-                )
-    return [(w, b, act) for w, b, act in layers]
+    return layers
 
 
 def conveyor_mlp(program: Any, config: ModelConfig, where: str) -> Accelerated:
     """``program`` as one PackedMLP call per batch, checked against it; raises
     :class:`ModelLoadError` when it does not apply."""
-    import torch
 
     from conveyor.kernels import PackedMLP
 
     def refuse(reason: str) -> ModelLoadError:
         return ModelLoadError(f"{where}: execution accelerator conveyor_mlp: {reason}")
 
-    if config.platform != "torchscript":
-        raise refuse("only TorchScript programs are accelerated, not torch_export")
     if len(config.inputs) != 1 or len(config.outputs) != 1:
         raise refuse("needs exactly one input and one output")
     (inp,), (out,) = config.inputs, config.outputs
@@ -153,22 +228,38 @@ def conveyor_mlp(program: Any, config: ModelConfig, where: str) -> Accelerated:
             f"the layers map {packed.in_features} -> {packed.out_features} features, the "
             f"config {inp.name} {list(inp.shape)} -> {out.name} {list(out.shape)}"
         )
-    rows = np.concatenate(
-        [np.zeros((1, packed.in_features), np.float32),
-         np.random.default_rng(0).standard_normal((64, packed.in_features), np.float32)]
-    )  # fmt: skip
-    with torch.inference_mode():
-        want = program(torch.from_numpy(rows)).numpy()
-    got = packed.run(rows)
-    bad = ~np.isclose(got, want, rtol=_RTOL, atol=_ATOL)
-    if want.shape != got.shape or bad.any():
-        diff = float(np.abs(got - want).max()) if want.shape == got.shape else float("nan")
-        raise refuse(f"its outputs differ from the program's on random rows (max {diff:.3g})")
-
+    _check_against(program, packed, config.max_batch_size, refuse)
     return Accelerated(
         describe="conveyor_mlp " + "-".join(map(str, packed.dims)),
         run=lambda inputs: [packed.run(inputs[0])],
     )
+
+
+def _check_against(
+    program: Any, packed: Any, max_batch: int, refuse: Callable[[str], ModelLoadError]
+) -> None:
+    """Both paths on a row of zeros and 64 random rows, in batches the program accepts."""
+    import torch
+
+    rows = np.concatenate(
+        [np.zeros((1, packed.in_features), np.float32),
+         np.random.default_rng(0).standard_normal((64, packed.in_features), np.float32)]
+    )  # fmt: skip
+    for start in range(0, len(rows), max_batch):
+        chunk = rows[start : start + max_batch]
+        try:
+            with torch.inference_mode():
+                want = program(torch.from_numpy(chunk))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise refuse(f"the program itself failed on {len(chunk)} rows: {first}") from None
+        if isinstance(want, (tuple, list)) and len(want) == 1:
+            want = want[0]
+        want = want.numpy()
+        got = packed.run(chunk)
+        if want.shape != got.shape or not np.isclose(got, want, rtol=_RTOL, atol=_ATOL).all():
+            diff = float(np.abs(got - want).max()) if want.shape == got.shape else float("nan")
+            raise refuse(f"its outputs differ from the program's on random rows (max {diff:.3g})")
 
 
 def accelerate(program: Any, config: ModelConfig, where: str) -> Accelerated | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,67 @@ def test_served_end_to_end(tmp_path: Path) -> None:
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def write_exported(repo: Path, module: nn.Module, features: int = 10) -> Path:
+    directory = repo / "m" / "1"
+    directory.mkdir(parents=True)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(module, (torch.randn(2, features),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(directory / "model.pt2"))
+    config = {"name": "m", "platform": "torch_export", "max_batch_size": 64, **IO}
+    (directory / "config.json").write_text(json.dumps({**config, "optimization": ACCEL}))
+    return directory
+
+
+def test_torch_export_chain_runs_through_packed_weights(tmp_path: Path) -> None:
+    module = mlp(nn.Linear(33, 1), nn.Sigmoid())
+    model = Model("m", 1, write_exported(tmp_path, module))
+    assert model.accelerated is not None
+    assert model.accelerated.describe == "conveyor_mlp 10-40-33-1"
+    x = np.random.default_rng(1).standard_normal((9, 10), np.float32)
+    (got,) = model.run([x])
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 10), nn.Linear(10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)) + x)
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        (Residual(), r"node add .* is not a Linear or a supported activation"),
+        (nn.Sequential(nn.ReLU(), nn.Linear(10, 1)), r"node relu .* comes before any Linear"),
+        (
+            mlp(nn.LayerNorm(33), nn.Linear(33, 1)),
+            r"node layer_norm .* is not a Linear or a supported",
+        ),
+    ],
+)
+def test_torch_export_other_graphs_fail_the_load(
+    tmp_path: Path, module: nn.Module, reason: str
+) -> None:
+    with pytest.raises(ModelLoadError, match="conveyor_mlp: " + reason):
+        Model("m", 1, write_exported(tmp_path, module.eval()))
+
+
+def test_checked_in_batches_the_model_accepts_and_a_mismatch_fails(tmp_path, monkeypatch) -> None:
+    import conveyor.kernels
+
+    module = mlp(nn.Linear(33, 1))
+    assert load(tmp_path / "a", module, max_batch_size=1).accelerated is not None
+
+    class Off(conveyor.kernels.PackedMLP):
+        def run(self, x, out=None):
+            return super().run(x, out) + np.float32(1e-3)
+
+    monkeypatch.setattr(conveyor.kernels, "PackedMLP", Off)
+    with pytest.raises(ModelLoadError, match=r"outputs differ from the program's .*max 0\.001"):
+        load(tmp_path / "b", module)
