@@ -240,14 +240,17 @@ def _accelerators(data: Any, where: str) -> tuple[str, ...]:
     names = []
     for i, item in enumerate(items):
         name = item.get("name") if isinstance(item, dict) else None
+        # Triton's form has "parameters"; conveyor's accelerators take none, and a
+        # setting that would be ignored is refused like any unknown key.
         if (
             not isinstance(item, dict)
             or set(item) - {"name", "parameters"}
+            or item.get("parameters", {}) != {}
             or name not in ACCELERATORS
         ):
             raise ModelLoadError(
-                f"{at}[{i}]: expected {{name[, parameters]}} with name one of {ACCELERATORS}, "
-                f"got {item!r}"
+                f"{at}[{i}]: expected {{name}} with name one of {ACCELERATORS} (no "
+                f"parameters), got {item!r}"
             )
         names.append(name)
     return tuple(names)

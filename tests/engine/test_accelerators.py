@@ -113,7 +113,17 @@ def test_float64_weights_are_refused(tmp_path: Path) -> None:
         ),
         (
             {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}},
-            r"cpu_execution_accelerator\[0\]: expected \{name\[, parameters\]\} with name one of",
+            r"cpu_execution_accelerator\[0\]: expected \{name\} with name one of",
+        ),
+        (
+            {
+                "execution_accelerators": {
+                    "cpu_execution_accelerator": [
+                        {"name": "conveyor_mlp", "parameters": {"threads": "4"}}
+                    ]
+                }
+            },
+            r"\(no parameters\), got",
         ),
     ],
 )
