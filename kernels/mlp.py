@@ -11,8 +11,8 @@ needs the graph, or on devices without an implementation, it runs the layers
 as ``fused_linear`` calls (the dispatcher's choice per layer).
 
 :class:`PackedMLP` is the serving form: the weights are copied once into the
-kernel's panel layout, so a call packs nothing (2-4x TorchScript's forward of
-the same ``nn.Sequential`` at batch 1-512 on this machine, see
+kernel's panel layout, so a call packs nothing (2.0-3.4x TorchScript's forward
+of the same ``nn.Sequential`` at batch 1-512 on this machine, see
 benchmarks/README.md). :class:`FusedMLP` uses it for inference, and the engine
 for models that ask for the ``conveyor_mlp`` accelerator.
 """
@@ -96,9 +96,9 @@ class PackedMLP:
             or all float64 (activations: keys of ``MLP_ACTIVATIONS``). The values are
             copied: later changes to the tensors are not seen.
 
-    Calls take ``x [..., K_0]`` of the weights' dtype (a torch tensor or a numpy array,
-    answered in kind) and return ``[..., N_last]``. Thread-safe: several threads may
-    call one instance at once; each call releases the GIL while it computes.
+    Call it with a CPU tensor ``x [..., K_0]`` of the weights' dtype for ``[..., N_last]``,
+    or use :meth:`run` with numpy arrays. Thread-safe: several threads may call one
+    instance at once; each call releases the GIL while it computes.
     """
 
     def __init__(self, layers: Sequence[Layer]) -> None:
