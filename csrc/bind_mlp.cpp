@@ -59,14 +59,10 @@ class Packed {
     f64_ = is_f64(w0, "w");
     const int64_t in = shape2(w0, "w").second;
     if (f64_) {
-      const auto l = read_layers<double>(in, layers);
-      d_ = std::make_unique<PackedMLP<double>>(in, l.ws, l.bs, std::vector<int64_t>(l.dims.begin() + 1, l.dims.end()), l.acts);
+      d_ = build<double>(in, layers);
     } else {
-      const auto l = read_layers<float>(in, layers);
-      f_ = std::make_unique<PackedMLP<float>>(in, l.ws, l.bs, std::vector<int64_t>(l.dims.begin() + 1, l.dims.end()), l.acts);
+      f_ = build<float>(in, layers);
     }
-    dims_.push_back(in);
-    for (const auto& item : layers) dims_.push_back(shape2(item.cast<py::tuple>()[0], "w").first);
   }
 
   void forward(const py::object& x, const py::object& out) const {
@@ -102,6 +98,14 @@ class Packed {
   bool f64() const { return f64_; }
 
  private:
+  template <typename T>
+  std::unique_ptr<PackedMLP<T>> build(int64_t in, const py::list& layers) {
+    const Layers<T> l = read_layers<T>(in, layers);
+    dims_ = l.dims;
+    const std::vector<int64_t> widths(l.dims.begin() + 1, l.dims.end());
+    return std::make_unique<PackedMLP<T>>(in, l.ws, l.bs, widths, l.acts);
+  }
+
   bool f64_ = false;
   std::vector<int64_t> dims_;
   std::unique_ptr<PackedMLP<float>> f_;

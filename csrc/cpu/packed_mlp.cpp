@@ -2,7 +2,7 @@
 //
 // A served model's weights do not change between calls, so each layer's W is
 // copied once into NR-wide column panels laid out [panel][K][NR] (zero-padded
-// past N). A call then runs, per layer, an R x NR register tile (R <= 6 rows
+// past N). A call then runs, per layer, an R x NR register tile (R <= 8 rows
 // of x read in place, no packing of either operand) over the whole K, and
 // adds the bias and applies the activation while the tile is in registers.
 // Against the per-call path of linear.cpp this removes the packing of W
@@ -28,7 +28,7 @@ template <typename T> struct Vec;
 template <> struct Vec<float> { using type = vf; static constexpr int64_t kLanes = 16; };
 template <> struct Vec<double> { using type = vd; static constexpr int64_t kLanes = 8; };
 
-constexpr int kRows = 6;        // rows of x per register tile
+constexpr int kRows = 8;  // rows of x per register tile (16 + 2 of the 32 zmm registers)
 constexpr int64_t kBlock = 96;  // rows per parallel work item (a multiple of kRows)
 
 // y[r][0..nv) = act(sum_k x[r][k] * panel[k][0..NR) + bias) for r < R.
@@ -50,7 +50,7 @@ CONVEYOR_INLINE void tile(int64_t K, const T* __restrict x, int64_t ldx, const T
     V w0, w1;
     std::memcpy(&w0, panel + k * 2 * L, sizeof(V));
     std::memcpy(&w1, panel + k * 2 * L + L, sizeof(V));
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const T xr = x[r * ldx + k];
       acc[r][0] += xr * w0;
@@ -88,6 +88,8 @@ CONVEYOR_INLINE void layer_rows(const PackedLayer<T>& l, const T* x, int64_t m0,
     case 3: tile<T, 3>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
     case 4: tile<T, 4>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
     case 5: tile<T, 5>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
+    case 6: tile<T, 6>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
+    case 7: tile<T, 7>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
     default: break;
   }
 }
