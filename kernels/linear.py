@@ -226,8 +226,8 @@ def fused_linear(
 
 # CPU inference through a module's own weights (fixed between calls) packs them
 # once (kernels/mlp.py PackedMLP). Module against nn.Linear + activation, one
-# thread (benchmarks/kernels/module_inference.py, benchmarks/README.md): 1.06x
-# at 2^18 multiply-adds, 1.3-1.8x at 2^19-2^21, 1.5-3.4x above; 0.85-0.93x at
+# thread (benchmarks/kernels/module_inference.py, benchmarks/README.md): 1.08x
+# at 2^18 multiply-adds, 1.3-1.9x at 2^19-2^21, 1.5-3.6x above; 0.86-0.98x at
 # 2^16-2^17, where the ~10 us of either call is all overhead. The packed path
 # runs at every size: through the module, fused_linear (checks, dispatch) is
 # slower still there.
