@@ -290,6 +290,44 @@ def test_a_few_closed_loop_clients_all_queued_stop_being_held() -> None:
     assert sum(rounds[-6:]) < delay
 
 
+def test_a_held_batch_leaves_when_full_and_the_next_waits_its_own_patience() -> None:
+    # The event loop holds a partial batch with a timer. Filling it sends it at once,
+    # and that batch's timer must not cut short the wait of the next one (it is
+    # ignored, and a worker woken anyway re-checks the due time).
+    run = Recorder()
+    delay = 0.3
+    batcher = _batcher(run, max_batch=4, max_queue_delay_microseconds=int(delay * 1e6))
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        warm = [_pending(loop, np.zeros((1, 1), np.float32)) for _ in range(4)]
+        for p in warm:  # arrivals close together: company is expected from now on
+            batcher.submit(p)
+        await asyncio.gather(*(p.future for p in warm))
+        first = [_pending(loop, np.full((1, 1), float(i), np.float32)) for i in range(4)]
+        t0 = time.perf_counter()
+        batcher.submit(first[0])
+        await asyncio.sleep(0.05)  # held: company is expected within the delay
+        for p in first[1:]:
+            batcher.submit(p)  # full: it leaves now
+        await asyncio.gather(*(p.future for p in first))
+        full_after = time.perf_counter() - t0
+        await asyncio.sleep(0.1)
+        late = _pending(loop, np.full((1, 1), 9.0, np.float32))
+        t1 = time.perf_counter()
+        batcher.submit(late)
+        await late.future
+        return full_after, time.perf_counter() - t1
+
+    full_after, waited = asyncio.run(main())
+    batcher.close()
+    assert [len(b) for b in run.batches] == [4, 4, 1]
+    assert full_after < 0.25
+    # Held for its own patience (0.3 s); the first batch's timer fired ~0.15 s after
+    # this request arrived. (A slow machine only makes both waits longer.)
+    assert waited > 0.22
+
+
 def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
     run = Recorder()
     batcher = _batcher(
