@@ -203,7 +203,6 @@ def _script_layers(program: Any) -> list[list[Any]]:
 def conveyor_mlp(program: Any, config: ModelConfig, where: str) -> Accelerated:
     """``program`` as one PackedMLP call per batch, checked against it; raises
     :class:`ModelLoadError` when it does not apply."""
-
     from conveyor.kernels import PackedMLP
 
     def refuse(reason: str) -> ModelLoadError:
@@ -255,6 +254,8 @@ def _check_against(
             raise refuse(f"the program itself failed on {len(chunk)} rows: {first}") from None
         if isinstance(want, (tuple, list)) and len(want) == 1:
             want = want[0]
+        if not isinstance(want, torch.Tensor):
+            raise refuse(f"the program returns {type(want).__name__}, not one tensor")
         want = want.numpy()
         got = packed.run(chunk)
         if want.shape != got.shape or not np.isclose(got, want, rtol=_RTOL, atol=_ATOL).all():
