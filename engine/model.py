@@ -111,8 +111,13 @@ class Model:
         self.files = _locate(directory, self.config)
         self.program = _load_program(self.files, self.config.platform)
         self._holders = threading.local()
-        # A runner through conveyor's kernels when config.json asks for one (and it applies).
-        self.accelerated = accelerate(self.program, self.config, str(directory))
+        # conveyor's kernels in place of the program, or of parts of it, when config.json
+        # asks for an accelerator (and it applies; else the load fails).
+        accelerated = accelerate(self.program, self.config, str(directory))
+        self.accelerator = None if accelerated is None else accelerated.describe
+        self.accelerated = None if accelerated is None else accelerated.run
+        if accelerated is not None and accelerated.program is not None:
+            self.program = accelerated.program
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -138,7 +143,7 @@ class Model:
         batch = len(inputs[0])
         if self.accelerated is not None:
             try:
-                arrays = self.accelerated.run(list(inputs))
+                arrays = self.accelerated(list(inputs))
             except Exception as exc:
                 raise Internal(
                     f"model {self.name!r} version {self.version} raised: {_message(exc)}"

@@ -387,8 +387,8 @@ class ModelRepository:
             entry.versions[v] = new
             self._mark_ready(name, v, True)
             fields = {"model": name, "version": v, "platform": new.config.platform}
-            if new.model.accelerated is not None:
-                fields["accelerator"] = new.model.accelerated.describe
+            if new.model.accelerator is not None:
+                fields["accelerator"] = new.model.accelerator
             log.info("loaded in %.2fs", time.perf_counter() - t0, extra=fields)
             if old is not None:
                 await self._retire([old])

@@ -5,7 +5,10 @@ Times, per shape, ``nn.Sequential(nn.Linear, activation)`` (torch's own CPU op),
 pick), and the ``FusedLinear`` module, whose CPU inference runs on its
 weights packed once (``conveyor.kernels.PackedMLP``); then the serving model's
 whole MLP (64 -> 256 -> 256 -> 1, sigmoid) as TorchScript against
-``PackedMLP.run``, the path of the engine's ``conveyor_mlp`` accelerator.
+``PackedMLP.run``, the path of the engine's ``conveyor_mlp`` accelerator; then a
+torch.export program with that MLP inside (standardise, MLP, probability and
+logits) as exported against the same program with its Linear chain rewritten
+into one ``PackedMLP`` call (the accelerator's path for such programs).
 Every output is checked against torch before it is timed; each figure is the
 fastest of ``--rounds`` windows (noise on a shared machine only adds time).
 Ratios > 1: conveyor faster. Usage::
@@ -98,6 +101,59 @@ def mlp_rows(rounds: int) -> None:
         print(f"| {batch} | {t_ts:.1f} | {t_pk:.1f} | {t_ts / t_pk:.2f}x |", flush=True)
 
 
+class _Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-1, 1, 64))
+        hidden = [nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, 256), nn.ReLU()]
+        self.body = nn.Sequential(*hidden, nn.Linear(256, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.body(x - self.mean)
+        return torch.sigmoid(logits), logits
+
+
+def export_rows(rounds: int) -> None:
+    from conveyor.engine.accelerators import rewrite_chains
+    from conveyor.engine.model_config import parse_config
+
+    torch.manual_seed(0)
+    module = _Classifier().eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+
+    def exported() -> nn.Module:
+        program = torch.export.export(module, (torch.randn(2, 64),), dynamic_shapes=({0: batch},))
+        return program.module()
+
+    config = parse_config(
+        {
+            "name": "m",
+            "platform": "torch_export",
+            "max_batch_size": 512,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [64]}],
+            "outputs": [
+                {"name": "probability", "datatype": "FP32", "shape": [1]},
+                {"name": "logits", "datatype": "FP32", "shape": [1]},
+            ],
+        },
+        "benchmark",
+    )
+    plain = exported()
+    rewritten = rewrite_chains(exported(), config, RuntimeError).program
+    print()
+    print("| torch.export program, batch | as exported us | chain rewritten us | ratio |")
+    print("| ---: | ---: | ---: | ---: |")
+    for size in MLP_BATCHES:
+        x = torch.randn(size, 64)
+        calls = calls_for(size * 64 * 256 * 5)
+        with torch.inference_mode():
+            for want, got in zip(plain(x), rewritten(x), strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            t_plain = fastest_us(partial(plain, x), calls, rounds)
+            t_new = fastest_us(partial(rewritten, x), calls, rounds)
+        print(f"| {size} | {t_plain:.1f} | {t_new:.1f} | {t_plain / t_new:.2f}x |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -113,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     _C.set_num_threads(args.threads)
     linear_rows(args.rounds)
     mlp_rows(args.rounds)
+    export_rows(args.rounds)
     return 0
 
 

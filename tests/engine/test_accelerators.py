@@ -43,8 +43,8 @@ def load(repo: Path, module: nn.Module, io: dict[str, Any] = IO, **config: Any) 
 def test_sequential_mlp_runs_through_packed_weights(tmp_path: Path) -> None:
     module = mlp(nn.Linear(33, 1), nn.Sigmoid())
     model = load(tmp_path, module)
-    assert model.accelerated is not None
-    assert model.accelerated.describe == "conveyor_mlp 10-40-33-1"
+    assert model.accelerated is not None  # the whole program: one PackedMLP call
+    assert model.accelerator == "conveyor_mlp 10-40-33-1"
     for batch in (1, 5, 64, 97):
         x = np.random.default_rng(batch).standard_normal((batch, 10), np.float32)
         (got,) = model.run([x])
@@ -56,7 +56,8 @@ def test_sequential_mlp_runs_through_packed_weights(tmp_path: Path) -> None:
 
 def test_without_the_option_the_program_runs(tmp_path: Path) -> None:
     directory = write_model(tmp_path, "m", 1, mlp(nn.Linear(33, 1)), IO)
-    assert Model("m", 1, directory).accelerated is None
+    model = Model("m", 1, directory)
+    assert model.accelerated is None and model.accelerator is None
 
 
 class Custom(nn.Module):
@@ -162,8 +163,8 @@ def write_exported(repo: Path, module: nn.Module, features: int = 10) -> Path:
 def test_torch_export_chain_runs_through_packed_weights(tmp_path: Path) -> None:
     module = mlp(nn.Linear(33, 1), nn.Sigmoid())
     model = Model("m", 1, write_exported(tmp_path, module))
-    assert model.accelerated is not None
-    assert model.accelerated.describe == "conveyor_mlp 10-40-33-1"
+    assert model.accelerated is not None  # the whole program: one PackedMLP call
+    assert model.accelerator == "conveyor_mlp 10-40-33-1"
     x = np.random.default_rng(1).standard_normal((9, 10), np.float32)
     (got,) = model.run([x])
     with torch.no_grad():
@@ -180,21 +181,35 @@ class Residual(nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("module", "reason"),
+    ("module", "chains"),
     [
-        (Residual(), r"node add .* is not a Linear or a supported activation"),
-        (nn.Sequential(nn.ReLU(), nn.Linear(10, 1)), r"node relu .* comes before any Linear"),
-        (
-            mlp(nn.LayerNorm(33), nn.Linear(33, 1)),
-            r"node layer_norm .* is not a Linear or a supported",
-        ),
+        (Residual(), "10-10, 10-1"),
+        (nn.Sequential(nn.ReLU(), nn.Linear(10, 1)), "10-1"),
+        (mlp(nn.LayerNorm(33), nn.Linear(33, 1)), "10-40-33, 33-1"),
     ],
 )
-def test_torch_export_other_graphs_fail_the_load(
-    tmp_path: Path, module: nn.Module, reason: str
+def test_torch_export_chains_inside_a_graph_are_rewritten(
+    tmp_path: Path, module: nn.Module, chains: str
 ) -> None:
-    with pytest.raises(ModelLoadError, match="conveyor_mlp: " + reason):
-        Model("m", 1, write_exported(tmp_path, module.eval()))
+    module = module.eval()
+    model = Model("m", 1, write_exported(tmp_path, module))
+    assert model.accelerated is None  # not one chain: the program runs, with its chains replaced
+    assert model.accelerator == "conveyor_mlp " + chains
+    targets = {str(n.target) for n in model.program.graph.nodes}
+    assert "aten.linear.default" not in targets
+    x = np.random.default_rng(2).standard_normal((6, 10), np.float32)
+    (got,) = model.run([x])
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_export_graph_without_a_linear_fails_the_load(tmp_path: Path) -> None:
+    class Scale(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1] * 2
+
+    with pytest.raises(ModelLoadError, match=r"conveyor_mlp: the graph has no aten\.linear"):
+        Model("m", 1, write_exported(tmp_path, Scale()))
 
 
 def test_checked_in_batches_the_model_accepts_and_a_mismatch_fails(tmp_path, monkeypatch) -> None:
@@ -210,3 +225,46 @@ def test_checked_in_batches_the_model_accepts_and_a_mismatch_fails(tmp_path, mon
     monkeypatch.setattr(conveyor.kernels, "PackedMLP", Off)
     with pytest.raises(ModelLoadError, match=r"outputs differ from the program's .*max 0\.001"):
         load(tmp_path / "b", module)
+
+
+class Classifier(nn.Module):
+    """The trainer's output pattern: standardise, MLP, head; probability and logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-1, 1, 10))
+        self.body = mlp(nn.Linear(33, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.body(x - self.mean)
+        return torch.sigmoid(logits), logits
+
+
+def test_torch_export_two_outputs_and_a_mismatch(tmp_path: Path, monkeypatch) -> None:
+    import conveyor.kernels
+
+    two = {**IO, "outputs": [*IO["outputs"], {"name": "logits", "datatype": "FP32", "shape": [1]}]}
+    module = Classifier().eval()
+
+    def write(directory: Path) -> Path:
+        path = write_exported(directory, module)
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, **two}))
+        return path
+
+    model = Model("m", 1, write(tmp_path / "a"))
+    assert model.accelerator == "conveyor_mlp 10-40-33-1"  # the head's logits feed two outputs
+    x = np.random.default_rng(3).standard_normal((5, 10), np.float32)
+    got = model.run([x])
+    with torch.no_grad():
+        want = module(torch.from_numpy(x))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+
+    class Off(conveyor.kernels.PackedMLP):
+        def __call__(self, x):
+            return super().__call__(x) + 1e-3
+
+    monkeypatch.setattr(conveyor.kernels, "PackedMLP", Off)
+    with pytest.raises(ModelLoadError, match="rewritten graph's outputs differ"):
+        Model("m", 1, write(tmp_path / "b"))
