@@ -114,6 +114,33 @@ def mlp_layers(program: Any) -> list[tuple[Any, Any, str]]:
     return [(w, b, act) for w, b, act in layers]
 
 
+def _aten_activation(node: Any) -> str | None:
+    """The MLP activation (a key of ``MLP_ACTIVATIONS``) a graph node applies to its
+    one argument, or None."""
+    import torch
+
+    aten = torch.ops.aten
+    if node.op != "call_function" or len(node.args) != 1:
+        return None
+    if node.target == aten.gelu.default:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(node.kwargs.get("approximate", "none"))
+    unary = {
+        aten.relu.default: "relu",
+        aten.silu.default: "silu",
+        aten.sigmoid.default: "sigmoid",
+        aten.tanh.default: "tanh",
+    }
+    return None if node.kwargs else unary.get(node.target)
+
+
+def _attribute(gm: Any, node: Any) -> Any:
+    """The module attribute a ``get_attr`` node reads (a dotted path)."""
+    value = gm
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _graph_layers(gm: Any) -> list[list[Any]]:
     """An exported program's graph: one input, then a chain of ``aten.linear`` nodes,
     each followed by at most one activation (eval-mode ``aten.dropout`` skipped),
@@ -121,12 +148,6 @@ def _graph_layers(gm: Any) -> list[list[Any]]:
     import torch
 
     aten = torch.ops.aten
-    unary = {
-        aten.relu.default: "relu",
-        aten.silu.default: "silu",
-        aten.sigmoid.default: "sigmoid",
-        aten.tanh.default: "tanh",
-    }
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise ValueError(f"the graph takes {len(inputs)} inputs, not one")
@@ -136,10 +157,7 @@ def _graph_layers(gm: Any) -> list[list[Any]]:
             return None
         if getattr(node, "op", None) != "get_attr":
             raise ValueError(f"node {node}: a Linear's weight and bias must be parameters")
-        value = gm
-        for part in node.target.split("."):
-            value = getattr(value, part)
-        return value
+        return _attribute(gm, node)
 
     layers: list[list[Any]] = []
     current = inputs[0]  # the node the chain has reached
@@ -166,12 +184,8 @@ def _graph_layers(gm: Any) -> list[list[Any]]:
         elif node.target == aten.dropout.default and len(node.args) > 2 and not node.args[2]:
             pass  # eval mode: the identity
         else:
-            act = unary.get(node.target)
-            if node.target == aten.gelu.default:
-                act = {"none": "gelu", "tanh": "gelu_tanh"}.get(
-                    node.kwargs.get("approximate", "none")
-                )
-            if act is None or len(node.args) != 1:
+            act = _aten_activation(node)
+            if act is None:
                 raise ValueError(f"{what} is not a Linear or a supported activation")
             if layers[-1][2] != "none":
                 raise ValueError(f"{what}: an activation must directly follow a Linear")
@@ -270,21 +284,13 @@ def _find_chains(gm: Any) -> list[_Chain]:
     import torch
 
     aten = torch.ops.aten
-    unary = {
-        aten.relu.default: "relu",
-        aten.silu.default: "silu",
-        aten.sigmoid.default: "sigmoid",
-        aten.tanh.default: "tanh",
-    }
 
     def param(node: Any) -> Any:
         if node is None:
             return None
         if getattr(node, "op", None) != "get_attr":
             return False
-        value = gm
-        for part in node.target.split("."):
-            value = getattr(value, part)
+        value = _attribute(gm, node)
         ok = isinstance(value, torch.Tensor) and value.dtype == torch.float32
         return value if ok and value.device.type == "cpu" else False
 
@@ -309,11 +315,7 @@ def _find_chains(gm: Any) -> list[_Chain]:
             (user,) = cur.users
             if user.op != "call_function" or not user.args or user.args[0] is not cur:
                 break
-            act = unary.get(user.target) if len(user.args) == 1 and not user.kwargs else None
-            if user.target == aten.gelu.default and len(user.args) == 1:
-                act = {"none": "gelu", "tanh": "gelu_tanh"}.get(
-                    user.kwargs.get("approximate", "none")
-                )
+            act = _aten_activation(user)
             nxt = linear(user)
             if user.target == aten.dropout.default and len(user.args) > 2 and not user.args[2]:
                 pass  # eval mode: the identity
