@@ -26,16 +26,6 @@ constexpr int64_t kKC = 256;   // depth of one packed block (A and B panels stay
 constexpr int64_t kMC = 96;    // rows per A block (multiple of kMR)
 constexpr int64_t kNC = 256;   // columns per output tile handed to a thread
 
-// 64-byte vectors (GCC/Clang vector extensions): one zmm with AVX-512, two
-// ymm with AVX2, four xmm on the baseline; the compiler keeps the
-// accumulators in registers, which plain arrays do not guarantee.
-typedef float vf __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
-template <typename T> struct Vec;
-template <> struct Vec<float> { using type = vf; static constexpr int64_t kLanes = 16; };
-template <> struct Vec<double> { using type = vd; static constexpr int64_t kLanes = 8; };
-template <typename T> constexpr int64_t kNR = 2 * Vec<T>::kLanes;  // tile columns
-
 // tile[kMR][kNR] = sum_k a[k][0..kMR) (x) b[k][0..kNR).
 template <typename T>
 __attribute__((always_inline)) inline void micro_body(int64_t kc, const T* __restrict a,

@@ -22,12 +22,6 @@
 namespace conveyor {
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
-template <typename T> struct Vec;
-template <> struct Vec<float> { using type = vf; static constexpr int64_t kLanes = 16; };
-template <> struct Vec<double> { using type = vd; static constexpr int64_t kLanes = 8; };
-
 constexpr int kRows = 8;  // rows of x per register tile (16 + 2 of the 32 zmm registers)
 constexpr int64_t kBlock = 96;  // rows per parallel work item (a multiple of kRows)
 
@@ -73,7 +67,7 @@ CONVEYOR_INLINE void tile(int64_t K, const T* __restrict x, int64_t ldx, const T
 template <typename T>
 CONVEYOR_INLINE void layer_rows(const PackedLayer<T>& l, const T* x, int64_t m0, int64_t m1,
                                 int64_t p, T* y) {
-  constexpr int64_t NR = 2 * Vec<T>::kLanes;
+  constexpr int64_t NR = kNR<T>;
   const T* panel = l.panels.data() + p * l.K * NR;
   const T* bias = l.bias.data() + p * NR;
   const int64_t n0 = p * NR, nv = std::min(NR, l.N - n0);
@@ -113,7 +107,7 @@ inline void layer_rows_any(const PackedLayer<double>& l, const double* x, int64_
 
 template <typename T>
 void run_layer(const PackedLayer<T>& l, const T* x, int64_t M, T* y) {
-  constexpr int64_t NR = 2 * Vec<T>::kLanes;
+  constexpr int64_t NR = kNR<T>;
   const int64_t panels = (l.N + NR - 1) / NR;
   const int64_t blocks = (M + kBlock - 1) / kBlock;
   const int64_t items = blocks * panels;
@@ -135,7 +129,7 @@ template <typename T>
 PackedMLP<T>::PackedMLP(int64_t in_features, const std::vector<const T*>& w,
                         const std::vector<const T*>& b, const std::vector<int64_t>& out_features,
                         const std::vector<int>& acts) {
-  constexpr int64_t NR = 2 * Vec<T>::kLanes;
+  constexpr int64_t NR = kNR<T>;
   if (w.empty() || w.size() != b.size() || w.size() != out_features.size() ||
       w.size() != acts.size()) {
     throw std::invalid_argument("PackedMLP: one weight, bias, width and activation per layer");

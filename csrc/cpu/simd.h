@@ -12,3 +12,20 @@
 #endif
 
 #define CONVEYOR_INLINE __attribute__((always_inline)) inline
+
+#include <cstdint>
+
+namespace conveyor {
+
+// 64-byte vectors (GCC/Clang vector extensions): one zmm with AVX-512, two
+// ymm with AVX2, four xmm on the baseline; the compiler keeps the
+// accumulators in registers, which plain arrays do not guarantee.
+typedef float vf __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(64)));
+template <typename T> struct Vec;
+template <> struct Vec<float> { using type = vf; static constexpr int64_t kLanes = 16; };
+template <> struct Vec<double> { using type = vd; static constexpr int64_t kLanes = 8; };
+// Columns of a packed GEMM panel and of a register tile: two vectors.
+template <typename T> constexpr int64_t kNR = 2 * Vec<T>::kLanes;
+
+}  // namespace conveyor
