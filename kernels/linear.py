@@ -224,6 +224,31 @@ def fused_linear(
     return y.reshape(*lead, weight.shape[0])
 
 
+class PackCache:
+    """A module's layers packed for CPU inference (``conveyor.kernels.PackedMLP``),
+    rebuilt when a parameter changes storage (``.to()``, a new Parameter) or is
+    modified in place (its version counter moves: an optimizer step,
+    ``load_state_dict``). Copies and pickles of it start empty: the packed weights
+    are a compiled object, cheap to rebuild."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._packed = None
+
+    def get(self, layers: list[tuple[torch.Tensor, torch.Tensor | None, str]]):  # -> PackedMLP
+        key = tuple(
+            (t.data_ptr(), t._version) for w, b, _ in layers for t in (w, b) if t is not None
+        )
+        if self._packed is None or key != self._key:
+            from conveyor.kernels.mlp import PackedMLP
+
+            self._packed, self._key = PackedMLP(layers), key
+        return self._packed
+
+    def __reduce__(self) -> tuple:
+        return (PackCache, ())
+
+
 # CPU inference through a module's own weights (fixed between calls) packs them
 # once (kernels/mlp.py PackedMLP). Module against nn.Linear + activation, one
 # thread (benchmarks/kernels/module_inference.py, benchmarks/README.md): 1.08x
@@ -266,6 +291,7 @@ class FusedLinear(nn.Module):
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+        self._pack_cache = PackCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -300,22 +326,7 @@ class FusedLinear(nn.Module):
         forced = forced or os.environ.get(dispatch.ENV_ALL)
         if forced not in (None, "", "cpp") or not dispatch.available("mlp", "cpp", "cpu", w.dtype):
             return None
-        # Rebuilt when a parameter changes storage (.to(), a new Parameter) or is
-        # modified in place (its version counter moves: an optimizer step, load_state_dict).
-        key = tuple((t.data_ptr(), t._version) for t in (w, self.bias) if t is not None)
-        cached = self.__dict__.get("_packed")
-        if cached is None or cached[0] != key:
-            from conveyor.kernels.mlp import PackedMLP
-
-            cached = self._packed = (key, PackedMLP([(w, self.bias, self.activation)]))
-        return cached[1]
-
-    def __getstate__(self) -> dict:
-        # The packed copy is a compiled object (not picklable) and cheap to rebuild:
-        # copy.deepcopy and pickling of the module leave it behind.
-        state = self.__dict__.copy()
-        state.pop("_packed", None)
-        return state
+        return self._pack_cache.get([(w, self.bias, self.activation)])
 
     def extra_repr(self) -> str:
         return (

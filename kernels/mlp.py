@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from conveyor.kernels import dispatch
-from conveyor.kernels.linear import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
+from conveyor.kernels.linear import (
+    ACTIVATIONS,
+    FusedLinear,
+    PackCache,
+    fused_linear,
+    linear_reference,
+)
 
 Layer = tuple[torch.Tensor, torch.Tensor | None, str]
 
@@ -181,18 +187,11 @@ class FusedMLP(nn.Module):
         self.refresh()
 
     def refresh(self) -> None:
-        """Forget the cached parameter views (after replacing a Parameter object)."""
-        self._params = [p for m in self.layers for p in (m.weight, m.bias) if p is not None]
-        self._packed = None
+        """Forget the packed weights (they are rebuilt on the next inference call)."""
+        self._pack_cache = PackCache()
 
     def _layers(self) -> list[Layer]:
         return [(m.weight, m.bias, m.activation) for m in self.layers]
-
-    def __getstate__(self) -> dict:
-        # The packed copy is a compiled object (not picklable): deepcopy/pickle rebuild it.
-        state = self.__dict__.copy()
-        state["_packed"] = None
-        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu":
@@ -200,12 +199,6 @@ class FusedMLP(nn.Module):
         work = (x.numel() // max(1, x.shape[-1])) * self._work_per_row
         if dispatch.choose("mlp", "cpu", x.dtype, self.impl, work=work) != "cpp":
             return fused_mlp(x, self._layers(), impl="reference")
-        # Serving hot path: the weights are packed once and reused until a
-        # parameter changes storage (.to(), load into a new tensor) or is
-        # modified in place (its version counter moves, e.g. an optimizer step
-        # or load_state_dict). Assigning a new Parameter object to a layer is
-        # not seen: call refresh() after doing that.
-        key = tuple((p.data_ptr(), p._version) for p in self._params)
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, PackedMLP(self._layers()))
-        return self._packed[1](x)
+        # Serving hot path: the weights are packed once and reused until a parameter
+        # changes (PackCache).
+        return self._pack_cache.get(self._layers())(x)

@@ -67,9 +67,15 @@ def test_module_inference_packs_once_and_training_keeps_gradients(monkeypatch) -
         y2 = model(x)
     assert packs == [1, 1]
     torch.testing.assert_close(y2, mlp_reference(x, layers), rtol=1e-5, atol=1e-5)
+    # So does a new Parameter object (its storage is new).
+    model.layers[1].weight = torch.nn.Parameter(torch.randn(8, 32))
+    layers = [(m.weight, m.bias, m.activation) for m in model.layers]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), mlp_reference(x, layers), rtol=1e-5, atol=1e-5)
+    assert packs == [1, 1, 1]
     # With autograd on, it runs layer by layer and gradients flow.
     model(x).sum().backward()
-    assert packs == [1, 1]
+    assert packs == [1, 1, 1]
     assert all(m.weight.grad is not None for m in model.layers)
 
 
