@@ -20,10 +20,9 @@ at batch 1-512).
 
 Asked for and not applicable, the load fails with the reason: a model that asked
 to be accelerated is never silently served another way. Before it serves, the
-accelerated path is checked against the program (a row of zeros and 64 random
-rows; for a rewritten graph, a batch of zeros and one of random floats with
-integer inputs at 0); outputs further apart than float32 reordering explains
-fail the load too.
+accelerated path is checked against the program on a row of zeros and 64 random
+rows (integer inputs stay 0); outputs further apart than float32 reordering
+explains fail the load too.
 """
 
 from __future__ import annotations
@@ -142,56 +141,26 @@ def _attribute(gm: Any, node: Any) -> Any:
 
 
 def _graph_layers(gm: Any) -> list[list[Any]]:
-    """An exported program's graph: one input, then a chain of ``aten.linear`` nodes,
-    each followed by at most one activation (eval-mode ``aten.dropout`` skipped),
-    whose last node is the only output."""
-    import torch
-
-    aten = torch.ops.aten
+    """An exported program's graph that is one Linear chain (``_find_chains``) from its
+    only input to its only output, with nothing else beside export's input guards."""
+    chains = _find_chains(gm)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise ValueError(f"the graph takes {len(inputs)} inputs, not one")
-
-    def param(node: Any) -> Any:
-        if node is None:
-            return None
-        if getattr(node, "op", None) != "get_attr":
-            raise ValueError(f"node {node}: a Linear's weight and bias must be parameters")
-        return _attribute(gm, node)
-
-    layers: list[list[Any]] = []
-    current = inputs[0]  # the node the chain has reached
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "get_attr") or (
-            node.op == "call_module" and node.target == "_guards_fn"
-        ):
-            continue  # the input, parameters, and export's input guards
-        what = f"node {node.name} ({node.target})"
-        if node.op == "output":
-            (result,) = node.args
-            if isinstance(result, (tuple, list)) and len(result) == 1:
-                result = result[0]
-            if result is not current or not layers:
-                raise ValueError("the graph's output is not the end of one Linear chain")
-            return layers
-        if node.op != "call_function" or not node.args or node.args[0] is not current:
-            raise ValueError(f"{what} does not continue the chain from the input")
-        if node.target == aten.linear.default:
-            bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-            layers.append([param(node.args[1]), param(bias), "none"])
-        elif not layers:
-            raise ValueError(f"{what} comes before any Linear")
-        elif node.target == aten.dropout.default and len(node.args) > 2 and not node.args[2]:
-            pass  # eval mode: the identity
-        else:
-            act = _aten_activation(node)
-            if act is None:
-                raise ValueError(f"{what} is not a Linear or a supported activation")
-            if layers[-1][2] != "none":
-                raise ValueError(f"{what}: an activation must directly follow a Linear")
-            layers[-1][2] = act
-        current = node
-    raise ValueError("the graph has no output")
+    (result,) = next(n for n in gm.graph.nodes if n.op == "output").args
+    if isinstance(result, (tuple, list)) and len(result) == 1:
+        result = result[0]
+    computed = [
+        n
+        for n in gm.graph.nodes
+        if n.op in ("call_function", "call_method", "call_module") and n.target != "_guards_fn"
+    ]
+    if (
+        len(chains) != 1
+        or inputs != [chains[0].source]
+        or result is not chains[0].nodes[-1]
+        or len(computed) != len(chains[0].nodes)
+    ):
+        raise ValueError("the graph is not one Linear chain from its input to its output")
+    return chains[0].layers
 
 
 def _script_layers(program: Any) -> list[list[Any]]:
@@ -226,6 +195,8 @@ def _script_layers(program: Any) -> list[list[Any]]:
 def conveyor_mlp(program: Any, config: ModelConfig, where: str) -> Accelerated:
     """``program`` as one PackedMLP call per batch, checked against it; raises
     :class:`ModelLoadError` when it does not apply."""
+    import torch
+
     from conveyor.kernels import PackedMLP
 
     def refuse(reason: str) -> ModelLoadError:
@@ -255,7 +226,11 @@ def conveyor_mlp(program: Any, config: ModelConfig, where: str) -> Accelerated:
             f"the layers map {packed.in_features} -> {packed.out_features} features, the "
             f"config {inp.name} {list(inp.shape)} -> {out.name} {list(out.shape)}"
         )
-    _check_against(program, packed, config.max_batch_size, refuse)
+
+    def serving(x: Any) -> Any:  # what Model.run will call, on torch tensors
+        return torch.from_numpy(packed.run(x.numpy()))
+
+    _check_program(program, serving, config, refuse, "its")
     return Accelerated(
         describe="conveyor_mlp " + "-".join(map(str, packed.dims)),
         run=lambda inputs: [packed.run(inputs[0])],
@@ -365,7 +340,7 @@ def rewrite_chains(
                     gm.graph.erase_node(a)
         described.append("-".join(map(str, packed.dims)))
     gm.recompile()
-    _check_program(original, gm, config, refuse)
+    _check_program(original, gm, config, refuse, "the rewritten graph's")
     return Accelerated(describe="conveyor_mlp " + ", ".join(described), program=gm)
 
 
@@ -385,71 +360,59 @@ def _packed_module(packed: Any) -> Any:
 
 
 def _check_program(
-    original: Any, rewritten: Any, config: ModelConfig, refuse: Callable[[str], ModelLoadError]
+    original: Any,
+    candidate: Any,
+    config: ModelConfig,
+    refuse: Callable[[str], ModelLoadError],
+    subject: str,
 ) -> None:
-    """Both programs on a batch of zeros and one of random values (float inputs; integer
-    and boolean inputs stay 0, a valid id for any lookup), all outputs compared."""
+    """Both on a row of zeros and 64 random rows, in batches the model accepts, all
+    outputs compared. Float inputs get random values; integer and boolean inputs stay
+    0, a valid id for any lookup. ``subject`` names the candidate in the message."""
     import torch
 
     from conveyor.engine.tensors import NUMPY_DTYPES
 
     rng = np.random.default_rng(0)
-    for rows, random in ((1, False), (min(config.max_batch_size, 64), True)):
-        args = []
-        for spec in config.inputs:
-            shape = (rows, *(1 if d == -1 else d for d in spec.shape))
-            dtype = NUMPY_DTYPES[spec.datatype]
-            value = np.zeros(shape, dtype)
-            if random and np.dtype(dtype).kind == "f":
-                value = rng.standard_normal(shape).astype(dtype)
-            args.append(torch.from_numpy(value))
+    rows = []
+    for spec in config.inputs:
+        shape = tuple(1 if d == -1 else d for d in spec.shape)
+        dtype = np.dtype(NUMPY_DTYPES[spec.datatype])
+        value = np.zeros((65, *shape), dtype)
+        if dtype.kind == "f":
+            value[1:] = rng.standard_normal((64, *shape))
+        rows.append(value)
+    for start in range(0, 65, config.max_batch_size):
+        args = [torch.from_numpy(r[start : start + config.max_batch_size]) for r in rows]
         outs = []
-        for program in (original, rewritten):
+        for program in (original, candidate):
             try:
                 with torch.inference_mode():
                     result = program(*args)
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise refuse(f"the program failed on {rows} synthetic rows: {first}") from None
+                raise refuse(f"the program failed on {len(args[0])} rows: {first}") from None
             outs.append(list(result) if isinstance(result, (tuple, list)) else [result])
+        if len(outs[0]) != len(outs[1]):
+            raise refuse(f"the program returns {len(outs[0])} outputs, not {len(outs[1])}")
         for want, got in zip(*outs, strict=True):
+            if isinstance(got, torch.Tensor) and not isinstance(want, torch.Tensor):
+                raise refuse(f"the program returns {type(want).__name__}, not a tensor")
             if isinstance(want, torch.Tensor) and want.is_floating_point():
                 same = want.shape == got.shape and bool(
-                    torch.isclose(got, want, rtol=_RTOL, atol=_ATOL).all()
+                    torch.isclose(got.to(want.dtype), want, rtol=_RTOL, atol=_ATOL).all()
                 )
-            else:
-                same = bool((want == got).all()) if isinstance(want, torch.Tensor) else want == got
-            if not same:
-                raise refuse("the rewritten graph's outputs differ from the program's")
-
-
-def _check_against(
-    program: Any, packed: Any, max_batch: int, refuse: Callable[[str], ModelLoadError]
-) -> None:
-    """Both paths on a row of zeros and 64 random rows, in batches the program accepts."""
-    import torch
-
-    rows = np.concatenate(
-        [np.zeros((1, packed.in_features), np.float32),
-         np.random.default_rng(0).standard_normal((64, packed.in_features), np.float32)]
-    )  # fmt: skip
-    for start in range(0, len(rows), max_batch):
-        chunk = rows[start : start + max_batch]
-        try:
-            with torch.inference_mode():
-                want = program(torch.from_numpy(chunk))
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise refuse(f"the program itself failed on {len(chunk)} rows: {first}") from None
-        if isinstance(want, (tuple, list)) and len(want) == 1:
-            want = want[0]
-        if not isinstance(want, torch.Tensor):
-            raise refuse(f"the program returns {type(want).__name__}, not one tensor")
-        want = want.numpy()
-        got = packed.run(chunk)
-        if want.shape != got.shape or not np.isclose(got, want, rtol=_RTOL, atol=_ATOL).all():
-            diff = float(np.abs(got - want).max()) if want.shape == got.shape else float("nan")
-            raise refuse(f"its outputs differ from the program's on random rows (max {diff:.3g})")
+                if not same:
+                    shaped = want.shape == got.shape
+                    diff = (
+                        (got.to(want.dtype) - want).abs().max().item() if shaped else float("nan")
+                    )
+                    raise refuse(
+                        f"{subject} outputs differ from the program's on random rows "
+                        f"(max {diff:.3g})"
+                    )
+            elif not (bool((want == got).all()) if isinstance(want, torch.Tensor) else want == got):
+                raise refuse(f"{subject} outputs differ from the program's on random rows")
 
 
 def accelerate(program: Any, config: ModelConfig, where: str) -> Accelerated | None:
