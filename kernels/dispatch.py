@@ -205,6 +205,16 @@ def _check_name(impl: str, source: str) -> None:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r} (from {source})")
 
 
+def forced_by_env(op: str) -> tuple[str, str] | None:
+    """``(variable, implementation)`` when ``CONVEYOR_<OP>_IMPL`` or, unset,
+    ``CONVEYOR_KERNEL_IMPL`` names one for ``op``; None when neither is set."""
+    for var in (env_var(op), ENV_ALL):
+        name = os.environ.get(var)
+        if name:
+            return var, name
+    return None
+
+
 def choose(
     op: str,
     device: str,
@@ -233,13 +243,13 @@ def choose(
         if not available(op, impl, device, dtype):
             raise ValueError(f"{op}: impl {impl!r} cannot run on {device} tensors of {dtype}")
         return impl
-    for var in (env_var(op), ENV_ALL):
-        forced = os.environ.get(var)
-        if forced:
-            _check_name(forced, var)
-            if available(op, forced, device, dtype):
-                return forced
-            break  # cannot run here: the defaults decide
+    env = forced_by_env(op)
+    if env is not None:
+        var, forced = env
+        _check_name(forced, var)
+        if available(op, forced, device, dtype):
+            return forced
+        # cannot run here: the defaults decide
     if device == "cuda":
         for candidate in _CUDA_RULES[op](work, grad, dtype, detail):
             if available(op, candidate, device, dtype):

@@ -19,7 +19,6 @@ needed; the backward forms ``g = dy * act'(z)`` in one pass and runs
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -322,9 +321,9 @@ class FusedLinear(nn.Module):
             return None
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             return None  # fused_linear raises the shape error
-        forced = self.impl or os.environ.get(dispatch.env_var("linear"))
-        forced = forced or os.environ.get(dispatch.ENV_ALL)
-        if forced not in (None, "", "cpp") or not dispatch.available("mlp", "cpp", "cpu", w.dtype):
+        env = dispatch.forced_by_env("linear")
+        forced = self.impl or (env and env[1])
+        if forced not in (None, "cpp") or not dispatch.available("mlp", "cpp", "cpu", w.dtype):
             return None
         return self._pack_cache.get([(w, self.bias, self.activation)])
 
