@@ -25,7 +25,7 @@ CPU defaults were decided by measurement (``benchmarks/kernels/bench_ops.py``,
 see ``benchmarks/README.md`` and ``_CPU_RULES``): the C++ path is the default only
 where it was at least as fast as torch's own CPU op in the same run; elsewhere
 torch (``reference``) is: small linear and layer-norm calls, and the
-embedding-bag forward when no gradient is needed. CUDA defaults were measured
+embedding-bag sum forward when no gradient is needed. CUDA defaults were measured
 on an H200 (``_CUDA_RULES``): our kernels where they beat torch's op, torch
 elsewhere (small calls, where launch cost decides, and the GEMM except float32
 without TF32, where 3xTF32 beats the IEEE SGEMM, and 16-bit inference through
@@ -116,29 +116,30 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   1.06-1.78x at 2^17-2^18 on rows of 256-4096; at 2^16 0.92-1.18x. Training
 #   stays from 2^19: forward + backward was 0.81-1.12x at 2^17-2^18.
 # - embedding_bag: training: cpp (torch's dense backward is slow; fwd+bwd
-#   1.1-5.8x). Inference stays torch: our forward now beats FBGEMM's on most
-#   shapes (1.06-1.19x at 10^6 x 128, 1.02-1.28x on 10^5-10^6-row tables
-#   from 2^22 gathered elements, mean 1.2-2.9x everywhere), but not sum and
-#   sum+psw at D=64 (0.94-0.99x at 10^5 rows, 0.91-0.98x with 10^3-10^4
-#   rows in cache), and these rules see only the size, not the table or the
-#   mode (2026-11-27). Half-row prefetch for tables in L2 then lifted D=64
-#   with 10^3-3*10^3 rows to 1.02-1.04x (kernel time), but sum+psw at D=64
-#   with 10^4 rows (0.97x), D=128 with 10^3 rows (0.97x) and the wrapper's
-#   ~7-10 us per call (0.86-1.02x end to end) keep torch the default.
+#   1.1-5.8x). Inference with mode "mean": cpp at every size (the rule gets
+#   the mode as `detail`): 1.2-1.9x torch from 4 bags of 2 indices to 4096
+#   bags of 40 (2026-11-27 23:20-23:25); torch's mean costs ~10 us even on 8
+#   indices. Inference with "sum" (and per-sample weights): torch. The kernel
+#   alone beats FBGEMM's on 10^5-10^6-row tables (1.02-1.28x) and at D=16,
+#   but not at D=64-128 with the table in cache (0.97x at worst), and the
+#   wrapper's ~4 us per call (torch's whole call on a tiny bag: ~3 us) puts
+#   sum at 0.5-0.74x below 2^18 gathered elements and 0.91-0.98x at 2^18-2^21.
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
 # - mlp (whole-MLP inference in one call, weights packed once by FusedMLP):
 #   1.2-2.2x nn.Sequential eager at batch 1-512 (1.0-1.6x when the call still
 #   packed the weights), so always for inference; training runs layer by layer.
 #   A FusedLinear module's own CPU inference also uses its packed weights unless
 #   an implementation is forced (kernels/linear.py).
-_CPU_RULES: dict[str, Callable[[int, bool], str]] = {
-    "linear": lambda work, grad: "cpp" if work >= 1 << 22 else "reference",
-    "embedding_bag": lambda work, grad: "cpp" if grad else "reference",
-    "layer_norm": lambda work, grad: (
+_CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
+    "linear": lambda work, grad, detail: "cpp" if work >= 1 << 22 else "reference",
+    "embedding_bag": lambda work, grad, detail: (
+        "cpp" if grad or (detail and detail[0] == "mean") else "reference"
+    ),
+    "layer_norm": lambda work, grad, detail: (
         "cpp" if work >= (1 << 19 if grad else 1 << 17) else "reference"
     ),
-    "histogram": lambda work, grad: "cpp",
-    "mlp": lambda work, grad: "cpp" if not grad else "reference",
+    "histogram": lambda work, grad, detail: "cpp",
+    "mlp": lambda work, grad, detail: "cpp" if not grad else "reference",
 }
 
 
@@ -234,7 +235,8 @@ def choose(
         impl: forced implementation, or ``None`` for the environment/defaults.
         work: problem size used by size-dependent CPU rules (see ``_CPU_RULES``).
         grad: whether a backward will follow (some CPU rules differ for training).
-        detail: op-specific facts a CUDA rule reads (linear: ``(M, N, K, activation)``).
+        detail: op-specific facts a rule reads beyond the size (linear: ``(M, N, K,
+            activation)``; embedding bag: ``(mode, D)``).
     """
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
@@ -255,7 +257,7 @@ def choose(
             if available(op, candidate, device, dtype):
                 return candidate
     elif device == "cpu":
-        candidate = _CPU_RULES[op](work, grad)
+        candidate = _CPU_RULES[op](work, grad, detail)
         if available(op, candidate, device, dtype):
             return candidate
     return "reference"

@@ -169,7 +169,13 @@ def embedding_bag(
     grad = dispatch.needs_grad(weight, per_sample_weights)
     work = indices.numel() * weight.shape[1]
     chosen = dispatch.choose(
-        "embedding_bag", weight.device.type, weight.dtype, impl, work=work, grad=grad
+        "embedding_bag",
+        weight.device.type,
+        weight.dtype,
+        impl,
+        work=work,
+        grad=grad,
+        detail=(mode, weight.shape[1]),
     )
     if chosen == "reference":
         return embedding_bag_reference(indices, weight, offsets, mode, per_sample_weights)

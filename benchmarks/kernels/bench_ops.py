@@ -307,7 +307,9 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
             impls = _working("embedding_bag", shape, device, dtype, note, check)
             moved = es * (nnz * D + B * D) + 8 * (nnz + B) + (es * nnz if p is not None else 0)
             fwd = Case("embedding_bag", shape, str(dtype)[6:], "fwd", moved, 2.0 * nnz * D)
-            fwd.default = dispatch.choose("embedding_bag", device, dtype, work=nnz * D)
+            fwd.default = dispatch.choose(
+                "embedding_bag", device, dtype, work=nnz * D, detail=(mode, D)
+            )
 
             def eager(m=mode, p=p):
                 return F.embedding_bag(indices, weight, offsets, mode=m, per_sample_weights=p)
@@ -329,7 +331,7 @@ def embedding_bag_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
                     moved + es * (2 * V * D + nnz * D + B * D) + 8 * nnz, 4.0 * nnz * D,
                 )  # fmt: skip
                 bw.default = dispatch.choose(
-                    "embedding_bag", device, dtype, work=nnz * D, grad=True
+                    "embedding_bag", device, dtype, work=nnz * D, grad=True, detail=(mode, D)
                 )
                 bw.run["eager"] = _with_backward(
                     lambda m=mode, wg=wg: F.embedding_bag(indices, wg, offsets, mode=m), [wg]

@@ -25,8 +25,11 @@ def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
     assert dispatch.choose("layer_norm", "cpu", f32, work=4096 * 256) == "cpp"
     assert dispatch.choose("layer_norm", "cpu", f32, work=512 * 256) == "cpp"  # inference
     assert dispatch.choose("layer_norm", "cpu", f32, work=512 * 256, grad=True) == "reference"
-    assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=False) == "reference"
-    assert dispatch.choose("embedding_bag", "cpu", f32, work=1 << 20, grad=True) == "cpp"
+    eb = ("embedding_bag", "cpu", f32)
+    assert dispatch.choose(*eb, work=1 << 20, detail=("sum", 64)) == "reference"
+    assert dispatch.choose(*eb, work=1 << 20, detail=("mean", 64)) == "cpp"  # 1.2-2.9x
+    assert dispatch.choose(*eb, work=1 << 20) == "reference"  # mode unknown
+    assert dispatch.choose(*eb, work=1 << 20, grad=True, detail=("sum", 64)) == "cpp"
     assert dispatch.choose("histogram", "cpu", f32) == "cpp"
 
 
