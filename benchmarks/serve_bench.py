@@ -308,9 +308,12 @@ def run_load(
     duration: float,
     warmup: float = 1.0,
     server_pid: int | None = None,
+    procs: int = 1,
 ) -> dict[str, Any]:
     """``concurrency`` requests in flight from conveyor's load generator
-    (:mod:`conveyor.bench.loadgen`), over 1 client process at concurrency 1 and 2 otherwise.
+    (:mod:`conveyor.bench.loadgen`) over ``procs`` client processes (default 1: on these
+    2 shared cores one process drives every point here with less CPU per request than two,
+    so it leaves more of the machine to the server; see benchmarks/README.md).
     With ``server_pid``, also the server's CPU microseconds per answered request over the
     measurement window (``server_cpu_us``)."""
     from conveyor.bench.loadgen import LoadSpec
@@ -323,7 +326,7 @@ def run_load(
         concurrency=concurrency,
         duration=duration,
         warmup=warmup,
-        procs=1 if concurrency == 1 else 2,
+        procs=min(procs, concurrency),
         timeout=30,
     )
     sampler = None if server_pid is None else CpuSampler(server_pid)
@@ -400,8 +403,17 @@ def main(argv: list[str] | None = None) -> int:
         help="conveyor's --max-queue-delay-microseconds (default 2000, its throughput "
         "setting; the server's own default, 250, favours latency below saturation)",
     )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="load generator processes per point (default 1: the lightest client on 2 "
+        "shared cores; earlier runs used 2 at concurrency > 1, see benchmarks/README.md)",
+    )
     parser.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.client_procs < 1:
+        parser.error("--client-procs must be >= 1")
     if args.bare_server is not None:
         bare_server(args.bare_server)
         return 0
@@ -435,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 if wanted is not None and (concurrency, rows) not in wanted:
                     continue
                 before = prom.scrape(metrics) if metrics else None
-                r = run_load(port, rows, concurrency, d, server_pid=pid)
+                r = run_load(port, rows, concurrency, d, server_pid=pid, procs=args.client_procs)
                 if before is not None and metrics:
                     r["batch_rows"] = prom.server_side(before, prom.scrape(metrics), "mlp")[
                         "server_batch_size"
@@ -525,20 +537,20 @@ def _us(value: float | None) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| server | concurrency | rows/req | requests/s | rows/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | server CPU us/req |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| server | concurrency | rows/req | requests/s | rows/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | server CPU us/req | client CPU us/req |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         if r["server"] in ("forward", "forward-mlp"):
             label = "forward (in-process)" if r["server"] == "forward" else "forward (conveyor_mlp)"
             lines.append(
-                f"| {label} | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {1e6 / r['requests_s']:.0f} |"
+                f"| {label} | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {1e6 / r['requests_s']:.0f} | - |"
             )
             continue
         lines.append(
             f"| {r['server']} | {r['concurrency']} | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} "
             f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} "
-            f"| {_us(r.get('server_cpu_us'))} |"
+            f"| {_us(r.get('server_cpu_us'))} | {_us(r.get('client_cpu_us'))} |"
         )
 
     def find(server: str, c: int, rows: int) -> dict[str, Any] | None:
