@@ -90,6 +90,9 @@ class _Execution:
     batch: list[Pending]
     started: float
     abandoned: bool = False
+    # Requests of a failed batch still waiting to be re-run alone after this one:
+    # if this run is abandoned, they go back to the queue instead of waiting on it.
+    rest: list[Pending] = field(default_factory=list)
 
 
 @dataclass(eq=False, slots=True)
@@ -415,6 +418,8 @@ class Batcher:
                     replace = threads < self._instance_count + self._max_abandoned
                     if replace and not self._closing:
                         self._spawn()
+                    # Flushed below with the queue if no worker is left to run them.
+                    self._requeue(ex.rest)
                     log.error(
                         "worker hung for %.1fs (execution timeout %gs); abandoned%s; "
                         "%d abandoned thread(s) still running",
@@ -430,20 +435,26 @@ class Batcher:
                 if not self._live:
                     # Nobody left to execute the queue: answer it now, not after a timeout.
                     stalled = Unavailable(self._stalled_message())
+                    flushed = 0
                     for queue in self._levels:
                         while queue:
                             p = queue.popleft()
                             p.state = DONE
                             answered.append((p, stalled, True))
+                            flushed += 1
                     self._queued = self._rows = 0
+                    if self.metrics is not None and flushed:
+                        self.metrics.queue_depth.dec(flushed)
                 self._watch_cond.wait(period)
             if answered:
                 self._post(answered)
 
-    def _call_model(self, batch: list[Pending], inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _call_model(
+        self, batch: list[Pending], inputs: list[np.ndarray], rest: list[Pending] | None = None
+    ) -> list[np.ndarray]:
         """Run the model, registered with the watchdog; raises _Abandoned if it gave up."""
         me = threading.current_thread()
-        ex = _Execution(batch, time.monotonic())
+        ex = _Execution(batch, time.monotonic(), rest=rest or [])
         with self._cond:
             self._running[me] = ex
         try:
@@ -582,11 +593,32 @@ class Batcher:
         one bad request fails only itself and not the requests batched with it."""
         if self._execute_batch(batch, isolate=len(batch) > 1):
             return
-        for pending in batch:
-            self._execute_batch([pending], isolate=False)
+        for i, pending in enumerate(batch):
+            # If this run hangs and is abandoned, the watchdog requeues batch[i + 1:]
+            # and _Abandoned ends this loop when the model returns.
+            self._execute_batch([pending], isolate=False, rest=batch[i + 1 :])
 
-    def _execute_batch(self, batch: list[Pending], isolate: bool) -> bool:
-        """Returns False (posting nothing) when the batch failed and ``isolate`` is set."""
+    def _requeue(self, requests: list[Pending]) -> None:
+        """Put taken, unrun requests back at the head of their queues, in order (lock held).
+        Those whose future is already done (cancelled) are dropped."""
+        for p in requests:
+            if p.future.done():
+                p.state = DONE
+        requests = [p for p in requests if p.state != DONE]
+        for p in reversed(requests):
+            self._levels[p.level].appendleft(p)
+            p.state = QUEUED
+        self._queued += len(requests)
+        self._rows += sum(p.rows for p in requests)
+        if self.metrics is not None and requests:
+            self.metrics.queue_depth.inc(len(requests))
+        self._cond.notify()
+
+    def _execute_batch(
+        self, batch: list[Pending], isolate: bool, rest: list[Pending] | None = None
+    ) -> bool:
+        """Returns False (posting nothing) when the batch failed and ``isolate`` is set.
+        ``rest``: requests still to run after this one (see ``_Execution.rest``)."""
         t0 = time.perf_counter_ns()
         rows = sum(p.rows for p in batch)
         now = time.monotonic()
@@ -600,7 +632,7 @@ class Batcher:
             n_inputs = len(batch[0].inputs)
             inputs = [np.concatenate([p.inputs[i] for p in batch]) for i in range(n_inputs)]
             t1 = time.perf_counter_ns()
-            outputs = self._call_model(batch, inputs)
+            outputs = self._call_model(batch, inputs, rest)
             t2 = time.perf_counter_ns()
             offset = 0
             for p in batch:

@@ -399,3 +399,74 @@ def test_close_reports_a_worker_stuck_in_the_model() -> None:
     assert not batcher.close(timeout=0.1)
     gate.set()
     assert batcher.close(timeout=5)
+
+
+def test_a_hang_while_isolating_a_failed_batch_still_runs_the_rest() -> None:
+    # A batch fails, so each request is re-run alone; one of those runs hangs past the
+    # execution timeout. The requests after it must still be executed, not forgotten.
+    release = threading.Event()
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        (x,) = inputs
+        if (x < 0).any():
+            raise Internal("negative input")
+        if (x > 100).any():
+            release.wait(5)
+        return [x * 2]
+
+    batcher = Batcher(
+        "m:1", run, 16, DynamicBatching(max_queue_delay_microseconds=200_000), 1,
+        execution_timeout=0.3,
+    )  # fmt: skip
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        bad, hangs, innocent = (
+            _pending(loop, np.full((1, 1), v, np.float32)) for v in (-1.0, 1000.0, 1.0)
+        )
+        for p in (bad, hangs, innocent):
+            batcher.submit(p)
+        np.testing.assert_array_equal(await asyncio.wait_for(innocent.future, 5), [[2.0]])
+        with pytest.raises(Internal, match="negative"):
+            await bad.future
+        with pytest.raises(DeadlineExceeded, match="execution timeout"):
+            await hangs.future
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        batcher.close(5)
+
+
+def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
+    from conveyor.engine.metrics import ServerMetrics
+
+    release = threading.Event()
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        release.wait(5)
+        return [inputs[0]]
+
+    metrics = ServerMetrics()
+    batcher = Batcher(
+        "m:1", run, 1, DynamicBatching(max_queue_delay_microseconds=0), 1,
+        execution_timeout=0.3, max_abandoned_threads=0,
+    )  # fmt: skip
+    batcher.metrics = metrics.version("m", 1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(4)]
+        for p in ps:
+            batcher.submit(p)
+        await asyncio.wait([p.future for p in ps], timeout=5)
+        assert all(p.future.done() for p in ps)
+
+    try:
+        asyncio.run(main())
+        depth = metrics.registry.get_sample_value("conveyor_queue_depth", {"model": "m"})
+        assert batcher.queued == 0 and depth == 0
+    finally:
+        release.set()
+        batcher.close(5)
