@@ -197,4 +197,5 @@ def _int_param(request: object, key: str) -> int | None:
 def _parameters(request: object) -> tuple[int, int | None]:
     if not request.parameters:  # type: ignore[attr-defined]
         return 0, None
-    return _int_param(request, "priority") or 0, _int_param(request, "timeout")
+    # timeout 0 means "no timeout" (Triton's queue policy only overrides for non-zero).
+    return _int_param(request, "priority") or 0, _int_param(request, "timeout") or None

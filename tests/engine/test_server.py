@@ -82,10 +82,16 @@ def test_grpc_deadline_while_queued_is_never_computed(repo: Path) -> None:
             stub.ModelInfer(late, timeout=10)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "not computed" in info.value.details()
+        # timeout 0 is "no timeout" (as in Triton), not a deadline of now.
+        unbounded = _request(3.0)
+        unbounded.parameters["timeout"].int64_param = 0
+        waiting = stub.ModelInfer.future(unbounded, timeout=10)
         gate.release.set()
         blocker.result(timeout=10)
+        waiting.result(timeout=10)
         assert stub.ModelInfer(_request(2.0), timeout=10)
-        assert 7.0 not in gate.seen and 8.0 not in gate.seen and {1.0, 2.0} <= set(gate.seen)
+        assert 7.0 not in gate.seen and 8.0 not in gate.seen
+        assert {1.0, 2.0, 3.0} <= set(gate.seen)
 
 
 def test_cancelled_call_leaves_the_queue_and_full_queue_is_resource_exhausted(repo: Path) -> None:
