@@ -78,6 +78,22 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _check_batching(args: argparse.Namespace) -> None:
+    """Refuse bad batching flags here, before any worker process starts (a worker
+    failing on them would only be restarted)."""
+    from conveyor.engine.repository import BatchingOverrides
+
+    try:
+        BatchingOverrides(
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_microseconds=args.max_queue_delay_microseconds,
+            max_queue_size=args.max_queue_size,
+            instance_count=args.instance_count,
+        )
+    except ValueError as exc:
+        raise ServeError("--" + str(exc).replace("_", "-")) from None
+
+
 def _drift_settings(args: argparse.Namespace) -> Any:
     from conveyor.engine.drift import DriftSettings
 
@@ -207,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = _server_kwargs(args)
     if args.workers < 1:
         raise ServeError("--workers must be >= 1")
+    _check_batching(args)
     if args.workers == 1:
         return serve_one(kwargs)
     return serve_workers(
@@ -291,7 +308,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="how long a queued request waits for a fuller batch",
     )
     batching.add_argument(
-        "--max-queue-size", type=int, default=None, help="queued requests before RESOURCE_EXHAUSTED"
+        "--max-queue-size",
+        type=int,
+        default=None,
+        help="queued requests before RESOURCE_EXHAUSTED (0 = each model's own)",
     )
     batching.add_argument(
         "--instance-count", type=int, default=None, help="worker threads per model version"

@@ -73,6 +73,21 @@ class BatchingOverrides:
     execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT
     max_abandoned_threads: int = MAX_ABANDONED_THREADS
 
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("max_batch_size", 1),
+            ("max_queue_delay_microseconds", 0),
+            ("max_queue_size", 0),
+            ("instance_count", 1),
+            ("max_abandoned_threads", 0),
+        ):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.max_queue_size == 0:
+            # As in config.json: 0 is "the default bound", never a queue that holds nothing.
+            object.__setattr__(self, "max_queue_size", None)
+
 
 class ServedVersion:
     """A loaded model version with its batcher and request decoder (and, when the server

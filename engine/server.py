@@ -169,7 +169,7 @@ class Server:
             poll_interval=poll_interval,
             load_models=tuple(load_models),
             version_policy=version_policy,
-            overrides=BatchingOverrides(
+            overrides=_overrides(
                 max_batch_size=max_batch_size,
                 max_queue_delay_microseconds=max_queue_delay_microseconds,
                 max_queue_size=max_queue_size,
@@ -365,3 +365,10 @@ class Server:
         return grpc.ssl_server_credentials(
             chain, root_certificates=Path(tls.client_ca).read_bytes(), require_client_auth=True
         )
+
+
+def _overrides(**settings: Any) -> BatchingOverrides:
+    try:
+        return BatchingOverrides(**settings)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None

@@ -285,3 +285,38 @@ def test_cli_requires_a_repository() -> None:
         [sys.executable, "-m", "conveyor", "serve"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1 and "--model-repository is required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-batch-size", "0", "--max-batch-size must be >= 1"),
+        ("--max-queue-size", "-1", "--max-queue-size must be >= 0"),
+        ("--instance-count", "0", "--instance-count must be >= 1"),
+        ("--max-queue-delay-microseconds", "-5", "--max-queue-delay-microseconds must be >= 0"),
+    ],
+)
+def test_cli_refuses_out_of_range_batching_flags(
+    repo: Path, flag: str, value: str, message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--port", "0", flag, value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_max_queue_size_zero_keeps_each_models_bound_not_an_empty_queue(repo: Path) -> None:
+    # As 0 in config.json keeps the default: a queue that held nothing would refuse
+    # every request RESOURCE_EXHAUSTED.
+    with (
+        Server(repo, port=0, max_queue_size=0) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        assert stub.ModelInfer(_request(1.0), timeout=10).outputs
+    with pytest.raises(ServerError, match="max_batch_size must be >= 1"):
+        Server(repo, port=0, max_batch_size=0)
