@@ -329,8 +329,10 @@ def rewrite_chains(
         packed = PackedMLP([tuple(layer) for layer in chain.layers])
         name = f"conveyor_mlp_{i}"
         gm.add_submodule(name, _packed_module(packed))
+        # The first node's input, read now: a chain rewritten before this one may have
+        # replaced it (a shared trunk feeding several heads), which chain.source missed.
         with gm.graph.inserting_before(chain.nodes[0]):
-            call = gm.graph.call_module(name, (chain.source,))
+            call = gm.graph.call_module(name, (chain.nodes[0].args[0],))
         chain.nodes[-1].replace_all_uses_with(call)
         for node in reversed(chain.nodes):
             params = [a for a in node.args[1:] if getattr(a, "op", None) == "get_attr"]

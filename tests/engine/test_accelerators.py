@@ -268,3 +268,35 @@ def test_torch_export_two_outputs_and_a_mismatch(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(conveyor.kernels, "PackedMLP", Off)
     with pytest.raises(ModelLoadError, match="rewritten graph's outputs differ"):
         Model("m", 1, write(tmp_path / "b"))
+
+
+class TwoHeads(nn.Module):
+    """A shared trunk feeding two heads: each head's chain reads the trunk chain's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(10, 16), nn.ReLU())
+        self.a, self.b = nn.Linear(16, 1), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.trunk(x)
+        return self.a(t), self.b(t)
+
+
+def test_torch_export_shared_trunk_with_two_heads(tmp_path: Path) -> None:
+    heads = {**IO, "outputs": [
+        {"name": "a", "datatype": "FP32", "shape": [1]},
+        {"name": "b", "datatype": "FP32", "shape": [3]},
+    ]}  # fmt: skip
+    module = TwoHeads().eval()
+    path = write_exported(tmp_path, module)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **heads}))
+    model = Model("m", 1, path)
+    assert model.accelerator == "conveyor_mlp 10-16, 16-1, 16-3"
+    x = np.random.default_rng(4).standard_normal((7, 10), np.float32)
+    got = model.run([x])
+    with torch.no_grad():
+        want = module(torch.from_numpy(x))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
