@@ -228,10 +228,10 @@ class ModelRepository:
             if served is None:
                 raise Unavailable(self._why_not_ready(entry, None))
             return served
-        try:
-            number = int(version)
-        except ValueError:
-            raise NotFound(f"model {name!r}: unknown version {version!r}") from None
+        # Digits only: int() would also take " 1", "+1" and "1_0" (= 10).
+        if not (version.isascii() and version.isdigit()):
+            raise NotFound(f"model {name!r}: unknown version {version!r}")
+        number = int(version)
         served = entry.versions.get(number)
         if served is None:
             if number in entry.on_disk or number in entry.failed:

@@ -278,6 +278,9 @@ def test_unknown_model_and_version_are_not_found(stub: object) -> None:
     assert code == grpc.StatusCode.NOT_FOUND and "nope" in msg
     code, msg = _code(stub.ModelInfer, _request("affine", x, model_version="9"))  # type: ignore[attr-defined]
     assert code == grpc.StatusCode.NOT_FOUND and "version '9'" in msg
+    for spelled in (" 1", "+1", "1_0", "¹"):  # int() would take the first three
+        code, msg = _code(stub.ModelInfer, _request("affine", x, model_version=spelled))  # type: ignore[attr-defined]
+        assert code == grpc.StatusCode.NOT_FOUND and repr(spelled) in msg
     code, _ = _code(stub.ModelMetadata, pb.ModelMetadataRequest(name="nope"))  # type: ignore[attr-defined]
     assert code == grpc.StatusCode.NOT_FOUND
     code, _ = _code(stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"))  # type: ignore[attr-defined]
