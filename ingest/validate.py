@@ -7,7 +7,9 @@ and value; ``quarantine`` marks the row (the first rule it broke is recorded) an
 unchanged, to the :class:`QuarantineWriter`; ``impute`` replaces the value with the spec's
 declared one (a categorical without one gets the OOV id). Rules are checked in the order
 ``type, null, nan, range, unseen_category, unseen_class, duplicate_key`` so that a value that
-did not parse is reported as ``type`` and not again as ``null``.
+did not parse is reported as ``type`` and not again as ``null``. ``range`` covers, besides the
+declared (or profiled) bounds, the range of float32: a finite float64 that would be infinite in
+the loader's float32 batch (a numeric feature, a regression label, the weight) breaks it.
 
 Accounting: ``rows_in = rows_out + rows_quarantined`` (a rejected scan stops with an error),
 counted per rule in :class:`Accounting`.
@@ -36,6 +38,16 @@ from conveyor.ingest.spec import RULES, FeatureSpec
 
 # Rule -> small integer, for per-row rule codes (-1 = the row passed).
 RULE_CODES: dict[str, int] = {rule: i for i, rule in enumerate(RULES)}
+
+# The loader's batches hold numeric features, a regression label and the weight as float32. A
+# finite float64 of this magnitude or more rounds to +-inf there: it is halfway between
+# float32's largest finite value (2**128 - 2**104, about 3.4028235e38) and 2**128, and the tie
+# rounds to the even neighbour, 2**128 = inf. Anything smaller rounds to a finite float32.
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+_FLOAT32_REASON = (
+    f"is beyond float32's range (|value| > {float(np.finfo(np.float32).max):.8g}): "
+    "it would be infinite in the batch"
+)
 
 
 @dataclass
@@ -197,6 +209,15 @@ class Validator:
                 "the 'ignore' policy",
             )
 
+    def _float32_columns(self) -> list[str]:
+        """The columns the loader writes as float32: numeric features, a regression label and
+        the weight (a class label becomes an int64 id)."""
+        spec = self.spec
+        cols = [*spec.numeric_names, spec.weight]
+        if spec.label.task == "regression":
+            cols.insert(0, spec.label.name)
+        return [c for c in cols if c is not None]
+
     def _impute_value(self, col: str) -> Any:
         for f in self.spec.numeric:
             if f.name == col:
@@ -225,10 +246,13 @@ class Validator:
             else:
                 cols[c] = batch.column(c)
         bad = np.zeros(n, dtype=bool)
-        first: list[tuple[np.ndarray, str, str]] = []  # (rows, rule, column) in rule order
+        # (rows, rule, column, reason or None for the rule's usual one), in rule order
+        first: list[tuple[np.ndarray, str, str, str | None]] = []
         categorical = set(spec.categorical_names)
 
-        def apply(rule: str, col: str, mask: np.ndarray, replace: Any = None) -> None:
+        def apply(
+            rule: str, col: str, mask: np.ndarray, replace: Any = None, reason: str | None = None
+        ) -> None:
             nonlocal bad
             mask = mask & ~bad  # a row already quarantined is reported once
             if not mask.any():
@@ -242,16 +266,17 @@ class Validator:
                     column=col,
                     rule=rule,
                     value=self._original(chunk, col, i),
+                    detail=reason or "",
                 )
             if policy == "quarantine":
                 bad |= mask
-                first.append((mask, rule, col))
+                first.append((mask, rule, col, reason))
                 return
             if replace is None and col not in categorical:
                 # Nothing declared to write (a label, weight, key or timestamp): the value
                 # stays bad, so the row is quarantined rather than passed on broken.
                 bad |= mask
-                first.append((mask, rule, col))
+                first.append((mask, rule, col, reason))
                 return
             imputed.append((rule, mask))
             if replace is not None:
@@ -268,6 +293,11 @@ class Validator:
             if c is not None and _is_float(cols[c].type):
                 nan = _mask(pc.or_(pc.is_nan(cols[c]), pc.is_inf(cols[c])))
                 apply("nan", c, nan, self._impute_scalar(c))
+        for c in self._float32_columns():
+            # Finite here but infinite in the float32 batch: out of the range a batch can hold.
+            if _is_float(cols[c].type) and cols[c].type.bit_width > 32:
+                huge = _mask(pc.greater_equal(pc.abs(cols[c]), FLOAT32_OVERFLOW))
+                apply("range", c, huge, self._impute_scalar(c), _FLOAT32_REASON)
         for c, (lo, hi) in self.bounds.items():
             out = np.zeros(n, dtype=bool)
             if lo is not None:
@@ -293,7 +323,7 @@ class Validator:
         acc.rows_quarantined += quarantined
         acc.rows_out += n - quarantined
         codes = np.full(n, -1, dtype=np.int8)
-        for mask, r, _ in first:
+        for mask, r, _, _ in first:
             codes[mask] = RULE_CODES[r]
         if quarantined:
             collected += self._quarantine(chunk, bad, first)
@@ -377,13 +407,14 @@ class Validator:
         return source.column(col)[i].as_py() if col in source.schema.names else None
 
     def _quarantine(
-        self, chunk: Chunk, bad: np.ndarray, first: list[tuple[np.ndarray, str, str]]
+        self, chunk: Chunk, bad: np.ndarray, first: list[tuple[np.ndarray, str, str, str | None]]
     ) -> list[tuple[pa.Table, np.ndarray]]:
         idx = np.flatnonzero(bad)
         rule = np.empty(len(bad), dtype=object)
         column = np.empty(len(bad), dtype=object)
-        for mask, r, c in first:  # in rule order; each row is in exactly one mask
-            rule[mask], column[mask] = r, c
+        why = np.empty(len(bad), dtype=object)
+        for mask, r, c, w in first:  # in rule order; each row is in exactly one mask
+            rule[mask], column[mask], why[mask] = r, c, w
         for i in idx:
             self.accounting.quarantined_by_rule[rule[i]] += 1
         if self.quarantine is None and not self.collect:
@@ -397,7 +428,9 @@ class Validator:
             "_rule": [rule[i] for i in idx],
             "_column": [column[i] for i in idx],
             "_value": [None if v is None else str(v) for v in values],
-            "_reason": [_reason(rule[i], column[i], v) for i, v in zip(idx, values, strict=True)],
+            "_reason": [
+                _reason(rule[i], column[i], v, why[i]) for i, v in zip(idx, values, strict=True)
+            ],
         }
         table = quarantine_table(rows, meta)
         if self.quarantine is not None:
@@ -445,5 +478,6 @@ _REASONS = {
 }
 
 
-def _reason(rule: str, column: str, value: Any) -> str:
-    return f"column {column!r}: value {value!r} {_REASONS.get(rule, rule)}"
+def _reason(rule: str, column: str, value: Any, reason: str | None = None) -> str:
+    """The quarantine file's sentence; ``reason`` overrides the rule's usual wording."""
+    return f"column {column!r}: value {value!r} {reason or _REASONS.get(rule, rule)}"
