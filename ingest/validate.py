@@ -23,6 +23,7 @@ the rows that fail either are run through :meth:`Validator.check`.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +120,41 @@ def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _is_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(t)
+
+
+def _outside(col: pa.Array | pa.ChunkedArray, lo: float | None, hi: float | None) -> np.ndarray:
+    """Rows of ``col`` below ``lo`` or above ``hi`` (inclusive bounds; None: none), compared as
+    numbers, as Python compares the column's min and max with them in
+    :meth:`Validator.fast_clean`. Casting a bound to an integer column's type would truncate a
+    fractional one (``min=0.5`` letting 0 through) and wrap one beyond the type (``max=1e19``
+    on int64 putting every row out), so an integer column is compared with the bound's integer
+    neighbour (``x < lo`` is ``x < ceil(lo)``), or not at all when the bound lies beyond the
+    type's values; any other numeric column is compared as float64 (exact for float16/32).
+    A NaN bound bounds nothing, as no number compares below or above it."""
+    t = col.type
+    out = np.zeros(len(col), dtype=bool)
+    if pa.types.is_integer(t):
+        info = np.iinfo(t.to_pandas_dtype())
+        if lo is not None and lo > info.min:
+            out |= (
+                _mask(pc.is_valid(col))
+                if lo > info.max
+                else _mask(pc.less(col, pa.scalar(math.ceil(lo), t)))
+            )
+        if hi is not None and hi < info.max:
+            out |= (
+                _mask(pc.is_valid(col))
+                if hi < info.min
+                else _mask(pc.greater(col, pa.scalar(math.floor(hi), t)))
+            )
+        return out
+    if t != pa.float64():
+        col = col.cast(pa.float64())
+    if lo is not None:
+        out |= _mask(pc.less(col, pa.scalar(float(lo), pa.float64())))
+    if hi is not None:
+        out |= _mask(pc.greater(col, pa.scalar(float(hi), pa.float64())))
+    return out
 
 
 class Validator:
@@ -299,12 +335,7 @@ class Validator:
                 huge = _mask(pc.greater_equal(pc.abs(cols[c]), FLOAT32_OVERFLOW))
                 apply("range", c, huge, self._impute_scalar(c), _FLOAT32_REASON)
         for c, (lo, hi) in self.bounds.items():
-            out = np.zeros(n, dtype=bool)
-            if lo is not None:
-                out |= _mask(pc.less(cols[c], pa.scalar(lo).cast(cols[c].type, safe=False)))
-            if hi is not None:
-                out |= _mask(pc.greater(cols[c], pa.scalar(hi).cast(cols[c].type, safe=False)))
-            apply("range", c, out, self._impute_scalar(c))
+            apply("range", c, _outside(cols[c], lo, hi), self._impute_scalar(c))
         for f in spec.categorical:
             unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self._vocab[f.name])))
             unseen &= _mask(pc.is_valid(cols[f.name]))
@@ -373,10 +404,10 @@ class Validator:
             least, most = mm["min"].as_py(), mm["max"].as_py()
             if least is None:  # every value null: flagged above
                 continue
-            if lo is not None and least < lo:
-                suspect |= _mask(pc.less(col, pa.scalar(lo).cast(col.type, safe=False)))
-            if hi is not None and most > hi:
-                suspect |= _mask(pc.greater(col, pa.scalar(hi).cast(col.type, safe=False)))
+            below = lo is not None and least < lo
+            above = hi is not None and most > hi
+            if below or above:
+                suspect |= _outside(col, lo if below else None, hi if above else None)
         return suspect
 
     def _impute_scalar(self, col: str) -> pa.Scalar | None:

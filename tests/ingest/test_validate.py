@@ -279,3 +279,34 @@ def test_every_row_is_accounted_for(tmp_path_factory, n, bad, group):
         assert q.schema.names[-len(META_FIELDS) :] == [f.name for f in META_FIELDS]
     else:
         assert result.quarantine is None and not qpath.exists()
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "kept"),
+    [
+        (0.5, None, [1, 5, 10]),  # not truncated to 0
+        (None, 9.5, [0, 1, 5]),  # not truncated to 9 either way
+        (None, 1e19, [0, 1, 5, 10]),  # beyond int64: no wrap-around, nothing above it
+        (-1e19, None, [0, 1, 5, 10]),
+        (1e19, None, []),  # every int64 is below it
+        (None, -1e19, []),
+        (1.0, 5.0, [1, 5]),  # inclusive
+    ],
+)
+def test_integer_range_compares_numerically_in_validate_and_loader(lo, hi, kept, tmp_path):
+    """An int64 column against float bounds: the fast path, the row check and a full scan all
+    keep exactly the rows numerically within the bounds."""
+    from conveyor.ingest.loader import StreamLoader
+
+    path = tmp_path / "d.parquet"
+    ages = np.array([0, 1, 5, 10], dtype=np.int64)
+    pq.write_table(pa.table({"age": ages, "y": np.array([0, 1, 0, 1])}), path)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("age", min=lo, max=hi)]
+    )
+    acc, out, _ = scan(str(path), spec, tmp_path)
+    assert [r["age"] for r in out] == kept
+    assert acc.quarantined_by_rule == ({"range": 4 - len(kept)} if len(kept) < 4 else {})
+    loader = StreamLoader(str(path), spec, batch_size=8, prefetch=0)
+    assert [int(v) for b in loader for v in b.features[:, 0].tolist()] == kept
+    assert loader.epoch_accounting[0].rows_quarantined == 4 - len(kept)
