@@ -208,6 +208,7 @@ class StreamLoader:
             spec,
             self.source.schema,
             file=self.source.uri,
+            schema_file=self.source.files[0],
             ranges=ranges,
             check_duplicates=False,
             collect=True,
@@ -233,11 +234,10 @@ class StreamLoader:
         self._iteration: object | None = None
         self._announced: int | None = None  # see read_ahead
         self._ahead: tuple[int, _Prefetch] | None = None  # (epoch, its windows from the first)
-        types = self.validator.types
-        self._vocab = {f.name: pa.array(f.vocab, type=types[f.name]) for f in spec.categorical}
+        self._vocab = self.validator.vocab
         self._regression = spec.label.task == "regression"
         if not self._regression:
-            self._classes = pa.array(spec.label.classes).cast(types[spec.label.name])
+            self._classes = self.validator.classes
 
     def _warn_rowless_text_files(self) -> None:
         """A text file with no row that splits into columns has no position in the plan, so no

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from conveyor.ingest.errors import SpecError, ValidationError
+from conveyor.ingest.errors import SourceError, SpecError, ValidationError
 from conveyor.ingest.quarantine import QuarantineWriter, quarantine_table
 from conveyor.ingest.source import Chunk
 from conveyor.ingest.spec import RULES, FeatureSpec
@@ -164,6 +164,9 @@ class Validator:
         spec: the feature spec (its ``policies`` override the defaults).
         schema: the source's schema (dataset-level rules are checked against it at once).
         file: the source's name, for dataset-level errors.
+        schema_file: the file ``schema`` was read from (a source's first file, which every
+            other file must match), named when a column's type does not fit the spec; default
+            ``file``.
         ranges: profiled ``{column: (min, max)}`` used where the spec declares no bound.
         quarantine: where quarantined rows go; None counts them without writing.
         check_duplicates: the ``duplicate_key`` rule needs every key seen so far in memory.
@@ -177,6 +180,7 @@ class Validator:
         schema: pa.Schema,
         *,
         file: str,
+        schema_file: str | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
         quarantine: QuarantineWriter | None = None,
         check_duplicates: bool = True,
@@ -191,6 +195,8 @@ class Validator:
         self._seen_keys: set = set()
         self.missing_fill: dict[str, pa.Scalar] = {}
         self._check_dataset(file)
+        schema_file = schema_file or file
+        self._check_numbers(schema_file)
         self.types = {
             c: (schema.field(c).type if c in schema.names else self.missing_fill[c].type)
             for c in spec.columns()
@@ -207,13 +213,13 @@ class Validator:
                 spec.policy(r) == "impute" for r in ("type", "null", "nan", "range")
             ):
                 raise SpecError(f"numeric {f.name!r}: an impute policy is set but no impute value")
+        # The label's classes (None for regression) and each vocabulary as arrays of their
+        # column's type, for index_in.
+        self.classes: pa.Array | None = None
         if spec.label.task != "regression":
-            self._classes = pa.array(spec.label.classes).cast(self.types[spec.label.name])
-        self._vocab = {
-            f.name: pa.array(f.vocab, type=self.types[f.name])
-            if f.vocab
-            else pa.array([], type=self.types[f.name])
-            for f in spec.categorical
+            self.classes = self._values(spec.label.classes, spec.label.name, schema_file)
+        self.vocab: dict[str, pa.Array] = {
+            f.name: self._values(f.vocab, f.name, schema_file) for f in spec.categorical
         }
 
     # -- dataset level -----------------------------------------------------------------------
@@ -244,6 +250,39 @@ class Validator:
                 detail=f"not in the spec (columns {extra}); add them to 'ignore' or use "
                 "the 'ignore' policy",
             )
+
+    def _check_numbers(self, file: str) -> None:
+        """A column the spec reads as a number (a numeric feature, a regression label, the
+        weight) must be an integer or floating-point column. Text formats are read as the
+        spec's declared types, but Parquet and IPC files carry their own, and comparing a
+        string column with numeric bounds, or converting it for torch, is not a row's fault:
+        the whole column is wrong. So, like a file whose types contradict the first file's
+        (:meth:`~conveyor.ingest.source.Source._check_schemas`), it is a :class:`SourceError`
+        naming ``file``, the column and both types, before any row is read."""
+        for c in self._float32_columns():
+            if c not in self.schema.names:
+                continue  # missing: imputed with the spec's number, or rejected above
+            found = self.schema.field(c).type
+            if not (pa.types.is_integer(found) or pa.types.is_floating(found)):
+                raise SourceError(
+                    file,
+                    f"column {c!r} is {found}, but the spec reads it as a number "
+                    "(expected an integer or floating-point type)",
+                )
+
+    def _values(self, values: list[Any], col: str, file: str) -> pa.Array:
+        """A vocabulary or the label's classes as an array of ``col``'s type; values that are
+        not of that type (``"a"`` for an int64 column) are a :class:`SourceError` naming
+        ``file``, the column and both types (see :meth:`_check_numbers`)."""
+        typ = self.types[col]
+        try:
+            return pa.array(values).cast(typ) if values else pa.array([], type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            found = "/".join(sorted({type(v).__name__ for v in values}))
+            shown = f"{values[:3]!r}"[:-1] + (", ...]" if len(values) > 3 else "]")
+            raise SourceError(
+                file, f"column {col!r} is {typ}, but the spec's values for it are {found} {shown}"
+            ) from None
 
     def _float32_columns(self) -> list[str]:
         """The columns the loader writes as float32: numeric features, a regression label and
@@ -337,11 +376,11 @@ class Validator:
         for c, (lo, hi) in self.bounds.items():
             apply("range", c, _outside(cols[c], lo, hi), self._impute_scalar(c))
         for f in spec.categorical:
-            unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self._vocab[f.name])))
+            unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self.vocab[f.name])))
             unseen &= _mask(pc.is_valid(cols[f.name]))
             apply("unseen_category", f.name, unseen, self._impute_scalar(f.name))
         if spec.label.task != "regression":
-            unseen = _mask(pc.is_null(pc.index_in(cols[label], value_set=self._classes)))
+            unseen = _mask(pc.is_null(pc.index_in(cols[label], value_set=self.classes)))
             apply("unseen_class", label, unseen & _mask(pc.is_valid(cols[label])))
         if self.check_duplicates:
             apply("duplicate_key", spec.key, self._duplicates(cols[spec.key], bad))
