@@ -10,8 +10,9 @@ a row of the batch was quarantined). No Python runs per row.
 
 Validation: a chunk's rows are converted straight away, and those that
 :meth:`~conveyor.ingest.validate.Validator.suspect_rows` flags (a null, a value out of bounds) or
-whose converted values are not finite or not in the vocabulary or classes (one ``np.isfinite``
-pass and one null count per column; per-row masks only for a column that fails it) go through
+whose converted values are not finite (NaN, inf, or a float64 beyond float32's range) or not in
+the vocabulary or classes (one ``np.isfinite`` pass and one null count per column; per-row
+masks only for a column that fails it) go through
 :meth:`~conveyor.ingest.validate.Validator.check`, alone, which imputes, raises on ``reject`` and
 marks quarantined rows; the chunk's other rows break no rule. A chunk with unsplittable lines,
 parse errors, a missing column to impute or the duplicate-key rule is checked whole.
@@ -207,6 +208,7 @@ class StreamLoader:
             spec,
             self.source.schema,
             file=self.source.uri,
+            schema_file=self.source.files[0],
             ranges=ranges,
             check_duplicates=False,
             collect=True,
@@ -232,11 +234,10 @@ class StreamLoader:
         self._iteration: object | None = None
         self._announced: int | None = None  # see read_ahead
         self._ahead: tuple[int, _Prefetch] | None = None  # (epoch, its windows from the first)
-        types = self.validator.types
-        self._vocab = {f.name: pa.array(f.vocab, type=types[f.name]) for f in spec.categorical}
+        self._vocab = self.validator.vocab
         self._regression = spec.label.task == "regression"
         if not self._regression:
-            self._classes = pa.array(spec.label.classes).cast(types[spec.label.name])
+            self._classes = self.validator.classes
 
     def _warn_rowless_text_files(self) -> None:
         """A text file with no row that splits into columns has no position in the plan, so no
@@ -725,14 +726,16 @@ class _SliceStream:
 def _write(dst: np.ndarray, col: pa.Array | pa.ChunkedArray) -> None:
     """Copy an Arrow column into ``dst`` (a numpy view), casting to ``dst.dtype`` on the way.
     Nulls are written as 0: they only remain in rows that failed validation, whose values are
-    never used."""
+    never used. A float64 beyond float32's range is written as +-inf without a warning: the
+    caller's finite check flags its row, which :meth:`Validator.check` quarantines (``range``)."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     off = 0
     for chunk in chunks:
         if chunk.null_count:
             chunk = pc.fill_null(chunk, pa.scalar(0).cast(chunk.type))
         n = len(chunk)
-        np.copyto(dst[off : off + n], chunk.to_numpy(zero_copy_only=False), casting="unsafe")
+        with np.errstate(over="ignore"):
+            np.copyto(dst[off : off + n], chunk.to_numpy(zero_copy_only=False), casting="unsafe")
         off += n
 
 

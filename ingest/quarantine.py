@@ -7,10 +7,26 @@ the other formats the original typed values) followed by:
 (the first rule the row broke), ``_column``, ``_value`` (the offending value as a string),
 ``_reason`` (a sentence) and ``_raw`` (the original line for rows that could not be split
 into columns, such as a ragged CSV row; null otherwise; their column values are null).
+
+Tables of one file can disagree on a column's type: CSV rows and JSON rows re-read line by line
+are kept as their text, rows of a JSON file pyarrow could read whole as typed values, a column
+may be all null (null type) in one table, and only some tables may have a column. A Parquet
+writer's schema is fixed once it is open, so :class:`QuarantineWriter` keeps a value that does
+not fit the file's schema by widening the schema and rewriting the rows written so far under it
+(:meth:`QuarantineWriter.write_table`): a null-type column takes the new type; a column whose
+new values do not cast to its type without loss (``7.25`` into int64, ``"oops"`` into float64),
+or whose new values are text while the file's are not (text is not parsed: its spelling is
+the value), becomes a string column, every earlier value written as its text (a nested value
+as JSON); a new column is added before the ``_file`` ... ``_raw`` columns, null for the earlier
+rows. No value is ever replaced by a null. String is the widest type, so each column widens at
+most twice (null, then string) and the rewrites are few; they read the file back a batch at a
+time.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -66,8 +82,9 @@ class QuarantineWriter:
             self.write_table(quarantine_table(data, meta))
 
     def write_table(self, table: pa.Table) -> None:
-        """Write rows already built by :func:`quarantine_table`; the first write fixes the file's
-        schema and later tables are conformed to it."""
+        """Write rows already built by :func:`quarantine_table`. The first write sets the file's
+        schema; a later table is cast to it, or, where one of its values would not survive the
+        cast, the schema is widened and the rows written so far are rewritten (module doc)."""
         if table.num_rows == 0:
             return
         if self._writer is None:
@@ -75,9 +92,26 @@ class QuarantineWriter:
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd")
         else:
+            assert self._schema is not None
             table = _conform(table, self._schema)
+            if not table.schema.equals(self._schema):
+                self._widen(table.schema)
         self._writer.write_table(table)
         self.rows += table.num_rows
+
+    def _widen(self, schema: pa.Schema) -> None:
+        """Rewrite the rows written so far under ``schema`` (wider than the file's: every
+        earlier value casts to it) and go on writing under it."""
+        assert self._writer is not None
+        self._writer.close()
+        earlier = self.path.with_name(self.path.name + ".widening")
+        os.replace(self.path, earlier)
+        self._schema = schema
+        self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        with pq.ParquetFile(earlier) as old:
+            for batch in old.iter_batches():
+                self._writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+        earlier.unlink()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -92,16 +126,58 @@ class QuarantineWriter:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Match the file's schema: absent columns as nulls; types cast (to string if need be)."""
-    arrays = []
+    """``table`` in the file's ``schema``: absent columns as nulls, types cast. Where a value
+    would not survive that, the result's schema is wider than ``schema`` (see the module doc):
+    the caller rewrites the file under it. Never a null in place of a value."""
+    meta = {f.name for f in META_FIELDS}
+    fields: list[pa.Field] = []
+    arrays: list[pa.Array | pa.ChunkedArray] = []
     for f in schema:
         if f.name in table.column_names:
-            col = table.column(f.name)
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                col = pa.nulls(table.num_rows, f.type)
+            col, typ = _fit(table.column(f.name), f.type)
+            fields.append(f if typ.equals(f.type) else f.with_type(typ))
             arrays.append(col)
         else:
+            fields.append(f)
             arrays.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    known = set(schema.names)
+    at = next((i for i, f in enumerate(fields) if f.name in meta), len(fields))
+    for name in [c for c in table.column_names if c not in known]:
+        fields.insert(at, table.schema.field(name))
+        arrays.insert(at, table.column(name))
+        at += 1
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _fit(col: pa.ChunkedArray, typ: pa.DataType) -> tuple[pa.ChunkedArray | pa.Array, pa.DataType]:
+    """``col`` as the file's type ``typ`` when every value survives the cast, else ``col`` and
+    the type the file's column must widen to (``col``'s own type over a null column, else
+    string)."""
+    if col.type.equals(typ):
+        return col, typ
+    if pa.types.is_null(typ):
+        return col, col.type
+    if pa.types.is_null(col.type):
+        return pa.nulls(len(col), typ), typ
+    # Text cast into a number or date would lose its spelling ("007", "1e3"): keep it as text.
+    if not _is_text(col.type) or _is_text(typ):
+        try:
+            return col.cast(typ), typ  # a safe cast: it fails rather than truncate or wrap
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+    return _as_text(col), pa.string()
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
+def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """Every value of ``col`` as a string; nested values (no Arrow cast to string) as JSON."""
+    try:
+        return col.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        values = col.to_pylist()  # per-row Python, only for such columns
+        return pa.array(
+            [None if v is None else json.dumps(v, default=str) for v in values], pa.string()
+        )

@@ -50,7 +50,12 @@ def run_scan(
         tqdm(total=total, unit="rows", disable=not progress, unit_scale=True) as bar,
     ):
         validator = Validator(
-            spec, source.schema, file=source.uri, ranges=ranges, quarantine=writer
+            spec,
+            source.schema,
+            file=source.uri,
+            schema_file=source.files[0],
+            ranges=ranges,
+            quarantine=writer,
         )
         for piece in pieces:
             for chunk in source.read(piece):

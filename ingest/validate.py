@@ -7,7 +7,9 @@ and value; ``quarantine`` marks the row (the first rule it broke is recorded) an
 unchanged, to the :class:`QuarantineWriter`; ``impute`` replaces the value with the spec's
 declared one (a categorical without one gets the OOV id). Rules are checked in the order
 ``type, null, nan, range, unseen_category, unseen_class, duplicate_key`` so that a value that
-did not parse is reported as ``type`` and not again as ``null``.
+did not parse is reported as ``type`` and not again as ``null``. ``range`` covers, besides the
+declared (or profiled) bounds, the range of float32: a finite float64 that would be infinite in
+the loader's float32 batch (a numeric feature, a regression label, the weight) breaks it.
 
 Accounting: ``rows_in = rows_out + rows_quarantined`` (a rejected scan stops with an error),
 counted per rule in :class:`Accounting`.
@@ -21,6 +23,7 @@ the rows that fail either are run through :meth:`Validator.check`.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +32,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from conveyor.ingest.errors import SpecError, ValidationError
+from conveyor.ingest.errors import SourceError, SpecError, ValidationError
 from conveyor.ingest.quarantine import QuarantineWriter, quarantine_table
 from conveyor.ingest.source import Chunk
 from conveyor.ingest.spec import RULES, FeatureSpec
 
 # Rule -> small integer, for per-row rule codes (-1 = the row passed).
 RULE_CODES: dict[str, int] = {rule: i for i, rule in enumerate(RULES)}
+
+# The loader's batches hold numeric features, a regression label and the weight as float32. A
+# finite float64 of this magnitude or more rounds to +-inf there: it is halfway between
+# float32's largest finite value (2**128 - 2**104, about 3.4028235e38) and 2**128, and the tie
+# rounds to the even neighbour, 2**128 = inf. Anything smaller rounds to a finite float32.
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+_FLOAT32_REASON = (
+    f"is beyond float32's range (|value| > {float(np.finfo(np.float32).max):.8g}): "
+    "it would be infinite in the batch"
+)
 
 
 @dataclass
@@ -109,6 +122,41 @@ def _is_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(t)
 
 
+def _outside(col: pa.Array | pa.ChunkedArray, lo: float | None, hi: float | None) -> np.ndarray:
+    """Rows of ``col`` below ``lo`` or above ``hi`` (inclusive bounds; None: none), compared as
+    numbers, as Python compares the column's min and max with them in
+    :meth:`Validator.fast_clean`. Casting a bound to an integer column's type would truncate a
+    fractional one (``min=0.5`` letting 0 through) and wrap one beyond the type (``max=1e19``
+    on int64 putting every row out), so an integer column is compared with the bound's integer
+    neighbour (``x < lo`` is ``x < ceil(lo)``), or not at all when the bound lies beyond the
+    type's values; any other numeric column is compared as float64 (exact for float16/32).
+    A NaN bound bounds nothing, as no number compares below or above it."""
+    t = col.type
+    out = np.zeros(len(col), dtype=bool)
+    if pa.types.is_integer(t):
+        info = np.iinfo(t.to_pandas_dtype())
+        if lo is not None and lo > info.min:
+            out |= (
+                _mask(pc.is_valid(col))
+                if lo > info.max
+                else _mask(pc.less(col, pa.scalar(math.ceil(lo), t)))
+            )
+        if hi is not None and hi < info.max:
+            out |= (
+                _mask(pc.is_valid(col))
+                if hi < info.min
+                else _mask(pc.greater(col, pa.scalar(math.floor(hi), t)))
+            )
+        return out
+    if t != pa.float64():
+        col = col.cast(pa.float64())
+    if lo is not None:
+        out |= _mask(pc.less(col, pa.scalar(float(lo), pa.float64())))
+    if hi is not None:
+        out |= _mask(pc.greater(col, pa.scalar(float(hi), pa.float64())))
+    return out
+
+
 class Validator:
     """Applies a spec's rules to chunks read from a :class:`~conveyor.ingest.source.Source`.
 
@@ -116,6 +164,9 @@ class Validator:
         spec: the feature spec (its ``policies`` override the defaults).
         schema: the source's schema (dataset-level rules are checked against it at once).
         file: the source's name, for dataset-level errors.
+        schema_file: the file ``schema`` was read from (a source's first file, which every
+            other file must match), named when a column's type does not fit the spec; default
+            ``file``.
         ranges: profiled ``{column: (min, max)}`` used where the spec declares no bound.
         quarantine: where quarantined rows go; None counts them without writing.
         check_duplicates: the ``duplicate_key`` rule needs every key seen so far in memory.
@@ -129,6 +180,7 @@ class Validator:
         schema: pa.Schema,
         *,
         file: str,
+        schema_file: str | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
         quarantine: QuarantineWriter | None = None,
         check_duplicates: bool = True,
@@ -143,6 +195,8 @@ class Validator:
         self._seen_keys: set = set()
         self.missing_fill: dict[str, pa.Scalar] = {}
         self._check_dataset(file)
+        schema_file = schema_file or file
+        self._check_numbers(schema_file)
         self.types = {
             c: (schema.field(c).type if c in schema.names else self.missing_fill[c].type)
             for c in spec.columns()
@@ -159,13 +213,13 @@ class Validator:
                 spec.policy(r) == "impute" for r in ("type", "null", "nan", "range")
             ):
                 raise SpecError(f"numeric {f.name!r}: an impute policy is set but no impute value")
+        # The label's classes (None for regression) and each vocabulary as arrays of their
+        # column's type, for index_in.
+        self.classes: pa.Array | None = None
         if spec.label.task != "regression":
-            self._classes = pa.array(spec.label.classes).cast(self.types[spec.label.name])
-        self._vocab = {
-            f.name: pa.array(f.vocab, type=self.types[f.name])
-            if f.vocab
-            else pa.array([], type=self.types[f.name])
-            for f in spec.categorical
+            self.classes = self._values(spec.label.classes, spec.label.name, schema_file)
+        self.vocab: dict[str, pa.Array] = {
+            f.name: self._values(f.vocab, f.name, schema_file) for f in spec.categorical
         }
 
     # -- dataset level -----------------------------------------------------------------------
@@ -197,6 +251,48 @@ class Validator:
                 "the 'ignore' policy",
             )
 
+    def _check_numbers(self, file: str) -> None:
+        """A column the spec reads as a number (a numeric feature, a regression label, the
+        weight) must be an integer or floating-point column. Text formats are read as the
+        spec's declared types, but Parquet and IPC files carry their own, and comparing a
+        string column with numeric bounds, or converting it for torch, is not a row's fault:
+        the whole column is wrong. So, like a file whose types contradict the first file's
+        (:meth:`~conveyor.ingest.source.Source._check_schemas`), it is a :class:`SourceError`
+        naming ``file``, the column and both types, before any row is read."""
+        for c in self._float32_columns():
+            if c not in self.schema.names:
+                continue  # missing: imputed with the spec's number, or rejected above
+            found = self.schema.field(c).type
+            if not (pa.types.is_integer(found) or pa.types.is_floating(found)):
+                raise SourceError(
+                    file,
+                    f"column {c!r} is {found}, but the spec reads it as a number "
+                    "(expected an integer or floating-point type)",
+                )
+
+    def _values(self, values: list[Any], col: str, file: str) -> pa.Array:
+        """A vocabulary or the label's classes as an array of ``col``'s type; values that are
+        not of that type (``"a"`` for an int64 column) are a :class:`SourceError` naming
+        ``file``, the column and both types (see :meth:`_check_numbers`)."""
+        typ = self.types[col]
+        try:
+            return pa.array(values).cast(typ) if values else pa.array([], type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            found = "/".join(sorted({type(v).__name__ for v in values}))
+            shown = f"{values[:3]!r}"[:-1] + (", ...]" if len(values) > 3 else "]")
+            raise SourceError(
+                file, f"column {col!r} is {typ}, but the spec's values for it are {found} {shown}"
+            ) from None
+
+    def _float32_columns(self) -> list[str]:
+        """The columns the loader writes as float32: numeric features, a regression label and
+        the weight (a class label becomes an int64 id)."""
+        spec = self.spec
+        cols = [*spec.numeric_names, spec.weight]
+        if spec.label.task == "regression":
+            cols.insert(0, spec.label.name)
+        return [c for c in cols if c is not None]
+
     def _impute_value(self, col: str) -> Any:
         for f in self.spec.numeric:
             if f.name == col:
@@ -225,10 +321,13 @@ class Validator:
             else:
                 cols[c] = batch.column(c)
         bad = np.zeros(n, dtype=bool)
-        first: list[tuple[np.ndarray, str, str]] = []  # (rows, rule, column) in rule order
+        # (rows, rule, column, reason or None for the rule's usual one), in rule order
+        first: list[tuple[np.ndarray, str, str, str | None]] = []
         categorical = set(spec.categorical_names)
 
-        def apply(rule: str, col: str, mask: np.ndarray, replace: Any = None) -> None:
+        def apply(
+            rule: str, col: str, mask: np.ndarray, replace: Any = None, reason: str | None = None
+        ) -> None:
             nonlocal bad
             mask = mask & ~bad  # a row already quarantined is reported once
             if not mask.any():
@@ -242,16 +341,17 @@ class Validator:
                     column=col,
                     rule=rule,
                     value=self._original(chunk, col, i),
+                    detail=reason or "",
                 )
             if policy == "quarantine":
                 bad |= mask
-                first.append((mask, rule, col))
+                first.append((mask, rule, col, reason))
                 return
             if replace is None and col not in categorical:
                 # Nothing declared to write (a label, weight, key or timestamp): the value
                 # stays bad, so the row is quarantined rather than passed on broken.
                 bad |= mask
-                first.append((mask, rule, col))
+                first.append((mask, rule, col, reason))
                 return
             imputed.append((rule, mask))
             if replace is not None:
@@ -268,19 +368,19 @@ class Validator:
             if c is not None and _is_float(cols[c].type):
                 nan = _mask(pc.or_(pc.is_nan(cols[c]), pc.is_inf(cols[c])))
                 apply("nan", c, nan, self._impute_scalar(c))
+        for c in self._float32_columns():
+            # Finite here but infinite in the float32 batch: out of the range a batch can hold.
+            if _is_float(cols[c].type) and cols[c].type.bit_width > 32:
+                huge = _mask(pc.greater_equal(pc.abs(cols[c]), FLOAT32_OVERFLOW))
+                apply("range", c, huge, self._impute_scalar(c), _FLOAT32_REASON)
         for c, (lo, hi) in self.bounds.items():
-            out = np.zeros(n, dtype=bool)
-            if lo is not None:
-                out |= _mask(pc.less(cols[c], pa.scalar(lo).cast(cols[c].type, safe=False)))
-            if hi is not None:
-                out |= _mask(pc.greater(cols[c], pa.scalar(hi).cast(cols[c].type, safe=False)))
-            apply("range", c, out, self._impute_scalar(c))
+            apply("range", c, _outside(cols[c], lo, hi), self._impute_scalar(c))
         for f in spec.categorical:
-            unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self._vocab[f.name])))
+            unseen = _mask(pc.is_null(pc.index_in(cols[f.name], value_set=self.vocab[f.name])))
             unseen &= _mask(pc.is_valid(cols[f.name]))
             apply("unseen_category", f.name, unseen, self._impute_scalar(f.name))
         if spec.label.task != "regression":
-            unseen = _mask(pc.is_null(pc.index_in(cols[label], value_set=self._classes)))
+            unseen = _mask(pc.is_null(pc.index_in(cols[label], value_set=self.classes)))
             apply("unseen_class", label, unseen & _mask(pc.is_valid(cols[label])))
         if self.check_duplicates:
             apply("duplicate_key", spec.key, self._duplicates(cols[spec.key], bad))
@@ -293,7 +393,7 @@ class Validator:
         acc.rows_quarantined += quarantined
         acc.rows_out += n - quarantined
         codes = np.full(n, -1, dtype=np.int8)
-        for mask, r, _ in first:
+        for mask, r, _, _ in first:
             codes[mask] = RULE_CODES[r]
         if quarantined:
             collected += self._quarantine(chunk, bad, first)
@@ -343,10 +443,10 @@ class Validator:
             least, most = mm["min"].as_py(), mm["max"].as_py()
             if least is None:  # every value null: flagged above
                 continue
-            if lo is not None and least < lo:
-                suspect |= _mask(pc.less(col, pa.scalar(lo).cast(col.type, safe=False)))
-            if hi is not None and most > hi:
-                suspect |= _mask(pc.greater(col, pa.scalar(hi).cast(col.type, safe=False)))
+            below = lo is not None and least < lo
+            above = hi is not None and most > hi
+            if below or above:
+                suspect |= _outside(col, lo if below else None, hi if above else None)
         return suspect
 
     def _impute_scalar(self, col: str) -> pa.Scalar | None:
@@ -377,13 +477,14 @@ class Validator:
         return source.column(col)[i].as_py() if col in source.schema.names else None
 
     def _quarantine(
-        self, chunk: Chunk, bad: np.ndarray, first: list[tuple[np.ndarray, str, str]]
+        self, chunk: Chunk, bad: np.ndarray, first: list[tuple[np.ndarray, str, str, str | None]]
     ) -> list[tuple[pa.Table, np.ndarray]]:
         idx = np.flatnonzero(bad)
         rule = np.empty(len(bad), dtype=object)
         column = np.empty(len(bad), dtype=object)
-        for mask, r, c in first:  # in rule order; each row is in exactly one mask
-            rule[mask], column[mask] = r, c
+        why = np.empty(len(bad), dtype=object)
+        for mask, r, c, w in first:  # in rule order; each row is in exactly one mask
+            rule[mask], column[mask], why[mask] = r, c, w
         for i in idx:
             self.accounting.quarantined_by_rule[rule[i]] += 1
         if self.quarantine is None and not self.collect:
@@ -397,7 +498,9 @@ class Validator:
             "_rule": [rule[i] for i in idx],
             "_column": [column[i] for i in idx],
             "_value": [None if v is None else str(v) for v in values],
-            "_reason": [_reason(rule[i], column[i], v) for i, v in zip(idx, values, strict=True)],
+            "_reason": [
+                _reason(rule[i], column[i], v, why[i]) for i, v in zip(idx, values, strict=True)
+            ],
         }
         table = quarantine_table(rows, meta)
         if self.quarantine is not None:
@@ -445,5 +548,6 @@ _REASONS = {
 }
 
 
-def _reason(rule: str, column: str, value: Any) -> str:
-    return f"column {column!r}: value {value!r} {_REASONS.get(rule, rule)}"
+def _reason(rule: str, column: str, value: Any, reason: str | None = None) -> str:
+    """The quarantine file's sentence; ``reason`` overrides the rule's usual wording."""
+    return f"column {column!r}: value {value!r} {reason or _REASONS.get(rule, rule)}"

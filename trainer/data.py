@@ -5,6 +5,9 @@ normalisation statistics (profiled here when it is missing). With ``--label`` th
 inferred and the source profiled through ``conveyor.ingest`` (one validation pass). Either way
 the spec and stats used are copied into the run directory, so a resumed run trains on exactly
 the same ones, and the rows quarantined during profiling go to ``RUN_DIR/quarantine.parquet``.
+CSV and JSON are read as the spec's declared types (``FeatureSpec.declared_types``), as
+``conveyor ingest`` reads them: inferred from a file's first MiB, a column of whole numbers in
+one file would make every fraction in the others a ``type`` error.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
     spec_out, stats_out = out / "spec.json", out / "stats.json"
     if cfg.resume and spec_out.exists() and stats_out.exists():
         return spec_out, stats_out  # the resumed run keeps the spec and stats it started with
-    source = Source(cfg.source)
-    if cfg.spec is not None:
-        spec = FeatureSpec.load(cfg.spec)
+    given = FeatureSpec.load(cfg.spec) if cfg.spec is not None else None
+    source = Source(cfg.source, types=given.declared_types() if given is not None else None)
+    if given is not None:
+        spec = given
         stats_in = Path(cfg.spec).with_name("stats.json")
         if stats_in.exists():
             if Path(cfg.spec).resolve() != spec_out.resolve():
@@ -58,6 +62,8 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
             key=cfg.key,
             include_partitions=cfg.include_partitions,
         )
+        if source.format in ("csv", "json"):  # profile text as the inferred spec's types
+            source = Source(cfg.source, types=spec.declared_types())
     result = run_scan(
         source,
         spec,
@@ -93,7 +99,8 @@ def make_loaders(
     by ``cfg.seed`` and the epoch), validation does not. Row counts are cached in
     ``RUN_DIR/row_counts.json`` so that other ranks and a resumed run do not count again.
     """
-    source = Source(cfg.source)
+    # CSV/JSON as the spec's types (as `conveyor ingest` reads them), not inferred per file.
+    source = Source(cfg.source, types=spec.declared_types())
     hold = holdout(spec, source.schema, cfg.val_fraction, seed=cfg.seed, column=cfg.split_column)
     ranges = profiled_ranges(stats)
     common = LoaderConfig(

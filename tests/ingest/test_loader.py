@@ -485,3 +485,37 @@ def test_prefetch_close_is_bounded_when_the_source_is_stuck() -> None:
     release.set()
     prefetch.close()  # unbounded: joins once the source moves
     assert not prefetch._thread.is_alive()
+
+
+def test_values_beyond_float32_are_quarantined_as_range_not_inf(tmp_path):
+    """A finite float64 that would be inf as float32 (feature, regression label, weight) is a
+    ``range`` row in the loader and in validation alike; float32's largest value passes."""
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.source import Source
+    from conveyor.ingest.validate import FLOAT32_OVERFLOW
+
+    top = float(np.finfo(np.float32).max)
+    x = np.array([1.0, 2.0, 1e300, 3.0, top, -FLOAT32_OVERFLOW])
+    y = np.array([0.0, 1.0, 2.0, 5e40, -top, 4.0])
+    w = np.array([1.0, 1e39, 1.0, 1.0, 1.0, 1.0])
+    pq.write_table(pa.table({"x": x, "y": y, "w": w}), tmp_path / "d.parquet")
+    spec = FeatureSpec(
+        label=Label("y", "regression", None), numeric=[NumericFeature("x")], weight="w"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning either
+        loader = StreamLoader(
+            str(tmp_path / "d.parquet"), spec, batch_size=8, prefetch=0, quarantine=str(tmp_path)
+        )
+        (batch,) = list(loader)
+    assert batch.features[:, 0].tolist() == [1.0, top]
+    assert batch.label.tolist() == [0.0, -top] and batch.weight.tolist() == [1.0, 1.0]
+    acc = loader.epoch_accounting[0]
+    assert (acc.rows_in, acc.rows_out, acc.rows_quarantined) == (6, 2, 4) and acc.balanced()
+    assert acc.quarantined_by_rule == {"range": 4}
+    (qfile,) = tmp_path.glob("epoch0000-*.parquet")
+    q = pq.read_table(qfile).to_pydict()
+    assert q["_row"] == [1, 2, 3, 5] and q["_column"] == ["w", "x", "y", "x"]
+    assert all("float32" in reason for reason in q["_reason"])
+    result = run_scan(Source(str(tmp_path / "d.parquet")), spec, quarantine_path=tmp_path / "v.pq")
+    assert result.accounting.to_dict()["quarantined_by_rule"] == {"range": 4}

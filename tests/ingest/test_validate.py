@@ -279,3 +279,65 @@ def test_every_row_is_accounted_for(tmp_path_factory, n, bad, group):
         assert q.schema.names[-len(META_FIELDS) :] == [f.name for f in META_FIELDS]
     else:
         assert result.quarantine is None and not qpath.exists()
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "kept"),
+    [
+        (0.5, None, [1, 5, 10]),  # not truncated to 0
+        (None, 9.5, [0, 1, 5]),  # not truncated to 9 either way
+        (None, 1e19, [0, 1, 5, 10]),  # beyond int64: no wrap-around, nothing above it
+        (-1e19, None, [0, 1, 5, 10]),
+        (1e19, None, []),  # every int64 is below it
+        (None, -1e19, []),
+        (1.0, 5.0, [1, 5]),  # inclusive
+    ],
+)
+def test_integer_range_compares_numerically_in_validate_and_loader(lo, hi, kept, tmp_path):
+    """An int64 column against float bounds: the fast path, the row check and a full scan all
+    keep exactly the rows numerically within the bounds."""
+    from conveyor.ingest.loader import StreamLoader
+
+    path = tmp_path / "d.parquet"
+    ages = np.array([0, 1, 5, 10], dtype=np.int64)
+    pq.write_table(pa.table({"age": ages, "y": np.array([0, 1, 0, 1])}), path)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("age", min=lo, max=hi)]
+    )
+    acc, out, _ = scan(str(path), spec, tmp_path)
+    assert [r["age"] for r in out] == kept
+    assert acc.quarantined_by_rule == ({"range": 4 - len(kept)} if len(kept) < 4 else {})
+    loader = StreamLoader(str(path), spec, batch_size=8, prefetch=0)
+    assert [int(v) for b in loader for v in b.features[:, 0].tolist()] == kept
+    assert loader.epoch_accounting[0].rows_quarantined == 4 - len(kept)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 10.0), (None, None)])
+def test_binary_column_of_the_wrong_type_is_a_source_error_before_any_row(bounds, tmp_path):
+    """A numeric feature stored as strings in Parquet, or a vocabulary that is not of its IPC
+    column's type: validation and the loader both stop at once with a SourceError naming the
+    file, the column and the types, rather than comparing strings or crashing mid-stream."""
+    import pyarrow.feather as feather
+
+    from conveyor.ingest.loader import StreamLoader
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": ["1.5", "2.5", "abc", "4"], "y": [0, 1, 0, 1]}), path)
+    lo, hi = bounds
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x", min=lo, max=hi)]
+    )
+    message = f"{path}: column 'x' is string, but the spec reads it as a number"
+    with pytest.raises(SourceError, match=message):
+        run_scan(Source(str(path)), spec, quarantine_path=tmp_path / "q.parquet")
+    with pytest.raises(SourceError, match=message):
+        StreamLoader(str(path), spec, batch_size=8, prefetch=0)
+    assert not (tmp_path / "q.parquet").exists()
+
+    ipc = tmp_path / "c.arrow"
+    feather.write_feather(pa.table({"c": [1, 2], "y": [0, 1]}), ipc)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]), categorical=[CategoricalFeature("c", ["a", "b"])]
+    )
+    with pytest.raises(SourceError, match=r"column 'c' is int64, but the spec's values .* str"):
+        StreamLoader(str(ipc), spec, batch_size=8, prefetch=0)

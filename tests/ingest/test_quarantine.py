@@ -1,0 +1,64 @@
+"""The quarantine file keeps every value when later tables' types differ from the first's."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conveyor.ingest.quarantine import QuarantineWriter
+from conveyor.ingest.scan import run_scan
+from conveyor.ingest.source import Source
+from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+
+
+def rows(**cols) -> pa.Table:
+    n = len(next(iter(cols.values())))
+    return pa.table({**cols, "_file": ["f"] * n})
+
+
+def test_a_column_that_does_not_cast_is_widened_and_earlier_rows_rewritten(tmp_path):
+    path = tmp_path / "q.parquet"
+    with QuarantineWriter(path) as writer:
+        writer.write_table(rows(x=[1.0, 2.5], n=pa.nulls(2), k=[1, 2], nest=[[1], [2, 3]]))
+        writer.write_table(rows(x=["oops", "3.0"], n=[7, 8], k=[3.0, 4.0], nest=["a", None]))
+        writer.write_table(rows(x=[4.0], n=[9], k=[5.5], nest=[[4]], extra=["e"]))
+    table = pq.read_table(path)
+    assert writer.rows == 5 and table.num_rows == 5
+    assert table.column_names == ["x", "n", "k", "nest", "extra", "_file"]
+    got = table.to_pydict()
+    assert got["x"] == ["1", "2.5", "oops", "3.0", "4"]  # text stays text; floats as text
+    assert got["n"] == [None, None, 7, 8, 9]  # an all-null column takes the later type
+    assert table.schema.field("n").type == pa.int64()
+    assert got["k"] == ["1", "2", "3", "4", "5.5"]  # 3.0 fit int64; 5.5 did not
+    assert [json.loads(v) if v and v[0] == "[" else v for v in got["nest"]] == [
+        [1],
+        [2, 3],
+        "a",
+        None,
+        [4],
+    ]
+    assert got["extra"] == [None] * 4 + ["e"]
+    assert not list(tmp_path.glob("*.widening"))
+
+
+def test_validate_keeps_json_rows_read_typed_and_as_text(tmp_path):
+    """a.jsonl reads typed; b.jsonl has a broken line, so it is re-read line by line as text:
+    the quarantine file holds every quarantined row's values (no column nulled)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"x": 1.0, "y": 0}\n{"x": 2.0, "y": null}\n')
+    (data / "b.jsonl").write_text(
+        '{"x": 3.0, "y": 1}\n{"x": "oops", "y": 0}\n{"x": 7.25, "y": 5}\n{"x": 4.0,\n'
+    )
+    spec = FeatureSpec(label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x")])
+    source = Source(str(data), types=spec.declared_types())
+    result = run_scan(source, spec, quarantine_path=tmp_path / "q.parquet")
+    assert result.accounting.rows_quarantined == 4
+    q = pq.read_table(tmp_path / "q.parquet").to_pylist()
+    kept = {(r["_rule"], r["x"], r["y"]) for r in q}
+    assert kept == {
+        ("null", "2", None),
+        ("parse", None, None),
+        ("type", "oops", "0"),
+        ("unseen_class", "7.25", "5"),
+    }
