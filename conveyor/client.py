@@ -17,8 +17,10 @@ Inputs may be a dict of arrays keyed by tensor name, a list of arrays in the
 model's input order, a single array for a one-input model, or a table of
 columns (dict of columns, pandas DataFrame, pyarrow Table): then each input
 tensor is built from the column of its name or from the feature columns the
-model metadata lists for it (``columns``). Values are cast to the model's
-datatypes. Outputs come back as a dict of numpy arrays.
+model metadata lists for it (``columns``). Values are converted to the model's
+datatypes by :func:`conveyor.casting.cast` (BYTES: strings as they are, other
+categorical values as the trainer's vocabulary keys; nulls are refused). Outputs
+come back as a dict of numpy arrays.
 
 One channel per client, reused for every call. ``timeout`` (seconds) sets the
 gRPC deadline; calls answered UNAVAILABLE are retried with exponential backoff
@@ -41,9 +43,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from conveyor.casting import cast
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
-from conveyor.engine.tensors import NUMPY_DTYPES, from_raw, from_typed, to_raw
+from conveyor.engine.tensors import from_raw, from_typed, to_raw
 
 __all__ = [
     "AsyncClient",
@@ -197,14 +200,11 @@ def _columns(table: Any) -> dict[str, Any] | None:
 
 
 def _cast(values: Any, tensor: TensorInfo) -> np.ndarray:
-    if tensor.datatype == "BYTES":
-        array = np.asarray(values, dtype=object)
-    else:
-        try:
-            array = np.asarray(values, dtype=NUMPY_DTYPES[tensor.datatype])
-        except (TypeError, ValueError) as exc:
-            msg = f"input {tensor.name!r}: cannot convert to {tensor.datatype}: {exc}"
-            raise ValueError(msg) from None
+    return _batched(cast(values, tensor.datatype, f"input {tensor.name!r}"), tensor)
+
+
+def _batched(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """``array`` with the batch dimension the tensor's shape has, if it lacks it."""
     inner = tensor.shape[1:]
     if array.ndim == len(inner):  # a single column for a [batch, 1] tensor, or one row
         if len(inner) == 1 and inner[0] == 1 and array.ndim == 1:
@@ -212,6 +212,19 @@ def _cast(values: Any, tensor: TensorInfo) -> np.ndarray:
         else:
             array = array[np.newaxis, ...]
     return array
+
+
+def _stack_columns(columns: Mapping[str, Any], tensor: TensorInfo) -> np.ndarray:
+    """The tensor's feature columns side by side, each converted on its own first: stacking
+    raw columns would promote them to one common type (ints next to strings become the
+    strings ``"7"``, bools ``"True"``), and a bad value could not be traced to its column."""
+    return np.stack(
+        [
+            cast(columns[c], tensor.datatype, f"input {tensor.name!r}, column {c!r}")
+            for c in tensor.columns
+        ],
+        axis=1,
+    )
 
 
 def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndarray]]:
@@ -244,8 +257,7 @@ def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndar
             missing = [c for c in spec.columns if c not in columns]
             if missing:
                 raise ValueError(f"input {spec.name!r}: missing columns {missing}")
-            stacked = np.stack([np.asarray(columns[c]) for c in spec.columns], axis=1)
-            out.append((spec, _cast(stacked, spec)))
+            out.append((spec, _batched(_stack_columns(columns, spec), spec)))
             continue
         raise ValueError(
             f"input {spec.name!r}: no column of that name"
