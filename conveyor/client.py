@@ -364,6 +364,17 @@ def _settings(
     max_message_bytes: int,
     options: Iterable[tuple[str, Any]],
 ) -> _Settings:
+    if bool(private_key) != bool(certificate_chain):
+        # gRPC core aborts the whole process (SIGABRT) on a key without its certificate
+        given, missing = (
+            ("private_key", "certificate_chain")
+            if private_key
+            else ("certificate_chain", "private_key")
+        )
+        raise ValueError(
+            f"{given} given without {missing}: for mutual TLS the client key and its "
+            "certificate chain go together (pass both, or neither)"
+        )
     credentials = None
     if tls or root_certificates or private_key or certificate_chain:
         credentials = grpc.ssl_channel_credentials(
@@ -470,7 +481,8 @@ class Client(_Common):
             capped at ``max_backoff`` (default 1.0).
         tls: use TLS with the system roots; implied by any of the PEM options.
         root_certificates, private_key, certificate_chain: PEM bytes or file paths
-            (server CA; client key and certificate for mutual TLS).
+            (server CA; client key and certificate for mutual TLS: the last two go
+            together, and one without the other is a ValueError).
         token: sent as ``authorization: Bearer <token>`` on every call.
         max_message_bytes: largest message sent or received (default 64 MiB).
         options: extra gRPC channel options.

@@ -251,6 +251,18 @@ def test_tls(repo: Path, tmp_path: Path) -> None:
             plain.is_server_live()
 
 
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [("private_key", "certificate_chain"), ("certificate_chain", "private_key")],
+)
+def test_half_a_client_key_pair_is_a_value_error(given: str, missing: str) -> None:
+    # gRPC core would abort the process at connect time; the client refuses it up front
+    with pytest.raises(ValueError, match=f"{given} given without {missing}"):
+        Client("127.0.0.1:1", root_certificates=b"ca", **{given: b"pem"})
+    with pytest.raises(ValueError, match=f"{given} given without {missing}"):
+        AsyncClient("127.0.0.1:1", **{given: b"pem"})
+
+
 def test_bytes_outputs(tmp_path: Path) -> None:
     from models import LABELER_IO, Labeler
 
