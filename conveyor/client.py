@@ -584,20 +584,29 @@ class Client(_Common):
         priority: int = 0,
     ) -> Iterator[InferResult]:
         """Send each item of ``batches`` on one ModelStreamInfer stream; yields an
-        :class:`InferResult` per request as answers arrive (errors do not end the stream)."""
+        :class:`InferResult` per request as answers arrive (errors do not end the stream).
+
+        Stopping early (``break``, closing the generator) cancels the stream: no more
+        of ``batches`` is read or sent."""
         info = self.model_metadata(model, version, timeout=timeout)
         requests = (
             make_request(info, inputs, version=version, priority=priority) for inputs in batches
         )
+        call = self._stub.ModelStreamInfer(
+            requests,
+            timeout=self._remaining(self._deadline(timeout)),
+            metadata=self._settings.metadata or None,
+        )
         try:
-            for item in self._stub.ModelStreamInfer(
-                requests,
-                timeout=self._remaining(self._deadline(timeout)),
-                metadata=self._settings.metadata or None,
-            ):
+            for item in call:
                 yield _stream_result(item)
         except grpc.RpcError as exc:
             raise _from_rpc(exc) from None
+        finally:
+            # A caller that stops iterating (break, close) ends the stream: otherwise gRPC
+            # goes on consuming ``batches`` and the server on running them. A no-op once
+            # the stream has ended.
+            call.cancel()
 
     # repository and statistics
     def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
@@ -745,6 +754,8 @@ class AsyncClient(_Common):
                 yield _stream_result(item)
         except grpc.RpcError as exc:
             raise _from_rpc(exc) from None
+        finally:
+            call.cancel()  # see Client.stream_infer: a caller that stops ends the stream
 
     async def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
         request = pb.RepositoryIndexRequest(ready=ready)

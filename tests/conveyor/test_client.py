@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -134,6 +135,44 @@ def test_async_client(server: Server) -> None:
             assert all(r.outputs is not None for r in got)
             with pytest.raises(NotFoundError):
                 await client.infer("nope", np.zeros((1, 4)))
+
+    asyncio.run(main())
+
+
+def test_stopping_a_stream_early_cancels_it(server: Server) -> None:
+    """After break + close, no more batches are read (the stream used to go on to the end)."""
+    produced = {"sync": 0, "async": 0}
+
+    def batches() -> Iterator[np.ndarray]:
+        for _ in range(400):  # bounded: 400 * 2 ms if the stream were never cancelled
+            produced["sync"] += 1
+            time.sleep(0.002)
+            yield np.ones((1, 4))
+
+    async def async_batches() -> AsyncIterator[np.ndarray]:
+        for _ in range(400):
+            produced["async"] += 1
+            await asyncio.sleep(0.002)
+            yield np.ones((1, 4))
+
+    with Client(server.address) as client:
+        results = client.stream_infer("affine", batches())
+        assert next(results).error is None
+        results.close()
+        stopped_at = produced["sync"]
+        time.sleep(0.3)
+        assert produced["sync"] <= stopped_at + 1
+
+    async def main() -> None:
+        async with AsyncClient(server.address) as client:
+            results = client.stream_infer("affine", async_batches())
+            async for result in results:
+                assert result.error is None
+                break
+            await results.aclose()
+            stopped_at = produced["async"]
+            await asyncio.sleep(0.3)
+            assert produced["async"] <= stopped_at + 1
 
     asyncio.run(main())
 
