@@ -587,13 +587,24 @@ class Client(_Common):
         :class:`InferResult` per request as answers arrive (errors do not end the stream).
 
         Stopping early (``break``, closing the generator) cancels the stream: no more
-        of ``batches`` is read or sent."""
+        of ``batches`` is read or sent. A batch that cannot be converted (a
+        ValueError naming the input and column), or an exception raised by
+        ``batches`` itself, ends the stream there: the answers to the batches before
+        it are still yielded, then that exception is raised to the caller."""
         info = self.model_metadata(model, version, timeout=timeout)
-        requests = (
-            make_request(info, inputs, version=version, priority=priority) for inputs in batches
-        )
+        failed: list[Exception] = []
+
+        def requests() -> Iterator[pb.ModelInferRequest]:
+            # gRPC reads this in its own thread and would turn an exception into
+            # "UNKNOWN: Exception iterating requests!": keep it for the caller instead.
+            try:
+                for inputs in batches:
+                    yield make_request(info, inputs, version=version, priority=priority)
+            except Exception as exc:
+                failed.append(exc)
+
         call = self._stub.ModelStreamInfer(
-            requests,
+            requests(),
             timeout=self._remaining(self._deadline(timeout)),
             metadata=self._settings.metadata or None,
         )
@@ -601,12 +612,16 @@ class Client(_Common):
             for item in call:
                 yield _stream_result(item)
         except grpc.RpcError as exc:
+            if failed:
+                raise failed[0] from None
             raise _from_rpc(exc) from None
         finally:
             # A caller that stops iterating (break, close) ends the stream: otherwise gRPC
             # goes on consuming ``batches`` and the server on running them. A no-op once
             # the stream has ended.
             call.cancel()
+        if failed:
+            raise failed[0]
 
     # repository and statistics
     def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
@@ -735,14 +750,20 @@ class AsyncClient(_Common):
     ) -> AsyncIterator[InferResult]:
         """See :meth:`Client.stream_infer`."""
         info = await self.model_metadata(model, version, timeout=timeout)
+        failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.ModelInferRequest]:
-            if isinstance(batches, AsyncIterable):
-                async for inputs in batches:
-                    yield make_request(info, inputs, version=version, priority=priority)
-            else:
-                for inputs in batches:
-                    yield make_request(info, inputs, version=version, priority=priority)
+            # grpc.aio reads this in its own task and would cancel the call on an
+            # exception (the caller saw a bare CancelledError): keep it for the caller.
+            try:
+                if isinstance(batches, AsyncIterable):
+                    async for inputs in batches:
+                        yield make_request(info, inputs, version=version, priority=priority)
+                else:
+                    for inputs in batches:
+                        yield make_request(info, inputs, version=version, priority=priority)
+            except Exception as exc:
+                failed.append(exc)
 
         call = self._stub.ModelStreamInfer(
             requests(),
@@ -753,9 +774,13 @@ class AsyncClient(_Common):
             async for item in call:
                 yield _stream_result(item)
         except grpc.RpcError as exc:
+            if failed:
+                raise failed[0] from None
             raise _from_rpc(exc) from None
         finally:
             call.cancel()  # see Client.stream_infer: a caller that stops ends the stream
+        if failed:
+            raise failed[0]
 
     async def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
         request = pb.RepositoryIndexRequest(ready=ready)

@@ -23,6 +23,7 @@ from conveyor.client import (
     AsyncClient,
     Client,
     DeadlineExceededError,
+    InferResult,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -135,6 +136,27 @@ def test_async_client(server: Server) -> None:
             assert all(r.outputs is not None for r in got)
             with pytest.raises(NotFoundError):
                 await client.infer("nope", np.zeros((1, 4)))
+
+    asyncio.run(main())
+
+
+def test_a_bad_batch_in_a_stream_raises_its_own_error(server: Server) -> None:
+    """The caller gets the conversion error (it got UNKNOWN / a bare CancelledError)."""
+    bad = {k: v for k, v in ROWS.items() if k != "c"}
+    got: list[InferResult] = []
+    missing = pytest.raises(ValueError, match=r"'x': missing columns \['c'\]")
+    with Client(server.address, timeout=10) as client, missing:
+        for result in client.stream_infer("vocab", [ROWS, bad, ROWS]):
+            got.append(result)
+    assert [r.error for r in got] == [None]  # the batch before it was still answered
+
+    async def main() -> None:
+        async with AsyncClient(server.address, timeout=10) as client:
+            got.clear()
+            with pytest.raises(ValueError, match=r"'x': missing columns \['c'\]"):
+                async for result in client.stream_infer("vocab", [ROWS, bad, ROWS]):
+                    got.append(result)
+            assert [r.error for r in got] == [None]
 
     asyncio.run(main())
 
