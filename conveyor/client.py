@@ -22,10 +22,12 @@ datatypes by :func:`conveyor.casting.cast` (BYTES: strings as they are, other
 categorical values as the trainer's vocabulary keys; nulls are refused). Outputs
 come back as a dict of numpy arrays.
 
-One channel per client, reused for every call. ``timeout`` (seconds) sets the
-gRPC deadline; calls answered UNAVAILABLE are retried with exponential backoff
-(``retries`` times, never past the deadline); every other failure raises an
-:class:`InferenceServerError` subclass carrying the gRPC status code.
+One channel per client, reused for every call. ``timeout`` (seconds) sets one
+deadline per method call, however many gRPC calls it makes (``infer`` looks up
+the model's metadata first); calls answered UNAVAILABLE are retried with
+exponential backoff (``retries`` times, never past the deadline); every other
+failure raises an :class:`InferenceServerError` subclass carrying the gRPC
+status code.
 """
 
 from __future__ import annotations
@@ -475,7 +477,9 @@ class Client(_Common):
 
     Args:
         address: ``host:port``.
-        timeout: default deadline per call in seconds (default None: no deadline).
+        timeout: default deadline per call in seconds (default None: no deadline); one
+            deadline covers the whole method call, retries and backoff included (for
+            ``infer``, also its model-metadata lookup).
         retries: retries for UNAVAILABLE (default 3); other errors are raised at once.
         backoff: first retry's maximum wait in seconds, doubled each retry (default 0.05),
             capped at ``max_backoff`` (default 1.0).
@@ -499,8 +503,8 @@ class Client(_Common):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        deadline = self._deadline(timeout)
+    def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
+        """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
         attempt = 0
         while True:
             try:
@@ -518,27 +522,38 @@ class Client(_Common):
 
     # health and metadata
     def is_server_live(self, timeout: float | None = None) -> bool:
-        return self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live
+        return self._call(
+            self._stub.ServerLive, pb.ServerLiveRequest(), self._deadline(timeout)
+        ).live
 
     def is_server_ready(self, timeout: float | None = None) -> bool:
-        return self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready
+        return self._call(
+            self._stub.ServerReady, pb.ServerReadyRequest(), self._deadline(timeout)
+        ).ready
 
     def is_model_ready(self, model: str, version: str = "", timeout: float | None = None) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        return self._call(self._stub.ModelReady, request, timeout).ready
+        return self._call(self._stub.ModelReady, request, self._deadline(timeout)).ready
 
     def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
-        return self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout)
+        return self._call(
+            self._stub.ServerMetadata, pb.ServerMetadataRequest(), self._deadline(timeout)
+        )
 
     def model_metadata(
         self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
     ) -> ModelInfo:
         """The model's inputs and outputs (cached per client; ``refresh`` re-reads it)."""
+        return self._model_info(model, version, refresh, self._deadline(timeout))
+
+    def _model_info(
+        self, model: str, version: str, refresh: bool, deadline: float | None
+    ) -> ModelInfo:
         key = (model, version)
         if refresh or key not in self._info:
             request = pb.ModelMetadataRequest(name=model, version=version)
             self._info[key] = ModelInfo.from_proto(
-                self._call(self._stub.ModelMetadata, request, timeout)
+                self._call(self._stub.ModelMetadata, request, deadline)
             )
         return self._info[key]
 
@@ -560,10 +575,14 @@ class Client(_Common):
 
         ``priority``: 1 = highest, 0 = the model's default. ``queue_timeout``:
         seconds the request may wait in the server's queue (the ``timeout``
-        request parameter); ``timeout`` is the whole call's deadline.
+        request parameter). ``timeout`` (seconds; default the client's) is one
+        deadline for the whole call: the model-metadata lookup (the first call per
+        model), the ModelInfer call, every UNAVAILABLE retry of either and the
+        backoff waits between them all end by it; each call gets what is left.
         """
+        deadline = self._deadline(timeout)
         request = make_request(
-            self.model_metadata(model, version, timeout=timeout),
+            self._model_info(model, version, False, deadline),
             inputs,
             version=version,
             outputs=outputs,
@@ -572,7 +591,7 @@ class Client(_Common):
             queue_timeout=queue_timeout,
             parameters=parameters,
         )
-        return parse_response(self._call(self._stub.ModelInfer, request, timeout))
+        return parse_response(self._call(self._stub.ModelInfer, request, deadline))
 
     def stream_infer(
         self,
@@ -587,11 +606,13 @@ class Client(_Common):
         :class:`InferResult` per request as answers arrive (errors do not end the stream).
 
         Stopping early (``break``, closing the generator) cancels the stream: no more
-        of ``batches`` is read or sent. A batch that cannot be converted (a
+        of ``batches`` is read or sent. ``timeout`` (seconds) is one deadline for
+        the metadata lookup and the whole stream. A batch that cannot be converted (a
         ValueError naming the input and column), or an exception raised by
         ``batches`` itself, ends the stream there: the answers to the batches before
         it are still yielded, then that exception is raised to the caller."""
-        info = self.model_metadata(model, version, timeout=timeout)
+        deadline = self._deadline(timeout)
+        info = self._model_info(model, version, False, deadline)
         failed: list[Exception] = []
 
         def requests() -> Iterator[pb.ModelInferRequest]:
@@ -605,7 +626,7 @@ class Client(_Common):
 
         call = self._stub.ModelStreamInfer(
             requests(),
-            timeout=self._remaining(self._deadline(timeout)),
+            timeout=self._remaining(deadline),
             metadata=self._settings.metadata or None,
         )
         try:
@@ -626,23 +647,25 @@ class Client(_Common):
     # repository and statistics
     def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
         request = pb.RepositoryIndexRequest(ready=ready)
-        return list(self._call(self._stub.RepositoryIndex, request, timeout).models)
+        return list(self._call(self._stub.RepositoryIndex, request, self._deadline(timeout)).models)
 
     def load_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelLoadRequest(model_name=model)
-        self._call(self._stub.RepositoryModelLoad, request, timeout)
+        self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     def unload_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelUnloadRequest(model_name=model)
-        self._call(self._stub.RepositoryModelUnload, request, timeout)
+        self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
     def model_statistics(
         self, model: str = "", version: str = "", timeout: float | None = None
     ) -> Any:
         request = pb.ModelStatisticsRequest(name=model, version=version)
-        return list(self._call(self._stub.ModelStatistics, request, timeout).model_stats)
+        return list(
+            self._call(self._stub.ModelStatistics, request, self._deadline(timeout)).model_stats
+        )
 
 
 def _stream_result(item: pb.ModelStreamInferResponse) -> InferResult:
@@ -673,8 +696,8 @@ class AsyncClient(_Common):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        deadline = self._deadline(timeout)
+    async def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
+        """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
         attempt = 0
         while True:
             try:
@@ -691,25 +714,37 @@ class AsyncClient(_Common):
                 attempt += 1
 
     async def is_server_live(self, timeout: float | None = None) -> bool:
-        return (await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live
+        return (
+            await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), self._deadline(timeout))
+        ).live
 
     async def is_server_ready(self, timeout: float | None = None) -> bool:
-        return (await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout)).ready
+        return (
+            await self._call(
+                self._stub.ServerReady, pb.ServerReadyRequest(), self._deadline(timeout)
+            )
+        ).ready
 
     async def is_model_ready(
         self, model: str, version: str = "", timeout: float | None = None
     ) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        return (await self._call(self._stub.ModelReady, request, timeout)).ready
+        return (await self._call(self._stub.ModelReady, request, self._deadline(timeout))).ready
 
     async def model_metadata(
         self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
+    ) -> ModelInfo:
+        """See :meth:`Client.model_metadata`."""
+        return await self._model_info(model, version, refresh, self._deadline(timeout))
+
+    async def _model_info(
+        self, model: str, version: str, refresh: bool, deadline: float | None
     ) -> ModelInfo:
         key = (model, version)
         if refresh or key not in self._info:
             request = pb.ModelMetadataRequest(name=model, version=version)
             self._info[key] = ModelInfo.from_proto(
-                await self._call(self._stub.ModelMetadata, request, timeout)
+                await self._call(self._stub.ModelMetadata, request, deadline)
             )
         return self._info[key]
 
@@ -727,8 +762,9 @@ class AsyncClient(_Common):
         parameters: Mapping[str, bool | int | float | str] | None = None,
     ) -> dict[str, np.ndarray]:
         """See :meth:`Client.infer`."""
+        deadline = self._deadline(timeout)
         request = make_request(
-            await self.model_metadata(model, version, timeout=timeout),
+            await self._model_info(model, version, False, deadline),
             inputs,
             version=version,
             outputs=outputs,
@@ -737,7 +773,7 @@ class AsyncClient(_Common):
             queue_timeout=queue_timeout,
             parameters=parameters,
         )
-        return parse_response(await self._call(self._stub.ModelInfer, request, timeout))
+        return parse_response(await self._call(self._stub.ModelInfer, request, deadline))
 
     async def stream_infer(
         self,
@@ -749,7 +785,8 @@ class AsyncClient(_Common):
         priority: int = 0,
     ) -> AsyncIterator[InferResult]:
         """See :meth:`Client.stream_infer`."""
-        info = await self.model_metadata(model, version, timeout=timeout)
+        deadline = self._deadline(timeout)
+        info = await self._model_info(model, version, False, deadline)
         failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.ModelInferRequest]:
@@ -767,7 +804,7 @@ class AsyncClient(_Common):
 
         call = self._stub.ModelStreamInfer(
             requests(),
-            timeout=self._remaining(self._deadline(timeout)),
+            timeout=self._remaining(deadline),
             metadata=self._settings.metadata or None,
         )
         try:
@@ -784,20 +821,26 @@ class AsyncClient(_Common):
 
     async def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
         request = pb.RepositoryIndexRequest(ready=ready)
-        return list((await self._call(self._stub.RepositoryIndex, request, timeout)).models)
+        return list(
+            (await self._call(self._stub.RepositoryIndex, request, self._deadline(timeout))).models
+        )
 
     async def load_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelLoadRequest(model_name=model)
-        await self._call(self._stub.RepositoryModelLoad, request, timeout)
+        await self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     async def unload_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelUnloadRequest(model_name=model)
-        await self._call(self._stub.RepositoryModelUnload, request, timeout)
+        await self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
     async def model_statistics(
         self, model: str = "", version: str = "", timeout: float | None = None
     ) -> Any:
         request = pb.ModelStatisticsRequest(name=model, version=version)
-        return list((await self._call(self._stub.ModelStatistics, request, timeout)).model_stats)
+        return list(
+            (
+                await self._call(self._stub.ModelStatistics, request, self._deadline(timeout))
+            ).model_stats
+        )

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -261,6 +262,49 @@ def test_deadline(flaky: tuple[Flaky, str]) -> None:
     _, address = flaky
     with Client(address, timeout=0.2) as client, pytest.raises(DeadlineExceededError):
         client.is_server_ready()
+
+
+class SlowMetadata(pb_grpc.GRPCInferenceServiceServicer):
+    """Metadata takes ``delay`` seconds; ModelInfer fails UNAVAILABLE once, then echoes."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.remaining: list[float] = []  # the deadline each ModelInfer attempt arrived with
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        time.sleep(self.delay)
+        tensor = pb.ModelMetadataResponse.TensorMetadata(name="x", datatype="FP32", shape=[-1, 1])
+        return pb.ModelMetadataResponse(name=request.name, inputs=[tensor], outputs=[tensor])
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.remaining.append(context.time_remaining())
+        if len(self.remaining) % 2:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+        out = pb.ModelInferResponse.InferOutputTensor(name="x", datatype="FP32", shape=[1, 1])
+        return pb.ModelInferResponse(outputs=[out], raw_output_contents=request.raw_input_contents)
+
+
+def test_one_deadline_covers_metadata_infer_and_retries() -> None:
+    """infer(timeout=T) gave the metadata lookup T and then ModelInfer a fresh T each."""
+    servicer = SlowMetadata(delay=0.3)
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        with Client(address, retries=1, backoff=0.01) as client:
+            assert client.infer("m", np.ones((1, 1)), timeout=2.0)["x"].tolist() == [[1.0]]
+
+        async def main() -> None:
+            async with AsyncClient(address, timeout=2.0, retries=1, backoff=0.01) as client:
+                assert (await client.infer("m", np.ones((1, 1))))["x"].tolist() == [[1.0]]
+
+        asyncio.run(main())
+    finally:
+        server.stop(0)
+    # Every attempt, the retry included, had at most what the metadata lookup left.
+    assert len(servicer.remaining) == 4
+    assert all(r <= 2.0 - 0.25 for r in servicer.remaining), servicer.remaining
 
 
 def test_bearer_token_is_required_when_the_server_sets_one(repo: Path) -> None:
