@@ -17,13 +17,17 @@ Inputs may be a dict of arrays keyed by tensor name, a list of arrays in the
 model's input order, a single array for a one-input model, or a table of
 columns (dict of columns, pandas DataFrame, pyarrow Table): then each input
 tensor is built from the column of its name or from the feature columns the
-model metadata lists for it (``columns``). Values are cast to the model's
-datatypes. Outputs come back as a dict of numpy arrays.
+model metadata lists for it (``columns``). Values are converted to the model's
+datatypes by :func:`conveyor.casting.cast` (BYTES: strings as they are, other
+categorical values as the trainer's vocabulary keys; nulls are refused). Outputs
+come back as a dict of numpy arrays.
 
-One channel per client, reused for every call. ``timeout`` (seconds) sets the
-gRPC deadline; calls answered UNAVAILABLE are retried with exponential backoff
-(``retries`` times, never past the deadline); every other failure raises an
-:class:`InferenceServerError` subclass carrying the gRPC status code.
+One channel per client, reused for every call. ``timeout`` (seconds) sets one
+deadline per method call, however many gRPC calls it makes (``infer`` looks up
+the model's metadata first); calls answered UNAVAILABLE are retried with
+exponential backoff (``retries`` times, never past the deadline); every other
+failure raises an :class:`InferenceServerError` subclass carrying the gRPC
+status code.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from conveyor.casting import cast
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
-from conveyor.engine.tensors import NUMPY_DTYPES, from_raw, from_typed, to_raw
+from conveyor.engine.tensors import from_raw, from_typed, to_raw
 
 __all__ = [
     "AsyncClient",
@@ -197,14 +202,11 @@ def _columns(table: Any) -> dict[str, Any] | None:
 
 
 def _cast(values: Any, tensor: TensorInfo) -> np.ndarray:
-    if tensor.datatype == "BYTES":
-        array = np.asarray(values, dtype=object)
-    else:
-        try:
-            array = np.asarray(values, dtype=NUMPY_DTYPES[tensor.datatype])
-        except (TypeError, ValueError) as exc:
-            msg = f"input {tensor.name!r}: cannot convert to {tensor.datatype}: {exc}"
-            raise ValueError(msg) from None
+    return _batched(cast(values, tensor.datatype, f"input {tensor.name!r}"), tensor)
+
+
+def _batched(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """``array`` with the batch dimension the tensor's shape has, if it lacks it."""
     inner = tensor.shape[1:]
     if array.ndim == len(inner):  # a single column for a [batch, 1] tensor, or one row
         if len(inner) == 1 and inner[0] == 1 and array.ndim == 1:
@@ -212,6 +214,19 @@ def _cast(values: Any, tensor: TensorInfo) -> np.ndarray:
         else:
             array = array[np.newaxis, ...]
     return array
+
+
+def _stack_columns(columns: Mapping[str, Any], tensor: TensorInfo) -> np.ndarray:
+    """The tensor's feature columns side by side, each converted on its own first: stacking
+    raw columns would promote them to one common type (ints next to strings become the
+    strings ``"7"``, bools ``"True"``), and a bad value could not be traced to its column."""
+    return np.stack(
+        [
+            cast(columns[c], tensor.datatype, f"input {tensor.name!r}, column {c!r}")
+            for c in tensor.columns
+        ],
+        axis=1,
+    )
 
 
 def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndarray]]:
@@ -244,8 +259,7 @@ def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndar
             missing = [c for c in spec.columns if c not in columns]
             if missing:
                 raise ValueError(f"input {spec.name!r}: missing columns {missing}")
-            stacked = np.stack([np.asarray(columns[c]) for c in spec.columns], axis=1)
-            out.append((spec, _cast(stacked, spec)))
+            out.append((spec, _batched(_stack_columns(columns, spec), spec)))
             continue
         raise ValueError(
             f"input {spec.name!r}: no column of that name"
@@ -352,6 +366,17 @@ def _settings(
     max_message_bytes: int,
     options: Iterable[tuple[str, Any]],
 ) -> _Settings:
+    if bool(private_key) != bool(certificate_chain):
+        # gRPC core aborts the whole process (SIGABRT) on a key without its certificate
+        given, missing = (
+            ("private_key", "certificate_chain")
+            if private_key
+            else ("certificate_chain", "private_key")
+        )
+        raise ValueError(
+            f"{given} given without {missing}: for mutual TLS the client key and its "
+            "certificate chain go together (pass both, or neither)"
+        )
     credentials = None
     if tls or root_certificates or private_key or certificate_chain:
         credentials = grpc.ssl_channel_credentials(
@@ -452,13 +477,16 @@ class Client(_Common):
 
     Args:
         address: ``host:port``.
-        timeout: default deadline per call in seconds (default None: no deadline).
+        timeout: default deadline per call in seconds (default None: no deadline); one
+            deadline covers the whole method call, retries and backoff included (for
+            ``infer``, also its model-metadata lookup).
         retries: retries for UNAVAILABLE (default 3); other errors are raised at once.
         backoff: first retry's maximum wait in seconds, doubled each retry (default 0.05),
             capped at ``max_backoff`` (default 1.0).
         tls: use TLS with the system roots; implied by any of the PEM options.
         root_certificates, private_key, certificate_chain: PEM bytes or file paths
-            (server CA; client key and certificate for mutual TLS).
+            (server CA; client key and certificate for mutual TLS: the last two go
+            together, and one without the other is a ValueError).
         token: sent as ``authorization: Bearer <token>`` on every call.
         max_message_bytes: largest message sent or received (default 64 MiB).
         options: extra gRPC channel options.
@@ -475,8 +503,8 @@ class Client(_Common):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        deadline = self._deadline(timeout)
+    def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
+        """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
         attempt = 0
         while True:
             try:
@@ -494,27 +522,38 @@ class Client(_Common):
 
     # health and metadata
     def is_server_live(self, timeout: float | None = None) -> bool:
-        return self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live
+        return self._call(
+            self._stub.ServerLive, pb.ServerLiveRequest(), self._deadline(timeout)
+        ).live
 
     def is_server_ready(self, timeout: float | None = None) -> bool:
-        return self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready
+        return self._call(
+            self._stub.ServerReady, pb.ServerReadyRequest(), self._deadline(timeout)
+        ).ready
 
     def is_model_ready(self, model: str, version: str = "", timeout: float | None = None) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        return self._call(self._stub.ModelReady, request, timeout).ready
+        return self._call(self._stub.ModelReady, request, self._deadline(timeout)).ready
 
     def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
-        return self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout)
+        return self._call(
+            self._stub.ServerMetadata, pb.ServerMetadataRequest(), self._deadline(timeout)
+        )
 
     def model_metadata(
         self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
     ) -> ModelInfo:
         """The model's inputs and outputs (cached per client; ``refresh`` re-reads it)."""
+        return self._model_info(model, version, refresh, self._deadline(timeout))
+
+    def _model_info(
+        self, model: str, version: str, refresh: bool, deadline: float | None
+    ) -> ModelInfo:
         key = (model, version)
         if refresh or key not in self._info:
             request = pb.ModelMetadataRequest(name=model, version=version)
             self._info[key] = ModelInfo.from_proto(
-                self._call(self._stub.ModelMetadata, request, timeout)
+                self._call(self._stub.ModelMetadata, request, deadline)
             )
         return self._info[key]
 
@@ -536,10 +575,14 @@ class Client(_Common):
 
         ``priority``: 1 = highest, 0 = the model's default. ``queue_timeout``:
         seconds the request may wait in the server's queue (the ``timeout``
-        request parameter); ``timeout`` is the whole call's deadline.
+        request parameter). ``timeout`` (seconds; default the client's) is one
+        deadline for the whole call: the model-metadata lookup (the first call per
+        model), the ModelInfer call, every UNAVAILABLE retry of either and the
+        backoff waits between them all end by it; each call gets what is left.
         """
+        deadline = self._deadline(timeout)
         request = make_request(
-            self.model_metadata(model, version, timeout=timeout),
+            self._model_info(model, version, False, deadline),
             inputs,
             version=version,
             outputs=outputs,
@@ -548,7 +591,7 @@ class Client(_Common):
             queue_timeout=queue_timeout,
             parameters=parameters,
         )
-        return parse_response(self._call(self._stub.ModelInfer, request, timeout))
+        return parse_response(self._call(self._stub.ModelInfer, request, deadline))
 
     def stream_infer(
         self,
@@ -560,41 +603,69 @@ class Client(_Common):
         priority: int = 0,
     ) -> Iterator[InferResult]:
         """Send each item of ``batches`` on one ModelStreamInfer stream; yields an
-        :class:`InferResult` per request as answers arrive (errors do not end the stream)."""
-        info = self.model_metadata(model, version, timeout=timeout)
-        requests = (
-            make_request(info, inputs, version=version, priority=priority) for inputs in batches
+        :class:`InferResult` per request as answers arrive (errors do not end the stream).
+
+        Stopping early (``break``, closing the generator) cancels the stream: no more
+        of ``batches`` is read or sent. ``timeout`` (seconds) is one deadline for
+        the metadata lookup and the whole stream. A batch that cannot be converted (a
+        ValueError naming the input and column), or an exception raised by
+        ``batches`` itself, ends the stream there: the answers to the batches before
+        it are still yielded, then that exception is raised to the caller."""
+        deadline = self._deadline(timeout)
+        info = self._model_info(model, version, False, deadline)
+        failed: list[Exception] = []
+
+        def requests() -> Iterator[pb.ModelInferRequest]:
+            # gRPC reads this in its own thread and would turn an exception into
+            # "UNKNOWN: Exception iterating requests!": keep it for the caller instead.
+            try:
+                for inputs in batches:
+                    yield make_request(info, inputs, version=version, priority=priority)
+            except Exception as exc:
+                failed.append(exc)
+
+        call = self._stub.ModelStreamInfer(
+            requests(),
+            timeout=self._remaining(deadline),
+            metadata=self._settings.metadata or None,
         )
         try:
-            for item in self._stub.ModelStreamInfer(
-                requests,
-                timeout=self._remaining(self._deadline(timeout)),
-                metadata=self._settings.metadata or None,
-            ):
+            for item in call:
                 yield _stream_result(item)
         except grpc.RpcError as exc:
+            if failed:
+                raise failed[0] from None
             raise _from_rpc(exc) from None
+        finally:
+            # A caller that stops iterating (break, close) ends the stream: otherwise gRPC
+            # goes on consuming ``batches`` and the server on running them. A no-op once
+            # the stream has ended.
+            call.cancel()
+        if failed:
+            raise failed[0]
 
     # repository and statistics
     def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
         request = pb.RepositoryIndexRequest(ready=ready)
-        return list(self._call(self._stub.RepositoryIndex, request, timeout).models)
+        return list(self._call(self._stub.RepositoryIndex, request, self._deadline(timeout)).models)
 
     def load_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelLoadRequest(model_name=model)
-        self._call(self._stub.RepositoryModelLoad, request, timeout)
+        self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     def unload_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelUnloadRequest(model_name=model)
-        self._call(self._stub.RepositoryModelUnload, request, timeout)
+        self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
     def model_statistics(
         self, model: str = "", version: str = "", timeout: float | None = None
     ) -> Any:
         request = pb.ModelStatisticsRequest(name=model, version=version)
-        return list(self._call(self._stub.ModelStatistics, request, timeout).model_stats)
+        return list(
+            self._call(self._stub.ModelStatistics, request, self._deadline(timeout)).model_stats
+        )
 
 
 def _stream_result(item: pb.ModelStreamInferResponse) -> InferResult:
@@ -625,8 +696,8 @@ class AsyncClient(_Common):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        deadline = self._deadline(timeout)
+    async def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
+        """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
         attempt = 0
         while True:
             try:
@@ -643,25 +714,37 @@ class AsyncClient(_Common):
                 attempt += 1
 
     async def is_server_live(self, timeout: float | None = None) -> bool:
-        return (await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live
+        return (
+            await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), self._deadline(timeout))
+        ).live
 
     async def is_server_ready(self, timeout: float | None = None) -> bool:
-        return (await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout)).ready
+        return (
+            await self._call(
+                self._stub.ServerReady, pb.ServerReadyRequest(), self._deadline(timeout)
+            )
+        ).ready
 
     async def is_model_ready(
         self, model: str, version: str = "", timeout: float | None = None
     ) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        return (await self._call(self._stub.ModelReady, request, timeout)).ready
+        return (await self._call(self._stub.ModelReady, request, self._deadline(timeout))).ready
 
     async def model_metadata(
         self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
+    ) -> ModelInfo:
+        """See :meth:`Client.model_metadata`."""
+        return await self._model_info(model, version, refresh, self._deadline(timeout))
+
+    async def _model_info(
+        self, model: str, version: str, refresh: bool, deadline: float | None
     ) -> ModelInfo:
         key = (model, version)
         if refresh or key not in self._info:
             request = pb.ModelMetadataRequest(name=model, version=version)
             self._info[key] = ModelInfo.from_proto(
-                await self._call(self._stub.ModelMetadata, request, timeout)
+                await self._call(self._stub.ModelMetadata, request, deadline)
             )
         return self._info[key]
 
@@ -679,8 +762,9 @@ class AsyncClient(_Common):
         parameters: Mapping[str, bool | int | float | str] | None = None,
     ) -> dict[str, np.ndarray]:
         """See :meth:`Client.infer`."""
+        deadline = self._deadline(timeout)
         request = make_request(
-            await self.model_metadata(model, version, timeout=timeout),
+            await self._model_info(model, version, False, deadline),
             inputs,
             version=version,
             outputs=outputs,
@@ -689,7 +773,7 @@ class AsyncClient(_Common):
             queue_timeout=queue_timeout,
             parameters=parameters,
         )
-        return parse_response(await self._call(self._stub.ModelInfer, request, timeout))
+        return parse_response(await self._call(self._stub.ModelInfer, request, deadline))
 
     async def stream_infer(
         self,
@@ -701,43 +785,62 @@ class AsyncClient(_Common):
         priority: int = 0,
     ) -> AsyncIterator[InferResult]:
         """See :meth:`Client.stream_infer`."""
-        info = await self.model_metadata(model, version, timeout=timeout)
+        deadline = self._deadline(timeout)
+        info = await self._model_info(model, version, False, deadline)
+        failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.ModelInferRequest]:
-            if isinstance(batches, AsyncIterable):
-                async for inputs in batches:
-                    yield make_request(info, inputs, version=version, priority=priority)
-            else:
-                for inputs in batches:
-                    yield make_request(info, inputs, version=version, priority=priority)
+            # grpc.aio reads this in its own task and would cancel the call on an
+            # exception (the caller saw a bare CancelledError): keep it for the caller.
+            try:
+                if isinstance(batches, AsyncIterable):
+                    async for inputs in batches:
+                        yield make_request(info, inputs, version=version, priority=priority)
+                else:
+                    for inputs in batches:
+                        yield make_request(info, inputs, version=version, priority=priority)
+            except Exception as exc:
+                failed.append(exc)
 
         call = self._stub.ModelStreamInfer(
             requests(),
-            timeout=self._remaining(self._deadline(timeout)),
+            timeout=self._remaining(deadline),
             metadata=self._settings.metadata or None,
         )
         try:
             async for item in call:
                 yield _stream_result(item)
         except grpc.RpcError as exc:
+            if failed:
+                raise failed[0] from None
             raise _from_rpc(exc) from None
+        finally:
+            call.cancel()  # see Client.stream_infer: a caller that stops ends the stream
+        if failed:
+            raise failed[0]
 
     async def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
         request = pb.RepositoryIndexRequest(ready=ready)
-        return list((await self._call(self._stub.RepositoryIndex, request, timeout)).models)
+        return list(
+            (await self._call(self._stub.RepositoryIndex, request, self._deadline(timeout))).models
+        )
 
     async def load_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelLoadRequest(model_name=model)
-        await self._call(self._stub.RepositoryModelLoad, request, timeout)
+        await self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     async def unload_model(self, model: str, timeout: float | None = None) -> None:
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
         request = pb.RepositoryModelUnloadRequest(model_name=model)
-        await self._call(self._stub.RepositoryModelUnload, request, timeout)
+        await self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
     async def model_statistics(
         self, model: str = "", version: str = "", timeout: float | None = None
     ) -> Any:
         request = pb.ModelStatisticsRequest(name=model, version=version)
-        return list((await self._call(self._stub.ModelStatistics, request, timeout)).model_stats)
+        return list(
+            (
+                await self._call(self._stub.ModelStatistics, request, self._deadline(timeout))
+            ).model_stats
+        )

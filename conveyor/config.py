@@ -105,21 +105,43 @@ def _convert(action: argparse.Action, raw: Any, where: str) -> Any:
 
 
 def _convert_one(action: argparse.Action, raw: Any, where: str) -> Any:
-    value = raw
-    if action.type is not None and isinstance(raw, str):
-        try:
-            value = action.type(raw)
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-            raise ConfigError(f"{where}: invalid value {raw!r}: {exc}") from None
-    elif action.type in (int, float) and not isinstance(raw, bool):
-        try:
-            value = action.type(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: invalid value {raw!r}: {exc}") from None
+    if isinstance(raw, str):
+        value = _apply_type(action, raw, where) if action.type is not None else raw
+    elif action.type is None or action.type is str:
+        value = raw
+    else:
+        value = _typed_scalar(action, raw, where)
     if action.choices is not None and value not in action.choices:
         choices = ", ".join(map(str, action.choices))
         raise ConfigError(f"{where}: invalid choice {raw!r} (choose from {choices})")
     return value
+
+
+def _apply_type(action: argparse.Action, text: str, where: str) -> Any:
+    try:
+        return action.type(text)  # type: ignore[misc]
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"{where}: invalid value {text!r}: {exc}") from None
+
+
+def _typed_scalar(action: argparse.Action, raw: Any, where: str) -> Any:
+    """A TOML number for an option with a type, checked as strictly as the flag's text would be.
+
+    TOML's bool is a subclass of int in Python, and ``int(8001.9)`` truncates, so
+    neither may reach the option's type unchecked.
+    """
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected a number, got a boolean ({str(raw).lower()})")
+    if not isinstance(raw, (int, float)):
+        raise ConfigError(f"{where}: invalid value {raw!r}")
+    if action.type is int:
+        if not isinstance(raw, int):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}")
+        return raw
+    if action.type is float:
+        return float(raw)
+    # Another converter (a range-checked int, a policy name): give it the text the flag would.
+    return _apply_type(action, str(raw), where)
 
 
 def _load_file(path: Path) -> dict[str, Any]:

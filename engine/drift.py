@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from conveyor.categories import category_key
 from conveyor.kernels import histogram_update
 
 log = logging.getLogger("conveyor.engine.drift")
@@ -183,13 +184,6 @@ def chi_square(counts: np.ndarray, expected: np.ndarray) -> float:
     n = counts.sum()
     exp = np.maximum(expected, FLOOR) * n
     return float(np.sum((counts - exp) ** 2 / exp))
-
-
-def category_key(value: Any) -> str:
-    """The string a client sends for a categorical value (as the trainer's export)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 @dataclass

@@ -83,11 +83,22 @@ def decode_bytes(buf: bytes, count: int | None = None) -> list[bytes]:
     return out
 
 
-def encode_bytes(items: Sequence[bytes | str]) -> bytes:
-    """Serialize BYTES elements as OIP raw contents; ``str`` elements are UTF-8 encoded."""
+def encode_bytes(items: Sequence[bytes | bytearray | str]) -> bytes:
+    """Serialize BYTES elements as OIP raw contents; ``str`` elements are UTF-8 encoded.
+
+    Raises TypeError for any other element: ``bytes(7)`` would be seven zero bytes and
+    ``bytes(True)`` one, so an int must never be passed through ``bytes()`` here.
+    """
     parts: list[bytes] = []
-    for item in items:
-        data = item.encode() if isinstance(item, str) else bytes(item)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, (bytes, bytearray)):
+            data = bytes(item)
+        else:
+            raise TypeError(
+                f"BYTES element {i}: expected bytes or str, got {type(item).__name__} {item!r:.40}"
+            )
         parts.append(_LEN.pack(len(data)))
         parts.append(data)
     return b"".join(parts)

@@ -48,18 +48,12 @@ import torch
 from torch import nn
 
 from conveyor import __version__
+from conveyor.categories import category_key
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.errors import ExportError
 from conveyor.trainer.model import TabularModel, to_reference
 
 PLATFORM = "torchscript"
-
-
-def category_key(value: Any) -> str:
-    """The string a client sends for a categorical value: see the module docstring."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class _Serving(nn.Module):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -22,6 +24,7 @@ from conveyor.client import (
     AsyncClient,
     Client,
     DeadlineExceededError,
+    InferResult,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -138,6 +141,65 @@ def test_async_client(server: Server) -> None:
     asyncio.run(main())
 
 
+def test_a_bad_batch_in_a_stream_raises_its_own_error(server: Server) -> None:
+    """The caller gets the conversion error (it got UNKNOWN / a bare CancelledError)."""
+    bad = {k: v for k, v in ROWS.items() if k != "c"}
+    got: list[InferResult] = []
+    missing = pytest.raises(ValueError, match=r"'x': missing columns \['c'\]")
+    with Client(server.address, timeout=10) as client, missing:
+        for result in client.stream_infer("vocab", [ROWS, bad, ROWS]):
+            got.append(result)
+    assert [r.error for r in got] == [None]  # the batch before it was still answered
+
+    async def main() -> None:
+        async with AsyncClient(server.address, timeout=10) as client:
+            got.clear()
+            with pytest.raises(ValueError, match=r"'x': missing columns \['c'\]"):
+                async for result in client.stream_infer("vocab", [ROWS, bad, ROWS]):
+                    got.append(result)
+            assert [r.error for r in got] == [None]
+
+    asyncio.run(main())
+
+
+def test_stopping_a_stream_early_cancels_it(server: Server) -> None:
+    """After break + close, no more batches are read (the stream used to go on to the end)."""
+    produced = {"sync": 0, "async": 0}
+
+    def batches() -> Iterator[np.ndarray]:
+        for _ in range(400):  # bounded: 400 * 2 ms if the stream were never cancelled
+            produced["sync"] += 1
+            time.sleep(0.002)
+            yield np.ones((1, 4))
+
+    async def async_batches() -> AsyncIterator[np.ndarray]:
+        for _ in range(400):
+            produced["async"] += 1
+            await asyncio.sleep(0.002)
+            yield np.ones((1, 4))
+
+    with Client(server.address) as client:
+        results = client.stream_infer("affine", batches())
+        assert next(results).error is None
+        results.close()
+        stopped_at = produced["sync"]
+        time.sleep(0.3)
+        assert produced["sync"] <= stopped_at + 1
+
+    async def main() -> None:
+        async with AsyncClient(server.address) as client:
+            results = client.stream_infer("affine", async_batches())
+            async for result in results:
+                assert result.error is None
+                break
+            await results.aclose()
+            stopped_at = produced["async"]
+            await asyncio.sleep(0.3)
+            assert produced["async"] <= stopped_at + 1
+
+    asyncio.run(main())
+
+
 # -- retries, deadlines, tokens: a fake server that misbehaves on purpose -------------------
 
 
@@ -202,6 +264,49 @@ def test_deadline(flaky: tuple[Flaky, str]) -> None:
         client.is_server_ready()
 
 
+class SlowMetadata(pb_grpc.GRPCInferenceServiceServicer):
+    """Metadata takes ``delay`` seconds; ModelInfer fails UNAVAILABLE once, then echoes."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.remaining: list[float] = []  # the deadline each ModelInfer attempt arrived with
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        time.sleep(self.delay)
+        tensor = pb.ModelMetadataResponse.TensorMetadata(name="x", datatype="FP32", shape=[-1, 1])
+        return pb.ModelMetadataResponse(name=request.name, inputs=[tensor], outputs=[tensor])
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.remaining.append(context.time_remaining())
+        if len(self.remaining) % 2:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+        out = pb.ModelInferResponse.InferOutputTensor(name="x", datatype="FP32", shape=[1, 1])
+        return pb.ModelInferResponse(outputs=[out], raw_output_contents=request.raw_input_contents)
+
+
+def test_one_deadline_covers_metadata_infer_and_retries() -> None:
+    """infer(timeout=T) gave the metadata lookup T and then ModelInfer a fresh T each."""
+    servicer = SlowMetadata(delay=0.3)
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        with Client(address, retries=1, backoff=0.01) as client:
+            assert client.infer("m", np.ones((1, 1)), timeout=2.0)["x"].tolist() == [[1.0]]
+
+        async def main() -> None:
+            async with AsyncClient(address, timeout=2.0, retries=1, backoff=0.01) as client:
+                assert (await client.infer("m", np.ones((1, 1))))["x"].tolist() == [[1.0]]
+
+        asyncio.run(main())
+    finally:
+        server.stop(0)
+    # Every attempt, the retry included, had at most what the metadata lookup left.
+    assert len(servicer.remaining) == 4
+    assert all(r <= 2.0 - 0.25 for r in servicer.remaining), servicer.remaining
+
+
 def test_bearer_token_is_required_when_the_server_sets_one(repo: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -249,6 +354,18 @@ def test_tls(repo: Path, tmp_path: Path) -> None:
         plain = Client(f"localhost:{server.port}", timeout=2, retries=0)
         with plain, pytest.raises(UnavailableError):
             plain.is_server_live()
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [("private_key", "certificate_chain"), ("certificate_chain", "private_key")],
+)
+def test_half_a_client_key_pair_is_a_value_error(given: str, missing: str) -> None:
+    # gRPC core would abort the process at connect time; the client refuses it up front
+    with pytest.raises(ValueError, match=f"{given} given without {missing}"):
+        Client("127.0.0.1:1", root_certificates=b"ca", **{given: b"pem"})
+    with pytest.raises(ValueError, match=f"{given} given without {missing}"):
+        AsyncClient("127.0.0.1:1", **{given: b"pem"})
 
 
 def test_bytes_outputs(tmp_path: Path) -> None:

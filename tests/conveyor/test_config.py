@@ -10,6 +10,13 @@ import pytest
 from conveyor import config
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t")
     sub = parser.add_subparsers(required=True)
@@ -21,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-control", choices=("poll", "explicit"), default="poll")
     serve.add_argument("--json-logs", action="store_true")
     serve.add_argument("--preferred-batch-size", type=int, nargs="+", default=[8])
+    serve.add_argument("--drift-threshold", type=float, default=0.2)
+    serve.add_argument("--workers", type=_positive, default=1)
     group = sub.add_parser("ingest")
     leaves = group.add_subparsers(required=True)
     profile = leaves.add_parser("profile")
@@ -108,6 +117,13 @@ def test_bad_env_value_names_the_variable(
         ("[serve]\nport = 'x'\n", "key 'serve.port': invalid value 'x'"),
         ("[serve]\nport = [1, 2]\n", "expected a single value"),
         ("port = \n", "not valid TOML"),
+        # bool is an int in Python and int() truncates: neither may pass as a number
+        ("[serve]\nport = true\n", "key 'serve.port': expected a number, got a boolean"),
+        ("[serve]\nport = 8001.9\n", "key 'serve.port': expected an integer, got 8001.9"),
+        ("[serve]\ndrift-threshold = true\n", "key 'serve.drift-threshold': expected a number"),
+        ("[serve]\nworkers = true\n", "key 'serve.workers': expected a number, got a boolean"),
+        ("[serve]\nworkers = 0\n", "key 'serve.workers': invalid value '0': must be at least 1"),
+        ("[serve]\nworkers = 2.5\n", "key 'serve.workers': invalid value '2.5'"),
     ],
 )
 def test_bad_config_file_names_file_and_key(
@@ -118,6 +134,13 @@ def test_bad_config_file_names_file_and_key(
         config.resolve(_parser(), ["serve", "--config", str(cfg)], environ={})
     err = capsys.readouterr().err
     assert message in err and str(cfg) in err
+
+
+def test_file_numbers_convert_like_flags(tmp_path: Path) -> None:
+    cfg = _write(tmp_path, "[serve]\nport = 9000\ndrift-threshold = 1\nworkers = 3\n")
+    args = config.resolve(_parser(), ["serve", "--config", str(cfg)], environ={})
+    assert (args.port, args.workers) == (9000, 3)
+    assert args.drift_threshold == 1.0 and isinstance(args.drift_threshold, float)
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

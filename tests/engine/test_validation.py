@@ -91,3 +91,11 @@ def test_bytes_encoding_round_trips(items: list[bytes]) -> None:
 def test_truncated_bytes_are_rejected() -> None:
     with pytest.raises(ValueError, match="truncated"):
         decode_bytes(b"\x01\x00")
+
+
+@pytest.mark.parametrize("item", [7, True, None, 1.5])
+def test_encode_bytes_refuses_what_is_not_bytes_or_str(item: object) -> None:
+    # bytes(7) is seven zero bytes: an int must never be encoded through bytes()
+    with pytest.raises(TypeError, match="BYTES element 1: expected bytes or str"):
+        encode_bytes([b"ok", item])  # type: ignore[list-item]
+    assert decode_bytes(encode_bytes([bytearray(b"ab"), "é"])) == [b"ab", "é".encode()]
