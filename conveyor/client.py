@@ -35,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
+import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -269,6 +271,13 @@ def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndar
 
 
 _ids = itertools.count(1)
+# Request ids must not repeat across client processes (server logs are searched by them):
+# a random token per import, and the pid for processes forked after it.
+_ID_TOKEN = secrets.token_hex(3)
+
+
+def _next_request_id() -> str:
+    return f"c-{_ID_TOKEN}-{os.getpid()}-{next(_ids)}"
 
 
 def make_request(
@@ -287,7 +296,7 @@ def make_request(
     request = pb.ModelInferRequest(
         model_name=info.name,
         model_version=version,
-        id=request_id if request_id is not None else f"c{next(_ids)}",
+        id=request_id if request_id is not None else _next_request_id(),
         inputs=[
             pb.ModelInferRequest.InferInputTensor(
                 name=spec.name, datatype=spec.datatype, shape=array.shape

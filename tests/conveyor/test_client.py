@@ -376,3 +376,20 @@ def test_bytes_outputs(tmp_path: Path) -> None:
         out = client.infer("labeler", np.array([[1.0, 2.0], [-3.0, 1.0], [0.5, 0.5]]))
     assert out["label"].tolist() == [[b"pos"], [b"neg"], [b"pos"]]
     np.testing.assert_array_equal(out["score"], [[3.0], [-2.0], [1.0]])
+
+
+def test_request_ids_differ_across_client_processes() -> None:
+    # Server logs are searched by request id: two processes must not both send "c1".
+    code = (
+        "from conveyor.client import ModelInfo, TensorInfo, make_request\n"
+        "import numpy as np\n"
+        "info = ModelInfo('m', ('1',), 'torchscript', (TensorInfo('x', 'FP32', (-1, 2)),), ())\n"
+        "print(make_request(info, np.zeros((1, 2), np.float32)).id)\n"
+    )
+    ids = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    assert len(ids) == 2, ids
