@@ -453,12 +453,17 @@ class _Common:
             max_message_bytes=max_message_bytes,
             options=options,
         )
+        self._loop = self._channel_loop()
         if s.credentials is None:
             self._channel = self._grpc.insecure_channel(address, options=s.options)
         else:
             self._channel = self._grpc.secure_channel(address, s.credentials, options=s.options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._info = {}
+
+    def _channel_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop an asyncio channel belongs to (None for the sync client)."""
+        return None
 
     def _deadline(self, timeout: float | None) -> float | None:
         t = self._settings.timeout if timeout is None else timeout
@@ -692,9 +697,30 @@ def _stream_result(item: pb.ModelStreamInferResponse) -> InferResult:
 
 
 class AsyncClient(_Common):
-    """The asyncio twin of :class:`Client` (same arguments; methods are coroutines)."""
+    """The asyncio twin of :class:`Client` (same arguments; methods are coroutines).
+
+    Create it inside a running event loop and use it from that loop only (its grpc.aio
+    channel belongs to the loop); anything else is a RuntimeError saying so."""
 
     _grpc = grpc.aio
+
+    def _channel_loop(self) -> asyncio.AbstractEventLoop:
+        # A grpc.aio channel works only in the loop it was made in; made outside one,
+        # every call failed later with "attached to a different loop".
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "AsyncClient: create it inside a running event loop (in a coroutine, e.g. "
+                "under asyncio.run): its grpc.aio channel belongs to that loop"
+            ) from None
+
+    def _check_loop(self) -> None:
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                "AsyncClient: used from another event loop than the one it was created in; "
+                "create one client per loop"
+            )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -707,6 +733,7 @@ class AsyncClient(_Common):
 
     async def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
         """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
+        self._check_loop()
         attempt = 0
         while True:
             try:
@@ -794,6 +821,7 @@ class AsyncClient(_Common):
         priority: int = 0,
     ) -> AsyncIterator[InferResult]:
         """See :meth:`Client.stream_infer`."""
+        self._check_loop()
         deadline = self._deadline(timeout)
         info = await self._model_info(model, version, False, deadline)
         failed: list[Exception] = []

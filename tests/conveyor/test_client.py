@@ -393,3 +393,21 @@ def test_request_ids_differ_across_client_processes() -> None:
         for _ in range(2)
     }
     assert len(ids) == 2, ids
+
+
+def test_async_client_belongs_to_the_loop_it_was_made_in(server: Server) -> None:
+    with pytest.raises(RuntimeError, match="inside a running event loop"):
+        AsyncClient(server.address)
+
+    async def make() -> AsyncClient:
+        client = AsyncClient(server.address, timeout=10)
+        assert await client.is_server_live()
+        return client
+
+    client = asyncio.run(make())
+
+    async def reuse() -> None:
+        with pytest.raises(RuntimeError, match="another event loop"):
+            await client.is_server_live()
+
+    asyncio.run(reuse())
