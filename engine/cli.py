@@ -43,6 +43,10 @@ def _auth(args: argparse.Namespace) -> Any:
 
 def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     tls = None
+    if args.tls_client_ca and not (args.tls_cert and args.tls_key):
+        # Without them the CA would be ignored and the server would serve plaintext,
+        # the opposite of what the flag asks for.
+        raise ServeError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ServeError("--tls-cert and --tls-key go together")
