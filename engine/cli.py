@@ -50,13 +50,19 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ServeError("--tls-cert and --tls-key go together")
-        from conveyor.engine.server import TLSConfig
+        from conveyor.engine.tls import TLSConfig
 
         tls = TLSConfig(
             Path(args.tls_cert),
             Path(args.tls_key),
             Path(args.tls_client_ca) if args.tls_client_ca else None,
         )
+        try:
+            # Checked here as well as in the server, so that --workers N fails once,
+            # before any worker process starts.
+            tls.server_credentials()
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
     return dict(
         repository=args.model_repository,
         host=args.host,

@@ -20,7 +20,6 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import BatchingOverrides, ModelRepository
 from conveyor.engine.service import InferenceServicer
+from conveyor.engine.tls import TLSConfig
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.server")
@@ -56,15 +56,6 @@ DEFAULT_MAX_CONCURRENT_STREAMS: int | None = None
 
 class ServerError(ConveyorError):
     """The server could not start (port in use, bad repository)."""
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """PEM files for TLS; ``client_ca`` set = clients must present a certificate it signed."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
 
 
 def _reflection_pool() -> Any:
@@ -311,11 +302,17 @@ class Server:
         )
         server.add_generic_rpc_handlers((handlers,))
         target = f"{self.host}:{self._requested_port}"
+        credentials = None
+        if self._tls is not None:
+            try:
+                credentials = self._tls.server_credentials()
+            except ValueError as exc:
+                raise ServerError(str(exc)) from None
         try:
-            if self._tls is None:
+            if credentials is None:
                 port = server.add_insecure_port(target)
             else:
-                port = server.add_secure_port(target, self._credentials())
+                port = server.add_secure_port(target, credentials)
         except RuntimeError as exc:
             raise ServerError(f"cannot bind {target}: {exc} (port in use?)") from None
         if not port:
@@ -355,16 +352,6 @@ class Server:
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()
             log.info("stopped")
-
-    def _credentials(self) -> grpc.ServerCredentials:
-        tls = self._tls
-        assert tls is not None
-        chain = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
-        if tls.client_ca is None:
-            return grpc.ssl_server_credentials(chain)
-        return grpc.ssl_server_credentials(
-            chain, root_certificates=Path(tls.client_ca).read_bytes(), require_client_auth=True
-        )
 
 
 def _overrides(**settings: Any) -> BatchingOverrides:
