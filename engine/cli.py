@@ -122,7 +122,17 @@ def _drift_settings(args: argparse.Namespace) -> Any:
 
 
 class _Signals:
-    """Catches SIGTERM and SIGINT from installation on (also while models load)."""
+    """Catches SIGTERM and SIGINT from installation on (also while models load).
+
+    The first one asks for the stop; from then on both are ignored until the process
+    exits. A worker of ``--workers N`` commonly gets the stop twice: a Ctrl-C or
+    systemd's KillMode=control-group signals the whole process group, and the parent
+    forwards the stop to each worker as well (it must, for a signal sent to the parent
+    alone). Were the default handlers back once the drain is done, that second signal
+    would kill the worker on its way out (-SIGTERM, an unclean stop, exit status 1).
+    SIG_IGN, unlike a Python handler, also outlives interpreter shutdown, which resets
+    Python handlers to the default before the process ends.
+    """
 
     def __init__(self) -> None:
         self.got = threading.Event()
@@ -132,6 +142,8 @@ class _Signals:
         }
 
     def _handler(self, signum: int, frame: Any) -> None:
+        for s in self._previous:
+            signal.signal(s, signal.SIG_IGN)
         self.received.append(signum)
         self.got.set()
 
@@ -142,6 +154,9 @@ class _Signals:
         return self.received[0]
 
     def restore(self) -> None:
+        """Put the previous handlers back, unless a stop was asked (see the class doc)."""
+        if self.got.is_set():
+            return
         for s, h in self._previous.items():
             signal.signal(s, h)
 
@@ -151,10 +166,11 @@ def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = Non
 
     ``started`` is called once the server serves (a worker tells its parent).
     """
-    from conveyor.engine.server import Server
-
+    # Before the heavy imports: a signal while they run is a stop, not a traceback.
     signals = _Signals()
     try:
+        from conveyor.engine.server import Server
+
         server = Server(**kwargs)
         server.start()
         if started is not None:
