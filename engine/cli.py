@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -183,11 +186,39 @@ def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = Non
     return 0
 
 
-def _child(kwargs: dict[str, Any], level: str, fmt: str, ready: Any) -> None:
+def _child(kwargs: dict[str, Any], level: str, fmt: str, errors: str, ready: Any) -> None:
+    """A worker of ``serve_workers``. A start-up error (a repository that is not there, a
+    port it cannot bind) is left in the folder ``errors`` for the parent to print once,
+    as the one line of single mode, instead of a traceback from every worker."""
     from conveyor.log import setup_logging
 
     setup_logging(level, fmt)
-    raise SystemExit(serve_one(kwargs, started=ready.set))
+    try:
+        code = serve_one(kwargs, started=ready.set)
+    except ConveyorError as exc:
+        _leave_error(Path(errors), str(exc))
+        code = exc.exit_code
+    raise SystemExit(code)
+
+
+def _leave_error(folder: Path, message: str) -> None:
+    # Written aside and renamed: the parent may stop this worker at any moment
+    # (another one failed too), and must never read half a message.
+    partial = folder / f".{os.getpid()}"
+    try:
+        partial.write_text(message)
+        partial.replace(folder / str(os.getpid()))
+    except OSError:  # the parent will not see it: say it here rather than not at all
+        print(f"conveyor: error: {message}", file=sys.stderr)
+
+
+def _worker_error(folder: Path) -> str | None:
+    """The start-up error the first failing worker left (see ``_child``), if any."""
+    left = sorted(
+        (f for f in folder.iterdir() if not f.name.startswith(".")),
+        key=lambda f: f.stat().st_mtime,
+    )
+    return left[0].read_text() if left else None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -229,13 +260,18 @@ def serve_workers(
             log.info("metrics of %d workers on %s:%d/metrics", workers, kwargs["host"], port)
         from conveyor.engine.workers import WorkerPolicy, run_workers
 
-        return run_workers(
-            _child,
-            ({**kwargs, "metrics_port": None}, level, fmt),
-            workers,
-            WorkerPolicy(restart=restart),
-            on_exit=shared.process_exited,
-        )
+        with tempfile.TemporaryDirectory(prefix="conveyor-worker-errors-") as errors:
+            code = run_workers(
+                _child,
+                ({**kwargs, "metrics_port": None}, level, fmt, errors),
+                workers,
+                WorkerPolicy(restart=restart),
+                on_exit=shared.process_exited,
+            )
+            message = _worker_error(Path(errors)) if code else None
+        if message is not None:
+            raise ServeError(message)
+        return code
     finally:
         shared.close()
 

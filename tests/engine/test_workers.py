@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -173,3 +174,24 @@ def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
     assert "while stopping" not in err
     assert err.count(f"received {sig.name}; shutting down") == 2, err
     assert err.count("conveyor.engine.server: stopped") == 2, err  # both drained to the end
+
+
+def test_cli_a_start_up_error_of_the_workers_is_one_line_not_tracebacks(tmp_path: Path) -> None:
+    # As single mode: "conveyor: error: ..." once, exit status 1; every other line of
+    # --log-format json stays a JSON record (a traceback per worker broke both).
+    missing = tmp_path / "no-such-repo"
+    proc, _ = start_cli_server(
+        missing, "--workers", "2", "--metrics-port", "-1", "--log-format", "json"
+    )
+    try:
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    plain = [line for line in err.splitlines() if not line.startswith("{")]
+    assert plain == [
+        f"conveyor: error: model repository: model repository {missing}: not a directory"
+    ]
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any("before it was ready" in r["msg"] for r in records)
