@@ -138,7 +138,8 @@ def run_workers(
             for i, slot in enumerate(slots):
                 if slot.ready_at is None and slot.ready.is_set():
                     slot.ready_at = now
-                    if all(s.ready_at is not None and not s.reaped for s in slots):
+                    serving = all(s.ready_at is not None and not s.reaped for s in slots)
+                    if serving and not stopping.is_set():
                         log.info("all %d workers serving", workers)
                 if slot.respawn_at is not None:
                     if not stopping.is_set() and now >= slot.respawn_at:
