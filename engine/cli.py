@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conveyor.engine.hosts import bare_host, host_port
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.cli")
@@ -68,7 +69,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             raise ServeError(str(exc)) from None
     return dict(
         repository=args.model_repository,
-        host=args.host,
+        host=bare_host(args.host),
         port=args.port,
         model_control=args.model_control,
         poll_interval=args.poll_interval,
@@ -224,11 +225,12 @@ def _worker_error(folder: Path) -> str | None:
 def _check_port_free(host: str, port: int) -> None:
     # Several workers bind with SO_REUSEPORT, which would also silently share a
     # port with an unrelated server: check that nobody holds it first.
+    host = bare_host(host)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ServeError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+            raise ServeError(f"cannot bind {host_port(host, port)}: {exc.strerror}") from None
 
 
 def serve_workers(
@@ -257,7 +259,9 @@ def serve_workers(
                 port = shared.serve(kwargs["host"], kwargs["metrics_port"])
             except OSError as exc:
                 raise ServeError(str(exc)) from None
-            log.info("metrics of %d workers on %s:%d/metrics", workers, kwargs["host"], port)
+            log.info(
+                "metrics of %d workers on %s/metrics", workers, host_port(kwargs["host"], port)
+            )
         from conveyor.engine.workers import WorkerPolicy, run_workers
 
         with tempfile.TemporaryDirectory(prefix="conveyor-worker-errors-") as errors:

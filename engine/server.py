@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.drift import DriftSettings
+from conveyor.engine.hosts import bare_host, host_port
 from conveyor.engine.malformed import LenientHandlers
 from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
@@ -71,10 +72,10 @@ def _reflection_pool() -> Any:
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.strip("[]").lower() == "localhost":
+    if bare_host(host).lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(bare_host(host)).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
 
@@ -92,7 +93,8 @@ class Server:
 
     Args:
         repository: the model repository directory (``REPO/NAME/<version>/``).
-        host: interface to bind (default ``127.0.0.1``; ``0.0.0.0`` for all).
+        host: interface to bind (default ``127.0.0.1``; ``0.0.0.0`` for all; an IPv6
+            address with or without brackets, ``::1`` or ``[::1]``).
         port: TCP port (default 8001); 0 picks a free one, see :attr:`port`.
         model_control: ``poll`` (default) or ``explicit``.
         poll_interval: seconds between repository scans in poll mode (default 5).
@@ -151,7 +153,7 @@ class Server:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
         self.repository_path = Path(repository)
-        self.host = host
+        self.host = bare_host(host)
         self._requested_port = port
         self.port: int | None = None
         self.grace = grace
@@ -214,8 +216,8 @@ class Server:
 
     @property
     def address(self) -> str:
-        """``host:port`` to dial (available once started)."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` to dial (available once started; an IPv6 host in brackets)."""
+        return host_port(self.host, self.port or 0)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -301,7 +303,7 @@ class Server:
             handlers,
         )
         server.add_generic_rpc_handlers((handlers,))
-        target = f"{self.host}:{self._requested_port}"
+        target = host_port(self.host, self._requested_port)
         credentials = None
         if self._tls is not None:
             try:
@@ -334,10 +336,9 @@ class Server:
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info(
-                "serving %s on %s:%d",
+                "serving %s on %s",
                 self.repository_path,
-                self.host,
-                port,
+                self.address,
                 extra={"models": sorted(repository.models)},
             )
             self._started.set()
