@@ -329,6 +329,8 @@ class Server:
             except OSError as exc:
                 raise ServerError(str(exc)) from None
             self.metrics_port = self._metrics_endpoint.port
+            # Like the gRPC port: with --metrics-port 0 the log is where to find it.
+            log.info("metrics on %s/metrics", host_port(self.host, self.metrics_port))
         await server.start()
         try:
             await repository.start()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -359,3 +360,20 @@ def test_cli_serves_an_ipv6_host_written_with_or_without_brackets(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
+
+
+def test_cli_logs_the_metrics_port_it_chose(repo: Path) -> None:
+    # --metrics-port 0 picks a free port; without a log line nobody could scrape it.
+    proc, _, lines = _start_cli(repo, "--metrics-port", "0")
+    try:
+        said = [json.loads(line)["msg"] for line in lines if line.startswith("{")]
+        where = [m.split(" ")[-1] for m in said if m.startswith("metrics on ")]
+        assert len(where) == 1, said
+        assert where[0].startswith("127.0.0.1:") and where[0].endswith("/metrics")
+        with urllib.request.urlopen(f"http://{where[0]}", timeout=10) as response:
+            assert b"conveyor_model_ready" in response.read()
+        stop_cli_server(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
