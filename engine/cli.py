@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conveyor.engine.hosts import bare_host, host_port
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.cli")
@@ -43,19 +47,29 @@ def _auth(args: argparse.Namespace) -> Any:
 
 def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     tls = None
+    if args.tls_client_ca and not (args.tls_cert and args.tls_key):
+        # Without them the CA would be ignored and the server would serve plaintext,
+        # the opposite of what the flag asks for.
+        raise ServeError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ServeError("--tls-cert and --tls-key go together")
-        from conveyor.engine.server import TLSConfig
+        from conveyor.engine.tls import TLSConfig
 
         tls = TLSConfig(
             Path(args.tls_cert),
             Path(args.tls_key),
             Path(args.tls_client_ca) if args.tls_client_ca else None,
         )
+        try:
+            # Checked here as well as in the server, so that --workers N fails once,
+            # before any worker process starts.
+            tls.server_credentials()
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
     return dict(
         repository=args.model_repository,
-        host=args.host,
+        host=bare_host(args.host),
         port=args.port,
         model_control=args.model_control,
         poll_interval=args.poll_interval,
@@ -112,7 +126,17 @@ def _drift_settings(args: argparse.Namespace) -> Any:
 
 
 class _Signals:
-    """Catches SIGTERM and SIGINT from installation on (also while models load)."""
+    """Catches SIGTERM and SIGINT from installation on (also while models load).
+
+    The first one asks for the stop; from then on both are ignored until the process
+    exits. A worker of ``--workers N`` commonly gets the stop twice: a Ctrl-C or
+    systemd's KillMode=control-group signals the whole process group, and the parent
+    forwards the stop to each worker as well (it must, for a signal sent to the parent
+    alone). Were the default handlers back once the drain is done, that second signal
+    would kill the worker on its way out (-SIGTERM, an unclean stop, exit status 1).
+    SIG_IGN, unlike a Python handler, also outlives interpreter shutdown, which resets
+    Python handlers to the default before the process ends.
+    """
 
     def __init__(self) -> None:
         self.got = threading.Event()
@@ -122,6 +146,8 @@ class _Signals:
         }
 
     def _handler(self, signum: int, frame: Any) -> None:
+        for s in self._previous:
+            signal.signal(s, signal.SIG_IGN)
         self.received.append(signum)
         self.got.set()
 
@@ -132,6 +158,9 @@ class _Signals:
         return self.received[0]
 
     def restore(self) -> None:
+        """Put the previous handlers back, unless a stop was asked (see the class doc)."""
+        if self.got.is_set():
+            return
         for s, h in self._previous.items():
             signal.signal(s, h)
 
@@ -141,10 +170,11 @@ def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = Non
 
     ``started`` is called once the server serves (a worker tells its parent).
     """
-    from conveyor.engine.server import Server
-
+    # Before the heavy imports: a signal while they run is a stop, not a traceback.
     signals = _Signals()
     try:
+        from conveyor.engine.server import Server
+
         server = Server(**kwargs)
         server.start()
         if started is not None:
@@ -157,21 +187,50 @@ def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = Non
     return 0
 
 
-def _child(kwargs: dict[str, Any], level: str, fmt: str, ready: Any) -> None:
+def _child(kwargs: dict[str, Any], level: str, fmt: str, errors: str, ready: Any) -> None:
+    """A worker of ``serve_workers``. A start-up error (a repository that is not there, a
+    port it cannot bind) is left in the folder ``errors`` for the parent to print once,
+    as the one line of single mode, instead of a traceback from every worker."""
     from conveyor.log import setup_logging
 
     setup_logging(level, fmt)
-    raise SystemExit(serve_one(kwargs, started=ready.set))
+    try:
+        code = serve_one(kwargs, started=ready.set)
+    except ConveyorError as exc:
+        _leave_error(Path(errors), str(exc))
+        code = exc.exit_code
+    raise SystemExit(code)
+
+
+def _leave_error(folder: Path, message: str) -> None:
+    # Written aside and renamed: the parent may stop this worker at any moment
+    # (another one failed too), and must never read half a message.
+    partial = folder / f".{os.getpid()}"
+    try:
+        partial.write_text(message)
+        partial.replace(folder / str(os.getpid()))
+    except OSError:  # the parent will not see it: say it here rather than not at all
+        print(f"conveyor: error: {message}", file=sys.stderr)
+
+
+def _worker_error(folder: Path) -> str | None:
+    """The start-up error the first failing worker left (see ``_child``), if any."""
+    left = sorted(
+        (f for f in folder.iterdir() if not f.name.startswith(".")),
+        key=lambda f: f.stat().st_mtime,
+    )
+    return left[0].read_text() if left else None
 
 
 def _check_port_free(host: str, port: int) -> None:
     # Several workers bind with SO_REUSEPORT, which would also silently share a
     # port with an unrelated server: check that nobody holds it first.
+    host = bare_host(host)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ServeError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+            raise ServeError(f"cannot bind {host_port(host, port)}: {exc.strerror}") from None
 
 
 def serve_workers(
@@ -200,16 +259,23 @@ def serve_workers(
                 port = shared.serve(kwargs["host"], kwargs["metrics_port"])
             except OSError as exc:
                 raise ServeError(str(exc)) from None
-            log.info("metrics of %d workers on %s:%d/metrics", workers, kwargs["host"], port)
+            log.info(
+                "metrics of %d workers on %s/metrics", workers, host_port(kwargs["host"], port)
+            )
         from conveyor.engine.workers import WorkerPolicy, run_workers
 
-        return run_workers(
-            _child,
-            ({**kwargs, "metrics_port": None}, level, fmt),
-            workers,
-            WorkerPolicy(restart=restart),
-            on_exit=shared.process_exited,
-        )
+        with tempfile.TemporaryDirectory(prefix="conveyor-worker-errors-") as errors:
+            code = run_workers(
+                _child,
+                ({**kwargs, "metrics_port": None}, level, fmt, errors),
+                workers,
+                WorkerPolicy(restart=restart),
+                on_exit=shared.process_exited,
+            )
+            message = _worker_error(Path(errors)) if code else None
+        if message is not None:
+            raise ServeError(message)
+        return code
     finally:
         shared.close()
 

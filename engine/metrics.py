@@ -43,6 +43,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from conveyor.engine.hosts import bare_host, host_port
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # 50 us .. 10 s: sub-millisecond phases (queue, a small forward) are resolved.
@@ -277,9 +279,12 @@ class MetricsEndpoint:
 
     def __init__(self, registry: Any, host: str, port: int) -> None:
         try:
-            self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+            self._httpd, self._thread = start_http_server(
+                port, addr=bare_host(host), registry=registry
+            )
         except OSError as exc:
-            raise OSError(f"cannot bind metrics port {host}:{port}: {exc.strerror}") from None
+            where = host_port(host, port)
+            raise OSError(f"cannot bind metrics port {where}: {exc.strerror}") from None
         self.port = int(self._httpd.server_port)
 
     def close(self) -> None:

@@ -20,7 +20,6 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.drift import DriftSettings
+from conveyor.engine.hosts import bare_host, host_port
 from conveyor.engine.malformed import LenientHandlers
 from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
@@ -39,6 +39,7 @@ from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import BatchingOverrides, ModelRepository
 from conveyor.engine.service import InferenceServicer
+from conveyor.engine.tls import TLSConfig
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.server")
@@ -58,15 +59,6 @@ class ServerError(ConveyorError):
     """The server could not start (port in use, bad repository)."""
 
 
-@dataclass(frozen=True)
-class TLSConfig:
-    """PEM files for TLS; ``client_ca`` set = clients must present a certificate it signed."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-
 def _reflection_pool() -> Any:
     """Our private descriptor pool plus health and reflection, so reflection describes all three."""
     for module in (health_pb2, reflection_pb2):
@@ -80,10 +72,10 @@ def _reflection_pool() -> Any:
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.strip("[]").lower() == "localhost":
+    if bare_host(host).lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(bare_host(host)).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
 
@@ -101,7 +93,8 @@ class Server:
 
     Args:
         repository: the model repository directory (``REPO/NAME/<version>/``).
-        host: interface to bind (default ``127.0.0.1``; ``0.0.0.0`` for all).
+        host: interface to bind (default ``127.0.0.1``; ``0.0.0.0`` for all; an IPv6
+            address with or without brackets, ``::1`` or ``[::1]``).
         port: TCP port (default 8001); 0 picks a free one, see :attr:`port`.
         model_control: ``poll`` (default) or ``explicit``.
         poll_interval: seconds between repository scans in poll mode (default 5).
@@ -160,7 +153,7 @@ class Server:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
         self.repository_path = Path(repository)
-        self.host = host
+        self.host = bare_host(host)
         self._requested_port = port
         self.port: int | None = None
         self.grace = grace
@@ -223,8 +216,8 @@ class Server:
 
     @property
     def address(self) -> str:
-        """``host:port`` to dial (available once started)."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` to dial (available once started; an IPv6 host in brackets)."""
+        return host_port(self.host, self.port or 0)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -310,12 +303,18 @@ class Server:
             handlers,
         )
         server.add_generic_rpc_handlers((handlers,))
-        target = f"{self.host}:{self._requested_port}"
+        target = host_port(self.host, self._requested_port)
+        credentials = None
+        if self._tls is not None:
+            try:
+                credentials = self._tls.server_credentials()
+            except ValueError as exc:
+                raise ServerError(str(exc)) from None
         try:
-            if self._tls is None:
+            if credentials is None:
                 port = server.add_insecure_port(target)
             else:
-                port = server.add_secure_port(target, self._credentials())
+                port = server.add_secure_port(target, credentials)
         except RuntimeError as exc:
             raise ServerError(f"cannot bind {target}: {exc} (port in use?)") from None
         if not port:
@@ -330,6 +329,8 @@ class Server:
             except OSError as exc:
                 raise ServerError(str(exc)) from None
             self.metrics_port = self._metrics_endpoint.port
+            # Like the gRPC port: with --metrics-port 0 the log is where to find it.
+            log.info("metrics on %s/metrics", host_port(self.host, self.metrics_port))
         await server.start()
         try:
             await repository.start()
@@ -337,10 +338,9 @@ class Server:
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info(
-                "serving %s on %s:%d",
+                "serving %s on %s",
                 self.repository_path,
-                self.host,
-                port,
+                self.address,
                 extra={"models": sorted(repository.models)},
             )
             self._started.set()
@@ -355,16 +355,6 @@ class Server:
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()
             log.info("stopped")
-
-    def _credentials(self) -> grpc.ServerCredentials:
-        tls = self._tls
-        assert tls is not None
-        chain = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
-        if tls.client_ca is None:
-            return grpc.ssl_server_credentials(chain)
-        return grpc.ssl_server_credentials(
-            chain, root_certificates=Path(tls.client_ca).read_bytes(), require_client_auth=True
-        )
 
 
 def _overrides(**settings: Any) -> BatchingOverrides:

@@ -1,9 +1,11 @@
 """Several server processes on one port (``conveyor serve --workers N``), supervised.
 
 The parent starts N worker processes (``spawn``), forwards SIGTERM/SIGINT to them
-and waits for their graceful stop. A worker that dies while serving (killed by
-the OOM killer, a crash in native code, an unexpected exit) is replaced, so the
-server keeps its capacity instead of running on silently with fewer processes:
+(as SIGTERM, also when they got the signal themselves from their process group: a
+worker must ignore the repeat while it drains) and waits for their graceful stop.
+A worker that dies while serving (killed by the OOM killer, a crash in native code,
+an unexpected exit) is replaced, so the server keeps its capacity instead of running
+on silently with fewer processes:
 
 - a worker that exits before it reported ready (bad flags, a model repository
   that does not load) stops everything at once with exit status 1: the same
@@ -102,6 +104,11 @@ def run_workers(
         return _Slot(process, ready)
 
     def terminate_live() -> None:
+        # Forwarded even when the signal went to the whole process group (Ctrl-C,
+        # systemd's KillMode=control-group) and the workers have it already: the
+        # parent cannot tell the two apart, so ``target`` must treat a second stop
+        # signal as a no-op while it drains (conveyor serve ignores it; see
+        # conveyor.engine.cli._Signals).
         for slot in slots:
             pid = slot.process.pid
             if pid is not None and pid not in terminated and slot.process.exitcode is None:
@@ -131,6 +138,9 @@ def run_workers(
             for i, slot in enumerate(slots):
                 if slot.ready_at is None and slot.ready.is_set():
                     slot.ready_at = now
+                    serving = all(s.ready_at is not None and not s.reaped for s in slots)
+                    if serving and not stopping.is_set():
+                        log.info("all %d workers serving", workers)
                 if slot.respawn_at is not None:
                     if not stopping.is_set() and now >= slot.respawn_at:
                         slots[i] = spawn()
@@ -143,9 +153,14 @@ def run_workers(
                 if on_exit is not None and slot.process.pid is not None:
                     on_exit(slot.process.pid)
                 if stopping.is_set():
-                    # A worker still starting when the stop came has no handler
+                    # A worker still starting when the stop came may have no handler
                     # yet: SIGTERM ends it at once, which is a clean stop too.
                     clean = code == 0 or (slot.ready_at is None and code == -signal.SIGTERM)
+                    if not clean:  # say why the exit status will be 1
+                        log.error(
+                            "worker %d (pid %s) %s while stopping",
+                            i, slot.process.pid, _describe(code),
+                        )  # fmt: skip
                     failed |= not clean
                     continue
                 what = f"worker {i} (pid {slot.process.pid}) {_describe(code)}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -320,3 +322,58 @@ def test_max_queue_size_zero_keeps_each_models_bound_not_an_empty_queue(repo: Pa
         assert stub.ModelInfer(_request(1.0), timeout=10).outputs
     with pytest.raises(ServerError, match="max_batch_size must be >= 1"):
         Server(repo, port=0, max_batch_size=0)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.parametrize(("host", "workers"), [("::1", "1"), ("[::1]", "1"), ("[::1]", "2")])
+def test_cli_serves_an_ipv6_host_written_with_or_without_brackets(
+    repo: Path, host: str, workers: str
+) -> None:
+    # "::1" made the gRPC target "::1:PORT" ("cannot bind ... (port in use?)"); "[::1]"
+    # made the --workers port probe and the /metrics endpoint bind "[::1]" literally.
+    proc, port = start_cli_server(repo, "--host", host, "--workers", workers, "--metrics-port", "0")
+    try:
+        with grpc.insecure_channel(f"[::1]:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "did not serve on [::1]"
+                time.sleep(0.2)
+            assert stub.ModelInfer(_request(1.0), timeout=10)
+        err = stop_cli_server(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+
+
+def test_cli_logs_the_metrics_port_it_chose(repo: Path) -> None:
+    # --metrics-port 0 picks a free port; without a log line nobody could scrape it.
+    proc, _, lines = _start_cli(repo, "--metrics-port", "0")
+    try:
+        said = [json.loads(line)["msg"] for line in lines if line.startswith("{")]
+        where = [m.split(" ")[-1] for m in said if m.startswith("metrics on ")]
+        assert len(where) == 1, said
+        assert where[0].startswith("127.0.0.1:") and where[0].endswith("/metrics")
+        with urllib.request.urlopen(f"http://{where[0]}", timeout=10) as response:
+            assert b"conveyor_model_ready" in response.read()
+        stop_cli_server(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0

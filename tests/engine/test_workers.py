@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import worker_targets
-from cli_server import start_cli_server, stop_cli_server
+from cli_server import read_stderr_until, start_cli_server, stop_cli_server
 from models import VERSION_IO, Version, write_model
 from test_server import _request
 
@@ -146,3 +147,51 @@ def test_cli_replaces_a_killed_worker_and_keeps_serving(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "killed by SIGKILL; starting a replacement" in err
     assert "replaced" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # Ctrl-C (SIGINT) and systemd's KillMode=control-group (SIGTERM) reach every
+    # worker directly, and the parent forwards the stop as well: that second signal
+    # must not kill a worker that is draining or exiting (it was exit status 1,
+    # both workers killed by SIGTERM). A signal to the parent alone:
+    # test_server.test_cli_workers_share_the_port_and_stop_together.
+    repo = tmp_path / "repo"
+    write_model(repo, "m", 1, Version(1), VERSION_IO)
+    proc, _ = start_cli_server(
+        repo, "--workers", "2", "--log-level", "info", "--metrics-port", "-1", new_session=True
+    )
+    try:
+        # The parent's line: it has seen both ready, so a worker it saw die would count.
+        started = read_stderr_until(proc, lambda text: "all 2 workers serving" in text, 90)
+        err = started + stop_cli_server(proc, 60, sig, group=True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "while stopping" not in err
+    assert err.count(f"received {sig.name}; shutting down") == 2, err
+    assert err.count("conveyor.engine.server: stopped") == 2, err  # both drained to the end
+
+
+def test_cli_a_start_up_error_of_the_workers_is_one_line_not_tracebacks(tmp_path: Path) -> None:
+    # As single mode: "conveyor: error: ..." once, exit status 1; every other line of
+    # --log-format json stays a JSON record (a traceback per worker broke both).
+    missing = tmp_path / "no-such-repo"
+    proc, _ = start_cli_server(
+        missing, "--workers", "2", "--metrics-port", "-1", "--log-format", "json"
+    )
+    try:
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    plain = [line for line in err.splitlines() if not line.startswith("{")]
+    assert plain == [
+        f"conveyor: error: model repository: model repository {missing}: not a directory"
+    ]
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any("before it was ready" in r["msg"] for r in records)

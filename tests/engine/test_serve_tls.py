@@ -1,0 +1,135 @@
+"""``conveyor serve`` TLS options: a misconfiguration is one clear line and exit status 1,
+never plaintext serving, a traceback or a wrong guess at the cause."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_server import FAULTHANDLER_ENV
+from models import VERSION_IO, Version, write_model
+
+from conveyor.engine.server import Server, ServerError
+from conveyor.engine.tls import TLSConfig
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    write_model(root, "m", 1, Version(1), VERSION_IO)
+    return root
+
+
+def _serve(repo: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``conveyor serve`` expected to fail at start (bounded: it would otherwise serve)."""
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--port", "0", "--metrics-port", "-1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=FAULTHANDLER_ENV,
+    )  # fmt: skip
+
+
+def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("conveyor: error:")]
+
+
+def test_a_client_ca_without_a_server_certificate_is_refused(repo: Path, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("refused before it is read\n")
+    result = _serve(repo, "--tls-client-ca", str(ca))
+    assert result.returncode == 1, result.stderr
+    assert _error_lines(result) == [
+        "conveyor: error: --tls-client-ca (mutual TLS) needs --tls-cert and --tls-key"
+    ]
+
+
+def _key_and_certificate(
+    directory: Path, name: str, passphrase: bytes | None = None
+) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key (PEM; encrypted with ``passphrase``)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("pem")
+    key, cert = _key_and_certificate(d, "server")
+    other_key, _ = _key_and_certificate(d, "other")
+    encrypted_key, encrypted_cert = _key_and_certificate(d, "encrypted", b"secret")
+    garbage = d / "garbage.pem"
+    garbage.write_text("not a pem\n")
+    return dict(
+        key=key, cert=cert, other_key=other_key, encrypted_key=encrypted_key,
+        encrypted_cert=encrypted_cert, garbage=garbage, missing=d / "missing.pem",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "client_ca", "message"),
+    [
+        ("missing", "key", None, "TLS certificate {missing}: No such file or directory"),
+        ("cert", "missing", None, "TLS private key {missing}: No such file or directory"),
+        ("garbage", "garbage", None, "TLS certificate {garbage}: no PEM certificate in it"),
+        ("key", "key", None, "TLS certificate {key}: no PEM certificate in it"),
+        ("cert", "garbage", None, "TLS private key {garbage}: not a PEM private key"),
+        ("cert", "other_key", None,
+         "TLS private key {other_key} does not match certificate {cert}"),
+        ("encrypted_cert", "encrypted_key", None,
+         "TLS private key {encrypted_key}: encrypted; gRPC needs an unencrypted PEM key"),
+        ("cert", "key", "garbage", "TLS client CA {garbage}: no PEM certificate in it"),
+        ("cert", "key", "missing", "TLS client CA {missing}: No such file or directory"),
+    ],
+)  # fmt: skip
+def test_an_unusable_tls_file_is_one_line_naming_it(
+    repo: Path, pem: dict[str, Path], cert: str, key: str, client_ca: str | None, message: str
+) -> None:
+    flags = ["--tls-cert", str(pem[cert]), "--tls-key", str(pem[key])]
+    if client_ca:
+        flags += ["--tls-client-ca", str(pem[client_ca])]
+    result = _serve(repo, *flags)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == ["conveyor: error: " + message.format(**pem)]
+
+
+def test_the_embedded_server_reports_an_unusable_tls_file(repo: Path, pem: dict[str, Path]) -> None:
+    tls = TLSConfig(pem["garbage"], pem["key"])
+    with pytest.raises(ServerError, match=r"^TLS certificate .*garbage\.pem: no PEM certificate"):
+        Server(repo, port=0, tls=tls).start()
+    # The files that make it fail are fine: a good pair serves.
+    with Server(repo, port=0, tls=TLSConfig(pem["cert"], pem["key"])) as server:
+        assert server.port
