@@ -284,7 +284,10 @@ class Server:
         try:
             repository = ModelRepository(self.repository_path, **self._options)
         except Exception as exc:
-            raise ServerError(f"model repository: {exc}") from None
+            message = str(exc)  # ModelLoadError names the repository itself
+            if not message.startswith("model repository"):
+                message = f"model repository: {message}"
+            raise ServerError(message) from None
         servicer = InferenceServicer(repository, metrics=self.metrics)
         server = grpc.aio.server(
             options=self._grpc_options,
