@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from conveyor.kernels import dispatch
+from conveyor.kernels.second_order import reference_grads
 
 MODES = {"sum": 0, "mean": 1}
+_MODE_NAMES = {code: name for name, code in MODES.items()}
 
 
 def embedding_bag_reference(
@@ -131,6 +133,15 @@ class EmbeddingBagFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         weight, indices, offsets, psw = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: see kernels/second_order.py
+            mode = _MODE_NAMES[ctx.mode]
+            gw, _, _, gp = reference_grads(
+                lambda w, i, o, p: embedding_bag_reference(i, w, o, mode, p),
+                (weight, indices, offsets, psw),
+                (ctx.needs_input_grad[0], False, False, ctx.needs_input_grad[3]),
+                grad_out,
+            )
+            return gw, None, None, gp, None, None
         _, bwd = _BACKENDS[ctx.impl]
         need_psw = psw is not None and ctx.needs_input_grad[3]
         gw, gp = bwd(grad_out.contiguous(), weight, indices, offsets, psw, ctx.mode, need_psw)
@@ -179,6 +190,14 @@ def embedding_bag(
     )
     if chosen == "reference":
         return embedding_bag_reference(indices, weight, offsets, mode, per_sample_weights)
+    for name, t in (("indices", indices), ("offsets", offsets)):
+        if t is not None and t.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name}: expected int64 or int32, got {t.dtype}")
+    if per_sample_weights is not None and per_sample_weights.shape != indices.shape:
+        raise ValueError(
+            f"per_sample_weights: expected the shape of indices {tuple(indices.shape)}, "
+            f"got {tuple(per_sample_weights.shape)}"
+        )
     if indices.dim() == 2:
         if offsets is not None:
             raise ValueError("offsets: must be None when indices is 2-D [B, L]")

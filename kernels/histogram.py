@@ -85,6 +85,11 @@ def _resolve_impl(impl: str | None, on_cuda: bool) -> str:
     return impl
 
 
+def _cpu_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def histogram_update(
     values: Any,
     edges: Any,
@@ -116,8 +121,9 @@ def histogram_update(
         return _histogram_update_cuda(values, edges, counts, _resolve_impl(impl, True), check_edges)
 
     if _is_torch(values):
-        values = values.detach().numpy()
-        edges = edges.detach().numpy() if _is_torch(edges) else edges
+        # numpy has no bfloat16: such tensors (values or edges) go over as float32.
+        values = _cpu_numpy(values)
+        edges = _cpu_numpy(edges) if _is_torch(edges) else edges
         if counts is not None and _is_torch(counts):
             histogram_update(values, edges, counts.numpy(), impl=impl, check_edges=check_edges)
             return counts

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from conveyor.kernels import dispatch
+from conveyor.kernels.second_order import reference_grads
 
 
 def layer_norm_reference(
@@ -128,13 +129,21 @@ class LayerNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps: float, impl: str):
         fwd, _ = _BACKENDS[impl]
         y, mean, rstd = fwd(x, weight, bias, eps)
-        ctx.impl = impl
-        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.impl, ctx.eps = impl, eps
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, mean, rstd = ctx.saved_tensors
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: see kernels/second_order.py
+            gx, gw, gb = reference_grads(
+                lambda x, w, b: layer_norm_reference(x, x.shape[-1], w, b, ctx.eps),
+                (x, weight, bias),
+                ctx.needs_input_grad[:3],
+                gy,
+            )
+            return gx, gw, gb, None, None
         _, bwd = _BACKENDS[ctx.impl]
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         gx, gw, gb = bwd(gy.contiguous(), x, weight, mean, rstd, need)
@@ -173,6 +182,8 @@ def layer_norm(
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
             raise ValueError(f"{name}: expected x's dtype and device ({x.dtype}, {x.device})")
     n = math.prod(normalized_shape)
+    if n == 0:  # nothing to normalise (reshape(-1, 0) cannot infer the rows)
+        return layer_norm_reference(x, normalized_shape, weight, bias, eps)
     x2 = x.reshape(-1, n).contiguous()
     w = None if weight is None else weight.reshape(n).contiguous()
     b = None if bias is None else bias.reshape(n).contiguous()

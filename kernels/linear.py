@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conveyor.kernels import dispatch
+from conveyor.kernels.second_order import reference_grads
 
 ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+_ACTIVATION_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
 def activation_reference(z: torch.Tensor, activation: str) -> torch.Tensor:
@@ -159,12 +161,21 @@ class FusedLinearFunction(torch.autograd.Function):
         keep_z = any(ctx.needs_input_grad[:3])
         y, z = fwd(x, weight, bias, act, keep_z)
         ctx.act, ctx.impl = act, impl
-        ctx.save_for_backward(x, weight, z)
+        ctx.save_for_backward(x, weight, bias, z)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, z = ctx.saved_tensors
+        x, weight, bias, z = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: see kernels/second_order.py
+            name = _ACTIVATION_NAMES[ctx.act]
+            gx, gw, gb = reference_grads(
+                lambda x, w, b: linear_reference(x, w, b, name),
+                (x, weight, bias),
+                ctx.needs_input_grad[:3],
+                gy,
+            )
+            return gx, gw, gb, None, None
         _, bwd = _BACKENDS[ctx.impl]
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         gx, gw, gb = bwd(gy.contiguous(), z, x, weight, ctx.act, need)
@@ -225,10 +236,12 @@ def fused_linear(
 
 class PackCache:
     """A module's layers packed for CPU inference (``conveyor.kernels.PackedMLP``),
-    rebuilt when a parameter changes storage (``.to()``, a new Parameter) or is
+    rebuilt when a parameter changes storage (``.to()``, a new Parameter), is
     modified in place (its version counter moves: an optimizer step,
-    ``load_state_dict``). Copies and pickles of it start empty: the packed weights
-    are a compiled object, cheap to rebuild."""
+    ``load_state_dict``, ``p.copy_()`` under ``no_grad``) or a layer's activation
+    changes. A write through ``p.data`` moves no version counter and is not seen:
+    the module's ``refresh()`` drops the packed copy. Copies and pickles of it
+    start empty: the packed weights are a compiled object, cheap to rebuild."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
@@ -236,7 +249,8 @@ class PackCache:
 
     def get(self, layers: list[tuple[torch.Tensor, torch.Tensor | None, str]]):  # -> PackedMLP
         key = tuple(
-            (t.data_ptr(), t._version) for w, b, _ in layers for t in (w, b) if t is not None
+            (act, *((t.data_ptr(), t._version) for t in (w, b) if t is not None))
+            for w, b, act in layers
         )
         if self._packed is None or key != self._key:
             from conveyor.kernels.mlp import PackedMLP
@@ -264,9 +278,9 @@ class FusedLinear(nn.Module):
     moves between the two (keys ``weight``, ``bias``). CPU inference (no
     autograd graph) runs on a packed copy of the
     weights (``conveyor.kernels.PackedMLP``), made on the first such call and
-    remade after the parameters change; it costs one more copy of the weights
-    in memory. Forcing an implementation (``impl``, ``CONVEYOR_LINEAR_IMPL``)
-    bypasses it.
+    remade after the parameters change (not after a write through ``.data``:
+    call :meth:`refresh` then); it costs one more copy of the weights in memory.
+    Forcing an implementation (``impl``, ``CONVEYOR_LINEAR_IMPL``) bypasses it.
     """
 
     def __init__(
@@ -292,6 +306,10 @@ class FusedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
         self._pack_cache = PackCache()
         self.reset_parameters()
+
+    def refresh(self) -> None:
+        """Forget the packed weights (they are rebuilt on the next inference call)."""
+        self._pack_cache = PackCache()
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s initialisation (Kaiming-uniform weight, uniform bias)."""

@@ -141,8 +141,15 @@ class PackedMLP:
         shape = (x.shape[0], self.dims[-1])
         if out is None:
             out = np.empty(shape, dtype=self.dtype)
-        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out: expected a C-contiguous {self.dtype} array of shape {shape}")
+        elif (
+            out.shape != shape
+            or out.dtype != self.dtype
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError(
+                f"out: expected a writeable C-contiguous {self.dtype} array of shape {shape}"
+            )
         # Pointers: everything the numpy binding would check is checked above.
         self._c.forward_ptr(x.ctypes.data, x.shape[0], out.ctypes.data)
         return out
@@ -171,6 +178,10 @@ class FusedMLP(nn.Module):
         dims: ``[in, hidden..., out]`` feature sizes.
         activations: one per layer (``len(dims) - 1``), keys of ``ACTIVATIONS``.
         impl: forced implementation for the whole-MLP call (default: dispatcher).
+
+    CPU inference runs on weights packed on the first such call and repacked when a
+    parameter or activation changes (``conveyor.kernels.linear.PackCache``); after a
+    write through ``.data``, which that cannot see, call :meth:`refresh`.
     """
 
     def __init__(

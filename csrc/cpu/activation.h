@@ -62,7 +62,7 @@ template <typename T>
 __attribute__((always_inline)) inline T activate(int act, T z) {
   switch (act) {
     case kActRelu:
-      return z > T(0) ? z : T(0);
+      return z < T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu keeps it
     case kActGelu:
       return T(0.5) * z * (T(1) + act_erf(z * T(0.70710678118654752440)));
     case kActGeluTanh: {

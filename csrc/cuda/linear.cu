@@ -23,7 +23,7 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
 
 __device__ __forceinline__ float act_fwd(int act, float z) {
   switch (act) {
-    case kActRelu: return fmaxf(z, 0.f);
+    case kActRelu: return z < 0.f ? 0.f : z;  // fmaxf(NaN, 0) is 0; torch.relu keeps NaN
     case kActGelu: return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));
     case kActGeluTanh:
       return 0.5f * z * (1.f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));

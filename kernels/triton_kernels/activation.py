@@ -28,7 +28,7 @@ def _tanh(u):
 def apply(z, ACT: tl.constexpr):
     """act(z) for a float32 block."""
     if ACT == 1:
-        z = tl.maximum(z, 0.0)
+        z = tl.where(z < 0.0, 0.0, z)  # NaN stays NaN, as torch.relu keeps it
     elif ACT == 2:
         z = 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
     elif ACT == 3:

@@ -214,6 +214,14 @@ def test_bad_arguments_raise() -> None:
         embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "mean", torch.ones(1))
     with pytest.raises(ValueError, match="mode"):
         embedding_bag(torch.tensor([1]), weight, torch.tensor([0]), "max")
+    # Not truncated to rows 1 and 7, nor weights applied to the wrong samples.
+    with pytest.raises(ValueError, match="indices: expected int64 or int32"):
+        embedding_bag(torch.tensor([1.9, 7.5]), weight, torch.tensor([0]), "mean", impl="cpp")
+    with pytest.raises(ValueError, match="offsets: expected int64 or int32"):
+        embedding_bag(torch.tensor([1, 7]), weight, torch.tensor([0.0]), impl="cpp")
+    with pytest.raises(ValueError, match=r"per_sample_weights: expected the shape of indices"):
+        embedding_bag(torch.zeros(4, 2, dtype=torch.long), weight, None, "sum",
+                      torch.ones(2, 4), impl="cpp")  # fmt: skip
 
 
 @pytest.mark.parametrize("D", [16, 24])  # a width with its own loop, one without

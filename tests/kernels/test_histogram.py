@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conveyor import _C
 from conveyor.kernels import histogram_slots, histogram_update, histogram_update_reference
@@ -82,6 +83,15 @@ def test_converts_float64_and_non_contiguous_values() -> None:
     np.testing.assert_array_equal(
         histogram_update(values[::2, 1:4], edges[1:4]), _reference(values[::2, 1:4], edges[1:4])
     )
+
+
+def test_bfloat16_tensors_are_converted() -> None:
+    # numpy has no bfloat16: such tensors go over as float32 (they were a TypeError).
+    values, edges = _data(200, 3, 6, seed=5)
+    v16 = torch.from_numpy(values).bfloat16()
+    e16 = torch.from_numpy(edges).bfloat16()
+    want = _reference(v16.float().numpy(), e16.float().numpy())
+    np.testing.assert_array_equal(histogram_update(v16, e16), want)
 
 
 def test_env_var_forces_implementation(monkeypatch: pytest.MonkeyPatch) -> None:

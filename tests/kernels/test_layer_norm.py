@@ -56,6 +56,8 @@ def test_cpp_large_mean_two_dims_and_empty() -> None:
     _check("cpp", (50, 64), shift=1000.0)
     _check("cpp", (6, 4, 5), n_dims=2)
     _check("cpp", (0, 16))
+    empty_rows = torch.randn(3, 0)
+    assert layer_norm(empty_rows, 0, impl="cpp").shape == (3, 0)
 
 
 @pytest.mark.parametrize(("width", "first"), [(1024, 2024.0), (4096, 1e4), (65536, 1e3)])
@@ -155,3 +157,16 @@ def test_cpp_two_threads_match_reference() -> None:
         _check("cpp", (300, 257))
     finally:
         _C.set_num_threads(before)
+
+
+def test_cpp_second_derivative_matches_torch() -> None:
+    torch.manual_seed(4)
+    x0, w0 = torch.randn(5, 7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+
+    def penalised(impl: str) -> torch.Tensor:
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = layer_norm(x, 7, w, None, impl=impl)
+        (gx,) = torch.autograd.grad((y * y.detach()).sum(), x, create_graph=True)
+        return torch.autograd.grad((gx**2).sum(), w)[0]
+
+    torch.testing.assert_close(penalised("cpp"), penalised("reference"))

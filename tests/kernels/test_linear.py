@@ -147,6 +147,32 @@ def test_module_inference_packs_its_weights_once(monkeypatch, dtype, bias: bool)
     assert len(packs) == 4  # the two clones packed their own copies; nothing else did
 
 
+def test_module_inference_sees_a_new_activation_and_refresh_after_a_data_write() -> None:
+    torch.manual_seed(1)
+    layer = FusedLinear(16, 8, "none")
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        layer(x)
+        layer.activation = "relu"  # part of the packed copy's key
+        assert_close(layer(x), linear_reference(x, layer.weight, layer.bias, "relu"), x.dtype)
+        layer.weight.data.mul_(2)  # no version counter moves: refresh() is the way
+        layer.refresh()
+        assert_close(layer(x), linear_reference(x, layer.weight, layer.bias, "relu"), x.dtype)
+
+
+def test_relu_keeps_nan_like_torch() -> None:
+    x = torch.tensor([[float("nan"), 1.0], [-1.0, 2.0]])
+    w, b = torch.eye(2), torch.zeros(2)
+    want = torch.relu(x @ w.t() + b)
+    for impl in ("cpp", "reference"):
+        torch.testing.assert_close(fused_linear(x, w, b, "relu", impl=impl), want, equal_nan=True)
+    layer = FusedLinear(2, 2, "relu")
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.zero_()
+        torch.testing.assert_close(layer(x), want, equal_nan=True)  # the packed path
+
+
 def test_bad_arguments() -> None:
     x, w, b = _inputs(3, 4, 5)
     with pytest.raises(ValueError, match="activation"):
@@ -270,3 +296,21 @@ def test_triton_float16_interpreted() -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the gpu tests")
     _check("triton", 5, 19, 21, "silu", dtype=torch.float16)  # half storage, float32 math
+
+
+def test_a_second_derivative_matches_torch() -> None:
+    # A gradient penalty differentiates the gradient: the compiled backward has no
+    # graph, so under create_graph the op differentiates its torch reference (the
+    # penalty's dW term was silently missing).
+    torch.manual_seed(3)
+    x0 = torch.randn(4, 8, dtype=torch.float64)
+    w0, b0 = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+
+    def penalised(impl: str) -> tuple[torch.Tensor, ...]:
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = fused_linear(x, w, b, "gelu", impl=impl)
+        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        return torch.autograd.grad((gx**2).sum() + y.sum(), (w, b))
+
+    for got, want in zip(penalised("cpp"), penalised("reference"), strict=True):
+        torch.testing.assert_close(got, want)

@@ -164,6 +164,10 @@ def test_packed_bad_arguments() -> None:
         packed(torch.randn(2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="out: expected"):
         packed.run(np.zeros((2, 4), np.float32), np.zeros((2, 2), np.float32))
+    read_only = np.zeros((2, packed.out_features), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writeable"):
+        packed.run(np.zeros((2, 4), np.float32), read_only)
     with pytest.raises(ValueError, match="need at least one"):
         PackedMLP([])
     with pytest.raises(ValueError, match="activation"):
