@@ -5,8 +5,8 @@ Layout (the trainer writes it; see ``engine/README.md``)::
     REPO/NAME/<version>/{config.json, model.pt | model.pt2[, spec.json, stats.json]}
 
 Versions are positive integers. Which are served is the model's version policy
-(``version_policy`` in the newest version's config.json, else the server's
-default, ``latest:1``). Model control:
+(``version_policy`` in the newest version's config.json that parses, else the
+server's default, ``latest:1``). Model control:
 
 * ``poll``: every ``poll_interval`` seconds the directory is rescanned; new or
   changed versions are loaded, versions no longer wanted and removed models are
@@ -340,13 +340,20 @@ class ModelRepository:
         return found
 
     def _policy(self, versions: dict[int, Path]) -> VersionPolicy:
-        if not versions:
-            return self.default_policy
-        try:
-            config = load_config(versions[max(versions)] / "config.json")
-        except ModelLoadError:
-            return self.default_policy
-        return config.version_policy or self.default_policy
+        """The version policy of the newest version whose config.json parses (its
+        ``version_policy``, else the server's default).
+
+        A newer version with a missing or broken config.json (a push still being
+        copied, a typo) does not count: falling back to the server's default there
+        would let a bad push unload versions the model's own policy keeps serving.
+        """
+        for version in sorted(versions, reverse=True):
+            try:
+                config = load_config(versions[version] / "config.json")
+            except ModelLoadError:
+                continue
+            return config.version_policy or self.default_policy
+        return self.default_policy
 
     def _plan(self, name: str) -> tuple[dict[int, Path], list[int], dict[int, tuple]]:
         versions = self._versions_on_disk(name)

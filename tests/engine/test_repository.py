@@ -324,3 +324,31 @@ def test_poll_reloads_a_version_whose_files_changed(tmp_path: Path) -> None:
     finally:
         channel.close()
         server.stop()
+
+
+def test_a_broken_newer_version_keeps_the_model_policy(tmp_path: Path) -> None:
+    # latest:2 serves v1 and v2. A v3 whose config.json is broken and a v4 still being
+    # copied (no config.json yet) must not make the server's default latest:1 apply,
+    # which would unload v1: the policy comes from the newest config.json that parses.
+    for v in (1, 2):
+        write_model(tmp_path, "m", v, Version(v), VERSION_IO, version_policy="latest:2")
+    server, channel, stub = _serve(tmp_path)
+    try:
+        assert _ready(stub, "m", "1") and _ready(stub, "m", "2")
+        (tmp_path / "m" / "3").mkdir()
+        config = json.loads((tmp_path / "m" / "2" / "config.json").read_text())
+        (tmp_path / "m" / "3" / "config.json").write_text(json.dumps({**config, "bogus": 1}))
+        (tmp_path / "m" / "4").mkdir()
+        entry = server.repository.models["m"]  # type: ignore[union-attr]
+        _wait(lambda: {3, 4} <= set(entry.failed))
+        time.sleep(3 * POLL)  # a few more polls: nothing may be unloaded meanwhile
+        assert _ready(stub, "m", "1") and _ready(stub, "m", "2")
+        assert [_infer(stub, "m", v) for v in ("1", "2")] == [1.0, 2.0]
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        states = {m.version: (m.state, m.reason) for m in index.models if m.name == "m"}
+        assert states["3"][0] == "UNAVAILABLE" and "bogus" in states["3"][1]
+        assert states["4"][0] == "UNAVAILABLE" and "missing" in states["4"][1]
+    finally:
+        channel.close()
+        server.stop()
+
