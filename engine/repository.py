@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -44,7 +45,7 @@ from conveyor.engine.errors import (
     NotFound,
     Unavailable,
 )
-from conveyor.engine.model import PROGRAM_FILES, Model
+from conveyor.engine.model import Model
 from conveyor.engine.model_config import VersionPolicy, load_config
 from conveyor.engine.validation import RequestDecoder
 
@@ -160,14 +161,24 @@ class ModelEntry:
 
 
 def _fingerprint(directory: Path) -> tuple:
+    """(relative path, mtime ns, size) of every file under a version directory, sorted.
+
+    Every file counts, not only config.json and the program: a load refused for a
+    stray pickle must be retried once it is removed, and a new or changed stats.json
+    or spec.json changes drift tracking. Only stat() is read (no hashing), so a poll
+    stays cheap however large the weights; symlinked files are stat()ed through.
+    """
     stamps = []
-    for name in ("config.json", *PROGRAM_FILES.values()):
-        try:
-            st = (directory / name).stat()
-            stamps.append((name, st.st_mtime_ns, st.st_size))
-        except OSError:
-            pass
-    return tuple(stamps)
+    for parent, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in files:
+            path = Path(parent, name)
+            try:
+                st = path.stat()
+            except OSError:  # removed meanwhile, or a dangling symlink
+                continue
+            stamps.append((path.relative_to(directory).as_posix(), st.st_mtime_ns, st.st_size))
+    return tuple(sorted(stamps))
 
 
 class ModelRepository:

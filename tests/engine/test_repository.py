@@ -352,3 +352,27 @@ def test_a_broken_newer_version_keeps_the_model_policy(tmp_path: Path) -> None:
         channel.close()
         server.stop()
 
+
+def test_poll_retries_and_reloads_on_any_file_of_the_version(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        d = tmp_path / "m" / "2"
+        d.mkdir()
+        (d / "weights.pkl").write_bytes(b"junk")  # first, so no poll sees v2 without it
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        entry = server.repository.models["m"]  # type: ignore[union-attr]
+        _wait(lambda: 2 in entry.failed)
+        assert "weights.pkl" in entry.failed[2][1]
+        (d / "weights.pkl").unlink()  # config.json and model.pt untouched
+        _wait(lambda: _ready(stub, "m", "2"))
+        assert _infer(stub, "m") == 2.0
+        # A stats.json added to a loaded version reloads it (drift reads it at load).
+        loaded = entry.versions[2]
+        stats = {"numeric": {"x": {"edges": np.linspace(0, 1, 21).tolist()}}}
+        (d / "stats.json").write_text(json.dumps(stats))
+        _wait(lambda: entry.versions.get(2) is not loaded)
+        assert _infer(stub, "m") == 2.0
+    finally:
+        channel.close()
+        server.stop()
