@@ -230,6 +230,7 @@ class DriftMetrics:
         self._scores: dict[tuple[str, str], Any] = {}
         self._invalid: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._retired = False
 
     def bind(self, monitor: Any) -> None:
         """Create every series of ``monitor``'s features at 0, so they exist before data."""
@@ -251,6 +252,8 @@ class DriftMetrics:
 
     def update(self, report: Any) -> None:
         with self._lock:
+            if self._retired:
+                return
             self.window_rows.set(report.window_rows)
             if not report.scored:
                 return
@@ -260,6 +263,34 @@ class DriftMetrics:
                 if f.kind == "categorical":
                     self._score(f.feature, "chi2").set(f.chi2)
             self.alert.set(1 if report.alert else 0)
+
+    def retire(self, remove: bool) -> None:
+        """The version stops serving: later updates (batches it still drains) are ignored.
+
+        ``remove`` (the version is unloaded, not reloaded under the same labels): its
+        score, alert and window-rows series are removed, so no alert keeps firing and no
+        dashboard keeps showing scores for a version that serves nothing. They are set
+        to 0 first: in multiprocess mode a removal does not reach the value files the
+        parent merges, so there 0 is what stays. A reload's new copy shares the label
+        children, so ``remove=False`` leaves them to it.
+        """
+        with self._lock:
+            self._retired = True
+            if not remove:
+                return
+            gauges = [
+                (self._metrics.drift_alert, self.alert, (self.model, self.version)),
+                (self._metrics.drift_window_rows, self.window_rows, (self.model, self.version)),
+            ]
+            gauges += [
+                (self._metrics.drift_score, child, (self.model, self.version, *key))
+                for key, child in self._scores.items()
+            ]
+            multiprocess = MULTIPROC_ENV in os.environ
+            for metric, child, labels in gauges:
+                child.set(0)
+                if not multiprocess:  # prometheus-client only warns there
+                    metric.remove(*labels)
 
     def invalid(self, items: list[tuple[int, str, str, int]]) -> None:
         """Add data-quality counts: (kind, feature, reason, count) tuples."""

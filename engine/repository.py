@@ -449,6 +449,11 @@ class ModelRepository:
             replaced = entry is not None and s.version in entry.versions
             if not replaced:  # a reload's new copy is already ready under the same labels
                 self._mark_ready(s.name, s.version, False)
+            if s.drift is not None and s.drift.metrics is not None:
+                # Its drift gauges would otherwise keep their last values (an alert
+                # firing for a version that serves nothing); model_ready and the queue
+                # bound stay, at 0, as the README documents for an unloaded version.
+                s.drift.metrics.retire(remove=not replaced)
             if not await self._run(s.batcher.close, RETIRE_TIMEOUT):
                 # A model stuck in forward: its (daemon) threads are abandoned rather
                 # than blocking every later load and unload.

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from drift_data import profile
-from models import AFFINE_IO, Affine, write_model
+from models import AFFINE_IO, Affine, Version, write_model
 
 from conveyor.cli import main
 from conveyor.client import Client, InvalidArgumentError
@@ -190,3 +190,63 @@ def test_workers_export_the_aggregate(tmp_path: Path) -> None:
     assert _value(text, 'conveyor_inflight_requests{model="affine"}') == 0
     assert _value(text, 'conveyor_queue_depth{model="affine"}') == 0
     assert _value(text, 'conveyor_drift_window_rows{model="affine",version="1"}') == windows
+
+
+def _version_with_stats(root: Path, version: int) -> Path:
+    """``m`` at ``version``: answers its version number; one column ``x`` profiled as
+    uniform on [0, 1] (stats.json), so drift is tracked."""
+    io = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "columns": ["x"]}],
+        "outputs": [{"name": "v", "datatype": "FP32", "shape": [1]}],
+    }
+    directory = write_model(root, "m", version, Version(version), io, max_batch_size=2048)
+    stats = {"numeric": {"x": {"edges": np.linspace(0, 1, 21).tolist(), "bin_shares": [0.05] * 20}}}
+    (directory / "stats.json").write_text(json.dumps(stats))
+    return directory
+
+
+def _series(server: Server, name: str) -> dict[str, float]:
+    """``name``'s samples in the server's registry: {labels text: value}."""
+    from prometheus_client import generate_latest
+
+    out = {}
+    for line in generate_latest(server.metrics.registry).decode().splitlines():  # type: ignore[union-attr]
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) :].rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_an_unloaded_versions_drift_series_are_removed(tmp_path: Path) -> None:
+    _version_with_stats(tmp_path, 1)
+    settings = DriftSettings(score_interval=0)
+    with Server(tmp_path, port=0, poll_interval=0.1, drift=settings) as server:
+        repository = server.repository
+        assert repository is not None
+        with Client(server.address, timeout=10) as client:
+            for _ in range(2):  # far outside the profiled [0, 1]
+                client.infer("m", {"x": np.full((1000, 1), 5.0, np.float32)})
+        v1 = '{model="m",version="1"}'
+        assert _series(server, "conveyor_drift_alert") == {v1: 1.0}
+        _version_with_stats(tmp_path, 2)  # latest:1: v2 replaces v1
+        _wait_for(lambda: list(repository.models["m"].versions) == [2])
+        v2 = '{model="m",version="2"}'
+        assert _series(server, "conveyor_drift_alert") == {v2: 0.0}
+        assert _series(server, "conveyor_drift_window_rows") == {v2: 0.0}
+        assert not [k for k in _series(server, "conveyor_drift_score") if 'version="1"' in k]
+        # model_ready and the queue bound of the unloaded version stay, at 0 (README).
+        assert _series(server, "conveyor_model_ready") == {v1: 0.0, v2: 1.0}
+        assert _series(server, "conveyor_max_queue_size")[v1] == 0.0
+        # A reload of v2 (a changed file) keeps v2's series: the new copy owns them.
+        old = repository.models["m"].versions[2]
+        (tmp_path / "m" / "2" / "spec.json").write_text("{}")
+        _wait_for(lambda: repository.models["m"].versions.get(2) not in (None, old))
+        assert _series(server, "conveyor_drift_alert") == {v2: 0.0}
+        assert len([k for k in _series(server, "conveyor_drift_score") if 'version="2"' in k]) == 4
