@@ -123,6 +123,10 @@ class DriftReport:
     threshold: float
     scored: bool
     features: list[FeatureScore] = field(default_factory=list)
+    # Only window_rows is current (the batching path between scorings): the gauges
+    # keep their scores. An unscored report that is not rows_only means the window
+    # holds too few rows to score, and the gauges drop back to 0.
+    rows_only: bool = False
 
     @property
     def alert(self) -> bool:
@@ -459,7 +463,7 @@ class DriftMonitor:
                 self._stale = True
                 self._evict(now)
                 rows_now = sum(c.rows for c in self._chunks)
-                report = DriftReport(rows_now, self.settings.threshold, False)  # rows only
+                report = DriftReport(rows_now, self.settings.threshold, False, rows_only=True)
         if self.metrics is not None:
             self.metrics.update(report)
 

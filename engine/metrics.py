@@ -231,6 +231,7 @@ class DriftMetrics:
         self._invalid: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._retired = False
+        self._zeroed = True  # every series is 0 (bind) until the first scored report
 
     def bind(self, monitor: Any) -> None:
         """Create every series of ``monitor``'s features at 0, so they exist before data."""
@@ -251,12 +252,29 @@ class DriftMetrics:
         return child
 
     def update(self, report: Any) -> None:
+        """Show a :class:`conveyor.engine.drift.DriftReport`: window rows always; scores
+        and alert when scored, 0 when the window holds too few rows to score, kept as
+        they are for a ``rows_only`` report."""
         with self._lock:
             if self._retired:
                 return
             self.window_rows.set(report.window_rows)
-            if not report.scored:
+            if report.rows_only:
                 return
+            if not report.scored:
+                # Too few rows to score (the window aged out or emptied): back to the
+                # state of a version that has not been scored yet (bind). Zero, not
+                # removed: the series exist from load on and the dashboard's panels and
+                # ConveyorInputDrift read 0 as "nothing to report"; a removal would
+                # also not reach multiprocess mode's value files. window_rows (below
+                # the minimum) says the scores are not current.
+                if not self._zeroed:
+                    for child in self._scores.values():
+                        child.set(0)
+                    self.alert.set(0)
+                    self._zeroed = True
+                return
+            self._zeroed = False
             for f in report.features:
                 self._score(f.feature, "psi").set(f.psi)
                 self._score(f.feature, "js").set(f.js)

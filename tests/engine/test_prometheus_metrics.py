@@ -19,12 +19,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from drift_data import profile
+from drift_data import profile, uniform_monitor
 from models import AFFINE_IO, Affine, Version, write_model
 
 from conveyor.cli import main
 from conveyor.client import Client, InvalidArgumentError
 from conveyor.engine.drift import DriftSettings
+from conveyor.engine.metrics import ServerMetrics
 from conveyor.engine.server import Server
 
 
@@ -250,3 +251,25 @@ def test_an_unloaded_versions_drift_series_are_removed(tmp_path: Path) -> None:
         _wait_for(lambda: repository.models["m"].versions.get(2) not in (None, old))
         assert _series(server, "conveyor_drift_alert") == {v2: 0.0}
         assert len([k for k in _series(server, "conveyor_drift_score") if 'version="2"' in k]) == 4
+
+
+def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(tmp_path: Path) -> None:
+    metrics = ServerMetrics()
+    # score_interval: the first chunk is scored, later ones only move window_rows.
+    settings = DriftSettings(window_rows=100, window_seconds=0.5, min_rows=10, score_interval=3600)
+    mon = uniform_monitor(tmp_path, settings, metrics.drift("m", 1))
+    labels = {"model": "m", "version": "1"}
+    psi = {**labels, "feature": "x", "method": "psi"}
+
+    def sample(name: str, extra: dict[str, str] = labels) -> float | None:
+        return metrics.registry.get_sample_value(name, extra)
+
+    mon.observe([np.full((20, 1), 5.0, np.float32)], [])  # far outside [0, 1]
+    assert sample("conveyor_drift_alert") == 1 and sample("conveyor_drift_score", psi) > 0.2
+    mon.observe([np.full((20, 1), 5.0, np.float32)], [])  # a rows-only update
+    assert sample("conveyor_drift_window_rows") == 40 and sample("conveyor_drift_alert") == 1
+    time.sleep(0.7)  # no traffic: every row is older than the window
+    report = mon.report()
+    assert not report.scored and report.window_rows == 0
+    assert sample("conveyor_drift_alert") == 0 and sample("conveyor_drift_score", psi) == 0
+    assert sample("conveyor_drift_window_rows") == 0
