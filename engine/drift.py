@@ -26,7 +26,8 @@ Jensen-Shannon distance (base 2, in [0, 1]) and, for categoricals, Pearson's
 chi-square statistic. The alert is 1 while any feature's (or the prediction's) PSI
 exceeds the threshold (default 0.2; ``drift_threshold`` in config.json ``parameters``
 or ``--drift-threshold``). Scores are exported once the window holds ``min_rows``
-rows (default 1,000), so a quiet model does not alert on a handful of requests.
+rows (default 1,000, or the whole window when ``window_rows`` is smaller), so a quiet
+model does not alert on a handful of requests.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class DriftSettings:
         enabled: track drift for versions that have stats.json (default True).
         window_rows: rows in the sliding window (default 10,000).
         window_seconds: oldest age of a row in the window, seconds (default 600).
-        min_rows: rows the window needs before scores are exported (default 1,000).
+        min_rows: rows the window needs before scores are exported (default 1,000;
+            capped at ``window_rows``, see :attr:`rows_to_score`).
         threshold: PSI above which the alert fires (default 0.2).
         score_interval: least seconds between recomputing the scores in the batching
             path (default 1.0; 0 = every chunk). At high rates a chunk fills many times
@@ -78,6 +80,13 @@ class DriftSettings:
     min_rows: int = 1_000
     threshold: float = 0.2
     score_interval: float = 1.0
+
+    @property
+    def rows_to_score(self) -> int:
+        """Rows the window needs before it is scored: ``min_rows``, or the whole window
+        when ``window_rows`` is smaller (a window that can never hold ``min_rows``
+        would never be scored). The one rule for the flags and config.json alike."""
+        return min(self.min_rows, self.window_rows)
 
     def for_model(self, parameters: dict[str, Any]) -> DriftSettings:
         """These settings with a model's config.json ``parameters`` applied."""
@@ -510,7 +519,7 @@ class DriftMonitor:
         self._evict(now)
         chunks = self._chunks
         rows = sum(c.rows for c in chunks)
-        report = DriftReport(rows, self.settings.threshold, rows >= self.settings.min_rows)
+        report = DriftReport(rows, self.settings.threshold, rows >= self.settings.rows_to_score)
         if not report.scored:
             return report
         for k, t in enumerate(self.numeric):
@@ -532,7 +541,7 @@ class DriftMonitor:
             )
         if self._pred_shares is not None:
             scored = [c.prediction for c in chunks if c.prediction.shape[1]]
-            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= self.settings.min_rows:
+            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= self.settings.rows_to_score:
                 counts = sum(scored)
                 report.features += _numeric_scores(
                     self._pred_names, counts, self._pred_shares, "prediction"

@@ -16,9 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from drift_data import config_for, feed_windows, monitor, profile, tensors
+from drift_data import config_for, feed_windows, monitor, profile, tensors, uniform_monitor
 
-from conveyor.engine.drift import js_distance, psi, quantile_bin_shares
+from conveyor.engine.drift import DriftSettings, js_distance, psi, quantile_bin_shares
 
 WINDOW = 10_000
 
@@ -221,3 +221,25 @@ def test_gauges_are_rescored_at_most_every_score_interval(synthetic) -> None:
     rows = [r.window_rows for r in updates if not r.scored]
     assert len(rows) > 2 and rows == sorted(rows)
     assert mon.report() is updates[-1]  # nothing new since: not rescored
+
+
+def _rows(n: int, value: float | None = None) -> list[np.ndarray]:
+    """``n`` rows of ``x``: uniform on [0, 1] (the reference), or all ``value``."""
+    if value is None:
+        return [np.random.default_rng(n).random((n, 1), dtype=np.float32)]
+    return [np.full((n, 1), value, np.float32)]
+
+
+def test_a_window_below_min_rows_is_scored_when_full(tmp_path: Path) -> None:
+    # config.json's drift_window_rows below 1,000: scored once the window is full, as
+    # with the --drift-window-rows flag (one rule: DriftSettings.rows_to_score).
+    settings = DriftSettings(score_interval=0).for_model({"drift_window_rows": "500"})
+    assert settings.rows_to_score == 500
+    small_server_window = DriftSettings(window_rows=500)
+    assert small_server_window.for_model({"drift_window_rows": "20000"}).rows_to_score == 1000
+    mon = uniform_monitor(tmp_path, settings)
+    mon.observe(_rows(400, 5.0), [])
+    assert not mon.report().scored
+    mon.observe(_rows(100, 5.0), [])
+    report = mon.report()
+    assert report.scored and report.alert and report.window_rows == 500
