@@ -5,7 +5,9 @@ batcher's worker threads hand every executed batch to :meth:`DriftMonitor.observ
 (after the responses are posted, so latency is unaffected). The monitor keeps a
 sliding window of the last ``window_rows`` rows (default 10,000), also bounded to
 ``window_seconds`` (default 600), as a ring of chunk histograms (a tenth of the
-window each): a chunk is added when it fills and the oldest ones leave.
+window each): a chunk is added when it fills and the oldest ones leave, by count, or
+once their newest row is older than ``window_seconds`` (so the window holds every row
+of the last ``window_seconds``, and at most one chunk's worth of older rows).
 
 * Numeric features: slot counts from :func:`conveyor.kernels.histogram_update` over the
   reference quantile edges (``edges`` in stats.json: 20 bins). The reference share of a
@@ -62,7 +64,8 @@ class DriftSettings:
     Attributes:
         enabled: track drift for versions that have stats.json (default True).
         window_rows: rows in the sliding window (default 10,000).
-        window_seconds: oldest age of a row in the window, seconds (default 600).
+        window_seconds: age bound of the window, seconds (default 600): a chunk leaves
+            once its newest row is older (see ``DriftMonitor._evict``).
         min_rows: rows the window needs before scores are exported (default 1,000;
             capped at ``window_rows``, see :attr:`rows_to_score`).
         threshold: PSI above which the alert fires (default 0.2).
@@ -312,13 +315,19 @@ def build_tracks(
 
 
 class _Chunk:
-    """Counts of a run of consecutive rows (a tenth of the window)."""
+    """Counts of a run of consecutive rows (a tenth of the window).
 
-    __slots__ = ("categorical", "numeric", "prediction", "rows", "start")
+    ``newest`` is the ``time.monotonic()`` of its latest batch (None while empty): the
+    window's age bound evicts a chunk once its newest row is older than
+    ``window_seconds``. Ages run from the rows, not from when the chunk was made, so
+    rows arriving after an idle gap are not evicted the moment their chunk fills.
+    """
+
+    __slots__ = ("categorical", "newest", "numeric", "prediction", "rows")
 
     def __init__(self, numeric: list[_Numeric], categorical: list[_Categorical], pred: int) -> None:
         self.rows = 0
-        self.start = time.monotonic()
+        self.newest: float | None = None
         self.numeric = [np.zeros((len(t.names), t.slots), np.int64) for t in numeric]
         self.categorical = [np.zeros(len(t.shares), np.int64) for t in categorical]
         self.prediction = np.zeros((pred, 0), np.int64)
@@ -461,11 +470,12 @@ class DriftMonitor:
             if prediction is not None:
                 self._observe_prediction(chunk, prediction)
             chunk.rows += rows
+            now = time.monotonic()
+            chunk.newest = now
             if chunk.rows < self._chunk_rows:
                 return
             self._chunks.append(chunk)
             self._current = self._new_chunk()
-            now = time.monotonic()
             if now - self._scored_at >= self.settings.score_interval:
                 report = self._rescore(now)
             else:
@@ -506,12 +516,21 @@ class DriftMonitor:
         self._stale = False
         return self._report
 
+    def _aged(self, now: float) -> bool:
+        """Whether the oldest chunk's newest row is older than ``window_seconds``."""
+        newest = self._chunks[0].newest if self._chunks else None
+        return newest is not None and now - newest > self.settings.window_seconds
+
     def _evict(self, now: float) -> None:
-        s = self.settings
+        """Drop the oldest chunks while the rest still hold ``window_rows``, and those
+        whose newest row is older than ``window_seconds``: the window keeps every row
+        of the last ``window_seconds`` (up to ``window_rows``), plus the older rows of
+        the one chunk that straddles that age (at most a tenth of the window). Evicting
+        on a chunk's first row instead would drop rows younger than the bound, and at
+        a rate below a chunk per ``window_seconds`` every chunk as soon as it filled."""
         total = sum(c.rows for c in self._chunks)
         while self._chunks and (
-            total - self._chunks[0].rows >= s.window_rows
-            or now - self._chunks[0].start > s.window_seconds
+            total - self._chunks[0].rows >= self.settings.window_rows or self._aged(now)
         ):
             total -= self._chunks.popleft().rows
 
@@ -553,8 +572,7 @@ class DriftMonitor:
         last scoring, or when it has aged); the gauges are brought up to date too."""
         with self._lock:
             now = time.monotonic()
-            aged = self._chunks and now - self._chunks[0].start > self.settings.window_seconds
-            if not (self._stale or aged):
+            if not (self._stale or self._aged(now)):
                 return self._report
             report = self._rescore(now)
         if self.metrics is not None:
