@@ -176,10 +176,12 @@ class ServerMetrics:
         """Drift gauges and data-quality counters of one model version."""
         return DriftMetrics(self, model, str(version))
 
-    def unknown_model(self, model: str, code: str) -> None:
-        """A request for a model the repository does not know: no model label (the
-        name comes from the client, and unbounded label values would grow memory)."""
-        self.requests.labels("", "", code).inc()
+    def unserved(self, model: str, version: str, code: str) -> None:
+        """A request that no version served (unknown model or version, not loaded, load
+        failed). ``model`` and ``version`` must come from the repository, not the
+        request (see ``ModelRepository.labels_for``): names a client makes up would
+        give unbounded label values and grow memory, so unknown ones are ""."""
+        self.requests.labels(model, version, code).inc()
 
 
 class VersionMetrics:

@@ -260,6 +260,20 @@ class ModelRepository:
             return f"{label} is not ready: version {newest} failed to load: {reason}"
         return f"{label} is not loaded"
 
+    def labels_for(self, name: str, version: str) -> tuple[str, str]:
+        """Metric labels (model, version) of a request that no version served: the name
+        only when the repository knows the model (a directory seen, loaded or failed),
+        the version only when it is one of that model's on disk or failed, else "".
+        Names a client sends are unbounded; these come from the repository."""
+        entry = self.models.get(name)
+        if entry is None:
+            return "", ""
+        if version.isascii() and version.isdigit():
+            number = int(version)
+            if number in entry.on_disk or number in entry.failed:
+                return name, str(number)
+        return name, ""
+
     def ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)

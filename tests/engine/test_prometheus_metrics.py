@@ -273,3 +273,34 @@ def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(tmp_pat
     assert not report.scored and report.window_rows == 0
     assert sample("conveyor_drift_alert") == 0 and sample("conveyor_drift_score", psi) == 0
     assert sample("conveyor_drift_window_rows") == 0
+
+
+def test_requests_to_a_known_model_that_cannot_serve_carry_its_name(tmp_path: Path) -> None:
+    import grpc
+
+    from conveyor.engine.protos import grpc_service_pb2 as pb
+    from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+
+    broken = tmp_path / "m" / "1"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")  # its only version fails to load
+    with Server(tmp_path, port=0, poll_interval=3600) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for model, version, code in (
+                ("m", "", grpc.StatusCode.UNAVAILABLE),
+                ("m", "1", grpc.StatusCode.UNAVAILABLE),
+                ("m", "7", grpc.StatusCode.NOT_FOUND),
+                ("nope", "1", grpc.StatusCode.NOT_FOUND),
+            ):
+                request = pb.ModelInferRequest(model_name=model, model_version=version)
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ModelInfer(request, timeout=10)
+                assert info.value.code() == code
+        # The client's names reach the labels only where the repository knows them.
+        assert _series(server, "conveyor_requests_total") == {
+            '{code="UNAVAILABLE",model="m",version=""}': 1.0,
+            '{code="UNAVAILABLE",model="m",version="1"}': 1.0,
+            '{code="NOT_FOUND",model="m",version=""}': 1.0,
+            '{code="NOT_FOUND",model="",version=""}': 1.0,
+        }
