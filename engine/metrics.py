@@ -220,6 +220,14 @@ class VersionMetrics:
         for seconds in queue_seconds:
             observe(seconds)
 
+    def failed_batch(self, compute_seconds: float, queue_seconds: list[float]) -> None:
+        """A batch whose execution failed (worker thread): its compute time and the
+        queue times of its requests (batch size and rows count inferred rows only)."""
+        self.compute_duration.observe(compute_seconds)
+        observe = self.queue_duration.observe
+        for seconds in queue_seconds:
+            observe(seconds)
+
 
 class DriftMetrics:
     """Drift gauges of one model version; updated when the window moves."""
