@@ -123,7 +123,13 @@ class Pending:
 
 
 class BatchStats:
-    """Counters for ModelStatistics, updated by the workers under one lock (durations in ns)."""
+    """Counters for ModelStatistics, updated by the workers under one lock (durations in ns).
+
+    As Triton's: ``queue`` and ``compute_*`` are per request, [requests, ns], and every
+    request of a batch is charged the batch's whole compute time (it waited for all
+    of it), so ``ns / count`` is the mean compute time a request experienced;
+    ``batches`` counts executions per batch size (rows) with each one's time once.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -151,7 +157,7 @@ class BatchStats:
                 (self.compute_output, t3 - t2),
             ):
                 acc[0] += requests
-                acc[1] += ns
+                acc[1] += ns * requests
             b = self.batches.setdefault(rows, [0, 0, 0, 0])
             b[0] += 1
             b[1] += t1 - t0
