@@ -15,7 +15,8 @@ of the last ``window_seconds``, and at most one chunk's worth of older rows).
   the quantile step (1/20), point masses (repeated edges) estimated from the levels.
   Values below the profiled min / above the max count in the first / last bin and in
   ``conveyor_input_invalid_total{reason="out_of_range"}``; NaN (``reason="nan"``) is kept
-  out of the bins, as are ``±inf`` (``reason="inf"``, also out of range).
+  out of the bins, as are ``±inf`` (``reason="inf"``), as the reference profile
+  (``ingest/profile.py``) leaves every non-finite value out of its shares.
 * Categorical features: buckets for the profiled ``top`` values, one for every other
   known value, and an explicit unseen (out-of-vocabulary) bucket whose reference share is 0.
 * The prediction (the first numeric output, one score per column): the training
@@ -436,7 +437,16 @@ class DriftMonitor:
             nan = counts[:, n_edges + 1]
             outside = counts[:, 0] + counts[:, n_edges]
             if nan.any() or outside.any():
-                inf = np.isinf(x).sum(axis=0) if outside.any() else np.zeros_like(outside)
+                inf = np.zeros_like(outside)
+                if outside.any():
+                    # +-inf land in the outer slots; taken out, so they stay out of
+                    # the bins like NaN: the reference profile (ingest/profile.py)
+                    # drops every non-finite value, and ingest's `nan` rule treats
+                    # them alike. They are counted as reason="inf" below.
+                    below, above = (x == -np.inf).sum(axis=0), (x == np.inf).sum(axis=0)
+                    counts[:, 0] -= below
+                    counts[:, n_edges] -= above
+                    inf = below + above
                 for f, name in enumerate(t.names):
                     for reason, n in (
                         ("nan", nan[f]),
@@ -587,9 +597,8 @@ def _numeric_scores(
     n_edges = shares.shape[1] + 1
     bins = counts[:, 1:n_edges].astype(np.float64)
     # Out of the profiled range belongs to the outermost bins (their reference share
-    # includes the tails); NaN is a data-quality count, not a distribution change.
-    # +-inf cannot be told from finite out-of-range values here; they are rare and
-    # counted separately in conveyor_input_invalid_total.
+    # includes the tails); NaN and +-inf (taken out of the outer slots in observe) are
+    # data-quality counts, not a distribution change.
     bins[:, 0] += counts[:, 0]
     bins[:, -1] += counts[:, n_edges]
     totals = bins.sum(axis=1)

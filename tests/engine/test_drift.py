@@ -259,3 +259,17 @@ def test_rows_after_an_idle_gap_are_not_aged_out(tmp_path: Path) -> None:
     mon.observe(_rows(10), [])
     report = mon.report()
     assert report.window_rows == 10 and report.scored
+
+
+def test_infinities_stay_out_of_the_bins_like_nan(tmp_path: Path) -> None:
+    # The reference profile (ingest/profile.py) leaves every non-finite value out of
+    # its shares, so +-inf must not fill the outer bins: 30% of them scores like 30%
+    # NaN (the remaining rows are in distribution), not as a shift to the tails.
+    scores = {}
+    for bad in (np.nan, np.inf, -np.inf):
+        mon = uniform_monitor(tmp_path, DriftSettings(score_interval=0))
+        x = _rows(2000)[0]
+        x[:600] = bad
+        mon.observe([x], [])
+        scores[bad] = mon.report().features[0].psi
+    assert scores[np.inf] == scores[-np.inf] == scores[np.nan] < 0.05
