@@ -4,9 +4,10 @@ Layout (the trainer writes it; see ``engine/README.md``)::
 
     REPO/NAME/<version>/{config.json, model.pt | model.pt2[, spec.json, stats.json]}
 
-Versions are positive integers. Which are served is the model's version policy
-(``version_policy`` in the newest version's config.json that parses, else the
-server's default, ``latest:1``). Model control:
+Versions are positive integers, spelt in ASCII digits without leading zeros. Which
+are served is the model's version policy (``version_policy`` in the newest
+version's config.json that parses, else the server's default, ``latest:1``).
+Model control:
 
 * ``poll``: every ``poll_interval`` seconds the directory is rescanned; new or
   changed versions are loaded, versions no longer wanted and removed models are
@@ -58,6 +59,8 @@ MODEL_CONTROL = ("poll", "explicit")
 # Seconds a retired version gets to finish its queued requests.
 RETIRE_TIMEOUT = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# One spelling per version, so two directories can never be the same version.
+_VERSION = re.compile(r"^[1-9][0-9]*\Z")
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,7 @@ class ModelRepository:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-repository")
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._skipped: set[Path] = set()  # misspelt version directories already logged
 
     # -- routing (hot path, event loop) ------------------------------------------------------
 
@@ -356,7 +360,19 @@ class ModelRepository:
         if not base.is_dir():
             return found
         for child in base.iterdir():
-            if child.name.isdigit() and int(child.name) > 0 and child.is_dir():
+            if not _VERSION.match(child.name):
+                # "01", "0", non-ASCII digits: int() would make "01" (or an Arabic-Indic
+                # one) version 1 beside, or instead of, "1/". Skipped and logged once
+                # per path, not every poll; other names ("tmp") are not versions.
+                if child.name.isdigit() and child not in self._skipped:
+                    self._skipped.add(child)
+                    log.warning(
+                        "skipping %s: a version directory is a positive integer in "
+                        "ASCII digits without leading zeros",
+                        child,
+                    )
+                continue
+            if child.is_dir():
                 resolved = child.resolve()
                 if not resolved.is_relative_to(self.root):
                     log.warning("skipping %s: resolves outside the model repository", child)

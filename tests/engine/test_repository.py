@@ -376,3 +376,24 @@ def test_poll_retries_and_reloads_on_any_file_of_the_version(tmp_path: Path) -> 
     finally:
         channel.close()
         server.stop()
+
+
+def test_version_directories_have_one_spelling(tmp_path: Path, caplog) -> None:
+    # "01" and non-ASCII digits would be int()ed to versions 1 and 2, colliding with
+    # (or silently standing in for) "1/" and "2/": they are skipped, logged once each.
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    for name, answer in (("01", 5), ("\u0662", 9), ("0", 7)):
+        source = write_model(tmp_path, "scratch", 1, Version(answer), VERSION_IO)
+        source.rename(tmp_path / "m" / name)
+        (tmp_path / "scratch").rmdir()
+    server, channel, stub = _serve(tmp_path)
+    try:
+        time.sleep(3 * POLL)  # a few polls: each skipped path is logged once
+        assert server.repository.models["m"].on_disk == [1]  # type: ignore[union-attr]
+        assert _infer(stub, "m") == 1.0 and _infer(stub, "m", "1") == 1.0
+        assert not _ready(stub, "m", "2")
+        skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+        assert len(skipped) == 3 and all("without leading zeros" in m for m in skipped)
+    finally:
+        channel.close()
+        server.stop()
