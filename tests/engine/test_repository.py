@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import threading
@@ -378,9 +379,25 @@ def test_poll_retries_and_reloads_on_any_file_of_the_version(tmp_path: Path) -> 
         server.stop()
 
 
-def test_version_directories_have_one_spelling(tmp_path: Path, caplog) -> None:
+class _Records(logging.Handler):
+    """Keeps the records of the logger it is added to (whatever propagation is set)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_version_directories_have_one_spelling(tmp_path: Path) -> None:
     # "01" and non-ASCII digits would be int()ed to versions 1 and 2, colliding with
     # (or silently standing in for) "1/" and "2/": they are skipped, logged once each.
+    records = _Records()
+    logger = logging.getLogger("conveyor.engine.repository")
+    level = logger.level  # an earlier CLI test may have set up the "conveyor" tree
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(records)
     write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
     for name, answer in (("01", 5), ("\u0662", 9), ("0", 7)):
         source = write_model(tmp_path, "scratch", 1, Version(answer), VERSION_IO)
@@ -392,8 +409,10 @@ def test_version_directories_have_one_spelling(tmp_path: Path, caplog) -> None:
         assert server.repository.models["m"].on_disk == [1]  # type: ignore[union-attr]
         assert _infer(stub, "m") == 1.0 and _infer(stub, "m", "1") == 1.0
         assert not _ready(stub, "m", "2")
-        skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+        skipped = [m for m in records.messages if "skipping" in m]
         assert len(skipped) == 3 and all("without leading zeros" in m for m in skipped)
     finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
         channel.close()
         server.stop()
