@@ -123,7 +123,13 @@ class Pending:
 
 
 class BatchStats:
-    """Counters for ModelStatistics, updated by the workers under one lock (durations in ns)."""
+    """Counters for ModelStatistics, updated by the workers under one lock (durations in ns).
+
+    As Triton's: ``queue`` and ``compute_*`` are per request, [requests, ns], and every
+    request of a batch is charged the batch's whole compute time (it waited for all
+    of it), so ``ns / count`` is the mean compute time a request experienced;
+    ``batches`` counts executions per batch size (rows) with each one's time once.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -151,7 +157,7 @@ class BatchStats:
                 (self.compute_output, t3 - t2),
             ):
                 acc[0] += requests
-                acc[1] += ns
+                acc[1] += ns * requests
             b = self.batches.setdefault(rows, [0, 0, 0, 0])
             b[0] += 1
             b[1] += t1 - t0
@@ -649,6 +655,7 @@ class Batcher:
             if self.metrics is not None:
                 self.metrics.batch(rows, (t3 - t0) / 1e9, [now - p.arrival for p in batch])
         except EngineError as exc:
+            self._observe_failed(batch, t0, now, isolate)
             if isolate:
                 return False
             log.warning(
@@ -660,6 +667,7 @@ class Batcher:
             results = [(p, exc, True) for p in batch]
             outputs = []
         except Exception as exc:  # never let a worker thread die
+            self._observe_failed(batch, t0, now, isolate)
             if isolate:
                 return False
             log.exception("batch of %d rows failed", rows, extra={"model": self.name})
@@ -673,6 +681,16 @@ class Batcher:
             except Exception:  # drift must never fail serving
                 log.exception("drift tracking failed", extra={"model": self.name})
         return True
+
+    def _observe_failed(self, batch: list[Pending], t0: int, taken: float, isolate: bool) -> None:
+        """A failed batch's time in the latency histograms: its compute time (spent,
+        even if wasted), and its requests' queue times unless ``isolate`` (they are
+        re-run one by one, and that run observes them, so each request counts once).
+        Batch size and rows stay success-only: no rows were inferred."""
+        if self.metrics is not None:
+            compute = (time.perf_counter_ns() - t0) / 1e9
+            queue = [] if isolate else [taken - p.arrival for p in batch]
+            self.metrics.failed_batch(compute, queue)
 
     def _post(self, results: list[tuple[Pending, Any, bool]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Pending, Any, bool]]] = {}

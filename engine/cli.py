@@ -120,7 +120,6 @@ def _drift_settings(args: argparse.Namespace) -> Any:
     return DriftSettings(
         window_rows=args.drift_window_rows,
         window_seconds=args.drift_window_seconds,
-        min_rows=min(1000, args.drift_window_rows),
         threshold=args.drift_threshold,
     )
 

@@ -5,7 +5,9 @@ batcher's worker threads hand every executed batch to :meth:`DriftMonitor.observ
 (after the responses are posted, so latency is unaffected). The monitor keeps a
 sliding window of the last ``window_rows`` rows (default 10,000), also bounded to
 ``window_seconds`` (default 600), as a ring of chunk histograms (a tenth of the
-window each): a chunk is added when it fills and the oldest ones leave.
+window each): a chunk is added when it fills and the oldest ones leave, by count, or
+once their newest row is older than ``window_seconds`` (so the window holds every row
+of the last ``window_seconds``, and at most one chunk's worth of older rows).
 
 * Numeric features: slot counts from :func:`conveyor.kernels.histogram_update` over the
   reference quantile edges (``edges`` in stats.json: 20 bins). The reference share of a
@@ -13,7 +15,8 @@ window each): a chunk is added when it fills and the oldest ones leave.
   the quantile step (1/20), point masses (repeated edges) estimated from the levels.
   Values below the profiled min / above the max count in the first / last bin and in
   ``conveyor_input_invalid_total{reason="out_of_range"}``; NaN (``reason="nan"``) is kept
-  out of the bins, as are ``±inf`` (``reason="inf"``, also out of range).
+  out of the bins, as are ``±inf`` (``reason="inf"``), as the reference profile
+  (``ingest/profile.py``) leaves every non-finite value out of its shares.
 * Categorical features: buckets for the profiled ``top`` values, one for every other
   known value, and an explicit unseen (out-of-vocabulary) bucket whose reference share is 0.
 * The prediction (the first numeric output, one score per column): the training
@@ -26,7 +29,8 @@ Jensen-Shannon distance (base 2, in [0, 1]) and, for categoricals, Pearson's
 chi-square statistic. The alert is 1 while any feature's (or the prediction's) PSI
 exceeds the threshold (default 0.2; ``drift_threshold`` in config.json ``parameters``
 or ``--drift-threshold``). Scores are exported once the window holds ``min_rows``
-rows (default 1,000), so a quiet model does not alert on a handful of requests.
+rows (default 1,000, or the whole window when ``window_rows`` is smaller), so a quiet
+model does not alert on a handful of requests.
 """
 
 from __future__ import annotations
@@ -61,8 +65,10 @@ class DriftSettings:
     Attributes:
         enabled: track drift for versions that have stats.json (default True).
         window_rows: rows in the sliding window (default 10,000).
-        window_seconds: oldest age of a row in the window, seconds (default 600).
-        min_rows: rows the window needs before scores are exported (default 1,000).
+        window_seconds: age bound of the window, seconds (default 600): a chunk leaves
+            once its newest row is older (see ``DriftMonitor._evict``).
+        min_rows: rows the window needs before scores are exported (default 1,000;
+            capped at ``window_rows``, see :attr:`rows_to_score`).
         threshold: PSI above which the alert fires (default 0.2).
         score_interval: least seconds between recomputing the scores in the batching
             path (default 1.0; 0 = every chunk). At high rates a chunk fills many times
@@ -78,6 +84,13 @@ class DriftSettings:
     min_rows: int = 1_000
     threshold: float = 0.2
     score_interval: float = 1.0
+
+    @property
+    def rows_to_score(self) -> int:
+        """Rows the window needs before it is scored: ``min_rows``, or the whole window
+        when ``window_rows`` is smaller (a window that can never hold ``min_rows``
+        would never be scored). The one rule for the flags and config.json alike."""
+        return min(self.min_rows, self.window_rows)
 
     def for_model(self, parameters: dict[str, Any]) -> DriftSettings:
         """These settings with a model's config.json ``parameters`` applied."""
@@ -123,6 +136,10 @@ class DriftReport:
     threshold: float
     scored: bool
     features: list[FeatureScore] = field(default_factory=list)
+    # Only window_rows is current (the batching path between scorings): the gauges
+    # keep their scores. An unscored report that is not rows_only means the window
+    # holds too few rows to score, and the gauges drop back to 0.
+    rows_only: bool = False
 
     @property
     def alert(self) -> bool:
@@ -299,13 +316,19 @@ def build_tracks(
 
 
 class _Chunk:
-    """Counts of a run of consecutive rows (a tenth of the window)."""
+    """Counts of a run of consecutive rows (a tenth of the window).
 
-    __slots__ = ("categorical", "numeric", "prediction", "rows", "start")
+    ``newest`` is the ``time.monotonic()`` of its latest batch (None while empty): the
+    window's age bound evicts a chunk once its newest row is older than
+    ``window_seconds``. Ages run from the rows, not from when the chunk was made, so
+    rows arriving after an idle gap are not evicted the moment their chunk fills.
+    """
+
+    __slots__ = ("categorical", "newest", "numeric", "prediction", "rows")
 
     def __init__(self, numeric: list[_Numeric], categorical: list[_Categorical], pred: int) -> None:
         self.rows = 0
-        self.start = time.monotonic()
+        self.newest: float | None = None
         self.numeric = [np.zeros((len(t.names), t.slots), np.int64) for t in numeric]
         self.categorical = [np.zeros(len(t.shares), np.int64) for t in categorical]
         self.prediction = np.zeros((pred, 0), np.int64)
@@ -414,7 +437,16 @@ class DriftMonitor:
             nan = counts[:, n_edges + 1]
             outside = counts[:, 0] + counts[:, n_edges]
             if nan.any() or outside.any():
-                inf = np.isinf(x).sum(axis=0) if outside.any() else np.zeros_like(outside)
+                inf = np.zeros_like(outside)
+                if outside.any():
+                    # +-inf land in the outer slots; taken out, so they stay out of
+                    # the bins like NaN: the reference profile (ingest/profile.py)
+                    # drops every non-finite value, and ingest's `nan` rule treats
+                    # them alike. They are counted as reason="inf" below.
+                    below, above = (x == -np.inf).sum(axis=0), (x == np.inf).sum(axis=0)
+                    counts[:, 0] -= below
+                    counts[:, n_edges] -= above
+                    inf = below + above
                 for f, name in enumerate(t.names):
                     for reason, n in (
                         ("nan", nan[f]),
@@ -448,18 +480,19 @@ class DriftMonitor:
             if prediction is not None:
                 self._observe_prediction(chunk, prediction)
             chunk.rows += rows
+            now = time.monotonic()
+            chunk.newest = now
             if chunk.rows < self._chunk_rows:
                 return
             self._chunks.append(chunk)
             self._current = self._new_chunk()
-            now = time.monotonic()
             if now - self._scored_at >= self.settings.score_interval:
                 report = self._rescore(now)
             else:
                 self._stale = True
                 self._evict(now)
                 rows_now = sum(c.rows for c in self._chunks)
-                report = DriftReport(rows_now, self.settings.threshold, False)  # rows only
+                report = DriftReport(rows_now, self.settings.threshold, False, rows_only=True)
         if self.metrics is not None:
             self.metrics.update(report)
 
@@ -493,12 +526,21 @@ class DriftMonitor:
         self._stale = False
         return self._report
 
+    def _aged(self, now: float) -> bool:
+        """Whether the oldest chunk's newest row is older than ``window_seconds``."""
+        newest = self._chunks[0].newest if self._chunks else None
+        return newest is not None and now - newest > self.settings.window_seconds
+
     def _evict(self, now: float) -> None:
-        s = self.settings
+        """Drop the oldest chunks while the rest still hold ``window_rows``, and those
+        whose newest row is older than ``window_seconds``: the window keeps every row
+        of the last ``window_seconds`` (up to ``window_rows``), plus the older rows of
+        the one chunk that straddles that age (at most a tenth of the window). Evicting
+        on a chunk's first row instead would drop rows younger than the bound, and at
+        a rate below a chunk per ``window_seconds`` every chunk as soon as it filled."""
         total = sum(c.rows for c in self._chunks)
         while self._chunks and (
-            total - self._chunks[0].rows >= s.window_rows
-            or now - self._chunks[0].start > s.window_seconds
+            total - self._chunks[0].rows >= self.settings.window_rows or self._aged(now)
         ):
             total -= self._chunks.popleft().rows
 
@@ -506,7 +548,7 @@ class DriftMonitor:
         self._evict(now)
         chunks = self._chunks
         rows = sum(c.rows for c in chunks)
-        report = DriftReport(rows, self.settings.threshold, rows >= self.settings.min_rows)
+        report = DriftReport(rows, self.settings.threshold, rows >= self.settings.rows_to_score)
         if not report.scored:
             return report
         for k, t in enumerate(self.numeric):
@@ -528,7 +570,7 @@ class DriftMonitor:
             )
         if self._pred_shares is not None:
             scored = [c.prediction for c in chunks if c.prediction.shape[1]]
-            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= self.settings.min_rows:
+            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= self.settings.rows_to_score:
                 counts = sum(scored)
                 report.features += _numeric_scores(
                     self._pred_names, counts, self._pred_shares, "prediction"
@@ -540,8 +582,7 @@ class DriftMonitor:
         last scoring, or when it has aged); the gauges are brought up to date too."""
         with self._lock:
             now = time.monotonic()
-            aged = self._chunks and now - self._chunks[0].start > self.settings.window_seconds
-            if not (self._stale or aged):
+            if not (self._stale or self._aged(now)):
                 return self._report
             report = self._rescore(now)
         if self.metrics is not None:
@@ -556,9 +597,8 @@ def _numeric_scores(
     n_edges = shares.shape[1] + 1
     bins = counts[:, 1:n_edges].astype(np.float64)
     # Out of the profiled range belongs to the outermost bins (their reference share
-    # includes the tails); NaN is a data-quality count, not a distribution change.
-    # +-inf cannot be told from finite out-of-range values here; they are rare and
-    # counted separately in conveyor_input_invalid_total.
+    # includes the tails); NaN and +-inf (taken out of the outer slots in observe) are
+    # data-quality counts, not a distribution change.
     bins[:, 0] += counts[:, 0]
     bins[:, -1] += counts[:, n_edges]
     totals = bins.sum(axis=1)

@@ -176,10 +176,12 @@ class ServerMetrics:
         """Drift gauges and data-quality counters of one model version."""
         return DriftMetrics(self, model, str(version))
 
-    def unknown_model(self, model: str, code: str) -> None:
-        """A request for a model the repository does not know: no model label (the
-        name comes from the client, and unbounded label values would grow memory)."""
-        self.requests.labels("", "", code).inc()
+    def unserved(self, model: str, version: str, code: str) -> None:
+        """A request that no version served (unknown model or version, not loaded, load
+        failed). ``model`` and ``version`` must come from the repository, not the
+        request (see ``ModelRepository.labels_for``): names a client makes up would
+        give unbounded label values and grow memory, so unknown ones are ""."""
+        self.requests.labels(model, version, code).inc()
 
 
 class VersionMetrics:
@@ -218,6 +220,14 @@ class VersionMetrics:
         for seconds in queue_seconds:
             observe(seconds)
 
+    def failed_batch(self, compute_seconds: float, queue_seconds: list[float]) -> None:
+        """A batch whose execution failed (worker thread): its compute time and the
+        queue times of its requests (batch size and rows count inferred rows only)."""
+        self.compute_duration.observe(compute_seconds)
+        observe = self.queue_duration.observe
+        for seconds in queue_seconds:
+            observe(seconds)
+
 
 class DriftMetrics:
     """Drift gauges of one model version; updated when the window moves."""
@@ -230,6 +240,8 @@ class DriftMetrics:
         self._scores: dict[tuple[str, str], Any] = {}
         self._invalid: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._retired = False
+        self._zeroed = True  # every series is 0 (bind) until the first scored report
 
     def bind(self, monitor: Any) -> None:
         """Create every series of ``monitor``'s features at 0, so they exist before data."""
@@ -250,16 +262,63 @@ class DriftMetrics:
         return child
 
     def update(self, report: Any) -> None:
+        """Show a :class:`conveyor.engine.drift.DriftReport`: window rows always; scores
+        and alert when scored, 0 when the window holds too few rows to score, kept as
+        they are for a ``rows_only`` report."""
         with self._lock:
-            self.window_rows.set(report.window_rows)
-            if not report.scored:
+            if self._retired:
                 return
+            self.window_rows.set(report.window_rows)
+            if report.rows_only:
+                return
+            if not report.scored:
+                # Too few rows to score (the window aged out or emptied): back to the
+                # state of a version that has not been scored yet (bind). Zero, not
+                # removed: the series exist from load on and the dashboard's panels and
+                # ConveyorInputDrift read 0 as "nothing to report"; a removal would
+                # also not reach multiprocess mode's value files. window_rows (below
+                # the minimum) says the scores are not current.
+                if not self._zeroed:
+                    for child in self._scores.values():
+                        child.set(0)
+                    self.alert.set(0)
+                    self._zeroed = True
+                return
+            self._zeroed = False
             for f in report.features:
                 self._score(f.feature, "psi").set(f.psi)
                 self._score(f.feature, "js").set(f.js)
                 if f.kind == "categorical":
                     self._score(f.feature, "chi2").set(f.chi2)
             self.alert.set(1 if report.alert else 0)
+
+    def retire(self, remove: bool) -> None:
+        """The version stops serving: later updates (batches it still drains) are ignored.
+
+        ``remove`` (the version is unloaded, not reloaded under the same labels): its
+        score, alert and window-rows series are removed, so no alert keeps firing and no
+        dashboard keeps showing scores for a version that serves nothing. They are set
+        to 0 first: in multiprocess mode a removal does not reach the value files the
+        parent merges, so there 0 is what stays. A reload's new copy shares the label
+        children, so ``remove=False`` leaves them to it.
+        """
+        with self._lock:
+            self._retired = True
+            if not remove:
+                return
+            gauges = [
+                (self._metrics.drift_alert, self.alert, (self.model, self.version)),
+                (self._metrics.drift_window_rows, self.window_rows, (self.model, self.version)),
+            ]
+            gauges += [
+                (self._metrics.drift_score, child, (self.model, self.version, *key))
+                for key, child in self._scores.items()
+            ]
+            multiprocess = MULTIPROC_ENV in os.environ
+            for metric, child, labels in gauges:
+                child.set(0)
+                if not multiprocess:  # prometheus-client only warns there
+                    metric.remove(*labels)
 
     def invalid(self, items: list[tuple[int, str, str, int]]) -> None:
         """Add data-quality counts: (kind, feature, reason, count) tuples."""

@@ -82,32 +82,74 @@ class VersionPolicy:
     def parse(cls, value: Any, where: str = "version_policy") -> VersionPolicy:
         """From Triton's JSON form (``{"latest": {"num_versions": 2}}``, ``{"all": {}}``,
         ``{"specific": {"versions": [1, 3]}}``) or the flag form (``latest:2``, ``all``,
-        ``specific:1,3``)."""
-        try:
-            if isinstance(value, str):
-                kind, _, arg = value.partition(":")
-                if kind == "all" and not arg:
-                    return cls("all")
-                if kind == "latest":
-                    n = int(arg) if arg else 1
-                    if n < 1:
-                        raise ValueError("num_versions must be >= 1")
-                    return cls("latest", num_versions=n)
-                if kind == "specific":
-                    return cls("specific", versions=tuple(int(v) for v in arg.split(",") if v))
-                raise ValueError("expected latest[:N], all or specific:V1,V2")
-            if isinstance(value, dict) and len(value) == 1:
-                ((kind, arg),) = value.items()
-                arg = arg or {}
-                if kind == "all":
-                    return cls("all")
-                if kind == "latest":
-                    return cls.parse(f"latest:{int(arg.get('num_versions', 1))}")
-                if kind == "specific":
-                    return cls("specific", versions=tuple(int(v) for v in arg["versions"]))
-            raise ValueError("expected one of latest, all, specific")
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"{where}: invalid version policy {value!r}: {exc}") from None
+        ``specific:1,3``).
+
+        Strict, like the rest of config.json: unknown keys, numbers that are not
+        integers >= 1 (``2.9``, ``true``) and an empty ``specific`` list are
+        ValueErrors naming the key and value, since each would otherwise silently
+        change which versions are served (or serve none).
+        """
+        if isinstance(value, str):
+            return cls._parse_flag(value, where)
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError(
+                f"{where}: expected one of latest, all, specific (one key), got {value!r}"
+            )
+        ((kind, arg),) = value.items()
+        at = f"{where}.{kind}"
+        allowed = {"latest": {"num_versions"}, "all": set(), "specific": {"versions"}}
+        if kind not in allowed:
+            raise ValueError(f"{where}: unknown policy {kind!r} (expected latest, all, specific)")
+        if not isinstance(arg, dict):
+            raise ValueError(f"{at}: expected an object, got {arg!r}")
+        unknown = set(arg) - allowed[kind]
+        if unknown:
+            expected = ", ".join(sorted(allowed[kind])) or "no keys"
+            raise ValueError(f"{at}: unknown keys {sorted(unknown)} (expected {expected})")
+        if kind == "all":
+            return cls("all")
+        if kind == "latest":
+            n = _positive(arg.get("num_versions", 1), f"{at}.num_versions")
+            return cls("latest", num_versions=n)
+        versions = arg.get("versions")
+        if not isinstance(versions, list) or not versions:
+            raise ValueError(
+                f"{at}.versions: expected a non-empty list of versions, got {versions!r}"
+            )
+        return cls(
+            "specific",
+            versions=tuple(_positive(v, f"{at}.versions[{i}]") for i, v in enumerate(versions)),
+        )
+
+    @classmethod
+    def _parse_flag(cls, value: str, where: str) -> VersionPolicy:
+        kind, colon, arg = value.partition(":")
+        if kind == "all" and not colon:
+            return cls("all")
+        if kind == "latest":
+            n = _positive(_digits(arg, where, value), where) if colon else 1
+            return cls("latest", num_versions=n)
+        if kind == "specific":
+            items = arg.split(",")
+            return cls(
+                "specific",
+                versions=tuple(_positive(_digits(v, where, value), where) for v in items),
+            )
+        raise ValueError(f"{where}: expected latest[:N], all or specific:V1,V2, got {value!r}")
+
+
+def _positive(value: Any, where: str) -> int:
+    """A version count or number: an integer >= 1 (JSON booleans and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _digits(text: str, where: str, whole: str) -> int:
+    """ASCII digits only: int() would also take ' 2', '+2' and '1_0'."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{where}: expected latest[:N], all or specific:V1,V2, got {whole!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ Layout (the trainer writes it; see ``engine/README.md``)::
 
     REPO/NAME/<version>/{config.json, model.pt | model.pt2[, spec.json, stats.json]}
 
-Versions are positive integers. Which are served is the model's version policy
-(``version_policy`` in the newest version's config.json, else the server's
-default, ``latest:1``). Model control:
+Versions are positive integers, spelt in ASCII digits without leading zeros. Which
+are served is the model's version policy (``version_policy`` in the newest
+version's config.json that parses, else the server's default, ``latest:1``).
+Model control:
 
 * ``poll``: every ``poll_interval`` seconds the directory is rescanned; new or
   changed versions are loaded, versions no longer wanted and removed models are
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -44,7 +46,7 @@ from conveyor.engine.errors import (
     NotFound,
     Unavailable,
 )
-from conveyor.engine.model import PROGRAM_FILES, Model
+from conveyor.engine.model import Model
 from conveyor.engine.model_config import VersionPolicy, load_config
 from conveyor.engine.validation import RequestDecoder
 
@@ -57,6 +59,8 @@ MODEL_CONTROL = ("poll", "explicit")
 # Seconds a retired version gets to finish its queued requests.
 RETIRE_TIMEOUT = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# One spelling per version, so two directories can never be the same version.
+_VERSION = re.compile(r"^[1-9][0-9]*\Z")
 
 
 @dataclass(frozen=True)
@@ -160,14 +164,24 @@ class ModelEntry:
 
 
 def _fingerprint(directory: Path) -> tuple:
+    """(relative path, mtime ns, size) of every file under a version directory, sorted.
+
+    Every file counts, not only config.json and the program: a load refused for a
+    stray pickle must be retried once it is removed, and a new or changed stats.json
+    or spec.json changes drift tracking. Only stat() is read (no hashing), so a poll
+    stays cheap however large the weights; symlinked files are stat()ed through.
+    """
     stamps = []
-    for name in ("config.json", *PROGRAM_FILES.values()):
-        try:
-            st = (directory / name).stat()
-            stamps.append((name, st.st_mtime_ns, st.st_size))
-        except OSError:
-            pass
-    return tuple(stamps)
+    for parent, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in files:
+            path = Path(parent, name)
+            try:
+                st = path.stat()
+            except OSError:  # removed meanwhile, or a dangling symlink
+                continue
+            stamps.append((path.relative_to(directory).as_posix(), st.st_mtime_ns, st.st_size))
+    return tuple(sorted(stamps))
 
 
 class ModelRepository:
@@ -214,6 +228,7 @@ class ModelRepository:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-repository")
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._skipped: set[Path] = set()  # misspelt version directories already logged
 
     # -- routing (hot path, event loop) ------------------------------------------------------
 
@@ -248,6 +263,20 @@ class ModelRepository:
             reason = entry.failed[newest][1]
             return f"{label} is not ready: version {newest} failed to load: {reason}"
         return f"{label} is not loaded"
+
+    def labels_for(self, name: str, version: str) -> tuple[str, str]:
+        """Metric labels (model, version) of a request that no version served: the name
+        only when the repository knows the model (a directory seen, loaded or failed),
+        the version only when it is one of that model's on disk or failed, else "".
+        Names a client sends are unbounded; these come from the repository."""
+        entry = self.models.get(name)
+        if entry is None:
+            return "", ""
+        if version.isascii() and version.isdigit():
+            number = int(version)
+            if number in entry.on_disk or number in entry.failed:
+                return name, str(number)
+        return name, ""
 
     def ready(self, name: str, version: str = "") -> bool:
         try:
@@ -331,7 +360,19 @@ class ModelRepository:
         if not base.is_dir():
             return found
         for child in base.iterdir():
-            if child.name.isdigit() and int(child.name) > 0 and child.is_dir():
+            if not _VERSION.match(child.name):
+                # "01", "0", non-ASCII digits: int() would make "01" (or an Arabic-Indic
+                # one) version 1 beside, or instead of, "1/". Skipped and logged once
+                # per path, not every poll; other names ("tmp") are not versions.
+                if child.name.isdigit() and child not in self._skipped:
+                    self._skipped.add(child)
+                    log.warning(
+                        "skipping %s: a version directory is a positive integer in "
+                        "ASCII digits without leading zeros",
+                        child,
+                    )
+                continue
+            if child.is_dir():
                 resolved = child.resolve()
                 if not resolved.is_relative_to(self.root):
                     log.warning("skipping %s: resolves outside the model repository", child)
@@ -340,13 +381,20 @@ class ModelRepository:
         return found
 
     def _policy(self, versions: dict[int, Path]) -> VersionPolicy:
-        if not versions:
-            return self.default_policy
-        try:
-            config = load_config(versions[max(versions)] / "config.json")
-        except ModelLoadError:
-            return self.default_policy
-        return config.version_policy or self.default_policy
+        """The version policy of the newest version whose config.json parses (its
+        ``version_policy``, else the server's default).
+
+        A newer version with a missing or broken config.json (a push still being
+        copied, a typo) does not count: falling back to the server's default there
+        would let a bad push unload versions the model's own policy keeps serving.
+        """
+        for version in sorted(versions, reverse=True):
+            try:
+                config = load_config(versions[version] / "config.json")
+            except ModelLoadError:
+                continue
+            return config.version_policy or self.default_policy
+        return self.default_policy
 
     def _plan(self, name: str) -> tuple[dict[int, Path], list[int], dict[int, tuple]]:
         versions = self._versions_on_disk(name)
@@ -431,6 +479,11 @@ class ModelRepository:
             replaced = entry is not None and s.version in entry.versions
             if not replaced:  # a reload's new copy is already ready under the same labels
                 self._mark_ready(s.name, s.version, False)
+            if s.drift is not None and s.drift.metrics is not None:
+                # Its drift gauges would otherwise keep their last values (an alert
+                # firing for a version that serves nothing); model_ready and the queue
+                # bound stay, at 0, as the README documents for an unloaded version.
+                s.drift.metrics.retire(remove=not replaced)
             if not await self._run(s.batcher.close, RETIRE_TIMEOUT):
                 # A model stuck in forward: its (daemon) threads are abandoned rather
                 # than blocking every later load and unload.

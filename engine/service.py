@@ -111,7 +111,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             served = self.repository.get(request.model_name, request.model_version)
         except EngineError as exc:
             if self.metrics is not None:
-                self.metrics.unknown_model(request.model_name, exc.code.name)
+                model, version = self.repository.labels_for(
+                    request.model_name, request.model_version
+                )
+                self.metrics.unserved(model, version, exc.code.name)
             raise
         start = time.perf_counter_ns()
         metrics = served.metrics

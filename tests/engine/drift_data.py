@@ -95,3 +95,23 @@ def feed_windows(
         worst = max(report.features, key=lambda f: f.psi)
         out.append((report.alert, worst.psi, worst.feature))
     return out
+
+
+def uniform_monitor(directory: Path, settings: DriftSettings, metrics: Any = None) -> DriftMonitor:
+    """A monitor of one FP32 column ``x`` profiled as uniform on [0, 1] (20 bins of 5%),
+    with no prediction tracked (a BYTES output)."""
+    stats = directory / "stats.json"
+    shares = [0.05] * 20
+    stats.write_text(
+        json.dumps(
+            {"numeric": {"x": {"edges": np.linspace(0, 1, 21).tolist(), "bin_shares": shares}}}
+        )
+    )
+    config = ModelConfig(
+        name="m",
+        platform="torchscript",
+        max_batch_size=4096,
+        inputs=(TensorSpec("x", "FP32", (1,), ("x",)),),
+        outputs=(TensorSpec("y", "BYTES", (1,)),),
+    )
+    return DriftMonitor("m", 1, config, stats, None, settings, metrics)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from conveyor.engine.batcher import Batcher, Pending
+from conveyor.engine.batcher import Batcher, BatchStats, Pending
 from conveyor.engine.errors import DeadlineExceeded, Internal, ResourceExhausted
 from conveyor.engine.model_config import DynamicBatching
 
@@ -470,3 +470,48 @@ def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
     finally:
         release.set()
         batcher.close(5)
+
+
+def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> None:
+    from conveyor.engine.metrics import ServerMetrics
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        raise RuntimeError("model failed")
+
+    metrics = ServerMetrics()
+    batcher = _batcher(run, max_batch=16, max_queue_delay_microseconds=50_000)
+    batcher.metrics = metrics.version("m", 1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(3)]
+        for p in ps:
+            batcher.submit(p)
+        for p in ps:
+            with pytest.raises(Internal, match="model failed"):
+                await asyncio.wait_for(p.future, 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close(5)
+
+    def count(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"model": "m", "version": "1"})
+
+    # Each request's queue time once (a batch that fails is re-run request by request,
+    # and only that last run observes it); every failed execution's compute time.
+    assert count("conveyor_queue_duration_seconds_count") == 3
+    assert count("conveyor_compute_duration_seconds_count") >= 3
+    assert count("conveyor_batch_size_count") == 0 and count("conveyor_rows_total") == 0
+
+
+def test_statistics_charge_each_request_the_whole_batch_compute_time() -> None:
+    # Triton's ModelStatistics: compute durations per request, each request of a batch
+    # charged the batch's time; batch_stats count executions with their time once.
+    stats = BatchStats()
+    stats.record(rows=6, requests=3, queue_ns=300, t=(0, 10, 110, 130))
+    assert stats.compute_input == [3, 30] and stats.compute_infer == [3, 300]
+    assert stats.compute_output == [3, 60] and stats.queue == [3, 300]
+    assert stats.batches == {6: [1, 10, 100, 20]}
+    assert stats.execution_count == 1 and stats.inference_count == 6

@@ -8,6 +8,7 @@ one numeric feature's mean moves by 0.5 std or a categorical's mix moves by 20 p
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from drift_data import config_for, feed_windows, monitor, profile, tensors
+from drift_data import config_for, feed_windows, monitor, profile, tensors, uniform_monitor
 
-from conveyor.engine.drift import js_distance, psi, quantile_bin_shares
+from conveyor.engine.drift import DriftSettings, js_distance, psi, quantile_bin_shares
 
 WINDOW = 10_000
 
@@ -221,3 +222,54 @@ def test_gauges_are_rescored_at_most_every_score_interval(synthetic) -> None:
     rows = [r.window_rows for r in updates if not r.scored]
     assert len(rows) > 2 and rows == sorted(rows)
     assert mon.report() is updates[-1]  # nothing new since: not rescored
+
+
+def _rows(n: int, value: float | None = None) -> list[np.ndarray]:
+    """``n`` rows of ``x``: uniform on [0, 1] (the reference), or all ``value``."""
+    if value is None:
+        return [np.random.default_rng(n).random((n, 1), dtype=np.float32)]
+    return [np.full((n, 1), value, np.float32)]
+
+
+def test_a_window_below_min_rows_is_scored_when_full(tmp_path: Path) -> None:
+    # config.json's drift_window_rows below 1,000: scored once the window is full, as
+    # with the --drift-window-rows flag (one rule: DriftSettings.rows_to_score).
+    settings = DriftSettings(score_interval=0).for_model({"drift_window_rows": "500"})
+    assert settings.rows_to_score == 500
+    small_server_window = DriftSettings(window_rows=500)
+    assert small_server_window.for_model({"drift_window_rows": "20000"}).rows_to_score == 1000
+    mon = uniform_monitor(tmp_path, settings)
+    mon.observe(_rows(400, 5.0), [])
+    assert not mon.report().scored
+    mon.observe(_rows(100, 5.0), [])
+    report = mon.report()
+    assert report.scored and report.alert and report.window_rows == 500
+
+
+def test_rows_after_an_idle_gap_are_not_aged_out(tmp_path: Path) -> None:
+    # A chunk's age runs from its rows, not from when it was made: the first chunk
+    # after load and the first one after an idle gap longer than window_seconds hold
+    # fresh rows and stay; the chunk whose rows did age leaves.
+    settings = DriftSettings(window_rows=100, window_seconds=0.5, min_rows=10, score_interval=0)
+    mon = uniform_monitor(tmp_path, settings)
+    time.sleep(0.7)  # idle since load
+    mon.observe(_rows(10), [])
+    assert mon.report().window_rows == 10
+    time.sleep(0.7)  # idle: those 10 rows are now older than the window
+    mon.observe(_rows(10), [])
+    report = mon.report()
+    assert report.window_rows == 10 and report.scored
+
+
+def test_infinities_stay_out_of_the_bins_like_nan(tmp_path: Path) -> None:
+    # The reference profile (ingest/profile.py) leaves every non-finite value out of
+    # its shares, so +-inf must not fill the outer bins: 30% of them scores like 30%
+    # NaN (the remaining rows are in distribution), not as a shift to the tails.
+    scores = {}
+    for bad in (np.nan, np.inf, -np.inf):
+        mon = uniform_monitor(tmp_path, DriftSettings(score_interval=0))
+        x = _rows(2000)[0]
+        x[:600] = bad
+        mon.observe([x], [])
+        scores[bad] = mon.report().features[0].psi
+    assert scores[np.inf] == scores[-np.inf] == scores[np.nan] < 0.05

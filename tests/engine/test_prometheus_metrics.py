@@ -19,12 +19,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from drift_data import profile
-from models import AFFINE_IO, Affine, write_model
+from drift_data import profile, uniform_monitor
+from models import AFFINE_IO, Affine, Version, write_model
 
 from conveyor.cli import main
 from conveyor.client import Client, InvalidArgumentError
 from conveyor.engine.drift import DriftSettings
+from conveyor.engine.metrics import ServerMetrics
 from conveyor.engine.server import Server
 
 
@@ -190,3 +191,116 @@ def test_workers_export_the_aggregate(tmp_path: Path) -> None:
     assert _value(text, 'conveyor_inflight_requests{model="affine"}') == 0
     assert _value(text, 'conveyor_queue_depth{model="affine"}') == 0
     assert _value(text, 'conveyor_drift_window_rows{model="affine",version="1"}') == windows
+
+
+def _version_with_stats(root: Path, version: int) -> Path:
+    """``m`` at ``version``: answers its version number; one column ``x`` profiled as
+    uniform on [0, 1] (stats.json), so drift is tracked."""
+    io = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "columns": ["x"]}],
+        "outputs": [{"name": "v", "datatype": "FP32", "shape": [1]}],
+    }
+    directory = write_model(root, "m", version, Version(version), io, max_batch_size=2048)
+    stats = {"numeric": {"x": {"edges": np.linspace(0, 1, 21).tolist(), "bin_shares": [0.05] * 20}}}
+    (directory / "stats.json").write_text(json.dumps(stats))
+    return directory
+
+
+def _series(server: Server, name: str) -> dict[str, float]:
+    """``name``'s samples in the server's registry: {labels text: value}."""
+    from prometheus_client import generate_latest
+
+    out = {}
+    for line in generate_latest(server.metrics.registry).decode().splitlines():  # type: ignore[union-attr]
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) :].rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_an_unloaded_versions_drift_series_are_removed(tmp_path: Path) -> None:
+    _version_with_stats(tmp_path, 1)
+    settings = DriftSettings(score_interval=0)
+    with Server(tmp_path, port=0, poll_interval=0.1, drift=settings) as server:
+        repository = server.repository
+        assert repository is not None
+        with Client(server.address, timeout=10) as client:
+            for _ in range(2):  # far outside the profiled [0, 1]
+                client.infer("m", {"x": np.full((1000, 1), 5.0, np.float32)})
+        v1 = '{model="m",version="1"}'
+        assert _series(server, "conveyor_drift_alert") == {v1: 1.0}
+        _version_with_stats(tmp_path, 2)  # latest:1: v2 replaces v1
+        _wait_for(lambda: list(repository.models["m"].versions) == [2])
+        v2 = '{model="m",version="2"}'
+        assert _series(server, "conveyor_drift_alert") == {v2: 0.0}
+        assert _series(server, "conveyor_drift_window_rows") == {v2: 0.0}
+        assert not [k for k in _series(server, "conveyor_drift_score") if 'version="1"' in k]
+        # model_ready and the queue bound of the unloaded version stay, at 0 (README).
+        assert _series(server, "conveyor_model_ready") == {v1: 0.0, v2: 1.0}
+        assert _series(server, "conveyor_max_queue_size")[v1] == 0.0
+        # A reload of v2 (a changed file) keeps v2's series: the new copy owns them.
+        old = repository.models["m"].versions[2]
+        (tmp_path / "m" / "2" / "spec.json").write_text("{}")
+        _wait_for(lambda: repository.models["m"].versions.get(2) not in (None, old))
+        assert _series(server, "conveyor_drift_alert") == {v2: 0.0}
+        assert len([k for k in _series(server, "conveyor_drift_score") if 'version="2"' in k]) == 4
+
+
+def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(tmp_path: Path) -> None:
+    metrics = ServerMetrics()
+    # score_interval: the first chunk is scored, later ones only move window_rows.
+    settings = DriftSettings(window_rows=100, window_seconds=0.5, min_rows=10, score_interval=3600)
+    mon = uniform_monitor(tmp_path, settings, metrics.drift("m", 1))
+    labels = {"model": "m", "version": "1"}
+    psi = {**labels, "feature": "x", "method": "psi"}
+
+    def sample(name: str, extra: dict[str, str] = labels) -> float | None:
+        return metrics.registry.get_sample_value(name, extra)
+
+    mon.observe([np.full((20, 1), 5.0, np.float32)], [])  # far outside [0, 1]
+    assert sample("conveyor_drift_alert") == 1 and sample("conveyor_drift_score", psi) > 0.2
+    mon.observe([np.full((20, 1), 5.0, np.float32)], [])  # a rows-only update
+    assert sample("conveyor_drift_window_rows") == 40 and sample("conveyor_drift_alert") == 1
+    time.sleep(0.7)  # no traffic: every row is older than the window
+    report = mon.report()
+    assert not report.scored and report.window_rows == 0
+    assert sample("conveyor_drift_alert") == 0 and sample("conveyor_drift_score", psi) == 0
+    assert sample("conveyor_drift_window_rows") == 0
+
+
+def test_requests_to_a_known_model_that_cannot_serve_carry_its_name(tmp_path: Path) -> None:
+    import grpc
+
+    from conveyor.engine.protos import grpc_service_pb2 as pb
+    from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+
+    broken = tmp_path / "m" / "1"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")  # its only version fails to load
+    with Server(tmp_path, port=0, poll_interval=3600) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for model, version, code in (
+                ("m", "", grpc.StatusCode.UNAVAILABLE),
+                ("m", "1", grpc.StatusCode.UNAVAILABLE),
+                ("m", "7", grpc.StatusCode.NOT_FOUND),
+                ("nope", "1", grpc.StatusCode.NOT_FOUND),
+            ):
+                request = pb.ModelInferRequest(model_name=model, model_version=version)
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ModelInfer(request, timeout=10)
+                assert info.value.code() == code
+        # The client's names reach the labels only where the repository knows them.
+        assert _series(server, "conveyor_requests_total") == {
+            '{code="UNAVAILABLE",model="m",version=""}': 1.0,
+            '{code="UNAVAILABLE",model="m",version="1"}': 1.0,
+            '{code="NOT_FOUND",model="m",version=""}': 1.0,
+            '{code="NOT_FOUND",model="",version=""}': 1.0,
+        }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import threading
@@ -322,5 +323,96 @@ def test_poll_reloads_a_version_whose_files_changed(tmp_path: Path) -> None:
         write_model(tmp_path, "m", 1, Version(7), VERSION_IO)  # same version, new program
         _wait(lambda: _infer(stub, "m") == 7.0)
     finally:
+        channel.close()
+        server.stop()
+
+
+def test_a_broken_newer_version_keeps_the_model_policy(tmp_path: Path) -> None:
+    # latest:2 serves v1 and v2. A v3 whose config.json is broken and a v4 still being
+    # copied (no config.json yet) must not make the server's default latest:1 apply,
+    # which would unload v1: the policy comes from the newest config.json that parses.
+    for v in (1, 2):
+        write_model(tmp_path, "m", v, Version(v), VERSION_IO, version_policy="latest:2")
+    server, channel, stub = _serve(tmp_path)
+    try:
+        assert _ready(stub, "m", "1") and _ready(stub, "m", "2")
+        (tmp_path / "m" / "3").mkdir()
+        config = json.loads((tmp_path / "m" / "2" / "config.json").read_text())
+        (tmp_path / "m" / "3" / "config.json").write_text(json.dumps({**config, "bogus": 1}))
+        (tmp_path / "m" / "4").mkdir()
+        entry = server.repository.models["m"]  # type: ignore[union-attr]
+        _wait(lambda: {3, 4} <= set(entry.failed))
+        time.sleep(3 * POLL)  # a few more polls: nothing may be unloaded meanwhile
+        assert _ready(stub, "m", "1") and _ready(stub, "m", "2")
+        assert [_infer(stub, "m", v) for v in ("1", "2")] == [1.0, 2.0]
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        states = {m.version: (m.state, m.reason) for m in index.models if m.name == "m"}
+        assert states["3"][0] == "UNAVAILABLE" and "bogus" in states["3"][1]
+        assert states["4"][0] == "UNAVAILABLE" and "missing" in states["4"][1]
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_poll_retries_and_reloads_on_any_file_of_the_version(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        d = tmp_path / "m" / "2"
+        d.mkdir()
+        (d / "weights.pkl").write_bytes(b"junk")  # first, so no poll sees v2 without it
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        entry = server.repository.models["m"]  # type: ignore[union-attr]
+        _wait(lambda: 2 in entry.failed)
+        assert "weights.pkl" in entry.failed[2][1]
+        (d / "weights.pkl").unlink()  # config.json and model.pt untouched
+        _wait(lambda: _ready(stub, "m", "2"))
+        assert _infer(stub, "m") == 2.0
+        # A stats.json added to a loaded version reloads it (drift reads it at load).
+        loaded = entry.versions[2]
+        stats = {"numeric": {"x": {"edges": np.linspace(0, 1, 21).tolist()}}}
+        (d / "stats.json").write_text(json.dumps(stats))
+        _wait(lambda: entry.versions.get(2) is not loaded)
+        assert _infer(stub, "m") == 2.0
+    finally:
+        channel.close()
+        server.stop()
+
+
+class _Records(logging.Handler):
+    """Keeps the records of the logger it is added to (whatever propagation is set)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_version_directories_have_one_spelling(tmp_path: Path) -> None:
+    # "01" and non-ASCII digits would be int()ed to versions 1 and 2, colliding with
+    # (or silently standing in for) "1/" and "2/": they are skipped, logged once each.
+    records = _Records()
+    logger = logging.getLogger("conveyor.engine.repository")
+    level = logger.level  # an earlier CLI test may have set up the "conveyor" tree
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(records)
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    for name, answer in (("01", 5), ("\u0662", 9), ("0", 7)):
+        source = write_model(tmp_path, "scratch", 1, Version(answer), VERSION_IO)
+        source.rename(tmp_path / "m" / name)
+        (tmp_path / "scratch").rmdir()
+    server, channel, stub = _serve(tmp_path)
+    try:
+        time.sleep(3 * POLL)  # a few polls: each skipped path is logged once
+        assert server.repository.models["m"].on_disk == [1]  # type: ignore[union-attr]
+        assert _infer(stub, "m") == 1.0 and _infer(stub, "m", "1") == 1.0
+        assert not _ready(stub, "m", "2")
+        skipped = [m for m in records.messages if "skipping" in m]
+        assert len(skipped) == 3 and all("without leading zeros" in m for m in skipped)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
         channel.close()
         server.stop()

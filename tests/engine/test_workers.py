@@ -190,8 +190,6 @@ def test_cli_a_start_up_error_of_the_workers_is_one_line_not_tracebacks(tmp_path
             proc.kill()
     assert proc.returncode == 1, err
     plain = [line for line in err.splitlines() if not line.startswith("{")]
-    assert plain == [
-        f"conveyor: error: model repository: model repository {missing}: not a directory"
-    ]
+    assert plain == [f"conveyor: error: model repository {missing}: not a directory"]
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any("before it was ready" in r["msg"] for r in records)
