@@ -79,6 +79,44 @@ def test_serve_writes_json_csv_png(
     assert "c=4" in printed and "rate=150/s" in printed and "serve.png" in printed
 
 
+def test_failed_scrape_keeps_the_sweep_going(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = [0]
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served[0] += 1
+            ok = served[0] <= 2  # the check before the sweep, point 1's "before"; then 500s
+            self.send_response(200 if ok else 500)
+            self.end_headers()
+            self.wfile.write(PAGE if ok else b"down")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double",
+        "--concurrency", "1,2", "--duration", "0.3", "--warmup", "0", "--out", str(out),
+        "--metrics-url", f"127.0.0.1:{httpd.server_address[1]}", "--progress", "off",
+    ]  # fmt: skip
+    try:
+        assert main(argv) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    points = json.loads((out / "serve.json").read_text())["points"]
+    assert [p["concurrency"] for p in points] == [1, 2]  # the second point still ran
+    assert all(p["requests"] > 0 for p in points)
+    for p in points:
+        assert p["server_queue_ms"] is None and p["server_batch_size"] is None
+    err = capsys.readouterr().err
+    assert err.count("no server-side figures") >= 2 and "HTTP Error 500" in err
+
+
 def test_serve_inputs_from_parquet(server: Server, tmp_path: Path) -> None:
     data = tmp_path / "inputs.parquet"
     x = np.arange(30, dtype=np.float32).reshape(10, 3)
