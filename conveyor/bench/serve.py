@@ -59,6 +59,22 @@ class ServeBenchConfig:
     seed: int = 0
     progress: bool | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`~conveyor.bench.loadgen.LoadSpecError` naming the first bad flag.
+
+        Runs when the configuration is made, before any server is contacted.
+        """
+        bad = [c for c in self.concurrency if c < 1]
+        if bad:
+            raise loadgen.LoadSpecError(f"--concurrency must be >= 1, got {bad[0]}")
+        loadgen.check_settings(
+            rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
+            timeout=self.timeout,
+        )  # fmt: skip
+
 
 def machine() -> str:
     """A short description of this machine for result tables."""

@@ -143,6 +143,31 @@ def test_serve_bad_input_names_the_problem(
     assert "model metadata for 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rows", "-1"], "--rows must be >= 1, got -1"),
+        (["--rows", "0"], "--rows must be >= 1, got 0"),
+        (["--duration", "0"], "--duration must be > 0 seconds, got 0.0"),
+        (["--duration", "inf"], "--duration must be > 0 seconds, got inf"),
+        (["--warmup", "-1"], "--warmup must be >= 0 seconds, got -1.0"),
+        (["--procs", "0"], "--procs must be >= 1, got 0"),
+        (["--timeout", "0"], "--timeout must be > 0 seconds, got 0.0"),
+        (["--timeout", "nan"], "--timeout must be > 0 seconds, got nan"),
+    ],
+)
+def test_bad_flags_are_one_line_before_any_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    # Port 1 on loopback: had the command tried to connect, the error would be another one.
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double",
+            "--out", str(tmp_path / "o"), *flags]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"conveyor: error: {message}"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_script_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "kernels", "--benchmarks-dir", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
