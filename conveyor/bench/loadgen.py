@@ -121,8 +121,10 @@ class LoadSpec:
             raise LoadSpecError("set exactly one of concurrency (closed loop) and rate (open loop)")
         if self.concurrency is not None and self.concurrency < 1:
             raise LoadSpecError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.rate is not None and not self.rate > 0:
-            raise LoadSpecError(f"rate must be > 0 requests/s, got {self.rate}")
+        # An infinite rate makes every arrival gap 0: the open loop never awaits anything, so
+        # the client spins a core and never reports; NaN compares false everywhere.
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise LoadSpecError(f"rate must be finite and > 0 requests/s, got {self.rate}")
         if not self.payloads:
             raise LoadSpecError("no request payloads")
         check_settings(

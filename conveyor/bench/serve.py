@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -70,6 +71,11 @@ class ServeBenchConfig:
         bad = [c for c in self.concurrency if c < 1]
         if bad:
             raise loadgen.LoadSpecError(f"--concurrency must be >= 1, got {bad[0]}")
+        bad_rates = [r for r in self.rates if not (math.isfinite(r) and r > 0)]
+        if bad_rates:
+            raise loadgen.LoadSpecError(
+                f"--rate must be finite and > 0 requests/s, got {bad_rates[0]}"
+            )
         loadgen.check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
             timeout=self.timeout,

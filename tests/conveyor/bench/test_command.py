@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conveyor.bench.loadgen import LoadSpecError
+from conveyor.bench.serve import ServeBenchConfig
 from conveyor.cli import main
 from conveyor.engine.server import Server
 
@@ -166,6 +168,22 @@ def test_bad_flags_are_one_line_before_any_connection(
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"conveyor: error: {message}"]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("rate", ["inf", "nan", "100,inf", "-5"])
+def test_rate_must_be_finite_and_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rate: str
+) -> None:
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double",
+            "--out", str(tmp_path / "o"), "--rate", rate]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error, as for --concurrency
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rate: expected finite positive numbers" in err and "Traceback" not in err
+    # The same rule holds for the library's configuration, which the TOML/env path also makes.
+    with pytest.raises(LoadSpecError, match="--rate must be finite"):
+        ServeBenchConfig(target="127.0.0.1:1", model="double", rates=[float(rate.split(",")[-1])])
 
 
 def test_missing_script_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

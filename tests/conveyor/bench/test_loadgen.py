@@ -95,9 +95,12 @@ def test_spec_checks() -> None:
         ({"procs": 0}, "procs must be >= 1"),
         ({"timeout": 0.0}, "timeout must be > 0"),
         ({"connect_timeout": float("inf")}, "connect_timeout must be > 0"),
+        # An infinite rate would spin the open loop without ever yielding.
+        ({"concurrency": None, "rate": float("inf")}, "rate must be finite"),
+        ({"concurrency": None, "rate": float("nan")}, "rate must be finite"),
     ):
         with pytest.raises(LoadSpecError, match=message) as raised:
-            LoadSpec(target="x:1", payloads=(b"",), concurrency=1, **bad)
+            LoadSpec(**{"target": "x:1", "payloads": (b"",), "concurrency": 1, **bad})
         assert isinstance(raised.value, ConveyorError) and isinstance(raised.value, ValueError)
     assert LoadSpec(target="x:1", payloads=(b"",), concurrency=5, procs=2).shares() == [
         (3, 0.0),
