@@ -52,6 +52,7 @@ from conveyor.categories import category_key
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.errors import ExportError
 from conveyor.trainer.model import TabularModel, to_reference
+from conveyor.trainer.names import check_model_name
 
 PLATFORM = "torchscript"
 
@@ -288,8 +289,7 @@ def export_version(
     source_types: dict[str, str] | None = None,
 ) -> Path:
     """Write a new version of ``name`` under ``repository``; returns its directory."""
-    if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"invalid model name {name!r}")
+    check_model_name(name)
     model_dir = Path(repository) / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)

@@ -80,3 +80,16 @@ def test_existing_run_without_resume_is_refused_before_any_worker_starts(tmp_pat
     )
     assert done.returncode == 1
     assert "pass --resume" in done.stderr and "worker" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", ".hidden", "with space", "-dash", "a\n"])
+def test_bad_model_name_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # The source does not exist: had the command started reading it, that error would show.
+    argv = ["train", str(tmp_path / "nope.parquet"), "--label", "y", "--out", str(tmp_path / "r"),
+            "--model-repository", str(tmp_path / "repo"), f"--model-name={name}"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"conveyor: error: --model-name {name!r} is not a valid model name")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "repo").exists()
