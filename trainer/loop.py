@@ -471,9 +471,10 @@ def run_worker(
             elif cfg.model_repository is not None:
                 from conveyor.trainer.export import export_version
 
+                assert cfg.model_name is not None  # TrainConfig.check: both or neither
                 version = export_version(
                     cfg.model_repository,
-                    cfg.model_name or "model",
+                    cfg.model_name,
                     trainer.final_model(),
                     trainer.spec,
                     trainer.stats,

@@ -20,7 +20,13 @@ MAX_MODEL_NAME = 255
 
 
 def check_model_name(name: str, what: str = "model name") -> None:
-    """Raise :class:`ExportError` unless ``name`` is a valid model name; ``what`` names it."""
+    """Raise :class:`ExportError` unless ``name`` is a valid model name; ``what`` names it.
+
+    An empty name is an error, not a default: the README documents no default model name,
+    and an export quietly named something else is one nobody looks for.
+    """
+    if not name:
+        raise ExportError(f"{what} is empty: give the name the model is served under")
     if not MODEL_NAME.fullmatch(name) or len(name) > MAX_MODEL_NAME:
         raise ExportError(
             f"{what} {name!r} is not a valid model name: use letters, digits, '_', '-' and "

@@ -179,9 +179,11 @@ def test_bad_model_name_is_an_error(tmp_path: Path) -> None:
     table = tabular(8)
     spec = FeatureSpec.load(write_spec(tmp_path, table))
     stats = {"numeric": {n: {"mean": 0.0, "std": 1.0} for n in spec.numeric_names}}
-    for name in ("../x", "a/b", "with space", ""):
+    for name in ("../x", "a/b", "with space"):
         with pytest.raises(ExportError, match="not a valid model name"):
             export_version(tmp_path, name, build_model(spec, stats), spec, stats, {})
+    with pytest.raises(ExportError, match="model name is empty"):
+        export_version(tmp_path, "", build_model(spec, stats), spec, stats, {})
     assert not (tmp_path / "with space").exists()  # refused before any directory is made
 
 

@@ -93,3 +93,16 @@ def test_bad_model_name_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert err.startswith(f"conveyor: error: --model-name {name!r} is not a valid model name")
     assert not (tmp_path / "r").exists() and not (tmp_path / "repo").exists()
+
+
+def test_empty_model_name_is_an_error_not_a_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to export quietly under "model"; the README documents no default name.
+    argv = ["train", str(tmp_path / "nope.parquet"), "--label", "y", "--out", str(tmp_path / "r"),
+            "--model-repository", str(tmp_path / "repo"), "--model-name", ""]  # fmt: skip
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "conveyor: error: --model-name is empty: give the name the model is served under"
+    ]
+    assert not (tmp_path / "repo").exists()
