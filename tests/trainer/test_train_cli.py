@@ -106,3 +106,16 @@ def test_empty_model_name_is_an_error_not_a_default(
         "conveyor: error: --model-name is empty: give the name the model is served under"
     ]
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("nproc", ["0", "-2"])
+def test_nproc_below_one_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], nproc: str
+) -> None:
+    # It ran one process silently. The source does not exist: the flag is checked first.
+    argv = ["train", str(tmp_path / "nope.parquet"), "--label", "y", "--out", str(tmp_path / "r"),
+            f"--nproc={nproc}"]  # fmt: skip
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"conveyor: error: --nproc must be >= 1, got {nproc}"
+    ]
