@@ -76,8 +76,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from conveyor.trainer import launch
     from conveyor.trainer.data import prepare
+    from conveyor.trainer.errors import TrainerError
     from conveyor.trainer.loop import check_fresh_run, run_worker
 
+    if args.nproc < 1:  # checked first: a bad flag must not wait for the data to be read
+        raise TrainerError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = _config(args)
     if launch.under_torchrun():
         summary = run_worker(cfg)  # torchrun started this process as one of its workers

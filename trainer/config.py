@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from conveyor.trainer.errors import TrainerError
+from conveyor.trainer.names import check_model_name
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 AUTOCAST = ("off", "bf16", "fp16")
@@ -125,6 +126,9 @@ class TrainConfig:
             raise TrainerError("--lr must be > 0; --weight-decay and --clip-norm >= 0")
         if (self.model_repository is None) != (self.model_name is None):
             raise TrainerError("--model-repository and --model-name go together")
+        if self.model_name is not None:
+            # The export's own rule, checked now: a bad name must not cost a whole training run.
+            check_model_name(self.model_name, "--model-name")
 
     def metric_for(self, task: str) -> tuple[str, bool]:
         """The early-stopping metric for ``task`` and whether higher is better."""

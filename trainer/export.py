@@ -52,6 +52,7 @@ from conveyor.categories import category_key
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.errors import ExportError
 from conveyor.trainer.model import TabularModel, to_reference
+from conveyor.trainer.names import check_model_name
 
 PLATFORM = "torchscript"
 
@@ -269,11 +270,19 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def existing_versions(model_dir: str | Path) -> list[int]:
-    """Integer version directories under ``model_dir``, ascending."""
+    """Integer version directories under ``model_dir``, ascending; other names are skipped.
+
+    ASCII digits only: ``str.isdigit`` is also true for ``'²'`` or ``'①'``, which ``int``
+    refuses, and one such directory would make every later export of the model fail.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.name.isascii() and p.name.isdigit() and p.is_dir()
+    )
 
 
 def export_version(
@@ -288,8 +297,7 @@ def export_version(
     source_types: dict[str, str] | None = None,
 ) -> Path:
     """Write a new version of ``name`` under ``repository``; returns its directory."""
-    if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"invalid model name {name!r}")
+    check_model_name(name)
     model_dir = Path(repository) / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from conveyor.ingest.loader import Batch
-from conveyor.trainer import checkpoint
+from conveyor.trainer import checkpoint, resume
 from conveyor.trainer.config import TrainConfig
 from conveyor.trainer.data import load_prepared, make_loaders, prepare
 from conveyor.trainer.errors import CheckpointError, TrainerError
@@ -170,17 +170,41 @@ class Trainer:
                 log.info("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
             return
         path, ckpt = latest
-        if ckpt.get("version") != CKPT_VERSION or ckpt["world_size"] != self.env.world_size:
+        if ckpt.get("version") != CKPT_VERSION:
             raise CheckpointError(
-                f"{path}: written by a run with {ckpt.get('world_size')} ranks, this one has "
-                f"{self.env.world_size}"
+                f"{path}: checkpoint format {ckpt.get('version')}, this trainer reads "
+                f"{CKPT_VERSION}"
             )
+        # Before any load_state_dict: a changed option is named, not a size mismatch.
+        saved = ckpt.get("config", {})
+        resume.check_world_size(ckpt.get("world_size"), self.env.world_size, path)
+        resume.check_options(saved, self.cfg, path, self.task)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.best_model = ckpt["best_model"]
         self.state = RunState(**ckpt["state"])
+        was_done = self.state.done
+        more = resume.apply_epochs(self.state, self.cfg.epochs, path)
+        if saved.get("epochs", self.cfg.epochs) != self.cfg.epochs:
+            # The scheduler restored only its step count; the optimizer still holds the old
+            # schedule's rate until the next step, so put it on the new schedule now.
+            step = self.scheduler.last_epoch
+            for group, base, factor in zip(
+                self.optimizer.param_groups,
+                self.scheduler.base_lrs,
+                self.scheduler.lr_lambdas,
+                strict=True,
+            ):
+                group["lr"] = base * factor(step)
+            if self.env.is_main:
+                log.info(
+                    "--resume: --epochs %d (checkpoint: %s)%s",
+                    self.cfg.epochs,
+                    saved["epochs"],
+                    ", continuing the finished run" if was_done and more else "",
+                )
         mine = ckpt["ranks"][self.env.rank]
         self.train_loader.load_state_dict(mine["loader"])
         self.train_sums.load_state_dict(mine["train_sums"])
@@ -471,9 +495,10 @@ def run_worker(
             elif cfg.model_repository is not None:
                 from conveyor.trainer.export import export_version
 
+                assert cfg.model_name is not None  # TrainConfig.check: both or neither
                 version = export_version(
                     cfg.model_repository,
-                    cfg.model_name or "model",
+                    cfg.model_name,
                     trainer.final_model(),
                     trainer.spec,
                     trainer.stats,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from conveyor.errors import ConveyorError
 
@@ -15,8 +16,11 @@ def _numbers(kind: type, name: str):
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: expected comma-separated numbers") from None
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{name}: expected positive numbers, got {text!r}")
+        # nan and inf parse as floats; an infinite rate would send without ever yielding.
+        if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+            raise argparse.ArgumentTypeError(
+                f"{name}: expected finite positive numbers, got {text!r}"
+            )
         return values
 
     return parse

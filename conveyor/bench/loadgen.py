@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import queue
 import time
@@ -49,6 +50,34 @@ BACKLOG = "CLIENT_BACKLOG"
 
 class LoadError(ConveyorError):
     """The load generator could not run (no server, a client process failed)."""
+
+
+class LoadSpecError(ConveyorError, ValueError):
+    """A load point's settings are out of range.
+
+    A ConveyorError so the CLI prints one line; a ValueError too, as it was before.
+    """
+
+
+def check_settings(
+    *, rows: int, duration: float, warmup: float, procs: int, timeout: float, prefix: str = "--"
+) -> None:
+    """Raise :class:`LoadSpecError` naming the first out-of-range setting.
+
+    Shared by :class:`LoadSpec` and ``conveyor bench serve`` (``prefix="--"`` names the flags),
+    so the CLI refuses what a load point would refuse before it contacts any server.
+    Non-finite values are refused too: an infinite duration or deadline never ends.
+    """
+    if rows < 1:
+        raise LoadSpecError(f"{prefix}rows must be >= 1, got {rows}")
+    if not (math.isfinite(duration) and duration > 0):
+        raise LoadSpecError(f"{prefix}duration must be > 0 seconds, got {duration}")
+    if not (math.isfinite(warmup) and warmup >= 0):
+        raise LoadSpecError(f"{prefix}warmup must be >= 0 seconds, got {warmup}")
+    if procs < 1:
+        raise LoadSpecError(f"{prefix}procs must be >= 1, got {procs}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise LoadSpecError(f"{prefix}timeout must be > 0 seconds, got {timeout}")
 
 
 @dataclass(frozen=True)
@@ -89,15 +118,21 @@ class LoadSpec:
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
-            raise ValueError("set exactly one of concurrency (closed loop) and rate (open loop)")
+            raise LoadSpecError("set exactly one of concurrency (closed loop) and rate (open loop)")
         if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError(f"rate must be > 0 requests/s, got {self.rate}")
+            raise LoadSpecError(f"concurrency must be >= 1, got {self.concurrency}")
+        # An infinite rate makes every arrival gap 0: the open loop never awaits anything, so
+        # the client spins a core and never reports; NaN compares false everywhere.
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise LoadSpecError(f"rate must be finite and > 0 requests/s, got {self.rate}")
         if not self.payloads:
-            raise ValueError("no request payloads")
-        if self.duration <= 0 or self.warmup < 0 or self.procs < 1:
-            raise ValueError("duration must be > 0, warmup >= 0 and procs >= 1")
+            raise LoadSpecError("no request payloads")
+        check_settings(
+            rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
+            timeout=self.timeout, prefix="",
+        )  # fmt: skip
+        if not (math.isfinite(self.connect_timeout) and self.connect_timeout > 0):
+            raise LoadSpecError(f"connect_timeout must be > 0 s, got {self.connect_timeout}")
 
     @property
     def mode(self) -> str:

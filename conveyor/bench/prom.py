@@ -119,6 +119,14 @@ def server_side(before: Samples, after: Samples, model: str) -> dict[str, float 
     return out
 
 
+# The fields :func:`server_side` fills, for a point whose scrapes failed (all None).
+SERVER_FIELDS: tuple[str, ...] = (
+    *(f"server_{key}" for key in _HISTOGRAMS),
+    "server_batch_size",
+    "server_requests",
+)
+
+
 @dataclass(frozen=True)
 class DriftStatus:
     """The drift metrics of one model: whether any version alerts, and scores per feature."""

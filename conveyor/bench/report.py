@@ -31,15 +31,36 @@ def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, recursively.
+
+    A point with no answered request has NaN percentiles; Python's json would write them as
+    bare ``NaN`` tokens, which strict parsers (jq, JSON.parse) reject: null is what JSON has.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: Path, document: Mapping[str, Any]) -> Path:
+    """``document`` as strict JSON (non-finite numbers as null) at ``path``."""
+    text = json.dumps(json_safe(document), indent=2, default=str, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    path.write_text(text + "\n")
     return path
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """One line per row; the header is the union of every row's (flattened) fields."""
-    flat = [flatten(r) for r in rows]
+    """One line per row; the header is the union of every row's (flattened) fields.
+
+    A value that was not measured (None, NaN or infinite) is an empty cell, as spreadsheets
+    and pandas read a missing value.
+    """
+    flat = [flatten(json_safe(r)) for r in rows]
     header: list[str] = []
     for r in flat:
         header.extend(k for k in r if k not in header)

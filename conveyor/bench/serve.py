@@ -9,6 +9,8 @@ Results go to ``OUT/serve.json``, ``OUT/serve.csv`` and ``OUT/serve.png``.
 from __future__ import annotations
 
 import datetime
+import logging
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.bench import loadgen, payloads, prom, report
+
+log = logging.getLogger("conveyor.bench")
 
 
 @dataclass
@@ -56,6 +60,27 @@ class ServeBenchConfig:
     seed: int = 0
     progress: bool | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`~conveyor.bench.loadgen.LoadSpecError` naming the first bad flag.
+
+        Runs when the configuration is made, before any server is contacted.
+        """
+        bad = [c for c in self.concurrency if c < 1]
+        if bad:
+            raise loadgen.LoadSpecError(f"--concurrency must be >= 1, got {bad[0]}")
+        bad_rates = [r for r in self.rates if not (math.isfinite(r) and r > 0)]
+        if bad_rates:
+            raise loadgen.LoadSpecError(
+                f"--rate must be finite and > 0 requests/s, got {bad_rates[0]}"
+            )
+        loadgen.check_settings(
+            rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
+            timeout=self.timeout,
+        )  # fmt: skip
+
 
 def machine() -> str:
     """A short description of this machine for result tables."""
@@ -71,18 +96,30 @@ def measure_point(
     progress: bool | None = None,
     label: str = "",
 ) -> dict[str, Any]:
-    """One load point's summary, with the server's view of it when ``metrics_url`` is set."""
-    before = _scrape(metrics_url)
+    """One load point's summary, with the server's view of it when ``metrics_url`` is set.
+
+    A failed scrape leaves that point's server-side fields None (with a warning) rather than
+    ending the sweep: the client-side figures measured so far are still worth writing.
+    """
+    before = _scrape(metrics_url, label)
     result = loadgen.run_load(spec, progress=progress, label=label)
     summary = result.summary()
-    after = _scrape(metrics_url)
+    after = _scrape(metrics_url, label)
     if before is not None and after is not None:
         summary.update(prom.server_side(before, after, model))
+    elif metrics_url is not None:
+        summary.update(dict.fromkeys(prom.SERVER_FIELDS))
     return summary
 
 
-def _scrape(url: str | None) -> prom.Samples | None:
-    return None if url is None else prom.scrape(url)
+def _scrape(url: str | None, label: str) -> prom.Samples | None:
+    if url is None:
+        return None
+    try:
+        return prom.scrape(url)
+    except prom.MetricsError as exc:
+        log.warning("point %s: no server-side figures: %s", label or "?", exc)
+        return None
 
 
 def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -41,7 +41,11 @@ def nearest_rank(
 
 
 def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """``p50_ms``, ``p90_ms``, ``p99_ms``, ``p999_ms``, ``mean_ms``, ``max_ms`` of the samples."""
+    """``p50_ms``, ``p90_ms``, ``p99_ms``, ``p999_ms``, ``mean_ms``, ``max_ms`` of the samples.
+
+    Every field is NaN when there is no sample (no request answered); the report's files
+    write that as null (JSON) or an empty cell (CSV), see :mod:`conveyor.bench.report`.
+    """
     values = np.asarray(latencies_ms, dtype=np.float64)
     summary = dict(
         zip(map(percentile_key, PERCENTILES), nearest_rank(values, PERCENTILES), strict=True)

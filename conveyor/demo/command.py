@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import signal
 import threading
@@ -53,9 +54,24 @@ def _step(title: str, argv: list[str]) -> None:
         raise DemoError(f"step {title!r} failed with exit code {code}")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Raise :class:`DemoError` naming the first bad flag.
+
+    Runs before anything is generated or deleted: a bad value found only at the traffic step
+    would cost the whole generate, profile and train before it.
+    """
+    for name in ("rows", "nproc", "epochs"):
+        value = getattr(args, name)
+        if value < 1:
+            raise DemoError(f"--{name} must be >= 1, got {value}")
+    if not (math.isfinite(args.phase_seconds) and args.phase_seconds > 0):
+        raise DemoError(f"--phase-seconds must be > 0 seconds, got {args.phase_seconds:g}")
+
+
 def run(args: argparse.Namespace) -> int:
     from conveyor.demo.fraud_data import FraudDataConfig, write_dataset
 
+    check_args(args)
     work = Path(args.workdir).resolve()
     data, profile, run_dir, models = (work / d for d in ("data", "profile", "run", "models"))
     # Each demo is a fresh job over fresh data; the model repository is kept, so every run

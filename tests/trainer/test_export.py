@@ -17,7 +17,13 @@ from trainer_fixtures import tabular, write_spec
 from conveyor.ingest.loader import StreamLoader
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.errors import ExportError
-from conveyor.trainer.export import _publish, category_key, export_version, model_config
+from conveyor.trainer.export import (
+    _publish,
+    category_key,
+    existing_versions,
+    export_version,
+    model_config,
+)
 from conveyor.trainer.model import build_model
 
 # Runs in a fresh interpreter: only torch and json, then proves conveyor was never imported.
@@ -155,6 +161,20 @@ def test_versions_increase_and_never_overwrite(tmp_path: Path) -> None:
     assert not [p for p in (repo / "m").iterdir() if p.name.startswith(".")]
 
 
+def test_non_ascii_digit_directories_are_not_versions(tmp_path: Path) -> None:
+    # str.isdigit() is true for these, int() refuses them: every export used to fail.
+    repo = tmp_path / "repo"
+    for odd in ("\u00b2", "1\u00b2", "\u2460", "\u0663"):  # '²', '1²', '①', Arabic-Indic 3
+        (repo / "m" / odd).mkdir(parents=True)
+    (repo / "m" / "2").mkdir()
+    assert existing_versions(repo / "m") == [2]
+    table = tabular(8)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    stats = {"numeric": {n: {"mean": 0.0, "std": 1.0} for n in spec.numeric_names}}
+    version = export_version(repo, "m", build_model(spec, stats, hidden=(4,)), spec, stats, {})
+    assert version.name == "3"
+
+
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     model_dir = tmp_path / "m"
     model_dir.mkdir()
@@ -179,8 +199,12 @@ def test_bad_model_name_is_an_error(tmp_path: Path) -> None:
     table = tabular(8)
     spec = FeatureSpec.load(write_spec(tmp_path, table))
     stats = {"numeric": {n: {"mean": 0.0, "std": 1.0} for n in spec.numeric_names}}
-    with pytest.raises(ExportError):
-        export_version(tmp_path, "../x", build_model(spec, stats), spec, stats, {})
+    for name in ("../x", "a/b", "with space"):
+        with pytest.raises(ExportError, match="not a valid model name"):
+            export_version(tmp_path, name, build_model(spec, stats), spec, stats, {})
+    with pytest.raises(ExportError, match="model name is empty"):
+        export_version(tmp_path, "", build_model(spec, stats), spec, stats, {})
+    assert not (tmp_path / "with space").exists()  # refused before any directory is made
 
 
 def test_category_keys() -> None:

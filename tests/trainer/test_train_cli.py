@@ -80,3 +80,42 @@ def test_existing_run_without_resume_is_refused_before_any_worker_starts(tmp_pat
     )
     assert done.returncode == 1
     assert "pass --resume" in done.stderr and "worker" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", ".hidden", "with space", "-dash", "a\n"])
+def test_bad_model_name_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # The source does not exist: had the command started reading it, that error would show.
+    argv = ["train", str(tmp_path / "nope.parquet"), "--label", "y", "--out", str(tmp_path / "r"),
+            "--model-repository", str(tmp_path / "repo"), f"--model-name={name}"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"conveyor: error: --model-name {name!r} is not a valid model name")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "repo").exists()
+
+
+def test_empty_model_name_is_an_error_not_a_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to export quietly under "model"; the README documents no default name.
+    argv = ["train", str(tmp_path / "nope.parquet"), "--label", "y", "--out", str(tmp_path / "r"),
+            "--model-repository", str(tmp_path / "repo"), "--model-name", ""]  # fmt: skip
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "conveyor: error: --model-name is empty: give the name the model is served under"
+    ]
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("nproc", ["0", "-2"])
+def test_nproc_below_one_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], nproc: str
+) -> None:
+    # It ran one process silently. The source does not exist: the flag is checked first.
+    argv = ["train", str(tmp_path / "nope.parquet"), "--label", "y", "--out", str(tmp_path / "r"),
+            f"--nproc={nproc}"]  # fmt: skip
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"conveyor: error: --nproc must be >= 1, got {nproc}"
+    ]

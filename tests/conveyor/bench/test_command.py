@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conveyor.bench.loadgen import LoadSpecError
+from conveyor.bench.serve import ServeBenchConfig
 from conveyor.cli import main
 from conveyor.engine.server import Server
 
@@ -79,6 +81,44 @@ def test_serve_writes_json_csv_png(
     assert "c=4" in printed and "rate=150/s" in printed and "serve.png" in printed
 
 
+def test_failed_scrape_keeps_the_sweep_going(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = [0]
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served[0] += 1
+            ok = served[0] <= 2  # the check before the sweep, point 1's "before"; then 500s
+            self.send_response(200 if ok else 500)
+            self.end_headers()
+            self.wfile.write(PAGE if ok else b"down")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double",
+        "--concurrency", "1,2", "--duration", "0.3", "--warmup", "0", "--out", str(out),
+        "--metrics-url", f"127.0.0.1:{httpd.server_address[1]}", "--progress", "off",
+    ]  # fmt: skip
+    try:
+        assert main(argv) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    points = json.loads((out / "serve.json").read_text())["points"]
+    assert [p["concurrency"] for p in points] == [1, 2]  # the second point still ran
+    assert all(p["requests"] > 0 for p in points)
+    for p in points:
+        assert p["server_queue_ms"] is None and p["server_batch_size"] is None
+    err = capsys.readouterr().err
+    assert err.count("no server-side figures") >= 2 and "HTTP Error 500" in err
+
+
 def test_serve_inputs_from_parquet(server: Server, tmp_path: Path) -> None:
     data = tmp_path / "inputs.parquet"
     x = np.arange(30, dtype=np.float32).reshape(10, 3)
@@ -103,6 +143,47 @@ def test_serve_bad_input_names_the_problem(
     assert "no column(s) ['x']" in capsys.readouterr().err
     assert main([*base, "--model", "nope"]) == 1
     assert "model metadata for 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rows", "-1"], "--rows must be >= 1, got -1"),
+        (["--rows", "0"], "--rows must be >= 1, got 0"),
+        (["--duration", "0"], "--duration must be > 0 seconds, got 0.0"),
+        (["--duration", "inf"], "--duration must be > 0 seconds, got inf"),
+        (["--warmup", "-1"], "--warmup must be >= 0 seconds, got -1.0"),
+        (["--procs", "0"], "--procs must be >= 1, got 0"),
+        (["--timeout", "0"], "--timeout must be > 0 seconds, got 0.0"),
+        (["--timeout", "nan"], "--timeout must be > 0 seconds, got nan"),
+    ],
+)
+def test_bad_flags_are_one_line_before_any_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    # Port 1 on loopback: had the command tried to connect, the error would be another one.
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double",
+            "--out", str(tmp_path / "o"), *flags]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"conveyor: error: {message}"]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("rate", ["inf", "nan", "100,inf", "-5"])
+def test_rate_must_be_finite_and_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rate: str
+) -> None:
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double",
+            "--out", str(tmp_path / "o"), "--rate", rate]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error, as for --concurrency
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rate: expected finite positive numbers" in err and "Traceback" not in err
+    # The same rule holds for the library's configuration, which the TOML/env path also makes.
+    with pytest.raises(LoadSpecError, match="--rate must be finite"):
+        ServeBenchConfig(target="127.0.0.1:1", model="double", rates=[float(rate.split(",")[-1])])
 
 
 def test_missing_script_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conveyor.bench import payloads
-from conveyor.bench.loadgen import LoadError, LoadSpec, run_load
+from conveyor.bench.loadgen import LoadError, LoadSpec, LoadSpecError, run_load
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.server import Server
+from conveyor.errors import ConveyorError
 
 
 def good_payloads(server: Server, rows: int = 2) -> tuple[bytes, ...]:
@@ -86,6 +87,21 @@ def test_spec_checks() -> None:
         LoadSpec(target="x:1", payloads=(b"",), concurrency=1, rate=5.0)
     with pytest.raises(ValueError, match="payloads"):
         LoadSpec(target="x:1", payloads=(), concurrency=1)
+    # Out-of-range settings: a ConveyorError (one line on the CLI) that is still a ValueError.
+    for bad, message in (
+        ({"rows": 0}, "rows must be >= 1"),
+        ({"duration": float("nan")}, "duration must be > 0"),
+        ({"warmup": -1.0}, "warmup must be >= 0"),
+        ({"procs": 0}, "procs must be >= 1"),
+        ({"timeout": 0.0}, "timeout must be > 0"),
+        ({"connect_timeout": float("inf")}, "connect_timeout must be > 0"),
+        # An infinite rate would spin the open loop without ever yielding.
+        ({"concurrency": None, "rate": float("inf")}, "rate must be finite"),
+        ({"concurrency": None, "rate": float("nan")}, "rate must be finite"),
+    ):
+        with pytest.raises(LoadSpecError, match=message) as raised:
+            LoadSpec(**{"target": "x:1", "payloads": (b"",), "concurrency": 1, **bad})
+        assert isinstance(raised.value, ConveyorError) and isinstance(raised.value, ValueError)
     assert LoadSpec(target="x:1", payloads=(b"",), concurrency=5, procs=2).shares() == [
         (3, 0.0),
         (2, 0.0),

@@ -51,3 +51,28 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # A second run keeps the repository and adds a version, as a retraining job would.
     assert main([*argv, "--phase-seconds", "0.5"]) == 0
     assert (work / "models" / "fraud" / "2" / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--phase-seconds", "0"], "--phase-seconds must be > 0 seconds, got 0"),
+        (["--phase-seconds", "-3"], "--phase-seconds must be > 0 seconds, got -3"),
+        (["--phase-seconds", "nan"], "--phase-seconds must be > 0 seconds, got nan"),
+        (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--rows", "0"], "--rows must be >= 1, got 0"),
+    ],
+)
+def test_bad_flags_fail_before_any_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    work = tmp_path / "demo"
+    (work / "data").mkdir(parents=True)  # an earlier demo's data: must not be deleted either
+    argv = ["demo", "--workdir", str(work), "--rows", "2000", "--nproc", "1", "--epochs", "1",
+            "--port", "0", "--metrics-port", "0", *flags]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"conveyor: error: {message}"]
+    assert "== generate" not in captured.out
+    assert sorted(p.name for p in work.iterdir()) == ["data"]
