@@ -310,7 +310,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             entry = repo.models[name]
             versions = sorted(set(entry.versions) | set(entry.failed))
             if request.version:
-                if not request.version.isdigit() or int(request.version) not in versions:
+                if not (request.version.isascii() and request.version.isdigit()) or (
+                    int(request.version) not in versions
+                ):
                     await _abort(
                         context,
                         _not_found(name, request.version),

@@ -365,6 +365,9 @@ def test_statistics_and_index(stub: object) -> None:
     assert s.inference_count >= 2 and s.execution_count >= 1
     assert s.inference_stats.success.count >= 1 and s.batch_stats
     assert s.inference_stats.fail.count >= 1  # the invalid requests of the tests above
+    for spelled in ("9", "²"):  # int() refuses "²", which str.isdigit() accepts
+        request = pb.ModelStatisticsRequest(name="affine", version=spelled)
+        assert _code(stub.ModelStatistics, request)[0] == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)  # type: ignore[attr-defined]
     assert {(m.name, m.version, m.state) for m in index.models} >= {
         ("affine", "1", "READY"),
