@@ -108,7 +108,11 @@ def _convert_one(action: argparse.Action, raw: Any, where: str) -> Any:
     if isinstance(raw, str):
         value = _apply_type(action, raw, where) if action.type is not None else raw
     elif action.type is None or action.type is str:
-        value = raw
+        # A text option: an integer reads as the flag's text would ("2" for version 2);
+        # anything else (a boolean, a float, a date) is more likely a mistake.
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{where}: expected a string, got {raw!r}")
+        value = str(raw)
     else:
         value = _typed_scalar(action, raw, where)
     if action.choices is not None and value not in action.choices:

@@ -124,6 +124,9 @@ def test_bad_env_value_names_the_variable(
         ("[serve]\nworkers = true\n", "key 'serve.workers': expected a number, got a boolean"),
         ("[serve]\nworkers = 0\n", "key 'serve.workers': invalid value '0': must be at least 1"),
         ("[serve]\nworkers = 2.5\n", "key 'serve.workers': invalid value '2.5'"),
+        # a text option takes an integer as its text; other TOML types are mistakes
+        ("[serve]\nhost = true\n", "key 'serve.host': expected a string, got True"),
+        ("[serve]\nhost = 1.5\n", "key 'serve.host': expected a string, got 1.5"),
     ],
 )
 def test_bad_config_file_names_file_and_key(
@@ -141,6 +144,8 @@ def test_file_numbers_convert_like_flags(tmp_path: Path) -> None:
     args = config.resolve(_parser(), ["serve", "--config", str(cfg)], environ={})
     assert (args.port, args.workers) == (9000, 3)
     assert args.drift_threshold == 1.0 and isinstance(args.drift_threshold, float)
+    text = _write(tmp_path, "[serve]\nhost = 2024\n")
+    assert config.resolve(_parser(), ["serve", "--config", str(text)], environ={}).host == "2024"
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
