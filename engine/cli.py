@@ -270,6 +270,9 @@ def serve_workers(
                 workers,
                 WorkerPolicy(restart=restart),
                 on_exit=shared.process_exited,
+                # This process exits next: a second Ctrl-C or a group SIGTERM after
+                # the workers stopped must not turn a clean exit 0 into a kill.
+                restore_signals=False,
             )
             message = _worker_error(Path(errors)) if code else None
         if message is not None:

@@ -81,12 +81,16 @@ def run_workers(
     workers: int,
     policy: WorkerPolicy | None = None,
     on_exit: Callable[[int], None] | None = None,
+    restore_signals: bool = True,
 ) -> int:
     """Run ``workers`` processes of ``target(*args, ready_event)``; see the module doc.
 
     ``target`` must set ``ready_event`` once it serves. ``on_exit(pid)`` is
     called for every worker process that ended (the metrics directory marks it
-    dead). Returns the exit status for the parent (0 or 1).
+    dead). SIGTERM and SIGINT stop the workers while this runs; with
+    ``restore_signals`` False both are ignored from the first one on and stay so, so
+    a process about to exit is not killed by a repeated signal (``conveyor serve``).
+    Returns the exit status for the parent (0 or 1).
     """
     import multiprocessing
 
@@ -100,7 +104,15 @@ def run_workers(
     def spawn() -> _Slot:
         ready = ctx.Event()
         process = ctx.Process(target=target, args=(*args, ready), daemon=False)
-        process.start()
+        # A worker starts with SIGINT ignored (an ignored signal stays ignored across
+        # exec, and Python then installs no KeyboardInterrupt handler) until its own
+        # handlers are in: a group Ctrl-C while it imports would otherwise end it
+        # with a traceback. The parent's forwarded SIGTERM stops it meanwhile.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
         return _Slot(process, ready)
 
     def terminate_live() -> None:
@@ -118,9 +130,16 @@ def run_workers(
 
     slots = [spawn() for _ in range(workers)]
     log.info("started %d worker processes", workers)
-    previous = {
-        s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGTERM, signal.SIGINT)
-    }
+
+    def on_signal(*_: Any) -> None:
+        if not restore_signals:
+            # From the first stop on, ignore both: SIG_IGN, unlike a Python handler,
+            # also outlives interpreter shutdown (see conveyor.engine.cli._Signals).
+            for s in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(s, signal.SIG_IGN)
+        stopping.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     failed = False
     fast_crashes = 0
 
@@ -154,8 +173,10 @@ def run_workers(
                     on_exit(slot.process.pid)
                 if stopping.is_set():
                     # A worker still starting when the stop came may have no handler
-                    # yet: SIGTERM ends it at once, which is a clean stop too.
-                    clean = code == 0 or (slot.ready_at is None and code == -signal.SIGTERM)
+                    # yet: SIGTERM (or a group SIGINT) ends it at once, a clean stop too.
+                    clean = code == 0 or (
+                        slot.ready_at is None and code in (-signal.SIGTERM, -signal.SIGINT)
+                    )
                     if not clean:  # say why the exit status will be 1
                         log.error(
                             "worker %d (pid %s) %s while stopping",
@@ -187,8 +208,9 @@ def run_workers(
                 break
             time.sleep(policy.poll_s)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        if restore_signals:
+            for s, h in previous.items():
+                signal.signal(s, h)
         stopping.set()  # after an exception in the loop too: leave no orphans
         terminate_live()
         for slot in slots:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -174,6 +175,32 @@ def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
     assert "while stopping" not in err
     assert err.count(f"received {sig.name}; shutting down") == 2, err
     assert err.count("conveyor.engine.server: stopped") == 2, err  # both drained to the end
+
+
+def test_cli_ctrl_c_while_the_workers_start_and_a_repeated_stop_exit_0(tmp_path: Path) -> None:
+    # A group Ctrl-C while the workers still import (it was a KeyboardInterrupt
+    # traceback per worker and exit status 1), then the same signal again while the
+    # parent shuts down (the restored default handler killed it: -SIGINT).
+    repo = tmp_path / "repo"
+    write_model(repo, "m", 1, Version(1), VERSION_IO)
+    proc, _ = start_cli_server(
+        repo, "--workers", "2", "--log-level", "info", "--metrics-port", "-1", new_session=True
+    )
+    try:
+        started = read_stderr_until(proc, lambda text: "started 2 worker processes" in text, 90)
+        os.killpg(proc.pid, signal.SIGINT)
+        for _ in range(20):  # repeated stops while everything shuts down
+            time.sleep(0.05)
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+        err = started + stop_cli_server(proc, 60, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
 def test_cli_a_start_up_error_of_the_workers_is_one_line_not_tracebacks(tmp_path: Path) -> None:
