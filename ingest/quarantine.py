@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from conveyor.ingest.errors import IngestError
@@ -162,14 +163,40 @@ def _fit(col: pa.ChunkedArray, typ: pa.DataType) -> tuple[pa.ChunkedArray | pa.A
     # Text cast into a number or date would lose its spelling ("007", "1e3"): keep it as text.
     if not _is_text(col.type) or _is_text(typ):
         try:
-            return col.cast(typ), typ  # a safe cast: it fails rather than truncate or wrap
+            cast = col.cast(typ)  # a safe cast: it fails rather than truncate or wrap ints
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass
+        else:
+            # ...but it rounds float64 into float32, makes 2 a True and drops struct
+            # fields: only a cast that casts back to the same values is kept.
+            if _round_trips(col, cast):
+                return cast, typ
     return _as_text(col), pa.string()
 
 
+def _round_trips(col: pa.ChunkedArray, cast: pa.ChunkedArray) -> bool:
+    try:
+        back = cast.cast(col.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    if back.null_count != col.null_count:
+        return False
+    try:
+        same = pc.equal(back, col)
+        if pa.types.is_floating(col.type):  # NaN is not equal to itself
+            same = pc.or_(same, pc.and_(pc.is_nan(back), pc.is_nan(col)))
+        return pc.all(same).as_py() in (True, None)  # None: every value is null
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return back.equals(col)  # nested types have no element-wise compare
+
+
 def _is_text(typ: pa.DataType) -> bool:
-    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+    return (
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_string_view(typ)
+        or (pa.types.is_dictionary(typ) and _is_text(typ.value_type))
+    )
 
 
 def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:

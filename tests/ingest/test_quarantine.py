@@ -62,3 +62,23 @@ def test_validate_keeps_json_rows_read_typed_and_as_text(tmp_path):
         ("type", "oops", "0"),
         ("unseen_class", "7.25", "5"),
     }
+
+
+def test_a_cast_that_changes_values_widens_to_text_instead(tmp_path):
+    # Arrow's safe cast rounds float64 into float32, overflows to inf, makes 2 a True
+    # and drops struct fields; none of that may happen to a quarantined value.
+    path = tmp_path / "q.parquet"
+    with QuarantineWriter(path) as w:
+        w.write_table(rows(w32=pa.array([0.5], pa.float32()), flag=[True], meta=[{"a": 1}]))
+        w.write_table(
+            rows(
+                w32=pa.array([0.1, 1e300, float("nan")]),
+                flag=[2, 0, 1],
+                meta=[{"a": 2, "b": "x"}, {"a": 3, "b": "y"}, {"a": 4, "b": "z"}],
+            )
+        )
+        w.write_table(rows(w32=pa.array([0.25], pa.float32()), flag=[False], meta=[{"a": 5}]))
+    got = pq.read_table(path).select(["w32", "flag", "meta"]).to_pylist()
+    assert [r["w32"] for r in got] == ["0.5", "0.1", "1e+300", "nan", "0.25"]
+    assert [r["flag"] for r in got] == ["true", "2", "0", "1", "false"]
+    assert json.loads(got[1]["meta"]) == {"a": 2, "b": "x"}
