@@ -136,9 +136,12 @@ def _check_integers(array: np.ndarray, dtype: np.dtype, datatype: str, what: str
         return
     _check(what, datatype, array, ~np.isfinite(array), "not a finite number (a null?)")
     _check(what, datatype, array, array != np.trunc(array), "not a whole number")
-    # info.max + 1 is a power of two, so exact as a float where info.max may not be
-    too_big = array >= float(info.max + 1)
-    _check(what, datatype, array, (array < info.min) | too_big, out_of_range)
+    # info.max + 1 is a power of two, so exact as a float where info.max may not be.
+    # Compared in float64: as float16 the bounds of 32- and 64-bit types overflow to inf
+    # (a RuntimeWarning, an error under -W error); every float16 value is exact there.
+    wide = array.astype(np.float64) if array.dtype.itemsize < 8 else array
+    too_big = wide >= float(info.max + 1)
+    _check(what, datatype, array, (wide < float(info.min)) | too_big, out_of_range)
 
 
 def _check(what: str, datatype: str, array: np.ndarray, bad: np.ndarray, reason: str) -> None:

@@ -130,3 +130,13 @@ def test_a_bad_numeric_column_is_named() -> None:
     assert ids.dtype == np.int32 and ids.tolist() == [[1, 3], [2, 4]]
     with pytest.raises(ValueError, match=r"^input 'ids', column 'b': 4.5 at row 1 .* whole"):
         build_inputs(info, pd.DataFrame({"a": [1, 2], "b": [3.0, 4.5]}))
+
+
+def test_float16_into_wide_integers_warns_of_nothing() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the int64 bounds overflowed float16: RuntimeWarning
+        for datatype in ("INT32", "INT64", "UINT32", "UINT64"):
+            got = cast(np.array([1, 2], np.float16), datatype, "x")
+            np.testing.assert_array_equal(got, [1, 2])
