@@ -17,6 +17,7 @@ every time it wakes, against one for all generic methods.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -66,6 +67,15 @@ def lenient(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
     if handler.unary_stream:
         inner_us = handler.unary_stream
+        if not inspect.isasyncgenfunction(inner_us):
+            # A coroutine that answers through context.write (grpc.health's Watch):
+            # iterating it failed every call with UNKNOWN.
+            async def unary_stream_writes(request: Any, context: Any) -> None:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                await inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream_writes, **kw)
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             if isinstance(request, _Malformed):

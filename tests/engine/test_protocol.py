@@ -122,6 +122,10 @@ def test_grpc_health_service_and_reflection(server: Server) -> None:
         for service in ("", "inference.GRPCInferenceService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # Watch answers through context.write (it failed UNKNOWN every call)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = list(
             refl.ServerReflectionInfo(
