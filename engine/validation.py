@@ -17,6 +17,10 @@ from conveyor.engine.errors import InvalidArgument
 from conveyor.engine.model_config import ModelConfig, TensorSpec
 from conveyor.engine.tensors import CONTENTS_FIELD, NUMPY_DTYPES, decode_bytes
 
+# An empty tensor's other dims, multiplied: beyond this a shape is refused. A tensor
+# with contents is bounded by the message size already.
+_MAX_EMPTY_EXTENT = 2**31
+
 
 @dataclass(frozen=True, slots=True)
 class _Input:
@@ -115,6 +119,12 @@ class RequestDecoder:
                             f"[batch, {', '.join(map(str, spec.shape))}] (-1 = any)"
                         )
             count = math.prod(shape)
+            if count == 0 and math.prod(d for d in shape if d) > _MAX_EMPTY_EXTENT:
+                # No contents to check against: [1, 0, 2**63 - 1] would reach numpy's
+                # reshape ("array is too big", an INTERNAL with a traceback in the log).
+                raise InvalidArgument(
+                    f"input {name!r}: shape {list(shape)} is too large for an empty tensor"
+                )
             if raw:
                 arrays[entry.index] = self._from_raw(name, raw[i], entry, shape, count)
             else:

@@ -37,7 +37,7 @@ tensor = st.builds(
     ),
     st.sampled_from(NAMES),
     st.sampled_from(DATATYPES),
-    st.lists(st.integers(-3, 10), max_size=4),
+    st.lists(st.integers(-3, 10) | st.sampled_from([2**31, 2**62, 2**63 - 1]), max_size=4),
 )
 
 
@@ -81,6 +81,28 @@ def test_a_valid_request_decodes_to_the_right_arrays() -> None:
     assert decoded.inputs[1].tolist() == [[b"a"], ["é".encode()]]
     np.testing.assert_array_equal(decoded.inputs[2], n)
     assert decoded.rows == 2
+
+
+@pytest.mark.parametrize("shape", [[1, 0, 2**63 - 1], [1, 2**62, 0], [1, 0, 2**40]])
+@pytest.mark.parametrize("typed", [False, True])
+def test_an_empty_tensor_with_a_huge_dim_is_invalid_not_internal(shape: list[int], typed) -> None:
+    # With no contents to check against, numpy's reshape raised "array is too big".
+    config = parse_config(
+        {
+            "name": "v",
+            "platform": "torchscript",
+            "max_batch_size": 8,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+        },
+        "test",
+    )
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=shape)
+    request = pb.ModelInferRequest(model_name="v", inputs=[tensor])
+    if not typed:
+        request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidArgument, match="too large for an empty tensor"):
+        RequestDecoder("v", config).decode(request)
 
 
 @given(st.lists(st.binary(max_size=20), max_size=10))
