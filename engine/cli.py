@@ -106,6 +106,8 @@ def _check_batching(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise ServeError("--" + str(exc).replace("_", "-")) from None
+    if args.max_message_bytes < 1:
+        raise ServeError(f"--max-message-bytes must be >= 1, got {args.max_message_bytes}")
 
 
 def _drift_settings(args: argparse.Namespace) -> Any:

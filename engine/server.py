@@ -152,6 +152,9 @@ class Server:
     ) -> None:
         if isinstance(version_policy, str):
             version_policy = VersionPolicy.parse(version_policy)
+        if max_message_bytes < 1:
+            # gRPC reads -1 as "no limit" and 0 as "refuse everything".
+            raise ServerError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
         self.repository_path = Path(repository)
         self.host = bare_host(host)
         self._requested_port = port
