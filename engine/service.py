@@ -47,8 +47,10 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
 )
-# Most requests of one ModelStreamInfer stream in flight at once.
+# Most requests of one ModelStreamInfer stream in flight at once, and most bytes of them
+# (a single request larger than that is admitted alone).
 STREAM_WINDOW = 1024
+STREAM_WINDOW_BYTES = 64 * 1024 * 1024
 _Output = pb.ModelInferResponse.InferOutputTensor
 _ids = itertools.count(1)
 _pid = os.getpid()
@@ -82,6 +84,30 @@ def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -
         )
 
     return finish
+
+
+class StreamWindow:
+    """The requests of one stream read but not yet answered: at most ``count`` of them
+    and ``budget`` bytes (a request larger than the budget is admitted alone), so a
+    client that sends without reading stops being read before it pins memory: 1024
+    requests of 64 MiB would be 64 GiB. One reader waits on it (the stream's)."""
+
+    def __init__(self, count: int, budget: int) -> None:
+        self._count, self._budget = count, budget
+        self.requests = self.bytes = 0
+        self._changed = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        while self.requests and (self.requests >= self._count or self.bytes + size > self._budget):
+            self._changed.clear()
+            await self._changed.wait()
+        self.requests += 1
+        self.bytes += size
+
+    def release(self, size: int) -> None:
+        self.requests -= 1
+        self.bytes -= size
+        self._changed.set()
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -206,36 +232,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests are processed concurrently (so they batch together); each response,
         or error, is sent as soon as it is ready and carries its request's id."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[tuple[pb.ModelStreamInferResponse, int] | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         # Requests read but not yet answered: a client that sends without reading
         # its answers stops being read (gRPC flow control), instead of growing `out`.
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        window = StreamWindow(STREAM_WINDOW, STREAM_WINDOW_BYTES)
 
-        async def one(request: pb.ModelInferRequest) -> None:
+        async def one(request: pb.ModelInferRequest, size: int) -> None:
             request_id = _request_id(request)
             try:
                 response = await self.infer(request, context.time_remaining(), request_id)
-                out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                out.put_nowait((pb.ModelStreamInferResponse(infer_response=response), size))
             except Exception as exc:
                 err = exc if isinstance(exc, EngineError) else _internal(exc)
                 _log_failure(err, request_id, request.model_name)
-                out.put_nowait(
-                    pb.ModelStreamInferResponse(
-                        error_message=f"{err.code.name}: {err.message}",
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name,
-                            model_version=request.model_version,
-                            id=request.id,
-                        ),
-                    )
+                failed = pb.ModelStreamInferResponse(
+                    error_message=f"{err.code.name}: {err.message}",
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
+                    ),
                 )
+                out.put_nowait((failed, size))
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await window.acquire()
-                    task = asyncio.ensure_future(one(request))
+                    size = request.ByteSize()
+                    await window.acquire(size)
+                    task = asyncio.ensure_future(one(request, size))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if tasks:
@@ -245,9 +271,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         reader = asyncio.ensure_future(read())
         try:
-            while (item := await out.get()) is not None:
+            while (entry := await out.get()) is not None:
+                item, size = entry
                 yield item
-                window.release()
+                window.release(size)
         finally:
             reader.cancel()
             for task in list(tasks):

@@ -389,3 +389,33 @@ def test_generated_code_matches_the_proto(tmp_path: object) -> None:
     assert {p.name for p in written} >= {"grpc_service_pb2.py", "grpc_service_pb2_grpc.py"}
     for path in written:
         assert path.read_text() == (Path(generate.HERE) / path.name).read_text(), path.name
+
+
+def test_stream_window_bounds_requests_and_bytes() -> None:
+    # A client that sends without reading is stopped being read once the unanswered
+    # requests reach the count or the bytes (1024 x 64 MiB would be 64 GiB pinned).
+    import asyncio
+
+    from conveyor.engine.service import StreamWindow
+
+    async def main() -> None:
+        window = StreamWindow(count=3, budget=100)
+        await window.acquire(60)
+        await window.acquire(30)
+        blocked = asyncio.ensure_future(window.acquire(20))  # 110 bytes > 100
+        await asyncio.sleep(0.01)
+        assert not blocked.done()
+        window.release(60)
+        await asyncio.wait_for(blocked, 1)
+        await window.acquire(10)  # 60 bytes, 3 requests: the count is reached
+        fourth = asyncio.ensure_future(window.acquire(1))
+        await asyncio.sleep(0.01)
+        assert not fourth.done()
+        for size in (30, 20, 10):
+            window.release(size)
+        await asyncio.wait_for(fourth, 1)
+        window.release(1)
+        await asyncio.wait_for(window.acquire(500), 1)  # larger than the budget: alone
+        assert (window.requests, window.bytes) == (1, 500)
+
+    asyncio.run(main())
