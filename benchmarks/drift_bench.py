@@ -70,15 +70,6 @@ def add_reference(directory: Path, work: Path) -> None:
         (directory / name).write_bytes((work / "profile" / name).read_bytes())
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def observe_us_per_row(model_dir: Path, batch: int, seconds: float = 1.0) -> float:
     """In-process cost of DriftMonitor.observe (binning, window, scoring, gauges) on
     ``batch``-row batches of this model, microseconds per row."""
@@ -145,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                     order = ("off", "on") if pair % 2 == 0 else ("on", "off")
                     for drift in order:
                         pid = servers[drift][1].pid
-                        before = server_cpu_seconds(pid)
-                        r = run_load(servers[drift][0], rows, concurrency, args.duration)
-                        used = server_cpu_seconds(pid) - before
+                        # The server's CPU over the clients' measurement window only (not
+                        # their start-up and warm-up), per row answered in that window.
+                        r = run_load(
+                            servers[drift][0], rows, concurrency, args.duration, server_pid=pid
+                        )
                         rates.setdefault((drift, concurrency, rows), []).append(r["rows_s"])
-                        served = max(r["rows_s"] * args.duration, 1)
-                        cpu.setdefault((drift, concurrency, rows), []).append(used / served * 1e6)
+                        if r["server_cpu_us"] is not None:
+                            per_row = r["server_cpu_us"] / rows
+                            cpu.setdefault((drift, concurrency, rows), []).append(per_row)
                         print(
                             f"pair {pair + 1} drift {drift:<3} c={concurrency} rows={rows:<3} "
                             f"{r['rows_s']:>9,.0f} rows/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
@@ -182,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"batch {b}: {us:.2f} us/row" for b, us in per_row.items())
     )
     for concurrency, rows in POINTS:
+        if ("off", concurrency, rows) not in cpu or ("on", concurrency, rows) not in cpu:
+            continue  # no /proc here: no server CPU figures
         off_cpu = statistics.median(cpu[("off", concurrency, rows)])
         on_cpu = statistics.median(cpu[("on", concurrency, rows)])
         print(

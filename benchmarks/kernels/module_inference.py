@@ -70,9 +70,11 @@ def linear_rows(rounds: int) -> None:
         x = torch.randn(m, k)
         calls = calls_for(m * k * n)
         with torch.inference_mode():
-            torch.testing.assert_close(module(x), ref(x), rtol=1e-4, atol=1e-5)
-            t_ref = fastest_us(partial(ref, x), calls, rounds)
             functional = partial(fused_linear, x, module.weight, module.bias, act)
+            want = ref(x)
+            torch.testing.assert_close(module(x), want, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(functional(), want, rtol=1e-4, atol=1e-5)
+            t_ref = fastest_us(partial(ref, x), calls, rounds)
             t_fn = fastest_us(functional, calls, rounds)
             t_mod = fastest_us(partial(module, x), calls, rounds)
         cells = f"{t_ref:.1f} | {t_fn:.1f} | {t_mod:.1f} | {t_ref / t_mod:.2f}x"
