@@ -191,11 +191,12 @@ def _working(
 
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Within 2% of the largest reference value (gradients sum over many rows, so an
-    element-wise absolute tolerance would be wrong for them)."""
+    """Within 2% of the largest reference value, 5% in 16-bit dtypes (gradients sum over
+    many rows, so an element-wise absolute tolerance would be wrong for them)."""
     scale = float(want.detach().abs().max()) if want.numel() else 0.0
-    err = float((got.detach() - want.detach()).abs().max()) if want.numel() else 0.0
-    if got.shape != want.shape or not err <= 2e-2 * max(scale, 1.0):
+    err = float((got.detach().float() - want.detach().float()).abs().max()) if want.numel() else 0.0
+    tol = 5e-2 if want.dtype in (torch.float16, torch.bfloat16) else 2e-2
+    if got.shape != want.shape or not err <= tol * max(scale, 1.0):
         raise AssertionError(f"differs from the reference by {err:.3g} (scale {scale:.3g})")
 
 
