@@ -100,7 +100,9 @@ def infer_spec(
         ("key", key),
     ):
         if name is not None and name not in schema.names:
-            raise SpecError(f"{role} column {name!r} is not in the data (columns: {schema.names})")
+            raise SpecError(
+                f"{source.uri}: {role} column {name!r} is not in the data (columns: {schema.names})"
+            )
     special = {label, weight, timestamp, key} - {None}
     partitions = set() if include_partitions else set(source.partition_names)
     numeric, categorical, ignore = [], [], []
@@ -117,7 +119,11 @@ def infer_spec(
             ignore.append(f.name)
     label_type = schema.field(label).type
     if not (_is_numeric(label_type) or _is_categorical(label_type)):
-        raise SpecError(f"label {label!r} has type {label_type}; expected a number or a string")
+        hint = " (the data has no rows?)" if pa.types.is_null(label_type) else ""
+        raise SpecError(
+            f"{source.uri}: label {label!r} has type {label_type}; expected a number or a "
+            f"string{hint}"
+        )
     counted = [*categorical, label] if not pa.types.is_floating(label_type) else categorical
     counts = value_counts(source, counted)
     if pa.types.is_floating(label_type):
@@ -127,7 +133,10 @@ def infer_spec(
         if pa.types.is_integer(label_type) and len(distinct) > max_classes:
             task, classes = "regression", None
         elif len(distinct) < 2:
-            raise SpecError(f"label {label!r} has {len(distinct)} distinct value(s); need >= 2")
+            raise SpecError(
+                f"{source.uri}: label {label!r} has {len(distinct)} distinct value(s) in the "
+                "rows read; need >= 2"
+            )
         else:
             task = "binary" if len(distinct) == 2 else "multiclass"
             classes = distinct

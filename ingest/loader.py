@@ -308,9 +308,19 @@ class StreamLoader:
             self._announced = epoch
 
     def close(self) -> None:
-        """Stop reading ahead (the threads of a finished iteration end by themselves)."""
+        """Stop reading ahead (the threads of a finished iteration end by themselves).
+
+        After :meth:`read_ahead`, the next epoch's read-ahead holds two threads and an
+        open file, and those threads keep the loader itself alive: close it, or use it as
+        a context manager (``with StreamLoader(...) as loader:``), when done with it."""
         self._announced = None
         self._drop_ahead()
+
+    def __enter__(self) -> StreamLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _start_ahead(self) -> None:
         """Start reading the announced epoch, if any (see :meth:`read_ahead`)."""

@@ -98,7 +98,7 @@ def test_validate_applies_profiled_ranges(data, tmp_path, capsys):
         (["validate", "{data}", "--spec", "{spec}", "--format", "xml"], 2, "invalid choice"),
         (["profile", "{data}", "--out", "{out}"], 2, "--label"),
         (["profile", "{data}", "--label", "nope", "--out", "{out}"], 1,
-         "label column 'nope' is not in the data"),
+         "{data}: label column 'nope' is not in the data"),
         (["profile", "{data}", "--label", "y", "--out", "{data}"], 1, "is not a directory"),
         (["profile", "{data}", "--label", "y", "--out", "{out}", "--bins", "0"], 2,
          "expected a positive integer"),
@@ -142,3 +142,11 @@ def test_profile_csv_with_a_bad_number_early_keeps_the_column_numeric(tmp_path):
     assert stats["numeric"]["x"]["count"] == 299 and stats["numeric"]["x"]["min"] == 0.5
     q = pq.read_table(out / "quarantine.parquet").to_pylist()[0]
     assert (q["_row"], q["_column"], q["_value"], q["x"]) == (0, "x", "n/a?", "n/a?")
+
+
+def test_a_header_only_csv_names_the_file(tmp_path, capsys):
+    path = tmp_path / "header.csv"
+    path.write_text("x,y\n")
+    assert main(["ingest", "profile", str(path), "--label", "y", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: label 'y' has type null" in err and "no rows" in err, err

@@ -461,6 +461,15 @@ def test_read_ahead_of_another_epoch_is_dropped(data):
     assert ld._ahead is None and not _ingest_threads()
 
 
+def test_a_loader_used_as_a_context_manager_stops_its_read_ahead(data):
+    # The read-ahead threads keep the loader alive, so dropping it released nothing.
+    with StreamLoader(str(data), SPEC, batch_size=8) as ld:
+        ld.read_ahead(1)
+        list(ld)
+        assert ld._ahead is not None and _ingest_threads()
+    assert ld._ahead is None and not _ingest_threads()
+
+
 def test_prefetch_close_is_bounded_when_the_source_is_stuck() -> None:
     # What the exit hook relies on: a read stuck on a remote filesystem must not
     # keep the process from exiting.
