@@ -472,6 +472,10 @@ def run_drift(args: argparse.Namespace) -> int:
 
     from conveyor.client import Client, InferenceServerError
 
+    if args.top < 1:
+        raise ServeError(f"--top must be >= 1, got {args.top}")
+    if not args.timeout > 0 or args.timeout == float("inf"):
+        raise ServeError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
     try:
         with Client(args.target, timeout=args.timeout, token=args.auth_token) as client:
             stats = client.model_statistics(args.model, args.model_version or "")

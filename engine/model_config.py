@@ -229,9 +229,11 @@ def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
     seen = set()
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
-        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape", "columns"}:
+        keys = {"name", "datatype", "shape", "columns"}
+        if not isinstance(item, dict) or set(item) - keys:
             raise ModelLoadError(
-                f"{at}: expected {{name, datatype, shape[, columns]}}, got {item!r}"
+                f"{at}: expected {{name, datatype, shape[, columns]}}{_unknown(item, keys)}, "
+                f"got {item!r}"
             )
         name, dtype, shape = item.get("name"), item.get("datatype"), item.get("shape")
         if not isinstance(name, str) or not name:
@@ -248,15 +250,19 @@ def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
         ):
             raise ModelLoadError(f"{at}.shape: expected a list of dims >= 1 or -1, got {shape!r}")
         columns = item.get("columns", [])
-        if columns and (
-            not isinstance(columns, list)
-            or not all(isinstance(c, str) for c in columns)
-            or len(shape) != 1
-            or shape[0] != len(columns)
+        # Any non-list (0, false, {}) is an error too, not "no columns".
+        if not isinstance(columns, list) or (
+            columns
+            and (
+                not all(isinstance(c, str) for c in columns)
+                or len(set(columns)) != len(columns)
+                or len(shape) != 1
+                or shape[0] != len(columns)
+            )
         ):
             raise ModelLoadError(
-                f"{at}.columns: expected {shape[0] if len(shape) == 1 else 'C'} column "
-                f"names for a tensor of shape [batch, C], got {columns!r}"
+                f"{at}.columns: expected {shape[0] if len(shape) == 1 else 'C'} distinct "
+                f"column names for a tensor of shape [batch, C], got {columns!r}"
             )
         specs.append(TensorSpec(name, dtype, tuple(shape), tuple(columns)))
     return tuple(specs)
@@ -268,12 +274,15 @@ def _accelerators(data: Any, where: str) -> tuple[str, ...]:
 
     at = f"{where}: optimization"
     if not isinstance(data, dict) or set(data) - {"execution_accelerators"}:
-        raise ModelLoadError(f"{at}: expected an object with 'execution_accelerators'")
+        raise ModelLoadError(
+            f"{at}: expected an object with 'execution_accelerators'{_unknown(data)}"
+        )
     accel = data.get("execution_accelerators", {})
     at += ".execution_accelerators"
     if not isinstance(accel, dict) or set(accel) - {"cpu_execution_accelerator"}:
         raise ModelLoadError(
-            f"{at}: expected an object with 'cpu_execution_accelerator' (no GPU accelerators)"
+            f"{at}: expected an object with 'cpu_execution_accelerator' (no GPU "
+            f"accelerators){_unknown(accel, {'cpu_execution_accelerator'})}"
         )
     items = accel.get("cpu_execution_accelerator", [])
     at += ".cpu_execution_accelerator"
@@ -298,6 +307,14 @@ def _accelerators(data: Any, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _unknown(data: Any, allowed: set[str] | None = None) -> str:
+    """``; unknown keys [...]`` for an object with keys outside ``allowed``, else ''."""
+    if not isinstance(data, dict):
+        return f"; got {type(data).__name__}"
+    extra = sorted(set(data) - (allowed or {"execution_accelerators"}))
+    return f"; unknown keys {extra}" if extra else ""
+
+
 def parse_config(data: Any, where: str) -> ModelConfig:
     """Check and convert a decoded ``config.json``; errors name ``where`` and the key."""
     if not isinstance(data, dict):
@@ -316,7 +333,8 @@ def parse_config(data: Any, where: str) -> ModelConfig:
     batching_raw = data.get("dynamic_batching", {})
     if not isinstance(batching_raw, dict) or set(batching_raw) - _BATCHING:
         raise ModelLoadError(
-            f"{where}: dynamic_batching: expected an object with keys from {sorted(_BATCHING)}"
+            f"{where}: dynamic_batching: expected an object with keys from "
+            f"{sorted(_BATCHING)}{_unknown(batching_raw, _BATCHING)}"
         )
     b = DynamicBatching()
     preferred = batching_raw.get("preferred_batch_size", [])
@@ -328,7 +346,10 @@ def parse_config(data: Any, where: str) -> ModelConfig:
             f"{where}: dynamic_batching.max_queue_delay_microseconds",
         ),
         preferred_batch_size=tuple(
-            sorted(_int(p, f"{where}: dynamic_batching.preferred_batch_size", 1) for p in preferred)
+            sorted(
+                _int(p, f"{where}: dynamic_batching.preferred_batch_size[{i}]", 1)
+                for i, p in enumerate(preferred)
+            )
         ),
         max_queue_size=_int(
             batching_raw.get("max_queue_size", b.max_queue_size),
@@ -349,21 +370,27 @@ def parse_config(data: Any, where: str) -> ModelConfig:
         raise ModelLoadError(
             f"{where}: dynamic_batching.default_priority_level exceeds priority_levels"
         )
-    if any(p > max_batch for p in batching.preferred_batch_size):
-        raise ModelLoadError(
-            f"{where}: dynamic_batching.preferred_batch_size exceeds max_batch_size {max_batch}"
-        )
+    for i, p in enumerate(preferred):
+        if p > max_batch:
+            raise ModelLoadError(
+                f"{where}: dynamic_batching.preferred_batch_size[{i}]: {p} exceeds "
+                f"max_batch_size {max_batch}"
+            )
     labels = data.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
+    if not isinstance(labels, list):
         raise ModelLoadError(f"{where}: 'labels' must be a list of strings")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise ModelLoadError(f"{where}: labels[{i}]: expected a string, got {label!r}")
     parameters = data.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ModelLoadError(f"{where}: 'parameters' must be an object")
     features = data.get("features", [])
-    if not isinstance(features, list) or not all(
-        isinstance(f, dict) and isinstance(f.get("name"), str) for f in features
-    ):
+    if not isinstance(features, list):
         raise ModelLoadError(f"{where}: 'features' must be a list of objects with a 'name'")
+    for i, f in enumerate(features):
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str)):
+            raise ModelLoadError(f"{where}: features[{i}]: expected an object with a 'name'")
     policy = None
     if "version_policy" in data:
         try:

@@ -391,8 +391,8 @@ class ModelRepository:
         for version in sorted(versions, reverse=True):
             try:
                 config = load_config(versions[version] / "config.json")
-            except ModelLoadError:
-                continue
+            except Exception:  # any config that does not parse: one bad model
+                continue  # must not stop the repository (its load reports the error)
             return config.version_policy or self.default_policy
         return self.default_policy
 

@@ -74,3 +74,39 @@ def test_bad_version_policies_are_load_errors_naming_the_key(policy: Any, messag
 def test_the_flag_form_names_the_flag() -> None:
     with pytest.raises(ValueError, match=r"^version_policy: expected latest\[:N\]"):
         VersionPolicy.parse("latest:two")
+
+
+BATCHED: dict[str, Any] = {
+    "name": "m",
+    "platform": "torchscript",
+    "max_batch_size": 8,
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "columns": ["a", "b"]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dynamic_batching": {"max_queue_delay_microsecond": 1}},
+         "unknown keys ['max_queue_delay_microsecond']"),
+        ({"optimization": {"execution_accelerator": {}}}, "unknown keys ['execution_accelerator']"),
+        ({"dynamic_batching": {"preferred_batch_size": [2, "4"]}},
+         "dynamic_batching.preferred_batch_size[1]: expected an integer"),
+        ({"dynamic_batching": {"preferred_batch_size": [2, 64]}},
+         "dynamic_batching.preferred_batch_size[1]: 64 exceeds max_batch_size 8"),
+        ({"labels": ["a", 1]}, "labels[1]: expected a string, got 1"),
+        ({"features": [{"name": "a"}, {"kind": "numeric"}]}, "features[1]: expected an object"),
+        # a falsy non-list was "no columns", or a TypeError that stopped the server
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "columns": 0}]},
+         "inputs[0].columns: expected 2 distinct column names"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "columns": ["a", "a"]}]},
+         "inputs[0].columns: expected 2 distinct column names"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "dims": [2]}]},
+         "inputs[0]: expected {name, datatype, shape[, columns]}; unknown keys ['dims']"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_the_key_or_index(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        parse_config({**BATCHED, **change}, "m/1/config.json")
+    assert message in str(info.value)

@@ -95,6 +95,11 @@ def test_metrics_and_drift_view(drift_server, capsys: pytest.CaptureFixture[str]
     assert main(["drift", "--target", server.address, "--model", "affine", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)[0]
     assert report["alert"] and report["features"][0]["feature"] in ("f0", "prediction")
+    # --top -2 listed all but two features (a negative slice); 0 or less is refused
+    for flag, value in (("--top", "-2"), ("--top", "0"), ("--timeout", "0")):
+        argv = ["drift", "--target", server.address, "--model", "affine", flag, value]
+        assert main(argv) == 1
+        assert f"{flag} must be" in capsys.readouterr().err
     with Client(server.address, timeout=10) as client, pytest.raises(InvalidArgumentError):
         client.infer("affine", {input_name: np.zeros((1, width + 1), np.float32)})
     text = _scrape(server.metrics_port)
