@@ -214,6 +214,16 @@ class Model:
                     f"model {self.name!r} output {spec.name!r}: shape {list(item.shape)} "
                     f"has no batch dim of {batch}"
                 )
+            got = tuple(item.shape[1:])
+            if got != spec.shape and (
+                len(got) != len(spec.shape)
+                or any(w != -1 and g != w for g, w in zip(got, spec.shape, strict=True))
+            ):
+                # Served as is, the response's shape would contradict the model's metadata.
+                raise Internal(
+                    f"model {self.name!r} output {spec.name!r}: shape {list(item.shape)} does "
+                    f"not match the config's [batch, {', '.join(map(str, spec.shape))}]"
+                )
             # Under inference_mode the output is a CPU tensor without grad: .numpy() is a
             # view. detach()/cpu() are only called when needed, since each is a dispatcher
             # call that drops and retakes the GIL (a hand-off to the busy event loop).
@@ -240,7 +250,7 @@ class Model:
                 f"List[str], got {type(item).__name__}"
             )
         count = len(item)
-        per_row = count // batch
+        per_row = count // batch if batch else 0
         dims = ", ".join(map(str, spec.shape))
         if -1 in spec.shape:
             if len(spec.shape) != 1:

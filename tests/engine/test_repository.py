@@ -15,7 +15,16 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from models import AFFINE_IO, VERSION_IO, Affine, Exportable, Version, write_model
+from models import (
+    AFFINE_IO,
+    LABELER_IO,
+    VERSION_IO,
+    Affine,
+    Exportable,
+    Labeler,
+    Version,
+    write_model,
+)
 
 from conveyor.engine.errors import NotFound
 from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -148,6 +157,9 @@ def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
     d = write_model(tmp_path, "wrongio", 1, Affine(), VERSION_IO)  # expects [batch, 4]
     d = write_model(tmp_path, "badjson", 1, Version(1), VERSION_IO)
     (d / "config.json").write_text(json.dumps({"name": "badjson", "platform": "onnx"}))
+    # Version returns [batch, 1]; a config saying [batch, 2] would be served a lie.
+    wide = {**VERSION_IO, "outputs": [{**VERSION_IO["outputs"][0], "shape": [2]}]}
+    write_model(tmp_path, "wrongshape", 1, Version(1), wide)
     server, channel, stub = _serve(tmp_path)
     try:
         entries = server.repository.models  # type: ignore[union-attr]
@@ -156,6 +168,7 @@ def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
         assert "cannot load as TorchScript" in reasons["saved"]
         assert "warm-up" in reasons["wrongio"]
         assert "'platform' must be one of" in reasons["badjson"]
+        assert "does not match the config's [batch, 2]" in reasons["wrongshape"]
         assert not any(_ready(stub, name) for name in reasons)
     finally:
         channel.close()
@@ -416,3 +429,11 @@ def test_version_directories_have_one_spelling(tmp_path: Path) -> None:
         logger.setLevel(level)
         channel.close()
         server.stop()
+
+
+def test_a_bytes_output_of_zero_rows_is_empty(tmp_path: Path) -> None:
+    from conveyor.engine.model import Model
+
+    model = Model("labeler", 1, write_model(tmp_path, "labeler", 1, Labeler(), LABELER_IO))
+    score, label = model.run([np.zeros((0, 2), np.float32)])  # was a ZeroDivisionError
+    assert score.shape == (0, 1) and label.shape == (0, 1)
