@@ -145,11 +145,17 @@ def _positive(value: Any, where: str) -> int:
     return value
 
 
+def version_number(text: str) -> int | None:
+    """``text`` as a whole number when it is ASCII digits only, else None: ``int()`` would
+    also take ' 2', '+2', '1_0' (= 10) and non-ASCII digits."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def _digits(text: str, where: str, whole: str) -> int:
-    """ASCII digits only: int() would also take ' 2', '+2' and '1_0'."""
-    if not (text.isascii() and text.isdigit()):
+    number = version_number(text)
+    if number is None:
         raise ValueError(f"{where}: expected latest[:N], all or specific:V1,V2, got {whole!r}")
-    return int(text)
+    return number
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from conveyor.engine.errors import (
     Unavailable,
 )
 from conveyor.engine.model import Model
-from conveyor.engine.model_config import VersionPolicy, load_config
+from conveyor.engine.model_config import VersionPolicy, load_config, version_number
 from conveyor.engine.validation import RequestDecoder
 
 if TYPE_CHECKING:
@@ -243,10 +243,9 @@ class ModelRepository:
             if served is None:
                 raise Unavailable(self._why_not_ready(entry, None))
             return served
-        # Digits only: int() would also take " 1", "+1" and "1_0" (= 10).
-        if not (version.isascii() and version.isdigit()):
+        number = version_number(version)
+        if number is None:
             raise NotFound(f"model {name!r}: unknown version {version!r}")
-        number = int(version)
         served = entry.versions.get(number)
         if served is None:
             if number in entry.on_disk or number in entry.failed:
@@ -272,10 +271,9 @@ class ModelRepository:
         entry = self.models.get(name)
         if entry is None:
             return "", ""
-        if version.isascii() and version.isdigit():
-            number = int(version)
-            if number in entry.on_disk or number in entry.failed:
-                return name, str(number)
+        number = version_number(version)
+        if number is not None and (number in entry.on_disk or number in entry.failed):
+            return name, str(number)
         return name, ""
 
     def ready(self, name: str, version: str = "") -> bool:

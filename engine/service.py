@@ -29,6 +29,7 @@ from conveyor.engine.errors import (
     InvalidArgument,
     Unavailable,
 )
+from conveyor.engine.model_config import version_number
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import ModelRepository, ServedVersion
@@ -337,16 +338,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             entry = repo.models[name]
             versions = sorted(set(entry.versions) | set(entry.failed))
             if request.version:
-                if not (request.version.isascii() and request.version.isdigit()) or (
-                    int(request.version) not in versions
-                ):
-                    await _abort(
-                        context,
-                        _not_found(name, request.version),
-                        "",
-                        name,
-                    )
-                versions = [int(request.version)]
+                number = version_number(request.version)
+                if number not in versions:
+                    await _abort(context, _not_found(name, request.version), "", name)
+                versions = [number]
             for v in versions:
                 served = entry.versions.get(v)
                 if served is None:
