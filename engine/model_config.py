@@ -279,9 +279,10 @@ def _accelerators(data: Any, where: str) -> tuple[str, ...]:
     from conveyor.engine.accelerators import ACCELERATORS
 
     at = f"{where}: optimization"
-    if not isinstance(data, dict) or set(data) - {"execution_accelerators"}:
+    keys = {"execution_accelerators"}
+    if not isinstance(data, dict) or set(data) - keys:
         raise ModelLoadError(
-            f"{at}: expected an object with 'execution_accelerators'{_unknown(data)}"
+            f"{at}: expected an object with 'execution_accelerators'{_unknown(data, keys)}"
         )
     accel = data.get("execution_accelerators", {})
     at += ".execution_accelerators"
@@ -313,11 +314,11 @@ def _accelerators(data: Any, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _unknown(data: Any, allowed: set[str] | None = None) -> str:
+def _unknown(data: Any, allowed: set[str]) -> str:
     """``; unknown keys [...]`` for an object with keys outside ``allowed``, else ''."""
     if not isinstance(data, dict):
         return f"; got {type(data).__name__}"
-    extra = sorted(set(data) - (allowed or {"execution_accelerators"}))
+    extra = sorted(set(data) - allowed)
     return f"; unknown keys {extra}" if extra else ""
 
 

@@ -12,7 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
+
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 
 # Child servers dump every thread's stack on SIGABRT (see stop_cli_server).
 FAULTHANDLER_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
@@ -92,3 +96,20 @@ def stop_cli_server(
         pytest.fail(
             f"conveyor serve did not stop {timeout} s after {sig!r}; stderr:\n{err[-8000:]}"
         )
+
+
+def wait_serving(
+    proc: subprocess.Popen[str], stub: pb_grpc.GRPCInferenceServiceStub, timeout: float
+) -> None:
+    """Poll ServerReady through ``stub`` until the server answers ready; the test fails
+    if ``proc`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                return
+        except grpc.RpcError:
+            pass
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"conveyor serve did not serve in {timeout} s"
+        time.sleep(0.2)

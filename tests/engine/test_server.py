@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server
+from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server, wait_serving
 from models import VERSION_IO, Version, write_model
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -201,15 +201,7 @@ def test_cli_workers_share_the_port_and_stop_together(repo: Path) -> None:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "workers did not start"
-                time.sleep(0.2)
+            wait_serving(proc, stub, 60)
             assert stub.ModelInfer(_request(1.0), timeout=10)
         stop_cli_server(proc, 60)
     finally:
@@ -347,16 +339,7 @@ def test_cli_serves_an_ipv6_host_written_with_or_without_brackets(
     try:
         with grpc.insecure_channel(f"[::1]:{port}") as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert proc.poll() is None, proc.communicate()[1]
-                assert time.monotonic() < deadline, "did not serve on [::1]"
-                time.sleep(0.2)
+            wait_serving(proc, stub, 90)
             assert stub.ModelInfer(_request(1.0), timeout=10)
         err = stop_cli_server(proc, 60)
     finally:
