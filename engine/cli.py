@@ -145,6 +145,10 @@ class _Signals:
         self._previous = {
             s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)
         }
+        # A worker of --workers N starts with SIGINT blocked (see
+        # conveyor.engine.workers): a group Ctrl-C that came meanwhile is delivered
+        # here, to the handler just installed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _handler(self, signum: int, frame: Any) -> None:
         for s in self._previous:

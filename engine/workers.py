@@ -85,7 +85,8 @@ def run_workers(
 ) -> int:
     """Run ``workers`` processes of ``target(*args, ready_event)``; see the module doc.
 
-    ``target`` must set ``ready_event`` once it serves. ``on_exit(pid)`` is
+    ``target`` starts with SIGINT blocked and must unblock it once its handlers are
+    in (``signal.pthread_sigmask``), and set ``ready_event`` once it serves. ``on_exit(pid)`` is
     called for every worker process that ended (the metrics directory marks it
     dead). SIGTERM and SIGINT stop the workers while this runs; with
     ``restore_signals`` False both are ignored from the first one on and stay so, so
@@ -104,15 +105,17 @@ def run_workers(
     def spawn() -> _Slot:
         ready = ctx.Event()
         process = ctx.Process(target=target, args=(*args, ready), daemon=False)
-        # A worker starts with SIGINT ignored (an ignored signal stays ignored across
-        # exec, and Python then installs no KeyboardInterrupt handler) until its own
-        # handlers are in: a group Ctrl-C while it imports would otherwise end it
-        # with a traceback. The parent's forwarded SIGTERM stops it meanwhile.
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A worker starts with SIGINT blocked (the mask outlives fork and exec) and
+        # unblocks it once its own handlers are in: a group Ctrl-C while it imports
+        # stays pending instead of ending it with a KeyboardInterrupt traceback. Only
+        # this thread blocks it, so the parent's own handler still gets the signal (an
+        # ignored SIGINT here would be lost for the parent). The parent's forwarded
+        # SIGTERM stops a worker meanwhile.
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()
         finally:
-            signal.signal(signal.SIGINT, previous_int)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return _Slot(process, ready)
 
     def terminate_live() -> None:
@@ -128,9 +131,6 @@ def run_workers(
                 with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                     os.kill(pid, signal.SIGTERM)
 
-    slots = [spawn() for _ in range(workers)]
-    log.info("started %d worker processes", workers)
-
     def on_signal(*_: Any) -> None:
         if not restore_signals:
             # From the first stop on, ignore both: SIG_IGN, unlike a Python handler,
@@ -139,7 +139,11 @@ def run_workers(
                 signal.signal(s, signal.SIG_IGN)
         stopping.set()
 
+    # In before the first worker exists: a stop that came between the spawns and the
+    # handlers was a KeyboardInterrupt that left the workers running, and a second
+    # Ctrl-C then killed the parent in its exit-time join (-SIGINT).
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    slots: list[_Slot] = []
     failed = False
     fast_crashes = 0
 
@@ -150,6 +154,11 @@ def run_workers(
         stopping.set()
 
     try:
+        for _ in range(workers):
+            if stopping.is_set():  # a stop while they start: no more of them
+                break
+            slots.append(spawn())
+        log.info("started %d worker processes", len(slots))
         while True:
             if stopping.is_set():
                 terminate_live()

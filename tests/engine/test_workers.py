@@ -25,7 +25,7 @@ FAST = dict(backoff_s=0.05, poll_s=0.05)
 
 
 def _pids(folder: Path) -> set[int]:
-    return {int(p.name) for p in folder.iterdir()}
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
 
 
 def _wait(predicate, seconds: float = 60.0) -> None:
@@ -100,6 +100,50 @@ def test_without_restarts_a_death_stops_everything(tmp_path: Path) -> None:
     thread.join(5)
     assert code == 1
     assert len(_pids(tmp_path)) == 2  # nobody replaced
+
+
+def test_a_ctrl_c_while_the_workers_spawn_stops_them_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stop handlers were installed only after every worker had started: a Ctrl-C
+    # in between was a KeyboardInterrupt out of run_workers that left the workers
+    # running (CI saw the parent then killed by a second Ctrl-C in its exit-time join).
+    import multiprocessing.context
+
+    started = multiprocessing.context.SpawnProcess.start
+
+    def start_then_ctrl_c(self) -> None:
+        started(self)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_ctrl_c)
+    exited: list[int] = []
+    code = run_workers(
+        worker_targets.serve_until_term, (str(tmp_path),), 2, WorkerPolicy(**FAST), exited.append
+    )
+    assert code == 0
+    assert len(exited) == 1  # the stop came after the first: the second never started
+    with pytest.raises(ProcessLookupError):
+        os.kill(exited[0], 0)  # and the first one was stopped and reaped
+
+
+def test_a_worker_starts_with_ctrl_c_held_until_its_handlers_are_in(tmp_path: Path) -> None:
+    # A group Ctrl-C while a worker imports was a KeyboardInterrupt traceback; now the
+    # worker inherits SIGINT blocked, and the signal waits for its handler.
+    def ctrl_c_the_worker() -> None:
+        _wait(lambda: len(_pids(tmp_path)) == 1)
+        os.kill(min(_pids(tmp_path)), signal.SIGINT)
+        _wait(lambda: Path(tmp_path, "handled").exists(), 30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = _in_thread(ctrl_c_the_worker)
+    code = run_workers(
+        worker_targets.report_sigint_after_unblock, (str(tmp_path),), 1, WorkerPolicy(**FAST)
+    )
+    thread.join(5)
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert code == 0
+    assert Path(tmp_path, "handled").read_text() == "SIGINT"
 
 
 def _workers_of(pid: int) -> set[int]:

@@ -30,3 +30,21 @@ def crash_after_ready(folder: str, ready) -> None:
     ready.set()
     _announce(folder)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def report_sigint_after_unblock(folder: str, ready) -> None:
+    """Announces itself with SIGINT still blocked, waits for one to be pending, then
+    installs a handler and unblocks it, and says in ``handled`` whether the handler
+    saw that signal; then serves until SIGTERM."""
+    import time
+
+    _announce(folder)
+    deadline = time.monotonic() + 20
+    while signal.SIGINT not in signal.sigpending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    got = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: got.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    got.wait(5)
+    Path(folder, "handled").write_text("SIGINT" if got.is_set() else "nothing")
+    serve_until_term(folder, ready)
