@@ -309,12 +309,13 @@ def run_load(
     warmup: float = 1.0,
     server_pid: int | None = None,
     procs: int = 1,
+    connections: int = 1,
 ) -> dict[str, Any]:
     """``concurrency`` requests in flight from conveyor's load generator
     (:mod:`conveyor.bench.loadgen`) over ``procs`` client processes (default 1: on these
     2 shared cores one process drives every point here with less CPU per request than two,
-    so it leaves more of the machine to the server; see benchmarks/README.md).
-    With ``server_pid``, also the server's CPU microseconds per answered request over the
+    so it leaves more of the machine to the server; see benchmarks/README.md), each with
+    ``connections`` gRPC connections. With ``server_pid``, also the server's CPU microseconds per answered request over the
     measurement window (``server_cpu_us``)."""
     from conveyor.bench.loadgen import LoadSpec
     from conveyor.bench.loadgen import run_load as drive
@@ -327,6 +328,7 @@ def run_load(
         duration=duration,
         warmup=warmup,
         procs=min(procs, concurrency),
+        connections=min(connections, concurrency),
         timeout=30,
     )
     sampler = None if server_pid is None else CpuSampler(server_pid)
@@ -410,10 +412,19 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator processes per point (default 1: the lightest client on 2 "
         "shared cores; earlier runs used 2 at concurrency > 1, see benchmarks/README.md)",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=2,
+        help="gRPC connections per load generator process (default 2: conveyor-w2's two "
+        "processes share the port by connection, so one connection measured one process)",
+    )
     parser.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client_procs < 1:
         parser.error("--client-procs must be >= 1")
+    if args.connections < 1:
+        parser.error("--connections must be >= 1")
     if args.bare_server is not None:
         bare_server(args.bare_server)
         return 0
@@ -447,7 +458,10 @@ def main(argv: list[str] | None = None) -> int:
                 if wanted is not None and (concurrency, rows) not in wanted:
                     continue
                 before = prom.scrape(metrics) if metrics else None
-                r = run_load(port, rows, concurrency, d, server_pid=pid, procs=args.client_procs)
+                r = run_load(
+                    port, rows, concurrency, d, server_pid=pid, procs=args.client_procs,
+                    connections=args.connections,
+                )  # fmt: skip
                 if before is not None and metrics:
                     r["batch_rows"] = prom.server_side(before, prom.scrape(metrics), "mlp")[
                         "server_batch_size"

@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         duration=args.duration,
         warmup=args.warmup,
         procs=args.procs,
+        connections=args.connections,
         data=args.data,
         metrics_url=args.metrics_url,
         out=args.out,
@@ -102,6 +103,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--duration", type=float, default=10.0, help="seconds per point (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before each (default 2)")
     p.add_argument("--procs", type=int, default=1, help="client processes (default 1)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="gRPC connections per client process (default 1); a server of N processes on one "
+        "port (conveyor serve --workers N) needs at least N in all to use them all",
+    )
     p.add_argument(
         "--data", default=None, help="Parquet file or folder of inputs (default: random inputs)"
     )

@@ -60,7 +60,14 @@ class LoadSpecError(ConveyorError, ValueError):
 
 
 def check_settings(
-    *, rows: int, duration: float, warmup: float, procs: int, timeout: float, prefix: str = "--"
+    *,
+    rows: int,
+    duration: float,
+    warmup: float,
+    procs: int,
+    timeout: float,
+    connections: int = 1,
+    prefix: str = "--",
 ) -> None:
     """Raise :class:`LoadSpecError` naming the first out-of-range setting.
 
@@ -76,6 +83,8 @@ def check_settings(
         raise LoadSpecError(f"{prefix}warmup must be >= 0 seconds, got {warmup}")
     if procs < 1:
         raise LoadSpecError(f"{prefix}procs must be >= 1, got {procs}")
+    if connections < 1:
+        raise LoadSpecError(f"{prefix}connections must be >= 1, got {connections}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise LoadSpecError(f"{prefix}timeout must be > 0 seconds, got {timeout}")
 
@@ -100,6 +109,11 @@ class LoadSpec:
             counted as ``CLIENT_BACKLOG`` errors (default 20,000).
         seed: seeds the arrival times (default 0).
         connect_timeout: seconds each process waits to connect (default 30).
+        connections: gRPC connections per process (default 1); requests take them in
+            turn (closed loop: worker ``w`` uses connection ``w % connections``). A
+            server of several processes on one port (SO_REUSEPORT, ``conveyor serve
+            --workers N``) spreads connections, not requests, over its processes: give
+            it at least N connections in all, or one process serves everything.
     """
 
     target: str
@@ -115,6 +129,7 @@ class LoadSpec:
     max_outstanding: int = 20_000
     seed: int = 0
     connect_timeout: float = 30.0
+    connections: int = 1
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
@@ -129,7 +144,7 @@ class LoadSpec:
             raise LoadSpecError("no request payloads")
         check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
-            timeout=self.timeout, prefix="",
+            timeout=self.timeout, connections=self.connections, prefix="",
         )  # fmt: skip
         if not (math.isfinite(self.connect_timeout) and self.connect_timeout > 0):
             raise LoadSpecError(f"connect_timeout must be > 0 s, got {self.connect_timeout}")
@@ -177,6 +192,7 @@ class LoadResult:
             "target_rate": s.rate,
             "rows": s.rows,
             "procs": len(s.shares()),
+            "connections": s.connections,
             "duration_s": d,
             "requests": self.ok,
             "requests_s": self.ok / d,
@@ -222,20 +238,29 @@ async def _client(
 ) -> dict[str, Any]:
     import grpc
 
-    channel = grpc.aio.insecure_channel(
-        spec.target,
-        options=[
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", -1),
-        ],
-    )
+    channels = [
+        grpc.aio.insecure_channel(
+            spec.target,
+            options=[
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", -1),
+                # Channels to one target share a connection unless each has its own pool.
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
+        for _ in range(spec.connections)
+    ]
     # Bytes in, bytes out: no protobuf work per request on the client.
-    call = channel.unary_unary(INFER_METHOD)
+    calls = [channel.unary_unary(INFER_METHOD) for channel in channels]
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
     try:
-        await asyncio.wait_for(channel.channel_ready(), timeout=spec.connect_timeout)
+        await asyncio.wait_for(
+            asyncio.gather(*(channel.channel_ready() for channel in channels)),
+            timeout=spec.connect_timeout,
+        )
     except TimeoutError:
-        await channel.close()
+        for channel in channels:
+            await channel.close()
         raise LoadError(
             f"cannot connect to {spec.target} within {spec.connect_timeout:g} s"
         ) from None
@@ -272,7 +297,7 @@ async def _client(
             name = _code_name(exc)
             errors[name] = errors.get(name, 0) + 1
 
-    async def send(payload: bytes, t_sent: float) -> None:
+    async def send(payload: bytes, t_sent: float, call: Any) -> None:
         try:
             await call(payload, timeout=spec.timeout, metadata=metadata)
         except Exception as exc:  # every failure is a counted outcome, never a crash
@@ -283,13 +308,14 @@ async def _client(
     async def closed_worker(worker: int) -> None:
         nonlocal scheduled
         i = worker
+        call = calls[worker % len(calls)]
         while True:
             t0 = now()
             if t0 >= stop:
                 return
             if t0 >= start:
                 scheduled += 1
-            await send(payloads[i % n_payloads], t0)
+            await send(payloads[i % n_payloads], t0, call)
             i += concurrency
 
     async def open_loop() -> None:
@@ -310,7 +336,8 @@ async def _client(
             if len(pending) >= spec.max_outstanding:
                 record(t_next, _Backlog())
             else:
-                task = asyncio.ensure_future(send(payloads[i % n_payloads], t_next))
+                call = calls[i % len(calls)]
+                task = asyncio.ensure_future(send(payloads[i % n_payloads], t_next, call))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             i += 1
@@ -334,7 +361,8 @@ async def _client(
         await meter
     finally:
         meter.cancel()
-        await channel.close()
+        for channel in channels:
+            await channel.close()
     return {
         "latencies": latencies.tobytes(),
         "errors": errors,

@@ -35,6 +35,8 @@ class ServeBenchConfig:
         rows: rows per request (default 1).
         duration: seconds measured per point (default 10); warmup: seconds before (default 2).
         procs: client processes (default 1).
+        connections: gRPC connections per client process (default 1; see
+            :class:`~conveyor.bench.loadgen.LoadSpec`).
         data: a Parquet file or folder to take inputs from; None = random inputs.
         metrics_url: the server's Prometheus page, read before and after each point.
         out: folder for serve.json, serve.csv and serve.png (default ``bench-results``).
@@ -52,6 +54,7 @@ class ServeBenchConfig:
     duration: float = 10.0
     warmup: float = 2.0
     procs: int = 1
+    connections: int = 1
     data: str | None = None
     metrics_url: str | None = None
     out: str = "bench-results"
@@ -78,7 +81,7 @@ class ServeBenchConfig:
             )
         loadgen.check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
-            timeout=self.timeout,
+            timeout=self.timeout, connections=self.connections,
         )  # fmt: skip
 
 
@@ -140,7 +143,8 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
         prom.scrape(metrics_url)  # fail before the sweep, not after the first point
     echo(
         f"bench serve: {cfg.model} at {cfg.target}, {cfg.rows} row(s)/request, inputs {source}, "
-        f"{len(bodies)} distinct requests, {cfg.procs} client process(es), "
+        f"{len(bodies)} distinct requests, {cfg.procs} client process(es) of "
+        f"{cfg.connections} connection(s), "
         f"{cfg.warmup:g} s warm-up + {cfg.duration:g} s per point"
     )
     points: list[dict[str, Any]] = []
@@ -154,6 +158,7 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
             duration=cfg.duration,
             warmup=cfg.warmup,
             procs=cfg.procs,
+            connections=cfg.connections,
             timeout=cfg.timeout,
             token=cfg.token,
             seed=cfg.seed,

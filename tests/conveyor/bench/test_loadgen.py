@@ -58,6 +58,53 @@ def test_two_processes(server: Server) -> None:
     assert s["procs"] == 2 and s["requests"] > 20 and s["errors"] == 0
 
 
+@pytest.mark.parametrize("rate", [None, 400.0])
+def test_connections_are_separate_and_all_used(rate: float | None) -> None:
+    # A server of N processes on one port (SO_REUSEPORT) is spread by connection: channels
+    # to one target shared one connection, so --workers 2 was measured as one process.
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from conveyor.bench.loadgen import INFER_METHOD
+
+    peers: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            peers[context.peer()] = peers.get(context.peer(), 0) + 1
+        return b""
+
+    service, method = INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(infer)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        load = {"concurrency": 4} if rate is None else {"rate": rate}
+        s = run_load(
+            LoadSpec(
+                target=f"127.0.0.1:{port}",
+                payloads=(b"x",),
+                duration=0.5,
+                warmup=0.1,
+                timeout=5,
+                connections=3,
+                **load,
+            ),
+            progress=False,
+        ).summary()
+    finally:
+        server.stop(None)
+    assert s["errors"] == 0 and s["connections"] == 3
+    assert len(peers) == 3  # three client ports: three connections
+    assert min(peers.values()) >= 0.1 * max(peers.values())  # each one carried requests
+
+
 def test_errors_counted_by_code(server: Server) -> None:
     bodies = (*good_payloads(server), wrong_datatype())
     s = run_load(spec(server, bodies, concurrency=2), progress=False).summary()
@@ -93,6 +140,7 @@ def test_spec_checks() -> None:
         ({"duration": float("nan")}, "duration must be > 0"),
         ({"warmup": -1.0}, "warmup must be >= 0"),
         ({"procs": 0}, "procs must be >= 1"),
+        ({"connections": 0}, "connections must be >= 1"),
         ({"timeout": 0.0}, "timeout must be > 0"),
         ({"connect_timeout": float("inf")}, "connect_timeout must be > 0"),
         # An infinite rate would spin the open loop without ever yielding.
