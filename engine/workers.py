@@ -164,6 +164,11 @@ def run_workers(
                 terminate_live()
             now = time.monotonic()
             for i, slot in enumerate(slots):
+                # The exit status before the ready event: a worker seen dead here set
+                # its event (if ever) before it died, so the read below cannot miss it.
+                # Read the other way round, a worker that became ready and died between
+                # the two reads was taken for one that failed before ready (no restart).
+                code = slot.process.exitcode
                 if slot.ready_at is None and slot.ready.is_set():
                     slot.ready_at = now
                     serving = all(s.ready_at is not None and not s.reaped for s in slots)
@@ -174,7 +179,6 @@ def run_workers(
                         slots[i] = spawn()
                         log.info("worker %d replaced (pid %s)", i, slots[i].process.pid)
                     continue
-                code = slot.process.exitcode
                 if slot.reaped or code is None:
                     continue
                 slot.reaped = True

@@ -85,6 +85,29 @@ def test_a_crash_loop_gives_up(tmp_path: Path) -> None:
     assert len(_pids(tmp_path)) == 3  # the first worker and two replacements
 
 
+def test_a_worker_ready_and_dead_between_two_looks_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent read a worker's ready event (not set yet), lost the CPU, then read its
+    # exit status (dead): a worker that became ready and crashed meanwhile was taken
+    # for one that failed before ready, and everything stopped without a replacement.
+    import multiprocessing.synchronize
+
+    is_set = multiprocessing.synchronize.Event.is_set
+
+    def descheduled_after_a_miss(self) -> bool:
+        seen = is_set(self)
+        if not seen:
+            time.sleep(0.3)
+        return seen
+
+    monkeypatch.setattr(multiprocessing.synchronize.Event, "is_set", descheduled_after_a_miss)
+    policy = WorkerPolicy(max_fast_crashes=3, **FAST)
+    code = run_workers(worker_targets.crash_after_ready, (str(tmp_path),), 1, policy)
+    assert code == 1  # the crash loop, not a start-up failure
+    assert len(_pids(tmp_path)) == 3  # the first worker and two replacements
+
+
 def test_without_restarts_a_death_stops_everything(tmp_path: Path) -> None:
     def chaos() -> None:
         _wait(lambda: len(_pids(tmp_path)) == 2)
