@@ -115,3 +115,17 @@ def uniform_monitor(directory: Path, settings: DriftSettings, metrics: Any = Non
         outputs=(TensorSpec("y", "BYTES", (1,)),),
     )
     return DriftMonitor("m", 1, config, stats, None, settings, metrics)
+
+
+class FakeClock:
+    """Stands in for ``time`` in conveyor.engine.drift: window ages move only when a test
+    calls :meth:`advance`, so a test process that loses the CPU cannot age rows out."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

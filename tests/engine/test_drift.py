@@ -8,7 +8,6 @@ one numeric feature's mean moves by 0.5 std or a categorical's mix moves by 20 p
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from drift_data import config_for, feed_windows, monitor, profile, tensors, uniform_monitor
+from drift_data import (
+    FakeClock,
+    config_for,
+    feed_windows,
+    monitor,
+    profile,
+    tensors,
+    uniform_monitor,
+)
 
 from conveyor.engine.drift import DriftSettings, js_distance, psi, quantile_bin_shares
 
@@ -246,16 +253,24 @@ def test_a_window_below_min_rows_is_scored_when_full(tmp_path: Path) -> None:
     assert report.scored and report.alert and report.window_rows == 500
 
 
-def test_rows_after_an_idle_gap_are_not_aged_out(tmp_path: Path) -> None:
+def test_rows_after_an_idle_gap_are_not_aged_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A chunk's age runs from its rows, not from when it was made: the first chunk
     # after load and the first one after an idle gap longer than window_seconds hold
-    # fresh rows and stay; the chunk whose rows did age leaves.
+    # fresh rows and stay; the chunk whose rows did age leaves. A fake clock: with
+    # time.sleep, a test process descheduled for window_seconds between observe and
+    # report saw its fresh rows aged out too.
+    import conveyor.engine.drift
+
+    clock = FakeClock()
+    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
     settings = DriftSettings(window_rows=100, window_seconds=0.5, min_rows=10, score_interval=0)
     mon = uniform_monitor(tmp_path, settings)
-    time.sleep(0.7)  # idle since load
+    clock.advance(0.7)  # idle since load
     mon.observe(_rows(10), [])
     assert mon.report().window_rows == 10
-    time.sleep(0.7)  # idle: those 10 rows are now older than the window
+    clock.advance(0.7)  # idle: those 10 rows are now older than the window
     mon.observe(_rows(10), [])
     report = mon.report()
     assert report.window_rows == 10 and report.scored

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from drift_data import profile, uniform_monitor
+from drift_data import FakeClock, profile, uniform_monitor
 from models import AFFINE_IO, Affine, Version, write_model
 
 from conveyor.cli import main
@@ -258,7 +258,15 @@ def test_an_unloaded_versions_drift_series_are_removed(tmp_path: Path) -> None:
         assert len([k for k in _series(server, "conveyor_drift_score") if 'version="2"' in k]) == 4
 
 
-def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(tmp_path: Path) -> None:
+def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conveyor.engine.drift
+
+    # A fake clock: with time.sleep, a test process descheduled for window_seconds
+    # between the two observe() calls saw the first 20 rows aged out (window_rows 20).
+    clock = FakeClock()
+    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
     metrics = ServerMetrics()
     # score_interval: the first chunk is scored, later ones only move window_rows.
     settings = DriftSettings(window_rows=100, window_seconds=0.5, min_rows=10, score_interval=3600)
@@ -273,7 +281,7 @@ def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(tmp_pat
     assert sample("conveyor_drift_alert") == 1 and sample("conveyor_drift_score", psi) > 0.2
     mon.observe([np.full((20, 1), 5.0, np.float32)], [])  # a rows-only update
     assert sample("conveyor_drift_window_rows") == 40 and sample("conveyor_drift_alert") == 1
-    time.sleep(0.7)  # no traffic: every row is older than the window
+    clock.advance(0.7)  # no traffic: every row is older than the window
     report = mon.report()
     assert not report.scored and report.window_rows == 0
     assert sample("conveyor_drift_alert") == 0 and sample("conveyor_drift_score", psi) == 0
