@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from trainer_fixtures import assert_resumed_like_uninterrupted, run_cli, tabular, write_spec
+from trainer_fixtures import (
+    assert_resumed_like_uninterrupted,
+    hold_after_checkpoint,
+    run_cli,
+    tabular,
+    write_spec,
+)
 
 from conveyor.trainer.checkpoint import list_checkpoints, load_latest
 
@@ -59,17 +65,18 @@ def test_one_rank_killed_then_resume_from_a_damaged_checkpoint(tmp_path: Path) -
     steps_per_epoch = json.loads((tmp_path / "ref" / "summary.json").read_text())["steps"] // 2
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    target = steps_per_epoch + 10  # inside the second epoch
+    # The run holds after that checkpoint (see test_ddp): a test process descheduled for
+    # the rest of the epoch (~0.5 s) found no rank left to kill.
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor", *_args(data, spec, out)],
-        env=env,
+        env=hold_after_checkpoint(target),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     killed = None
     deadline = time.monotonic() + 120
-    target = steps_per_epoch + 10  # inside the second epoch
     while time.monotonic() < deadline and proc.poll() is None:
         if any(int(p.stem.split("-")[1]) >= target for p in list_checkpoints(out)):
             workers = _workers(proc.pid)

@@ -14,7 +14,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from trainer_fixtures import assert_resumed_like_uninterrupted, run_cli, tabular, write_spec
+from trainer_fixtures import (
+    assert_resumed_like_uninterrupted,
+    hold_after_checkpoint,
+    run_cli,
+    tabular,
+    write_spec,
+)
 
 from conveyor.ingest.shard import rank_range
 from conveyor.trainer.checkpoint import list_checkpoints, load_latest
@@ -46,15 +52,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
     steps_per_epoch = json.loads((tmp_path / "ref" / "summary.json").read_text())["steps"] // 2
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Kill the launcher and both workers at once, shortly after a checkpoint in the second
+    # epoch and before its end, so the resumed run must replay steps inside an epoch. The
+    # run holds after that checkpoint: the rest of the epoch took ~0.5 s, and a test
+    # process descheduled that long saw the run finish instead (summary.json).
+    target = steps_per_epoch + 10
+    env = hold_after_checkpoint(target)
     cmd = [sys.executable, "-m", "conveyor", *_train_args(data, spec, out, "--nproc", "2")]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.monotonic() + 90
-    # Kill the launcher and both workers at once, shortly after a checkpoint in the second
-    # epoch and before its end, so the resumed run must replay steps inside an epoch.
-    target = steps_per_epoch + 10
     while time.monotonic() < deadline and proc.poll() is None:
         if any(_step(p) >= target for p in list_checkpoints(out)):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -95,6 +95,15 @@ def run_cli(*args: str, timeout: float = 120, **popen: Any) -> subprocess.Comple
     )
 
 
+def hold_after_checkpoint(step: int) -> dict[str, str]:
+    """Environment for a training run that stops moving once its checkpoint of ``step``
+    (or a later one) is written, until killed (see hold_after_checkpoint/sitecustomize.py)."""
+    hook = str(Path(__file__).parent / "hold_after_checkpoint")
+    path = os.pathsep.join(p for p in (hook, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path,
+            "CONVEYOR_TEST_HOLD_STEP": str(step)}  # fmt: skip
+
+
 def assert_resumed_like_uninterrupted(ref: Path, out: Path, steps: int) -> None:
     """The resumed run in ``out`` ended where the uninterrupted one in ``ref`` did:
     same step (``steps``), same weights, same per-epoch metrics (two epochs)."""
