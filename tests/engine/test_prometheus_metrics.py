@@ -140,6 +140,8 @@ def test_workers_export_the_aggregate(tmp_path: Path) -> None:
     values = tmp_path / "values"  # the shared value directory, to see who wrote what
     values.mkdir()
     port, metrics_port = _free_port(), _free_port()
+    while metrics_port == port:  # two closed probes may get the same number back
+        metrics_port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(root),
          "--port", str(port), "--metrics-port", str(metrics_port), "--workers", "2",
