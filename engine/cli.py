@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -86,8 +87,8 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         auth=_auth(args),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_concurrent_streams=args.max_concurrent_streams,
-        execution_timeout=args.execution_timeout or None,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        execution_timeout=args.execution_timeout,
+        metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         drift=_drift_settings(args),
     )
 
@@ -103,11 +104,39 @@ def _check_batching(args: argparse.Namespace) -> None:
             max_queue_delay_microseconds=args.max_queue_delay_microseconds,
             max_queue_size=args.max_queue_size,
             instance_count=args.instance_count,
+            execution_timeout=args.execution_timeout,
         )
     except ValueError as exc:
         raise ServeError("--" + str(exc).replace("_", "-")) from None
     if args.max_message_bytes < 1:
         raise ServeError(f"--max-message-bytes must be >= 1, got {args.max_message_bytes}")
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    """Refuse out-of-range server flags before anything starts, naming the flag: gRPC
+    wraps a port past 65535 (70000 binds 4464) and fails with a traceback on
+    --max-concurrent-rpcs 0; --poll-interval 0 rescans the repository without pause.
+    ``conveyor.engine.Server`` checks the same, naming its arguments."""
+    if not 0 <= args.port <= 65535:
+        raise ServeError(f"--port must be 0..65535 (0 = any free), got {args.port}")
+    if not -1 <= args.metrics_port <= 65535:
+        raise ServeError(
+            f"--metrics-port must be 0..65535 (0 = any free) or -1 (none), got {args.metrics_port}"
+        )
+    if not (args.poll_interval > 0 and math.isfinite(args.poll_interval)):
+        raise ServeError(
+            f"--poll-interval must be a number of seconds > 0, got {args.poll_interval}"
+        )
+    if not (args.grace_period >= 0 and math.isfinite(args.grace_period)):
+        raise ServeError(
+            f"--grace-period must be a number of seconds >= 0, got {args.grace_period}"
+        )
+    if args.max_concurrent_rpcs < 1:
+        raise ServeError(f"--max-concurrent-rpcs must be >= 1, got {args.max_concurrent_rpcs}")
+    if args.max_concurrent_streams is not None and args.max_concurrent_streams < 1:
+        raise ServeError(
+            f"--max-concurrent-streams must be >= 1, got {args.max_concurrent_streams}"
+        )
 
 
 def _drift_settings(args: argparse.Namespace) -> Any:
@@ -294,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
             "--model-repository is required (or CONVEYOR_MODEL_REPOSITORY, or "
             "model-repository in the config file)"
         )
+    _check_limits(args)
     kwargs = _server_kwargs(args)
     if args.workers < 1:
         raise ServeError("--workers must be >= 1")
@@ -359,7 +389,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=float,
         default=5.0,
         metavar="SECONDS",
-        help="repository rescan period in poll mode (default: 5)",
+        help="repository rescan period in poll mode, > 0 (default: 5)",
     )
     p.add_argument(
         "--load-model",
@@ -425,7 +455,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-concurrent-rpcs",
         type=int,
         default=4096,
-        help="RPCs handled at once; beyond: RESOURCE_EXHAUSTED (default: 4096)",
+        help="RPCs handled at once, >= 1; beyond: RESOURCE_EXHAUSTED (default: 4096)",
     )
     p.add_argument(
         "--max-concurrent-streams",
