@@ -75,7 +75,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         model_control=args.model_control,
         poll_interval=args.poll_interval,
         load_models=tuple(args.load_model or ()),
-        version_policy=args.version_policy,
+        version_policy=_version_policy(args.version_policy),
         max_batch_size=args.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_microseconds,
         max_queue_size=args.max_queue_size,
@@ -91,6 +91,19 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         drift=_drift_settings(args),
     )
+
+
+def _version_policy(flag: str | None) -> Any:
+    """``--version-policy`` parsed here, so a bad one is the one error line naming the
+    flag (from the server it was a traceback, in every worker of ``--workers N``)."""
+    from conveyor.engine.model_config import VersionPolicy
+
+    if flag is None:
+        return None
+    try:
+        return VersionPolicy.parse(flag, where="--version-policy")
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def _check_batching(args: argparse.Namespace) -> None:

@@ -165,7 +165,10 @@ class Server:
         drift: DriftSettings | None = DriftSettings(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         if isinstance(version_policy, str):
-            version_policy = VersionPolicy.parse(version_policy)
+            try:
+                version_policy = VersionPolicy.parse(version_policy)
+            except ValueError as exc:
+                raise ServerArgumentError(str(exc)) from None
         _check_arguments(
             port=port,
             metrics_port=metrics_port,

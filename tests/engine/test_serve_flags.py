@@ -10,20 +10,24 @@ import pytest
 
 from conveyor.cli import main
 from conveyor.engine import cli as serve_cli
+from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.repository import BatchingOverrides
 from conveyor.engine.server import Server, ServerArgumentError
 
 
 @pytest.fixture
-def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A flag that slips through the checks fails the test at once instead of serving
-    until a signal (the checks run before any server process would start)."""
+def no_server(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Records the Server arguments ``conveyor serve`` would start with, instead of
+    serving until a signal (the checks run before any server process starts)."""
+    started: list[dict[str, Any]] = []
 
-    def started(*args: Any, **kwargs: Any) -> int:
-        raise AssertionError("conveyor serve got past its flag checks")
+    def serve_one(kwargs: dict[str, Any], *args: Any, **kw: Any) -> int:
+        started.append(kwargs)
+        return 0
 
-    monkeypatch.setattr(serve_cli, "serve_one", started)
-    monkeypatch.setattr(serve_cli, "serve_workers", started)
+    monkeypatch.setattr(serve_cli, "serve_one", serve_one)
+    monkeypatch.setattr(serve_cli, "serve_workers", serve_one)
+    return started
 
 
 def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> str:
@@ -57,12 +61,29 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
         # -2 was taken as "no endpoint", 70000 was an OverflowError traceback.
         (["--metrics-port", "-2"], "--metrics-port must be 0..65535 (0 = any free) or -1"),
         (["--metrics-port", "70000"], "got 70000"),
+        # A 22-line traceback before, ending in "ValueError: version_policy: ...".
+        (
+            ["--version-policy", "bogus"],
+            "--version-policy: expected latest[:N], all or specific:V1,V2, got 'bogus'",
+        ),
+        (["--version-policy", "latest:0"], "--version-policy: expected an integer >= 1, got 0"),
     ],
 )
 def test_out_of_range_flags_are_one_line_naming_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ) -> None:
     assert message in _serve_error(tmp_path, capsys, *flags)
+
+
+def test_flags_in_range_reach_the_server(tmp_path: Path, no_server: list[dict[str, Any]]) -> None:
+    flags = ["--version-policy", "specific:1,3", "--execution-timeout", "0", "--poll-interval"]
+    flags += ["0.5", "--metrics-port", "-1", "--port", "0", "--max-concurrent-streams", "1"]
+    assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 0
+    (kwargs,) = no_server
+    assert kwargs["version_policy"] == VersionPolicy("specific", versions=(1, 3))
+    assert kwargs["metrics_port"] is None and kwargs["poll_interval"] == 0.5
+    assert kwargs["port"] == 0 and kwargs["max_concurrent_streams"] == 1
+    Server(**kwargs)  # the embedded server takes what the checks let through
 
 
 @pytest.mark.parametrize(
@@ -78,6 +99,7 @@ def test_out_of_range_flags_are_one_line_naming_the_flag(
         # was "cannot bind metrics port 127.0.0.1:-1: Servname not supported".
         ({"metrics_port": -1}, r"metrics_port must be 0\.\.65535 .* or None for no endpoint"),
         ({"model_control": "push"}, "model_control: expected poll or explicit, got 'push'"),
+        ({"version_policy": "bogus"}, "version_policy: expected latest"),
     ],
 )
 def test_server_refuses_out_of_range_arguments_with_a_value_error(
