@@ -144,6 +144,13 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise ServeError(
             f"--grace-period must be a number of seconds >= 0, got {args.grace_period}"
         )
+    if args.load_model and args.model_control != "explicit":
+        # As Triton: poll mode serves every model in the repository, and a name
+        # given here would be silently ignored.
+        raise ServeError(
+            f"--load-model {' '.join(args.load_model)}: only with --model-control explicit "
+            f"(--model-control {args.model_control} serves every model in the repository)"
+        )
     if args.max_concurrent_rpcs < 1:
         raise ServeError(f"--max-concurrent-rpcs must be >= 1, got {args.max_concurrent_rpcs}")
     if args.max_concurrent_streams is not None and args.max_concurrent_streams < 1:
@@ -408,7 +415,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--load-model",
         nargs="+",
         metavar="NAME",
-        help="explicit mode: models to load at start ('*' = all; default: none)",
+        help="with --model-control explicit: models to load at start ('*' = all; "
+        "default: none); refused in poll mode, which serves every model",
     )
     p.add_argument(
         "--version-policy",

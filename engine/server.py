@@ -110,7 +110,8 @@ class Server:
         port: TCP port (default 8001); 0 picks a free one, see :attr:`port`.
         model_control: ``poll`` (default) or ``explicit``.
         poll_interval: seconds between repository scans in poll mode (default 5; > 0).
-        load_models: models loaded at start in explicit mode (``*`` = all).
+        load_models: models loaded at start in explicit mode (``*`` = all); refused in
+            poll mode, which serves every model (Triton refuses ``--load-model`` too).
         version_policy: default policy, e.g. ``latest:1`` (default), ``all``, ``specific:1,3``.
         max_batch_size, max_queue_delay_microseconds, max_queue_size, instance_count:
             override every model's config.json when set.
@@ -174,6 +175,7 @@ class Server:
             metrics_port=metrics_port,
             model_control=model_control,
             poll_interval=poll_interval,
+            load_models=tuple(load_models),
             grace=grace,
             max_message_bytes=max_message_bytes,
             max_concurrent_rpcs=max_concurrent_rpcs,
@@ -400,6 +402,7 @@ def _check_arguments(
     metrics_port: int | None,
     model_control: str,
     poll_interval: float,
+    load_models: tuple[str, ...],
     grace: float,
     max_message_bytes: int,
     max_concurrent_rpcs: int,
@@ -407,7 +410,8 @@ def _check_arguments(
 ) -> None:
     """Refuse what gRPC or the loops would take wrongly: a port gRPC wraps (70000 binds
     4464), a limit it raises a bare ValueError for, a poll interval of 0 that rescans
-    the repository without pause, a negative grace."""
+    the repository without pause, models to load that poll mode would ignore, a
+    negative grace."""
     if not 0 <= port <= 65535:
         raise ServerArgumentError(f"port must be 0..65535 (0 = a free port), got {port}")
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
@@ -422,6 +426,11 @@ def _check_arguments(
     if not (poll_interval > 0 and math.isfinite(poll_interval)):
         raise ServerArgumentError(
             f"poll_interval must be a number of seconds > 0, got {poll_interval}"
+        )
+    if load_models and model_control != "explicit":
+        raise ServerArgumentError(
+            f"load_models {list(load_models)} needs model_control='explicit' (poll mode "
+            "serves every model in the repository)"
         )
     if not (grace >= 0 and math.isfinite(grace)):
         raise ServerArgumentError(f"grace must be a number of seconds >= 0, got {grace}")

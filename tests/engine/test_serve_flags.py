@@ -67,6 +67,8 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
             "--version-policy: expected latest[:N], all or specific:V1,V2, got 'bogus'",
         ),
         (["--version-policy", "latest:0"], "--version-policy: expected an integer >= 1, got 0"),
+        # Silently ignored before: poll mode serves every model.
+        (["--load-model", "a", "b"], "--load-model a b: only with --model-control explicit"),
     ],
 )
 def test_out_of_range_flags_are_one_line_naming_the_flag(
@@ -84,6 +86,9 @@ def test_flags_in_range_reach_the_server(tmp_path: Path, no_server: list[dict[st
     assert kwargs["metrics_port"] is None and kwargs["poll_interval"] == 0.5
     assert kwargs["port"] == 0 and kwargs["max_concurrent_streams"] == 1
     Server(**kwargs)  # the embedded server takes what the checks let through
+    flags = ["--model-control", "explicit", "--load-model", "m", "*"]
+    assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 0
+    assert no_server[1]["load_models"] == ("m", "*")
 
 
 @pytest.mark.parametrize(
@@ -100,6 +105,7 @@ def test_flags_in_range_reach_the_server(tmp_path: Path, no_server: list[dict[st
         ({"metrics_port": -1}, r"metrics_port must be 0\.\.65535 .* or None for no endpoint"),
         ({"model_control": "push"}, "model_control: expected poll or explicit, got 'push'"),
         ({"version_policy": "bogus"}, "version_policy: expected latest"),
+        ({"load_models": ["a"]}, r"load_models \['a'\] needs model_control='explicit'"),
     ],
 )
 def test_server_refuses_out_of_range_arguments_with_a_value_error(
