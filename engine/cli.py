@@ -160,14 +160,18 @@ def _check_limits(args: argparse.Namespace) -> None:
 
 
 def _drift_settings(args: argparse.Namespace) -> Any:
-    from conveyor.engine.drift import DriftSettings
+    from conveyor.engine.drift import DriftSettings, out_of_range
 
     if args.drift == "off":
         return None
-    if args.drift_window_rows < 10 or args.drift_threshold <= 0 or args.drift_window_seconds <= 0:
-        raise ServeError(
-            "--drift-window-rows must be >= 10; --drift-threshold and --drift-window-seconds > 0"
-        )
+    for flag, setting, value in (
+        ("--drift-window-rows", "window_rows", args.drift_window_rows),
+        ("--drift-threshold", "threshold", args.drift_threshold),
+        ("--drift-window-seconds", "window_seconds", args.drift_window_seconds),
+    ):
+        rule = out_of_range(setting, value)
+        if rule is not None:
+            raise ServeError(f"{flag} must be {rule}, got {value}")
     return DriftSettings(
         window_rows=args.drift_window_rows,
         window_seconds=args.drift_window_seconds,
@@ -386,17 +390,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--drift-threshold",
         type=float,
         default=0.2,
-        help="PSI above which conveyor_drift_alert is 1; config.json parameters."
+        help="PSI above which conveyor_drift_alert is 1, > 0; config.json parameters."
         "drift_threshold wins (default: 0.2)",
     )
     drift.add_argument(
-        "--drift-window-rows", type=int, default=10_000, help="sliding window rows (default: 10000)"
+        "--drift-window-rows",
+        type=int,
+        default=10_000,
+        help="sliding window rows, >= 10 (default: 10000)",
     )
     drift.add_argument(
         "--drift-window-seconds",
         type=float,
         default=600.0,
-        help="oldest row kept in the window (default: 600)",
+        help="oldest row kept in the window, seconds > 0 (default: 600)",
     )
     p.add_argument(
         "--model-control",

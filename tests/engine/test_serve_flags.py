@@ -67,6 +67,12 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
             "--version-policy: expected latest[:N], all or specific:V1,V2, got 'bogus'",
         ),
         (["--version-policy", "latest:0"], "--version-policy: expected an integer >= 1, got 0"),
+        # "--drift-window-rows must be >= 10; --drift-threshold and
+        # --drift-window-seconds > 0" before, whichever flag it was.
+        (["--drift-threshold", "-1"], "--drift-threshold must be > 0, got -1.0"),
+        (["--drift-threshold", "nan"], "--drift-threshold must be > 0, got nan"),
+        (["--drift-window-rows", "9"], "--drift-window-rows must be >= 10, got 9"),
+        (["--drift-window-seconds", "0"], "--drift-window-seconds must be > 0, got 0.0"),
         # Silently ignored before: poll mode serves every model.
         (["--load-model", "a", "b"], "--load-model a b: only with --model-control explicit"),
     ],
