@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor.engine.hosts import bare_host, host_port
+from conveyor.engine.hosts import bare_host, bind_problem, host_port
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.cli")
@@ -283,12 +282,9 @@ def _worker_error(folder: Path) -> str | None:
 def _check_port_free(host: str, port: int) -> None:
     # Several workers bind with SO_REUSEPORT, which would also silently share a
     # port with an unrelated server: check that nobody holds it first.
-    host = bare_host(host)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ServeError(f"cannot bind {host_port(host, port)}: {exc.strerror}") from None
+    problem = bind_problem(host, port, reuse_port=False)
+    if problem is not None:
+        raise ServeError(f"cannot bind {host_port(host, port)}: {problem}")
 
 
 def serve_workers(

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.drift import DriftSettings
-from conveyor.engine.hosts import bare_host, host_port
+from conveyor.engine.hosts import bare_host, bind_problem, host_port
 from conveyor.engine.malformed import LenientHandlers
 from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
@@ -205,6 +205,7 @@ class Server:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
+        self._reuse_port = reuse_port
         if max_concurrent_streams is not None:
             self._grpc_options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
         self._max_concurrent_rpcs = max_concurrent_rpcs
@@ -342,15 +343,21 @@ class Server:
                 credentials = self._tls.server_credentials()
             except ValueError as exc:
                 raise ServerError(str(exc)) from None
+        # Probed first: gRPC's error says only "Failed to bind" whatever the cause, and
+        # it logs its own line to stderr besides (GRPC_VERBOSITY is process-wide, read
+        # once at start: it cannot be quietened for this one call).
+        problem = bind_problem(self.host, self._requested_port, self._reuse_port)
+        if problem is not None:
+            raise ServerError(f"cannot bind {target}: {problem}")
         try:
             if credentials is None:
                 port = server.add_insecure_port(target)
             else:
                 port = server.add_secure_port(target, credentials)
-        except RuntimeError as exc:
-            raise ServerError(f"cannot bind {target}: {exc} (port in use?)") from None
+        except RuntimeError as exc:  # taken since the probe
+            raise ServerError(f"cannot bind {target}: {exc}") from None
         if not port:
-            raise ServerError(f"cannot bind {target} (port in use?)")
+            raise ServerError(f"cannot bind {target}")
         self.port = port
         self.repository, self.servicer = repository, servicer
         if self._metrics_port is not None:
