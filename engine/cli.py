@@ -439,7 +439,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-queue-size",
         type=int,
         default=None,
-        help="queued requests before RESOURCE_EXHAUSTED (0 = each model's own)",
+        help="queued requests before RESOURCE_EXHAUSTED (default, or 0: each model's own, "
+        "config.json's dynamic_batching.max_queue_size, 1024 when unset)",
     )
     batching.add_argument(
         "--instance-count", type=int, default=None, help="worker threads per model version"
@@ -594,7 +595,9 @@ def register_drift(subparsers: argparse._SubParsersAction, common: argparse.Argu
         parents=[common],
         run=run_drift,
     )
-    p.add_argument("--target", default="127.0.0.1:8001", help="server host:port")
+    p.add_argument(
+        "--target", default="127.0.0.1:8001", help="server host:port (default: 127.0.0.1:8001)"
+    )
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--model-version", default=None, help="version (default: every loaded one)")
     p.add_argument("--top", type=int, default=10, help="features to list (default: 10)")
