@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor.engine.hosts import bare_host, host_port
+from conveyor.engine.hosts import bare_host, bind_problem, host_port
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.cli")
@@ -74,7 +74,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         model_control=args.model_control,
         poll_interval=args.poll_interval,
         load_models=tuple(args.load_model or ()),
-        version_policy=args.version_policy,
+        version_policy=_version_policy(args.version_policy),
         max_batch_size=args.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_microseconds,
         max_queue_size=args.max_queue_size,
@@ -86,10 +86,23 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         auth=_auth(args),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_concurrent_streams=args.max_concurrent_streams,
-        execution_timeout=args.execution_timeout or None,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        execution_timeout=args.execution_timeout,
+        metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         drift=_drift_settings(args),
     )
+
+
+def _version_policy(flag: str | None) -> Any:
+    """``--version-policy`` parsed here, so a bad one is the one error line naming the
+    flag (from the server it was a traceback, in every worker of ``--workers N``)."""
+    from conveyor.engine.model_config import VersionPolicy
+
+    if flag is None:
+        return None
+    try:
+        return VersionPolicy.parse(flag, where="--version-policy")
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def _check_batching(args: argparse.Namespace) -> None:
@@ -103,6 +116,7 @@ def _check_batching(args: argparse.Namespace) -> None:
             max_queue_delay_microseconds=args.max_queue_delay_microseconds,
             max_queue_size=args.max_queue_size,
             instance_count=args.instance_count,
+            execution_timeout=args.execution_timeout,
         )
     except ValueError as exc:
         raise ServeError("--" + str(exc).replace("_", "-")) from None
@@ -110,15 +124,53 @@ def _check_batching(args: argparse.Namespace) -> None:
         raise ServeError(f"--max-message-bytes must be >= 1, got {args.max_message_bytes}")
 
 
+def _check_limits(args: argparse.Namespace) -> None:
+    """Refuse out-of-range server flags before anything starts, naming the flag: gRPC
+    wraps a port past 65535 (70000 binds 4464) and fails with a traceback on
+    --max-concurrent-rpcs 0; --poll-interval 0 rescans the repository without pause.
+    ``conveyor.engine.Server`` checks the same, naming its arguments."""
+    if not 0 <= args.port <= 65535:
+        raise ServeError(f"--port must be 0..65535 (0 = any free), got {args.port}")
+    if not -1 <= args.metrics_port <= 65535:
+        raise ServeError(
+            f"--metrics-port must be 0..65535 (0 = any free) or -1 (none), got {args.metrics_port}"
+        )
+    if not (args.poll_interval > 0 and math.isfinite(args.poll_interval)):
+        raise ServeError(
+            f"--poll-interval must be a number of seconds > 0, got {args.poll_interval}"
+        )
+    if not (args.grace_period >= 0 and math.isfinite(args.grace_period)):
+        raise ServeError(
+            f"--grace-period must be a number of seconds >= 0, got {args.grace_period}"
+        )
+    if args.load_model and args.model_control != "explicit":
+        # As Triton: poll mode serves every model in the repository, and a name
+        # given here would be silently ignored.
+        raise ServeError(
+            f"--load-model {' '.join(args.load_model)}: only with --model-control explicit "
+            f"(--model-control {args.model_control} serves every model in the repository)"
+        )
+    if args.max_concurrent_rpcs < 1:
+        raise ServeError(f"--max-concurrent-rpcs must be >= 1, got {args.max_concurrent_rpcs}")
+    if args.max_concurrent_streams is not None and args.max_concurrent_streams < 1:
+        raise ServeError(
+            f"--max-concurrent-streams must be >= 1, got {args.max_concurrent_streams}"
+        )
+
+
 def _drift_settings(args: argparse.Namespace) -> Any:
-    from conveyor.engine.drift import DriftSettings
+    from conveyor.engine.drift import DriftSettings, out_of_range
 
     if args.drift == "off":
         return None
-    if args.drift_window_rows < 10 or args.drift_threshold <= 0 or args.drift_window_seconds <= 0:
-        raise ServeError(
-            "--drift-window-rows must be >= 10; --drift-threshold and --drift-window-seconds > 0"
-        )
+    for flag, setting, value in (
+        ("--drift-window-rows", "window_rows", args.drift_window_rows),
+        ("--drift-threshold", "threshold", args.drift_threshold),
+        ("--drift-window-seconds", "window_seconds", args.drift_window_seconds),
+    ):
+        rule = out_of_range(setting, value)
+        if rule is not None:
+            raise ServeError(f"{flag} must be {rule}, got {value}")
     return DriftSettings(
         window_rows=args.drift_window_rows,
         window_seconds=args.drift_window_seconds,
@@ -230,12 +282,9 @@ def _worker_error(folder: Path) -> str | None:
 def _check_port_free(host: str, port: int) -> None:
     # Several workers bind with SO_REUSEPORT, which would also silently share a
     # port with an unrelated server: check that nobody holds it first.
-    host = bare_host(host)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ServeError(f"cannot bind {host_port(host, port)}: {exc.strerror}") from None
+    problem = bind_problem(host, port, reuse_port=False)
+    if problem is not None:
+        raise ServeError(f"cannot bind {host_port(host, port)}: {problem}")
 
 
 def serve_workers(
@@ -294,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
             "--model-repository is required (or CONVEYOR_MODEL_REPOSITORY, or "
             "model-repository in the config file)"
         )
+    _check_limits(args)
     kwargs = _server_kwargs(args)
     if args.workers < 1:
         raise ServeError("--workers must be >= 1")
@@ -336,17 +386,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--drift-threshold",
         type=float,
         default=0.2,
-        help="PSI above which conveyor_drift_alert is 1; config.json parameters."
+        help="PSI above which conveyor_drift_alert is 1, > 0; config.json parameters."
         "drift_threshold wins (default: 0.2)",
     )
     drift.add_argument(
-        "--drift-window-rows", type=int, default=10_000, help="sliding window rows (default: 10000)"
+        "--drift-window-rows",
+        type=int,
+        default=10_000,
+        help="sliding window rows, >= 10 (default: 10000)",
     )
     drift.add_argument(
         "--drift-window-seconds",
         type=float,
         default=600.0,
-        help="oldest row kept in the window (default: 600)",
+        help="oldest row kept in the window, seconds > 0 (default: 600)",
     )
     p.add_argument(
         "--model-control",
@@ -359,13 +412,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=float,
         default=5.0,
         metavar="SECONDS",
-        help="repository rescan period in poll mode (default: 5)",
+        help="repository rescan period in poll mode, > 0 (default: 5)",
     )
     p.add_argument(
         "--load-model",
         nargs="+",
         metavar="NAME",
-        help="explicit mode: models to load at start ('*' = all; default: none)",
+        help="with --model-control explicit: models to load at start ('*' = all; "
+        "default: none); refused in poll mode, which serves every model",
     )
     p.add_argument(
         "--version-policy",
@@ -385,7 +439,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-queue-size",
         type=int,
         default=None,
-        help="queued requests before RESOURCE_EXHAUSTED (0 = each model's own)",
+        help="queued requests before RESOURCE_EXHAUSTED (default, or 0: each model's own, "
+        "config.json's dynamic_batching.max_queue_size, 1024 when unset)",
     )
     batching.add_argument(
         "--instance-count", type=int, default=None, help="worker threads per model version"
@@ -425,7 +480,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-concurrent-rpcs",
         type=int,
         default=4096,
-        help="RPCs handled at once; beyond: RESOURCE_EXHAUSTED (default: 4096)",
+        help="RPCs handled at once, >= 1; beyond: RESOURCE_EXHAUSTED (default: 4096)",
     )
     p.add_argument(
         "--max-concurrent-streams",
@@ -540,7 +595,9 @@ def register_drift(subparsers: argparse._SubParsersAction, common: argparse.Argu
         parents=[common],
         run=run_drift,
     )
-    p.add_argument("--target", default="127.0.0.1:8001", help="server host:port")
+    p.add_argument(
+        "--target", default="127.0.0.1:8001", help="server host:port (default: 127.0.0.1:8001)"
+    )
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--model-version", default=None, help="version (default: every loaded one)")
     p.add_argument("--top", type=int, default=10, help="features to list (default: 10)")

@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,22 @@ log = logging.getLogger("conveyor.engine.drift")
 FLOOR = 1e-4  # smallest share in PSI / JS, so an empty bin scores finitely
 INVALID_REASONS = ("nan", "inf", "out_of_range", "unseen_category")
 _NUMERIC_DTYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16"}
+
+
+# The range of each numeric drift setting: one rule for Server's ``drift``, the serve
+# flags and config.json's parameters, each of which names the setting in its own words.
+_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "window_rows": (">= 10", lambda v: v >= 10),  # ten chunks of a tenth of the window
+    "threshold": ("> 0", lambda v: v > 0),
+    "window_seconds": ("> 0", lambda v: v > 0),
+}
+
+
+def out_of_range(setting: str, value: float) -> str | None:
+    """The rule ``value`` breaks for the DriftSettings field ``setting`` (``">= 10"``),
+    or None when it is in range (NaN is out of every range)."""
+    rule, ok = _RANGES[setting]
+    return None if ok(value) else rule
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,12 @@ class DriftSettings:
     threshold: float = 0.2
     score_interval: float = 1.0
 
+    def __post_init__(self) -> None:
+        for name in _RANGES:
+            rule = out_of_range(name, getattr(self, name))
+            if rule is not None:
+                raise ValueError(f"drift {name} must be {rule}, got {getattr(self, name)}")
+
     @property
     def rows_to_score(self) -> int:
         """Rows the window needs before it is scored: ``min_rows``, or the whole window
@@ -102,18 +124,19 @@ class DriftSettings:
             ("drift_window_rows", "window_rows", int),
             ("drift_window_seconds", "window_seconds", float),
         ):
-            if key in parameters:
-                try:
-                    out = replace(out, **{attr: kind(parameters[key])})
-                except (TypeError, ValueError):
-                    raise ValueError(
-                        f"config.json parameters.{key}: expected a number, got {parameters[key]!r}"
-                    ) from None
-        if out.window_rows < 10 or out.threshold <= 0 or out.window_seconds <= 0:
-            raise ValueError(
-                "drift: window_rows must be >= 10, threshold and window_seconds > 0 "
-                f"(got {out.window_rows}, {out.threshold}, {out.window_seconds})"
-            )
+            if key not in parameters:
+                continue
+            raw = parameters[key]
+            try:
+                value = kind(raw)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"config.json parameters.{key}: expected a number, got {raw!r}"
+                ) from None
+            rule = out_of_range(attr, value)
+            if rule is not None:
+                raise ValueError(f"config.json parameters.{key} must be {rule}, got {raw!r}")
+            out = replace(out, **{attr: value})
         return out
 
 

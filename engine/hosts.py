@@ -1,11 +1,15 @@
-"""Host spellings: an IPv6 literal is accepted with brackets (``[::1]``, as in a URL) or
-without (``::1``, as ``ip addr`` prints it).
+"""Host spellings, and whether ``host:port`` can be bound.
 
-Sockets bind the bare address; gRPC targets, log lines and ``/metrics`` URLs need the
-brackets, since ``::1:8001`` cannot be split into a host and a port.
+An IPv6 literal is accepted with brackets (``[::1]``, as in a URL) or without
+(``::1``, as ``ip addr`` prints it). Sockets bind the bare address; gRPC targets, log
+lines and ``/metrics`` URLs need the brackets, since ``::1:8001`` cannot be split into
+a host and a port.
 """
 
 from __future__ import annotations
+
+import errno
+import socket
 
 
 def bare_host(host: str) -> str:
@@ -19,3 +23,44 @@ def host_port(host: str, port: int) -> str:
     """``host:port`` for gRPC targets and messages, an IPv6 literal in brackets."""
     host = bare_host(host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_problem(host: str, port: int, reuse_port: bool = False) -> str | None:
+    """Why ``host:port`` cannot be bound (``port 8001 is in use``, ``cannot resolve
+    host 'x'``), or None when it can.
+
+    gRPC says only "Failed to bind to address" for every cause (and logs its own
+    error line to stderr); probing first tells the user which. The probe binds as
+    gRPC does: each address the host resolves to, with SO_REUSEADDR (a port in
+    TIME_WAIT is free), SO_REUSEPORT when ``reuse_port`` (``--workers N`` share the
+    port), and succeeds when any address binds, as gRPC serves on those that do.
+    The addresses are the system resolver's, which may list fewer than gRPC's own
+    ("localhost": 127.0.0.1 where gRPC adds ::1), so a port that another server holds
+    on 127.0.0.1 is refused rather than served on ::1 alone. A race (the port taken
+    between the probe and gRPC's bind) still fails in gRPC.
+    """
+    host = bare_host(host)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r} ({exc.strerror})"
+    first: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(address)
+            return None
+        except OSError as exc:
+            first = first or exc
+    if first is None:  # getaddrinfo never returns an empty list; kept for the type
+        return f"host {host!r} resolves to no address"
+    if first.errno == errno.EADDRINUSE:
+        return f"port {port} is in use"
+    if first.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    if first.errno == errno.EACCES and 0 < port < 1024:
+        return f"port {port} needs privileges (ports below 1024)"
+    return first.strerror or str(first)

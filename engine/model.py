@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from conveyor.engine.accelerators import accelerate
-from conveyor.engine.errors import Internal, ModelLoadError
+from conveyor.engine.errors import Internal, InvalidArgument, ModelLoadError
 from conveyor.engine.model_config import ModelConfig, TensorSpec, load_config
 from conveyor.engine.tensors import NUMPY_DTYPES
 
@@ -149,7 +149,7 @@ class Model:
                     f"model {self.name!r} version {self.version} raised: {_message(exc)}"
                 ) from None
             for spec, array in zip(self.config.outputs, arrays, strict=True):
-                self._check_numbers(spec, array)
+                self._check_numbers(spec, array, inputs)
             return arrays
         args: list[Any] = []
         for spec, array in zip(self.config.inputs, inputs, strict=True):
@@ -170,7 +170,7 @@ class Model:
         finally:
             if holder is not None:
                 holder.tensors = []
-        return self._outputs(result, batch)
+        return self._outputs(result, batch, inputs)
 
     def _holder(self) -> Any:
         """This thread's keep-alive for the input tensors of a TorchScript call.
@@ -187,7 +187,7 @@ class Model:
             holder = self._holders.module = _new_holder()
         return holder
 
-    def _outputs(self, result: Any, batch: int) -> list[np.ndarray]:
+    def _outputs(self, result: Any, batch: int, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
 
         specs = self.config.outputs
@@ -232,15 +232,37 @@ class Model:
             if not item.is_cpu:
                 item = item.cpu()
             array = item.numpy()
-            self._check_numbers(spec, array)
+            self._check_numbers(spec, array, inputs)
             arrays.append(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype]))
         return arrays
 
-    def _check_numbers(self, spec: TensorSpec, array: np.ndarray) -> None:
+    def _check_numbers(
+        self, spec: TensorSpec, array: np.ndarray, inputs: Sequence[np.ndarray]
+    ) -> None:
+        """A NaN output fails the batch: INVALID_ARGUMENT naming the input when an input
+        holds NaN or inf (the client sent it: not a server error for the alerts), else
+        INTERNAL (a broken model, not an answer). The batcher re-runs a failed batch
+        request by request, so each request is judged on its own inputs and outputs,
+        and only those producing NaN fail. The inputs are looked at only here, once an
+        output is NaN, so a batch that succeeds pays nothing for it."""
         if array.dtype.kind == "f" and np.isnan(array).any():
-            # A NaN score is a broken model, not an answer: the batcher re-runs a
-            # failed batch request by request, so only the requests producing it fail.
+            bad_input = self._non_finite_input(inputs)
+            if bad_input is not None:
+                raise InvalidArgument(
+                    f"{bad_input}; model {self.name!r} returned NaN for output {spec.name!r}"
+                )
             raise Internal(f"model {self.name!r} output {spec.name!r}: the model returned NaN")
+
+    def _non_finite_input(self, inputs: Sequence[np.ndarray]) -> str | None:
+        """``input 'x' contains NaN`` for the first floating-point input holding NaN
+        or +-inf (config order), else None."""
+        for spec, array in zip(self.config.inputs, inputs, strict=True):
+            if array.dtype.kind != "f":
+                continue
+            kinds = [k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(array).any()]
+            if kinds:
+                return f"input {spec.name!r} contains {' and '.join(kinds)}"
+        return None
 
     def _strings(self, spec: TensorSpec, item: Any, batch: int) -> np.ndarray:
         """A BYTES output: a flat list of ``batch * prod(shape)`` strings, row-major."""

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import re
 import time
@@ -72,8 +73,8 @@ class BatchingOverrides:
     max_queue_size: int | None = None
     instance_count: int | None = None
     # Fault handling (see engine/batcher.py): seconds a batch may run (the default for
-    # models whose config.json has no parameters.execution_timeout_seconds), hung
-    # workers tolerated.
+    # models whose config.json has no parameters.execution_timeout_seconds; 0 or None =
+    # never), hung workers tolerated.
     execution_timeout: float | None = DEFAULT_EXECUTION_TIMEOUT
     max_abandoned_threads: int = MAX_ABANDONED_THREADS
 
@@ -91,6 +92,16 @@ class BatchingOverrides:
         if self.max_queue_size == 0:
             # As in config.json: 0 is "the default bound", never a queue that holds nothing.
             object.__setattr__(self, "max_queue_size", None)
+        timeout = self.execution_timeout
+        if timeout is not None:
+            # A negative timeout abandoned every batch at once (each request answered
+            # DEADLINE_EXCEEDED, a worker thread left behind per batch).
+            if not (timeout >= 0 and math.isfinite(timeout)):
+                raise ValueError(
+                    f"execution_timeout must be a number of seconds >= 0 (0 = never), got {timeout}"
+                )
+            if timeout == 0:  # as config.json's execution_timeout_seconds: 0 = never
+                object.__setattr__(self, "execution_timeout", None)
 
 
 class ServedVersion:

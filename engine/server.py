@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,13 +32,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.drift import DriftSettings
-from conveyor.engine.hosts import bare_host, host_port
+from conveyor.engine.hosts import bare_host, bind_problem, host_port
 from conveyor.engine.malformed import LenientHandlers
 from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
-from conveyor.engine.repository import BatchingOverrides, ModelRepository
+from conveyor.engine.repository import MODEL_CONTROL, BatchingOverrides, ModelRepository
 from conveyor.engine.service import InferenceServicer
 from conveyor.engine.tls import TLSConfig
 from conveyor.errors import ConveyorError
@@ -57,6 +58,14 @@ DEFAULT_MAX_CONCURRENT_STREAMS: int | None = None
 
 class ServerError(ConveyorError):
     """The server could not start (port in use, bad repository)."""
+
+
+class ServerArgumentError(ServerError, ValueError):
+    """An argument of :class:`Server` out of range; the message names it and its value.
+
+    A ValueError, as Python code expects of a bad argument, and a ServerError, so code
+    that catches the server's start-up errors (and ``conveyor serve``) catches it too.
+    """
 
 
 def _reflection_pool() -> Any:
@@ -91,20 +100,24 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class Server:
     """An inference server over ``repository``; use as a context manager or call start/stop.
 
+    Arguments out of range raise :class:`ServerArgumentError` (a ValueError) naming
+    the argument, before anything starts.
+
     Args:
         repository: the model repository directory (``REPO/NAME/<version>/``).
         host: interface to bind (default ``127.0.0.1``; ``0.0.0.0`` for all; an IPv6
             address with or without brackets, ``::1`` or ``[::1]``).
         port: TCP port (default 8001); 0 picks a free one, see :attr:`port`.
         model_control: ``poll`` (default) or ``explicit``.
-        poll_interval: seconds between repository scans in poll mode (default 5).
-        load_models: models loaded at start in explicit mode (``*`` = all).
+        poll_interval: seconds between repository scans in poll mode (default 5; > 0).
+        load_models: models loaded at start in explicit mode (``*`` = all); refused in
+            poll mode, which serves every model (Triton refuses ``--load-model`` too).
         version_policy: default policy, e.g. ``latest:1`` (default), ``all``, ``specific:1,3``.
         max_batch_size, max_queue_delay_microseconds, max_queue_size, instance_count:
             override every model's config.json when set.
         max_message_bytes: largest request or response accepted (default 64 MiB);
             bigger ones are refused with RESOURCE_EXHAUSTED before being read.
-        grace: seconds in-flight requests get on stop (default 10).
+        grace: seconds in-flight requests get on stop (default 10; >= 0).
         reuse_port: share the port with other processes (SO_REUSEPORT), for
             multi-process serving; off by default so a used port fails loudly.
         tls: serve TLS instead of plaintext (``client_ca`` set: mutual TLS).
@@ -113,12 +126,14 @@ class Server:
         max_concurrent_rpcs: RPCs handled at once (default 4096); more: RESOURCE_EXHAUSTED.
         max_concurrent_streams: HTTP/2 streams per connection (default: no limit).
         execution_timeout: seconds one batch may run in a model (default 60) before
-            its requests get DEADLINE_EXCEEDED and its worker thread is replaced.
+            its requests get DEADLINE_EXCEEDED and its worker thread is replaced;
+            0 or None = never.
         max_abandoned_threads: hung workers tolerated per model version (default 4);
             beyond, the version answers UNAVAILABLE until one returns.
         metrics_port: serve Prometheus ``/metrics`` on ``host:metrics_port`` (0 = a free
             port, see :attr:`metrics_port`); None (default) = no endpoint, metrics are
-            still kept in :attr:`metrics` (``conveyor serve`` passes 8002).
+            still kept in :attr:`metrics` (``conveyor serve`` passes 8002). A negative
+            port is refused: ``conveyor serve --metrics-port -1`` is None here.
         drift: online drift settings (default :class:`DriftSettings()`: on, 10,000-row
             window, PSI threshold 0.2); None = no drift tracking.
     """
@@ -151,10 +166,21 @@ class Server:
         drift: DriftSettings | None = DriftSettings(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         if isinstance(version_policy, str):
-            version_policy = VersionPolicy.parse(version_policy)
-        if max_message_bytes < 1:
-            # gRPC reads -1 as "no limit" and 0 as "refuse everything".
-            raise ServerError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+            try:
+                version_policy = VersionPolicy.parse(version_policy)
+            except ValueError as exc:
+                raise ServerArgumentError(str(exc)) from None
+        _check_arguments(
+            port=port,
+            metrics_port=metrics_port,
+            model_control=model_control,
+            poll_interval=poll_interval,
+            load_models=tuple(load_models),
+            grace=grace,
+            max_message_bytes=max_message_bytes,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            max_concurrent_streams=max_concurrent_streams,
+        )
         self.repository_path = Path(repository)
         self.host = bare_host(host)
         self._requested_port = port
@@ -179,6 +205,7 @@ class Server:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
+        self._reuse_port = reuse_port
         if max_concurrent_streams is not None:
             self._grpc_options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
         self._max_concurrent_rpcs = max_concurrent_rpcs
@@ -316,15 +343,21 @@ class Server:
                 credentials = self._tls.server_credentials()
             except ValueError as exc:
                 raise ServerError(str(exc)) from None
+        # Probed first: gRPC's error says only "Failed to bind" whatever the cause, and
+        # it logs its own line to stderr besides (GRPC_VERBOSITY is process-wide, read
+        # once at start: it cannot be quietened for this one call).
+        problem = bind_problem(self.host, self._requested_port, self._reuse_port)
+        if problem is not None:
+            raise ServerError(f"cannot bind {target}: {problem}")
         try:
             if credentials is None:
                 port = server.add_insecure_port(target)
             else:
                 port = server.add_secure_port(target, credentials)
-        except RuntimeError as exc:
-            raise ServerError(f"cannot bind {target}: {exc} (port in use?)") from None
+        except RuntimeError as exc:  # taken since the probe
+            raise ServerError(f"cannot bind {target}: {exc}") from None
         if not port:
-            raise ServerError(f"cannot bind {target} (port in use?)")
+            raise ServerError(f"cannot bind {target}")
         self.port = port
         self.repository, self.servicer = repository, servicer
         if self._metrics_port is not None:
@@ -367,4 +400,54 @@ def _overrides(**settings: Any) -> BatchingOverrides:
     try:
         return BatchingOverrides(**settings)
     except ValueError as exc:
-        raise ServerError(str(exc)) from None
+        raise ServerArgumentError(str(exc)) from None
+
+
+def _check_arguments(
+    *,
+    port: int,
+    metrics_port: int | None,
+    model_control: str,
+    poll_interval: float,
+    load_models: tuple[str, ...],
+    grace: float,
+    max_message_bytes: int,
+    max_concurrent_rpcs: int,
+    max_concurrent_streams: int | None,
+) -> None:
+    """Refuse what gRPC or the loops would take wrongly: a port gRPC wraps (70000 binds
+    4464), a limit it raises a bare ValueError for, a poll interval of 0 that rescans
+    the repository without pause, models to load that poll mode would ignore, a
+    negative grace."""
+    if not 0 <= port <= 65535:
+        raise ServerArgumentError(f"port must be 0..65535 (0 = a free port), got {port}")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ServerArgumentError(
+            "metrics_port must be 0..65535 (0 = a free port), or None for no endpoint "
+            f"(conveyor serve's -1), got {metrics_port}"
+        )
+    if model_control not in MODEL_CONTROL:
+        raise ServerArgumentError(
+            f"model_control: expected poll or explicit, got {model_control!r}"
+        )
+    if not (poll_interval > 0 and math.isfinite(poll_interval)):
+        raise ServerArgumentError(
+            f"poll_interval must be a number of seconds > 0, got {poll_interval}"
+        )
+    if load_models and model_control != "explicit":
+        raise ServerArgumentError(
+            f"load_models {list(load_models)} needs model_control='explicit' (poll mode "
+            "serves every model in the repository)"
+        )
+    if not (grace >= 0 and math.isfinite(grace)):
+        raise ServerArgumentError(f"grace must be a number of seconds >= 0, got {grace}")
+    if max_message_bytes < 1:
+        # gRPC reads -1 as "no limit" and 0 as "refuse everything".
+        raise ServerArgumentError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+    if max_concurrent_rpcs < 1:
+        raise ServerArgumentError(f"max_concurrent_rpcs must be >= 1, got {max_concurrent_rpcs}")
+    if max_concurrent_streams is not None and max_concurrent_streams < 1:
+        # HTTP/2 allows 0, which refuses every stream: a server that answers nothing.
+        raise ServerArgumentError(
+            f"max_concurrent_streams must be >= 1 (None = no limit), got {max_concurrent_streams}"
+        )

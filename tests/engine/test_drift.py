@@ -288,3 +288,23 @@ def test_infinities_stay_out_of_the_bins_like_nan(tmp_path: Path) -> None:
         mon.observe([x], [])
         scores[bad] = mon.report().features[0].psi
     assert scores[np.inf] == scores[-np.inf] == scores[np.nan] < 0.05
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"drift_threshold": "-1"}, "config.json parameters.drift_threshold must be > 0, got '-1'"),
+        ({"drift_window_rows": "5"}, "parameters.drift_window_rows must be >= 10, got '5'"),
+        ({"drift_window_seconds": "nan"}, "parameters.drift_window_seconds must be > 0"),
+    ],
+)
+def test_out_of_range_drift_settings_name_the_setting(
+    parameters: dict[str, str], message: str
+) -> None:
+    # One message for all three before, naming none ("window_rows must be >= 10,
+    # threshold and window_seconds > 0"); the embedded Server's DriftSettings was only
+    # refused when each model loaded.
+    with pytest.raises(ValueError, match=message):
+        DriftSettings().for_model(parameters)
+    with pytest.raises(ValueError, match="drift threshold must be > 0, got -1"):
+        DriftSettings(threshold=-1)

@@ -56,11 +56,17 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_port_zero_reports_the_port_and_a_used_port_fails_loudly(repo: Path) -> None:
+def test_port_zero_reports_the_port_and_a_used_port_fails_loudly(
+    repo: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     with Server(repo, port=0) as first:
         assert first.port and first.port > 0 and first.address == f"127.0.0.1:{first.port}"
-        with pytest.raises(ServerError, match="cannot bind"):
+        capfd.readouterr()
+        with pytest.raises(ServerError, match=f"cannot bind .*: port {first.port} is in use"):
             Server(repo, port=first.port).start()
+        # gRPC never tried (the probe found the port taken), so its native error line
+        # ("E... add_port.cc:83] Failed to add port to server") is not on stderr.
+        assert "add_port" not in capfd.readouterr().err
 
 
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
@@ -233,7 +239,8 @@ def test_cli_options_from_a_config_file(repo: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
-def test_cli_reports_a_used_port(repo: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_reports_a_used_port(repo: Path, workers: str) -> None:
     with Server(repo, port=0) as server:
         result = subprocess.run(
             [
@@ -245,13 +252,40 @@ def test_cli_reports_a_used_port(repo: Path) -> None:
                 str(repo),
                 "--port",
                 str(server.port),
+                "--workers",
+                workers,
             ],
             capture_output=True,
             text=True,
             timeout=60,
         )
     assert result.returncode == 1
-    assert "cannot bind" in result.stderr
+    # One line that says why; before, gRPC's own "E... add_port.cc:83] Failed to add
+    # port" line came first and the message only guessed "(port in use?)".
+    port = server.port
+    expected = f"conveyor: error: cannot bind 127.0.0.1:{port}: port {port} is in use"
+    assert result.stderr.strip().splitlines() == [expected], result.stderr
+
+
+def test_an_unresolvable_host_is_not_reported_as_a_used_port(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The resolver is stubbed, so the test sends no DNS query; gRPC resolves with its
+    # own resolver, which the probe spares it.
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        if host == "nowhere.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ServerError) as exc:
+        Server(repo, host="nowhere.invalid", port=0).start()
+    assert str(exc.value) == (
+        "cannot bind nowhere.invalid:0: cannot resolve host 'nowhere.invalid' "
+        "(Name or service not known)"
+    )
 
 
 @pytest.mark.parametrize(
