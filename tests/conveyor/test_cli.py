@@ -40,6 +40,15 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert "invalid choice: 'frobnicate'" in result.stderr
 
 
+def test_missing_required_option_shows_the_subcommands_usage(tmp_path: Path) -> None:
+    result = _run("ingest", "profile", str(tmp_path), "--label", "y")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: conveyor ingest profile ")
+    assert "conveyor ingest profile: error: the following arguments are required: --out" in (
+        result.stderr
+    )
+
+
 def test_info_json_describes_the_build(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
