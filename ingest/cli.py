@@ -62,19 +62,20 @@ def _spec(args: argparse.Namespace):
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from conveyor.ingest.errors import IngestError
     from conveyor.ingest.infer import infer_spec
     from conveyor.ingest.profile import ProfileConfig, write_stats
     from conveyor.ingest.quarantine import local_output
     from conveyor.ingest.scan import run_scan
 
+    if not args.spec and args.label is None:  # before any data is read
+        raise IngestError("give --label COL (to infer a spec) or --spec FILE (to apply one)")
     out = local_output(args.out, "--out")
     if out.exists() and not out.is_dir():
-        from conveyor.ingest.errors import IngestError
-
         raise IngestError(f"--out {out}: exists and is not a directory")
     if args.spec:
         spec = _spec(args)
-        if spec.label.name != args.label:
+        if args.label is not None and spec.label.name != args.label:
             from conveyor.ingest.errors import SpecError
 
             raise SpecError(f"{args.spec}: label is {spec.label.name!r}, not {args.label!r}")
@@ -173,8 +174,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         path=("ingest",),
     )
     shared(prof)
-    prof.add_argument("--label", required=True, help="label column")
-    prof.add_argument("--spec", default=None, metavar="FILE", help="use this spec, not inference")
+    prof.add_argument(
+        "--label",
+        default=None,
+        help="label column: infer a spec (required without --spec; with it, must be its label)",
+    )
+    prof.add_argument(
+        "--spec", default=None, metavar="FILE", help="use this spec, not inference (no --label)"
+    )
     prof.add_argument("--out", required=True, metavar="DIR", help="output directory")
     prof.add_argument("--weight", default=None, help="weight column (inference only)")
     prof.add_argument("--timestamp", default=None, help="timestamp column (inference only)")

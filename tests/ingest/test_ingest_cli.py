@@ -96,7 +96,10 @@ def test_validate_applies_profiled_ranges(data, tmp_path, capsys):
         (["validate", "{data}", "--spec", "{spec}", "--policy", "nan=maybe"], 1,
          "rule 'nan': policy 'maybe' not one of"),
         (["validate", "{data}", "--spec", "{spec}", "--format", "xml"], 2, "invalid choice"),
-        (["profile", "{data}", "--out", "{out}"], 2, "--label"),
+        (["profile", "{data}", "--out", "{out}"], 1,
+         "give --label COL (to infer a spec) or --spec FILE (to apply one)"),
+        (["profile", "{data}", "--spec", "{spec}", "--label", "x", "--out", "{out}"], 1,
+         "{spec}: label is 'y', not 'x'"),
         (["profile", "{data}", "--label", "nope", "--out", "{out}"], 1,
          "{data}: label column 'nope' is not in the data"),
         (["profile", "{data}", "--label", "y", "--out", "{data}"], 1, "is not a directory"),
@@ -124,6 +127,20 @@ def test_bad_flags_and_paths_give_clear_errors(data, tmp_path, capsys, args, cod
     assert got == code
     assert message.format(**names) in err
     assert "Traceback" not in err
+
+
+def test_profile_with_a_spec_needs_no_label(data, tmp_path, capsys):
+    # README: --spec replaces inference, so the label comes from the spec ("the following
+    # arguments are required: --label" before).
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["ingest", "profile", str(data), "--label", "y", "--out", str(first)]) == 0
+    spec = str(first / "spec.json")
+    assert main(["ingest", "profile", str(data), "--spec", spec, "--out", str(second)]) == 0
+    assert FeatureSpec.load(second / "spec.json") == FeatureSpec.load(spec)
+    assert json.loads((second / "report.json").read_text())["accounting"]["rows_out"] == N - 2
+    # The spec's own label given as well is fine.
+    assert main(["ingest", "profile", str(data), "--spec", spec, "--label", "y", "--out",
+                 str(tmp_path / "third")]) == 0  # fmt: skip
 
 
 def test_profile_csv_with_a_bad_number_early_keeps_the_column_numeric(tmp_path):
