@@ -51,7 +51,10 @@ CKPT_VERSION = 1
 class RunState:
     """Progress of a run. ``epoch``: the epoch in progress (or next); ``micro``: its batches
     consumed; ``step``: optimizer steps done; early stopping: ``best`` value of the metric at
-    ``best_epoch`` and ``bad_epochs`` since; ``done`` once training has ended."""
+    ``best_epoch`` and ``bad_epochs`` since; ``done`` once training has ended;
+    ``stopped_early`` once the patience has run out (also on the last epoch, so that a run
+    resumed with more ``--epochs`` stays stopped, as the uninterrupted run would have; the
+    summary calls it stopping early only when epochs were left, see :meth:`Trainer.summary`)."""
 
     epoch: int = 0
     micro: int = 0
@@ -391,7 +394,7 @@ class Trainer:
             while not st.done:
                 seconds = self._train_epoch()
                 self._end_epoch(seconds)
-                if st.stopped_early and self.env.is_main:
+                if self.stopped_early and self.env.is_main:
                     log.info(
                         "early stop: no %s improvement for %d epochs", self.metric, st.bad_epochs
                     )
@@ -400,6 +403,12 @@ class Trainer:
         if not self.env.is_main:
             return None
         return self.summary(time.perf_counter() - t0)
+
+    @property
+    def stopped_early(self) -> bool:
+        """The patience ran out before ``--epochs`` were trained: a run whose patience runs
+        out on its last epoch trained them all, and did not stop early."""
+        return self.state.stopped_early and self.state.epoch < self.cfg.epochs
 
     def final_model(self) -> torch.nn.Module:
         """The model to export: the best epoch's weights when validating, else the last."""
@@ -420,7 +429,7 @@ class Trainer:
             "last": st.history[-1] if st.history else None,
             "epochs": len(st.history),
             "steps": st.step,
-            "stopped_early": st.stopped_early,
+            "stopped_early": self.stopped_early,
             "world_size": self.env.world_size,
             "seconds_this_process": round(seconds, 3),
             "history": st.history,
