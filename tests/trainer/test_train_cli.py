@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from trainer_fixtures import run_cli
 
 from conveyor.cli import build_parser, main
 from conveyor.config import resolve
+from conveyor.trainer.cli import register
 
 
 def test_help_lists_the_train_command_and_its_knobs() -> None:
@@ -22,6 +25,47 @@ def test_help_lists_the_train_command_and_its_knobs() -> None:
         "--checkpoint-every", "--seed", "--val-fraction", "--autocast",
     ):  # fmt: skip
         assert flag in done.stdout, flag
+
+
+def _shown_default(help_text: str) -> str:
+    """What a help text gives after "default" ("(default 256 128)" -> "256 128")."""
+    found = re.search(r"default:? ([^);]+)", help_text)
+    assert found, f"no default in {help_text!r}"
+    return found.group(1).strip()
+
+
+def test_help_states_every_default_and_states_it_right() -> None:
+    # --batch-size, --hidden, --activation, --min-lr-ratio, --accumulation, --patience,
+    # --checkpoint-every, --max-batch-size and --autocast stated none; read the real values
+    # off the parser, so the help cannot drift from them either.
+    parser = argparse.ArgumentParser(prog="conveyor")
+    register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = commands.choices["train"]
+    checked = set()
+    for action in train._actions:
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
+            continue
+        flag = action.option_strings[0]
+        shown = _shown_default(action.help or "").replace(":", "")
+        if isinstance(default, list):
+            assert shown.split() == [str(v) for v in default], flag
+        elif isinstance(default, float):
+            assert float(shown.split()[0]) == default, flag
+        elif isinstance(default, int):
+            assert int(shown.split()[0]) == default, flag
+        else:
+            assert shown.split()[0] == default, flag
+        checked.add(flag)
+    reported = {"--batch-size", "--hidden", "--activation", "--min-lr-ratio", "--accumulation",
+                "--patience", "--checkpoint-every", "--max-batch-size", "--autocast"}  # fmt: skip
+    assert reported | {"--seed", "--lr"} <= checked
 
 
 def test_options_resolve_flags_over_env_over_config(tmp_path: Path) -> None:
