@@ -46,10 +46,14 @@ def _print_report(report: dict) -> None:
 
 def _source(args: argparse.Namespace, spec=None):
     """The source; with a pinned spec, CSV/JSON columns are read as the spec's types."""
+    from conveyor.ingest.errors import FormatError
     from conveyor.ingest.source import Source
 
     types = spec.declared_types() if spec is not None else None
-    return Source(args.source, format=args.format, types=types)
+    try:
+        return Source(args.source, format=args.format, types=types)
+    except FormatError as exc:  # its hint is the Python API's format=
+        raise exc.with_hint("pass --format (parquet, csv, json or ipc)") from None
 
 
 def _spec(args: argparse.Namespace):

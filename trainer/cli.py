@@ -74,6 +74,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from conveyor.ingest.errors import FormatError
+
+    try:
+        return _run(args)
+    except FormatError as exc:  # its hint is the Python API's format=, which train has not
+        raise exc.with_hint(
+            "conveyor train tells the format from the extensions: name the files "
+            ".parquet, .csv, .json(l) or .arrow"
+        ) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from conveyor.trainer import launch
     from conveyor.trainer.data import prepare
     from conveyor.trainer.errors import TrainerError

@@ -129,6 +129,20 @@ def test_bad_flags_and_paths_give_clear_errors(data, tmp_path, capsys, args, cod
     assert "Traceback" not in err
 
 
+def test_unknown_extension_tells_the_cli_user_to_pass_format(data, tmp_path, capsys):
+    text = tmp_path / "clean.txt"
+    text.write_text("x,n,c,y\n0.5,1,u,0\n")
+    assert main(["ingest", "profile", str(data), "--label", "y", "--out", str(tmp_path / "o")]) == 0
+    spec = str(tmp_path / "o" / "spec.json")
+    capsys.readouterr()
+    assert main(["ingest", "validate", str(text), "--spec", spec]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"conveyor: error: {text}: cannot tell the format from the extension")
+    assert err.rstrip().endswith("pass --format (parquet, csv, json or ipc)"), err
+    assert "format=" not in err and err.count("\n") == 1
+    assert main(["ingest", "validate", str(text), "--spec", spec, "--format", "csv"]) == 0
+
+
 def test_profile_with_a_spec_needs_no_label(data, tmp_path, capsys):
     # README: --spec replaces inference, so the label comes from the spec ("the following
     # arguments are required: --label" before).

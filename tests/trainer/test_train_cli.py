@@ -92,6 +92,17 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     assert done.stderr.startswith("conveyor: error:") and "Traceback" not in done.stderr
 
 
+def test_unknown_extension_is_named_with_what_train_can_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "clean.txt"
+    text.write_text("x,y\n0.5,0\n")
+    assert main(["train", str(text), "--label", "y", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert f"{text}: cannot tell the format from the extension '.txt'" in err
+    assert "name the files .parquet, .csv" in err and "format=" not in err  # train has no --format
+
+
 def test_train_end_to_end_on_demo_data(tmp_path: Path) -> None:
     from conveyor.demo.fraud_data import FraudDataConfig, write_dataset
 
