@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     from conveyor.trainer import launch
     from conveyor.trainer.data import prepare
     from conveyor.trainer.errors import TrainerError
-    from conveyor.trainer.loop import check_fresh_run, run_worker
+    from conveyor.trainer.loop import check_fresh_run, check_resume, run_worker
 
     if args.nproc < 1:  # checked first: a bad flag must not wait for the data to be read
         raise TrainerError(f"--nproc must be >= 1, got {args.nproc}")
@@ -100,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         check_fresh_run(cfg)  # errors that need no worker show as one clear line
         prepare(cfg)  # profile once, here, before the workers start
         if args.nproc > 1:
+            check_resume(cfg, args.nproc)  # a changed option is one line, not N workers' errors
             summary = launch.launch(cfg.to_dict(), args.nproc, args.log_level)
         else:
             summary = run_worker(cfg, prepared=True)

@@ -173,15 +173,9 @@ class Trainer:
                 log.info("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
             return
         path, ckpt = latest
-        if ckpt.get("version") != CKPT_VERSION:
-            raise CheckpointError(
-                f"{path}: checkpoint format {ckpt.get('version')}, this trainer reads "
-                f"{CKPT_VERSION}"
-            )
         # Before any load_state_dict: a changed option is named, not a size mismatch.
+        _check_checkpoint(path, ckpt, self.cfg, self.env.world_size, self.task)
         saved = ckpt.get("config", {})
-        resume.check_world_size(ckpt.get("world_size"), self.env.world_size, path)
-        resume.check_options(saved, self.cfg, path, self.task)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -455,6 +449,34 @@ def check_fresh_run(cfg: TrainConfig) -> None:
             f"{cfg.out} holds checkpoints of an earlier run: pass --resume to continue it, "
             "or choose another --out"
         )
+
+
+def _check_checkpoint(
+    path: Path, ckpt: dict[str, Any], cfg: TrainConfig, world_size: int, task: str
+) -> None:
+    """Raise :class:`CheckpointError` when ``--resume`` cannot continue from ``ckpt``: another
+    format, world size, an option that must match (:mod:`~conveyor.trainer.resume`), or fewer
+    ``--epochs`` than it has begun."""
+    if ckpt.get("version") != CKPT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {ckpt.get('version')}, this trainer reads {CKPT_VERSION}"
+        )
+    resume.check_world_size(ckpt.get("world_size"), world_size, path)
+    resume.check_options(ckpt.get("config", {}), cfg, path, task)
+    resume.check_epochs(ckpt["state"], cfg.epochs, path)
+
+
+def check_resume(cfg: TrainConfig, world_size: int) -> None:
+    """``--resume`` checked against the newest checkpoint by the process that starts the
+    workers, before it starts them (after :func:`~conveyor.trainer.data.prepare`): a changed
+    option is then one line from that process. Each worker checks again as it restores."""
+    if not cfg.resume:
+        return
+    latest = checkpoint.load_latest(cfg.out)
+    if latest is None:
+        return
+    spec, _ = load_prepared(cfg)
+    _check_checkpoint(*latest, cfg, world_size, spec.label.task)
 
 
 # Seconds the main thread lets go of the GIL before a distributed worker shuts down.

@@ -137,6 +137,36 @@ def test_existing_run_without_resume_is_refused_before_any_worker_starts(tmp_pat
     assert "pass --resume" in done.stderr and "worker" not in done.stderr
 
 
+def test_resume_that_cannot_continue_is_one_line_before_any_worker_starts(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A checkpoint of one rank; --nproc 2 --resume used to start both workers and print a
+    # worker's traceback through torch's elastic launcher before the one line.
+    argv = ["train", str(dataset), "--label", "y", "--key", "id", "--out", str(tmp_path / "r"),
+            "--epochs", "1", "--batch-size", "64", "--hidden", "8"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--nproc", "2", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("conveyor: error: --resume: --nproc (world size) is 2 but checkpoint")
+
+
+def test_a_workers_conveyor_error_is_one_line(tmp_path: Path, dataset: Path) -> None:
+    # Raised in both workers (the metric is resolved against the task there): each ends
+    # with its message recorded, not a traceback through torch's launcher (~33 lines).
+    done = run_cli(
+        "train", str(dataset), "--label", "y", "--out", str(tmp_path / "run"), "--nproc", "2",
+        "--metric", "rmse", "--epochs", "1", "--hidden", "8", "--log-level", "warning",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert re.fullmatch(
+        r"conveyor: error: worker rank [01]: --metric 'rmse' does not apply to binary "
+        r"\(use \['auc', 'logloss'\]\)\n",
+        done.stderr,
+    ), done.stderr
+
+
 @pytest.mark.parametrize("name", ["a/b", "../x", ".hidden", "with space", "-dash", "a\n"])
 def test_bad_model_name_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
