@@ -122,7 +122,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "port (conveyor serve --workers N) needs at least N in all to use them all",
     )
     p.add_argument(
-        "--data", default=None, help="Parquet file or folder of inputs (default: random inputs)"
+        "--data",
+        default=None,
+        help="Parquet file or folder of inputs (default: random inputs); rows that fail the "
+        "model's input checks (a null category, a value its datatype cannot hold) are left "
+        "out, and their count and the first one's file and row printed",
     )
     p.add_argument(
         "--metrics-url",

@@ -137,6 +137,32 @@ def test_serve_inputs_from_parquet(server: Server, tmp_path: Path) -> None:
     assert point["requests"] > 0 and point["errors"] == 0
 
 
+def test_serve_leaves_out_rows_the_model_refuses_and_says_where_the_first_was(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    vectors = pa.list_(pa.float64(), 3)
+    good = [[float(i), 0.0, 1.0] for i in range(4)]
+    pq.write_table(pa.table({"x": pa.array(good, type=vectors)}), folder / "a.parquet")
+    bad = [[1.0, 2.0, 3.0], [1e300, 0.0, 0.0], [4.0, 5.0, 6.0]]  # 1e300: no FP32 holds it
+    pq.write_table(pa.table({"x": pa.array(bad, type=vectors)}), folder / "b.parquet")
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double", "--concurrency", "1",
+        "--rows", "2", "--duration", "0.2", "--warmup", "0", "--data", str(folder),
+        "--out", str(out), "--progress", "off",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"left out 1 row(s) of {folder} that fail the model's input checks; the first: "
+        f"{folder / 'b.parquet'}, row 1: input 'x': 1e+300 at element 0 cannot be sent as FP32"
+    ) in printed
+    document = json.loads((out / "serve.json").read_text())
+    assert document["data_rows_left_out"] == 1 and document["points"][0]["errors"] == 0
+
+
 def test_serve_bad_input_names_the_problem(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
