@@ -34,9 +34,20 @@ import numpy as np
 from conveyor.categories import category_key
 from conveyor.engine.tensors import NUMPY_DTYPES
 
-__all__ = ["cast"]
+__all__ = ["CastError", "cast"]
 
 _FLOAT64_MAX = float(np.finfo(np.float64).max)  # a Python float: compares exactly with any int
+
+
+class CastError(ValueError):
+    """A value :func:`cast` refuses. ``row`` is its row (its first index; None for a scalar
+    or a refusal of the whole array) and ``unplaced`` the message without the position, for
+    a caller that knows the row by another name (a file's row)."""
+
+    def __init__(self, message: str, row: int | None = None, unplaced: str = "") -> None:
+        super().__init__(message)
+        self.row = row
+        self.unplaced = unplaced or message
 
 
 def cast(values: Any, datatype: str, what: str) -> np.ndarray:
@@ -50,6 +61,19 @@ def _position(shape: tuple[int, ...], flat_index: int) -> str:
     if len(shape) == 1:
         return f"row {flat_index}"
     return f"index {tuple(int(i) for i in np.unravel_index(flat_index, shape))}"
+
+
+def _refusal(
+    what: str, subject: str, shape: tuple[int, ...], flat_index: int, rest: str
+) -> CastError:
+    """``{what}: {subject} at {position}{rest}``, with the row and the message without it."""
+    index = tuple(int(i) for i in np.unravel_index(flat_index, shape))
+    within = f" at element {index[1:] if len(index) > 2 else index[1]}" if len(index) > 1 else ""
+    return CastError(
+        f"{what}: {subject} at {_position(shape, flat_index)}{rest}",
+        row=index[0] if index else None,
+        unplaced=f"{what}: {subject}{within}{rest}",
+    )
 
 
 def _is_null(value: Any) -> bool:
@@ -76,17 +100,23 @@ def _to_bytes(values: Any, what: str) -> np.ndarray:
         elif isinstance(value, bytearray):
             flat[i] = bytes(value)
         elif _is_null(value):
-            raise ValueError(
-                f"{what}: null at {_position(array.shape, i)} (a categorical value has no "
-                "null key; impute or drop the row)"
+            raise _refusal(
+                what,
+                "null",
+                array.shape,
+                i,
+                " (a categorical value has no null key; impute or drop the row)",
             )
         elif isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
             # numpy scalars as their Python value, so np.True_ is "true" as True is
             flat[i] = category_key(value.item() if isinstance(value, np.generic) else value)
         else:
-            raise ValueError(
-                f"{what}: {type(value).__name__} value {value!r:.60} at "
-                f"{_position(array.shape, i)}: expected str, bytes, bool, int or float"
+            raise _refusal(
+                what,
+                f"{type(value).__name__} value {value!r:.60}",
+                array.shape,
+                i,
+                ": expected str, bytes, bool, int or float",
             )
     return out
 
@@ -153,9 +183,8 @@ def _refuse(what: str, datatype: str, array: np.ndarray, bad: np.ndarray, reason
     i = int(np.flatnonzero(bad)[0])
     value = array.reshape(-1)[i]
     value = value.item() if isinstance(value, np.generic) else value
-    raise ValueError(
-        f"{what}: {value!r} at {_position(array.shape, i)} cannot be sent as {datatype} "
-        f"unchanged: {reason}"
+    raise _refusal(
+        what, repr(value), array.shape, i, f" cannot be sent as {datatype} unchanged: {reason}"
     )
 
 
@@ -181,9 +210,12 @@ def _from_objects(array: np.ndarray, dtype: np.dtype, datatype: str, what: str) 
             if reason is None:
                 out.append(value)
                 continue
-        raise ValueError(
-            f"{what}: {value!r:.60} at {_position(array.shape, i)} cannot be sent as "
-            f"{datatype} unchanged: {reason}"
+        raise _refusal(
+            what,
+            f"{value!r:.60}",
+            array.shape,
+            i,
+            f" cannot be sent as {datatype} unchanged: {reason}",
         )
     if dtype.kind == "f":
         # through float64 so the caller's range check sees FP16/FP32 overflow

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,6 +31,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 log = logging.getLogger("conveyor.cli")
+
+# Exit status when the reader of stdout went away (``conveyor info | head -3``): 128 + SIGPIPE,
+# what a shell reports for a command the signal ended, so ``set -o pipefail`` sees it.
+SIGPIPE_EXIT = 141
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -81,12 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed (poll reports POLLERR), so a
+    BrokenPipeError from anything else (a socket, a child's stdin) is not mistaken for it."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured), no poll
+        return False
+
+
+def _stdout_closed() -> int:
+    """End quietly after a write to a closed pipe, as the Python docs recommend (signal docs,
+    "Note on SIGPIPE"): point stdout at /dev/null so the interpreter's own flush at exit
+    does not raise again, and return :data:`SIGPIPE_EXIT`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return SIGPIPE_EXIT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = config.resolve(parser, argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        return _stdout_closed()
     except ConveyorError as exc:
         print(f"conveyor: error: {exc}", file=sys.stderr)
         return exc.exit_code

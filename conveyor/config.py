@@ -218,7 +218,8 @@ def resolve(
 
     The parser must have been passed through :func:`prepare`. A ``--config``
     option on the parser (or ``CONVEYOR_CONFIG``) names the TOML file. Errors
-    exit through ``parser.error`` with status 2, like a bad flag.
+    exit through the chosen subcommand's ``error`` with status 2, like a bad flag, so
+    they show that subcommand's usage (``conveyor ingest profile ...``), not the top level's.
     """
     environ = os.environ if environ is None else environ
     args = parser.parse_args(argv)
@@ -259,5 +260,5 @@ def resolve(
                 value = current.default
             setattr(args, dest, value)
     except ConfigError as exc:
-        parser.error(str(exc))
+        active.parser.error(str(exc))
     return args

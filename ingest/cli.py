@@ -15,10 +15,22 @@ from pathlib import Path
 
 
 def _policy(text: str) -> tuple[str, str]:
-    rule, sep, policy = text.partition("=")
+    """``RULE=POLICY``, checked here so that a bad one is blamed on --policy at once."""
+    from conveyor.ingest.spec import ALLOWED_POLICIES, POLICIES, RULES
+
+    rule, sep, policy = (part.strip() for part in text.partition("="))
     if not sep:
         raise argparse.ArgumentTypeError(f"expected RULE=POLICY, got {text!r}")
-    return rule.strip(), policy.strip()
+    if rule not in RULES:
+        raise argparse.ArgumentTypeError(
+            f"{text}: unknown rule {rule!r} (rules: {', '.join(RULES)})"
+        )
+    allowed = ALLOWED_POLICIES.get(rule, POLICIES)
+    if policy not in allowed:
+        raise argparse.ArgumentTypeError(
+            f"{text}: rule {rule!r} takes {', '.join(allowed)}, not {policy!r}"
+        )
+    return rule, policy
 
 
 def _positive(text: str) -> int:
@@ -46,35 +58,64 @@ def _print_report(report: dict) -> None:
 
 def _source(args: argparse.Namespace, spec=None):
     """The source; with a pinned spec, CSV/JSON columns are read as the spec's types."""
+    from conveyor.ingest.errors import FormatError
     from conveyor.ingest.source import Source
 
     types = spec.declared_types() if spec is not None else None
-    return Source(args.source, format=args.format, types=types)
+    try:
+        return Source(args.source, format=args.format, types=types)
+    except FormatError as exc:  # its hint is the Python API's format=
+        raise exc.with_hint("pass --format (parquet, csv, json or ipc)") from None
+
+
+def _with_policies(spec, args: argparse.Namespace):
+    """``spec`` with the --policy overrides, checked that every impute policy has a value to
+    write; the error names where that policy came from: --policy, or the spec file."""
+    from conveyor.ingest.errors import SpecError
+
+    overrides = dict(args.policy)
+    if overrides:
+        spec = spec.with_policies(overrides)
+    for name, rule in spec.missing_impute_values()[:1]:
+        if overrides.get(rule) != "impute":  # the spec file's own policy
+            raise SpecError(
+                f"{args.spec}: rule {rule!r} has the impute policy, but numeric {name!r} has "
+                'no "impute" value to write (set one there)'
+            )
+        if args.spec is None:
+            raise SpecError(
+                f'--policy {rule}=impute: numeric {name!r} has no "impute" value to write '
+                '(an inferred spec has none: profile without this policy, set "impute" in '
+                "the spec.json it writes, and pass that with --spec)"
+            )
+        raise SpecError(
+            f'--policy {rule}=impute: numeric {name!r} has no "impute" value in {args.spec} '
+            "to write (set one there)"
+        )
+    return spec
 
 
 def _spec(args: argparse.Namespace):
     from conveyor.ingest.spec import FeatureSpec
 
-    spec = FeatureSpec.load(args.spec)
-    if args.policy:
-        spec = spec.with_policies(dict(args.policy))
-    return spec
+    return _with_policies(FeatureSpec.load(args.spec), args)
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from conveyor.ingest.errors import IngestError
     from conveyor.ingest.infer import infer_spec
     from conveyor.ingest.profile import ProfileConfig, write_stats
     from conveyor.ingest.quarantine import local_output
     from conveyor.ingest.scan import run_scan
 
+    if not args.spec and args.label is None:  # before any data is read
+        raise IngestError("give --label COL (to infer a spec) or --spec FILE (to apply one)")
     out = local_output(args.out, "--out")
     if out.exists() and not out.is_dir():
-        from conveyor.ingest.errors import IngestError
-
         raise IngestError(f"--out {out}: exists and is not a directory")
     if args.spec:
         spec = _spec(args)
-        if spec.label.name != args.label:
+        if args.label is not None and spec.label.name != args.label:
             from conveyor.ingest.errors import SpecError
 
             raise SpecError(f"{args.spec}: label is {spec.label.name!r}, not {args.label!r}")
@@ -89,8 +130,7 @@ def run_profile(args: argparse.Namespace) -> int:
             key=args.key,
             include_partitions=args.include_partition_columns,
         )
-        if args.policy:
-            spec = spec.with_policies(dict(args.policy))
+        spec = _with_policies(spec, args)
         if source.format in ("csv", "json"):  # read text as the inferred spec's types
             source = _source(args, spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +201,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             type=_policy,
             default=[],
             metavar="RULE=POLICY",
-            help="override rules' policies (reject|quarantine|impute), e.g. nan=reject null=impute",
+            help="override rules' policies: reject, quarantine or impute (extra_column: reject "
+            "or ignore; allowed per rule: ingest/README.md), e.g. nan=reject range=quarantine",
         )
 
     prof = add_command(
@@ -173,8 +214,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         path=("ingest",),
     )
     shared(prof)
-    prof.add_argument("--label", required=True, help="label column")
-    prof.add_argument("--spec", default=None, metavar="FILE", help="use this spec, not inference")
+    prof.add_argument(
+        "--label",
+        default=None,
+        help="label column: infer a spec (required without --spec; with it, must be its label)",
+    )
+    prof.add_argument(
+        "--spec", default=None, metavar="FILE", help="use this spec, not inference (no --label)"
+    )
     prof.add_argument("--out", required=True, metavar="DIR", help="output directory")
     prof.add_argument("--weight", default=None, help="weight column (inference only)")
     prof.add_argument("--timestamp", default=None, help="timestamp column (inference only)")

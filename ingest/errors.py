@@ -23,6 +23,19 @@ class SourceError(IngestError):
         super().__init__(f"{file}: {message}")
 
 
+class FormatError(SourceError):
+    """The format of a file cannot be told from its name. ``hint`` says how to give it: the
+    Python API's ``format=`` by default; a command line rewords it (:meth:`with_hint`)."""
+
+    def __init__(self, file: str, problem: str, hint: str) -> None:
+        self.problem, self.hint = problem, hint
+        super().__init__(file, f"{problem}; {hint}")
+
+    def with_hint(self, hint: str) -> FormatError:
+        """The same error, with the way to give the format that fits where it is shown."""
+        return FormatError(self.file, self.problem, hint)
+
+
 class SpecError(IngestError):
     """A feature spec that is malformed or does not fit the data it is used with."""
 

@@ -42,7 +42,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
-from conveyor.ingest.errors import SourceError
+from conveyor.ingest.errors import FormatError, SourceError
 from conveyor.ingest.split import SplitConfig
 
 FORMATS = ("parquet", "csv", "json", "ipc")
@@ -144,12 +144,43 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/") if part)
 
 
+_COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
+# How a Python caller gives a format the file names do not tell.
+FORMAT_HINT = "pass format= (one of 'parquet', 'csv', 'json', 'ipc')"
+
+
 def _format_of(path: str) -> str | None:
     lower = path.lower()
-    for compressed in (".gz", ".bz2", ".zst", ".lz4"):
+    for compressed in _COMPRESSED:
         if lower.endswith(compressed):
             lower = lower[: -len(compressed)]
     return _EXTENSIONS.get(posixpath.splitext(lower)[1])
+
+
+def format_from_names(source: str, files: Sequence[str]) -> str:
+    """The one format the extensions of ``files`` name.
+
+    Raises :class:`FormatError` naming the first file whose extension names none, and
+    :class:`SourceError` when the files are of more than one format.
+    """
+    first_of: dict[str, str] = {}
+    for path in files:
+        kind = _format_of(path)
+        if kind is None:
+            ext = posixpath.splitext(posixpath.basename(path))[1]
+            known = ", ".join(_EXTENSIONS)
+            said = f"the extension {ext!r}" if ext else "a name with no extension"
+            raise FormatError(
+                path,
+                f"cannot tell the format from {said} (known: {known}, each optionally "
+                f"compressed as {'/'.join(_COMPRESSED)})",
+                FORMAT_HINT,
+            )
+        first_of.setdefault(kind, path)
+    if len(first_of) > 1:
+        found = ", ".join(f"{path} is {kind}" for kind, path in first_of.items())
+        raise SourceError(source, f"files of more than one format ({found}); read each as a source")
+    return next(iter(first_of))
 
 
 def discover(
@@ -238,11 +269,7 @@ class Source:
         self.csv_delimiter = csv_delimiter
         self.filesystem, self.base, self.files = discover(source, filesystem)
         if format is None:
-            kinds = {_format_of(p) for p in self.files}
-            if None in kinds or len(kinds) != 1:
-                names = sorted(str(k) for k in kinds)
-                raise SourceError(source, f"cannot tell the format (found {names}); pass format=")
-            format = kinds.pop()
+            format = format_from_names(source, self.files)
         if format not in FORMATS:
             raise SourceError(source, f"unknown format {format!r} (choose from {FORMATS})")
         self.format: str = format

@@ -48,6 +48,8 @@ DEFAULT_POLICIES: dict[str, str] = {
     "extra_column": "reject",  # a data column the spec neither uses nor ignores
 }
 RULES = tuple(DEFAULT_POLICIES)
+# Rules whose impute policy writes a numeric feature's declared ``impute`` value.
+IMPUTED_VALUE_RULES = ("type", "null", "nan", "range")
 # Policies that make sense per rule: a ragged row cannot be imputed, a label cannot be made up,
 # an extra column can only be rejected or ignored, a dataset-level rule cannot quarantine rows
 # one by one.
@@ -142,6 +144,13 @@ class FeatureSpec:
     def policy(self, rule: str) -> str:
         """The policy in force for ``rule``: the spec's override, else the default."""
         return self.policies.get(rule, DEFAULT_POLICIES[rule])
+
+    def missing_impute_values(self) -> list[tuple[str, str]]:
+        """``(feature, rule)`` for each numeric feature with no ``impute`` value while one of
+        the rules about its values (type, null, nan, range) has the ``impute`` policy: the
+        policy would have nothing to write."""
+        rules = [r for r in IMPUTED_VALUE_RULES if self.policy(r) == "impute"]
+        return [(f.name, r) for f in self.numeric if f.impute is None for r in rules[:1]]
 
     def with_policies(self, overrides: dict[str, str]) -> FeatureSpec:
         """A copy with ``overrides`` (rule -> policy) on top of this spec's policies."""

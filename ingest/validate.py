@@ -208,11 +208,10 @@ class Validator:
                 f.min if f.min is not None else lo,
                 f.max if f.max is not None else hi,
             )
-        for f in spec.numeric:
-            if f.impute is None and any(
-                spec.policy(r) == "impute" for r in ("type", "null", "nan", "range")
-            ):
-                raise SpecError(f"numeric {f.name!r}: an impute policy is set but no impute value")
+        for name, rule in spec.missing_impute_values()[:1]:
+            raise SpecError(
+                f"numeric {name!r}: an impute policy is set but no impute value (rule {rule!r})"
+            )
         # The label's classes (None for regression) and each vocabulary as arrays of their
         # column's type, for index_in.
         self.classes: pa.Array | None = None

@@ -108,7 +108,7 @@ def histogram_update(
             the precision values are compared at), on the same device as ``values``.
         counts: int64 ``[features, n_edges + 2]`` to accumulate into, on the same
             device; a zeroed one is allocated when ``None``.
-        impl: ``"reference"``, ``"cpp"`` or ``"cuda"``; default: chosen by device,
+        impl: ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``; default: chosen by device,
             overridable with the ``CONVEYOR_HISTOGRAM_IMPL`` environment variable.
         check_edges: verify that edges are sorted and free of NaN (default ``True``).
             Callers on a hot path that validated their edges once pass ``False``;

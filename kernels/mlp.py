@@ -75,10 +75,48 @@ def _pack(layers: Sequence[Layer]) -> list[tuple]:
     packed = []
     for w, b, act in layers:
         if act not in MLP_ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {tuple(MLP_ACTIVATIONS)}, got {act!r}")
+            raise ValueError(
+                f"activation: expected one of {tuple(MLP_ACTIVATIONS)}, got {act!r}"
+                + (' (no activation is "none")' if act is None else "")
+            )
         bias = None if b is None else b.detach().contiguous().numpy()
         packed.append((w.detach().contiguous().numpy(), bias, MLP_ACTIVATIONS[act]))
     return packed
+
+
+def _module_activation(module: nn.Module) -> str | None:
+    """The :data:`MLP_ACTIVATIONS` name of an activation module, or None."""
+    if isinstance(module, nn.GELU):
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
+    kinds = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+    return next((name for kind, name in kinds.items() if isinstance(module, kind)), None)
+
+
+def sequential_layers(module: nn.Sequential) -> list[Layer]:
+    """``[(W, b, activation), ...]`` of an ``nn.Sequential`` of ``nn.Linear`` layers, each
+    followed by at most one activation module (ReLU, GELU, SiLU, Sigmoid, Tanh). Nested
+    Sequentials are flattened; Dropout and Identity, identities at inference, are skipped.
+    Raises ``ValueError`` naming the first module that does not fit."""
+    layers: list[list] = []
+    # remove_duplicate=False: one ReLU instance used after two Linears is two activations.
+    for path, child in module.named_modules(remove_duplicate=False):
+        if isinstance(child, (nn.Sequential, nn.Dropout, nn.Identity)):
+            continue
+        if type(child) is nn.Linear:
+            layers.append([child.weight, child.bias, "none"])
+            continue
+        act = _module_activation(child)
+        if act is None:
+            raise ValueError(
+                f"module {path} ({type(child).__name__}) is not a Linear or a supported activation"
+            )
+        if not layers or layers[-1][2] != "none":
+            raise ValueError(
+                f"module {path} ({type(child).__name__}): an activation must directly follow a "
+                "Linear"
+            )
+        layers[-1][2] = act
+    return [(w, b, act) for w, b, act in layers]
 
 
 def _run_cpp(x: torch.Tensor, packed: list[tuple]) -> torch.Tensor:
@@ -99,17 +137,22 @@ class PackedMLP:
 
     Args:
         layers: ``[(W [N, K], b [N] or None, activation), ...]``, CPU tensors, all float32
-            or all float64 (activations: keys of ``MLP_ACTIVATIONS``). The values are
-            copied: later changes to the tensors are not seen.
+            or all float64; ``activation`` is a name from ``MLP_ACTIVATIONS`` (``"none"``,
+            ``"relu"``, ``"gelu"``, ``"gelu_tanh"``, ``"silu"``, ``"sigmoid"``, ``"tanh"``;
+            no activation is ``"none"``, not None). Or an ``nn.Sequential`` of Linear and
+            activation modules (:func:`sequential_layers`). The values are copied: later
+            changes to the tensors are not seen.
 
     Call it with a CPU tensor ``x [..., K_0]`` of the weights' dtype for ``[..., N_last]``,
     or use :meth:`run` with numpy arrays. Thread-safe: several threads may call one
     instance at once; each call releases the GIL while it computes.
     """
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    def __init__(self, layers: Sequence[Layer] | nn.Sequential) -> None:
         from conveyor import _C
 
+        if isinstance(layers, nn.Sequential):
+            layers = sequential_layers(layers)
         if not layers:
             raise ValueError("layers: need at least one (w, b, activation)")
         for i, (w, b, _) in enumerate(layers):

@@ -74,10 +74,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from conveyor.ingest.errors import FormatError
+
+    try:
+        return _run(args)
+    except FormatError as exc:  # its hint is the Python API's format=, which train has not
+        raise exc.with_hint(
+            "conveyor train tells the format from the extensions: name the files "
+            ".parquet, .csv, .json(l) or .arrow"
+        ) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from conveyor.trainer import launch
     from conveyor.trainer.data import prepare
     from conveyor.trainer.errors import TrainerError
-    from conveyor.trainer.loop import check_fresh_run, run_worker
+    from conveyor.trainer.loop import check_fresh_run, check_resume, run_worker
 
     if args.nproc < 1:  # checked first: a bad flag must not wait for the data to be read
         raise TrainerError(f"--nproc must be >= 1, got {args.nproc}")
@@ -88,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         check_fresh_run(cfg)  # errors that need no worker show as one clear line
         prepare(cfg)  # profile once, here, before the workers start
         if args.nproc > 1:
+            check_resume(cfg, args.nproc)  # a changed option is one line, not N workers' errors
             summary = launch.launch(cfg.to_dict(), args.nproc, args.log_level)
         else:
             summary = run_worker(cfg, prepared=True)
@@ -118,7 +131,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--nproc", type=int, default=1, help="local worker processes (default: 1)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar (default auto: when stderr is a terminal)",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
     g.add_argument("--key", default=None, help="key column (spec inference only)")
@@ -130,28 +148,54 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="hive partition columns become features (spec inference only; default: ignored)",
     )
     g.add_argument("--split-column", default=None, help="int/timestamp column to hash for it")
-    g.add_argument("--batch-size", type=int, default=1024, help="rows per rank per step")
+    g.add_argument(
+        "--batch-size", type=int, default=1024, help="rows per rank per step (default 1024)"
+    )
     g.add_argument("--shuffle-buffer", type=int, default=65_536, help="rows (default 65536)")
     g.add_argument("--prefetch", type=int, default=4, help="batches read ahead (default 4)")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="MLP widths")
-    g.add_argument("--activation", choices=("relu", "gelu", "silu", "tanh"), default="relu")
+    g.add_argument(
+        "--hidden", type=int, nargs="+", default=[256, 128], help="MLP widths (default 256 128)"
+    )
+    g.add_argument(
+        "--activation",
+        choices=("relu", "gelu", "silu", "tanh"),
+        default="relu",
+        help="hidden layers' activation (default relu)",
+    )
     g.add_argument("--dropout", type=float, default=0.1, help="default 0.1")
     g.add_argument("--layer-norm", action="store_true", help="LayerNorm after hidden layers")
     g.add_argument("--embedding-dim", type=int, default=8, help="per categorical (default 8)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="default 10")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    g.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor / peak")
+    g.add_argument(
+        "--min-lr-ratio", type=float, default=0.0, help="cosine floor / peak (default 0)"
+    )
     g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW (default 1e-4)")
     g.add_argument("--warmup-steps", type=int, default=100, help="linear warmup (default 100)")
     g.add_argument("--clip-norm", type=float, default=1.0, help="0 = off (default 1.0)")
-    g.add_argument("--accumulation", type=int, default=1, help="micro-batches per step")
-    g.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="bf16", help="GPU only")
+    g.add_argument("--accumulation", type=int, default=1, help="micro-batches per step (default 1)")
+    g.add_argument(
+        "--autocast",
+        choices=("off", "bf16", "fp16"),
+        default="bf16",
+        help="mixed precision on GPU (default bf16; off = fp32); CPU always runs fp32",
+    )
     g = p.add_argument_group("control")
     g.add_argument("--metric", default=None, help="auc|logloss|accuracy|rmse (default per task)")
-    g.add_argument("--patience", type=int, default=3, help="epochs; 0 = no early stop")
-    g.add_argument("--checkpoint-every", type=int, default=500, help="optimizer steps")
+    g.add_argument("--patience", type=int, default=3, help="epochs (default 3); 0 = no early stop")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="optimizer steps (default 500; 0 = only at epoch end)",
+    )
     g.add_argument("--keep-checkpoints", type=int, default=3, help="default 3")
     g.add_argument("--seed", type=int, default=0, help="default 0")
-    g.add_argument("--max-batch-size", type=int, default=1024, help="server batch limit")
+    g.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=1024,
+        help="the exported config.json's max_batch_size, the server's batch limit (default 1024)",
+    )

@@ -16,16 +16,22 @@ threads each (at least 1), unless ``OMP_NUM_THREADS`` is set; on 2 cores with 2 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 
+from conveyor.errors import ConveyorError
 from conveyor.trainer.errors import TrainerError
 
 log = logging.getLogger("conveyor.trainer")
@@ -86,21 +92,80 @@ def init_process_group(env: DistEnv) -> None:
         dist.init_process_group("gloo", timeout=timedelta(minutes=10))
 
 
-def _worker(config: dict[str, Any], log_level: str) -> dict[str, Any] | None:
-    """Entry point of each worker process the elastic launcher starts."""
+# Loggers through which torch's launcher reports a failed worker: the exception of its own
+# join, with a traceback, and the SIGTERM of each other worker.
+_LAUNCHER_LOGGERS = ("torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn")
+
+
+def _record_user_error(errors_dir: str, exc: ConveyorError) -> None:
+    """Leave a worker's :class:`ConveyorError` for :func:`launch` (written whole, then renamed,
+    so it is never read half-written)."""
+    path = Path(errors_dir) / f"rank-{os.environ.get('RANK', '0')}.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"message": str(exc)}))
+    os.replace(tmp, path)
+
+
+def _user_error(errors_dir: str) -> tuple[int, str] | None:
+    """The rank and message of the first :class:`ConveyorError` a worker recorded, if any."""
+    found = sorted(Path(errors_dir).glob("rank-*.json"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        return None
+    first = found[0]
+    return int(first.stem.removeprefix("rank-")), json.loads(first.read_text())["message"]
+
+
+class _QuietAfterUserError(logging.Filter):
+    """Drops the launcher's report of failed workers once one recorded a ConveyorError: that
+    is one line for the user (:func:`launch` raises it), not torch's traceback of its join."""
+
+    def __init__(self, errors_dir: str) -> None:
+        super().__init__()
+        self.errors_dir = errors_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _user_error(self.errors_dir) is None
+
+
+@contextlib.contextmanager
+def _quiet_launcher(errors_dir: str) -> Iterator[None]:
+    quiet = _QuietAfterUserError(errors_dir)
+    loggers = [logging.getLogger(name) for name in _LAUNCHER_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+def _worker(config: dict[str, Any], log_level: str, errors_dir: str) -> dict[str, Any] | None:
+    """Entry point of each worker process the elastic launcher starts.
+
+    A :class:`ConveyorError` (bad data, an option that does not fit) is recorded in
+    ``errors_dir`` and ends the process with status 1, rather than raised: raised, it would
+    go through torch's error handling, which logs its traceback in the launching process. Any
+    other exception is a bug and is raised, traceback and all.
+    """
     from conveyor.log import setup_logging
     from conveyor.trainer.config import TrainConfig
     from conveyor.trainer.loop import run_worker
 
     setup_logging(log_level)
-    return run_worker(TrainConfig.from_dict(config), prepared=True)
+    try:
+        return run_worker(TrainConfig.from_dict(config), prepared=True)
+    except ConveyorError as exc:
+        _record_user_error(errors_dir, exc)
+        raise SystemExit(1) from None
 
 
 def launch(config: dict[str, Any], nproc: int, log_level: str = "info") -> dict[str, Any] | None:
     """Run ``nproc`` local workers with torch's elastic launcher; rank 0's summary is returned.
 
     A failing worker stops them all (no restarts: ``--resume`` is how a run continues) and
-    raises :class:`TrainerError` naming the rank and its error.
+    raises :class:`TrainerError` naming the rank and its error (a worker's ConveyorError as
+    its one line, without torch's report of the failure).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -116,14 +181,27 @@ def launch(config: dict[str, Any], nproc: int, log_level: str = "info") -> dict[
         monitor_interval=0.5,
         start_method="spawn",
     )
-    try:
-        results = elastic_launch(lc, _worker)(config, log_level)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        message = failure.message
-        if isinstance(message, dict):  # the worker's error file: {"message": ..., "extraInfo"}
-            message = message.get("message", message)
-        raise TrainerError(
-            f"worker rank {rank} failed (exit code {failure.exitcode}): {message}"
-        ) from None
+    with (
+        tempfile.TemporaryDirectory(prefix="conveyor-workers-") as errors_dir,
+        _quiet_launcher(errors_dir),
+    ):
+        try:
+            results = elastic_launch(lc, _worker)(config, log_level, errors_dir)
+        except ChildFailedError as exc:
+            user_error = _user_error(errors_dir)
+            if user_error is None:
+                _raise_failure(exc)
+            rank, message = user_error
+            raise TrainerError(f"worker rank {rank}: {message}") from None
     return results.get(0)
+
+
+def _raise_failure(exc: Any) -> NoReturn:
+    """A worker that failed otherwise (an exception, a signal): its rank, status and error."""
+    rank, failure = exc.get_first_failure()
+    message = failure.message
+    if isinstance(message, dict):  # the worker's error file: {"message": ..., "extraInfo"}
+        message = message.get("message", message)
+    raise TrainerError(
+        f"worker rank {rank} failed (exit code {failure.exitcode}): {message}"
+    ) from None

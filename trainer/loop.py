@@ -51,7 +51,10 @@ CKPT_VERSION = 1
 class RunState:
     """Progress of a run. ``epoch``: the epoch in progress (or next); ``micro``: its batches
     consumed; ``step``: optimizer steps done; early stopping: ``best`` value of the metric at
-    ``best_epoch`` and ``bad_epochs`` since; ``done`` once training has ended."""
+    ``best_epoch`` and ``bad_epochs`` since; ``done`` once training has ended;
+    ``stopped_early`` once the patience has run out (also on the last epoch, so that a run
+    resumed with more ``--epochs`` stays stopped, as the uninterrupted run would have; the
+    summary calls it stopping early only when epochs were left, see :meth:`Trainer.summary`)."""
 
     epoch: int = 0
     micro: int = 0
@@ -170,15 +173,9 @@ class Trainer:
                 log.info("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
             return
         path, ckpt = latest
-        if ckpt.get("version") != CKPT_VERSION:
-            raise CheckpointError(
-                f"{path}: checkpoint format {ckpt.get('version')}, this trainer reads "
-                f"{CKPT_VERSION}"
-            )
         # Before any load_state_dict: a changed option is named, not a size mismatch.
+        _check_checkpoint(path, ckpt, self.cfg, self.env.world_size, self.task)
         saved = ckpt.get("config", {})
-        resume.check_world_size(ckpt.get("world_size"), self.env.world_size, path)
-        resume.check_options(saved, self.cfg, path, self.task)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -391,7 +388,7 @@ class Trainer:
             while not st.done:
                 seconds = self._train_epoch()
                 self._end_epoch(seconds)
-                if st.stopped_early and self.env.is_main:
+                if self.stopped_early and self.env.is_main:
                     log.info(
                         "early stop: no %s improvement for %d epochs", self.metric, st.bad_epochs
                     )
@@ -400,6 +397,12 @@ class Trainer:
         if not self.env.is_main:
             return None
         return self.summary(time.perf_counter() - t0)
+
+    @property
+    def stopped_early(self) -> bool:
+        """The patience ran out before ``--epochs`` were trained: a run whose patience runs
+        out on its last epoch trained them all, and did not stop early."""
+        return self.state.stopped_early and self.state.epoch < self.cfg.epochs
 
     def final_model(self) -> torch.nn.Module:
         """The model to export: the best epoch's weights when validating, else the last."""
@@ -420,7 +423,7 @@ class Trainer:
             "last": st.history[-1] if st.history else None,
             "epochs": len(st.history),
             "steps": st.step,
-            "stopped_early": st.stopped_early,
+            "stopped_early": self.stopped_early,
             "world_size": self.env.world_size,
             "seconds_this_process": round(seconds, 3),
             "history": st.history,
@@ -446,6 +449,34 @@ def check_fresh_run(cfg: TrainConfig) -> None:
             f"{cfg.out} holds checkpoints of an earlier run: pass --resume to continue it, "
             "or choose another --out"
         )
+
+
+def _check_checkpoint(
+    path: Path, ckpt: dict[str, Any], cfg: TrainConfig, world_size: int, task: str
+) -> None:
+    """Raise :class:`CheckpointError` when ``--resume`` cannot continue from ``ckpt``: another
+    format, world size, an option that must match (:mod:`~conveyor.trainer.resume`), or fewer
+    ``--epochs`` than it has begun."""
+    if ckpt.get("version") != CKPT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {ckpt.get('version')}, this trainer reads {CKPT_VERSION}"
+        )
+    resume.check_world_size(ckpt.get("world_size"), world_size, path)
+    resume.check_options(ckpt.get("config", {}), cfg, path, task)
+    resume.check_epochs(ckpt["state"], cfg.epochs, path)
+
+
+def check_resume(cfg: TrainConfig, world_size: int) -> None:
+    """``--resume`` checked against the newest checkpoint by the process that starts the
+    workers, before it starts them (after :func:`~conveyor.trainer.data.prepare`): a changed
+    option is then one line from that process. Each worker checks again as it restores."""
+    if not cfg.resume:
+        return
+    latest = checkpoint.load_latest(cfg.out)
+    if latest is None:
+        return
+    spec, _ = load_prepared(cfg)
+    _check_checkpoint(*latest, cfg, world_size, spec.label.task)
 
 
 # Seconds the main thread lets go of the GIL before a distributed worker shuts down.

@@ -90,18 +90,24 @@ def check_world_size(saved: int | None, world_size: int, where: str | Path) -> N
         )
 
 
+def check_epochs(state: Mapping[str, Any], epochs: int, where: str | Path) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint's run state (``epoch``, ``micro``)
+    has already begun more epochs than ``epochs``."""
+    begun = state["epoch"] + (1 if state["micro"] else 0)
+    if epochs < begun:
+        raise CheckpointError(
+            f"--resume: --epochs is {epochs} but checkpoint {where} has already begun "
+            f"{begun} epochs; give --epochs {begun} or more"
+        )
+
+
 def apply_epochs(state: Any, epochs: int, where: str | Path) -> bool:
     """Fit a restored run state (:class:`~conveyor.trainer.loop.RunState`) to ``--epochs``.
 
     Returns True when the run has epochs left to train. Raises :class:`CheckpointError` when
     the run has already begun more epochs than ``epochs``.
     """
-    begun = state.epoch + (1 if state.micro else 0)
-    if epochs < begun:
-        raise CheckpointError(
-            f"--resume: --epochs is {epochs} but checkpoint {where} has already begun "
-            f"{begun} epochs; give --epochs {begun} or more"
-        )
+    check_epochs({"epoch": state.epoch, "micro": state.micro}, epochs, where)
     if state.stopped_early:
         return False
     state.done = state.epoch >= epochs

@@ -9,6 +9,15 @@ import math
 
 from conveyor.errors import ConveyorError
 
+# An example of the arguments each script takes after ``--``, for its --help (the scripts'
+# own options: tests/conveyor/bench checks them against each script's --help).
+EXAMPLES: dict[str, str] = {
+    "ingest": "--rows 100000",
+    "train": "--rows 50000 --rounds 1",
+    "kernels": "--ops histogram --no-compile",
+}
+HELP_FLAGS = ("-h", "--help")
+
 
 def _numbers(kind: type, name: str):
     def parse(text: str) -> list:
@@ -58,11 +67,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _script(name: str):
     def run(args: argparse.Namespace) -> int:
-        from conveyor.bench.scripts import run_script
+        from conveyor.bench.scripts import run_script, show_help
 
         extra = list(args.script_args or [])
         if extra and extra[0] == "--":
             extra = extra[1:]
+        if any(a in HELP_FLAGS for a in extra):  # the script's help, not a benchmark run
+            return show_help(name, extra, args.benchmarks_dir)
         run_script(name, args.out, extra, args.benchmarks_dir)
         return 0
 
@@ -111,7 +122,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "port (conveyor serve --workers N) needs at least N in all to use them all",
     )
     p.add_argument(
-        "--data", default=None, help="Parquet file or folder of inputs (default: random inputs)"
+        "--data",
+        default=None,
+        help="Parquet file or folder of inputs (default: random inputs); rows that fail the "
+        "model's input checks (a null category, a value its datatype cannot hold) are left "
+        "out, and their count and the first one's file and row printed",
     )
     p.add_argument(
         "--metrics-url",
@@ -145,5 +160,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         s.add_argument(
             "script_args",
             nargs=argparse.REMAINDER,
-            help="arguments after -- go to the script (e.g. -- --rows 100000)",
+            help=f"arguments after -- go to the script (e.g. -- {EXAMPLES[name]}; "
+            "-- --help shows its options)",
         )

@@ -3,15 +3,21 @@
 Inputs come from the model's metadata (random values of each input's datatype and shape)
 or from a data file (the columns the metadata names for each input, as
 :func:`conveyor.client.build_inputs` maps them), cut into requests of ``rows`` rows.
+Rows of a data file that fail the client's input checks (:mod:`conveyor.casting`: a null
+category, a value the datatype cannot hold unchanged) are left out and counted, the first
+named by its file and row (:func:`build_payloads` with ``skipped``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from conveyor.casting import CastError
 from conveyor.errors import ConveyorError
 
 MAX_PAYLOADS = 4096
@@ -66,8 +72,29 @@ def needed_columns(info: Any) -> list[str]:
     return names
 
 
-def read_columns(path: str | Path, names: list[str], limit: int | None = None) -> dict[str, Any]:
-    """``names`` from a Parquet file or folder (hive partitions), at most ``limit`` rows."""
+@dataclass
+class DataRows:
+    """Columns read from data files, and which file each row came from.
+
+    ``files``: each file's path and the number of its rows taken, in the order of the rows.
+    """
+
+    columns: dict[str, Any]
+    files: list[tuple[str, int]] = field(default_factory=list)
+
+    def where(self, row: int) -> str:
+        """``PATH, row N`` (0-based within the file) for a row of :attr:`columns`."""
+        for path, count in self.files:
+            if row < count:
+                return f"{path}, row {row}"
+            row -= count
+        return f"row {row}"
+
+
+def read_columns(path: str | Path, names: list[str], limit: int | None = None) -> DataRows:
+    """``names`` from a Parquet file or folder (hive partitions), at most ``limit`` rows,
+    read file by file so that each row's file is known."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     try:
@@ -75,7 +102,17 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
         missing = [n for n in names if n not in dataset.schema.names]
         if missing:
             raise PayloadError(f"{path}: no column(s) {missing} (the model's inputs need {names})")
-        table = dataset.head(limit, columns=names) if limit else dataset.to_table(columns=names)
+        tables, files, taken = [], [], 0
+        for fragment in dataset.get_fragments():
+            if limit is not None and taken >= limit:
+                break
+            # The dataset's schema, so that hive partition columns are filled in.
+            scanner = fragment.scanner(schema=dataset.schema, columns=names)
+            table = scanner.to_table() if limit is None else scanner.head(limit - taken)
+            tables.append(table)
+            files.append((fragment.path, table.num_rows))
+            taken += table.num_rows
+        table = pa.concat_tables(tables) if tables else dataset.schema.empty_table().select(names)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise PayloadError(f"{path}: cannot read as Parquet: {exc}") from None
     out = {}
@@ -84,7 +121,25 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
         if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
             values = np.stack(values)  # a list column: one vector per row -> [rows, width]
         out[name] = values
-    return out
+    return DataRows(out, files)
+
+
+@dataclass
+class SkippedRows:
+    """Rows :func:`build_payloads` left out: how many, and where the first was and why."""
+
+    count: int = 0
+    first: str = ""
+
+
+def _take(values: Any, rows: list[int]) -> Any:
+    """``values`` at ``rows`` (a slice when they are consecutive, as they are unless some
+    were skipped)."""
+    if rows[-1] - rows[0] + 1 == len(rows):
+        return values[rows[0] : rows[-1] + 1]
+    if isinstance(values, np.ndarray):
+        return values[np.asarray(rows)]
+    return [values[i] for i in rows]
 
 
 def build_payloads(
@@ -94,26 +149,50 @@ def build_payloads(
     *,
     version: str = "",
     limit: int = MAX_PAYLOADS,
+    skipped: SkippedRows | None = None,
+    where: Callable[[int], str] | None = None,
 ) -> tuple[bytes, ...]:
     """Serialised ModelInferRequests of ``rows`` rows each, taken in order from ``columns``.
 
     At most ``limit`` requests are built (the load generator cycles through them); the last
-    partial request is dropped so every request has exactly ``rows`` rows.
+    partial request is dropped so every request has exactly ``rows`` rows. A row that fails
+    the client's input checks is an error naming it (``where(row)``, default ``row N``);
+    with ``skipped``, it is left out and counted there instead, and the requests are made of
+    the rows that pass.
     """
     from conveyor.client import make_request
 
     if rows < 1:
         raise PayloadError(f"rows per request must be >= 1, got {rows}")
+    name_row = where or (lambda row: f"row {row}")
     available = min(len(v) for v in columns.values()) if columns else 0
-    count = min(available // rows, limit)
-    if count == 0:
-        raise PayloadError(f"the data has {available} rows, fewer than {rows} rows per request")
-    payloads = []
-    for i in range(count):
-        part = {name: values[i * rows : (i + 1) * rows] for name, values in columns.items()}
+    payloads: list[bytes] = []
+    pending: list[int] = []  # the rows of the request being built
+    cursor = 0
+    while len(payloads) < limit:
+        take = min(rows - len(pending), available - cursor)
+        pending.extend(range(cursor, cursor + take))
+        cursor += take
+        if len(pending) < rows:
+            break
+        part = {name: _take(values, pending) for name, values in columns.items()}
         try:
             request = make_request(info, part, version=version, request_id="")
+        except CastError as exc:
+            if exc.row is None or not 0 <= exc.row < len(pending):  # not one row's value
+                raise PayloadError(f"request {len(payloads)}: {exc}") from None
+            bad = pending.pop(exc.row)
+            if skipped is None:
+                raise PayloadError(f"{name_row(bad)}: {exc.unplaced}") from None
+            skipped.count += 1
+            skipped.first = skipped.first or f"{name_row(bad)}: {exc.unplaced}"
+            continue
         except (TypeError, ValueError) as exc:
-            raise PayloadError(f"request {i}: {exc}") from None
+            raise PayloadError(f"request {len(payloads)}: {exc}") from None
         payloads.append(request.SerializeToString())
+        pending = []
+    if not payloads:
+        valid = f"{available - skipped.count} valid" if skipped and skipped.count else available
+        first = f"; the first left out: {skipped.first}" if skipped and skipped.count else ""
+        raise PayloadError(f"the data has {valid} rows, fewer than {rows} rows per request{first}")
     return tuple(payloads)

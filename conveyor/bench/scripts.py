@@ -3,7 +3,8 @@
 Each script measures its own baselines in the same run and accepts ``--json FILE``; this runner
 gives them the output convention of ``conveyor bench serve``: ``OUT/NAME.json`` (the script's
 figures with the date, machine and command), ``OUT/NAME.csv`` and ``OUT/NAME.log`` (what the
-script printed, also shown on the terminal). Arguments after ``--`` go to the script.
+script printed, also shown on the terminal). Arguments after ``--`` go to the script;
+``-- --help`` shows the script's help and writes nothing.
 """
 
 from __future__ import annotations
@@ -54,10 +55,8 @@ def rows_of(figures: Any) -> list[dict[str, Any]]:
     return [{"value": figures}]
 
 
-def run_script(name: str, out: str | Path, extra: list[str], where: str | None = None) -> Path:
-    """Run the script of ``name`` and write OUT/NAME.{json,csv,log}; returns the JSON path."""
-    from conveyor.bench.serve import machine
-
+def script_path(name: str, where: str | None = None) -> Path:
+    """The script of ``name``; :class:`ScriptError` when it is not there."""
     script = benchmarks_dir(where) / SCRIPTS[name]
     if not script.is_file():
         raise ScriptError(
@@ -65,6 +64,20 @@ def run_script(name: str, out: str | Path, extra: list[str], where: str | None =
             f"(it ships in the source tree's benchmarks/{SCRIPTS[name]}; "
             "set --benchmarks-dir or CONVEYOR_BENCHMARKS to its folder)"
         )
+    return script
+
+
+def show_help(name: str, extra: list[str], where: str | None = None) -> int:
+    """Run the script of ``name`` with ``extra`` (which asks for its help) as it is: its
+    help on the terminal, no JSON expected, nothing written; returns its exit status."""
+    return subprocess.run([sys.executable, str(script_path(name, where)), *extra]).returncode
+
+
+def run_script(name: str, out: str | Path, extra: list[str], where: str | None = None) -> Path:
+    """Run the script of ``name`` and write OUT/NAME.{json,csv,log}; returns the JSON path."""
+    from conveyor.bench.serve import machine
+
+    script = script_path(name, where)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     raw = folder / f"{name}.raw.json"

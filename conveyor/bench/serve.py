@@ -37,7 +37,9 @@ class ServeBenchConfig:
         procs: client processes (default 1).
         connections: gRPC connections per client process (default 1; see
             :class:`~conveyor.bench.loadgen.LoadSpec`).
-        data: a Parquet file or folder to take inputs from; None = random inputs.
+        data: a Parquet file or folder to take inputs from; None = random inputs. Rows that
+            fail the model's input checks (a null category, a value its datatype cannot hold
+            unchanged) are left out, counted and the first named by file and row.
         metrics_url: the server's Prometheus page, read before and after each point.
         out: folder for serve.json, serve.csv and serve.png (default ``bench-results``).
         timeout: per-request deadline, seconds (default 10).
@@ -130,14 +132,24 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
     if not cfg.concurrency and not cfg.rates:
         raise payloads.PayloadError("nothing to run: give --concurrency and/or --rate")
     info = payloads.model_info(cfg.target, cfg.model, cfg.version, cfg.token)
+    skipped = payloads.SkippedRows()
     if cfg.data:
         need = payloads.needed_columns(info)
-        columns = payloads.read_columns(cfg.data, need, limit=cfg.rows * payloads.MAX_PAYLOADS)
+        data = payloads.read_columns(cfg.data, need, limit=cfg.rows * payloads.MAX_PAYLOADS)
+        # Rows the client would refuse to send are left out, counted and the first named.
+        bodies = payloads.build_payloads(
+            info, data.columns, cfg.rows, version=cfg.version, skipped=skipped, where=data.where
+        )
         source = f"file {cfg.data}"
+        if skipped.count:
+            echo(
+                f"bench serve: left out {skipped.count} row(s) of {cfg.data} that fail the "
+                f"model's input checks; the first: {skipped.first}"
+            )
     else:
         columns = payloads.random_inputs(info, cfg.rows * 64, seed=cfg.seed)
+        bodies = payloads.build_payloads(info, columns, cfg.rows, version=cfg.version)
         source = "random (from model metadata)"
-    bodies = payloads.build_payloads(info, columns, cfg.rows, version=cfg.version)
     metrics_url = prom.metrics_url(cfg.metrics_url) if cfg.metrics_url else None
     if metrics_url:
         prom.scrape(metrics_url)  # fail before the sweep, not after the first point
@@ -176,6 +188,7 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "settings": settings,
+        "data_rows_left_out": skipped.count,
         "model": {"name": info.name, "platform": info.platform, "versions": list(info.versions)},
         "points": points,
     }

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from conveyor.casting import cast
+from conveyor.casting import CastError, cast
 from conveyor.client import ModelInfo, TensorInfo, build_inputs
 from conveyor.engine.tensors import NUMPY_DTYPES, decode_bytes, to_raw
 
@@ -140,3 +140,15 @@ def test_float16_into_wide_integers_warns_of_nothing() -> None:
         for datatype in ("INT32", "INT64", "UINT32", "UINT64"):
             got = cast(np.array([1, 2], np.float16), datatype, "x")
             np.testing.assert_array_equal(got, [1, 2])
+
+
+def test_a_refusal_carries_its_row_and_the_message_without_it() -> None:
+    # For callers that name the row themselves (bench serve: the file and its row).
+    with pytest.raises(CastError) as raised:
+        cast(np.array([[1.0, 2.0], [3.0, 1e300]]), "FP32", "input 'x'")
+    assert raised.value.row == 1
+    assert str(raised.value).startswith("input 'x': 1e+300 at index (1, 1) cannot be sent")
+    assert raised.value.unplaced.startswith("input 'x': 1e+300 at element 1 cannot be sent")
+    with pytest.raises(CastError) as raised:
+        cast(["a", None], "BYTES", "input 'c'")
+    assert raised.value.row == 1 and raised.value.unplaced.startswith("input 'c': null (")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,48 @@ def test_unknown_command_is_a_usage_error() -> None:
     result = _run("frobnicate")
     assert result.returncode == 2
     assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_missing_required_option_shows_the_subcommands_usage(tmp_path: Path) -> None:
+    result = _run("ingest", "profile", str(tmp_path), "--label", "y")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: conveyor ingest profile ")
+    assert "conveyor ingest profile: error: the following arguments are required: --out" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize("flags", [(), ("--json",)])
+def test_closed_stdout_pipe_exits_quietly(flags: tuple[str, ...]) -> None:
+    # `conveyor info | head -1`, with the reader gone before the first write so the
+    # BrokenPipeError is certain, not a race with head.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "conveyor", "info", *flags],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141  # 128 + SIGPIPE, as a shell reports it
+    assert result.stderr == ""
+
+
+def test_other_broken_pipes_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a closed stdout ends quietly; a broken pipe elsewhere (a socket, a child's
+    # stdin) is a real failure and must still surface.
+    import conveyor.info
+
+    def broken(info: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(conveyor.info, "_print_text", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["info"])
 
 
 def test_info_json_describes_the_build(capsys: pytest.CaptureFixture[str]) -> None:

@@ -177,3 +177,19 @@ def test_required_option_missing_everywhere(capsys: pytest.CaptureFixture[str]) 
         config.resolve(_required_parser(), ["train"], environ={})
     assert exc.value.code == 2
     assert "required: --label (or environment variable CONVEYOR_LABEL" in capsys.readouterr().err
+
+
+def test_errors_after_parsing_show_the_subcommands_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Missing required options and bad environment or file values are found after argparse
+    # is done; they used to be reported with the top-level usage ("usage: t [-h] ...").
+    with pytest.raises(SystemExit):
+        config.resolve(_required_parser(), ["train"], environ={})
+    err = capsys.readouterr().err
+    assert err.startswith("usage: t train [-h]") and "\nt train: error: " in err
+    with pytest.raises(SystemExit):
+        config.resolve(_parser(), ["ingest", "profile", "d/"], environ={"CONVEYOR_BINS": "x"})
+    err = capsys.readouterr().err
+    assert err.startswith("usage: t ingest profile [-h]")
+    assert "t ingest profile: error: environment variable CONVEYOR_BINS" in err

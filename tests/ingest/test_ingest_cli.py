@@ -91,12 +91,21 @@ def test_validate_applies_profiled_ranges(data, tmp_path, capsys):
         (["validate", "{missing}", "--spec", "{spec}"], 1, "{missing}: not found"),
         (["validate", "{data}", "--spec", "{nospec}"], 1, "{nospec}: spec file not found"),
         (["validate", "{data}", "--spec", "{spec}", "--policy", "nan"], 2, "expected RULE=POLICY"),
-        (["validate", "{data}", "--spec", "{spec}", "--policy", "bogus=reject"], 1,
-         "unknown rule 'bogus'"),
-        (["validate", "{data}", "--spec", "{spec}", "--policy", "nan=maybe"], 1,
-         "rule 'nan': policy 'maybe' not one of"),
+        (["validate", "{data}", "--spec", "{spec}", "--policy", "bogus=reject"], 2,
+         "argument --policy: bogus=reject: unknown rule 'bogus' (rules: parse, type,"),
+        (["validate", "{data}", "--spec", "{spec}", "--policy", "nan=maybe"], 2,
+         "argument --policy: nan=maybe: rule 'nan' takes reject, quarantine, impute, not 'maybe'"),
+        (["validate", "{data}", "--spec", "{spec}", "--policy", "extra_column=quarantine"], 2,
+         "extra_column=quarantine: rule 'extra_column' takes reject, ignore, not 'quarantine'"),
+        (["validate", "{data}", "--spec", "{spec}", "--policy", "null=impute"], 1,
+         "--policy null=impute: numeric 'x' has no \"impute\" value in {spec} to write"),
+        (["profile", "{data}", "--label", "y", "--out", "{out}", "--policy", "range=impute"], 1,
+         "--policy range=impute: numeric 'x' has no \"impute\" value to write (an inferred spec"),
         (["validate", "{data}", "--spec", "{spec}", "--format", "xml"], 2, "invalid choice"),
-        (["profile", "{data}", "--out", "{out}"], 2, "--label"),
+        (["profile", "{data}", "--out", "{out}"], 1,
+         "give --label COL (to infer a spec) or --spec FILE (to apply one)"),
+        (["profile", "{data}", "--spec", "{spec}", "--label", "x", "--out", "{out}"], 1,
+         "{spec}: label is 'y', not 'x'"),
         (["profile", "{data}", "--label", "nope", "--out", "{out}"], 1,
          "{data}: label column 'nope' is not in the data"),
         (["profile", "{data}", "--label", "y", "--out", "{data}"], 1, "is not a directory"),
@@ -124,6 +133,74 @@ def test_bad_flags_and_paths_give_clear_errors(data, tmp_path, capsys, args, cod
     assert got == code
     assert message.format(**names) in err
     assert "Traceback" not in err
+
+
+def test_policy_help_lists_ignore_and_bad_policies_are_not_blamed_on_the_spec(
+    data, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert main(["ingest", "profile", str(data), "--label", "y", "--out", str(out)]) == 0
+    capsys.readouterr()
+    spec = str(out / "spec.json")
+    with pytest.raises(SystemExit):
+        main(["ingest", "validate", str(data), "--spec", spec, "--policy", "nan=foo"])
+    err = capsys.readouterr().err
+    assert "argument --policy: nan=foo:" in err and "spec:" not in err  # it said "spec: rule ..."
+    # The help said "(reject|quarantine|impute)", yet extra_column=ignore is allowed.
+    with pytest.raises(SystemExit):
+        main(["ingest", "validate", "--help"])
+    assert "ignore" in " ".join(capsys.readouterr().out.split())
+    code = main(
+        ["ingest", "validate", str(data), "--spec", spec, "--policy", "extra_column=ignore"]
+    )
+    assert code == 0
+
+
+def test_an_impute_policy_without_a_value_in_the_spec_file_names_the_file(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["ingest", "profile", str(data), "--label", "y", "--out", str(out)]) == 0
+    spec = json.loads((out / "spec.json").read_text())
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({**spec, "policies": {"nan": "impute"}}))
+    capsys.readouterr()
+    assert main(["ingest", "validate", str(data), "--spec", str(edited)]) == 1
+    assert capsys.readouterr().err == (
+        f"conveyor: error: {edited}: rule 'nan' has the impute policy, but numeric 'x' has "
+        'no "impute" value to write (set one there)\n'
+    )
+    # Given a value, the policy imputes: the two NaN rows are written, none quarantined.
+    spec["numeric"] = [{**f, "impute": 0.0} for f in spec["numeric"]]
+    edited.write_text(json.dumps({**spec, "policies": {"nan": "impute"}}))
+    assert main(["ingest", "validate", str(data), "--spec", str(edited)]) == 0
+    assert "rows quarantined  0" in capsys.readouterr().out
+
+
+def test_unknown_extension_tells_the_cli_user_to_pass_format(data, tmp_path, capsys):
+    text = tmp_path / "clean.txt"
+    text.write_text("x,n,c,y\n0.5,1,u,0\n")
+    assert main(["ingest", "profile", str(data), "--label", "y", "--out", str(tmp_path / "o")]) == 0
+    spec = str(tmp_path / "o" / "spec.json")
+    capsys.readouterr()
+    assert main(["ingest", "validate", str(text), "--spec", spec]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"conveyor: error: {text}: cannot tell the format from the extension")
+    assert err.rstrip().endswith("pass --format (parquet, csv, json or ipc)"), err
+    assert "format=" not in err and err.count("\n") == 1
+    assert main(["ingest", "validate", str(text), "--spec", spec, "--format", "csv"]) == 0
+
+
+def test_profile_with_a_spec_needs_no_label(data, tmp_path, capsys):
+    # README: --spec replaces inference, so the label comes from the spec ("the following
+    # arguments are required: --label" before).
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["ingest", "profile", str(data), "--label", "y", "--out", str(first)]) == 0
+    spec = str(first / "spec.json")
+    assert main(["ingest", "profile", str(data), "--spec", spec, "--out", str(second)]) == 0
+    assert FeatureSpec.load(second / "spec.json") == FeatureSpec.load(spec)
+    assert json.loads((second / "report.json").read_text())["accounting"]["rows_out"] == N - 2
+    # The spec's own label given as well is fine.
+    assert main(["ingest", "profile", str(data), "--spec", spec, "--label", "y", "--out",
+                 str(tmp_path / "third")]) == 0  # fmt: skip
 
 
 def test_profile_csv_with_a_bad_number_early_keeps_the_column_numeric(tmp_path):

@@ -50,6 +50,29 @@ def test_missing_source(tmp_path):
         Source(str(tmp_path / "nope.parquet"))
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [("clean.txt", "the extension '.txt'"), ("clean", "a name with no extension")],
+)
+def test_unknown_extension_names_the_file_and_how_to_give_the_format(tmp_path, name, said):
+    # It said "cannot tell the format (found ['None']); pass format=".
+    path = tmp_path / name
+    path.write_text("x,y\n1,2\n")
+    with pytest.raises(SourceError) as raised:
+        Source(str(path))
+    message = str(raised.value)
+    assert message.startswith(f"{path}: cannot tell the format from {said} (known: .parquet")
+    assert message.endswith("; pass format= (one of 'parquet', 'csv', 'json', 'ipc')")
+    assert Source(str(path), format="csv").format == "csv"  # the way out it names
+
+
+def test_files_of_two_formats_are_named(tmp_path):
+    write(sample_table(), tmp_path / "a.parquet", "parquet")
+    write(sample_table(), tmp_path / "b.csv", "csv")
+    with pytest.raises(SourceError, match=r"more than one format \(.*a.parquet is parquet, "):
+        Source(str(tmp_path))
+
+
 def test_empty_file(tmp_path):
     (tmp_path / "e.parquet").write_bytes(b"")
     with pytest.raises(SourceError, match=r"e\.parquet: empty file"):

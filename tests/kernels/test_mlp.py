@@ -200,3 +200,37 @@ def test_packed_property_random_shapes() -> None:
         torch.testing.assert_close(got, mlp_reference(x, layers), rtol=1e-10, atol=1e-12)
 
     check()
+
+
+def test_packed_from_an_nn_sequential() -> None:
+    from torch import nn
+
+    from conveyor.kernels import PackedMLP
+
+    torch.manual_seed(0)
+    relu = nn.ReLU()  # one instance used twice is two activations
+    model = nn.Sequential(
+        nn.Linear(6, 8), relu, nn.Dropout(0.5), nn.Linear(8, 8), relu,
+        nn.Sequential(nn.Linear(8, 4), nn.GELU(approximate="tanh")), nn.Linear(4, 1),
+    ).eval()  # fmt: skip
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        assert_close(PackedMLP(model)(x), model(x), torch.float32)
+    for bad, message in (
+        (
+            nn.Sequential(nn.Linear(6, 2), nn.Softmax(dim=-1)),
+            r"module 1 \(Softmax\) is not a Linear",
+        ),
+        (nn.Sequential(nn.ReLU(), nn.Linear(6, 2)), r"module 0 \(ReLU\): an activation must"),
+        (nn.Sequential(nn.Linear(6, 2), nn.ReLU(), nn.Tanh()), r"module 2 \(Tanh\): an activation"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            PackedMLP(bad)
+
+
+def test_packed_activation_none_is_named_none() -> None:
+    from conveyor.kernels import PackedMLP
+
+    ((w, b, _),) = _layers([4, 3], ["none"])
+    with pytest.raises(ValueError, match='got None \\(no activation is "none"\\)'):
+        PackedMLP([(w, b, None)])

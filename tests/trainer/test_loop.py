@@ -107,6 +107,25 @@ def test_early_stopping_and_best_weights(tmp_path: Path, dataset: Path) -> None:
     assert summary["best_epoch"] == 0
 
 
+def test_patience_running_out_on_the_last_epoch_is_no_early_stop(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conveyor.trainer.cli import _print_summary
+
+    # lr 1e-9: the weights do not move, so epochs 1 and 2 are no better than epoch 0 and the
+    # patience of 2 runs out exactly when the 3 requested epochs are done.
+    common = {"lr": 1e-9, "warmup_steps": 0, "patience": 2}
+    summary = _train(make_config(tmp_path, dataset, epochs=3, **common))
+    assert summary["epochs"] == 3 and summary["best_epoch"] == 0
+    assert not summary["stopped_early"]  # it said "stopped early yes"
+    _print_summary(summary)
+    assert "stopped early" not in capsys.readouterr().out
+    # Resumed with more epochs it stays stopped, as a 5-epoch run would have stopped after
+    # 3: that is an early stop.
+    again = _train(make_config(tmp_path, dataset, epochs=5, resume=True, **common))
+    assert again["epochs"] == 3 and again["stopped_early"]
+
+
 def test_refuses_to_clobber_a_run_without_resume(tmp_path: Path, dataset: Path) -> None:
     cfg = make_config(tmp_path, dataset, epochs=1)
     _train(cfg)

@@ -13,7 +13,7 @@ from conveyor.trainer.checkpoint import list_checkpoints
 from conveyor.trainer.data import prepare
 from conveyor.trainer.errors import CheckpointError
 from conveyor.trainer.launch import DistEnv
-from conveyor.trainer.loop import run_worker
+from conveyor.trainer.loop import check_resume, run_worker
 
 
 def _train(cfg):
@@ -36,6 +36,8 @@ def test_more_epochs_continue_a_finished_run(tmp_path: Path, dataset: Path) -> N
     # Fewer epochs than the run has trained is refused, naming both numbers.
     with pytest.raises(CheckpointError, match=r"--epochs is 2 but checkpoint .* begun 3 epochs"):
         _train(make_config(tmp_path, dataset, epochs=2, resume=True, **common))
+    with pytest.raises(CheckpointError, match=r"--epochs is 2 but checkpoint .* begun 3 epochs"):
+        check_resume(make_config(tmp_path, dataset, epochs=2, resume=True, **common), 1)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,12 @@ def test_order_or_shape_options_must_match(
     assert list_checkpoints(tmp_path / "run")
     with pytest.raises(CheckpointError, match=message):
         _train(make_config(tmp_path, dataset, epochs=1, checkpoint_every=4, resume=True, **change))
+    # The process that starts the workers checks the same, before it starts them.
+    with pytest.raises(CheckpointError, match=message):
+        check_resume(make_config(tmp_path, dataset, epochs=1, resume=True, **change), 1)
+    with pytest.raises(CheckpointError, match=r"--nproc \(world size\) is 2 .* written by 1"):
+        check_resume(make_config(tmp_path, dataset, epochs=1, resume=True), 2)
+    check_resume(make_config(tmp_path, dataset, epochs=1, resume=True, patience=5), 1)
     # Options that only act from now on may change; the default metric given explicitly is
     # no change either.
     _train(

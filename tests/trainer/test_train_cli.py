@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from trainer_fixtures import run_cli
 
 from conveyor.cli import build_parser, main
 from conveyor.config import resolve
+from conveyor.trainer.cli import register
 
 
 def test_help_lists_the_train_command_and_its_knobs() -> None:
@@ -22,6 +25,47 @@ def test_help_lists_the_train_command_and_its_knobs() -> None:
         "--checkpoint-every", "--seed", "--val-fraction", "--autocast",
     ):  # fmt: skip
         assert flag in done.stdout, flag
+
+
+def _shown_default(help_text: str) -> str:
+    """What a help text gives after "default" ("(default 256 128)" -> "256 128")."""
+    found = re.search(r"default:? ([^);]+)", help_text)
+    assert found, f"no default in {help_text!r}"
+    return found.group(1).strip()
+
+
+def test_help_states_every_default_and_states_it_right() -> None:
+    # --batch-size, --hidden, --activation, --min-lr-ratio, --accumulation, --patience,
+    # --checkpoint-every, --max-batch-size and --autocast stated none; read the real values
+    # off the parser, so the help cannot drift from them either.
+    parser = argparse.ArgumentParser(prog="conveyor")
+    register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = commands.choices["train"]
+    checked = set()
+    for action in train._actions:
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
+            continue
+        flag = action.option_strings[0]
+        shown = _shown_default(action.help or "").replace(":", "")
+        if isinstance(default, list):
+            assert shown.split() == [str(v) for v in default], flag
+        elif isinstance(default, float):
+            assert float(shown.split()[0]) == default, flag
+        elif isinstance(default, int):
+            assert int(shown.split()[0]) == default, flag
+        else:
+            assert shown.split()[0] == default, flag
+        checked.add(flag)
+    reported = {"--batch-size", "--hidden", "--activation", "--min-lr-ratio", "--accumulation",
+                "--patience", "--checkpoint-every", "--max-batch-size", "--autocast"}  # fmt: skip
+    assert reported | {"--seed", "--lr"} <= checked
 
 
 def test_options_resolve_flags_over_env_over_config(tmp_path: Path) -> None:
@@ -46,6 +90,17 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     done = run_cli("train", str(tmp_path / "nope"), "--label", "y", "--out", str(tmp_path / "r"))
     assert done.returncode == 1
     assert done.stderr.startswith("conveyor: error:") and "Traceback" not in done.stderr
+
+
+def test_unknown_extension_is_named_with_what_train_can_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "clean.txt"
+    text.write_text("x,y\n0.5,0\n")
+    assert main(["train", str(text), "--label", "y", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert f"{text}: cannot tell the format from the extension '.txt'" in err
+    assert "name the files .parquet, .csv" in err and "format=" not in err  # train has no --format
 
 
 def test_train_end_to_end_on_demo_data(tmp_path: Path) -> None:
@@ -80,6 +135,36 @@ def test_existing_run_without_resume_is_refused_before_any_worker_starts(tmp_pat
     )
     assert done.returncode == 1
     assert "pass --resume" in done.stderr and "worker" not in done.stderr
+
+
+def test_resume_that_cannot_continue_is_one_line_before_any_worker_starts(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A checkpoint of one rank; --nproc 2 --resume used to start both workers and print a
+    # worker's traceback through torch's elastic launcher before the one line.
+    argv = ["train", str(dataset), "--label", "y", "--key", "id", "--out", str(tmp_path / "r"),
+            "--epochs", "1", "--batch-size", "64", "--hidden", "8"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--nproc", "2", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("conveyor: error: --resume: --nproc (world size) is 2 but checkpoint")
+
+
+def test_a_workers_conveyor_error_is_one_line(tmp_path: Path, dataset: Path) -> None:
+    # Raised in both workers (the metric is resolved against the task there): each ends
+    # with its message recorded, not a traceback through torch's launcher (~33 lines).
+    done = run_cli(
+        "train", str(dataset), "--label", "y", "--out", str(tmp_path / "run"), "--nproc", "2",
+        "--metric", "rmse", "--epochs", "1", "--hidden", "8", "--log-level", "warning",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert re.fullmatch(
+        r"conveyor: error: worker rank [01]: --metric 'rmse' does not apply to binary "
+        r"\(use \['auc', 'logloss'\]\)\n",
+        done.stderr,
+    ), done.stderr
 
 
 @pytest.mark.parametrize("name", ["a/b", "../x", ".hidden", "with space", "-dash", "a\n"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conveyor.bench.command import EXAMPLES
 from conveyor.bench.loadgen import LoadSpecError
+from conveyor.bench.scripts import SCRIPTS, benchmarks_dir
 from conveyor.bench.serve import ServeBenchConfig
 from conveyor.cli import main
 from conveyor.engine.server import Server
@@ -133,6 +137,32 @@ def test_serve_inputs_from_parquet(server: Server, tmp_path: Path) -> None:
     assert point["requests"] > 0 and point["errors"] == 0
 
 
+def test_serve_leaves_out_rows_the_model_refuses_and_says_where_the_first_was(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    vectors = pa.list_(pa.float64(), 3)
+    good = [[float(i), 0.0, 1.0] for i in range(4)]
+    pq.write_table(pa.table({"x": pa.array(good, type=vectors)}), folder / "a.parquet")
+    bad = [[1.0, 2.0, 3.0], [1e300, 0.0, 0.0], [4.0, 5.0, 6.0]]  # 1e300: no FP32 holds it
+    pq.write_table(pa.table({"x": pa.array(bad, type=vectors)}), folder / "b.parquet")
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double", "--concurrency", "1",
+        "--rows", "2", "--duration", "0.2", "--warmup", "0", "--data", str(folder),
+        "--out", str(out), "--progress", "off",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"left out 1 row(s) of {folder} that fail the model's input checks; the first: "
+        f"{folder / 'b.parquet'}, row 1: input 'x': 1e+300 at element 0 cannot be sent as FP32"
+    ) in printed
+    document = json.loads((out / "serve.json").read_text())
+    assert document["data_rows_left_out"] == 1 and document["points"][0]["errors"] == 0
+
+
 def test_serve_bad_input_names_the_problem(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -215,3 +245,40 @@ def test_script_runner_writes_json_csv_log(
     assert (out / "train.csv").read_text().splitlines() == ["rows,trainer_samples_per_s", "7,5.0"]
     assert "measuring 7" in (out / "train.log").read_text()
     assert "measuring 7" in capsys.readouterr().out
+
+
+def test_each_scripts_help_example_uses_its_own_options() -> None:
+    # The example in `conveyor bench kernels --help` was "-- --rows 100000", which
+    # bench_ops.py refuses. Each script's --help, run side by side (they import torch).
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(benchmarks_dir() / SCRIPTS[name]), "--help"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in SCRIPTS
+    }
+    for name, proc in procs.items():
+        usage, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, name
+        flags = [word for word in EXAMPLES[name].split() if word.startswith("--")]
+        assert flags and all(f"{flag} " in usage or f"{flag}]" in usage for flag in flags), name
+
+
+def test_script_help_is_shown_and_nothing_run(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    scripts = tmp_path / "benchmarks"
+    scripts.mkdir()
+    (scripts / "ingest_bench.py").write_text(
+        "import argparse\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--json'); p.add_argument('--rows')\n"
+        "p.parse_args()\n"
+    )
+    out = tmp_path / "out"
+    argv = ["bench", "ingest", "--benchmarks-dir", str(scripts), "--out", str(out), "--",
+            "--help"]  # fmt: skip
+    assert main(argv) == 0  # it printed the help, then "error: ... wrote no JSON"
+    printed = capfd.readouterr()
+    assert "usage: ingest_bench.py" in printed.out and "--rows ROWS" in printed.out
+    assert printed.err == "" and not out.exists()
