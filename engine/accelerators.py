@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,28 +168,22 @@ def _script_layers(program: Any) -> list[list[Any]]:
     if _type_name(program) != _NN + "container.Sequential":
         kind = getattr(program, "original_name", type(program).__name__)
         raise ValueError(f"the program is a {kind}, not a TorchScript nn.Sequential")
-    layers: list[list[Any]] = []
-    for path, child in _flatten(program, ""):
-        kind = _type_name(child)
-        if kind in _SKIPPED:
-            continue
-        if kind == _NN + "linear.Linear":
-            layers.append([child.weight, child.bias, "none"])
-            continue
-        act = _ACTIVATIONS.get(kind)
-        if kind == _NN + "activation.GELU":
-            act = {"none": "gelu", "tanh": "gelu_tanh"}.get(child.approximate)
-        if act is None:
-            raise ValueError(
-                f"module {path} ({child.original_name}) is not a Linear or a supported activation"
-            )
-        if not layers or layers[-1][2] != "none":
-            raise ValueError(
-                f"module {path} ({child.original_name}): an activation must directly follow "
-                "a Linear"
-            )
-        layers[-1][2] = act
-    return layers
+    from conveyor.kernels.mlp import fold_layers
+
+    def parts() -> Iterator[tuple[str, str, Any]]:
+        for path, child in _flatten(program, ""):
+            kind = _type_name(child)
+            if kind in _SKIPPED:
+                continue
+            if kind == _NN + "linear.Linear":
+                yield path, child.original_name, (child.weight, child.bias)
+                continue
+            act = _ACTIVATIONS.get(kind)
+            if kind == _NN + "activation.GELU":
+                act = {"none": "gelu", "tanh": "gelu_tanh"}.get(child.approximate)
+            yield path, child.original_name, act
+
+    return [list(layer) for layer in fold_layers(parts())]
 
 
 def conveyor_mlp(program: Any, config: ModelConfig, where: str) -> Accelerated:

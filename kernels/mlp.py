@@ -20,7 +20,7 @@ for models that ask for the ``conveyor_mlp`` accelerator.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,31 +92,45 @@ def _module_activation(module: nn.Module) -> str | None:
     return next((name for kind, name in kinds.items() if isinstance(module, kind)), None)
 
 
+# One module of a Sequential as :func:`fold_layers` sees it: a Linear's ``(weight, bias)``,
+# an activation's :data:`MLP_ACTIVATIONS` name, or None for anything else.
+ModulePart = tuple[torch.Tensor, "torch.Tensor | None"] | str | None
+
+
+def fold_layers(parts: Iterable[tuple[str, str, ModulePart]]) -> list[Layer]:
+    """``[(W, b, activation), ...]`` from a Sequential's modules in order, each given as
+    ``(path, type name, part)``: every Linear followed by at most one activation. Shared
+    by eager modules (:func:`sequential_layers`) and TorchScript ones (the serving
+    accelerator). Raises ``ValueError`` naming the first module that does not fit."""
+    layers: list[list] = []
+    for path, name, part in parts:
+        if isinstance(part, tuple):
+            layers.append([part[0], part[1], "none"])
+            continue
+        if part is None:
+            raise ValueError(f"module {path} ({name}) is not a Linear or a supported activation")
+        if not layers or layers[-1][2] != "none":
+            raise ValueError(f"module {path} ({name}): an activation must directly follow a Linear")
+        layers[-1][2] = part
+    return [(w, b, act) for w, b, act in layers]
+
+
 def sequential_layers(module: nn.Sequential) -> list[Layer]:
     """``[(W, b, activation), ...]`` of an ``nn.Sequential`` of ``nn.Linear`` layers, each
     followed by at most one activation module (ReLU, GELU, SiLU, Sigmoid, Tanh). Nested
     Sequentials are flattened; Dropout and Identity, identities at inference, are skipped.
     Raises ``ValueError`` naming the first module that does not fit."""
-    layers: list[list] = []
-    # remove_duplicate=False: one ReLU instance used after two Linears is two activations.
-    for path, child in module.named_modules(remove_duplicate=False):
-        if isinstance(child, (nn.Sequential, nn.Dropout, nn.Identity)):
-            continue
-        if type(child) is nn.Linear:
-            layers.append([child.weight, child.bias, "none"])
-            continue
-        act = _module_activation(child)
-        if act is None:
-            raise ValueError(
-                f"module {path} ({type(child).__name__}) is not a Linear or a supported activation"
-            )
-        if not layers or layers[-1][2] != "none":
-            raise ValueError(
-                f"module {path} ({type(child).__name__}): an activation must directly follow a "
-                "Linear"
-            )
-        layers[-1][2] = act
-    return [(w, b, act) for w, b, act in layers]
+
+    def parts() -> Iterator[tuple[str, str, ModulePart]]:
+        # remove_duplicate=False: one ReLU instance used after two Linears is two activations.
+        for path, child in module.named_modules(remove_duplicate=False):
+            if isinstance(child, (nn.Sequential, nn.Dropout, nn.Identity)):
+                continue
+            linear = type(child) is nn.Linear
+            part = (child.weight, child.bias) if linear else _module_activation(child)
+            yield path, type(child).__name__, part
+
+    return fold_layers(parts())
 
 
 def _run_cpp(x: torch.Tensor, packed: list[tuple]) -> torch.Tensor:
