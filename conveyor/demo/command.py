@@ -66,6 +66,13 @@ def check_args(args: argparse.Namespace) -> None:
             raise DemoError(f"--{name} must be >= 1, got {value}")
     if not (math.isfinite(args.phase_seconds) and args.phase_seconds > 0):
         raise DemoError(f"--phase-seconds must be > 0 seconds, got {args.phase_seconds:g}")
+    for name in ("port", "metrics_port"):
+        # The demo reads its drift alert from the metrics page, so it cannot go without
+        # one (serve's -1 = none has no meaning here); 0 picks a free port.
+        value = getattr(args, name)
+        if not 0 <= value <= 65535:
+            flag = "--" + name.replace("_", "-")
+            raise DemoError(f"{flag} must be a port number 0..65535 (0 = a free one), got {value}")
 
 
 def run(args: argparse.Namespace) -> int:

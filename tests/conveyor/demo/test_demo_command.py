@@ -62,6 +62,13 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         (["--nproc", "0"], "--nproc must be >= 1, got 0"),
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
         (["--rows", "0"], "--rows must be >= 1, got 0"),
+        # serve's -1 = no metrics page: the demo reads its alert there (it failed late,
+        # after generating and training, with the Server's metrics_port message)
+        (
+            ["--metrics-port", "-1"],
+            "--metrics-port must be a port number 0..65535 (0 = a free one), got -1",
+        ),
+        (["--port", "70000"], "--port must be a port number 0..65535 (0 = a free one), got 70000"),
     ],
 )
 def test_bad_flags_fail_before_any_step(
