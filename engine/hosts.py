@@ -31,13 +31,14 @@ def bind_problem(host: str, port: int, reuse_port: bool = False) -> str | None:
 
     gRPC says only "Failed to bind to address" for every cause (and logs its own
     error line to stderr); probing first tells the user which. The probe binds as
-    gRPC does: each address the host resolves to, with SO_REUSEADDR (a port in
-    TIME_WAIT is free), SO_REUSEPORT when ``reuse_port`` (``--workers N`` share the
-    port), and succeeds when any address binds, as gRPC serves on those that do.
-    The addresses are the system resolver's, which may list fewer than gRPC's own
-    ("localhost": 127.0.0.1 where gRPC adds ::1), so a port that another server holds
-    on 127.0.0.1 is refused rather than served on ::1 alone. A race (the port taken
-    between the probe and gRPC's bind) still fails in gRPC.
+    gRPC does: each address the host resolves to in turn, with SO_REUSEADDR (a port
+    in TIME_WAIT is free) and SO_REUSEPORT when ``reuse_port`` (``--workers N`` share
+    the port). A port in use on any of them is refused: gRPC would serve on the
+    others (``localhost`` on ::1 alone, or with SO_REUSEPORT beside another server on
+    127.0.0.1), and clients of the taken address would reach that other server. Other
+    failures (::1 with IPv6 off) are ignored while some address binds, as gRPC
+    ignores them. A race (the port taken between the probe and gRPC's bind) still
+    fails in gRPC.
     """
     host = bare_host(host)
     try:
@@ -45,20 +46,24 @@ def bind_problem(host: str, port: int, reuse_port: bool = False) -> str | None:
     except socket.gaierror as exc:
         return f"cannot resolve host {host!r} ({exc.strerror})"
     first: OSError | None = None
+    bound = False
     for family, kind, proto, _, address in addresses:
         try:
+            # Each probe is closed before the next: "::" and "0.0.0.0" would collide.
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if reuse_port:
                     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 probe.bind(address)
-            return None
+            bound = True
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} is in use"
             first = first or exc
+    if bound:
+        return None
     if first is None:  # getaddrinfo never returns an empty list; kept for the type
         return f"host {host!r} resolves to no address"
-    if first.errno == errno.EADDRINUSE:
-        return f"port {port} is in use"
     if first.errno == errno.EADDRNOTAVAIL:
         return f"{host} is not an address of this machine"
     if first.errno == errno.EACCES and 0 < port < 1024:

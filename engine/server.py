@@ -165,6 +165,7 @@ class Server:
         metrics_port: int | None = None,
         drift: DriftSettings | None = DriftSettings(),  # noqa: B008 (frozen dataclass)
     ) -> None:
+        load_models = tuple(load_models)  # read once: it may be an iterator
         if isinstance(version_policy, str):
             try:
                 version_policy = VersionPolicy.parse(version_policy)
@@ -175,7 +176,7 @@ class Server:
             metrics_port=metrics_port,
             model_control=model_control,
             poll_interval=poll_interval,
-            load_models=tuple(load_models),
+            load_models=load_models,
             grace=grace,
             max_message_bytes=max_message_bytes,
             max_concurrent_rpcs=max_concurrent_rpcs,
@@ -189,7 +190,7 @@ class Server:
         self._options = dict(
             model_control=model_control,
             poll_interval=poll_interval,
-            load_models=tuple(load_models),
+            load_models=load_models,
             version_policy=version_policy,
             overrides=_overrides(
                 max_batch_size=max_batch_size,

@@ -288,6 +288,46 @@ def test_an_unresolvable_host_is_not_reported_as_a_used_port(
     )
 
 
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_port_in_use_on_one_address_of_the_host_is_refused(
+    monkeypatch: pytest.MonkeyPatch, reuse_port: bool
+) -> None:
+    # "localhost" is 127.0.0.1 and ::1 on most systems. The probe passed as soon as one
+    # address bound, so a port held on 127.0.0.1 was served on ::1 alone (or, with
+    # SO_REUSEPORT, beside the other server). 127.0.0.2 stands in for ::1 here.
+    from conveyor.engine.hosts import bind_problem
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+            stream = (socket.AF_INET, socket.SOCK_STREAM, 6, "")
+            return [(*stream, ("127.0.0.2", port)), (*stream, ("127.0.0.1", port))]
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        assert bind_problem("localhost", port, reuse_port=False) == f"port {port} is in use"
+        if not reuse_port:
+            assert bind_problem("localhost", port, reuse_port=True) == f"port {port} is in use"
+
+
+def test_load_models_may_be_an_iterator(repo: Path) -> None:
+    # It was read twice (the argument check, then the options): a generator's second
+    # read was empty, and the explicit-mode server started with no model loaded.
+    with Server(repo, port=0, model_control="explicit", load_models=iter(["m"])) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            ready = stub.ModelReady(pb.ModelReadyRequest(name="m"), timeout=30)
+            assert ready.ready
+        finally:
+            channel.close()
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
