@@ -10,7 +10,7 @@ named by its file and row (:func:`build_payloads` with ``skipped``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +77,14 @@ class DataRows:
     """Columns read from data files, and which file each row came from.
 
     ``files``: each file's path and the number of its rows taken, in the order of the rows.
+    ``invalid``: rows that cannot be sent at all (a null or short vector in a list column)
+    and why; their place in ``columns`` holds a filler, so :func:`build_payloads` must be
+    given them.
     """
 
     columns: dict[str, Any]
     files: list[tuple[str, int]] = field(default_factory=list)
+    invalid: dict[int, str] = field(default_factory=dict)
 
     def where(self, row: int) -> str:
         """``PATH, row N`` (0-based within the file) for a row of :attr:`columns`."""
@@ -116,12 +120,41 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise PayloadError(f"{path}: cannot read as Parquet: {exc}") from None
     out = {}
+    invalid: dict[int, str] = {}
     for name in names:
-        values = table.column(name).to_numpy(zero_copy_only=False)
-        if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
-            values = np.stack(values)  # a list column: one vector per row -> [rows, width]
+        column = table.column(name)
+        values = column.to_numpy(zero_copy_only=False)
+        kind = column.type
+        if (
+            pa.types.is_list(kind)
+            or pa.types.is_large_list(kind)
+            or pa.types.is_fixed_size_list(kind)
+        ):
+            values = _stack_vectors(name, values, invalid)
         out[name] = values
-    return DataRows(out, files)
+    return DataRows(out, files, invalid)
+
+
+def _stack_vectors(name: str, values: Any, invalid: dict[int, str]) -> np.ndarray:
+    """A list column (one vector per row) as ``[rows, width]``, the width being the most
+    common length. A null row or one of another length goes into ``invalid`` (the first
+    reason per row is kept) and gets a zero filler, so the rows keep their places."""
+    lengths = [None if v is None else len(v) for v in values]
+    counts: dict[int, int] = {}
+    for n in lengths:
+        if n is not None:
+            counts[n] = counts.get(n, 0) + 1
+    width = max(counts, key=counts.__getitem__) if counts else 0
+    dtype = next((v.dtype for v, n in zip(values, lengths, strict=True) if n == width), np.float32)
+    filler = np.zeros(width, dtype=dtype)
+    rows = []
+    for row, (v, n) in enumerate(zip(values, lengths, strict=True)):
+        if n != width:
+            what = "null" if n is None else f"{n} values, not {width}"
+            invalid.setdefault(row, f"column {name!r}: {what}")
+            v = filler
+        rows.append(v)
+    return np.stack(rows) if rows else np.zeros((0, width), dtype=dtype)
 
 
 @dataclass
@@ -151,6 +184,7 @@ def build_payloads(
     limit: int = MAX_PAYLOADS,
     skipped: SkippedRows | None = None,
     where: Callable[[int], str] | None = None,
+    invalid: Mapping[int, str] | None = None,
 ) -> tuple[bytes, ...]:
     """Serialised ModelInferRequests of ``rows`` rows each, taken in order from ``columns``.
 
@@ -158,7 +192,8 @@ def build_payloads(
     partial request is dropped so every request has exactly ``rows`` rows. A row that fails
     the client's input checks is an error naming it (``where(row)``, default ``row N``);
     with ``skipped``, it is left out and counted there instead, and the requests are made of
-    the rows that pass.
+    the rows that pass. ``invalid`` rows (:attr:`DataRows.invalid`) are treated the same way
+    without being tried.
     """
     from conveyor.client import make_request
 
@@ -169,10 +204,21 @@ def build_payloads(
     payloads: list[bytes] = []
     pending: list[int] = []  # the rows of the request being built
     cursor = 0
+    invalid = invalid or {}
+
+    def leave_out(row: int, why: str) -> None:
+        if skipped is None:
+            raise PayloadError(f"{name_row(row)}: {why}")
+        skipped.count += 1
+        skipped.first = skipped.first or f"{name_row(row)}: {why}"
+
     while len(payloads) < limit:
-        take = min(rows - len(pending), available - cursor)
-        pending.extend(range(cursor, cursor + take))
-        cursor += take
+        while len(pending) < rows and cursor < available:
+            if cursor in invalid:
+                leave_out(cursor, invalid[cursor])
+            else:
+                pending.append(cursor)
+            cursor += 1
         if len(pending) < rows:
             break
         part = {name: _take(values, pending) for name, values in columns.items()}
@@ -181,11 +227,7 @@ def build_payloads(
         except CastError as exc:
             if exc.row is None or not 0 <= exc.row < len(pending):  # not one row's value
                 raise PayloadError(f"request {len(payloads)}: {exc}") from None
-            bad = pending.pop(exc.row)
-            if skipped is None:
-                raise PayloadError(f"{name_row(bad)}: {exc.unplaced}") from None
-            skipped.count += 1
-            skipped.first = skipped.first or f"{name_row(bad)}: {exc.unplaced}"
+            leave_out(pending.pop(exc.row), exc.unplaced)
             continue
         except (TypeError, ValueError) as exc:
             raise PayloadError(f"request {len(payloads)}: {exc}") from None

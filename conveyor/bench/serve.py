@@ -138,8 +138,9 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
         data = payloads.read_columns(cfg.data, need, limit=cfg.rows * payloads.MAX_PAYLOADS)
         # Rows the client would refuse to send are left out, counted and the first named.
         bodies = payloads.build_payloads(
-            info, data.columns, cfg.rows, version=cfg.version, skipped=skipped, where=data.where
-        )
+            info, data.columns, cfg.rows, version=cfg.version, skipped=skipped, where=data.where,
+            invalid=data.invalid,
+        )  # fmt: skip
         source = f"file {cfg.data}"
         if skipped.count:
             echo(

@@ -76,3 +76,23 @@ def test_nothing_valid_says_so() -> None:
     ):
         build_payloads(INFO, columns, 1, skipped=skipped)
     assert skipped.count == 2
+
+
+def test_a_null_or_short_vector_row_is_left_out_not_a_crash(tmp_path: Path) -> None:
+    # np.stack of a list column with a null row raised a bare ValueError ("all input
+    # arrays must have the same shape"): a traceback from bench serve --data.
+    path = tmp_path / "vectors.parquet"
+    vectors = [[1.0, 2.0], None, [3.0, 4.0], [5.0], [6.0, 7.0]]
+    pq.write_table(pa.table({"v": pa.array(vectors, pa.list_(pa.float32()))}), path)
+    info = ModelInfo("m", ("1",), "torchscript", (TensorInfo("v", "FP32", (-1, 2)),), ())
+    data = read_columns(path, ["v"])
+    assert data.columns["v"].shape == (5, 2)
+    assert data.invalid == {1: "column 'v': null", 3: "column 'v': 1 values, not 2"}
+    skipped = SkippedRows()
+    bodies = build_payloads(
+        info, data.columns, 1, skipped=skipped, where=data.where, invalid=data.invalid
+    )
+    assert len(bodies) == 3 and skipped.count == 2
+    assert skipped.first == f"{path}, row 1: column 'v': null"
+    with pytest.raises(PayloadError, match=r"vectors.parquet, row 1: column 'v': null"):
+        build_payloads(info, data.columns, 1, where=data.where, invalid=data.invalid)
