@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.engine.hosts import bare_host, bind_problem, host_port
+from conveyor.engine.limits import out_of_range
 from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.engine.cli")
@@ -120,41 +120,38 @@ def _check_batching(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise ServeError("--" + str(exc).replace("_", "-")) from None
-    if args.max_message_bytes < 1:
-        raise ServeError(f"--max-message-bytes must be >= 1, got {args.max_message_bytes}")
+    rule = out_of_range("max_message_bytes", args.max_message_bytes)
+    if rule is not None:
+        raise ServeError(f"--max-message-bytes must be {rule}, got {args.max_message_bytes}")
 
 
 def _check_limits(args: argparse.Namespace) -> None:
     """Refuse out-of-range server flags before anything starts, naming the flag: gRPC
     wraps a port past 65535 (70000 binds 4464) and fails with a traceback on
     --max-concurrent-rpcs 0; --poll-interval 0 rescans the repository without pause.
-    ``conveyor.engine.Server`` checks the same, naming its arguments."""
+    ``conveyor.engine.Server`` checks the same ranges (conveyor.engine.limits), naming
+    its arguments."""
     if not 0 <= args.port <= 65535:
         raise ServeError(f"--port must be 0..65535 (0 = any free), got {args.port}")
     if not -1 <= args.metrics_port <= 65535:
         raise ServeError(
             f"--metrics-port must be 0..65535 (0 = any free) or -1 (none), got {args.metrics_port}"
         )
-    if not (args.poll_interval > 0 and math.isfinite(args.poll_interval)):
-        raise ServeError(
-            f"--poll-interval must be a number of seconds > 0, got {args.poll_interval}"
-        )
-    if not (args.grace_period >= 0 and math.isfinite(args.grace_period)):
-        raise ServeError(
-            f"--grace-period must be a number of seconds >= 0, got {args.grace_period}"
-        )
+    for flag, name, value in (
+        ("--poll-interval", "poll_interval", args.poll_interval),
+        ("--grace-period", "grace", args.grace_period),
+        ("--max-concurrent-rpcs", "max_concurrent_rpcs", args.max_concurrent_rpcs),
+        ("--max-concurrent-streams", "max_concurrent_streams", args.max_concurrent_streams),
+    ):
+        rule = out_of_range(name, value)
+        if rule is not None:
+            raise ServeError(f"{flag} must be {rule}, got {value}")
     if args.load_model and args.model_control != "explicit":
         # As Triton: poll mode serves every model in the repository, and a name
         # given here would be silently ignored.
         raise ServeError(
             f"--load-model {' '.join(args.load_model)}: only with --model-control explicit "
             f"(--model-control {args.model_control} serves every model in the repository)"
-        )
-    if args.max_concurrent_rpcs < 1:
-        raise ServeError(f"--max-concurrent-rpcs must be >= 1, got {args.max_concurrent_rpcs}")
-    if args.max_concurrent_streams is not None and args.max_concurrent_streams < 1:
-        raise ServeError(
-            f"--max-concurrent-streams must be >= 1, got {args.max_concurrent_streams}"
         )
 
 

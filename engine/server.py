@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import math
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.drift import DriftSettings
 from conveyor.engine.hosts import bare_host, bind_problem, host_port
+from conveyor.engine.limits import out_of_range
 from conveyor.engine.malformed import LenientHandlers
 from conveyor.engine.metrics import MetricsEndpoint, ServerMetrics
 from conveyor.engine.model_config import VersionPolicy
@@ -417,9 +417,8 @@ def _check_arguments(
     max_concurrent_streams: int | None,
 ) -> None:
     """Refuse what gRPC or the loops would take wrongly: a port gRPC wraps (70000 binds
-    4464), a limit it raises a bare ValueError for, a poll interval of 0 that rescans
-    the repository without pause, models to load that poll mode would ignore, a
-    negative grace."""
+    4464), models to load that poll mode would ignore, and limits out of their ranges
+    (conveyor.engine.limits)."""
     if not 0 <= port <= 65535:
         raise ServerArgumentError(f"port must be 0..65535 (0 = a free port), got {port}")
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
@@ -431,24 +430,19 @@ def _check_arguments(
         raise ServerArgumentError(
             f"model_control: expected poll or explicit, got {model_control!r}"
         )
-    if not (poll_interval > 0 and math.isfinite(poll_interval)):
-        raise ServerArgumentError(
-            f"poll_interval must be a number of seconds > 0, got {poll_interval}"
-        )
     if load_models and model_control != "explicit":
         raise ServerArgumentError(
             f"load_models {list(load_models)} needs model_control='explicit' (poll mode "
             "serves every model in the repository)"
         )
-    if not (grace >= 0 and math.isfinite(grace)):
-        raise ServerArgumentError(f"grace must be a number of seconds >= 0, got {grace}")
-    if max_message_bytes < 1:
-        # gRPC reads -1 as "no limit" and 0 as "refuse everything".
-        raise ServerArgumentError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
-    if max_concurrent_rpcs < 1:
-        raise ServerArgumentError(f"max_concurrent_rpcs must be >= 1, got {max_concurrent_rpcs}")
-    if max_concurrent_streams is not None and max_concurrent_streams < 1:
-        # HTTP/2 allows 0, which refuses every stream: a server that answers nothing.
-        raise ServerArgumentError(
-            f"max_concurrent_streams must be >= 1 (None = no limit), got {max_concurrent_streams}"
-        )
+    for name, value in (
+        ("poll_interval", poll_interval),
+        ("grace", grace),
+        ("max_message_bytes", max_message_bytes),
+        ("max_concurrent_rpcs", max_concurrent_rpcs),
+        ("max_concurrent_streams", max_concurrent_streams),
+    ):
+        rule = out_of_range(name, value)
+        if rule is not None:
+            unset = " (None = no limit)" if name == "max_concurrent_streams" else ""
+            raise ServerArgumentError(f"{name} must be {rule}{unset}, got {value}")
