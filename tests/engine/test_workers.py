@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -217,6 +218,16 @@ def test_cli_replaces_a_killed_worker_and_keeps_serving(tmp_path: Path) -> None:
     assert "replaced" in err
 
 
+def _start_two_workers(tmp_path: Path) -> subprocess.Popen[str]:
+    """``conveyor serve --workers 2`` in its own session (so a test can signal the group)."""
+    repo = tmp_path / "repo"
+    write_model(repo, "m", 1, Version(1), VERSION_IO)
+    proc, _ = start_cli_server(
+        repo, "--workers", "2", "--log-level", "info", "--metrics-port", "-1", new_session=True
+    )
+    return proc
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
     tmp_path: Path, sig: signal.Signals
@@ -226,11 +237,7 @@ def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
     # must not kill a worker that is draining or exiting (it was exit status 1,
     # both workers killed by SIGTERM). A signal to the parent alone:
     # test_server.test_cli_workers_share_the_port_and_stop_together.
-    repo = tmp_path / "repo"
-    write_model(repo, "m", 1, Version(1), VERSION_IO)
-    proc, _ = start_cli_server(
-        repo, "--workers", "2", "--log-level", "info", "--metrics-port", "-1", new_session=True
-    )
+    proc = _start_two_workers(tmp_path)
     try:
         # The parent's line: it has seen both ready, so a worker it saw die would count.
         started = read_stderr_until(proc, lambda text: "all 2 workers serving" in text, 90)
@@ -248,11 +255,7 @@ def test_cli_ctrl_c_while_the_workers_start_and_a_repeated_stop_exit_0(tmp_path:
     # A group Ctrl-C while the workers still import (it was a KeyboardInterrupt
     # traceback per worker and exit status 1), then the same signal again while the
     # parent shuts down (the restored default handler killed it: -SIGINT).
-    repo = tmp_path / "repo"
-    write_model(repo, "m", 1, Version(1), VERSION_IO)
-    proc, _ = start_cli_server(
-        repo, "--workers", "2", "--log-level", "info", "--metrics-port", "-1", new_session=True
-    )
+    proc = _start_two_workers(tmp_path)
     try:
         started = read_stderr_until(proc, lambda text: "started 2 worker processes" in text, 90)
         os.killpg(proc.pid, signal.SIGINT)
