@@ -122,8 +122,10 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   indices. Inference with "sum" (and per-sample weights): torch. The kernel
 #   alone beats FBGEMM's on 10^5-10^6-row tables (1.02-1.28x) and at D=16,
 #   but not at D=64-128 with the table in cache (0.97x at worst), and the
-#   wrapper's ~4 us per call (torch's whole call on a tiny bag: ~3 us) puts
-#   sum at 0.5-0.74x below 2^18 gathered elements and 0.91-0.98x at 2^18-2^21.
+#   call costs more than torch's on small bags (4.9 us in all on 8 indices,
+#   ~2.1 us of it the Python wrapper and 1 us the output allocation, against
+#   torch's whole call, 2.6 us; 2026-11-28), which puts sum at 0.37-0.74x
+#   below 2^18 gathered elements and 0.91-0.99x at 2^18-2^21.
 # - histogram: C++ is ~50x numpy; torch has no equivalent op.
 # - mlp (whole-MLP inference in one call, weights packed once by FusedMLP):
 #   1.2-2.2x nn.Sequential eager at batch 1-512 (1.0-1.6x when the call still
@@ -206,10 +208,28 @@ def _check_name(impl: str, source: str) -> None:
         raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r} (from {source})")
 
 
+@functools.cache
+def _env_keys(op: str) -> tuple[tuple[str, object], ...]:
+    """The override variables of ``op``, each with its key in ``os.environ``'s own
+    mapping (bytes on POSIX: ``os.environ`` encodes every key it is given)."""
+    encode = getattr(os.environ, "encodekey", lambda key: key)
+    return tuple((var, encode(var)) for var in (env_var(op), ENV_ALL))
+
+
 def forced_by_env(op: str) -> tuple[str, str] | None:
     """``(variable, implementation)`` when ``CONVEYOR_<OP>_IMPL`` or, unset,
-    ``CONVEYOR_KERNEL_IMPL`` names one for ``op``; None when neither is set."""
-    for var in (env_var(op), ENV_ALL):
+    ``CONVEYOR_KERNEL_IMPL`` names one for ``op``; None when neither is set.
+
+    Read on every call, so a variable set at run time takes effect at once. Every
+    dispatched op calls this: ``os.environ.get`` of an unset variable costs ~0.6 us
+    (it encodes the key, then raises and catches KeyError), so the membership test
+    goes to the encoded mapping, ~0.03 us; ``os.environ`` keeps that mapping in step
+    with every assignment and deletion.
+    """
+    data = getattr(os.environ, "_data", None)
+    for var, key in _env_keys(op):
+        if data is not None and key not in data:
+            continue
         name = os.environ.get(var)
         if name:
             return var, name
@@ -271,6 +291,12 @@ def cuda_dtype_code(dtype: torch.dtype) -> int:
 def cuda_stream(t: torch.Tensor) -> int:
     """The current CUDA stream of ``t``'s device, as the integer the CUDA ops take."""
     return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def device_type(t: torch.Tensor) -> str:
+    """``t.device.type`` ("cpu", "cuda"), for ``choose``: ``Tensor.device`` builds a
+    ``torch.device`` on every access (~0.25 us), ``is_cpu`` does not (~0.05 us)."""
+    return "cpu" if t.is_cpu else t.device.type
 
 
 def needs_grad(*tensors: torch.Tensor | None) -> bool:

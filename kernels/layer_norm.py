@@ -174,7 +174,9 @@ def layer_norm(
         if t is not None and tuple(t.shape) != normalized_shape:
             raise ValueError(f"{name}: expected shape {normalized_shape}, got {tuple(t.shape)}")
     grad = dispatch.needs_grad(x, weight, bias)
-    chosen = dispatch.choose("layer_norm", x.device.type, x.dtype, impl, work=x.numel(), grad=grad)
+    chosen = dispatch.choose(
+        "layer_norm", dispatch.device_type(x), x.dtype, impl, work=x.numel(), grad=grad
+    )
     if chosen == "reference":
         return layer_norm_reference(x, normalized_shape, weight, bias, eps)
     # The compiled paths take raw pointers: weight and bias must match x.

@@ -216,7 +216,7 @@ def fused_linear(
     grad = dispatch.needs_grad(x, weight, bias)
     detail = (math.prod(lead), weight.shape[0], weight.shape[1], activation)
     chosen = dispatch.choose(
-        "linear", x.device.type, x.dtype, impl, work=work, grad=grad, detail=detail
+        "linear", dispatch.device_type(x), x.dtype, impl, work=work, grad=grad, detail=detail
     )
     if chosen == "reference":
         return linear_reference(x, weight, bias, activation)

@@ -60,7 +60,7 @@ def fused_mlp(x: torch.Tensor, layers: Sequence[Layer], *, impl: str | None = No
     grad = dispatch.needs_grad(*tensors)
     lead = x.shape[:-1]
     work = math.prod(lead) * sum(w.shape[0] * w.shape[1] for w, _, _ in layers)
-    chosen = dispatch.choose("mlp", x.device.type, x.dtype, impl, work=work, grad=grad)
+    chosen = dispatch.choose("mlp", dispatch.device_type(x), x.dtype, impl, work=work, grad=grad)
     if chosen == "reference" or grad:
         if chosen == "reference":
             return mlp_reference(x, layers)

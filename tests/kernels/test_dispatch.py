@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -79,6 +81,26 @@ def test_environment_forces_then_falls_back(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CONVEYOR_LINEAR_IMPL", "bogus")
     with pytest.raises(ValueError, match="CONVEYOR_LINEAR_IMPL"):
         dispatch.choose("linear", "cpu", torch.float32)
+
+
+def test_environment_is_read_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # forced_by_env tests membership in os.environ's encoded mapping: a variable
+    # set, emptied or deleted after a first call must count at once.
+    monkeypatch.delenv("CONVEYOR_KERNEL_IMPL", raising=False)
+    monkeypatch.delenv("CONVEYOR_LAYER_NORM_IMPL", raising=False)
+    assert dispatch.forced_by_env("layer_norm") is None
+    os.environ["CONVEYOR_KERNEL_IMPL"] = "reference"  # undone by the delenv above
+    assert dispatch.forced_by_env("layer_norm") == ("CONVEYOR_KERNEL_IMPL", "reference")
+    del os.environ["CONVEYOR_KERNEL_IMPL"]
+    assert dispatch.forced_by_env("layer_norm") is None
+    monkeypatch.setenv("CONVEYOR_KERNEL_IMPL", "cpp")
+    assert dispatch.forced_by_env("layer_norm") == ("CONVEYOR_KERNEL_IMPL", "cpp")
+    monkeypatch.setenv("CONVEYOR_LAYER_NORM_IMPL", "reference")
+    assert dispatch.forced_by_env("layer_norm") == ("CONVEYOR_LAYER_NORM_IMPL", "reference")
+    monkeypatch.setenv("CONVEYOR_LAYER_NORM_IMPL", "")  # empty: as unset
+    assert dispatch.forced_by_env("layer_norm") == ("CONVEYOR_KERNEL_IMPL", "cpp")
+    monkeypatch.delenv("CONVEYOR_KERNEL_IMPL")
+    assert dispatch.forced_by_env("layer_norm") is None
 
 
 def test_triton_on_cpu_only_in_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
