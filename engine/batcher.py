@@ -248,10 +248,12 @@ class Batcher:
         with self._cond:
             for _ in range(instance_count):
                 self._spawn()
+        self._watchdog: threading.Thread | None = None
         if execution_timeout is not None:
-            threading.Thread(
+            self._watchdog = threading.Thread(
                 target=self._watch, name=f"conveyor-{name}-watchdog", daemon=True
-            ).start()
+            )
+            self._watchdog.start()
 
     def _spawn(self) -> None:
         """Start one worker thread (lock held)."""
@@ -381,7 +383,12 @@ class Batcher:
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._cond:  # an abandoned thread has been reported already
-            return not any(t.is_alive() and t in self._live for t in threads)
+            finished = not any(t.is_alive() and t in self._live for t in threads)
+        if finished and self._watchdog is not None:
+            # The last worker woke the watchdog, which returns now that none is live:
+            # joined, so a closed batcher leaves no thread behind.
+            self._watchdog.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return finished
 
     # -- watchdog -----------------------------------------------------------------------------
 
@@ -492,6 +499,8 @@ class Batcher:
         finally:
             with self._cond:
                 self._live.discard(threading.current_thread())
+                if self._closing and not self._live:
+                    self._watch_cond.notify_all()  # its exit condition, without a period's wait
 
     def _work_loop(self) -> None:
         while True:

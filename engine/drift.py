@@ -258,7 +258,10 @@ class _Categorical:
 def _load_json(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    return json.loads(path.read_text())
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def build_tracks(
@@ -658,8 +661,16 @@ def load_monitor(
         if not merged.enabled:
             return None
         monitor = DriftMonitor(name, version, config, stats_path, spec_path, merged)
-    except (ValueError, OSError, KeyError, TypeError) as exc:
-        log.warning("drift tracking off: %s", exc, extra={"model": name, "version": version})
+    except Exception as exc:
+        # Any error here (a list where an object belongs, a number for a feature's
+        # entry: AttributeError, IndexError, ...) comes from the files, and drift is an
+        # add-on: the model serves without it rather than failing its load.
+        log.warning(
+            "drift tracking off: %s: %s",
+            type(exc).__name__,
+            exc,
+            extra={"model": name, "version": version},
+        )
         return None
     if not monitor.tracked:
         return None

@@ -62,6 +62,9 @@ def _locate(directory: Path, config: ModelConfig) -> VersionFiles:
             f"{program}: not a {config.platform} archive (TorchScript and torch.export "
             "programs are zip archives)"
         )
+    kind = archive_kind(program)
+    if kind is not None and kind != config.platform:
+        raise ModelLoadError(f"{program}: {_wrong_kind(kind, config.platform)}")
     side = {name: directory / name for name in SIDE_FILES}
     return VersionFiles(
         directory=directory,
@@ -70,6 +73,56 @@ def _locate(directory: Path, config: ModelConfig) -> VersionFiles:
         spec=side["spec.json"] if side["spec.json"].is_file() else None,
         stats=side["stats.json"] if side["stats.json"].is_file() else None,
     )
+
+
+# What each kind of torch zip archive is, for messages; each kind's file and platform.
+_KINDS = {
+    "torchscript": "a TorchScript archive (torch.jit.save)",
+    "torch_export": "a torch.export program (torch.export.save)",
+    "torch_save": "a torch.save checkpoint (pickled Python objects, never loaded here)",
+}
+_EXPECTED = {
+    "torchscript": "platform 'torchscript' serves model.pt written by "
+    "torch.jit.save(torch.jit.script(module))",
+    "torch_export": "platform 'torch_export' serves model.pt2 written by "
+    "torch.export.save(torch.export.export(module, example_inputs))",
+}
+
+
+def archive_kind(path: Path) -> str | None:
+    """What a torch zip archive holds, from its member names (nothing is unpickled):
+    ``torchscript``, ``torch_export``, ``torch_save``, or None when unrecognised.
+
+    Every member sits under one top folder (the file's stem when written). TorchScript
+    archives have ``code/`` and ``constants.pkl``; torch.export's pt2 archives an
+    ``archive_format`` and ``models/``; a torch.save checkpoint only ``data.pkl`` and
+    its tensors.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    inner = {n.split("/", 1)[1] for n in names if "/" in n}
+    if "archive_format" in inner or any(n.startswith("models/") for n in inner):
+        return "torch_export"
+    if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
+        return "torchscript"
+    if "data.pkl" in inner:
+        return "torch_save"
+    return None
+
+
+def _wrong_kind(kind: str, platform: str) -> str:
+    """``not a torch.export program: it is a TorchScript archive ...; platform ...``."""
+    wanted = "TorchScript archive" if platform == "torchscript" else "torch.export program"
+    message = f"not a {wanted}: it is {_KINDS[kind]}; {_EXPECTED[platform]}"
+    if kind in PROGRAM_FILES:  # the other program kind: say how to serve it as it is
+        message += (
+            f" (to serve this file as it is: name it {PROGRAM_FILES[kind]} and set "
+            f"platform {kind!r})"
+        )
+    return message
 
 
 def _load_program(files: VersionFiles, platform: str) -> Any:
@@ -99,14 +152,18 @@ class Model:
     program is shared by them, which TorchScript and exported modules allow.
     """
 
-    def __init__(self, name: str, version: int, directory: Path) -> None:
+    def __init__(
+        self, name: str, version: int, directory: Path, config: ModelConfig | None = None
+    ) -> None:
+        """``config``: the configuration to serve with (RepositoryModelLoad's ``config``
+        parameter, server overrides applied); None reads the version's config.json."""
         self.name = name
         self.version = version
-        self.config = load_config(directory / "config.json")
+        self.config = load_config(directory / "config.json") if config is None else config
         if self.config.name != name:
+            source = directory / "config.json" if config is None else "the configuration"
             raise ModelLoadError(
-                f"{directory / 'config.json'}: name {self.config.name!r} does not match the "
-                f"model directory {name!r}"
+                f"{source}: name {self.config.name!r} does not match the model directory {name!r}"
             )
         self.files = _locate(directory, self.config)
         self.program = _load_program(self.files, self.config.platform)
@@ -121,15 +178,29 @@ class Model:
         self.warm_up()
 
     def warm_up(self) -> None:
-        """Run one row of zeros (empty strings for BYTES) so a program that does not
-        match its config fails at load time, not on the first request."""
-        row = [_zeros(spec) for spec in self.config.inputs]
-        try:
-            self.run(row)
-        except Internal as exc:
-            raise ModelLoadError(
-                f"{self.files.program}: warm-up with one row of zeros failed: {exc.message}"
-            ) from None
+        """Run batches of zeros (empty strings for BYTES) of 1 row, 2 rows and
+        ``max_batch_size`` rows, so a program that does not match its config fails at
+        load time, not on the first request: wrong inputs or outputs fail at one row,
+        a program that takes only some batch sizes (a torch.export program traced
+        without a dynamic batch dim takes only its example's) at the others. Each batch
+        size runs once; a large ``max_batch_size`` costs one forward of that size."""
+        sizes = sorted({1, min(2, self.config.max_batch_size), self.config.max_batch_size})
+        for rows in sizes:
+            batch = [_zeros(spec, rows) for spec in self.config.inputs]
+            try:
+                self.run(batch)
+            except Internal as exc:
+                if rows == 1:
+                    raise ModelLoadError(
+                        f"{self.files.program}: warm-up with one row of zeros failed: {exc.message}"
+                    ) from None
+                raise ModelLoadError(
+                    f"{self.files.program}: the program does not accept batch size {rows} "
+                    f"(max_batch_size {self.config.max_batch_size}; a torch.export program "
+                    f"needs a dynamic batch dim, torch.export.Dim): warm-up with {rows} rows "
+                    "of zeros "
+                    f"failed: {exc.message}"
+                ) from None
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Execute one batch. ``inputs`` follow config order, each ``[batch, ...]``.
@@ -320,8 +391,8 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _zeros(spec: TensorSpec) -> np.ndarray:
-    shape = (1, *(1 if d == -1 else d for d in spec.shape))
+def _zeros(spec: TensorSpec, rows: int = 1) -> np.ndarray:
+    shape = (rows, *(1 if d == -1 else d for d in spec.shape))
     if spec.datatype == "BYTES":
         return np.full(shape, b"", dtype=object)
     return np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])

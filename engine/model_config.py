@@ -78,6 +78,14 @@ class VersionPolicy:
             return [v for v in ordered if v in self.versions]
         return ordered[-self.num_versions :] if self.num_versions > 0 else []
 
+    def spelling(self) -> str:
+        """The flag form: ``latest:2``, ``all``, ``specific:1,3``."""
+        if self.kind == "all":
+            return "all"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return f"latest:{self.num_versions}"
+
     @classmethod
     def parse(cls, value: Any, where: str = "version_policy") -> VersionPolicy:
         """From Triton's JSON form (``{"latest": {"num_versions": 2}}``, ``{"all": {}}``,
@@ -145,10 +153,20 @@ def _positive(value: Any, where: str) -> int:
     return value
 
 
+# The largest version number (Triton's versions are int64). A longer string is no
+# version: int() of more than 4300 digits raises ValueError, and any length costs time.
+MAX_VERSION = 2**63 - 1
+_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
+
+
 def version_number(text: str) -> int | None:
-    """``text`` as a whole number when it is ASCII digits only, else None: ``int()`` would
-    also take ' 2', '+2', '1_0' (= 10) and non-ASCII digits."""
-    return int(text) if text.isascii() and text.isdigit() else None
+    """``text`` as a whole number when it is ASCII digits only and at most ``MAX_VERSION``,
+    else None: ``int()`` would also take ' 2', '+2', '1_0' (= 10) and non-ASCII digits,
+    and raises ValueError beyond 4300 digits."""
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_VERSION_DIGITS:
+        return None
+    number = int(text)
+    return number if number <= MAX_VERSION else None
 
 
 def _digits(text: str, where: str, whole: str) -> int:

@@ -25,12 +25,14 @@ RepositoryIndex, ModelStatistics) and the versions already loaded keep serving.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +50,7 @@ from conveyor.engine.errors import (
     Unavailable,
 )
 from conveyor.engine.model import Model
-from conveyor.engine.model_config import VersionPolicy, load_config, version_number
+from conveyor.engine.model_config import ModelConfig, VersionPolicy, load_config, version_number
 from conveyor.engine.validation import RequestDecoder
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ MODEL_CONTROL = ("poll", "explicit")
 # Seconds a retired version gets to finish its queued requests.
 RETIRE_TIMEOUT = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# A model name is one directory name: longer ones cannot exist (ENAMETOOLONG).
+_NAME_MAX_BYTES = 255
 # One spelling per version, so two directories can never be the same version.
 _VERSION = re.compile(r"^[1-9][0-9]*\Z")
 
@@ -141,20 +145,33 @@ class ServedVersion:
         # Per-request outcomes (counted on the event loop): [count, ns].
         self.success = [0, 0]
         self.fail = [0, 0]
-        self.metrics = None if metrics is None else metrics.version(model.name, model.version)
-        self.batcher.metrics = self.metrics
         self.drift: DriftMonitor | None = None
-        if drift is not None and drift.enabled:
-            self.drift = load_monitor(
-                model.name,
-                model.version,
-                config,
-                model.files.stats,
-                model.files.spec,
-                drift,
-                None if metrics is None else metrics.drift,
-            )
-        self.batcher.drift = self.drift
+        try:
+            self.metrics = None if metrics is None else metrics.version(model.name, model.version)
+            self.batcher.metrics = self.metrics
+            if drift is not None and drift.enabled:
+                self.drift = load_monitor(
+                    model.name,
+                    model.version,
+                    config,
+                    model.files.stats,
+                    model.files.spec,
+                    drift,
+                    None if metrics is None else metrics.drift,
+                )
+            self.batcher.drift = self.drift
+        except BaseException:
+            # The batcher's threads run already: a version that is never served must
+            # not leave them behind (nothing is queued, so this returns at once).
+            self.batcher.close(RETIRE_TIMEOUT)
+            raise
+
+    def discard(self) -> None:
+        """Drop a version that never served (a load abandoned by stop or a cancelled
+        RPC): its drift series and batcher threads go. Blocking; any thread."""
+        if self.drift is not None and self.drift.metrics is not None:
+            self.drift.metrics.retire(remove=True)
+        self.batcher.close(RETIRE_TIMEOUT)
 
 
 @dataclass
@@ -166,7 +183,38 @@ class ModelEntry:
     # version -> (fingerprint, reason) of its last failed load
     failed: dict[int, tuple[tuple, str]] = field(default_factory=dict)
     on_disk: list[int] = field(default_factory=list)
+    # The versions the policy selected at the last scan or load.
+    wanted: list[int] = field(default_factory=list)
+    # Why the last scan or load found no version to serve (the policy selects none on
+    # disk), else None: a failed load of the model as a whole.
+    policy_error: str | None = None
     loaded_by_request: bool = False
+
+    def problem(self, version: int) -> str:
+        """Why ``version`` is not served as its files say ('' when it is): its failed
+        load (an older copy may still serve), else the model's policy error."""
+        if version in self.failed:
+            return self.failed[version][1]
+        return self.policy_error or ""
+
+    def load_problem(self) -> str | None:
+        """Why the last load did not serve what the policy wants, or None when it does:
+        the answer of RepositoryModelLoad (Triton fails the load and keeps the copies
+        that served before)."""
+        problems = []
+        if self.policy_error is not None:
+            problems.append(self.policy_error)
+        problems += [
+            f"model {self.name!r} version {v} failed to load: {self.failed[v][1]}"
+            for v in self.wanted
+            if v in self.failed
+        ]
+        if not problems:
+            return None if self.versions else f"model {self.name!r} is not loaded"
+        if self.versions:
+            plural = "s" if len(self.versions) > 1 else ""
+            problems.append(f"serving version{plural} {', '.join(map(str, sorted(self.versions)))}")
+        return "; ".join(problems)
 
     @property
     def default(self) -> ServedVersion | None:
@@ -272,6 +320,8 @@ class ModelRepository:
             newest = max(entry.failed)
             reason = entry.failed[newest][1]
             return f"{label} is not ready: version {newest} failed to load: {reason}"
+        if entry.policy_error is not None:
+            return f"{label} is not ready: {entry.policy_error}"
         return f"{label} is not loaded"
 
     def labels_for(self, name: str, version: str) -> tuple[str, str]:
@@ -312,7 +362,7 @@ class ModelRepository:
                     # Broken files: reported (logs, ModelReady, RepositoryIndex), and
                     # the other models are served. A name with no directory is a
                     # typo and stops the start (NotFound propagates).
-                    log.error("not serving: %s", exc.message, extra={"model": name})
+                    log.error("load failed: %s", exc.message, extra={"model": name})
 
     async def close(self) -> None:
         """Stop polling; drain and drop every version (their queued requests finish first)."""
@@ -336,20 +386,77 @@ class ModelRepository:
                 log.exception("repository poll failed")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    def _submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        """``fn(*args)`` in the repository thread; in a thread of its own once the
+        executor refuses work: it does when the interpreter exits (its worker then marks
+        it shut down), and an embedded server stopped then must still close its versions
+        ("cannot schedule new futures after shutdown" ended the stop midway)."""
+        try:
+            return self._executor.submit(fn, *args)
+        except RuntimeError:
+            pass
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        try:
+            threading.Thread(target=call, name="conveyor-repository-exit", daemon=True).start()
+        except RuntimeError:  # no new threads this late in the exit: run it here
+            call()
+        return future
+
+    async def _load(self, *args: Any) -> ServedVersion:
+        """``_load_version(*args)`` in the repository thread. Cancelled meanwhile (stop,
+        or a load RPC whose caller went away), the thread cannot be interrupted: the
+        version it builds is discarded when done, so no batcher threads outlive it."""
+        future = self._submit(self._load_version, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_discard_result)
+            raise
 
     # -- control ------------------------------------------------------------------------------
 
     def model_dir(self, name: str) -> Path:
-        """The directory of model ``name``; refuses names that leave the repository root."""
+        """The directory of model ``name``; refuses names that leave the repository root
+        or cannot be a directory name (messages name the model, never the server's paths)."""
         if not _NAME.match(name) or name in (".", ".."):
             raise InvalidArgument(
-                f"model name {name!r}: use letters, digits, '_', '-', '.' (no paths)"
+                f"model name {_shown(name)}: use letters, digits, '_', '-', '.' (no paths)"
             )
-        path = (self.root / name).resolve()
+        if len(name.encode()) > _NAME_MAX_BYTES:
+            raise InvalidArgument(
+                f"model name {_shown(name)}: {len(name)} characters, longer than a "
+                f"directory name can be ({_NAME_MAX_BYTES})"
+            )
+        try:
+            path = (self.root / name).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise InvalidArgument(
+                f"model {name!r}: its directory cannot be resolved ({_reason(exc)})"
+            ) from None
         if not path.is_relative_to(self.root) or path == self.root:
             raise InvalidArgument(f"model {name!r}: resolves outside the model repository")
         return path
+
+    def _has_dir(self, name: str) -> bool:
+        """Whether model ``name`` has a directory (NotFound-worthy when not)."""
+        path = self.model_dir(name)
+        try:
+            return path.is_dir()
+        except OSError as exc:
+            raise InvalidArgument(
+                f"model {name!r}: its directory cannot be read ({_reason(exc)})"
+            ) from None
 
     def _model_names(self) -> list[str]:
         names = []
@@ -369,15 +476,17 @@ class ModelRepository:
         if not base.is_dir():
             return found
         for child in base.iterdir():
-            if not _VERSION.match(child.name):
+            number = version_number(child.name) if _VERSION.match(child.name) else None
+            if number is None:
                 # "01", "0", non-ASCII digits: int() would make "01" (or an Arabic-Indic
-                # one) version 1 beside, or instead of, "1/". Skipped and logged once
-                # per path, not every poll; other names ("tmp") are not versions.
+                # one) version 1 beside, or instead of, "1/"; beyond 2**63 - 1 no request
+                # can name it. Skipped and logged once per path, not every poll; other
+                # names ("tmp") are not versions.
                 if child.name.isdigit() and child not in self._skipped:
                     self._skipped.add(child)
                     log.warning(
-                        "skipping %s: a version directory is a positive integer in "
-                        "ASCII digits without leading zeros",
+                        "skipping %s: a version directory is a positive integer up to "
+                        "2**63 - 1 in ASCII digits without leading zeros",
                         child,
                     )
                 continue
@@ -386,7 +495,7 @@ class ModelRepository:
                 if not resolved.is_relative_to(self.root):
                     log.warning("skipping %s: resolves outside the model repository", child)
                     continue
-                found[int(child.name)] = resolved
+                found[number] = resolved
         return found
 
     def _policy(self, versions: dict[int, Path]) -> VersionPolicy:
@@ -405,14 +514,35 @@ class ModelRepository:
             return config.version_policy or self.default_policy
         return self.default_policy
 
-    def _plan(self, name: str) -> tuple[dict[int, Path], list[int], dict[int, tuple]]:
-        versions = self._versions_on_disk(name)
-        wanted = self._policy(versions).select(list(versions))
-        prints = {v: _fingerprint(versions[v]) for v in versions}
-        return versions, wanted, prints
+    def _plan(
+        self, name: str, config: ModelConfig | None
+    ) -> tuple[dict[int, Path], VersionPolicy, list[int], dict[int, tuple]]:
+        """Versions on disk, the policy, the versions it selects, and their fingerprints.
 
-    def _load_version(self, name: str, version: int, directory: Path, fp: tuple) -> ServedVersion:
-        model = Model(name, version, directory)
+        ``config`` (RepositoryModelLoad's ``config`` parameter) replaces every version's
+        config.json, its policy included; it is part of the fingerprints, so a later
+        load without it reloads from the files.
+        """
+        versions = self._versions_on_disk(name)
+        if config is None:
+            policy = self._policy(versions)
+        else:
+            policy = config.version_policy or self.default_policy
+        wanted = policy.select(list(versions))
+        prints = {v: _fingerprint(versions[v]) for v in versions}
+        if config is not None:
+            prints = {v: (*p, ("parameter 'config'", repr(config))) for v, p in prints.items()}
+        return versions, policy, wanted, prints
+
+    def _load_version(
+        self, name: str, version: int, directory: Path, fp: tuple, config: ModelConfig | None
+    ) -> ServedVersion:
+        if config is None:
+            config = load_config(directory / "config.json")
+        if self.overrides.max_batch_size is not None:
+            # Before the model loads, so its warm-up runs the batch size it will serve.
+            config = replace(config, max_batch_size=self.overrides.max_batch_size)
+        model = Model(name, version, directory, config)
         return ServedVersion(model, self.overrides, fp, self.metrics, self.drift)
 
     async def sync(self, names: Iterable[str] | None = None) -> None:
@@ -427,20 +557,28 @@ class ModelRepository:
             for name in names:
                 await self._sync_model(name)
 
-    async def _sync_model(self, name: str) -> None:
-        versions, wanted, prints = await self._run(self._plan, name)
+    async def _sync_model(
+        self, name: str, *, config: ModelConfig | None = None, retry: bool = False
+    ) -> None:
+        """Load what the policy wants of ``name`` and retire the rest. ``config``:
+        RepositoryModelLoad's override of every config.json; ``retry``: load versions
+        that failed even when their files are unchanged (an explicit load request)."""
+        versions, policy, wanted, prints = await self._run(self._plan, name, config)
         entry = self.models.setdefault(name, ModelEntry(name))
         entry.on_disk = sorted(versions)
+        entry.wanted = wanted
+        self._check_policy(entry, policy, versions)
         for v in wanted:
             served = entry.versions.get(v)
             if served is not None and served.fingerprint == prints[v]:
+                entry.failed.pop(v, None)  # the files are back to what serves
                 continue
             failed = entry.failed.get(v)
-            if failed is not None and failed[0] == prints[v]:
+            if failed is not None and failed[0] == prints[v] and not retry:
                 continue  # unchanged since it failed; do not retry every poll
             t0 = time.perf_counter()
             try:
-                new = await self._run(self._load_version, name, v, versions[v], prints[v])
+                new = await self._load(name, v, versions[v], prints[v], config)
             except ModelLoadError as exc:
                 entry.failed[v] = (prints[v], str(exc))
                 log.error("load failed: %s", exc, extra={"model": name, "version": v})
@@ -471,7 +609,9 @@ class ModelRepository:
         missing = len(wanted) - len(ready_wanted)
         fallbacks = sorted(
             (v for v in entry.versions if v not in wanted and v in versions), reverse=True
-        )[: max(missing, 0)]
+        )
+        if wanted:  # a policy that selects nothing is a failed load: everything stays
+            fallbacks = fallbacks[: max(missing, 0)]
         keep = set(ready_wanted) | set(fallbacks)
         retire = [entry.versions.pop(v) for v in list(entry.versions) if v not in keep]
         for v in list(entry.failed):
@@ -480,6 +620,23 @@ class ModelRepository:
         if retire:
             log.info("unloading versions %s", [s.version for s in retire], extra={"model": name})
             await self._retire(retire)
+
+    def _check_policy(
+        self, entry: ModelEntry, policy: VersionPolicy, versions: dict[int, Path]
+    ) -> None:
+        """A policy that selects no version on disk is a failed load of the model
+        (Triton's wording); reported once, when it starts, and kept for the index,
+        statistics and load answers until a scan or load selects a version again."""
+        problem = None
+        if not policy.select(list(versions)):
+            on_disk = ", ".join(map(str, sorted(versions))) or "none"
+            problem = (
+                "at least one version must be available under the version policy of model "
+                f"{entry.name!r} (policy {policy.spelling()}; versions on disk: {on_disk})"
+            )
+        if problem is not None and problem != entry.policy_error:
+            log.error("load failed: %s", problem, extra={"model": entry.name})
+        entry.policy_error = problem
 
     async def _retire(self, served: list[ServedVersion]) -> None:
         """Routing no longer sees them; let their queued requests finish, then drop them."""
@@ -510,17 +667,28 @@ class ModelRepository:
             bound = served.batcher.batching.max_queue_size if served is not None else 0
             self.metrics.max_queue_size.labels(name, str(version)).set(bound)
 
-    async def load(self, name: str) -> None:
-        """RepositoryModelLoad: (re)load ``name``; NotFound when it has no directory."""
-        base = self.model_dir(name)
-        if not base.is_dir():
+    async def load(self, name: str, config: ModelConfig | None = None) -> None:
+        """RepositoryModelLoad: (re)load ``name``, with ``config`` in place of every
+        version's config.json when given; NotFound when it has no directory.
+
+        Like Triton, the load fails (FailedPrecondition naming each version and why)
+        when a version the policy wants did not load, or the policy selects none; the
+        copies that served before keep serving.
+        """
+        if not self._has_dir(name):
             raise NotFound(f"model {name!r}: no directory {name}/ in the model repository")
-        await self.sync([name])
+        if config is not None and config.name != name:
+            raise InvalidArgument(
+                f"parameter 'config': name {config.name!r} does not match the model {name!r}"
+            )
+        async with self._lock:
+            await self._sync_model(name, config=config, retry=True)
         entry = self.models[name]
         entry.loaded_by_request = True
-        if not entry.versions:
+        problem = entry.load_problem()
+        if problem is not None:
             # The repository's contents, not the request, prevent the load.
-            raise FailedPrecondition(self._why_not_ready(entry, None).replace("is not ready: ", ""))
+            raise FailedPrecondition(problem)
 
     async def unload(self, name: str) -> None:
         """RepositoryModelUnload: drop every version of ``name`` (in-flight requests finish)."""
@@ -532,6 +700,8 @@ class ModelRepository:
             retired = list(entry.versions.values())
             entry.versions.clear()
             entry.failed.clear()
+            entry.wanted = []
+            entry.policy_error = None
             entry.loaded_by_request = False
             await self._retire(retired)
 
@@ -544,11 +714,16 @@ class ModelRepository:
         for name in names:
             entry = self.models.get(name)
             if entry is None or (not entry.versions and not entry.failed):
-                rows.append((name, "", "UNAVAILABLE", "unloaded"))
+                reason = entry.policy_error if entry is not None else None
+                rows.append((name, "", "UNAVAILABLE", reason or "unloaded"))
                 continue
             for v in sorted(set(entry.versions) | set(entry.failed)):
                 if v in entry.versions:
-                    rows.append((name, str(v), "READY", ""))
+                    # READY with a reason: the files failed to load (or the policy
+                    # selects nothing) and the copy loaded before still serves.
+                    problem = entry.problem(v)
+                    reason = f"the copy loaded before serves; {problem}" if problem else ""
+                    rows.append((name, str(v), "READY", reason))
                 else:
                     rows.append((name, str(v), "UNAVAILABLE", entry.failed[v][1]))
         return rows
@@ -558,3 +733,22 @@ class ModelRepository:
             return self._model_names()
         except OSError:
             return []
+
+
+def _discard_result(future: concurrent.futures.Future[ServedVersion]) -> None:
+    """Done callback of a load nobody awaits any more: drop the version it built."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    future.result().discard()
+
+
+def _shown(name: str) -> str:
+    """A client-sent name for a message: quoted, and cut short when long."""
+    return repr(name) if len(name) <= 64 else repr(name[:64]) + "..."
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error without its path (the server's filesystem layout stays private)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__

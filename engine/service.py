@@ -29,6 +29,7 @@ from conveyor.engine.errors import (
     InvalidArgument,
     Unavailable,
 )
+from conveyor.engine.load_parameters import check_repository_name, config_override
 from conveyor.engine.model_config import version_number
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -342,6 +343,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if number not in versions:
                     await _abort(context, _not_found(name, request.version), "", name)
                 versions = [number]
+            elif not versions and entry.policy_error:
+                # The model as a whole failed to load (its policy selects no version).
+                stats.append(pb.ModelStatistics(name=name, load_error=entry.policy_error))
             for v in versions:
                 served = entry.versions.get(v)
                 if served is None:
@@ -349,7 +353,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         pb.ModelStatistics(name=name, version=str(v), load_error=entry.failed[v][1])
                     )
                     continue
-                stats.append(_statistics(served))
+                # A served copy whose files failed to reload carries the reason too.
+                stats.append(_statistics(served, entry.problem(v)))
         return pb.ModelStatisticsResponse(model_stats=stats)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
@@ -370,17 +375,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _control(self, context: Any, request: Any, *, load: bool) -> None:
         name = request.model_name
+        error: EngineError | None = None
         try:
             if self.repository.model_control != "explicit":
                 raise FailedPrecondition(
                     "explicit model load / unload is not allowed with --model-control poll"
                 )
+            check_repository_name(request.repository_name)
             if load:
-                await self.repository.load(name)
+                await self.repository.load(name, config_override(request.parameters))
             else:
                 await self.repository.unload(name)
         except EngineError as exc:
-            await _abort(context, exc, "", name)
+            error = exc
+        except Exception as exc:  # never UNKNOWN: INTERNAL with the message, logged
+            error = _internal(exc)
+        if error is not None:  # aborted outside the try: abort raises
+            await _abort(context, error, "", name)
         log.info("%s by request", "loaded" if load else "unloaded", extra={"model": name})
 
 
@@ -401,12 +412,13 @@ def _drift(served: ServedVersion) -> pb.DriftStatistics | None:
     )
 
 
-def _statistics(served: ServedVersion) -> pb.ModelStatistics:
+def _statistics(served: ServedVersion, load_error: str = "") -> pb.ModelStatistics:
     s = served.batcher.stats
     drift = _drift(served)
     with s.lock:
         d = pb.StatisticDuration
         return pb.ModelStatistics(
+            load_error=load_error,
             drift=drift,
             name=served.name,
             version=served.version_str,

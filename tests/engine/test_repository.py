@@ -165,7 +165,7 @@ def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
         entries = server.repository.models  # type: ignore[union-attr]
         reasons = {name: entries[name].failed[1][1] for name in entries}
         assert "never pickles" in reasons["pickled"]
-        assert "cannot load as TorchScript" in reasons["saved"]
+        assert "not a TorchScript archive: it is a torch.save checkpoint" in reasons["saved"]
         assert "warm-up" in reasons["wrongio"]
         assert "'platform' must be one of" in reasons["badjson"]
         assert "does not match the config's [batch, 2]" in reasons["wrongshape"]

@@ -1,0 +1,101 @@
+"""RepositoryModelLoad's parameters through tritonclient: Triton's ``config`` override is
+applied to that load; every other parameter and a foreign repository_name are refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from models import VERSION_IO, Version, write_model
+from tritonclient.utils import InferenceServerException
+
+from conveyor.engine.protos import grpc_service_pb2 as pb
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+from conveyor.engine.server import Server
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path,
+) -> Iterator[tuple[tc.InferenceServerClient, pb_grpc.GRPCInferenceServiceStub]]:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO, max_batch_size=64)
+    server = Server(tmp_path, port=0, model_control="explicit").start()
+    client = tc.InferenceServerClient(server.address)
+    channel = grpc.insecure_channel(server.address)
+    yield client, pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+    client.close()
+    server.stop()
+
+
+def _config(**changes: object) -> str:
+    body = {"name": "m", "platform": "torchscript", "max_batch_size": 64, **VERSION_IO}
+    return json.dumps({**body, **changes})
+
+
+def _rows_accepted(client: tc.InferenceServerClient, rows: int) -> bool:
+    x = tc.InferInput("x", [rows, 1], "FP32")
+    x.set_data_from_numpy(np.zeros((rows, 1), np.float32))
+    try:
+        client.infer("m", [x])
+    except InferenceServerException as exc:
+        assert exc.status() == "StatusCode.INVALID_ARGUMENT", exc.message()
+        return False
+    return True
+
+
+def _refused(call: object, *args: object, **kw: object) -> str:
+    with pytest.raises(InferenceServerException) as info:
+        call(*args, **kw)  # type: ignore[operator]
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.message()
+    return info.value.message() or ""
+
+
+def test_the_config_parameter_is_applied_to_that_load(served: tuple) -> None:
+    client, _ = served
+    client.load_model("m", config=_config(max_batch_size=2))
+    assert _rows_accepted(client, 2) and not _rows_accepted(client, 8)
+    # A load without it serves the files' config.json again.
+    client.load_model("m")
+    assert _rows_accepted(client, 8)
+
+
+def test_a_bad_config_parameter_is_invalid_argument_naming_it(served: tuple) -> None:
+    client, _ = served
+    client.load_model("m")
+    assert "parameter 'config': 'name'" in _refused(
+        client.load_model, "m", config='{"max_batch_size": 2}'
+    )
+    assert "parameter 'config': not valid JSON" in _refused(client.load_model, "m", config="{")
+    message = _refused(client.load_model, "m", config=_config(name="other"))
+    assert "parameter 'config'" in message and "'other'" in message
+    assert "parameter 'config': unknown keys ['colour']" in _refused(
+        client.load_model, "m", config=_config(colour="red")
+    )
+    assert _rows_accepted(client, 8)  # the refused loads changed nothing
+
+
+def test_other_load_parameters_and_repositories_are_refused(served: tuple) -> None:
+    client, stub = served
+    message = _refused(client.load_model, "m", config=_config(), files={"file:1/model.pt": b"x"})
+    assert "parameter 'file:1/model.pt'" in message
+    request = pb.RepositoryModelLoadRequest(model_name="m")
+    request.parameters["priority"].int64_param = 1
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelLoad(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameter 'priority'" in info.value.details()
+    for call, request_type in (
+        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest),
+        (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call(request_type(repository_name="no-such-repo", model_name="m"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "repository_name 'no-such-repo'" in info.value.details()
+    assert not client.is_model_ready("m")  # nothing was loaded by the refused requests
