@@ -265,6 +265,11 @@ class Batcher:
         thread.start()
 
     @property
+    def instance_count(self) -> int:
+        """Worker threads this version keeps running (hung ones replaced, up to a bound)."""
+        return self._instance_count
+
+    @property
     def queued(self) -> int:
         """Requests waiting (not yet taken by a worker)."""
         return self._queued

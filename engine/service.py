@@ -35,6 +35,7 @@ from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import ModelRepository, ServedVersion
 from conveyor.engine.tensors import encode_bytes
+from conveyor.engine.triton_config import triton_model_config
 
 if TYPE_CHECKING:
     from conveyor.engine.metrics import ServerMetrics
@@ -48,6 +49,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "schedule_policy",
+    "model_configuration",
 )
 # Most requests of one ModelStreamInfer stream in flight at once, and most bytes of them
 # (a single request larger than that is admitted alone).
@@ -326,6 +328,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs=tensors(config.inputs),
             outputs=tensors(config.outputs),
         )
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        """Triton's model configuration extension: the version's effective configuration."""
+        try:
+            served = self.repository.get(request.name, request.version)
+        except EngineError as exc:
+            await _abort(context, exc, "", request.name)
+        try:
+            # The policy is the model's: the newest loaded version's config.json decides it.
+            default = self.repository.models[request.name].default
+            policy = (default or served).config.version_policy or self.repository.default_policy
+            config = triton_model_config(
+                served.config,
+                instance_count=served.batcher.instance_count,
+                version_policy=policy,
+            )
+        except Exception as exc:
+            await _abort(context, _internal(exc), "", request.name)
+        return pb.ModelConfigResponse(config=config)
 
     # -- statistics and repository -------------------------------------------------------
 

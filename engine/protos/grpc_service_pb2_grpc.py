@@ -69,6 +69,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
                 request_serializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
@@ -142,6 +147,13 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """The effective configuration of a served model version (see ModelConfig below).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ModelStatistics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -203,6 +215,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
@@ -414,6 +431,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStreamInfer',
             conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            conveyor_dot_engine_dot_protos_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

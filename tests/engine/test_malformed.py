@@ -35,7 +35,7 @@ def test_every_service_method_is_collected_once() -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         pb_grpc.GRPCInferenceServiceServicer(), handlers
     )
-    assert len(handlers.methods) == len(set(handlers.methods)) == 11
+    assert len(handlers.methods) == len(set(handlers.methods)) == 12
     assert INFER in handlers.methods and STREAM in handlers.methods
 
 

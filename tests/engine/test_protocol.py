@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -44,8 +45,22 @@ def _code(stub_call: object, request: object) -> tuple[grpc.StatusCode, str]:
 
 def test_messages_match_tritons_wire_format() -> None:
     """Every message and field we define has the name, number, type and label that
-    tritonclient's copy of the protocol has (only documented extensions are extra)."""
+    tritonclient's copy of the protocol has (only documented extensions are extra), and
+    every enum value its number; ModelConfig's messages are in Triton's model_config.proto."""
+    from tritonclient.grpc import model_config_pb2
     from tritonclient.grpc import service_pb2 as triton
+
+    def tritons(name: str) -> object:
+        messages = triton.DESCRIPTOR.message_types_by_name
+        return (
+            messages[name]
+            if name in messages
+            else model_config_pb2.DESCRIPTOR.message_types_by_name[name]
+        )
+
+    def same_enum(ours: object, theirs: object) -> None:
+        for value in ours.values:  # type: ignore[attr-defined]
+            assert theirs.values_by_name[value.name].number == value.number, value.full_name  # type: ignore[attr-defined]
 
     extensions = {
         ("ModelStatistics", "load_error"),
@@ -69,6 +84,9 @@ def test_messages_match_tritons_wire_format() -> None:
             ), f"{ours.full_name}.{field.name}"  # type: ignore[attr-defined]
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 assert field.message_type.full_name == other.message_type.full_name
+            if field.type == FieldDescriptor.TYPE_ENUM:
+                assert field.enum_type.full_name == other.enum_type.full_name
+                same_enum(field.enum_type, other.enum_type)
             checked += 1
         for nested in ours.nested_types:  # type: ignore[attr-defined]
             if (ours.name, "parameters") in extensions and nested.name == "ParametersEntry":  # type: ignore[attr-defined]
@@ -81,8 +99,10 @@ def test_messages_match_tritons_wire_format() -> None:
         if name in own:
             assert name not in triton.DESCRIPTOR.message_types_by_name
             continue
-        fields += compare(message, triton.DESCRIPTOR.message_types_by_name[name])
-    assert fields > 100
+        fields += compare(message, tritons(name))
+    assert fields > 140
+    for name, enum in pb.DESCRIPTOR.enum_types_by_name.items():
+        same_enum(enum, model_config_pb2.DESCRIPTOR.enum_types_by_name[name])
     ours = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     theirs = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert ours.full_name == "inference.GRPCInferenceService"
@@ -135,6 +155,9 @@ def test_grpc_health_service_and_reflection(server: Server) -> None:
                         reflection_pb2.ServerReflectionRequest(
                             file_containing_symbol="inference.GRPCInferenceService"
                         ),
+                        reflection_pb2.ServerReflectionRequest(
+                            file_containing_symbol="inference.ModelConfig"
+                        ),
                     ]
                 ),
                 timeout=10,
@@ -143,6 +166,11 @@ def test_grpc_health_service_and_reflection(server: Server) -> None:
         names = {s.name for s in replies[0].list_services_response.service}
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
         assert replies[1].file_descriptor_response.file_descriptor_proto
+        [raw] = replies[2].file_descriptor_response.file_descriptor_proto
+        described = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        assert "ModelConfig" in {m.name for m in described.message_type}
+        [service] = described.service
+        assert "ModelConfig" in {m.name for m in service.method}
 
 
 # -- inference round trips ---------------------------------------------------------------------

@@ -11,10 +11,23 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from models import AFFINE_IO, LABELER_IO, VOCAB_IO, Affine, Labeler, Vocab, write_model
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conveyor.engine.server import Server
+
+BATCHED_V1: dict = {
+    "max_batch_size": 16,
+    "dynamic_batching": {
+        "preferred_batch_size": [8, 4],
+        "max_queue_delay_microseconds": 500,
+        "max_queue_size": 32,
+        "priority_levels": 3,
+    },
+    "instance_count": 2,
+    "parameters": {"execution_timeout_seconds": "5", "drift": False},
+    "version_policy": {"all": {}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +38,11 @@ def triton(
     write_model(root, "affine", 1, Affine(), AFFINE_IO)
     write_model(root, "vocab", 1, Vocab(), VOCAB_IO)
     write_model(root, "labeler", 1, Labeler(), LABELER_IO)
+    # Two versions with different batching, served together, for ModelConfig.
+    write_model(root, "batched", 1, Labeler(), LABELER_IO, **BATCHED_V1)
+    write_model(root, "batched", 2, Labeler(), LABELER_IO, version_policy={"all": {}})
     server = Server(
-        root, port=0, model_control="explicit", load_models=["affine", "labeler"]
+        root, port=0, model_control="explicit", load_models=["affine", "labeler", "batched"]
     ).start()
     client = tc.InferenceServerClient(server.address)
     yield server, client
@@ -142,3 +158,119 @@ def test_tritonclient_and_conveyor_share_a_process(tmp_path: Path) -> None:
     assert ours.ModelInferRequest.DESCRIPTOR is not service_pb2.ModelInferRequest.DESCRIPTOR
     wire = service_pb2.ModelInferRequest(model_name="m", id="1").SerializeToString()
     assert ours.ModelInferRequest.FromString(wire).model_name == "m"
+
+
+def test_model_config_as_protobuf(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    """Triton's enums and dims (no batch dim); the defaults conveyor runs with, filled in."""
+    _, client = triton
+    config = client.get_model_config("affine").config
+    assert (config.name, config.platform, config.max_batch_size) == ("affine", "torchscript", 64)
+    fp32, int64 = model_config_pb2.TYPE_FP32, model_config_pb2.TYPE_INT64
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("x", fp32, [4])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
+        ("y", fp32, [4]),
+        ("total", int64, [1]),
+    ]
+    assert config.version_policy.latest.num_versions == 1
+    [group] = config.instance_group
+    assert (group.count, group.kind) == (1, model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    batching = config.dynamic_batching
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert list(batching.preferred_batch_size) == []
+    assert batching.max_queue_delay_microseconds == 250
+    # config.json's default level 0 is the lowest; Triton's field names the level.
+    assert (batching.priority_levels, batching.default_priority_level) == (2, 2)
+    policy = batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (1024, 0)
+    assert policy.allow_timeout_override
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert not config.HasField("optimization") and not config.parameters
+
+
+def test_model_config_as_json_for_a_version(
+    triton: tuple[Server, tc.InferenceServerClient],
+) -> None:
+    """What scripts read (get_model_config(as_json=True)): each version its own config."""
+    _, client = triton
+    assert client.get_model_config("batched", "1", as_json=True) == {
+        "config": {
+            "name": "batched",
+            "platform": "torchscript",
+            "version_policy": {"all": {}},
+            "max_batch_size": 16,
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": ["2"]}],
+            "output": [
+                {"name": "score", "data_type": "TYPE_FP32", "dims": ["1"]},
+                {"name": "label", "data_type": "TYPE_STRING", "dims": ["1"]},
+            ],
+            "instance_group": [{"name": "batched_0", "count": 2, "kind": "KIND_CPU"}],
+            "dynamic_batching": {
+                "preferred_batch_size": [4, 8],
+                "max_queue_delay_microseconds": "500",
+                "priority_levels": "3",
+                "default_priority_level": "3",
+                "default_queue_policy": {"allow_timeout_override": True, "max_queue_size": 32},
+            },
+            "parameters": {
+                "execution_timeout_seconds": {"string_value": "5"},
+                "drift": {"string_value": "false"},
+            },
+        }
+    }
+    # No version: the highest loaded one, with its own (default) batching.
+    latest = client.get_model_config("batched").config
+    assert latest.max_batch_size == 64 and latest.instance_group[0].count == 1
+    assert list(latest.dynamic_batching.preferred_batch_size) == []
+    assert client.get_model_config("batched", "2") == client.get_model_config("batched")
+
+
+def test_model_config_errors(triton: tuple[Server, tc.InferenceServerClient]) -> None:
+    _, client = triton
+    for args, code, text in (
+        (("nope",), "NOT_FOUND", "'nope'"),
+        (("affine", "9"), "NOT_FOUND", "version '9'"),
+        (("affine", "+1"), "NOT_FOUND", "version '+1'"),
+    ):
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_config(*args)
+        assert info.value.status() == f"StatusCode.{code}" and text in info.value.message()
+    assert "model_configuration" in client.get_server_metadata().extensions
+
+
+def test_model_config_of_an_unloaded_model_is_unavailable(tmp_path: Path) -> None:
+    write_model(tmp_path, "affine", 1, Affine(), AFFINE_IO)
+    with Server(tmp_path, port=0, model_control="explicit", load_models=["affine"]) as server:
+        client = tc.InferenceServerClient(server.address)
+        try:
+            client.unload_model("affine")
+            with pytest.raises(InferenceServerException) as info:
+                client.get_model_config("affine")
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+        finally:
+            client.close()
+
+
+def test_model_config_shows_the_flags_that_override_config_json(tmp_path: Path) -> None:
+    """The effective configuration, as Triton returns it: server flags win over the file."""
+    write_model(tmp_path, "batched", 1, Labeler(), LABELER_IO, **BATCHED_V1)
+    with Server(
+        tmp_path,
+        port=0,
+        max_batch_size=8,
+        max_queue_delay_microseconds=1000,
+        max_queue_size=7,
+        instance_count=3,
+        version_policy="latest:2",
+    ) as server:
+        client = tc.InferenceServerClient(server.address)
+        try:
+            config = client.get_model_config("batched").config
+        finally:
+            client.close()
+    assert config.max_batch_size == 8 and config.instance_group[0].count == 3
+    batching = config.dynamic_batching
+    assert batching.max_queue_delay_microseconds == 1000
+    assert batching.default_queue_policy.max_queue_size == 7
+    assert list(batching.preferred_batch_size) == [4, 8]  # no flag for it: the file's
+    # The model's own version policy wins over the server's default.
+    assert config.version_policy.WhichOneof("policy_choice") == "all"
