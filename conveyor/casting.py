@@ -8,9 +8,9 @@ BYTES: ``str`` and ``bytes`` pass as they are; booleans, integers and floats
 become the trainer's vocabulary keys (:func:`conveyor.categories.category_key`:
 ``7`` -> ``"7"``, ``True`` -> ``"true"``), so a column read back as ints or bools
 finds the same vocabulary entries as its strings would. A null (None, NaN,
-pandas NA) is refused: vocabularies have no null key (the ingest ``null`` rule
-keeps nulls out of training), so it could only map to the out-of-vocabulary id
-without telling anyone.
+pandas NA, a masked entry of a numpy masked array) is refused: vocabularies have
+no null key (the ingest ``null`` rule keeps nulls out of training), so it could
+only map to the out-of-vocabulary id without telling anyone.
 
 Numeric datatypes: an array already of the tensor's dtype is used as it is (no
 per-element work); other numpy arrays are checked with vectorised tests, and
@@ -21,7 +21,7 @@ a null arrives from pandas/pyarrow) into integer types, anything but booleans, 0
 and 1 into BOOL, and finite values that would become infinite in FP16/FP32.
 Allowed: booleans into numbers, integers into float types (rounded to the
 nearest representable value, as any float conversion is: ``2**53 + 1`` into FP32
-is ``2**53``), and a null (None, pandas NA) into float types, as NaN.
+is ``2**53``), and a null (None, pandas NA, a masked entry) into float types, as NaN.
 """
 
 from __future__ import annotations
@@ -52,9 +52,23 @@ class CastError(ValueError):
 
 def cast(values: Any, datatype: str, what: str) -> np.ndarray:
     """``values`` as an array for ``datatype`` (an object array of str/bytes for BYTES)."""
+    if isinstance(values, np.ma.MaskedArray):
+        values = _unmasked(values)
     if datatype == "BYTES":
         return _to_bytes(values, what)
     return _to_numeric(values, datatype, what)
+
+
+def _unmasked(values: np.ma.MaskedArray) -> np.ndarray:
+    """A masked array's data with None where it is masked: a masked entry is a null, refused
+    or made NaN as None is (``np.asarray`` would drop the mask and send the value under it)."""
+    mask = np.ma.getmaskarray(values)
+    data = np.ma.getdata(values)
+    if not mask.any():
+        return data
+    out = data.astype(object)
+    out[mask] = None
+    return out
 
 
 def _position(shape: tuple[int, ...], flat_index: int) -> str:

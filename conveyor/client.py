@@ -17,7 +17,8 @@ Inputs may be a dict of arrays keyed by tensor name, a list of arrays in the
 model's input order, a single array for a one-input model, or a table of
 columns (dict of columns, pandas DataFrame, pyarrow Table): then each input
 tensor is built from the column of its name or from the feature columns the
-model metadata lists for it (``columns``). Values are converted to the model's
+model metadata lists for it (``columns``: 1-D, one value per row, each read only when
+an input needs it, so unused columns of any type are ignored). Values are converted to the model's
 datatypes by :func:`conveyor.casting.cast` (BYTES: strings as they are, other
 categorical values as the trainer's vocabulary keys; nulls are refused). Outputs
 come back as a dict of numpy arrays.
@@ -27,7 +28,7 @@ deadline per method call, however many gRPC calls it makes (``infer`` looks up
 the model's metadata first); calls answered UNAVAILABLE are retried with
 exponential backoff (``retries`` times, never past the deadline); every other
 failure raises an :class:`InferenceServerError` subclass carrying the gRPC
-status code.
+status code (:class:`ClientClosedError` once the client is closed).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from conveyor.engine.tensors import from_raw, from_typed, to_raw
 __all__ = [
     "AsyncClient",
     "Client",
+    "ClientClosedError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InferResult",
@@ -125,6 +127,16 @@ class PermissionDeniedError(InferenceServerError):
     """The token is valid but not allowed this call (load/unload without an admin token)."""
 
 
+class ClientClosedError(InferenceServerError):
+    """The client was closed (``close()``, or the end of its ``with`` block): make a new one.
+
+    ``code`` is CANCELLED, the status gRPC gives calls on a closing channel elsewhere
+    (grpc-go); grpcio itself raised a ValueError (sync) or a cygrpc UsageError (asyncio)."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.CANCELLED, "the client is closed; create a new one")
+
+
 _ERRORS: dict[grpc.StatusCode, type[InferenceServerError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -146,6 +158,16 @@ def error_for(code: grpc.StatusCode, details: str) -> InferenceServerError:
 
 def _from_rpc(exc: grpc.RpcError) -> InferenceServerError:
     return error_for(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+
+
+def _from_aio(exc: Exception) -> InferenceServerError:
+    """The SDK's error for an exception grpc.aio raises that is not an RpcError (its cygrpc
+    BaseError family: a call on a closed channel, a batch gRPC core refused to send)."""
+    if isinstance(exc, grpc.aio.UsageError) and "closed" in str(exc).lower():
+        return ClientClosedError()
+    return InferenceServerError(
+        grpc.StatusCode.UNKNOWN, f"gRPC failed in the client: {type(exc).__name__}: {exc}"
+    )
 
 
 # -- metadata and tensors ---------------------------------------------------------------------
@@ -194,12 +216,44 @@ class InferResult:
     error: InferenceServerError | None = None
 
 
-def _columns(table: Any) -> dict[str, Any] | None:
-    """A dict of columns from a pandas DataFrame or pyarrow Table; None if it is neither."""
-    if hasattr(table, "column_names") and hasattr(table, "column"):  # pyarrow.Table
-        return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
-    if hasattr(table, "columns") and hasattr(table, "to_numpy") and hasattr(table, "iloc"):
-        return {str(c): table[c].to_numpy() for c in table.columns}
+class _Columns:
+    """A table's columns by name, each read (converted to numpy) only when an input needs
+    it: a column no input uses is never looked at, whatever its type (an Arrow union has
+    no numpy form) and however often its name repeats, as with a dict's unused keys."""
+
+    def __init__(self, names: list[Any], read: Callable[[int], Any]) -> None:
+        self._positions: dict[Any, list[int]] = {}
+        for position, name in enumerate(names):
+            self._positions.setdefault(name, []).append(position)
+        self._read = read
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._positions
+
+    def read(self, name: str, what: str) -> Any:
+        """Column ``name``; a ValueError naming ``what`` if the table has several."""
+        positions = self._positions[name]
+        if len(positions) > 1:
+            raise ValueError(
+                f"{what}: the table has {len(positions)} columns named {name!r}; "
+                "rename or drop all but one"
+            )
+        return self._read(positions[0])
+
+
+def _columns(inputs: Any) -> _Columns | None:
+    """The columns of a dict, pandas DataFrame or pyarrow Table / RecordBatch; None if
+    ``inputs`` is none of these."""
+    if hasattr(inputs, "column_names") and hasattr(inputs, "column"):  # pyarrow
+        return _Columns(
+            list(inputs.column_names),
+            lambda i: inputs.column(i).to_numpy(zero_copy_only=False),
+        )
+    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy") and hasattr(inputs, "iloc"):
+        return _Columns([str(c) for c in inputs.columns], lambda i: inputs.iloc[:, i].to_numpy())
+    if isinstance(inputs, Mapping):
+        values = list(inputs.values())
+        return _Columns(list(inputs), values.__getitem__)
     return None
 
 
@@ -218,17 +272,28 @@ def _batched(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     return array
 
 
-def _stack_columns(columns: Mapping[str, Any], tensor: TensorInfo) -> np.ndarray:
+def _stack_columns(columns: _Columns, tensor: TensorInfo) -> np.ndarray:
     """The tensor's feature columns side by side, each converted on its own first: stacking
     raw columns would promote them to one common type (ints next to strings become the
-    strings ``"7"``, bools ``"True"``), and a bad value could not be traced to its column."""
-    return np.stack(
-        [
-            cast(columns[c], tensor.datatype, f"input {tensor.name!r}, column {c!r}")
-            for c in tensor.columns
-        ],
-        axis=1,
-    )
+    strings ``"7"``, bools ``"True"``), and a bad value could not be traced to its column.
+    Each column must be 1-D with one value per row, the same number in every column."""
+    arrays: list[np.ndarray] = []
+    for name in tensor.columns:
+        what = f"input {tensor.name!r}, column {name!r}"
+        array = cast(columns.read(name, what), tensor.datatype, what)
+        if array.ndim != 1:
+            got = "a single value" if array.ndim == 0 else f"an array of shape {array.shape}"
+            raise ValueError(
+                f"{what}: expected a 1-D column (one value per row), got {got}"
+                + ("; a single row is a list of one value" if array.ndim == 0 else "")
+            )
+        if arrays and len(array) != len(arrays[0]):
+            raise ValueError(
+                f"{what}: {len(array)} values, but column {tensor.columns[0]!r} has "
+                f"{len(arrays[0])}: every feature column needs one value per row"
+            )
+        arrays.append(array)
+    return np.stack(arrays, axis=1)
 
 
 def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndarray]]:
@@ -246,16 +311,14 @@ def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndar
         return [(s, _cast(v, s)) for s, v in zip(specs, inputs, strict=True)]
     columns = _columns(inputs)
     if columns is None:
-        if not isinstance(inputs, Mapping):
-            raise TypeError(
-                "inputs: expected a dict, list, numpy array, pandas DataFrame or pyarrow "
-                f"Table, got {type(inputs).__name__}"
-            )
-        columns = dict(inputs)
+        raise TypeError(
+            "inputs: expected a dict, list, numpy array, pandas DataFrame or pyarrow "
+            f"Table, got {type(inputs).__name__}"
+        )
     out = []
     for spec in specs:
         if spec.name in columns:
-            out.append((spec, _cast(columns[spec.name], spec)))
+            out.append((spec, _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)))
             continue
         if spec.columns:
             missing = [c for c in spec.columns if c not in columns]
@@ -280,50 +343,148 @@ def _next_request_id() -> str:
     return f"c-{_ID_TOKEN}-{os.getpid()}-{next(_ids)}"
 
 
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def _check_str(value: Any, argument: str, example: str = "") -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{argument}: expected a str{example}, got {_describe(value)}")
+    return value
+
+
+def _check_version(version: Any) -> str:
+    return _check_str(version, "version", " such as '1' ('' for the server's choice)")
+
+
+def _check_seconds(value: Any, argument: str) -> float:
+    """``value`` as seconds: a finite real number >= 0 (bools are not numbers here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{argument}: expected seconds (an int or float), got {_describe(value)}")
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{argument}: expected a finite number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _set_parameter(param: Any, key: str, value: Any) -> None:
+    """One request parameter, its type from the value's (numpy scalars as their Python type)."""
+    if isinstance(value, (bool, np.bool_)):
+        param.bool_param = bool(value)
+    elif _is_integer(value):
+        if not _INT64_RANGE[0] <= int(value) <= _INT64_RANGE[1]:
+            raise ValueError(f"parameters[{key!r}]: {int(value)} is out of int64's range")
+        param.int64_param = int(value)
+    elif isinstance(value, (float, np.floating)):
+        param.double_param = float(value)
+    elif isinstance(value, str):
+        param.string_param = value
+    else:
+        raise TypeError(
+            f"parameters[{key!r}]: expected a bool, int, float or str, got {_describe(value)}"
+        )
+
+
+def _request_template(
+    *,
+    outputs: Iterable[str] | str | None = None,
+    priority: int = 0,
+    queue_timeout: float | None = None,
+    parameters: Mapping[str, bool | int | float | str] | None = None,
+) -> pb.ModelInferRequest:
+    """What of a ModelInferRequest does not depend on its inputs, each argument checked
+    first (a TypeError or ValueError naming it, rather than protobuf's bare one or a wrong
+    request): ``outputs`` may be one name (a str) or several."""
+    template = pb.ModelInferRequest()
+    if outputs is not None:
+        names = [outputs] if isinstance(outputs, str) else outputs
+        try:
+            names = list(names)
+        except TypeError:
+            raise TypeError(
+                "outputs: expected output names (a str or a list of them), "
+                f"got {_describe(outputs)}"
+            ) from None
+        for position, name in enumerate(names):
+            _check_str(name, f"outputs[{position}]", " (an output name)")
+        template.outputs.extend(
+            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in names
+        )
+    if not _is_integer(priority):
+        raise TypeError(f"priority: expected an int, got {_describe(priority)}")
+    if not 0 <= int(priority) < 2**64:
+        raise ValueError(
+            f"priority: expected an int >= 0 (1 = highest, 0 = the model's default), got {priority}"
+        )
+    if priority:
+        template.parameters["priority"].uint64_param = int(priority)
+    if queue_timeout is not None:
+        microseconds = int(_check_seconds(queue_timeout, "queue_timeout") * 1e6)
+        if microseconds > _INT64_RANGE[1]:
+            raise ValueError(f"queue_timeout: {queue_timeout!r} seconds is out of range")
+        template.parameters["timeout"].int64_param = microseconds
+    if parameters is not None:
+        if not isinstance(parameters, Mapping):
+            raise TypeError(f"parameters: expected a dict, got {_describe(parameters)}")
+        for key, value in parameters.items():
+            _check_str(key, f"parameters key {key!r}")
+            _set_parameter(template.parameters[key], key, value)
+    return template
+
+
+def _make_request(
+    info: ModelInfo,
+    inputs: Any,
+    version: str,
+    template: pb.ModelInferRequest,
+    request_id: str | None = None,
+) -> pb.ModelInferRequest:
+    arrays = build_inputs(info, inputs)
+    request = pb.ModelInferRequest()
+    request.CopyFrom(template)
+    request.model_name = info.name
+    request.model_version = version
+    request.id = request_id if request_id is not None else _next_request_id()
+    request.inputs.extend(
+        pb.ModelInferRequest.InferInputTensor(
+            name=spec.name, datatype=spec.datatype, shape=array.shape
+        )
+        for spec, array in arrays
+    )
+    request.raw_input_contents.extend(to_raw(array, spec.datatype) for spec, array in arrays)
+    return request
+
+
 def make_request(
     info: ModelInfo,
     inputs: Any,
     *,
     version: str = "",
-    outputs: Iterable[str] | None = None,
+    outputs: Iterable[str] | str | None = None,
     request_id: str | None = None,
     priority: int = 0,
     queue_timeout: float | None = None,
     parameters: Mapping[str, bool | int | float | str] | None = None,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest with raw contents for ``inputs`` (see :func:`build_inputs`)."""
-    arrays = build_inputs(info, inputs)
-    request = pb.ModelInferRequest(
-        model_name=info.name,
-        model_version=version,
-        id=request_id if request_id is not None else _next_request_id(),
-        inputs=[
-            pb.ModelInferRequest.InferInputTensor(
-                name=spec.name, datatype=spec.datatype, shape=array.shape
-            )
-            for spec, array in arrays
-        ],
-        raw_input_contents=[to_raw(array, spec.datatype) for spec, array in arrays],
+    """A ModelInferRequest with raw contents for ``inputs`` (see :func:`build_inputs`).
+
+    ``outputs``: one output name or several (default: all). ``parameters``: request
+    parameters by name; bools (numpy's too) are sent as bool, integers as int64, floats
+    as double, strings as string. Arguments of the wrong type or range are a TypeError or
+    ValueError naming the argument."""
+    if request_id is not None:
+        _check_str(request_id, "request_id")
+    template = _request_template(
+        outputs=outputs, priority=priority, queue_timeout=queue_timeout, parameters=parameters
     )
-    if outputs:
-        request.outputs.extend(
-            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs
-        )
-    if priority:
-        request.parameters["priority"].uint64_param = priority
-    if queue_timeout is not None:
-        request.parameters["timeout"].int64_param = int(queue_timeout * 1e6)
-    for key, value in (parameters or {}).items():
-        param = request.parameters[key]
-        if isinstance(value, bool):
-            param.bool_param = value
-        elif isinstance(value, int):
-            param.int64_param = value
-        elif isinstance(value, float):
-            param.double_param = value
-        else:
-            param.string_param = str(value)
-    return request
+    return _make_request(info, inputs, _check_version(version), template, request_id)
 
 
 def parse_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
@@ -346,6 +507,35 @@ def _read(value: bytes | str | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     return Path(value).read_bytes()
+
+
+_CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
+
+
+def _check_token(token: Any) -> None:
+    """Refuse a token gRPC cannot send: the header value ``Bearer <token>`` may hold only
+    printable ASCII (gRPC core refused it at every call, reported as INTERNAL by the sync
+    client, as a raw cygrpc exception by the asyncio one) and may not end in whitespace."""
+    if token is None:
+        return
+    _check_str(token, "token")
+    for position, character in enumerate(token):
+        if not " " <= character <= "~":
+            name = _CHARACTER_NAMES.get(character) or (
+                f"U+{ord(character):04X}, not ASCII"
+                if ord(character) > 127
+                else f"control character U+{ord(character):04X}"
+            )
+            end = " (its end: a token read from a file keeps its newline; strip it)"
+            raise ValueError(
+                f"token: {name} ({character!r}) at position {position}"
+                + (end if position == len(token) - 1 and character in "\r\n" else "")
+                + ": an HTTP/2 header value holds printable ASCII only"
+            )
+    if token.endswith(" "):
+        raise ValueError(
+            "token: a trailing space: an HTTP/2 header value may not end in whitespace"
+        )
 
 
 @dataclass
@@ -386,6 +576,9 @@ def _settings(
             f"{given} given without {missing}: for mutual TLS the client key and its "
             "certificate chain go together (pass both, or neither)"
         )
+    _check_token(token)
+    if timeout is not None:
+        timeout = _check_seconds(timeout, "timeout")
     credentials = None
     if tls or root_certificates or private_key or certificate_chain:
         credentials = grpc.ssl_channel_credentials(
@@ -460,13 +653,18 @@ class _Common:
             self._channel = self._grpc.secure_channel(address, s.credentials, options=s.options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._info = {}
+        self._closed = False
 
     def _channel_loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop an asyncio channel belongs to (None for the sync client)."""
         return None
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError()
+
     def _deadline(self, timeout: float | None) -> float | None:
-        t = self._settings.timeout if timeout is None else timeout
+        t = self._settings.timeout if timeout is None else _check_seconds(timeout, "timeout")
         return None if t is None else time.monotonic() + t
 
     @staticmethod
@@ -509,6 +707,9 @@ class Client(_Common):
     _grpc = grpc  # the module whose channels this client uses
 
     def close(self) -> None:
+        """Close the channel; later calls raise :class:`ClientClosedError` (closing again is
+        a no-op)."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -519,6 +720,7 @@ class Client(_Common):
 
     def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
         """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
+        self._check_open()
         attempt = 0
         while True:
             try:
@@ -527,6 +729,11 @@ class Client(_Common):
                     timeout=self._remaining(deadline),
                     metadata=self._settings.metadata or None,
                 )
+            except ValueError:
+                # grpcio's "Cannot invoke RPC on closed channel!": closed by another thread
+                if self._closed:
+                    raise ClientClosedError() from None
+                raise
             except grpc.RpcError as exc:
                 wait = self._may_retry(exc, attempt, deadline)
                 if wait is None:
@@ -563,7 +770,8 @@ class Client(_Common):
     def _model_info(
         self, model: str, version: str, refresh: bool, deadline: float | None
     ) -> ModelInfo:
-        key = (model, version)
+        self._check_open()
+        key = (_check_str(model, "model"), _check_version(version))
         if refresh or key not in self._info:
             request = pb.ModelMetadataRequest(name=model, version=version)
             self._info[key] = ModelInfo.from_proto(
@@ -578,7 +786,7 @@ class Client(_Common):
         inputs: Any,
         *,
         version: str = "",
-        outputs: Iterable[str] | None = None,
+        outputs: Iterable[str] | str | None = None,
         timeout: float | None = None,
         priority: int = 0,
         queue_timeout: float | None = None,
@@ -587,24 +795,25 @@ class Client(_Common):
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs``; returns outputs by name.
 
+        ``outputs``: the output names wanted (one as a str, or a list; default all).
         ``priority``: 1 = highest, 0 = the model's default. ``queue_timeout``:
         seconds the request may wait in the server's queue (the ``timeout``
-        request parameter). ``timeout`` (seconds; default the client's) is one
-        deadline for the whole call: the model-metadata lookup (the first call per
-        model), the ModelInfer call, every UNAVAILABLE retry of either and the
-        backoff waits between them all end by it; each call gets what is left.
+        request parameter). ``parameters``: request parameters (bool, int, float or
+        str; numpy scalars as their Python type). ``timeout`` (seconds; default the
+        client's) is one deadline for the whole call: the model-metadata lookup (the
+        first call per model), the ModelInfer call, every UNAVAILABLE retry of either and
+        the backoff waits between them all end by it; each call gets what is left.
+        An argument of the wrong type or range is a TypeError or ValueError naming it,
+        raised before anything is sent.
         """
         deadline = self._deadline(timeout)
-        request = make_request(
-            self._model_info(model, version, False, deadline),
-            inputs,
-            version=version,
-            outputs=outputs,
-            request_id=request_id,
-            priority=priority,
-            queue_timeout=queue_timeout,
-            parameters=parameters,
+        if request_id is not None:
+            _check_str(request_id, "request_id")
+        template = _request_template(
+            outputs=outputs, priority=priority, queue_timeout=queue_timeout, parameters=parameters
         )
+        info = self._model_info(model, version, False, deadline)
+        request = _make_request(info, inputs, version, template, request_id)
         return parse_response(self._call(self._stub.ModelInfer, request, deadline))
 
     def stream_infer(
@@ -626,6 +835,7 @@ class Client(_Common):
         ``batches`` itself, ends the stream there: the answers to the batches before
         it are still yielded, then that exception is raised to the caller."""
         deadline = self._deadline(timeout)
+        template = _request_template(priority=priority)
         info = self._model_info(model, version, False, deadline)
         failed: list[Exception] = []
 
@@ -634,7 +844,7 @@ class Client(_Common):
             # "UNKNOWN: Exception iterating requests!": keep it for the caller instead.
             try:
                 for inputs in batches:
-                    yield make_request(info, inputs, version=version, priority=priority)
+                    yield _make_request(info, inputs, version, template)
             except Exception as exc:
                 failed.append(exc)
 
@@ -723,6 +933,8 @@ class AsyncClient(_Common):
             )
 
     async def close(self) -> None:
+        """See :meth:`Client.close`."""
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -733,6 +945,7 @@ class AsyncClient(_Common):
 
     async def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
         """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
+        self._check_open()
         self._check_loop()
         attempt = 0
         while True:
@@ -742,6 +955,8 @@ class AsyncClient(_Common):
                     timeout=self._remaining(deadline),
                     metadata=self._settings.metadata or None,
                 )
+            except grpc.aio.BaseError as exc:
+                raise _from_aio(exc) from exc
             except grpc.RpcError as exc:
                 wait = self._may_retry(exc, attempt, deadline)
                 if wait is None:
@@ -776,7 +991,8 @@ class AsyncClient(_Common):
     async def _model_info(
         self, model: str, version: str, refresh: bool, deadline: float | None
     ) -> ModelInfo:
-        key = (model, version)
+        self._check_open()
+        key = (_check_str(model, "model"), _check_version(version))
         if refresh or key not in self._info:
             request = pb.ModelMetadataRequest(name=model, version=version)
             self._info[key] = ModelInfo.from_proto(
@@ -790,7 +1006,7 @@ class AsyncClient(_Common):
         inputs: Any,
         *,
         version: str = "",
-        outputs: Iterable[str] | None = None,
+        outputs: Iterable[str] | str | None = None,
         timeout: float | None = None,
         priority: int = 0,
         queue_timeout: float | None = None,
@@ -799,16 +1015,13 @@ class AsyncClient(_Common):
     ) -> dict[str, np.ndarray]:
         """See :meth:`Client.infer`."""
         deadline = self._deadline(timeout)
-        request = make_request(
-            await self._model_info(model, version, False, deadline),
-            inputs,
-            version=version,
-            outputs=outputs,
-            request_id=request_id,
-            priority=priority,
-            queue_timeout=queue_timeout,
-            parameters=parameters,
+        if request_id is not None:
+            _check_str(request_id, "request_id")
+        template = _request_template(
+            outputs=outputs, priority=priority, queue_timeout=queue_timeout, parameters=parameters
         )
+        info = await self._model_info(model, version, False, deadline)
+        request = _make_request(info, inputs, version, template, request_id)
         return parse_response(await self._call(self._stub.ModelInfer, request, deadline))
 
     async def stream_infer(
@@ -821,8 +1034,10 @@ class AsyncClient(_Common):
         priority: int = 0,
     ) -> AsyncIterator[InferResult]:
         """See :meth:`Client.stream_infer`."""
+        self._check_open()
         self._check_loop()
         deadline = self._deadline(timeout)
+        template = _request_template(priority=priority)
         info = await self._model_info(model, version, False, deadline)
         failed: list[Exception] = []
 
@@ -832,10 +1047,10 @@ class AsyncClient(_Common):
             try:
                 if isinstance(batches, AsyncIterable):
                     async for inputs in batches:
-                        yield make_request(info, inputs, version=version, priority=priority)
+                        yield _make_request(info, inputs, version, template)
                 else:
                     for inputs in batches:
-                        yield make_request(info, inputs, version=version, priority=priority)
+                        yield _make_request(info, inputs, version, template)
             except Exception as exc:
                 failed.append(exc)
 
@@ -847,6 +1062,8 @@ class AsyncClient(_Common):
         try:
             async for item in call:
                 yield _stream_result(item)
+        except grpc.aio.BaseError as exc:
+            raise _from_aio(exc) from exc
         except grpc.RpcError as exc:
             if failed:
                 raise failed[0] from None

@@ -152,3 +152,37 @@ def test_a_refusal_carries_its_row_and_the_message_without_it() -> None:
     with pytest.raises(CastError) as raised:
         cast(["a", None], "BYTES", "input 'c'")
     assert raised.value.row == 1 and raised.value.unplaced.startswith("input 'c': null (")
+
+
+# -- numpy masked arrays: a masked entry is a null ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("INT64", [[7, 8]], r"None at index \(0, 1\) .* a null"),
+        ("BOOL", [[True, False]], r"None at index \(0, 1\) .* a null"),
+        ("BYTES", np.array([["FR", "US"]]), r"null at index \(0, 1\)"),
+        ("BYTES", np.array([["FR", "US"]], object), r"null at index \(0, 1\)"),
+    ],
+)
+def test_a_masked_entry_is_refused_as_none_is(datatype: str, data: object, message: str) -> None:
+    # np.asarray dropped the mask: the value under it was sent as if it were real
+    masked = np.ma.masked_array(data, mask=[[False, True]])
+    with pytest.raises(ValueError, match=f"^input 'x': {message}"):
+        cast(masked, datatype, "input 'x'")
+
+
+def test_a_masked_entry_is_nan_in_a_float_tensor_as_none_is() -> None:
+    masked = np.ma.masked_array([[1.5, 2.5]], mask=[[False, True]])
+    np.testing.assert_array_equal(cast(masked, "FP32", "x"), [[1.5, np.nan]])
+    column = np.ma.masked_array(["FR", "US"], mask=[True, False])
+    rows = {"amount": [1.0, 2.0], "age": [1, 2], "country": column, "flag": ["a", "b"]}
+    with pytest.raises(ValueError, match=r"'categorical', column 'country': null at row 0"):
+        build_inputs(TABLE_INFO, rows)
+
+
+def test_a_masked_array_without_masked_entries_is_its_data() -> None:
+    array = np.arange(4, dtype=np.float32).reshape(2, 2)
+    assert cast(np.ma.masked_array(array, mask=False), "FP32", "x").tolist() == array.tolist()
+    assert cast(np.ma.masked_array([["a"]]), "BYTES", "x").tolist() == [["a"]]

@@ -23,12 +23,18 @@ from models import AFFINE_IO, VOCAB_IO, Affine, Vocab, write_model
 from conveyor.client import (
     AsyncClient,
     Client,
+    ClientClosedError,
     DeadlineExceededError,
+    InferenceServerError,
     InferResult,
     InternalError,
     InvalidArgumentError,
+    ModelInfo,
     NotFoundError,
+    TensorInfo,
     UnavailableError,
+    build_inputs,
+    make_request,
 )
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -411,3 +417,222 @@ def test_async_client_belongs_to_the_loop_it_was_made_in(server: Server) -> None
             await client.is_server_live()
 
     asyncio.run(reuse())
+
+
+# -- tables whose columns do not line up, or repeat a name -----------------------------------
+
+VOCAB_INFO = ModelInfo(
+    "vocab",
+    ("1",),
+    "torchscript",
+    (
+        TensorInfo("colour", "BYTES", (-1, 2), ("first_colour", "second_colour")),
+        TensorInfo("x", "FP32", (-1, 3), ("a", "b", "c")),
+    ),
+    (),
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"c": [0.5, 0.5, 0.5]}, r"'x', column 'c': 3 values, but column 'a' has 2"),
+        ({"a": np.ones((2, 1))}, r"'x', column 'a': expected a 1-D column .* shape \(2, 1\)"),
+        ({"first_colour": "red"}, r"'colour', column 'first_colour': expected a 1-D column"),
+        ({"b": [[1], [2]]}, r"'x', column 'b': expected a 1-D column .* shape \(2, 1\)"),
+    ],
+    ids=["ragged", "2-D", "a-scalar-among-vectors", "nested-lists"],
+)
+def test_feature_columns_that_do_not_line_up_are_named(change: dict, message: str) -> None:
+    # np.stack said "all input arrays must have the same shape", naming nothing
+    with pytest.raises(ValueError, match=f"^input {message}"):
+        build_inputs(VOCAB_INFO, {**ROWS, **change})
+
+
+def test_a_row_of_scalars_is_named() -> None:
+    # np.stack raised numpy's AxisError "axis 1 is out of bounds"
+    with pytest.raises(ValueError, match=r"^input 'colour', column 'first_colour': .*single value"):
+        build_inputs(VOCAB_INFO, {k: v[0] for k, v in ROWS.items()})
+
+
+def _with_column(table: pa.Table, name: str, values: Any) -> pa.Table:
+    return pa.Table.from_arrays([*table.columns, values], names=[*table.column_names, name])
+
+
+@pytest.mark.parametrize("kind", ["pandas", "arrow", "record-batch"])
+def test_a_repeated_needed_column_name_is_named(kind: str) -> None:
+    frame = pd.DataFrame(ROWS)
+    table = {
+        "pandas": pd.concat([frame, frame[["a"]]], axis=1),
+        "arrow": _with_column(pa.table(ROWS), "a", pa.array([1.0, 2.0])),
+        "record-batch": _with_column(pa.table(ROWS), "a", pa.array([1.0, 2.0])).to_batches()[0],
+    }[kind]
+    with pytest.raises(ValueError, match=r"^input 'x', column 'a': the table has 2 columns named"):
+        build_inputs(VOCAB_INFO, table)
+
+
+@pytest.mark.parametrize("kind", ["pandas", "arrow", "record-batch"])
+def test_unused_columns_are_never_read(kind: str) -> None:
+    # pyarrow converted every column: an unused union column raised ArrowNotImplementedError
+    # and an unused repeated name a KeyError, naming no input
+    expected = [(spec.name, array.tolist()) for spec, array in build_inputs(VOCAB_INFO, ROWS)]
+    if kind == "pandas":
+        extra = pd.DataFrame({"unused": [{"p": 1}, None], "unused2": [1, 2]})
+        table = pd.concat([pd.DataFrame(ROWS), extra.rename(columns={"unused2": "unused"})], axis=1)
+    else:
+        union = pa.UnionArray.from_sparse(
+            pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", "b"])]
+        )
+        table = _with_column(pa.table(ROWS), "union", union)
+        table = _with_column(_with_column(table, "unused", pa.array([1, 2])), "unused", union)
+        if kind == "record-batch":
+            table = table.to_batches()[0]
+    got = [(spec.name, array.tolist()) for spec, array in build_inputs(VOCAB_INFO, table)]
+    assert got == expected
+
+
+# -- arguments checked before anything is sent -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"version": 1}, TypeError, r"version: expected a str such as '1'"),
+        ({"request_id": 5}, TypeError, "request_id: expected a str, got int 5"),
+        ({"priority": -1}, ValueError, r"priority: expected an int >= 0 \(1 = highest"),
+        ({"priority": 1.5}, TypeError, "priority: expected an int, got float 1.5"),
+        ({"timeout": "5"}, TypeError, "timeout: expected seconds"),
+        ({"timeout": -1}, ValueError, "timeout: expected a finite number of seconds >= 0"),
+        ({"queue_timeout": float("nan")}, ValueError, "queue_timeout: expected a finite"),
+        ({"outputs": ["y", 3]}, TypeError, r"outputs\[1\]: expected a str \(an output name\)"),
+        ({"outputs": 3}, TypeError, "outputs: expected output names"),
+        ({"parameters": {"k": None}}, TypeError, r"parameters\['k'\]: expected a bool, int"),
+        ({"parameters": {"k": 2**63}}, ValueError, r"parameters\['k'\]: .* out of int64's"),
+        ({"parameters": [("k", 1)]}, TypeError, "parameters: expected a dict"),
+        ({"model": None}, TypeError, "model: expected a str, got NoneType"),
+    ],
+)
+def test_bad_infer_arguments_are_named(kwargs: dict, error: type, message: str) -> None:
+    # protobuf raised "bad argument type for built-in operation" or "Value out of range: -1".
+    # Nothing listens at port 1: an argument checked after a call would be UnavailableError.
+    call = {"model": "affine", "inputs": np.zeros((1, 4), np.float32), **kwargs}
+    client = Client("127.0.0.1:1", timeout=5, retries=0)
+    with client, pytest.raises(error, match=f"^{message}"):
+        client.infer(**call)
+
+    async def main() -> None:
+        async with AsyncClient("127.0.0.1:1", timeout=5, retries=0) as client:
+            with pytest.raises(error, match=f"^{message}"):
+                await client.infer(**call)
+
+    asyncio.run(main())
+
+
+def test_one_output_name_as_a_str(client: Client) -> None:
+    # it was split into characters: "requested output 't'"
+    assert set(client.infer("affine", np.zeros((1, 4)), outputs="total")) == {"total"}
+
+
+AFFINE_INFO = ModelInfo("affine", ("1",), "torchscript", (TensorInfo("x", "FP32", (-1, 4)),), ())
+
+
+def test_numpy_scalars_in_parameters_keep_their_type(client: Client) -> None:
+    # they were sent as strings ('3', 'True', '0.5'): the server refused a np.int64 priority
+    values = {"flag": np.bool_(True), "n": np.int64(3), "u": np.uint8(7), "f": np.float32(0.5)}
+    request = make_request(AFFINE_INFO, np.zeros((1, 4), np.float32), parameters=values)
+    sent = {}
+    for key, param in request.parameters.items():
+        kind = param.WhichOneof("parameter_choice")
+        sent[key] = (kind, getattr(param, kind))
+    assert sent == {
+        "flag": ("bool_param", True),
+        "n": ("int64_param", 3),
+        "u": ("int64_param", 7),
+        "f": ("double_param", 0.5),
+    }
+    out = client.infer("affine", np.ones((1, 4)), parameters={"priority": np.int64(1)})
+    assert out["y"].tolist() == [[3.0] * 4]
+
+
+# -- tokens gRPC cannot send, client-side gRPC failures, closed clients -----------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("s3cret\n", r"a newline \('\\n'\) at position 6 \(its end: a token read from a file"),
+        ("sé", r"U\+00E9, not ASCII \('é'\) at position 1: an HTTP/2 header value holds"),
+        ("a\x00b", r"control character U\+0000 \('\\x00'\) at position 1"),
+        ("s3cret ", "a trailing space"),
+    ],
+)
+def test_a_token_grpc_cannot_send_is_refused_when_the_client_is_built(
+    token: str, message: str
+) -> None:
+    # every call failed instead: sync "INTERNAL: Invalid metadata", async a cygrpc error
+    with pytest.raises(ValueError, match=f"^token: {message}"):
+        Client("127.0.0.1:1", token=token)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=f"^token: {message}"):
+            AsyncClient("127.0.0.1:1", token=token)
+
+    asyncio.run(main())
+    with pytest.raises(TypeError, match=r"^token: expected a str, got bytes"):
+        Client("127.0.0.1:1", token=b"s3cret")
+
+
+def test_async_client_side_grpc_failures_are_sdk_errors(server: Server) -> None:
+    """grpc.aio's own exceptions (cygrpc's, not RpcErrors) leaked to the caller."""
+
+    async def main() -> None:
+        async with AsyncClient(server.address, timeout=10) as client:
+            await client.model_metadata("affine")
+            # A header gRPC core refuses to send (the token check keeps such tokens out):
+            # a raw grpc._cython.cygrpc.ExecuteBatchError came out of both calls.
+            client._settings.metadata = (("authorization", "Bearer s3cret\n"),)
+            failed = pytest.raises(InferenceServerError, match="gRPC failed in the client")
+            with failed as info:
+                await client.infer("affine", np.zeros((1, 4)))
+            assert info.value.code == grpc.StatusCode.UNKNOWN
+            # the stream's failure may come as a cygrpc error or as an RpcError (INTERNAL)
+            with pytest.raises(InferenceServerError):
+                async for _ in client.stream_infer("affine", [np.zeros((1, 4))]):
+                    pass
+
+    asyncio.run(main())
+
+
+def test_a_closed_client_says_so(server: Server) -> None:
+    # sync raised "ValueError: Cannot invoke RPC on closed channel!", async cygrpc.UsageError
+    x = np.zeros((1, 4))
+    closed = pytest.raises(ClientClosedError, match="the client is closed")
+    client = Client(server.address, timeout=10)
+    client.infer("affine", x)  # metadata cached: infer goes straight to ModelInfer
+    client.close()
+    client.close()  # a second close is fine
+    for call in (
+        lambda: client.infer("affine", x),
+        client.is_server_live,
+        lambda: client.model_metadata("affine", refresh=True),
+        lambda: list(client.stream_infer("affine", [x])),
+    ):
+        with closed as info:
+            call()
+        assert isinstance(info.value, InferenceServerError)
+        assert info.value.code == grpc.StatusCode.CANCELLED
+
+    async def main() -> None:
+        client = AsyncClient(server.address, timeout=10)
+        await client.infer("affine", x)
+        await client.close()
+        await client.close()
+        with closed:
+            await client.infer("affine", x)
+        with closed:
+            await client.is_server_live()
+        with closed:
+            async for _ in client.stream_infer("affine", [x]):
+                pass
+
+    asyncio.run(main())
