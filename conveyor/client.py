@@ -873,9 +873,17 @@ class Client(_Common):
         request = pb.RepositoryIndexRequest(ready=ready)
         return list(self._call(self._stub.RepositoryIndex, request, self._deadline(timeout)).models)
 
-    def load_model(self, model: str, timeout: float | None = None) -> None:
+    def load_model(
+        self,
+        model: str,
+        config: Mapping[str, Any] | str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Load (or reload) ``model`` (``--model-control explicit``). ``config``: a model
+        configuration (a dict, or its JSON text) used for this load instead of the
+        versions' config.json files, as Triton's ``config`` load parameter."""
+        request = _load_request(model, config)
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
-        request = pb.RepositoryModelLoadRequest(model_name=model)
         self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     def unload_model(self, model: str, timeout: float | None = None) -> None:
@@ -890,6 +898,29 @@ class Client(_Common):
         return list(
             self._call(self._stub.ModelStatistics, request, self._deadline(timeout)).model_stats
         )
+
+    def model_config(self, model: str, version: str = "", timeout: float | None = None) -> Any:
+        """The served configuration of ``model`` (``version``: "" for the one served by
+        default) as Triton's ``inference.ModelConfig`` message, flags applied."""
+        request = pb.ModelConfigRequest(
+            name=_check_str(model, "model"), version=_check_version(version)
+        )
+        return self._call(self._stub.ModelConfig, request, self._deadline(timeout)).config
+
+
+def _load_request(model: str, config: Mapping[str, Any] | str | None) -> Any:
+    request = pb.RepositoryModelLoadRequest(model_name=_check_str(model, "model"))
+    if config is not None:
+        if isinstance(config, Mapping):
+            text = json.dumps(dict(config))
+        elif isinstance(config, str):
+            text = config
+        else:
+            raise TypeError(
+                f"config: expected a dict or its JSON text, got {type(config).__name__}"
+            )
+        request.parameters["config"].string_param = text
+    return request
 
 
 def _stream_result(item: pb.ModelStreamInferResponse) -> InferResult:
@@ -1079,9 +1110,15 @@ class AsyncClient(_Common):
             (await self._call(self._stub.RepositoryIndex, request, self._deadline(timeout))).models
         )
 
-    async def load_model(self, model: str, timeout: float | None = None) -> None:
+    async def load_model(
+        self,
+        model: str,
+        config: Mapping[str, Any] | str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """As :meth:`Client.load_model`."""
+        request = _load_request(model, config)
         self._info = {k: v for k, v in self._info.items() if k[0] != model}
-        request = pb.RepositoryModelLoadRequest(model_name=model)
         await self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     async def unload_model(self, model: str, timeout: float | None = None) -> None:
@@ -1098,3 +1135,12 @@ class AsyncClient(_Common):
                 await self._call(self._stub.ModelStatistics, request, self._deadline(timeout))
             ).model_stats
         )
+
+    async def model_config(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> Any:
+        """As :meth:`Client.model_config`."""
+        request = pb.ModelConfigRequest(
+            name=_check_str(model, "model"), version=_check_version(version)
+        )
+        return (await self._call(self._stub.ModelConfig, request, self._deadline(timeout))).config

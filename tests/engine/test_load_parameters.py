@@ -3,6 +3,7 @@ applied to that load; every other parameter and a foreign repository_name are re
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +100,29 @@ def test_other_load_parameters_and_repositories_are_refused(served: tuple) -> No
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "repository_name 'no-such-repo'" in info.value.details()
     assert not client.is_model_ready("m")  # nothing was loaded by the refused requests
+
+
+def test_the_sdk_loads_with_a_config_and_reads_the_served_config(tmp_path: Path) -> None:
+    from conveyor.client import AsyncClient, Client, NotFoundError
+
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO, max_batch_size=64)
+    with Server(tmp_path, port=0, model_control="explicit") as server:
+        with Client(server.address, timeout=10) as sdk:
+            sdk.load_model("m", config=json.loads(_config(max_batch_size=2)))
+            assert sdk.model_config("m").max_batch_size == 2
+            sdk.load_model("m", config=_config(max_batch_size=4))  # its JSON text as well
+            assert sdk.model_config("m", "1").max_batch_size == 4
+            sdk.load_model("m")
+            config = sdk.model_config("m")
+            assert config.max_batch_size == 64 and [i.name for i in config.input] == ["x"]
+            with pytest.raises(NotFoundError):
+                sdk.model_config("nope")
+            with pytest.raises(TypeError, match="config: expected a dict or its JSON text"):
+                sdk.load_model("m", config=42)  # type: ignore[arg-type]
+
+        async def load_and_read() -> int:
+            async with AsyncClient(server.address, timeout=10) as aio:
+                await aio.load_model("m", config=json.loads(_config(max_batch_size=3)))
+                return (await aio.model_config("m")).max_batch_size
+
+        assert asyncio.run(load_and_read()) == 3
