@@ -183,11 +183,13 @@ class Model:
         load time, not on the first request: wrong inputs or outputs fail at one row,
         a program that takes only some batch sizes (a torch.export program traced
         without a dynamic batch dim takes only its example's) at the others. Each batch
-        size runs once; a large ``max_batch_size`` costs one forward of that size."""
-        sizes = sorted({1, min(2, self.config.max_batch_size), self.config.max_batch_size})
-        for rows in sizes:
-            batch = [_zeros(spec, rows) for spec in self.config.inputs]
+        size runs once. The largest is capped at ``WARM_UP_BYTES`` of inputs (at least
+        2 rows): a max_batch_size of 2**30 is a valid setting, not a batch to allocate."""
+        mbs = self.config.max_batch_size
+        largest = min(mbs, max(2, WARM_UP_BYTES // _row_bytes(self.config.inputs)))
+        for rows in sorted({1, min(2, mbs), largest}):
             try:
+                batch = [_zeros(spec, rows) for spec in self.config.inputs]
                 self.run(batch)
             except Internal as exc:
                 if rows == 1:
@@ -196,10 +198,13 @@ class Model:
                     ) from None
                 raise ModelLoadError(
                     f"{self.files.program}: the program does not accept batch size {rows} "
-                    f"(max_batch_size {self.config.max_batch_size}; a torch.export program "
-                    f"needs a dynamic batch dim, torch.export.Dim): warm-up with {rows} rows "
-                    "of zeros "
-                    f"failed: {exc.message}"
+                    f"(max_batch_size {mbs}; a torch.export program needs a dynamic batch "
+                    f"dim, torch.export.Dim): warm-up with {rows} rows of zeros failed: "
+                    f"{exc.message}"
+                ) from None
+            except MemoryError:
+                raise ModelLoadError(
+                    f"{self.files.program}: out of memory in warm-up with {rows} rows of zeros"
                 ) from None
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -389,6 +394,21 @@ def _message(exc: Exception) -> str:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# Most bytes of inputs the largest warm-up batch holds (see Model.warm_up).
+WARM_UP_BYTES = 16 * 1024 * 1024
+
+
+def _row_bytes(specs: Sequence[TensorSpec]) -> int:
+    """Bytes of one row of inputs; a BYTES element counts as one object pointer."""
+    total = 0
+    for spec in specs:
+        size = NUMPY_DTYPES[spec.datatype].itemsize if spec.datatype != "BYTES" else 8
+        for d in spec.shape:
+            size *= 1 if d == -1 else d
+        total += size
+    return max(total, 1)
 
 
 def _zeros(spec: TensorSpec, rows: int = 1) -> np.ndarray:

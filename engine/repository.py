@@ -188,6 +188,8 @@ class ModelEntry:
     # Why the last scan or load found no version to serve (the policy selects none on
     # disk), else None: a failed load of the model as a whole.
     policy_error: str | None = None
+    # The version policy the last scan or load applied (ModelConfig reports it).
+    policy: VersionPolicy | None = None
     loaded_by_request: bool = False
 
     def problem(self, version: int) -> str:
@@ -567,6 +569,7 @@ class ModelRepository:
         entry = self.models.setdefault(name, ModelEntry(name))
         entry.on_disk = sorted(versions)
         entry.wanted = wanted
+        entry.policy = policy
         self._check_policy(entry, policy, versions)
         for v in wanted:
             served = entry.versions.get(v)
@@ -615,7 +618,9 @@ class ModelRepository:
         keep = set(ready_wanted) | set(fallbacks)
         retire = [entry.versions.pop(v) for v in list(entry.versions) if v not in keep]
         for v in list(entry.failed):
-            if v not in versions:
+            if v not in versions or v not in wanted:
+                # Gone, or no longer selected: its failure is no longer this model's
+                # problem (the index would otherwise show a stale reason).
                 entry.failed.pop(v)
         if retire:
             log.info("unloading versions %s", [s.version for s in retire], extra={"model": name})

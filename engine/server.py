@@ -15,6 +15,7 @@ then drains and drops the models.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ipaddress
 import logging
@@ -264,12 +265,17 @@ class Server:
             self._thread.join()
             self._thread = None
             raise self._start_error
+        # A program that exits without stop(): stop here, before the interpreter
+        # tears down what the serving thread (a daemon) still uses: in-flight
+        # requests get the grace period and the models are unloaded.
+        atexit.register(self.stop)
         return self
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (``grace`` s), unload, join."""
         if self._thread is None:
             return
+        atexit.unregister(self.stop)
         loop = self._loop
         if loop is not None and self._stop_requested is not None:
             self._stop_grace = self.grace if grace is None else grace

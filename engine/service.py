@@ -336,9 +336,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except EngineError as exc:
             await _abort(context, exc, "", request.name)
         try:
-            # The policy is the model's: the newest loaded version's config.json decides it.
-            default = self.repository.models[request.name].default
-            policy = (default or served).config.version_policy or self.repository.default_policy
+            # The policy the repository applied at its last scan or load of the model.
+            entry = self.repository.models[request.name]
+            policy = entry.policy or self.repository.default_policy
             config = triton_model_config(
                 served.config,
                 instance_count=served.batcher.instance_count,

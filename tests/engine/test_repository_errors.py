@@ -403,3 +403,82 @@ def test_a_server_stopped_while_the_interpreter_exits_stops_cleanly(tmp_path: Pa
     assert "stopped" in done.stdout
     assert "cannot schedule new futures" not in done.stderr
     assert "server loop failed" not in done.stderr
+
+
+_EXIT_WITHOUT_STOP = """
+import logging, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from models import VERSION_IO, Version, write_model
+from conveyor.engine import Server
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
+write_model(Path({repo!r}), "m", 1, Version(1), VERSION_IO)
+Server({repo!r}, port=0).start()
+"""
+
+
+def test_a_server_never_stopped_is_stopped_at_exit(tmp_path: Path) -> None:
+    # The program returns with the server running: an exit hook stops it (the serving
+    # thread is a daemon, which the interpreter would otherwise tear down mid-serve).
+    script = _EXIT_WITHOUT_STOP.format(tests=str(Path(__file__).parent), repo=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "conveyor.engine.server stopped" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_large_max_batch_size_warms_up_on_a_capped_batch(tmp_path: Path) -> None:
+    # 2**34 rows of 4 floats would be 256 GiB: the largest warm-up batch is capped by bytes.
+    write_model(tmp_path, "m", 1, Affine(), AFFINE_IO, max_batch_size=1 << 34)
+    server, channel, stub = _serve(tmp_path, poll_interval=3600)
+    try:
+        assert _index(stub)[("m", "1")] == ("READY", "")
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_model_config_reports_the_policy_the_repository_applies(tmp_path: Path) -> None:
+    # The newest version's config.json parses and says "all", but its program is broken:
+    # the repository applies "all" (versions 1 and 2 serve), and ModelConfig says so.
+    for v in (1, 2):
+        write_model(tmp_path, "m", v, Version(v), VERSION_IO)
+    write_model(tmp_path, "m", 3, Version(3), VERSION_IO, version_policy={"all": {}})
+    (tmp_path / "m" / "3" / "model.pt").write_bytes(b"not a program")
+    server, channel, stub = _serve(tmp_path, poll_interval=3600)
+    try:
+        index = _index(stub)
+        assert index[("m", "1")][0] == index[("m", "2")][0] == "READY"
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="m"), timeout=10).config
+        assert config.version_policy.WhichOneof("policy_choice") == "all"
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_a_version_no_longer_selected_drops_its_old_failure(tmp_path: Path) -> None:
+    for v in (1, 2):
+        write_model(tmp_path, "m", v, Version(v), VERSION_IO, max_batch_size=8)
+    server, channel, stub = _serve(tmp_path, model_control="explicit", load_models=["m"])
+    try:
+        (tmp_path / "m" / "2" / "model.pt").write_bytes(b"broken")
+        code, details = _load(stub, "m")
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "version 2" in details
+        assert "not a torchscript archive" in _index(stub)[("m", "2")][1]  # 2's copy serves
+        # A load whose policy selects nothing: a failed load, and everything stays.
+        config = json.loads((tmp_path / "m" / "1" / "config.json").read_text())
+        request = pb.RepositoryModelLoadRequest(model_name="m")
+        request.parameters["config"].string_param = json.dumps(
+            {**config, "version_policy": {"specific": {"versions": [9]}}}
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(request, timeout=30)
+        assert "at least one version must be available" in info.value.details()
+        state, reason = _index(stub)[("m", "2")]
+        # Version 2 is no longer selected: the reason is this load's, not its old failure.
+        assert state == "READY" and "at least one version must be available" in reason
+        assert "not a torchscript archive" not in reason
+    finally:
+        channel.close()
+        server.stop()
