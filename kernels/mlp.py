@@ -31,6 +31,7 @@ from conveyor.kernels.linear import (
     ACTIVATIONS,
     FusedLinear,
     PackCache,
+    activation_reference,
     fused_linear,
     linear_reference,
 )
@@ -65,7 +66,10 @@ def fused_mlp(x: torch.Tensor, layers: Sequence[Layer], *, impl: str | None = No
         if chosen == "reference":
             return mlp_reference(x, layers)
         for w, b, act in layers:  # autograd needs the graph: one fused_linear per layer
-            x = fused_linear(x, w, b, act)
+            if act in ACTIVATIONS:
+                x = fused_linear(x, w, b, act)
+            else:  # an output activation the fused linear does not take (sigmoid, tanh)
+                x = activation_reference(fused_linear(x, w, b, "none"), act)
         return x
     return _run_cpp(x, _pack(layers))
 
@@ -220,7 +224,8 @@ class PackedMLP:
             raise TypeError(f"x: expected dtype {self.dtype}, got {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != self.dims[0]:
             raise ValueError(f"x: expected shape (..., {self.dims[0]}), got {tuple(x.shape)}")
-        flat = x if x.dim() == 2 else x.reshape(-1, self.dims[0])
+        # math.prod, not -1: reshape cannot infer a dimension beside a 0 (in_features 0).
+        flat = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), self.dims[0])
         if not flat.is_contiguous():
             flat = flat.contiguous()
         out = torch.empty((flat.shape[0], self.dims[-1]), dtype=x.dtype)

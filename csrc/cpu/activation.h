@@ -18,6 +18,7 @@
 namespace conveyor {
 
 __attribute__((always_inline)) inline float act_exp(float x) {
+  const float in = x;
   x = x < -87.3f ? -87.3f : x;  // 2^n stays a normal float (value selects vectorize;
   x = x > 88.3f ? 88.3f : x;    // std::min/max on references do not)
   // n = floor(x log2(e) + 1/2) through an integer conversion: vectorizes on
@@ -35,7 +36,10 @@ __attribute__((always_inline)) inline float act_exp(float x) {
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
   const float scale = __builtin_bit_cast(float, (ni + 127) << 23);
-  return y * scale;
+  // Past the clamps, the limits (0 and inf), not the clamps' values: z / (1 + exp(-z))
+  // and z * exp(-z * z / 2) must go to 0 as |z| grows, and with exp stuck at 2.2e38
+  // SiLU(-1e38) was -0.45 and GELU'(1e38) 1.49.
+  return in < -87.3f ? 0.0f : (in > 88.3f ? __builtin_inff() : y * scale);
 }
 inline double act_exp(double x) { return std::exp(x); }
 

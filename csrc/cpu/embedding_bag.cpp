@@ -420,8 +420,10 @@ std::string embedding_bag_backward_cpu(const T* grad_out, const T* weight, int64
   std::string err = check_offsets(offsets, B, nnz);
   if (err.empty()) err = check_indices(indices, nnz, V);
   if (!err.empty()) return err;
-  // Bag of each index position (indices before offsets[0] cannot exist: offsets[0] == 0).
-  std::vector<int64_t> bag_of(static_cast<size_t>(nnz));
+  // Bag of each index position; -1 for none: with no bags (B == 0) the indices
+  // feed no output, so they get no gradient (indices before offsets[0] cannot
+  // exist: offsets[0] == 0).
+  std::vector<int64_t> bag_of(static_cast<size_t>(nnz), -1);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t e = bag_end(offsets, B, nnz, b);
     for (int64_t j = offsets[b]; j < e; ++j) bag_of[j] = b;
@@ -443,6 +445,7 @@ std::string embedding_bag_backward_cpu(const T* grad_out, const T* weight, int64
       const int64_t r = indices[j];
       if (r % threads != t) continue;
       const int64_t b = bag_of[j];
+      if (b < 0) continue;
       T scale = per_sample_weights ? per_sample_weights[j] : T(1);
       if (mode == kBagMean) scale /= static_cast<T>(bag_end(offsets, B, nnz, b) - offsets[b]);
       axpy_any(D, scale, grad_out + b * D, grad_weight + r * D);
@@ -452,7 +455,8 @@ std::string embedding_bag_backward_cpu(const T* grad_out, const T* weight, int64
 #pragma omp for schedule(static)
 #endif
       for (int64_t j = 0; j < nnz; ++j)
-        grad_psw[j] = dot_any(D, weight + indices[j] * D, grad_out + bag_of[j] * D);
+        grad_psw[j] =
+            bag_of[j] < 0 ? T(0) : dot_any(D, weight + indices[j] * D, grad_out + bag_of[j] * D);
     }
   }
   return "";

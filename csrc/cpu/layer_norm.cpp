@@ -66,7 +66,20 @@ CONVEYOR_INLINE RowStats<T> row_stats(const T* __restrict xr, int64_t N, double 
   shifted_sums(xr, N, xr[0], T(0), s, ss);
   double mu = static_cast<double>(xr[0]) + s / n;
   double var = ss / n - (s / n) * (s / n);
-  if (ss / n > 64.0 * var) {
+  if (!std::isfinite(ss)) {
+    // A block's sum of squares overflowed T (float32 values ~1e19 and up: their
+    // squares pass 3.4e38 although the variance may not): the row again, in double.
+    // Rows holding inf or NaN come here too and get the same inf/NaN statistics.
+    double sum = 0;
+    for (int64_t k = 0; k < N; ++k) sum += static_cast<double>(xr[k]);
+    mu = sum / n;
+    double sq = 0;
+    for (int64_t k = 0; k < N; ++k) {
+      const double d = static_cast<double>(xr[k]) - mu;
+      sq += d * d;
+    }
+    var = sq / n;
+  } else if (ss / n > 64.0 * var) {
     const T ehi = static_cast<T>(mu), elo = static_cast<T>(mu - static_cast<double>(ehi));
     shifted_sums(xr, N, ehi, elo, s, ss);
     mu += s / n;

@@ -298,3 +298,19 @@ def test_cpp_two_threads_match_reference(mode: str, psw: bool) -> None:
         _check("cpp", 500, 64, 300, 6000, mode, psw)
     finally:
         _C.set_num_threads(before)
+
+
+@pytest.mark.parametrize("psw", [False, True])
+def test_cpp_indices_in_no_bag_get_no_gradient(psw: bool) -> None:
+    # No bags (empty offsets) but some indices: the output is [0, D] and depends on
+    # no row, so both gradients are zero (torch's own backward returns garbage here).
+    weight = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    indices = torch.tensor([1, 2, 3])
+    weights = torch.rand(3, dtype=torch.float64, requires_grad=True) if psw else None
+    out = embedding_bag(indices, weight, torch.empty(0, dtype=torch.long), "sum", weights,
+                        impl="cpp")  # fmt: skip
+    assert out.shape == (0, 8)
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    if psw:
+        assert torch.equal(weights.grad, torch.zeros_like(weights))

@@ -170,3 +170,16 @@ def test_cpp_second_derivative_matches_torch() -> None:
         return torch.autograd.grad((gx**2).sum(), w)[0]
 
     torch.testing.assert_close(penalised("cpp"), penalised("reference"))
+
+
+def test_cpp_float32_rows_whose_squares_overflow() -> None:
+    # Deviations of 2e19 square past float32's range although the variance (1e38) does
+    # not: the statistics are taken again in double instead of giving rstd 0 (zeros).
+    x = torch.tensor([[1e19, -1e19, 0.0, 5.0], [3e38, -3e38, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    out = layer_norm(x, (4,), impl="cpp")
+    expected = F.layer_norm(x.double(), (4,)).float()
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # Rows holding inf or NaN still come out as torch's do.
+    bad = torch.tensor([[float("nan"), 1.0, 2.0], [float("inf"), 1.0, 2.0]])
+    assert torch.isnan(layer_norm(bad, (3,), impl="cpp")).any(dim=1).all()

@@ -234,3 +234,30 @@ def test_packed_activation_none_is_named_none() -> None:
     ((w, b, _),) = _layers([4, 3], ["none"])
     with pytest.raises(ValueError, match='got None \\(no activation is "none"\\)'):
         PackedMLP([(w, b, None)])
+
+
+@pytest.mark.parametrize("last", [torch.nn.Sigmoid(), torch.nn.Tanh()])
+def test_forced_cpp_trains_through_output_activations(last: torch.nn.Module) -> None:
+    from conveyor.kernels.mlp import sequential_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 2), last)
+    layers = sequential_layers(model)
+    x = torch.randn(4, 5)
+    out = fused_mlp(x, layers, impl="cpp")  # parameters require grad: the training path
+    assert out.requires_grad
+    assert_close(out.detach(), model(x).detach(), torch.float32)
+    out.sum().backward()
+    assert model[0].weight.grad is not None
+
+
+def test_zero_input_features_in_more_than_two_dims() -> None:
+    from conveyor.kernels import FusedLinear
+
+    layer = FusedLinear(0, 4, "relu")
+    x = torch.empty(2, 3, 0)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([1.0, -2.0, 3.0, -4.0]))
+        out = layer(x)  # no input features: each output is its activated bias
+        assert out.shape == (2, 3, 4)
+        torch.testing.assert_close(out, torch.relu(layer.bias).expand(2, 3, 4))
