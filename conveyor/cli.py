@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from conveyor import __version__, config
 from conveyor.errors import ConveyorError
 from conveyor.log import LEVELS, setup_logging
+from conveyor.standard_streams import open_standard_streams
 
 # Modules that define `register(subparsers, common)`. Keep them light at import
 # time (no torch, no pyarrow at module level) so `conveyor --help` stays fast.
@@ -109,6 +110,7 @@ def _stdout_closed() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    open_standard_streams()  # before anything opens a descriptor that could take 0-2
     parser = build_parser()
     args = config.resolve(parser, argv)
     setup_logging(args.log_level, args.log_format)

@@ -43,6 +43,7 @@ from conveyor.engine.repository import MODEL_CONTROL, BatchingOverrides, ModelRe
 from conveyor.engine.service import InferenceServicer
 from conveyor.engine.tls import TLSConfig
 from conveyor.errors import ConveyorError
+from conveyor.standard_streams import open_standard_streams
 
 log = logging.getLogger("conveyor.engine.server")
 
@@ -91,6 +92,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
+    open_standard_streams()  # an embedding program may run with fd 0-2 closed
     try:
         import uvloop
     except ImportError:  # optional on platforms without it
