@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -71,3 +72,15 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    if fmt == "json":
+        # JSON lines only: Python warnings (a model's UserWarning, torch's) become
+        # records of the same handler instead of plain text on stderr, and gRPC's
+        # C core, which writes its own plain-text lines (failed TLS handshakes...),
+        # is silenced unless GRPC_VERBOSITY says otherwise. gRPC reads the variable
+        # once, when it is imported: here that is later, and child processes
+        # (--workers) inherit it.
+        logging.captureWarnings(True)
+        warned = logging.getLogger("py.warnings")
+        warned.handlers[:] = [handler]
+        warned.propagate = False
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
