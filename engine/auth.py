@@ -57,18 +57,37 @@ def split_tokens(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in items if t and t.strip())
 
 
+def token_problem(token: str) -> str | None:
+    """Why a client could never send ``token`` in an ``authorization`` header (HTTP/2
+    header values are printable ASCII), or None. Names the position, never the token."""
+    for i, char in enumerate(token):
+        if not " " <= char <= "~":
+            return (
+                f"character {i + 1} is {char!r}: a bearer token is printable ASCII "
+                "(an HTTP/2 header value), so no client could send it"
+            )
+    return None
+
+
 def read_token_file(path: str | Path) -> tuple[str, ...]:
-    """One token per line; blank lines and lines starting with ``#`` are skipped."""
+    """One token per line; blank lines and lines starting with ``#`` (after any
+    indentation) are skipped."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise AuthConfigError(f"token file {path}: {exc.strerror or exc}") from None
-    tokens = tuple(
-        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
-    )
+    tokens: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        problem = token_problem(line)
+        if problem is not None:
+            raise AuthConfigError(f"token file {path}: line {number}: {problem}")
+        tokens.append(line)
     if not tokens:
         raise AuthConfigError(f"token file {path}: holds no token")
-    return tokens
+    return tuple(tokens)
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,9 @@ class AuthConfig:
         for token in (*self.tokens, *self.admin_tokens):
             if not token or token != token.strip():
                 raise AuthConfigError("auth tokens must be non-empty, without surrounding spaces")
+            problem = token_problem(token)
+            if problem is not None:
+                raise AuthConfigError(f"auth token: {problem}")
 
     @property
     def enabled(self) -> bool:

@@ -31,18 +31,36 @@ class ServeError(ConveyorError):
 
 def _auth(args: argparse.Namespace) -> Any:
     """Tokens from the flags / CONVEYOR_* variables (comma-separated) and token files."""
-    from conveyor.engine.auth import AuthConfig, read_token_file, split_tokens
+    from conveyor.engine.auth import AuthConfig, read_token_file
 
-    tokens = split_tokens(args.auth_token)
+    tokens = _tokens(args.auth_token, "--auth-token / CONVEYOR_AUTH_TOKEN")
     if args.auth_token_file:
         tokens += read_token_file(args.auth_token_file)
-    admin = split_tokens(args.admin_token)
+    admin = _tokens(args.admin_token, "--admin-token / CONVEYOR_ADMIN_TOKEN")
     if args.admin_token_file:
         admin += read_token_file(args.admin_token_file)
     if args.auth_exempt_health and not (tokens or admin):
         raise ServeError("--auth-exempt-health needs --auth-token or --auth-token-file")
     config = AuthConfig(tokens=tokens, admin_tokens=admin, exempt_health=args.auth_exempt_health)
     return config if config.enabled else None
+
+
+def _tokens(value: str | None, source: str) -> tuple[str, ...]:
+    """The comma-separated tokens of a flag or variable. Set but empty (a secret that
+    was not mounted: CONVEYOR_AUTH_TOKEN="") is an error, not a server open to all."""
+    from conveyor.engine.auth import split_tokens, token_problem
+
+    tokens = split_tokens(value)
+    if value is not None and not tokens:
+        raise ServeError(
+            f"{source} is set but holds no token ({value!r}); give one, or unset it "
+            "to serve without authentication"
+        )
+    for n, token in enumerate(tokens, 1):
+        problem = token_problem(token)
+        if problem is not None:
+            raise ServeError(f"{source}: token {n}: {problem}")
+    return tokens
 
 
 def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:

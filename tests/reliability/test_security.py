@@ -167,6 +167,44 @@ def test_tokens_from_files_and_environment(tmp_path: Path, monkeypatch: pytest.M
             _server_kwargs(resolve(build_parser(), argv))
 
 
+def test_tokens_that_would_open_or_lock_the_server_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.cli import build_parser
+    from conveyor.config import resolve
+    from conveyor.engine.auth import AuthConfigError, read_token_file
+    from conveyor.engine.cli import ServeError, _server_kwargs
+
+    def kwargs(*flags: str) -> dict:
+        argv = ["serve", "--model-repository", str(tmp_path), *flags]
+        return _server_kwargs(resolve(build_parser(), argv))
+
+    # Set but empty (a secret that was not mounted) must not serve without a token.
+    monkeypatch.setenv("CONVEYOR_AUTH_TOKEN", "")
+    with pytest.raises(ServeError, match="CONVEYOR_AUTH_TOKEN is set but holds no token"):
+        kwargs()
+    monkeypatch.delenv("CONVEYOR_AUTH_TOKEN")
+    for value in (",", " ", " , "):
+        with pytest.raises(ServeError, match="holds no token"):
+            kwargs("--auth-token", value)
+    with pytest.raises(ServeError, match="--admin-token"):
+        kwargs("--admin-token", ",")
+    # A token no client can send (not printable ASCII) is refused, not a locked server;
+    # the message names the position, never the token.
+    with pytest.raises(ServeError, match="token 2: character 2 is") as info:
+        kwargs("--auth-token", "ok,pässwörd")
+    assert "pässwörd" not in str(info.value)
+    with pytest.raises(AuthConfigError, match="printable ASCII"):
+        AuthConfig(tokens=("tab\tinside",))
+    # An indented comment in a token file is a comment, not a token.
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-1\n  # old-token\n\t# older\n")
+    assert read_token_file(tokens) == ("tok-1",)
+    tokens.write_text("tok-1\ntök-2\n")
+    with pytest.raises(AuthConfigError, match=r"tokens: line 2: character 2 is 'ö'"):
+        read_token_file(tokens)
+
+
 def test_pickles_are_never_loaded_and_paths_outside_the_root_are_refused(
     tmp_path: Path,
 ) -> None:
