@@ -40,7 +40,10 @@ def _auth(args: argparse.Namespace) -> Any:
     if args.admin_token_file:
         admin += read_token_file(args.admin_token_file)
     if args.auth_exempt_health and not (tokens or admin):
-        raise ServeError("--auth-exempt-health needs --auth-token or --auth-token-file")
+        raise ServeError(
+            "--auth-exempt-health needs a token to exempt health from: --auth-token, "
+            "--auth-token-file, --admin-token or --admin-token-file"
+        )
     config = AuthConfig(tokens=tokens, admin_tokens=admin, exempt_health=args.auth_exempt_health)
     return config if config.enabled else None
 
