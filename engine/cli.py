@@ -176,9 +176,11 @@ def _drift_settings(args: argparse.Namespace) -> Any:
 
 
 class _Signals:
-    """Catches SIGTERM and SIGINT from installation on (also while models load).
+    """Catches SIGTERM, SIGINT and SIGHUP from installation on (also while models load).
 
-    The first one asks for the stop; from then on both are ignored until the process
+    SIGHUP (a closed terminal; what many service managers send) is a stop like SIGTERM:
+    its default action would end the process without a drain. The first one asks for
+    the stop; from then on all three are ignored until the process
     exits. A worker of ``--workers N`` commonly gets the stop twice: a Ctrl-C or
     systemd's KillMode=control-group signals the whole process group, and the parent
     forwards the stop to each worker as well (it must, for a signal sent to the parent
@@ -192,7 +194,8 @@ class _Signals:
         self.got = threading.Event()
         self.received: list[int] = []
         self._previous = {
-            s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)
+            s: signal.signal(s, self._handler)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
         # A worker of --workers N starts with SIGINT blocked (see
         # conveyor.engine.workers): a group Ctrl-C that came meanwhile is delivered
@@ -220,7 +223,7 @@ class _Signals:
 
 
 def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = None) -> int:
-    """Run one server process until SIGTERM/SIGINT; 0 after a graceful stop.
+    """Run one server process until SIGTERM/SIGINT/SIGHUP; 0 after a graceful stop.
 
     ``started`` is called once the server serves (a worker tells its parent).
     """

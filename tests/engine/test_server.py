@@ -182,7 +182,8 @@ def _start_cli(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], int, lis
     raise AssertionError(f"server did not start: {lines}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGHUP (a closed terminal, service managers) ended the server without a drain.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_cli_serves_and_drains_on_signal(repo: Path, sig: signal.Signals) -> None:
     proc, port, lines = _start_cli(repo, "--grace-period", "5")
     try:
