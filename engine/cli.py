@@ -54,7 +54,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ServeError("--tls-cert and --tls-key go together")
-        from conveyor.engine.tls import TLSConfig
+        from conveyor.engine.tls import CertificateDatesError, TLSConfig
 
         tls = TLSConfig(
             Path(args.tls_cert),
@@ -65,6 +65,8 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             # Checked here as well as in the server, so that --workers N fails once,
             # before any worker process starts.
             tls.server_credentials()
+        except CertificateDatesError as exc:
+            raise ServeError(f"--tls-cert {exc.path}: {exc.problem}") from None
         except ValueError as exc:
             raise ServeError(str(exc)) from None
     return dict(
