@@ -308,7 +308,10 @@ def serve_workers(
 
     # The workers write their metric values to a shared directory; this process
     # serves /metrics merged over them (see conveyor.engine.metrics).
-    shared = MultiProcessMetrics()
+    try:
+        shared = MultiProcessMetrics()
+    except ValueError as exc:  # a PROMETHEUS_MULTIPROC_DIR it cannot use
+        raise ServeError(str(exc)) from None
     try:
         if kwargs["metrics_port"] is not None:
             try:
