@@ -160,8 +160,8 @@ def _check_limits(args: argparse.Namespace) -> None:
 def _drift_settings(args: argparse.Namespace) -> Any:
     from conveyor.engine.drift import DriftSettings, out_of_range
 
-    if args.drift == "off":
-        return None
+    # Checked with --drift off too: a bad value is a mistake to report, not to keep
+    # until drift is turned on.
     for flag, setting, value in (
         ("--drift-window-rows", "window_rows", args.drift_window_rows),
         ("--drift-threshold", "threshold", args.drift_threshold),
@@ -170,6 +170,8 @@ def _drift_settings(args: argparse.Namespace) -> Any:
         rule = out_of_range(setting, value)
         if rule is not None:
             raise ServeError(f"{flag} must be {rule}, got {value}")
+    if args.drift == "off":
+        return None
     return DriftSettings(
         window_rows=args.drift_window_rows,
         window_seconds=args.drift_window_seconds,

@@ -90,6 +90,8 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
         (["--drift-threshold", "nan"], "--drift-threshold must be > 0, got nan"),
         (["--drift-window-rows", "9"], "--drift-window-rows must be >= 10, got 9"),
         (["--drift-window-seconds", "0"], "--drift-window-seconds must be > 0, got 0.0"),
+        # Accepted without a word before: --drift off returned before the checks.
+        (["--drift", "off", "--drift-threshold", "-5"], "--drift-threshold must be > 0, got -5.0"),
         # Silently ignored before: poll mode serves every model.
         (["--load-model", "a", "b"], "--load-model a b: only with --model-control explicit"),
     ],
