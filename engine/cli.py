@@ -75,7 +75,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ServeError("--tls-cert and --tls-key go together")
-        from conveyor.engine.tls import TLSConfig
+        from conveyor.engine.tls import CertificateDatesError, TLSConfig
 
         tls = TLSConfig(
             Path(args.tls_cert),
@@ -86,6 +86,8 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             # Checked here as well as in the server, so that --workers N fails once,
             # before any worker process starts.
             tls.server_credentials()
+        except CertificateDatesError as exc:
+            raise ServeError(f"--tls-cert {exc.path}: {exc.problem}") from None
         except ValueError as exc:
             raise ServeError(str(exc)) from None
     return dict(
@@ -179,8 +181,8 @@ def _check_limits(args: argparse.Namespace) -> None:
 def _drift_settings(args: argparse.Namespace) -> Any:
     from conveyor.engine.drift import DriftSettings, out_of_range
 
-    if args.drift == "off":
-        return None
+    # Checked with --drift off too: a bad value is a mistake to report, not to keep
+    # until drift is turned on.
     for flag, setting, value in (
         ("--drift-window-rows", "window_rows", args.drift_window_rows),
         ("--drift-threshold", "threshold", args.drift_threshold),
@@ -189,6 +191,8 @@ def _drift_settings(args: argparse.Namespace) -> Any:
         rule = out_of_range(setting, value)
         if rule is not None:
             raise ServeError(f"{flag} must be {rule}, got {value}")
+    if args.drift == "off":
+        return None
     return DriftSettings(
         window_rows=args.drift_window_rows,
         window_seconds=args.drift_window_seconds,
@@ -197,9 +201,11 @@ def _drift_settings(args: argparse.Namespace) -> Any:
 
 
 class _Signals:
-    """Catches SIGTERM and SIGINT from installation on (also while models load).
+    """Catches SIGTERM, SIGINT and SIGHUP from installation on (also while models load).
 
-    The first one asks for the stop; from then on both are ignored until the process
+    SIGHUP (a closed terminal; what many service managers send) is a stop like SIGTERM:
+    its default action would end the process without a drain. The first one asks for
+    the stop; from then on all three are ignored until the process
     exits. A worker of ``--workers N`` commonly gets the stop twice: a Ctrl-C or
     systemd's KillMode=control-group signals the whole process group, and the parent
     forwards the stop to each worker as well (it must, for a signal sent to the parent
@@ -213,7 +219,8 @@ class _Signals:
         self.got = threading.Event()
         self.received: list[int] = []
         self._previous = {
-            s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)
+            s: signal.signal(s, self._handler)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
         # A worker of --workers N starts with SIGINT blocked (see
         # conveyor.engine.workers): a group Ctrl-C that came meanwhile is delivered
@@ -241,7 +248,7 @@ class _Signals:
 
 
 def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = None) -> int:
-    """Run one server process until SIGTERM/SIGINT; 0 after a graceful stop.
+    """Run one server process until SIGTERM/SIGINT/SIGHUP; 0 after a graceful stop.
 
     ``started`` is called once the server serves (a worker tells its parent).
     """
@@ -324,7 +331,10 @@ def serve_workers(
 
     # The workers write their metric values to a shared directory; this process
     # serves /metrics merged over them (see conveyor.engine.metrics).
-    shared = MultiProcessMetrics()
+    try:
+        shared = MultiProcessMetrics()
+    except ValueError as exc:  # a PROMETHEUS_MULTIPROC_DIR it cannot use
+        raise ServeError(str(exc)) from None
     try:
         if kwargs["metrics_port"] is not None:
             try:

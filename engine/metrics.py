@@ -358,6 +358,14 @@ class MultiProcessMetrics:
 
     def __init__(self) -> None:
         existing = os.environ.get(MULTIPROC_ENV)
+        if existing:
+            # Checked here, once: each worker would otherwise fail on it with a traceback.
+            problem = _unusable(Path(existing))
+            if problem is not None:
+                raise ValueError(
+                    f"{MULTIPROC_ENV}={existing}: {problem}; the workers of --workers N write "
+                    "their metric values there (unset it for a temporary directory)"
+                )
         self._owned = existing is None
         self.directory = Path(existing or tempfile.mkdtemp(prefix="conveyor-metrics-"))
         if not self._owned:
@@ -387,3 +395,15 @@ class MultiProcessMetrics:
         if self._owned:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _unusable(directory: Path) -> str | None:
+    """Why the workers could not keep their metric files in ``directory``, or None."""
+    if not directory.is_dir():
+        return "not a directory" + ("" if directory.exists() else " (it does not exist)")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return f"not writable ({exc.strerror or exc})"
+    return None

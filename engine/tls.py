@@ -3,11 +3,14 @@
 gRPC reports a certificate or key it cannot use only as a failure to bind the port,
 and a missing file would surface as a traceback; here each file is read and parsed
 (with Python's ``ssl``) first, so the error names the file and what is wrong with it.
+A server certificate that is expired or not yet valid is refused too: gRPC serves it,
+and every client then fails its handshake.
 """
 
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +29,24 @@ class TLSConfig:
         """gRPC credentials from the files; ValueError naming the file that is unusable."""
         chain = [(_read("private key", self.key), _read("certificate", self.cert))]
         _check_certificates("certificate", self.cert)
+        _check_dates(self.cert)
         _check_key(self.cert, self.key)
         if self.client_ca is None:
             return grpc.ssl_server_credentials(chain)
         ca = _read("client CA", self.client_ca)
         _check_certificates("client CA", self.client_ca)
         return grpc.ssl_server_credentials(chain, root_certificates=ca, require_client_auth=True)
+
+
+class CertificateDatesError(ValueError):
+    """The server certificate is expired or not yet valid: every client's handshake would
+    fail, while the server started as if all were well. ``path`` and ``problem`` let the
+    CLI name its flag."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"TLS certificate {path}: {problem}")
+        self.path = path
+        self.problem = problem
 
 
 class _EncryptedKey(Exception):
@@ -56,6 +71,35 @@ def _check_certificates(what: str, path: Path) -> None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=str(path))
     except ssl.SSLError:
         raise ValueError(f"TLS {what} {path}: no PEM certificate in it") from None
+
+
+def _check_dates(cert: Path, now: float | None = None) -> None:
+    """CertificateDatesError unless ``now`` (epoch seconds; default: the clock) lies within
+    the validity of the first certificate in ``cert`` (the server's own).
+
+    Python's ``ssl`` decodes it (``_test_decode_cert``, the decoder behind
+    ``getpeercert``; the ``cryptography`` package is no runtime dependency). An
+    interpreter without it skips the check: the handshakes then show the problem.
+    """
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:
+        return
+    try:
+        decoded = decode(str(cert))
+        not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
+        not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
+    except (ssl.SSLError, KeyError, ValueError):  # parsed already: dates it cannot read
+        return
+    now = time.time() if now is None else now
+    valid = f"valid from {_utc(not_before)} to {_utc(not_after)}"
+    if now > not_after:
+        raise CertificateDatesError(cert, f"expired: {valid}")
+    if now < not_before:
+        raise CertificateDatesError(cert, f"not yet valid: {valid}")
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _check_key(cert: Path, key: Path) -> None:

@@ -1,7 +1,7 @@
 """Several server processes on one port (``conveyor serve --workers N``), supervised.
 
-The parent starts N worker processes (``spawn``), forwards SIGTERM/SIGINT to them
-(as SIGTERM, also when they got the signal themselves from their process group: a
+The parent starts N worker processes (``spawn``), forwards SIGTERM/SIGINT/SIGHUP to
+them (as SIGTERM, also when they got the signal themselves from their process group: a
 worker must ignore the repeat while it drains) and waits for their graceful stop.
 A worker that dies while serving (killed by the OOM killer, a crash in native code,
 an unexpected exit) is replaced, so the server keeps its capacity instead of running
@@ -16,15 +16,21 @@ on silently with fewer processes:
   everything with exit status 1 (a crash loop is for the orchestrator to see);
 - with ``restart=False`` the first death stops everything (exit status 1).
 
+A worker whose parent goes away without stopping it (SIGKILL by the OOM killer,
+SIGQUIT) gets SIGTERM and drains as if the parent had forwarded a stop, instead of
+serving on as an orphan that holds the port (see ``_watch_parent``).
+
 Exit status 0 only when every worker stopped gracefully after a signal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +38,45 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("conveyor.engine")
+
+# What stops the workers gracefully: SIGHUP is what a closed terminal and many service
+# managers send, and its default action would kill the parent and orphan the workers.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _watch_parent(parent: int, poll_s: float = 1.0) -> None:
+    """In a worker: SIGTERM to itself once ``parent`` (the pid that started it) is gone.
+
+    Linux: the kernel sends it (``PR_SET_PDEATHSIG``) when the parent dies; a parent
+    that died before the call is caught by comparing ``getppid()`` afterwards (the
+    worker was re-parented by then). Elsewhere, or when prctl is unavailable, a
+    daemon thread compares ``getppid()`` every ``poll_s`` seconds (default 1).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+        if prctl is not None and prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+    threading.Thread(
+        target=_poll_parent, args=(parent, poll_s), name="conveyor-parent-watch", daemon=True
+    ).start()
+
+
+def _poll_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(target: Callable[..., None], parent: int, *args: Any) -> None:
+    """A worker process: stops with its parent (``_watch_parent``), then runs ``target``."""
+    _watch_parent(parent)
+    target(*args)
 
 
 @dataclass
@@ -88,9 +133,11 @@ def run_workers(
     ``target`` starts with SIGINT blocked and must unblock it once its handlers are
     in (``signal.pthread_sigmask``), and set ``ready_event`` once it serves. ``on_exit(pid)`` is
     called for every worker process that ended (the metrics directory marks it
-    dead). SIGTERM and SIGINT stop the workers while this runs; with
-    ``restore_signals`` False both are ignored from the first one on and stay so, so
+    dead). SIGTERM, SIGINT and SIGHUP stop the workers while this runs; with
+    ``restore_signals`` False they are ignored from the first one on and stay so, so
     a process about to exit is not killed by a repeated signal (``conveyor serve``).
+    A worker stops (SIGTERM) when the thread that calls this dies without stopping
+    it (see ``_watch_parent``).
     Returns the exit status for the parent (0 or 1).
     """
     import multiprocessing
@@ -104,7 +151,9 @@ def run_workers(
 
     def spawn() -> _Slot:
         ready = ctx.Event()
-        process = ctx.Process(target=target, args=(*args, ready), daemon=False)
+        process = ctx.Process(
+            target=_worker, args=(target, os.getpid(), *args, ready), daemon=False
+        )
         # A worker starts with SIGINT blocked (the mask outlives fork and exec) and
         # unblocks it once its own handlers are in: a group Ctrl-C while it imports
         # stays pending instead of ending it with a KeyboardInterrupt traceback. Only
@@ -133,16 +182,16 @@ def run_workers(
 
     def on_signal(*_: Any) -> None:
         if not restore_signals:
-            # From the first stop on, ignore both: SIG_IGN, unlike a Python handler,
+            # From the first stop on, ignore them: SIG_IGN, unlike a Python handler,
             # also outlives interpreter shutdown (see conveyor.engine.cli._Signals).
-            for s in (signal.SIGTERM, signal.SIGINT):
+            for s in STOP_SIGNALS:
                 signal.signal(s, signal.SIG_IGN)
         stopping.set()
 
     # In before the first worker exists: a stop that came between the spawns and the
     # handlers was a KeyboardInterrupt that left the workers running, and a second
     # Ctrl-C then killed the parent in its exit-time join (-SIGINT).
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     slots: list[_Slot] = []
     failed = False
     fast_crashes = 0
@@ -186,9 +235,10 @@ def run_workers(
                     on_exit(slot.process.pid)
                 if stopping.is_set():
                     # A worker still starting when the stop came may have no handler
-                    # yet: SIGTERM (or a group SIGINT) ends it at once, a clean stop too.
+                    # yet: SIGTERM (or a group SIGINT / SIGHUP) ends it at once, a clean
+                    # stop too.
                     clean = code == 0 or (
-                        slot.ready_at is None and code in (-signal.SIGTERM, -signal.SIGINT)
+                        slot.ready_at is None and code in tuple(-s for s in STOP_SIGNALS)
                     )
                     if not clean:  # say why the exit status will be 1
                         log.error(

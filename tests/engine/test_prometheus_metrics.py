@@ -319,3 +319,46 @@ def test_requests_to_a_known_model_that_cannot_serve_carry_its_name(tmp_path: Pa
             '{code="NOT_FOUND",model="m",version=""}': 1.0,
             '{code="NOT_FOUND",model="",version=""}': 1.0,
         }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "read-only"])
+def test_workers_refuse_an_unusable_prometheus_multiproc_dir(
+    tmp_path: Path,
+    kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A missing directory was a ValueError traceback from prometheus-client, a read-only
+    # one a traceback from every worker.
+    import errno
+
+    from conveyor.engine import metrics
+
+    values = tmp_path / "values"
+    if kind == "file":
+        values.write_text("")
+    elif kind == "read-only":
+        values.mkdir()
+
+        def read_only(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        # Root writes into a mode 0o500 directory: a read-only mount is what refuses it.
+        monkeypatch.setattr(metrics.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(values))
+    flags = ["--workers", "2", "--port", str(_free_port()), "--metrics-port", "-1"]
+    assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 1
+    problem = {
+        "missing": "not a directory (it does not exist)",
+        "file": "not a directory",
+        "read-only": "not writable (Read-only file system)",
+    }[kind]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"conveyor: error: PROMETHEUS_MULTIPROC_DIR={values}: {problem};")

@@ -45,9 +45,26 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
     ("flags", "message"),
     [
         # grpc's own ValueError (a traceback) before.
-        (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs must be >= 1, got 0"),
+        (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs must be 1..2147483647, got 0"),
         # HTTP/2 allows 0, which refuses every stream.
-        (["--max-concurrent-streams", "0"], "--max-concurrent-streams must be >= 1, got 0"),
+        (
+            ["--max-concurrent-streams", "0"],
+            "--max-concurrent-streams must be 1..2147483647, got 0",
+        ),
+        # gRPC takes C ints: these were OverflowError tracebacks.
+        (
+            ["--max-concurrent-streams", "99999999999"],
+            "--max-concurrent-streams must be 1..2147483647, got 99999999999",
+        ),
+        (
+            ["--max-concurrent-rpcs", "2147483648"],
+            "--max-concurrent-rpcs must be 1..2147483647, got 2147483648",
+        ),
+        (
+            ["--max-message-bytes", "2147483648"],
+            "--max-message-bytes must be 1..2147483647, got 2147483648",
+        ),
+        (["--max-message-bytes", "0"], "--max-message-bytes must be 1..2147483647, got 0"),
         # Accepted before: every batch was abandoned at once (DEADLINE_EXCEEDED).
         (["--execution-timeout", "-1"], "--execution-timeout must be a number of seconds >= 0"),
         (["--execution-timeout", "nan"], "--execution-timeout must be a number of seconds >= 0"),
@@ -73,6 +90,8 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
         (["--drift-threshold", "nan"], "--drift-threshold must be > 0, got nan"),
         (["--drift-window-rows", "9"], "--drift-window-rows must be >= 10, got 9"),
         (["--drift-window-seconds", "0"], "--drift-window-seconds must be > 0, got 0.0"),
+        # Accepted without a word before: --drift off returned before the checks.
+        (["--drift", "off", "--drift-threshold", "-5"], "--drift-threshold must be > 0, got -5.0"),
         # Silently ignored before: poll mode serves every model.
         (["--load-model", "a", "b"], "--load-model a b: only with --model-control explicit"),
     ],
@@ -86,6 +105,7 @@ def test_out_of_range_flags_are_one_line_naming_the_flag(
 def test_flags_in_range_reach_the_server(tmp_path: Path, no_server: list[dict[str, Any]]) -> None:
     flags = ["--version-policy", "specific:1,3", "--execution-timeout", "0", "--poll-interval"]
     flags += ["0.5", "--metrics-port", "-1", "--port", "0", "--max-concurrent-streams", "1"]
+    flags += ["--max-message-bytes", str(2**31 - 1), "--max-concurrent-rpcs", str(2**31 - 1)]
     assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 0
     (kwargs,) = no_server
     assert kwargs["version_policy"] == VersionPolicy("specific", versions=(1, 3))
@@ -100,8 +120,12 @@ def test_flags_in_range_reach_the_server(tmp_path: Path, no_server: list[dict[st
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_concurrent_rpcs": 0}, "max_concurrent_rpcs must be >= 1, got 0"),
-        ({"max_concurrent_streams": 0}, "max_concurrent_streams must be >= 1"),
+        ({"max_concurrent_rpcs": 0}, r"max_concurrent_rpcs must be 1\.\.2147483647, got 0"),
+        # OverflowError from gRPC's options before, once started.
+        ({"max_concurrent_rpcs": 2**31}, r"max_concurrent_rpcs must be 1\.\.2147483647, got 2147"),
+        ({"max_message_bytes": 2**31}, r"max_message_bytes must be 1\.\.2147483647, got 2147"),
+        ({"max_concurrent_streams": 2**32}, r"max_concurrent_streams must be 1\.\.2147483647 "),
+        ({"max_concurrent_streams": 0}, "max_concurrent_streams must be 1..2147483647"),
         ({"execution_timeout": -1}, "execution_timeout must be a number of seconds >= 0"),
         ({"poll_interval": 0}, "poll_interval must be a number of seconds > 0, got 0"),
         ({"grace": -1}, "grace must be a number of seconds >= 0, got -1"),

@@ -3,6 +3,7 @@ never plaintext serving, a traceback or a wrong guess at the cause."""
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -49,10 +50,13 @@ def test_a_client_ca_without_a_server_certificate_is_refused(repo: Path, tmp_pat
 
 
 def _key_and_certificate(
-    directory: Path, name: str, passphrase: bytes | None = None
+    directory: Path,
+    name: str,
+    passphrase: bytes | None = None,
+    valid: tuple[datetime.datetime, datetime.datetime] | None = None,
 ) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and its key (PEM; encrypted with ``passphrase``)."""
-    import datetime
+    """A self-signed certificate for localhost and its key (PEM; encrypted with ``passphrase``),
+    valid from 5 minutes ago for a day unless ``valid`` (not before, not after) says."""
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -68,8 +72,8 @@ def _key_and_certificate(
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(valid[0] if valid else now - datetime.timedelta(minutes=5))
+        .not_valid_after(valid[1] if valid else now + datetime.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
     encryption = (
@@ -91,11 +95,19 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     key, cert = _key_and_certificate(d, "server")
     other_key, _ = _key_and_certificate(d, "other")
     encrypted_key, encrypted_cert = _key_and_certificate(d, "encrypted", b"secret")
+    jan, feb = datetime.datetime(2020, 1, 1), datetime.datetime(2020, 2, 1)
+    expired_key, expired_cert = _key_and_certificate(d, "expired", valid=(jan, feb))
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    soon = now + datetime.timedelta(days=1)  # valid from tomorrow
+    future = soon.replace(microsecond=0), datetime.datetime(2099, 1, 1)
+    future_key, future_cert = _key_and_certificate(d, "future", valid=future)
     garbage = d / "garbage.pem"
     garbage.write_text("not a pem\n")
     return dict(
         key=key, cert=cert, other_key=other_key, encrypted_key=encrypted_key,
         encrypted_cert=encrypted_cert, garbage=garbage, missing=d / "missing.pem",
+        expired_key=expired_key, expired_cert=expired_cert, future_key=future_key,
+        future_cert=future_cert, future_start=f"{future[0]:%Y-%m-%d %H:%M:%S} UTC",
     )  # fmt: skip
 
 
@@ -113,6 +125,11 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "TLS private key {encrypted_key}: encrypted; gRPC needs an unencrypted PEM key"),
         ("cert", "key", "garbage", "TLS client CA {garbage}: no PEM certificate in it"),
         ("cert", "key", "missing", "TLS client CA {missing}: No such file or directory"),
+        # Served before, and every client's handshake failed.
+        ("expired_cert", "expired_key", None, "--tls-cert {expired_cert}: expired: valid from "
+         "2020-01-01 00:00:00 UTC to 2020-02-01 00:00:00 UTC"),
+        ("future_cert", "future_key", None, "--tls-cert {future_cert}: not yet valid: valid "
+         "from {future_start} to 2099-01-01 00:00:00 UTC"),
     ],
 )  # fmt: skip
 def test_an_unusable_tls_file_is_one_line_naming_it(
@@ -129,6 +146,9 @@ def test_an_unusable_tls_file_is_one_line_naming_it(
 def test_the_embedded_server_reports_an_unusable_tls_file(repo: Path, pem: dict[str, Path]) -> None:
     tls = TLSConfig(pem["garbage"], pem["key"])
     with pytest.raises(ServerError, match=r"^TLS certificate .*garbage\.pem: no PEM certificate"):
+        Server(repo, port=0, tls=tls).start()
+    tls = TLSConfig(pem["expired_cert"], pem["expired_key"])
+    with pytest.raises(ServerError, match=r"^TLS certificate .*expired\.crt: expired: valid from"):
         Server(repo, port=0, tls=tls).start()
     # The files that make it fail are fine: a good pair serves.
     with Server(repo, port=0, tls=TLSConfig(pem["cert"], pem["key"])) as server:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -151,6 +152,68 @@ def test_a_ctrl_c_while_the_workers_spawn_stops_them_cleanly(
         os.kill(exited[0], 0)  # and the first one was stopped and reaped
 
 
+def test_sighup_stops_the_workers_gracefully(tmp_path: Path) -> None:
+    # Its default action killed the parent and left the workers serving as orphans.
+    def hang_up() -> None:
+        _wait(lambda: len(_pids(tmp_path)) == 2)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    thread = _in_thread(hang_up)
+    code = run_workers(worker_targets.serve_until_term, (str(tmp_path),), 2, WorkerPolicy(**FAST))
+    thread.join(5)
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert code == 0
+    assert all(Path(tmp_path, f"{pid}.stopped").exists() for pid in _pids(tmp_path))
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` exited (a zombie its new parent has not reaped counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_drain_and_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    # A parent killed by SIGKILL (the OOM killer) left its workers serving as orphans.
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import worker_targets;"
+        "from conveyor.engine.workers import WorkerPolicy, run_workers;"
+        "run_workers(worker_targets.serve_until_term, (sys.argv[2],), 2, WorkerPolicy(poll_s=0.05))"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", program, str(Path(worker_targets.__file__).parent), str(tmp_path)]
+    )
+    try:
+        _wait(lambda: len(_pids(tmp_path)) == 2)
+        parent.kill()
+        parent.wait(10)
+        workers = _pids(tmp_path)
+        _wait(lambda: all(_gone(pid) for pid in workers), 30)
+        assert all(Path(tmp_path, f"{pid}.stopped").exists() for pid in workers)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in _pids(tmp_path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("watch", ["_watch_parent", "_poll_parent"])
+def test_a_worker_whose_parent_is_already_gone_stops(watch: str) -> None:
+    # The parent may die between the fork and the worker's prctl: the kernel then sends
+    # nothing, and only the comparison with the pid that started it sees it (the
+    # polling fallback of other platforms checks the same).
+    program = (
+        "import signal, sys, time; from conveyor.engine import workers;"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7));"
+        f"workers.{watch}(1, 0.05); time.sleep(20)"  # pid 1: not this process's parent
+    )
+    result = subprocess.run([sys.executable, "-c", program], timeout=60)
+    assert result.returncode == 7
+
+
 def test_a_worker_starts_with_ctrl_c_held_until_its_handlers_are_in(tmp_path: Path) -> None:
     # A group Ctrl-C while a worker imports was a KeyboardInterrupt traceback; now the
     # worker inherits SIGINT blocked, and the signal waits for its handler.
@@ -228,7 +291,8 @@ def _start_two_workers(tmp_path: Path) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGHUP: a closed terminal signals the group; it killed the parent and every worker.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -249,6 +313,29 @@ def test_cli_drains_and_exits_0_when_the_whole_process_group_is_signalled(
     assert "while stopping" not in err
     assert err.count(f"received {sig.name}; shutting down") == 2, err
     assert err.count("conveyor.engine.server: stopped") == 2, err  # both drained to the end
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_cli_workers_drain_and_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    # The parent SIGKILLed (or ended by SIGQUIT's default action): its workers served on
+    # as orphans, holding the port. Now each drains as on SIGTERM.
+    proc = _start_two_workers(tmp_path)
+    workers: set[int] = set()
+    try:
+        started = read_stderr_until(proc, lambda text: "all 2 workers serving" in text, 90)
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2
+        proc.kill()
+        # The workers hold the stderr pipe: it ends when both have exited.
+        err = started + proc.communicate(timeout=60)[1]
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    assert err.count("received SIGTERM; shutting down") == 2, err
+    assert err.count("conveyor.engine.server: stopped") == 2, err
 
 
 def test_cli_ctrl_c_while_the_workers_start_and_a_repeated_stop_exit_0(tmp_path: Path) -> None:

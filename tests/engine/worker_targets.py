@@ -19,6 +19,8 @@ def serve_until_term(folder: str, ready) -> None:
     ready.set()
     _announce(folder)
     stop.wait(60)
+    if stop.is_set():  # a graceful stop, for the tests to see
+        Path(folder, f"{os.getpid()}.stopped").touch()
     sys.exit(0 if stop.is_set() else 5)
 
 
