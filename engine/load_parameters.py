@@ -1,4 +1,4 @@
-"""RepositoryModelLoad request fields beyond the model name (and Unload's repository_name).
+"""RepositoryModelLoad / Unload request fields beyond the model name.
 
 Triton's ``config`` load parameter is implemented: a JSON model configuration in
 config.json's vocabulary (checked by the same parser), served by that load in place
@@ -7,6 +7,8 @@ with INVALID_ARGUMENT naming it (conveyor never ignores a setting): Triton's
 ``file:<path>`` parameters (model files sent with the request; conveyor serves only
 the repository's files), any other load parameter, and a non-empty
 ``repository_name`` (a server serves one repository, which has no name of its own).
+Unload takes Triton's ``unload_dependents`` (conveyor models have no dependents, so
+either value unloads just the model) and refuses anything else likewise.
 """
 
 from __future__ import annotations
@@ -57,3 +59,16 @@ def config_override(parameters: Mapping[str, Any]) -> ModelConfig | None:
         return parse_config(data, "parameter 'config'")
     except ModelLoadError as exc:
         raise InvalidArgument(str(exc)) from None
+
+
+def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
+    """RepositoryModelUnload's parameters: ``unload_dependents`` (a bool_param, which
+    tritonclient always sends) is accepted; any other is INVALID_ARGUMENT naming it."""
+    for key in sorted(parameters):
+        if key != "unload_dependents":
+            raise InvalidArgument(
+                f"parameter {key!r} is not supported (RepositoryModelUnload takes "
+                "'unload_dependents')"
+            )
+        if parameters[key].WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgument("parameter 'unload_dependents': expected a bool_param")

@@ -29,7 +29,11 @@ from conveyor.engine.errors import (
     InvalidArgument,
     Unavailable,
 )
-from conveyor.engine.load_parameters import check_repository_name, config_override
+from conveyor.engine.load_parameters import (
+    check_repository_name,
+    check_unload_parameters,
+    config_override,
+)
 from conveyor.engine.model_config import version_number
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -406,6 +410,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if load:
                 await self.repository.load(name, config_override(request.parameters))
             else:
+                check_unload_parameters(request.parameters)
                 await self.repository.unload(name)
         except EngineError as exc:
             error = exc

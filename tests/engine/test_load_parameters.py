@@ -126,3 +126,22 @@ def test_the_sdk_loads_with_a_config_and_reads_the_served_config(tmp_path: Path)
                 return (await aio.model_config("m")).max_batch_size
 
         assert asyncio.run(load_and_read()) == 3
+
+
+def test_unload_takes_unload_dependents_and_refuses_other_parameters(served: tuple) -> None:
+    client, stub = served
+    client.load_model("m")
+    request = pb.RepositoryModelUnloadRequest(model_name="m")
+    request.parameters["force"].bool_param = True
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelUnload(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameter 'force'" in info.value.details()
+    request = pb.RepositoryModelUnloadRequest(model_name="m")
+    request.parameters["unload_dependents"].string_param = "yes"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelUnload(request, timeout=10)
+    assert "expected a bool_param" in info.value.details()
+    assert client.is_model_ready("m")  # the refused requests unloaded nothing
+    client.unload_model("m", unload_dependents=True)  # tritonclient sends it always
+    assert not client.is_model_ready("m")
