@@ -8,7 +8,6 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -25,45 +24,19 @@ from models import (
     Version,
     write_model,
 )
+from served_repository import POLL
+from served_repository import infer as _infer
+from served_repository import serve as _serve
+from served_repository import wait_until as _wait
 
 from conveyor.engine.errors import NotFound
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.server import Server
 
-POLL = 0.1
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` (bounded in time) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def _infer(stub: pb_grpc.GRPCInferenceServiceStub, model: str, version: str = "") -> float:
-    request = pb.ModelInferRequest(
-        model_name=model,
-        model_version=version,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
-        raw_input_contents=[np.zeros(1, np.float32).tobytes()],
-    )
-    resp = stub.ModelInfer(request, timeout=10)
-    return float(np.frombuffer(resp.raw_output_contents[0], np.float32)[0])
-
 
 def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str, version: str = "") -> bool:
     return stub.ModelReady(pb.ModelReadyRequest(name=model, version=version), timeout=10).ready
-
-
-def _serve(
-    repo: Path, **kw: object
-) -> tuple[Server, grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
-    server = Server(repo, port=0, poll_interval=POLL, **kw).start()  # type: ignore[arg-type]
-    channel = grpc.insecure_channel(server.address)
-    return server, channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
 
 def test_poll_serves_the_latest_version_and_drops_removed_models(tmp_path: Path) -> None:

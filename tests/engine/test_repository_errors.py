@@ -10,14 +10,16 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import torch
 from models import AFFINE_IO, VERSION_IO, Affine, Exportable, Version, write_model
+from served_repository import Stub
+from served_repository import infer as _infer
+from served_repository import serve as _serve
+from served_repository import wait_until as _wait
 
 from conveyor.engine import repository as repository_module
 from conveyor.engine.batcher import Batcher
@@ -25,38 +27,7 @@ from conveyor.engine.drift import DriftSettings
 from conveyor.engine.model import Model
 from conveyor.engine.model_config import version_number
 from conveyor.engine.protos import grpc_service_pb2 as pb
-from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import BatchingOverrides, ServedVersion
-from conveyor.engine.server import Server
-
-POLL = 0.1
-Stub = pb_grpc.GRPCInferenceServiceStub
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def _serve(repo: Path, **kw: object) -> tuple[Server, grpc.Channel, Stub]:
-    kw.setdefault("poll_interval", POLL)
-    server = Server(repo, port=0, **kw).start()  # type: ignore[arg-type]
-    channel = grpc.insecure_channel(server.address)
-    return server, channel, Stub(channel)
-
-
-def _infer(stub: Stub, model: str, version: str = "", rows: int = 1) -> float:
-    request = pb.ModelInferRequest(
-        model_name=model,
-        model_version=version,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[rows, 1])],
-        raw_input_contents=[np.zeros(rows, np.float32).tobytes()],
-    )
-    resp = stub.ModelInfer(request, timeout=10)
-    return float(np.frombuffer(resp.raw_output_contents[0], np.float32)[0])
 
 
 def _index(stub: Stub) -> dict[tuple[str, str], tuple[str, str]]:
