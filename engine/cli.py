@@ -160,15 +160,13 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise ServeError(
             f"--metrics-port must be 0..65535 (0 = any free) or -1 (none), got {args.metrics_port}"
         )
-    for flag, name, value in (
+    _check_ranges(
+        out_of_range,
         ("--poll-interval", "poll_interval", args.poll_interval),
         ("--grace-period", "grace", args.grace_period),
         ("--max-concurrent-rpcs", "max_concurrent_rpcs", args.max_concurrent_rpcs),
         ("--max-concurrent-streams", "max_concurrent_streams", args.max_concurrent_streams),
-    ):
-        rule = out_of_range(name, value)
-        if rule is not None:
-            raise ServeError(f"{flag} must be {rule}, got {value}")
+    )
     if args.load_model and args.model_control != "explicit":
         # As Triton: poll mode serves every model in the repository, and a name
         # given here would be silently ignored.
@@ -178,19 +176,28 @@ def _check_limits(args: argparse.Namespace) -> None:
         )
 
 
+def _check_ranges(
+    out_of_range: Callable[[str, Any], str | None], *flags: tuple[str, str, Any]
+) -> None:
+    """``(flag, setting, value)`` checked against a ranges table (engine/limits.py's or
+    drift's ``out_of_range``); the first value outside is one error naming its flag."""
+    for flag, setting, value in flags:
+        rule = out_of_range(setting, value)
+        if rule is not None:
+            raise ServeError(f"{flag} must be {rule}, got {value}")
+
+
 def _drift_settings(args: argparse.Namespace) -> Any:
     from conveyor.engine.drift import DriftSettings, out_of_range
 
     # Checked with --drift off too: a bad value is a mistake to report, not to keep
     # until drift is turned on.
-    for flag, setting, value in (
+    _check_ranges(
+        out_of_range,
         ("--drift-window-rows", "window_rows", args.drift_window_rows),
         ("--drift-threshold", "threshold", args.drift_threshold),
         ("--drift-window-seconds", "window_seconds", args.drift_window_seconds),
-    ):
-        rule = out_of_range(setting, value)
-        if rule is not None:
-            raise ServeError(f"{flag} must be {rule}, got {value}")
+    )
     if args.drift == "off":
         return None
     return DriftSettings(
