@@ -183,14 +183,18 @@ class ModelEntry:
     # version -> (fingerprint, reason) of its last failed load
     failed: dict[int, tuple[tuple, str]] = field(default_factory=dict)
     on_disk: list[int] = field(default_factory=list)
-    # The versions the policy selected at the last scan or load.
-    wanted: list[int] = field(default_factory=list)
     # Why the last scan or load found no version to serve (the policy selects none on
     # disk), else None: a failed load of the model as a whole.
     policy_error: str | None = None
-    # The version policy the last scan or load applied (ModelConfig reports it).
+    # The version policy the last scan or load applied (ModelConfig reports it); None
+    # before the first and after an unload.
     policy: VersionPolicy | None = None
     loaded_by_request: bool = False
+
+    @property
+    def wanted(self) -> list[int]:
+        """The versions on disk that the policy selects (at the last scan or load)."""
+        return [] if self.policy is None else self.policy.select(self.on_disk)
 
     def problem(self, version: int) -> str:
         """Why ``version`` is not served as its files say ('' when it is): its failed
@@ -568,7 +572,6 @@ class ModelRepository:
         versions, policy, wanted, prints = await self._run(self._plan, name, config)
         entry = self.models.setdefault(name, ModelEntry(name))
         entry.on_disk = sorted(versions)
-        entry.wanted = wanted
         entry.policy = policy
         self._check_policy(entry, policy, versions)
         for v in wanted:
@@ -705,7 +708,7 @@ class ModelRepository:
             retired = list(entry.versions.values())
             entry.versions.clear()
             entry.failed.clear()
-            entry.wanted = []
+            entry.policy = None
             entry.policy_error = None
             entry.loaded_by_request = False
             await self._retire(retired)
