@@ -18,6 +18,7 @@ def _config(args: argparse.Namespace) -> Any:
     out = args.out or f"runs/{args.model_name or 'model'}"
     return TrainConfig(
         source=args.source,
+        format=args.format,
         out=out,
         spec=args.spec,
         label=args.label,
@@ -78,11 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _run(args)
-    except FormatError as exc:  # its hint is the Python API's format=, which train has not
-        raise exc.with_hint(
-            "conveyor train tells the format from the extensions: name the files "
-            ".parquet, .csv, .json(l) or .arrow"
-        ) from None
+    except FormatError as exc:  # its hint is the Python API's format=
+        raise exc.with_hint("pass --format (parquet, csv, json or ipc)") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -123,6 +121,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         run=run,
     )
     p.add_argument("source", help="file, directory, glob or URI read through conveyor.ingest")
+    p.add_argument(
+        "--format",
+        choices=("parquet", "csv", "json", "ipc"),
+        default=None,
+        help="default: from the file extensions",
+    )
     p.add_argument("--spec", default=None, metavar="FILE", help="DIR/spec.json (stats.json beside)")
     p.add_argument("--label", default=None, help="label column: infer and profile the spec")
     p.add_argument("--model-repository", default=None, metavar="DIR", help="export here")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from conveyor.ingest.source import FORMATS
 from conveyor.trainer.errors import TrainerError
 from conveyor.trainer.names import check_model_name
 
@@ -24,6 +25,8 @@ class TrainConfig:
 
     Data:
         source: file, directory, glob or URI read through ``conveyor.ingest``.
+        format: ``parquet``, ``csv``, ``json`` or ``ipc``; None (default) = from the file
+            extensions (as ``conveyor ingest --format``).
         spec: path of a ``spec.json`` (``stats.json`` is read beside it); None = infer and
             profile on the fly from ``label``.
         label: label column, used only when ``spec`` is None.
@@ -61,6 +64,7 @@ class TrainConfig:
 
     source: str
     out: str
+    format: str | None = None
     spec: str | None = None
     label: str | None = None
     key: str | None = None
@@ -102,6 +106,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`TrainerError` naming the first bad option."""
+        if self.format is not None and self.format not in FORMATS:
+            raise TrainerError(f"--format must be one of {FORMATS}, got {self.format!r}")
         if (self.spec is None) == (self.label is None):
             raise TrainerError("give exactly one of --spec (a spec.json) or --label (a column)")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -41,7 +41,11 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
     if cfg.resume and spec_out.exists() and stats_out.exists():
         return spec_out, stats_out  # the resumed run keeps the spec and stats it started with
     given = FeatureSpec.load(cfg.spec) if cfg.spec is not None else None
-    source = Source(cfg.source, types=given.declared_types() if given is not None else None)
+    source = Source(
+        cfg.source,
+        format=cfg.format,
+        types=given.declared_types() if given is not None else None,
+    )
     if given is not None:
         spec = given
         stats_in = Path(cfg.spec).with_name("stats.json")
@@ -63,7 +67,7 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
             include_partitions=cfg.include_partitions,
         )
         if source.format in ("csv", "json"):  # profile text as the inferred spec's types
-            source = Source(cfg.source, types=spec.declared_types())
+            source = Source(cfg.source, format=cfg.format, types=spec.declared_types())
     result = run_scan(
         source,
         spec,
@@ -100,7 +104,7 @@ def make_loaders(
     ``RUN_DIR/row_counts.json`` so that other ranks and a resumed run do not count again.
     """
     # CSV/JSON as the spec's types (as `conveyor ingest` reads them), not inferred per file.
-    source = Source(cfg.source, types=spec.declared_types())
+    source = Source(cfg.source, format=cfg.format, types=spec.declared_types())
     hold = holdout(spec, source.schema, cfg.val_fraction, seed=cfg.seed, column=cfg.split_column)
     ranges = profiled_ranges(stats)
     common = LoaderConfig(

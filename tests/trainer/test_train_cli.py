@@ -100,7 +100,29 @@ def test_unknown_extension_is_named_with_what_train_can_do(
     assert main(["train", str(text), "--label", "y", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert f"{text}: cannot tell the format from the extension '.txt'" in err
-    assert "name the files .parquet, .csv" in err and "format=" not in err  # train has no --format
+    assert "pass --format (parquet, csv, json or ipc)" in err and "format=" not in err
+
+
+def test_format_reads_files_whose_extension_names_none(tmp_path: Path) -> None:
+    # CSV exported as .txt: --format csv reads it as `conveyor ingest --format csv` would,
+    # through profiling, training and validation (every Source the run opens).
+    text = tmp_path / "rows.txt"
+    lines = ["x,z,y"] + [f"{i / 100:.2f},{(i * 7) % 13},{i % 2}" for i in range(200)]
+    text.write_text("\n".join(lines) + "\n")
+    args = ["train", str(text), "--format", "csv", "--label", "y", "--out", str(tmp_path / "r")]
+    assert main([*args, "--epochs", "1", "--batch-size", "64", "--hidden", "8", "--json"]) == 0
+    spec = json.loads((tmp_path / "r" / "spec.json").read_text())
+    assert "x" in json.dumps(spec) and "z" in json.dumps(spec)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["last"]["train"]["rows"] + summary["last"]["val"]["rows"] == 200
+
+
+def test_format_must_be_a_known_one() -> None:
+    from conveyor.trainer.config import TrainConfig
+    from conveyor.trainer.errors import TrainerError
+
+    with pytest.raises(TrainerError, match=r"--format must be one of .*'csv'.*got 'xlsx'"):
+        TrainConfig(source="d", out="o", label="y", format="xlsx")
 
 
 def test_train_end_to_end_on_demo_data(tmp_path: Path) -> None:
