@@ -603,6 +603,19 @@ class DriftMonitor:
                 )
         return report
 
+    def refresh(self) -> None:
+        """Bring the gauges up to the window without traffic (the repository calls this
+        every second): rescore when chunks were added unscored and ``score_interval`` has
+        passed since the last scoring, or when rows have aged out of ``window_seconds``."""
+        with self._lock:
+            now = time.monotonic()
+            due = self._stale and now - self._scored_at >= self.settings.score_interval
+            if not (due or self._aged(now)):
+                return
+            report = self._rescore(now)
+        if self.metrics is not None:
+            self.metrics.update(report)
+
     def report(self) -> DriftReport:
         """The scores of the current window (recomputed when chunks were added since the
         last scoring, or when it has aged); the gauges are brought up to date too."""

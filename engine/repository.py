@@ -61,6 +61,8 @@ log = logging.getLogger("conveyor.engine.repository")
 MODEL_CONTROL = ("poll", "explicit")
 # Seconds a retired version gets to finish its queued requests.
 RETIRE_TIMEOUT = 60.0
+# Seconds between rescorings of idle drift windows (see ModelRepository._refresh_drift).
+DRIFT_REFRESH_SECONDS = 1.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # A model name is one directory name: longer ones cannot exist (ENAMETOOLONG).
 _NAME_MAX_BYTES = 255
@@ -293,6 +295,7 @@ class ModelRepository:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-repository")
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._drift_refresher: asyncio.Task[None] | None = None
         self._skipped: set[Path] = set()  # misspelt version directories already logged
 
     # -- routing (hot path, event loop) ------------------------------------------------------
@@ -354,6 +357,7 @@ class ModelRepository:
 
     async def start(self) -> None:
         """Initial load (poll: everything; explicit: ``load_models``), then the poll task."""
+        self._drift_refresher = asyncio.get_running_loop().create_task(self._refresh_drift())
         if self.model_control == "poll":
             await self.sync()
             self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -372,10 +376,11 @@ class ModelRepository:
 
     async def close(self) -> None:
         """Stop polling; drain and drop every version (their queued requests finish first)."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._drift_refresher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         async with self._lock:
             retired = [v for e in self.models.values() for v in e.versions.values()]
             for entry in self.models.values():
@@ -390,6 +395,28 @@ class ModelRepository:
                 await self.sync()
             except Exception:  # a bad scan must not end polling
                 log.exception("repository poll failed")
+
+    async def _refresh_drift(self) -> None:
+        """Rescore the drift windows that traffic does not: a batch rescores only when it
+        completes a chunk (and at most once per ``score_interval``), so once requests stop
+        the gauges would keep their last values -- an alert on for good, rows that aged
+        out of ``window_seconds`` still counted, the last chunk never scored
+        (:meth:`DriftMonitor.refresh`). A window with nothing new and nothing aged costs
+        a lock and a clock read."""
+        while True:
+            await asyncio.sleep(DRIFT_REFRESH_SECONDS)
+            monitors = [
+                v.drift
+                for e in self.models.values()
+                for v in e.versions.values()
+                if v.drift is not None
+            ]
+            if not monitors:
+                continue
+            try:  # the repository thread: scoring is numpy work, kept off the event loop
+                await self._run(_refresh_monitors, monitors)
+            except Exception:  # drift must never stop serving, nor this task
+                log.exception("drift refresh failed")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.wrap_future(self._submit(fn, *args))
@@ -760,3 +787,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
+
+
+def _refresh_monitors(monitors: list[DriftMonitor]) -> None:
+    for monitor in monitors:
+        monitor.refresh()

@@ -362,3 +362,37 @@ def test_workers_refuse_an_unusable_prometheus_multiproc_dir(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"conveyor: error: PROMETHEUS_MULTIPROC_DIR={values}: {problem};")
+
+
+def test_an_idle_servers_drift_gauges_follow_the_window(tmp_path: Path) -> None:
+    # Rows age out of window_seconds with no request to rescore them: the alert must
+    # not stay on for good once traffic stops (it did: only a batch rescored).
+    _version_with_stats(tmp_path, 1)
+    settings = DriftSettings(window_rows=1000, window_seconds=2.0, min_rows=100, score_interval=0)
+    with Server(tmp_path, port=0, poll_interval=3600, drift=settings) as server:
+        with Client(server.address, timeout=10) as client:
+            client.infer("m", {"x": np.full((1000, 1), 5.0, np.float32)})  # far outside [0, 1]
+        v1 = '{model="m",version="1"}'
+        # Binned after the response is posted: wait for it, then for the rows to age out.
+        _wait_for(lambda: _series(server, "conveyor_drift_alert") == {v1: 1.0})
+        _wait_for(lambda: _series(server, "conveyor_drift_alert") == {v1: 0.0})
+        assert _series(server, "conveyor_drift_window_rows") == {v1: 0.0}
+
+
+def test_a_chunk_left_unscored_by_the_score_interval_is_scored_without_traffic(
+    tmp_path: Path,
+) -> None:
+    # The second chunk arrives within score_interval of the first scoring, so its batch
+    # only counts its rows; with no later request it used to stay unscored for good.
+    _version_with_stats(tmp_path, 1)
+    settings = DriftSettings(window_rows=10_000, min_rows=1000, score_interval=0.5)
+    rng = np.random.default_rng(0)
+    v1 = '{model="m",version="1"}'
+    with Server(tmp_path, port=0, poll_interval=3600, drift=settings) as server:
+        with Client(server.address, timeout=10) as client:
+            client.infer("m", {"x": rng.random((1000, 1), np.float32)})  # in distribution
+            _wait_for(lambda: _series(server, "conveyor_drift_window_rows") == {v1: 1000.0})
+            assert _series(server, "conveyor_drift_alert") == {v1: 0.0}
+            client.infer("m", {"x": np.full((2000, 1), 5.0, np.float32)})  # drifted
+        _wait_for(lambda: _series(server, "conveyor_drift_window_rows") == {v1: 3000.0})
+        _wait_for(lambda: _series(server, "conveyor_drift_alert") == {v1: 1.0})
