@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -351,12 +351,14 @@ def serve_workers(
             log.info(
                 "metrics of %d workers on %s/metrics", workers, host_port(kwargs["host"], port)
             )
+        from conveyor.engine.temp_dirs import process_temp_dir
         from conveyor.engine.workers import WorkerPolicy, run_workers
 
-        with tempfile.TemporaryDirectory(prefix="conveyor-worker-errors-") as errors:
+        errors = process_temp_dir("worker-errors")
+        try:
             code = run_workers(
                 _child,
-                ({**kwargs, "metrics_port": None}, level, fmt, errors),
+                ({**kwargs, "metrics_port": None}, level, fmt, str(errors)),
                 workers,
                 WorkerPolicy(restart=restart),
                 on_exit=shared.process_exited,
@@ -364,7 +366,9 @@ def serve_workers(
                 # the workers stopped must not turn a clean exit 0 into a kill.
                 restore_signals=False,
             )
-            message = _worker_error(Path(errors)) if code else None
+            message = _worker_error(errors) if code else None
+        finally:
+            shutil.rmtree(errors, ignore_errors=True)
         if message is not None:
             raise ServeError(message)
         return code

@@ -44,6 +44,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from conveyor.engine.hosts import bare_host, host_port
+from conveyor.engine.temp_dirs import process_temp_dir
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -367,7 +368,7 @@ class MultiProcessMetrics:
                     "their metric values there (unset it for a temporary directory)"
                 )
         self._owned = existing is None
-        self.directory = Path(existing or tempfile.mkdtemp(prefix="conveyor-metrics-"))
+        self.directory = Path(existing) if existing else process_temp_dir("metrics")
         if not self._owned:
             # Values from an earlier run would be merged into this one's.
             for stale in self.directory.glob("*.db"):
