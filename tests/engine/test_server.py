@@ -16,11 +16,13 @@ import grpc
 import numpy as np
 import pytest
 from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server, wait_serving
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import VERSION_IO, Version, write_model
+from served_repository import HeldStart
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
-from conveyor.engine.server import Server, ServerError
+from conveyor.engine.server import SERVICE_NAME, Server, ServerError
 
 
 def _request(value: float, **kw: object) -> pb.ModelInferRequest:
@@ -442,3 +444,36 @@ def test_cli_logs_the_metrics_port_it_chose(repo: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_grpc_health_is_not_serving_until_ready_and_again_while_draining(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A readiness probe on grpc.health.v1 must not route traffic to a server that
+    refuses every inference (it answered SERVING while the models loaded)."""
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    starting = HeldStart(repo, monkeypatch)
+    server = starting.server
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            for service in ("", SERVICE_NAME):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert reply.status == not_serving, service
+            assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == not_serving
+            starting.finish()
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            for service in ("", SERVICE_NAME):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+            stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
+            stopper.start()
+            assert next(watch).status == not_serving  # draining
+            watch.cancel()
+            stopper.join(10)
+            assert not stopper.is_alive()
+    finally:
+        starting.close()
