@@ -139,11 +139,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, time_remaining: float | None, request_id: str
     ) -> pb.ModelInferResponse:
         """Validate, queue and await one request; raises EngineError subclasses."""
-        if not self.ready:
-            raise Unavailable("server is not ready (starting or shutting down)")
         try:
+            if not self.ready:
+                raise Unavailable("server is not ready (starting or shutting down)")
             served = self.repository.get(request.model_name, request.model_version)
         except EngineError as exc:
+            # Refused before any version took it: counted here, or a start or a drain
+            # would refuse traffic that conveyor_requests_total never shows.
             if self.metrics is not None:
                 model, version = self.repository.labels_for(
                     request.model_name, request.model_version
