@@ -18,7 +18,7 @@ import pytest
 from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import VERSION_IO, Version, write_model
-from served_repository import HeldStart
+from served_repository import HeldStart, wait_until
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
@@ -477,3 +477,40 @@ def test_grpc_health_is_not_serving_until_ready_and_again_while_draining(
             assert not stopper.is_alive()
     finally:
         starting.close()
+
+
+def test_a_deadline_that_passes_while_computing_is_deadline_exceeded(repo: Path) -> None:
+    """gRPC cancels the handler when the deadline passes: that is DEADLINE_EXCEEDED (what
+    the client sees), not CANCELLED, and, like a cancelled call, a failure in
+    ModelStatistics, whose success + fail then match conveyor_requests_total."""
+    with Server(repo, port=0) as server, grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        registry = server.metrics.registry
+
+        def requests(code: str) -> float:
+            labels = {"model": "m", "version": "1", "code": code}
+            return registry.get_sample_value("conveyor_requests_total", labels) or 0.0
+
+        gate = Gate(server)
+        late = stub.ModelInfer.future(_request(1.0), timeout=0.3)
+        assert gate.entered.wait(10)
+        with pytest.raises(grpc.RpcError) as info:
+            late.result(timeout=10)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: requests("DEADLINE_EXCEEDED") == 1)
+        gate.release.set()
+        wait_until(lambda: 1.0 in gate.seen)  # computed; its answer is dropped
+        gate.release.clear()
+        gate.entered.clear()
+        cancelled = stub.ModelInfer.future(_request(2.0), timeout=10)
+        assert gate.entered.wait(10)
+        cancelled.cancel()
+        wait_until(lambda: requests("CANCELLED") == 1)
+        gate.release.set()
+        stub.ModelInfer(_request(3.0), timeout=10)
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="m"), timeout=10)
+        counts = stats.model_stats[0].inference_stats
+        assert (counts.success.count, counts.fail.count) == (1, 2)
+        assert counts.fail.ns > 0
+        assert requests("OK") == 1
+        assert requests("DEADLINE_EXCEEDED") == requests("CANCELLED") == 1
