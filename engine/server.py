@@ -336,6 +336,11 @@ class Server:
         handlers = LenientHandlers()
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, handlers)
         health_servicer = health.aio.HealthServicer()
+        # grpcio's servicer starts with "" SERVING; a readiness probe must not see that
+        # while the models load and every inference is refused UNAVAILABLE (Triton
+        # answers NOT_SERVING until ready, too). SERVING is set once ready, below.
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(

@@ -59,6 +59,9 @@ EXTENSIONS = (
 # (a single request larger than that is admitted alone).
 STREAM_WINDOW = 1024
 STREAM_WINDOW_BYTES = 64 * 1024 * 1024
+# A call cancelled this close to its deadline (seconds) is taken for the deadline: gRPC
+# times the deadline on its own clock, time_remaining() reads the wall clock.
+_DEADLINE_SLACK = 1e-3
 _Output = pb.ModelInferResponse.InferOutputTensor
 _ids = itertools.count(1)
 _pid = os.getpid()
@@ -136,14 +139,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- infer ----------------------------------------------------------------------------
 
     async def infer(
-        self, request: pb.ModelInferRequest, time_remaining: float | None, request_id: str
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, request_id: str
     ) -> pb.ModelInferResponse:
-        """Validate, queue and await one request; raises EngineError subclasses."""
-        if not self.ready:
-            raise Unavailable("server is not ready (starting or shutting down)")
+        """Validate, queue and await one request of the call ``context`` (its deadline);
+        raises EngineError subclasses, or CancelledError when the call ends first."""
         try:
+            if not self.ready:
+                raise Unavailable("server is not ready (starting or shutting down)")
             served = self.repository.get(request.model_name, request.model_version)
         except EngineError as exc:
+            # Refused before any version took it: counted here, or a start or a drain
+            # would refuse traffic that conveyor_requests_total never shows.
             if self.metrics is not None:
                 model, version = self.repository.labels_for(
                     request.model_name, request.model_version
@@ -155,16 +161,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if metrics is not None:
             metrics.inflight.inc()
         try:
-            response, rows = await self._infer_on(served, request, time_remaining, request_id)
+            response, rows = await self._infer_on(
+                served, request, context.time_remaining(), request_id
+            )
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - start
-            if isinstance(exc, EngineError):
-                served.fail[0] += 1
-                served.fail[1] += elapsed
+            # Every request a version took and did not answer OK is a failure, as in
+            # Triton's statistics, so ModelStatistics' success + fail add up to the
+            # requests conveyor_requests_total counts for the version while it serves.
+            served.fail[0] += 1
+            served.fail[1] += elapsed
             if metrics is not None:
                 metrics.inflight.dec()
                 metrics.request_duration.observe(elapsed / 1e9)
-                metrics.failed(exc.code.name if isinstance(exc, EngineError) else "CANCELLED")
+                metrics.failed(
+                    exc.code.name if isinstance(exc, EngineError) else _interrupted(context)
+                )
             raise
         elapsed = time.perf_counter_ns() - start
         served.success[0] += 1
@@ -226,7 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         request_id = _request_id(request)
         try:
-            return await self.infer(request, context.time_remaining(), request_id)
+            return await self.infer(request, context, request_id)
         except EngineError as exc:
             await _abort(context, exc, request_id, request.model_name)
         except Exception as exc:
@@ -249,7 +261,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest, size: int) -> None:
             request_id = _request_id(request)
             try:
-                response = await self.infer(request, context.time_remaining(), request_id)
+                response = await self.infer(request, context, request_id)
                 out.put_nowait((pb.ModelStreamInferResponse(infer_response=response), size))
             except Exception as exc:
                 err = exc if isinstance(exc, EngineError) else _internal(exc)
@@ -469,6 +481,16 @@ def _statistics(served: ServedVersion, load_error: str = "") -> pb.ModelStatisti
                 for size, b in sorted(s.batches.items())
             ],
         )
+
+
+def _interrupted(context: grpc.aio.ServicerContext) -> str:
+    """The status name of a call that ended while a version had its request (the handler
+    was cancelled): gRPC cancels it when its deadline passes as well as when the client
+    cancels, and the client then sees DEADLINE_EXCEEDED, so that is what is counted."""
+    remaining = context.time_remaining()  # None: no deadline; never below 0
+    if remaining is not None and remaining <= _DEADLINE_SLACK:
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED"
 
 
 def _expire(batcher: Any, pending: Pending) -> None:

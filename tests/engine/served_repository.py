@@ -1,14 +1,17 @@
-"""An embedded server on a test repository, and the calls the repository tests make of it."""
+"""An embedded server on a test repository, and the calls the engine tests make of it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
+from conveyor.engine.model import Model
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.server import Server
@@ -44,3 +47,39 @@ def infer(stub: Stub, model: str, version: str = "", rows: int = 1) -> float:
     )
     resp = stub.ModelInfer(request, timeout=10)
     return float(np.frombuffer(resp.raw_output_contents[0], np.float32)[0])
+
+
+class HeldStart:
+    """A ``Server(repo, port=0, **kw)`` started in a thread and held in its first model's
+    warm-up: gRPC serves, the server is not ready yet. :meth:`finish` lets the load go on
+    and waits for the start; :meth:`close` stops the server (safe at any point).
+
+    Model.warm_up is patched through ``monkeypatch`` for the test's duration."""
+
+    def __init__(self, repo: Path, monkeypatch: pytest.MonkeyPatch, **kw: object) -> None:
+        self.loading, self._release = threading.Event(), threading.Event()
+        warm_up = Model.warm_up
+
+        def held(model: Model) -> None:
+            self.loading.set()
+            if not self._release.wait(60):
+                raise TimeoutError("the test never released the load")
+            warm_up(model)
+
+        monkeypatch.setattr(Model, "warm_up", held)
+        self.server = Server(repo, port=0, **kw)  # type: ignore[arg-type]
+        self._starter = threading.Thread(target=self.server.start, name="test-start")
+        self._starter.start()
+        if not self.loading.wait(60):
+            self.close()
+            raise AssertionError("the first load never reached warm-up")
+
+    def finish(self) -> None:
+        self._release.set()
+        self._starter.join(60)
+        assert self.server.servicer is not None and self.server.servicer.ready
+
+    def close(self) -> None:
+        self._release.set()
+        self._starter.join(60)
+        self.server.stop()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +22,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from drift_data import FakeClock, profile, uniform_monitor
-from models import AFFINE_IO, Affine, Version, write_model
+from models import AFFINE_IO, VERSION_IO, Affine, Version, write_model
+from served_repository import HeldStart
 
 from conveyor.cli import main
 from conveyor.client import Client, InvalidArgumentError
@@ -396,3 +399,55 @@ def test_a_chunk_left_unscored_by_the_score_interval_is_scored_without_traffic(
             client.infer("m", {"x": np.full((2000, 1), 5.0, np.float32)})  # drifted
         _wait_for(lambda: _series(server, "conveyor_drift_window_rows") == {v1: 3000.0})
         _wait_for(lambda: _series(server, "conveyor_drift_alert") == {v1: 1.0})
+
+
+def test_requests_refused_while_starting_or_draining_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UNAVAILABLE "server is not ready" is a server-side error the error-ratio alert
+    counts; it was answered before any metric was touched."""
+    import grpc
+
+    from conveyor.engine.protos import grpc_service_pb2 as pb
+    from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
+
+    def request(model: str) -> pb.ModelInferRequest:
+        return pb.ModelInferRequest(
+            model_name=model,
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+            raw_input_contents=[np.zeros(1, np.float32).tobytes()],
+        )
+
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    starting = HeldStart(tmp_path, monkeypatch, poll_interval=3600)
+    server = starting.server
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for model in ("m", "nope"):  # a name the repository does not know: no label
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ModelInfer(request(model), timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            starting.finish()
+            stub.ModelInfer(request("m"), timeout=10)
+            # Draining: a stream open before the stop sends one more request.
+            requests: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+            stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=30)
+            requests.put(request("m"))
+            assert not next(stream).error_message
+            stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
+            stopper.start()
+            _wait_for(lambda: not server.servicer.ready)  # type: ignore[union-attr]
+            requests.put(request("m"))
+            assert next(stream).error_message.startswith("UNAVAILABLE: server is not ready")
+            requests.put(None)
+            assert list(stream) == []
+            stopper.join(10)
+            assert not stopper.is_alive()
+        assert _series(server, "conveyor_requests_total") == {
+            '{code="UNAVAILABLE",model="m",version=""}': 2.0,
+            '{code="UNAVAILABLE",model="",version=""}': 1.0,
+            '{code="OK",model="m",version="1"}': 2.0,
+        }
+    finally:
+        starting.close()

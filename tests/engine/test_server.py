@@ -16,11 +16,13 @@ import grpc
 import numpy as np
 import pytest
 from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server, wait_serving
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import VERSION_IO, Version, write_model
+from served_repository import HeldStart, wait_until
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
-from conveyor.engine.server import Server, ServerError
+from conveyor.engine.server import SERVICE_NAME, Server, ServerError
 
 
 def _request(value: float, **kw: object) -> pb.ModelInferRequest:
@@ -442,3 +444,73 @@ def test_cli_logs_the_metrics_port_it_chose(repo: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_grpc_health_is_not_serving_until_ready_and_again_while_draining(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A readiness probe on grpc.health.v1 must not route traffic to a server that
+    refuses every inference (it answered SERVING while the models loaded)."""
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    starting = HeldStart(repo, monkeypatch)
+    server = starting.server
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            for service in ("", SERVICE_NAME):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert reply.status == not_serving, service
+            assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == not_serving
+            starting.finish()
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            for service in ("", SERVICE_NAME):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+            stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
+            stopper.start()
+            assert next(watch).status == not_serving  # draining
+            watch.cancel()
+            stopper.join(10)
+            assert not stopper.is_alive()
+    finally:
+        starting.close()
+
+
+def test_a_deadline_that_passes_while_computing_is_deadline_exceeded(repo: Path) -> None:
+    """gRPC cancels the handler when the deadline passes: that is DEADLINE_EXCEEDED (what
+    the client sees), not CANCELLED, and, like a cancelled call, a failure in
+    ModelStatistics, whose success + fail then match conveyor_requests_total."""
+    with Server(repo, port=0) as server, grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        registry = server.metrics.registry
+
+        def requests(code: str) -> float:
+            labels = {"model": "m", "version": "1", "code": code}
+            return registry.get_sample_value("conveyor_requests_total", labels) or 0.0
+
+        gate = Gate(server)
+        late = stub.ModelInfer.future(_request(1.0), timeout=0.3)
+        assert gate.entered.wait(10)
+        with pytest.raises(grpc.RpcError) as info:
+            late.result(timeout=10)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: requests("DEADLINE_EXCEEDED") == 1)
+        gate.release.set()
+        wait_until(lambda: 1.0 in gate.seen)  # computed; its answer is dropped
+        gate.release.clear()
+        gate.entered.clear()
+        cancelled = stub.ModelInfer.future(_request(2.0), timeout=10)
+        assert gate.entered.wait(10)
+        cancelled.cancel()
+        wait_until(lambda: requests("CANCELLED") == 1)
+        gate.release.set()
+        stub.ModelInfer(_request(3.0), timeout=10)
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="m"), timeout=10)
+        counts = stats.model_stats[0].inference_stats
+        assert (counts.success.count, counts.fail.count) == (1, 2)
+        assert counts.fail.ns > 0
+        assert requests("OK") == 1
+        assert requests("DEADLINE_EXCEEDED") == requests("CANCELLED") == 1
