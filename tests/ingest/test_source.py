@@ -108,6 +108,34 @@ def test_type_change_mid_dataset(tmp_path):
         Source(str(tmp_path))
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_file_with_no_rows_first_gives_its_columns_no_type(tmp_path, fmt):
+    """An empty Spark part file (a header-only CSV) or an empty pandas partition (object
+    columns stored as type null) sorting first: its null types say nothing, and each column
+    takes the type of the first file that has values, for inference and reading alike."""
+    from conveyor.ingest.infer import infer_spec
+
+    table = sample_table(6)
+    empty = pa.table({f.name: pa.nulls(0, pa.null()) for f in table.schema})
+    if fmt == "csv":
+        (tmp_path / "part-00000.csv").write_text("x,k,c,y\n")
+    else:
+        pq.write_table(
+            empty.set_column(0, "x", pa.array([], pa.float64())), tmp_path / "part-00000.parquet"
+        )
+    write(table, tmp_path / f"part-00001.{EXT[fmt]}", fmt)
+    src = Source(str(tmp_path))
+    assert src.schema == table.schema
+    assert read_all(src).equals(table)
+    spec = infer_spec(src, "y")
+    assert spec.label.classes == [0, 1] and spec.categorical_names == ["c"]
+    if fmt == "parquet":  # a later file with values still has to agree with the first's type
+        t = table.set_column(2, "c", table.column("k"))
+        pq.write_table(t, tmp_path / "part-00002.parquet")
+        with pytest.raises(SourceError, match=r"column 'c' is int64, not string \(as in .*01"):
+            Source(str(tmp_path))
+
+
 def test_ragged_csv_row_is_reported_not_dropped(tmp_path):
     (tmp_path / "r.csv").write_text("x,k,c,y\n1,1,a,0\n2,2,b,1,EXTRA\n3,3,c,1\n")
     src = Source(str(tmp_path / "r.csv"))
