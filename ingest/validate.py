@@ -510,7 +510,7 @@ class Validator:
                 _reason(rule[i], column[i], v, why[i]) for i, v in zip(idx, values, strict=True)
             ],
         }
-        table = quarantine_table(rows, meta)
+        table = quarantine_table(rows, meta, self.schema.names)
         if self.quarantine is not None:
             self.quarantine.write_table(table)
         return [(table, idx)] if self.collect else []
@@ -539,6 +539,7 @@ class Validator:
                 "_reason": [b.reason for b in chunk.bad_lines],
                 "_raw": [b.text for b in chunk.bad_lines],
             },
+            self.schema.names,
         )
         if self.quarantine is not None:
             self.quarantine.write_table(table)
