@@ -224,6 +224,19 @@ def discover(
     return fs, base_path, sorted(files)
 
 
+def _partition_type(values: list[str]) -> pa.DataType:
+    """A hive key's type from its directory values: int32 when every value is an integer that
+    fits it (pyarrow's own inference), int64 when one needs it (``id=12345678901``, ns
+    timestamps), string otherwise (non-integers, or an integer beyond int64)."""
+    if not all(re.fullmatch(r"[+-]?\d+", v) for v in values):
+        return pa.string()
+    least, most = min(int(v) for v in values), max(int(v) for v in values)
+    for typ, info in ((pa.int32(), np.iinfo(np.int32)), (pa.int64(), np.iinfo(np.int64))):
+        if info.min <= least and most <= info.max:
+            return typ
+    return pa.string()
+
+
 def _fill_null_types(schemas: list[pa.Schema]) -> tuple[pa.Schema, dict[str, int]]:
     """The first schema, each of its null-typed columns given the type of the first schema that
     has the column with another type (still null when none has: the data has no value of it);
@@ -355,8 +368,8 @@ class Source:
             raise SourceError(path, f"corrupt or unreadable {self.format} file: {exc}") from None
 
     def _partition_schema(self) -> pa.Schema:
-        """Hive keys (``key=value`` directories) as columns: int32 when every value is an
-        integer, string otherwise (pyarrow's own inference, done here so it costs no I/O)."""
+        """Hive keys (``key=value`` directories) as columns, typed by :func:`_partition_type`
+        (done here so it costs no I/O)."""
         values: dict[str, list[str]] = {}
         for path in self.files:
             rel = path[len(self.base) :].strip("/").split("/")[:-1]
@@ -368,8 +381,7 @@ class Source:
         for key, vals in values.items():
             if key in self.file_schema.names:
                 continue  # a file column wins over a same-named directory key
-            ints = all(re.fullmatch(r"[+-]?\d+", v) for v in vals)
-            fields.append(pa.field(key, pa.int32() if ints else pa.string()))
+            fields.append(pa.field(key, _partition_type(vals)))
         return pa.schema(fields)
 
     def _check_schemas(self) -> None:

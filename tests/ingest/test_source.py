@@ -38,6 +38,28 @@ def test_directory_with_hive_partitions_and_glob(tmp_path):
     assert read_all(uri).num_rows == 20
 
 
+@pytest.mark.parametrize(
+    ("values", "typ"),
+    [
+        (["1", "-2147483648", "2147483647"], pa.int32()),
+        (["1", "12345678901"], pa.int64()),  # beyond int32: a hashed id, a timestamp
+        (["-9223372036854775808", "9223372036854775807"], pa.int64()),
+        (["1", "9223372036854775808"], pa.string()),  # beyond int64
+        (["1", "x"], pa.string()),
+    ],
+)
+def test_hive_partition_type_holds_every_value(tmp_path, values, typ):
+    for value in values:
+        (tmp_path / f"id={value}").mkdir()
+        write(sample_table(2), tmp_path / f"id={value}" / "part.parquet", "parquet")
+    src = Source(str(tmp_path))
+    assert src.schema.field("id").type == typ
+    got = read_all(src, columns=["id"]).column("id").to_pylist()
+    assert sorted(map(str, got)) == sorted(v for v in values for _ in range(2))
+    selected = read_all(src, columns=["k"], filter=ds.field("id") == pa.scalar(values[1]).cast(typ))
+    assert selected.num_rows == 2
+
+
 def test_projection_and_filter_pushdown(tmp_path, fmt):
     path = tmp_path / f"d.{EXT[fmt]}"
     write(sample_table(), path, fmt)
