@@ -49,6 +49,8 @@ iteration takes them (any other next iteration drops them).
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import logging
 import queue
 import threading
@@ -69,7 +71,7 @@ from conveyor.ingest.counts import CountCache, piece_counts
 from conveyor.ingest.errors import LoaderStateError, SourceError
 from conveyor.ingest.quarantine import QuarantineWriter, local_output
 from conveyor.ingest.shard import RankPlan, plan_rank, window_permutation, window_rows
-from conveyor.ingest.source import Chunk, Source
+from conveyor.ingest.source import Chunk, Piece, Source
 from conveyor.ingest.spec import OOV_ID, RULES, FeatureSpec
 from conveyor.ingest.split import SplitConfig
 from conveyor.ingest.validate import Accounting, Validator
@@ -220,6 +222,7 @@ class StreamLoader:
         if count_cache is not None and not isinstance(count_cache, CountCache):
             count_cache = CountCache(count_cache)
         self.counts = piece_counts(self.source, self.pieces, filter, self.config.split, count_cache)
+        self._data = _data_fingerprint(self.source, self.pieces, self.counts)
         self._warn_rowless_text_files()
         c = self.config
         self.window = window_rows(
@@ -347,7 +350,8 @@ class StreamLoader:
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Position to resume from: the epoch, the batches of it already consumed and their
-        accounting."""
+        accounting, with the settings and a fingerprint of the data (``data``: files, pieces
+        and per-piece row counts, see :func:`_data_fingerprint`) that fix the plan."""
         c = self.config
         return {
             "version": STATE_VERSION,
@@ -362,6 +366,7 @@ class StreamLoader:
             "drop_last": c.drop_last,
             "split": None if c.split is None else f"{c.split.key()}/{c.split.part}",
             "rows": int(sum(self.counts)),
+            "data": dict(self._data),
             "accounting": self._accounting.to_dict(),
             "total_accounting": self._total.to_dict(),  # earlier epochs, this one excluded
         }
@@ -388,6 +393,8 @@ class StreamLoader:
                 )
         if state["shuffle"] and state["shuffle_buffer"] != mine["shuffle_buffer"]:
             raise LoaderStateError("state_dict does not match this loader: shuffle_buffer")
+        if "data" in state:  # states saved before it was recorded resume on the row count
+            _check_same_data(state["data"], mine["data"])
         self.epoch, self._next_batch = int(state["epoch"]), int(state["batches_done"])
         self._drop_ahead()
         self._accounting = Accounting.from_dict(state["accounting"])
@@ -700,6 +707,53 @@ class StreamLoader:
         if not failed:
             return None
         return np.logical_or.reduce(failed) if len(failed) > 1 else failed[0]
+
+
+def _data_fingerprint(source: Source, pieces: list[Piece], counts: list[int]) -> dict[str, Any]:
+    """What a loader's plan depends on, small enough for every checkpoint: the number of files
+    and of pieces, a digest of the files' paths relative to the source root, in plan order
+    (as the hold-out split names them, so a copy of the data mounted elsewhere, or the same
+    files in a bucket, match), and a digest of each piece's row group and row count. Nothing
+    is read for it, and no mtime enters it, so a faithful copy resumes."""
+    files = [source.relative_path(path) for path in dict.fromkeys(p.path for p in pieces)]
+    layout = [[p.file_index, p.row_group, int(n)] for p, n in zip(pieces, counts, strict=True)]
+    return {
+        "files": len(files),
+        "pieces": len(pieces),
+        "paths": _digest(files),
+        "counts": _digest(layout),
+    }
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _check_same_data(saved: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Raise :class:`LoaderStateError` naming the first way the data of a state's loader
+    differs from this loader's (same total rows: that was compared first)."""
+    what = "state_dict does not match this loader's data"
+    if saved.get("files") != mine["files"]:
+        raise LoaderStateError(
+            f"{what}: it was taken over {saved.get('files')} files, this loader reads "
+            f"{mine['files']}"
+        )
+    if saved.get("paths") != mine["paths"]:
+        raise LoaderStateError(
+            f"{what}: it was taken over other files (their paths relative to the source root, "
+            "in order, differ: a file renamed, added or replaced)"
+        )
+    if saved.get("pieces") != mine["pieces"]:
+        raise LoaderStateError(
+            f"{what}: it was taken over {saved.get('pieces')} pieces (Parquet row groups, or "
+            f"whole files), this loader has {mine['pieces']} (a file rewritten?)"
+        )
+    if saved.get("counts") != mine["counts"]:
+        raise LoaderStateError(
+            f"{what}: its pieces held other row counts, with the same total (a file "
+            "rewritten, or another filter?)"
+        )
 
 
 class _SliceStream:

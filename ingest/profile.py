@@ -27,6 +27,7 @@ give the same edges). A feature with no values has all edges 0.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,18 @@ class ProfileConfig:
     top_k: int = 20
     sample_size: int = 200_000
     seed: int = 0
+
+
+def _float_at_most(value: int) -> float:
+    """The largest float64 not above ``value`` (Python compares an int with a float exactly)."""
+    f = float(value)
+    return f if f <= value else math.nextafter(f, -math.inf)
+
+
+def _float_at_least(value: int) -> float:
+    """The smallest float64 not below ``value``."""
+    f = float(value)
+    return f if f >= value else math.nextafter(f, math.inf)
 
 
 class _Numeric:
@@ -86,6 +99,14 @@ class _Numeric:
             keep = np.argpartition(keys, k - 1)[:k]
             keys, sample = keys[keep], sample[keep]
         self.keys, self.sample = keys, sample
+
+    def cover(self, least: int, most: int) -> None:
+        """Widen ``min``/``max`` to hold the integers ``least`` and ``most`` exactly: rounded to
+        the nearest float64, as :meth:`update` takes them, a value beyond 2**53 can move past
+        the column's true minimum or maximum, and the range rule, which compares the integers
+        with the profiled bounds, would then quarantine the very rows profiled."""
+        self.min = min(self.min, _float_at_most(least))
+        self.max = max(self.max, _float_at_least(most))
 
     def result(self) -> dict[str, Any]:
         n_edges = self.cfg.n_bins + 1
@@ -147,8 +168,13 @@ class Profiler:
         for name, acc in self.numeric.items():
             col = table.column(name)
             acc.nulls += (raw_nulls or {}).get(name, 0)
-            values = pc.cast(pc.drop_null(col), pa.float64()).to_numpy()
+            # An integer beyond 2**53 (ns timestamps, hashed ids, uint64) has no float64 of
+            # its own: the statistics take the nearest one, as the loader's float32 does.
+            values = pc.cast(pc.drop_null(col), pa.float64(), safe=False).to_numpy()
             acc.update(values)
+            if pa.types.is_integer(col.type) and len(values):
+                least_most = pc.min_max(col)
+                acc.cover(least_most["min"].as_py(), least_most["max"].as_py())
         for name in self.counts:
             self.cat_nulls[name] += (raw_nulls or {}).get(name, 0)
             vc = pc.value_counts(pc.drop_null(table.column(name)))

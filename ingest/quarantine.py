@@ -8,6 +8,13 @@ the other formats the original typed values) followed by:
 ``_reason`` (a sentence) and ``_raw`` (the original line for rows that could not be split
 into columns, such as a ragged CSV row; null otherwise; their column values are null).
 
+The rows' own columns keep their names. Where the data has a column named like one of those
+(a ``_row`` index of its own, say), every metadata column takes one more leading underscore
+(``__file`` ... ``__raw``; again, while any still collides): :func:`meta_names` gives them, the
+file's schema metadata holds them as a JSON list under ``conveyor.quarantine.meta``, and they
+are the file's last seven columns. A name in a file never means two things, and a row's own
+value is never lost.
+
 Tables of one file can disagree on a column's type: CSV rows and JSON rows re-read line by line
 are kept as their text, rows of a JSON file pyarrow could read whole as typed values, a column
 may be all null (null type) in one table, and only some tables may have a column. A Parquet
@@ -26,7 +33,9 @@ time.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +43,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from conveyor.ingest.errors import IngestError
+
+log = logging.getLogger("conveyor.ingest")
+# The quarantine file's schema metadata key holding its metadata columns' names (JSON list).
+META_KEY = "conveyor.quarantine.meta"
 
 META_FIELDS = [
     pa.field("_file", pa.string()),
@@ -55,16 +68,31 @@ def local_output(path: str | Path, what: str) -> Path:
     return Path(path)
 
 
-def quarantine_table(data: pa.Table, meta: dict[str, list]) -> pa.Table:
-    """``data`` (the rows, unchanged) with the per-row ``meta`` lists appended as the
-    :data:`META_FIELDS` columns (absent ones null)."""
+def meta_names(columns: Iterable[str]) -> list[str]:
+    """The names of the :data:`META_FIELDS` columns beside rows with ``columns``: their own,
+    each with one more leading underscore while any of them is one of ``columns``."""
+    taken, prefix = set(columns), ""
+    while any(prefix + f.name in taken for f in META_FIELDS):
+        prefix += "_"
+    return [prefix + f.name for f in META_FIELDS]
+
+
+def quarantine_table(
+    data: pa.Table, meta: dict[str, list], columns: Iterable[str] = ()
+) -> pa.Table:
+    """``data`` (the rows, unchanged) with the per-row ``meta`` lists (keyed by the
+    :data:`META_FIELDS` names) appended as the metadata columns (absent ones null), named by
+    :func:`meta_names` over ``data``'s columns and ``columns`` (the source's, so that every
+    table of a file names them alike)."""
     n = data.num_rows
-    columns = list(data.columns)
-    names = list(data.column_names)
-    for f in META_FIELDS:
-        columns.append(pa.array(meta.get(f.name, [None] * n), type=f.type))
-        names.append(f.name)
-    return pa.Table.from_arrays(columns, names=names)
+    arrays = list(data.columns)
+    fields = list(data.schema)
+    chosen = meta_names([*data.column_names, *columns])
+    for f, name in zip(META_FIELDS, chosen, strict=True):
+        arrays.append(pa.array(meta.get(f.name, [None] * n), type=f.type))
+        fields.append(f.with_name(name))
+    schema = pa.schema(fields, metadata={META_KEY: json.dumps(chosen)})
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 class QuarantineWriter:
@@ -91,6 +119,15 @@ class QuarantineWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._schema = table.schema
+            names = table.column_names[-len(META_FIELDS) :]
+            if names != [f.name for f in META_FIELDS]:
+                log.warning(
+                    "%s: the data has a column named like a metadata column; the metadata "
+                    "columns are named %s ... %s",
+                    self.path,
+                    names[0],
+                    names[-1],
+                )
             self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd")
         else:
             assert self._schema is not None
@@ -129,8 +166,10 @@ class QuarantineWriter:
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` in the file's ``schema``: absent columns as nulls, types cast. Where a value
     would not survive that, the result's schema is wider than ``schema`` (see the module doc):
-    the caller rewrites the file under it. Never a null in place of a value."""
-    meta = {f.name for f in META_FIELDS}
+    the caller rewrites the file under it. Never a null in place of a value. New columns go
+    before the metadata columns (named in the schema's metadata, else :data:`META_FIELDS`)."""
+    named = (schema.metadata or {}).get(META_KEY.encode())
+    meta = set(json.loads(named)) if named else {f.name for f in META_FIELDS}
     fields: list[pa.Field] = []
     arrays: list[pa.Array | pa.ChunkedArray] = []
     for f in schema:
@@ -147,7 +186,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         fields.insert(at, table.schema.field(name))
         arrays.insert(at, table.column(name))
         at += 1
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def _fit(col: pa.ChunkedArray, typ: pa.DataType) -> tuple[pa.ChunkedArray | pa.Array, pa.DataType]:

@@ -224,6 +224,36 @@ def discover(
     return fs, base_path, sorted(files)
 
 
+def _partition_type(values: list[str]) -> pa.DataType:
+    """A hive key's type from its directory values: int32 when every value is an integer that
+    fits it (pyarrow's own inference), int64 when one needs it (``id=12345678901``, ns
+    timestamps), string otherwise (non-integers, or an integer beyond int64)."""
+    if not all(re.fullmatch(r"[+-]?\d+", v) for v in values):
+        return pa.string()
+    least, most = min(int(v) for v in values), max(int(v) for v in values)
+    for typ, info in ((pa.int32(), np.iinfo(np.int32)), (pa.int64(), np.iinfo(np.int64))):
+        if info.min <= least and most <= info.max:
+            return typ
+    return pa.string()
+
+
+def _fill_null_types(schemas: list[pa.Schema]) -> tuple[pa.Schema, dict[str, int]]:
+    """The first schema, each of its null-typed columns given the type of the first schema that
+    has the column with another type (still null when none has: the data has no value of it);
+    with ``{column: index of the schema its type came from}`` for the columns filled so."""
+    ref, typed_by = schemas[0], {}
+    for i, f in enumerate(ref):
+        if not pa.types.is_null(f.type):
+            continue
+        for k, schema in enumerate(schemas[1:], start=1):
+            j = schema.get_field_index(f.name)
+            if j >= 0 and not pa.types.is_null(schema.field(j).type):
+                ref = ref.set(i, f.with_type(schema.field(j).type))
+                typed_by[f.name] = k
+                break
+    return ref, typed_by
+
+
 def _file_format(fmt: str, csv_delimiter: str = ",") -> ds.FileFormat:
     if fmt == "parquet":
         return ds.ParquetFileFormat()
@@ -277,6 +307,10 @@ class Source:
         self.file_schemas = [self._inspect(p) for p in self.files]
         if types and format in ("csv", "json"):
             self.file_schemas = [_declare(s, types) for s in self.file_schemas]
+        # The columns' types: the first file's, but a column a file holds no value of (a
+        # header-only CSV, an empty pandas partition's object column) is typed null there,
+        # which says nothing about it: such a column takes the first type another file gives.
+        self.file_schema, self._typed_by = _fill_null_types(self.file_schemas)
         self._check_schemas()
         part_schema = self._partition_schema()
         try:
@@ -287,13 +321,13 @@ class Source:
                 partitioning=ds.partitioning(part_schema, flavor="hive"),
                 partition_base_dir=self.base,
                 # Given, so that pyarrow does not re-inspect (and choke on a ragged first block).
-                schema=pa.unify_schemas([self.file_schemas[0], part_schema]),
+                schema=pa.unify_schemas([self.file_schema, part_schema]),
             )
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(source, f"cannot open dataset: {exc}") from None
-        # The dataset schema is the first file's plus the partition columns.
+        # The dataset schema is the files' (file_schema) plus the partition columns.
         self.schema: pa.Schema = self.dataset.schema
-        self.partition_names = [n for n in self.schema.names if n not in self.file_schemas[0].names]
+        self.partition_names = [n for n in self.schema.names if n not in self.file_schema.names]
         self._fragments = list(self.dataset.get_fragments())
 
     # -- discovery ---------------------------------------------------------------------------
@@ -334,8 +368,8 @@ class Source:
             raise SourceError(path, f"corrupt or unreadable {self.format} file: {exc}") from None
 
     def _partition_schema(self) -> pa.Schema:
-        """Hive keys (``key=value`` directories) as columns: int32 when every value is an
-        integer, string otherwise (pyarrow's own inference, done here so it costs no I/O)."""
+        """Hive keys (``key=value`` directories) as columns, typed by :func:`_partition_type`
+        (done here so it costs no I/O)."""
         values: dict[str, list[str]] = {}
         for path in self.files:
             rel = path[len(self.base) :].strip("/").split("/")[:-1]
@@ -345,17 +379,17 @@ class Source:
                     values.setdefault(key, []).append(value)
         fields = []
         for key, vals in values.items():
-            if key in self.file_schemas[0].names:
+            if key in self.file_schema.names:
                 continue  # a file column wins over a same-named directory key
-            ints = all(re.fullmatch(r"[+-]?\d+", v) for v in vals)
-            fields.append(pa.field(key, pa.int32() if ints else pa.string()))
+            fields.append(pa.field(key, _partition_type(vals)))
         return pa.schema(fields)
 
     def _check_schemas(self) -> None:
         """The dataset-level ``schema`` rule: every file has the first file's columns (and, for
-        binary formats, types). Text formats are compared by column names only: their types
-        are inferred per file and a value that does not parse is a row-level problem."""
-        ref_path, ref = self.files[0], self.file_schemas[0]
+        binary formats, types, a column of type null in a file matching any: it has no values
+        to contradict them). Text formats are compared by column names only: their types are
+        inferred per file and a value that does not parse is a row-level problem."""
+        ref_path, ref = self.files[0], self.file_schema
         for path, schema in zip(self.files[1:], self.file_schemas[1:], strict=True):
             missing = [n for n in ref.names if n not in schema.names]
             extra = [n for n in schema.names if n not in ref.names]
@@ -366,9 +400,11 @@ class Source:
                 problems.append(f"extra columns {extra}")
             if self.format in ("parquet", "ipc"):
                 for f in ref:
-                    if f.name in schema.names and not schema.field(f.name).type.equals(f.type):
-                        got = schema.field(f.name).type
-                        problems.append(f"column {f.name!r} is {got}, not {f.type}")
+                    got = schema.field(f.name).type if f.name in schema.names else None
+                    if got is not None and not got.equals(f.type) and not pa.types.is_null(got):
+                        where = self._typed_by.get(f.name)
+                        typed_in = "" if where is None else f" (as in {self.files[where]})"
+                        problems.append(f"column {f.name!r} is {got}, not {f.type}{typed_in}")
             if problems:
                 raise SourceError(path, f"schema differs from {ref_path}: " + "; ".join(problems))
 

@@ -118,6 +118,14 @@ def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def value_type(t: pa.DataType) -> pa.DataType:
+    """The type of ``t``'s values: a dictionary column's (pandas ``category`` columns are
+    stored as dictionaries in Parquet) is its dictionary's value type, any other is ``t``.
+    Vocabularies, classes and imputed values are of this type: ``index_in`` matches a
+    dictionary column's values against a plain value set, but not against a dictionary one."""
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def _is_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(t)
 
@@ -213,7 +221,7 @@ class Validator:
                 f"numeric {name!r}: an impute policy is set but no impute value (rule {rule!r})"
             )
         # The label's classes (None for regression) and each vocabulary as arrays of their
-        # column's type, for index_in.
+        # column's value type (a dictionary column's values), for index_in.
         self.classes: pa.Array | None = None
         if spec.label.task != "regression":
             self.classes = self._values(spec.label.classes, spec.label.name, schema_file)
@@ -270,10 +278,11 @@ class Validator:
                 )
 
     def _values(self, values: list[Any], col: str, file: str) -> pa.Array:
-        """A vocabulary or the label's classes as an array of ``col``'s type; values that are
-        not of that type (``"a"`` for an int64 column) are a :class:`SourceError` naming
-        ``file``, the column and both types (see :meth:`_check_numbers`)."""
-        typ = self.types[col]
+        """A vocabulary or the label's classes as an array of ``col``'s value type (see
+        :func:`value_type`); values that are not of that type (``"a"`` for an int64 column)
+        are a :class:`SourceError` naming ``file``, the column and both types (see
+        :meth:`_check_numbers`)."""
+        typ = value_type(self.types[col])
         try:
             return pa.array(values).cast(typ) if values else pa.array([], type=typ)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -452,7 +461,7 @@ class Validator:
         value = self._impute_value(col)
         if value is None:
             return None
-        return pa.scalar(value).cast(self.types[col])
+        return pa.scalar(value).cast(value_type(self.types[col]))
 
     def _duplicates(self, keys: pa.Array, bad: np.ndarray) -> np.ndarray:
         """Keys seen earlier in this scan (or earlier in the chunk). Per-row Python work, only
@@ -501,7 +510,7 @@ class Validator:
                 _reason(rule[i], column[i], v, why[i]) for i, v in zip(idx, values, strict=True)
             ],
         }
-        table = quarantine_table(rows, meta)
+        table = quarantine_table(rows, meta, self.schema.names)
         if self.quarantine is not None:
             self.quarantine.write_table(table)
         return [(table, idx)] if self.collect else []
@@ -530,6 +539,7 @@ class Validator:
                 "_reason": [b.reason for b in chunk.bad_lines],
                 "_raw": [b.text for b in chunk.bad_lines],
             },
+            self.schema.names,
         )
         if self.quarantine is not None:
             self.quarantine.write_table(table)

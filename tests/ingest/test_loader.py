@@ -1,5 +1,6 @@
 """StreamLoader: quarantine and accounting per epoch and rank, resume, conversion details."""
 
+import json
 import logging
 import threading
 import warnings
@@ -124,6 +125,61 @@ def test_resume_after_the_last_batch_yields_nothing_then_next_epoch(data):
     b.load_state_dict(state)
     assert list(b) == [] and b.epoch == 1
     assert ids(b) == ids(taken)  # epoch 1, unshuffled: the same rows again
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("replace", "other files"),  # b.parquet gone, 0.parquet of as many rows sorts first
+        ("add", "taken over 2 files, this loader reads 3"),  # an empty file more
+        ("regroup", "taken over 2 pieces .*, this loader has 3"),
+        ("recount", "other row counts"),  # rows moved from b to a: the same total
+    ],
+)
+def test_resume_refuses_a_state_taken_over_other_data_with_as_many_rows(tmp_path, change, message):
+    """A state names the files (relative to the source root) and each piece's row count: a
+    state taken over other data with the same total rows is refused (it would repeat and skip
+    rows), while a copy of the same files elsewhere, and a state saved before the fingerprint
+    existed, resume."""
+    from conveyor.ingest.errors import LoaderStateError
+
+    def write_rows(path, start: int, n: int, group: int = 8) -> None:
+        ids = np.arange(start, start + n, dtype=np.float64)
+        c, y = pa.array(["a"] * n, pa.string()), np.arange(n) % 2
+        table = pa.table({"id": ids, "x": np.zeros(n), "c": c, "y": y})
+        pq.write_table(table, path, row_group_size=group)
+
+    data, copy = tmp_path / "data", tmp_path / "copy"
+    for root in (data, copy):
+        root.mkdir()
+        write_rows(root / "a.parquet", 0, 8)
+        write_rows(root / "b.parquet", 100, 8)
+    kw = dict(batch_size=4, prefetch=0)
+    first = StreamLoader(str(data), SPEC, **kw)
+    it = iter(first)
+    head = ids([next(it)])
+    state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint keeps it
+    it.close()
+    resumed = StreamLoader(str(copy), SPEC, **kw)
+    resumed.load_state_dict(state)
+    assert head + ids(resumed) == ids(StreamLoader(str(data), SPEC, **kw))
+    old = {k: v for k, v in state.items() if k != "data"}
+    StreamLoader(str(data), SPEC, **kw).load_state_dict(old)
+
+    if change == "replace":
+        (data / "b.parquet").unlink()
+        write_rows(data / "0.parquet", 500, 8)
+    elif change == "add":
+        write_rows(data / "c.parquet", 900, 0)
+    elif change == "regroup":
+        write_rows(data / "b.parquet", 100, 8, group=4)
+    else:
+        write_rows(data / "a.parquet", 0, 12, group=12)
+        write_rows(data / "b.parquet", 100, 4)
+    changed = StreamLoader(str(data), SPEC, **kw)
+    assert sum(changed.counts) == 16
+    with pytest.raises(LoaderStateError, match=message):
+        changed.load_state_dict(state)
 
 
 def test_reject_policy_raises_naming_file_row_column(data):

@@ -86,3 +86,33 @@ def test_sampled_quantiles_keep_21_ordered_edges(tmp_path):
     # A sample of 500: the median within a few percent of the data's range.
     assert abs(edges[10] - np.median(a[valid])) < 0.05 * np.ptp(a[valid])
     assert run[0] == run[1]  # same data and seed: same edges
+
+
+def test_integers_beyond_float64_precision_are_profiled_and_pass_their_own_ranges(tmp_path):
+    """int64 ns timestamps and uint64 ids beyond 2**53 have no exact float64: the statistics
+    round them, while min and max still hold every value, so validating the same data against
+    its profiled ranges quarantines no row."""
+    ns = pa.array([1_700_000_000_123_456_789 + i for i in range(10)], pa.int64())
+    ids = pa.array([2**64 - 1 - i for i in range(10)], pa.uint64())
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"ns": ns, "id": ids, "y": [0, 1] * 5}), path)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("ns"), NumericFeature("id")]
+    )
+    result = run_scan(
+        Source(str(path)), spec, quarantine_path=tmp_path / "q.parquet", profile=ProfileConfig()
+    )
+    stats = result.stats["numeric"]
+    for name, column in (("ns", ns), ("id", ids)):
+        least, most = min(column.to_pylist()), max(column.to_pylist())
+        s = stats[name]
+        assert s["count"] == 10 and s["mean"] == pytest.approx((least + most) / 2, rel=1e-15)
+        assert s["min"] <= least and s["max"] >= most  # exact comparisons of int and float
+        assert s["max"] - s["min"] <= 2 * (most - least + 1024)  # rounded, not widened further
+    again = run_scan(
+        Source(str(path)),
+        spec,
+        quarantine_path=tmp_path / "q2.parquet",
+        ranges=profiled_ranges(result.stats),
+    )
+    assert again.accounting.rows_out == 10 and again.quarantine is None

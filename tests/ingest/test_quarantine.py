@@ -82,3 +82,36 @@ def test_a_cast_that_changes_values_widens_to_text_instead(tmp_path):
     assert [r["w32"] for r in got] == ["0.5", "0.1", "1e+300", "nan", "0.25"]
     assert [r["flag"] for r in got] == ["true", "2", "0", "1", "false"]
     assert json.loads(got[1]["meta"]) == {"a": 2, "b": "x"}
+
+
+def test_data_columns_named_like_metadata_columns_keep_their_values(tmp_path):
+    """A row's own ``_row`` (and ``__file``) keeps its name and value; the metadata columns
+    take leading underscores until no name means two things, alike in every file of the
+    source (validation and the loader, rows and unsplittable lines), named in the schema."""
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.quarantine import META_FIELDS, META_KEY, meta_names
+
+    (tmp_path / "d.csv").write_text("x,_row,__file,y\n1.5,10,a,0\n,11,b,1\n2.5,12,c,0,EXTRA\n")
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x"), NumericFeature("_row")],
+        ignore=["__file"],
+    )
+    expected = [f"___{f.name.lstrip('_')}" for f in META_FIELDS]
+    assert meta_names(["x", "_row", "__file", "y"]) == expected
+    assert meta_names(["x", "y"]) == [f.name for f in META_FIELDS]
+    source = Source(str(tmp_path / "d.csv"), types=spec.declared_types())
+    result = run_scan(source, spec, quarantine_path=tmp_path / "q.parquet")
+    assert result.accounting.quarantined_by_rule == {"null": 1, "parse": 1}
+    loader = StreamLoader(str(tmp_path / "d.csv"), spec, batch_size=4, prefetch=0,
+                          quarantine=str(tmp_path / "lq"))  # fmt: skip
+    assert [b.features[:, 1].tolist() for b in loader] == [[10.0]]
+    (loaded,) = (tmp_path / "lq").glob("*.parquet")
+    for path, data_columns in ((tmp_path / "q.parquet", ["x", "_row", "__file", "y"]),
+                               (loaded, ["y", "x", "_row"])):  # fmt: skip
+        q = pq.read_table(path)  # one name, one column: readable by name
+        assert q.column_names == data_columns + expected
+        assert json.loads(q.schema.metadata[META_KEY.encode()]) == expected
+        got = q.to_pydict()
+        assert got["_row"][0] == "11" and got["___row"] == [1, 2]  # its value, the file's row
+        assert got["___rule"] == ["null", "parse"] and got["___raw"][1] == "2.5,12,c,0,EXTRA"

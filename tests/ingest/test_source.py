@@ -38,6 +38,28 @@ def test_directory_with_hive_partitions_and_glob(tmp_path):
     assert read_all(uri).num_rows == 20
 
 
+@pytest.mark.parametrize(
+    ("values", "typ"),
+    [
+        (["1", "-2147483648", "2147483647"], pa.int32()),
+        (["1", "12345678901"], pa.int64()),  # beyond int32: a hashed id, a timestamp
+        (["-9223372036854775808", "9223372036854775807"], pa.int64()),
+        (["1", "9223372036854775808"], pa.string()),  # beyond int64
+        (["1", "x"], pa.string()),
+    ],
+)
+def test_hive_partition_type_holds_every_value(tmp_path, values, typ):
+    for value in values:
+        (tmp_path / f"id={value}").mkdir()
+        write(sample_table(2), tmp_path / f"id={value}" / "part.parquet", "parquet")
+    src = Source(str(tmp_path))
+    assert src.schema.field("id").type == typ
+    got = read_all(src, columns=["id"]).column("id").to_pylist()
+    assert sorted(map(str, got)) == sorted(v for v in values for _ in range(2))
+    selected = read_all(src, columns=["k"], filter=ds.field("id") == pa.scalar(values[1]).cast(typ))
+    assert selected.num_rows == 2
+
+
 def test_projection_and_filter_pushdown(tmp_path, fmt):
     path = tmp_path / f"d.{EXT[fmt]}"
     write(sample_table(), path, fmt)
@@ -106,6 +128,34 @@ def test_type_change_mid_dataset(tmp_path):
     pq.write_table(t.set_column(1, "k", t.column("k").cast(pa.string())), tmp_path / "b.parquet")
     with pytest.raises(SourceError, match="column 'k' is string, not int64"):
         Source(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_file_with_no_rows_first_gives_its_columns_no_type(tmp_path, fmt):
+    """An empty Spark part file (a header-only CSV) or an empty pandas partition (object
+    columns stored as type null) sorting first: its null types say nothing, and each column
+    takes the type of the first file that has values, for inference and reading alike."""
+    from conveyor.ingest.infer import infer_spec
+
+    table = sample_table(6)
+    empty = pa.table({f.name: pa.nulls(0, pa.null()) for f in table.schema})
+    if fmt == "csv":
+        (tmp_path / "part-00000.csv").write_text("x,k,c,y\n")
+    else:
+        pq.write_table(
+            empty.set_column(0, "x", pa.array([], pa.float64())), tmp_path / "part-00000.parquet"
+        )
+    write(table, tmp_path / f"part-00001.{EXT[fmt]}", fmt)
+    src = Source(str(tmp_path))
+    assert src.schema == table.schema
+    assert read_all(src).equals(table)
+    spec = infer_spec(src, "y")
+    assert spec.label.classes == [0, 1] and spec.categorical_names == ["c"]
+    if fmt == "parquet":  # a later file with values still has to agree with the first's type
+        t = table.set_column(2, "c", table.column("k"))
+        pq.write_table(t, tmp_path / "part-00002.parquet")
+        with pytest.raises(SourceError, match=r"column 'c' is int64, not string \(as in .*01"):
+            Source(str(tmp_path))
 
 
 def test_ragged_csv_row_is_reported_not_dropped(tmp_path):

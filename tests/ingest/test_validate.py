@@ -341,3 +341,51 @@ def test_binary_column_of_the_wrong_type_is_a_source_error_before_any_row(bounds
     )
     with pytest.raises(SourceError, match=r"column 'c' is int64, but the spec's values .* str"):
         StreamLoader(str(ipc), spec, batch_size=8, prefetch=0)
+
+
+def test_dictionary_columns_are_matched_by_their_values(tmp_path):
+    """pandas ``category`` columns are dictionary-encoded in Parquet: a categorical feature and
+    the label stored so are inferred, validated, profiled and loaded by their values, each file
+    with its own dictionary, like the same columns stored as plain strings."""
+    from conveyor.ingest.infer import infer_spec
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.profile import ProfileConfig
+
+    def table(c: list, y: list) -> pa.Table:
+        x = pa.array([float(i) for i in range(len(c))])
+        return pa.table({"x": x, "c": pa.array(c).dictionary_encode(), "y": pa.array(y)})
+
+    files = tmp_path / "data"
+    files.mkdir()
+    pq.write_table(table(["a", "b", "z", None], ["no", "yes", "no", "maybe"]), files / "a.pq")
+    pq.write_table(table(["q", "a", "b"], ["yes", "no", "yes"]), files / "b.pq")
+    for path in files.iterdir():  # the label dictionary-encoded too
+        t = pq.read_table(path)
+        pq.write_table(t.set_column(2, "y", t.column("y").dictionary_encode()), path)
+    source = Source(str(files))
+    assert pa.types.is_dictionary(source.schema.field("y").type)
+    inferred = infer_spec(source, "y")
+    assert inferred.label.classes == ["maybe", "no", "yes"]
+    assert inferred.categorical[0].vocab == ["a", "b", "q", "z"]
+    result = run_scan(source, inferred, quarantine_path=tmp_path / "p.pq", profile=ProfileConfig())
+    assert result.accounting.quarantined_by_rule == {"null": 1}
+    assert result.stats["categorical"]["c"]["top"] == [["a", 2], ["b", 2], ["q", 1], ["z", 1]]
+    assert result.stats["label"]["class_counts"] == {"maybe": 0, "no": 3, "yes": 3}
+
+    spec = FeatureSpec(
+        label=Label("y", "binary", ["no", "yes"]),
+        numeric=[NumericFeature("x", impute=0.0)],
+        categorical=[CategoricalFeature("c", vocab=["a", "b"], impute="b")],
+        policies={"unseen_category": "quarantine", "null": "impute"},
+    )
+    result = run_scan(source, spec, quarantine_path=tmp_path / "q.pq")
+    assert result.accounting.quarantined_by_rule == {"unseen_category": 2, "unseen_class": 1}
+    q = pq.read_table(tmp_path / "q.pq").to_pydict()
+    assert q["_value"] == ["z", "maybe", "q"] and q["c"] == ["z", None, "q"]
+    spec.policies = {"unseen_category": "impute", "null": "impute"}
+    loader = StreamLoader(str(files), spec, batch_size=8, prefetch=0)
+    (batch,) = list(loader)
+    # a b z(imputed b) | q(imputed b) a b; the null's row is labelled "maybe": quarantined
+    assert batch.categorical[:, 0].tolist() == [1, 2, 2, 2, 1, 2]
+    assert batch.label.tolist() == [0, 1, 0, 1, 0, 1]
+    assert loader.epoch_accounting[0].quarantined_by_rule == {"unseen_class": 1}
