@@ -16,12 +16,12 @@ asyncio::
 Inputs may be a dict of arrays keyed by tensor name, a list of arrays in the
 model's input order, a single array for a one-input model, or a table of
 columns (dict of columns, pandas DataFrame, pyarrow Table): then each input
-tensor is built from the column of its name or from the feature columns the
-model metadata lists for it (``columns``: 1-D, one value per row, each read only when
-an input needs it, so unused columns of any type are ignored). Values are converted to the model's
-datatypes by :func:`conveyor.casting.cast` (BYTES: strings as they are, other
-categorical values as the trainer's vocabulary keys; nulls are refused). Outputs
-come back as a dict of numpy arrays.
+tensor is built from the feature columns the model metadata lists for it (``columns``:
+1-D, one value per row, each read only when an input needs it, so unused columns of any
+type are ignored), else from the value of its name when that name is no feature column.
+Values are converted to the model's datatypes by :func:`conveyor.casting.cast` (BYTES:
+strings as they are, other categorical values as the trainer's vocabulary keys; nulls are
+refused). Outputs come back as a dict of numpy arrays.
 
 One channel per client, reused for every call. ``timeout`` (seconds) sets one
 deadline per method call, however many gRPC calls it makes (``infer`` looks up
@@ -315,22 +315,33 @@ def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndar
             "inputs: expected a dict, list, numpy array, pandas DataFrame or pyarrow "
             f"Table, got {type(inputs).__name__}"
         )
-    out = []
-    for spec in specs:
-        if spec.name in columns:
-            out.append((spec, _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)))
-            continue
-        if spec.columns:
-            missing = [c for c in spec.columns if c not in columns]
-            if missing:
-                raise ValueError(f"input {spec.name!r}: missing columns {missing}")
-            out.append((spec, _batched(_stack_columns(columns, spec), spec)))
-            continue
-        raise ValueError(
-            f"input {spec.name!r}: no column of that name"
-            + (f" nor its feature columns {list(spec.columns)}" if spec.columns else "")
+    # A name any input lists among its feature columns is a feature column, never a tensor:
+    # a model trained on a column named "numeric" (its input tensor's name) read that
+    # column as the whole tensor, one row, and sent the wrong rows without a word.
+    feature_columns = {name: spec.name for spec in specs for name in spec.columns}
+    return [(spec, _table_input(columns, spec, feature_columns)) for spec in specs]
+
+
+def _table_input(columns: _Columns, spec: TensorInfo, feature_columns: dict[str, str]) -> Any:
+    """The tensor for input ``spec`` from a table: its feature columns when the metadata lists
+    them and the table has them all; else the value named like the tensor, when the input has
+    no feature columns or that name is no input's feature column; else a ValueError naming
+    the input and what is missing."""
+    missing = [c for c in spec.columns if c not in columns]
+    if spec.columns and not missing:
+        return _batched(_stack_columns(columns, spec), spec)
+    if spec.name in columns and (not spec.columns or spec.name not in feature_columns):
+        return _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)
+    if not spec.columns:
+        raise ValueError(f"input {spec.name!r}: no column of that name")
+    message = f"input {spec.name!r}: missing columns {missing}"
+    if spec.name in columns:
+        owner = feature_columns[spec.name]
+        message += (
+            f"; the table's {spec.name!r} is read as a feature column of input {owner!r}, "
+            "not as this tensor: pass the tensors as a list in the model's input order"
         )
-    return out
+    raise ValueError(message)
 
 
 _ids = itertools.count(1)

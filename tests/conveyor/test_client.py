@@ -491,6 +491,77 @@ def test_unused_columns_are_never_read(kind: str) -> None:
     assert got == expected
 
 
+# -- feature columns named like an input tensor ---------------------------------------------
+
+# The trainer names its inputs "numeric" and "categorical": a data column may carry either name.
+NAMED_LIKE_INPUTS = ModelInfo(
+    "m",
+    ("1",),
+    "torchscript",
+    (
+        TensorInfo("numeric", "FP32", (-1, 2), ("numeric", "x")),
+        TensorInfo("categorical", "BYTES", (-1, 2), ("categorical", "city")),
+    ),
+    (),
+)
+NAMED_ROWS = {
+    "numeric": [0.5, -1.0],
+    "x": [3.0, 9.0],
+    "categorical": ["a", "b"],
+    "city": ["ber", "ams"],
+}
+
+
+@pytest.mark.parametrize("kind", ["dict", "pandas", "arrow"])
+def test_a_feature_column_named_like_its_input_is_read_as_a_column(kind: str) -> None:
+    # The column named "numeric" was taken for the whole tensor: one row [0.5, -1.0], sent
+    # without a word (and "categorical" likewise)
+    table = {"dict": NAMED_ROWS, "pandas": pd.DataFrame(NAMED_ROWS), "arrow": pa.table(NAMED_ROWS)}
+    (_, numeric), (_, categorical) = build_inputs(NAMED_LIKE_INPUTS, table[kind])
+    np.testing.assert_array_equal(numeric, [[0.5, 3.0], [-1.0, 9.0]])
+    assert categorical.tolist() == [["a", "ber"], ["b", "ams"]]
+
+
+def test_a_column_named_like_an_input_but_not_among_its_columns_yields_to_them() -> None:
+    # Input "numeric" is made of "a" and "b": a column "numeric" beside them is not read
+    info = ModelInfo(
+        "m", ("1",), "torchscript", (TensorInfo("numeric", "FP32", (-1, 2), ("a", "b")),), ()
+    )
+    ((_, array),) = build_inputs(info, {"numeric": [7.0, 8.0], "a": [1.0, 2.0], "b": [3.0, 4.0]})
+    np.testing.assert_array_equal(array, [[1.0, 3.0], [2.0, 4.0]])
+    # without them, "numeric" is the tensor itself, as before
+    ((_, array),) = build_inputs(info, {"numeric": np.ones((2, 2))})
+    np.testing.assert_array_equal(array, np.ones((2, 2)))
+
+
+def test_a_feature_column_is_never_taken_for_a_tensor() -> None:
+    # The tensor "numeric" cannot be passed by name when "numeric" is also a feature column
+    tensors = {"numeric": np.ones((2, 2)), "categorical": np.array([["a", "ber"]] * 2, object)}
+    with pytest.raises(
+        ValueError,
+        match=r"^input 'numeric': missing columns \['x'\]; the table's 'numeric' is read as a",
+    ):
+        build_inputs(NAMED_LIKE_INPUTS, tensors)
+    # ... nor a column that another input lists, whatever its name
+    info = ModelInfo(
+        "m",
+        ("1",),
+        "torchscript",
+        (
+            TensorInfo("numeric", "FP32", (-1, 1), ("categorical",)),
+            TensorInfo("categorical", "BYTES", (-1, 1), ("city",)),
+        ),
+        (),
+    )
+    with pytest.raises(
+        ValueError, match=r"^input 'categorical': missing columns \['city'\]; .* of input 'numeric'"
+    ):
+        build_inputs(info, {"categorical": [1.0, 2.0]})
+    # the list form takes the tensors in input order
+    (_, numeric), _ = build_inputs(NAMED_LIKE_INPUTS, list(tensors.values()))
+    np.testing.assert_array_equal(numeric, np.ones((2, 2)))
+
+
 # -- arguments checked before anything is sent -----------------------------------------------
 
 
