@@ -327,6 +327,10 @@ def _table_input(columns: _Columns, spec: TensorInfo, feature_columns: dict[str,
     them and the table has them all; else the value named like the tensor, when the input has
     no feature columns or that name is no input's feature column; else a ValueError naming
     the input and what is missing."""
+    if spec.columns == (spec.name,) and spec.name in columns:
+        # one feature column named like its input: column and tensor are the same values, as
+        # a 1-D column or a [batch, 1] array
+        return _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)
     missing = [c for c in spec.columns if c not in columns]
     if spec.columns and not missing:
         return _batched(_stack_columns(columns, spec), spec)

@@ -561,6 +561,11 @@ def test_a_feature_column_is_never_taken_for_a_tensor() -> None:
     # the list form takes the tensors in input order
     (_, numeric), _ = build_inputs(NAMED_LIKE_INPUTS, list(tensors.values()))
     np.testing.assert_array_equal(numeric, np.ones((2, 2)))
+    # An input whose only feature column has its name: that column is the tensor, either way
+    info = ModelInfo("m", ("1",), "torchscript", (TensorInfo("x", "FP32", (-1, 1), ("x",)),), ())
+    for value in ([1.0, 2.0], np.array([[1.0], [2.0]])):
+        ((_, array),) = build_inputs(info, {"x": value})
+        np.testing.assert_array_equal(array, [[1.0], [2.0]])
 
 
 # -- a newer version with another column layout ---------------------------------------------
