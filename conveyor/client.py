@@ -16,12 +16,12 @@ asyncio::
 Inputs may be a dict of arrays keyed by tensor name, a list of arrays in the
 model's input order, a single array for a one-input model, or a table of
 columns (dict of columns, pandas DataFrame, pyarrow Table): then each input
-tensor is built from the column of its name or from the feature columns the
-model metadata lists for it (``columns``: 1-D, one value per row, each read only when
-an input needs it, so unused columns of any type are ignored). Values are converted to the model's
-datatypes by :func:`conveyor.casting.cast` (BYTES: strings as they are, other
-categorical values as the trainer's vocabulary keys; nulls are refused). Outputs
-come back as a dict of numpy arrays.
+tensor is built from the feature columns the model metadata lists for it (``columns``:
+1-D, one value per row, each read only when an input needs it, so unused columns of any
+type are ignored), else from the value of its name when that name is no feature column.
+Values are converted to the model's datatypes by :func:`conveyor.casting.cast` (BYTES:
+strings as they are, other categorical values as the trainer's vocabulary keys; nulls are
+refused). Outputs come back as a dict of numpy arrays.
 
 One channel per client, reused for every call. ``timeout`` (seconds) sets one
 deadline per method call, however many gRPC calls it makes (``infer`` looks up
@@ -315,22 +315,37 @@ def build_inputs(info: ModelInfo, inputs: Any) -> list[tuple[TensorInfo, np.ndar
             "inputs: expected a dict, list, numpy array, pandas DataFrame or pyarrow "
             f"Table, got {type(inputs).__name__}"
         )
-    out = []
-    for spec in specs:
-        if spec.name in columns:
-            out.append((spec, _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)))
-            continue
-        if spec.columns:
-            missing = [c for c in spec.columns if c not in columns]
-            if missing:
-                raise ValueError(f"input {spec.name!r}: missing columns {missing}")
-            out.append((spec, _batched(_stack_columns(columns, spec), spec)))
-            continue
-        raise ValueError(
-            f"input {spec.name!r}: no column of that name"
-            + (f" nor its feature columns {list(spec.columns)}" if spec.columns else "")
+    # A name any input lists among its feature columns is a feature column, never a tensor:
+    # a model trained on a column named "numeric" (its input tensor's name) read that
+    # column as the whole tensor, one row, and sent the wrong rows without a word.
+    feature_columns = {name: spec.name for spec in specs for name in spec.columns}
+    return [(spec, _table_input(columns, spec, feature_columns)) for spec in specs]
+
+
+def _table_input(columns: _Columns, spec: TensorInfo, feature_columns: dict[str, str]) -> Any:
+    """The tensor for input ``spec`` from a table: its feature columns when the metadata lists
+    them and the table has them all; else the value named like the tensor, when the input has
+    no feature columns or that name is no input's feature column; else a ValueError naming
+    the input and what is missing."""
+    if spec.columns == (spec.name,) and spec.name in columns:
+        # one feature column named like its input: column and tensor are the same values, as
+        # a 1-D column or a [batch, 1] array
+        return _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)
+    missing = [c for c in spec.columns if c not in columns]
+    if spec.columns and not missing:
+        return _batched(_stack_columns(columns, spec), spec)
+    if spec.name in columns and (not spec.columns or spec.name not in feature_columns):
+        return _cast(columns.read(spec.name, f"input {spec.name!r}"), spec)
+    if not spec.columns:
+        raise ValueError(f"input {spec.name!r}: no column of that name")
+    message = f"input {spec.name!r}: missing columns {missing}"
+    if spec.name in columns:
+        owner = feature_columns[spec.name]
+        message += (
+            f"; the table's {spec.name!r} is read as a feature column of input {owner!r}, "
+            "not as this tensor: pass the tensors as a list in the model's input order"
         )
-    return out
+    raise ValueError(message)
 
 
 _ids = itertools.count(1)
@@ -614,7 +629,8 @@ class _Common:
 
     _grpc: Any  # grpc or grpc.aio: which kind of channel to open
     _settings: _Settings
-    _info: dict[tuple[str, str], ModelInfo]
+    # (model, version asked for) -> (its metadata, time.monotonic() when read)
+    _info: dict[tuple[str, str], tuple[ModelInfo, float]]
 
     def __init__(
         self,
@@ -631,7 +647,13 @@ class _Common:
         token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Iterable[tuple[str, Any]] = (),
+        metadata_max_age: float | None = 60.0,
     ) -> None:
+        self._metadata_max_age = (
+            None
+            if metadata_max_age is None
+            else _check_seconds(metadata_max_age, "metadata_max_age")
+        )
         self._settings = s = _settings(
             address,
             timeout=timeout,
@@ -671,14 +693,45 @@ class _Common:
     def _remaining(deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    def _may_retry(self, exc: grpc.RpcError, attempt: int, deadline: float | None) -> float | None:
-        """Seconds to wait before retrying, or None to give up."""
-        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._settings.retries:  # type: ignore[attr-defined]
+    def _may_retry(
+        self, exc: grpc.RpcError, attempt: int, deadline: float | None, retries: int | None
+    ) -> float | None:
+        """Seconds to wait before retrying, or None to give up (``retries``: the client's
+        when None)."""
+        retries = self._settings.retries if retries is None else retries
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= retries:  # type: ignore[attr-defined]
             return None
         wait = _delay(self._settings, attempt)
         if deadline is not None and time.monotonic() + wait >= deadline:
             return None
         return wait
+
+    def _cached_info(self, key: tuple[str, str], refresh: bool) -> ModelInfo | None:
+        """The cached metadata for ``key``, or None when it must be read (``refresh``, never
+        read, or older than ``metadata_max_age``)."""
+        cached = self._info.get(key)
+        if refresh or cached is None:
+            return None
+        info, read_at = cached
+        max_age = self._metadata_max_age
+        if max_age is not None and time.monotonic() - read_at > max_age:
+            return None
+        return info
+
+    def _forget_info(self, model: str) -> None:
+        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+
+
+def _target_version(info: ModelInfo, version: str) -> str:
+    """The version a request built from ``info`` is sent to: ``version`` when the caller named
+    one; else the version the metadata describes, the highest it lists (conveyor and Triton
+    answer a request naming no version with their highest loaded one), so that the request
+    is never run by a newer version whose inputs are laid out differently; '' (the server's
+    choice) when the metadata lists no numbered version."""
+    if version:
+        return version
+    numbers = [v for v in info.versions if v.isdecimal()]
+    return max(numbers, key=int) if numbers else ""
 
 
 # -- sync client --------------------------------------------------------------------------------
@@ -702,6 +755,13 @@ class Client(_Common):
         token: sent as ``authorization: Bearer <token>`` on every call.
         max_message_bytes: largest message sent or received (default 64 MiB).
         options: extra gRPC channel options.
+        metadata_max_age: seconds the model metadata a request is built from is reused
+            before it is read again (default 60; None: until its version is no longer
+            served). A request naming no version is sent to the version whose metadata
+            built it (the highest the metadata lists), so a newer version with another
+            column layout never runs it; when that version stops being served (NOT_FOUND
+            or UNAVAILABLE), the metadata is read again and the request rebuilt, once,
+            for the version that is.
     """
 
     _grpc = grpc  # the module whose channels this client uses
@@ -718,8 +778,15 @@ class Client(_Common):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
-        """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
+    def _call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        deadline: float | None,
+        retries: int | None = None,
+    ) -> Any:
+        """One unary call, retried on UNAVAILABLE (``retries`` times, the client's when None);
+        every attempt and wait ends by ``deadline``."""
         self._check_open()
         attempt = 0
         while True:
@@ -735,7 +802,7 @@ class Client(_Common):
                     raise ClientClosedError() from None
                 raise
             except grpc.RpcError as exc:
-                wait = self._may_retry(exc, attempt, deadline)
+                wait = self._may_retry(exc, attempt, deadline, retries)
                 if wait is None:
                     raise _from_rpc(exc) from None
                 time.sleep(wait)
@@ -764,7 +831,8 @@ class Client(_Common):
     def model_metadata(
         self, model: str, version: str = "", *, refresh: bool = False, timeout: float | None = None
     ) -> ModelInfo:
-        """The model's inputs and outputs (cached per client; ``refresh`` re-reads it)."""
+        """The model's inputs and outputs (cached per client for ``metadata_max_age``
+        seconds; ``refresh`` re-reads it)."""
         return self._model_info(model, version, refresh, self._deadline(timeout))
 
     def _model_info(
@@ -772,12 +840,12 @@ class Client(_Common):
     ) -> ModelInfo:
         self._check_open()
         key = (_check_str(model, "model"), _check_version(version))
-        if refresh or key not in self._info:
+        info = self._cached_info(key, refresh)
+        if info is None:
             request = pb.ModelMetadataRequest(name=model, version=version)
-            self._info[key] = ModelInfo.from_proto(
-                self._call(self._stub.ModelMetadata, request, deadline)
-            )
-        return self._info[key]
+            info = ModelInfo.from_proto(self._call(self._stub.ModelMetadata, request, deadline))
+            self._info[key] = (info, time.monotonic())
+        return info
 
     # inference
     def infer(
@@ -813,8 +881,20 @@ class Client(_Common):
             outputs=outputs, priority=priority, queue_timeout=queue_timeout, parameters=parameters
         )
         info = self._model_info(model, version, False, deadline)
-        request = _make_request(info, inputs, version, template, request_id)
-        return parse_response(self._call(self._stub.ModelInfer, request, deadline))
+        target = _target_version(info, version)
+        request = _make_request(info, inputs, target, template, request_id)
+        if target == version:
+            return parse_response(self._call(self._stub.ModelInfer, request, deadline))
+        try:
+            # Pinned to the version whose metadata built it: once that version is no longer
+            # served, read the metadata again and build the request for the one that is.
+            response = self._call(self._stub.ModelInfer, request, deadline, retries=0)
+        except (NotFoundError, UnavailableError):
+            info = self._model_info(model, version, True, deadline)
+            target = _target_version(info, version)
+            request = _make_request(info, inputs, target, template, request.id)
+            response = self._call(self._stub.ModelInfer, request, deadline)
+        return parse_response(response)
 
     def stream_infer(
         self,
@@ -829,7 +909,10 @@ class Client(_Common):
         :class:`InferResult` per request as answers arrive (errors do not end the stream).
 
         Stopping early (``break``, closing the generator) cancels the stream: no more
-        of ``batches`` is read or sent. ``timeout`` (seconds) is one deadline for
+        of ``batches`` is read or sent. With no ``version``, every request of the stream
+        goes to the version whose metadata built them (see ``metadata_max_age``): a stream
+        that outlives that version gets its remaining answers as errors, never another
+        version's results; open a new stream then. ``timeout`` (seconds) is one deadline for
         the metadata lookup and the whole stream. A batch that cannot be converted (a
         ValueError naming the input and column), or an exception raised by
         ``batches`` itself, ends the stream there: the answers to the batches before
@@ -837,6 +920,7 @@ class Client(_Common):
         deadline = self._deadline(timeout)
         template = _request_template(priority=priority)
         info = self._model_info(model, version, False, deadline)
+        target = _target_version(info, version)  # one version for the whole stream
         failed: list[Exception] = []
 
         def requests() -> Iterator[pb.ModelInferRequest]:
@@ -844,7 +928,7 @@ class Client(_Common):
             # "UNKNOWN: Exception iterating requests!": keep it for the caller instead.
             try:
                 for inputs in batches:
-                    yield _make_request(info, inputs, version, template)
+                    yield _make_request(info, inputs, target, template)
             except Exception as exc:
                 failed.append(exc)
 
@@ -883,11 +967,11 @@ class Client(_Common):
         configuration (a dict, or its JSON text) used for this load instead of the
         versions' config.json files, as Triton's ``config`` load parameter."""
         request = _load_request(model, config)
-        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        self._forget_info(model)
         self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     def unload_model(self, model: str, timeout: float | None = None) -> None:
-        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        self._forget_info(model)
         request = pb.RepositoryModelUnloadRequest(model_name=model)
         self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
@@ -974,8 +1058,15 @@ class AsyncClient(_Common):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: Callable[..., Any], request: Any, deadline: float | None) -> Any:
-        """One unary call, retried on UNAVAILABLE; every attempt and wait ends by ``deadline``."""
+    async def _call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        deadline: float | None,
+        retries: int | None = None,
+    ) -> Any:
+        """One unary call, retried on UNAVAILABLE (``retries`` times, the client's when None);
+        every attempt and wait ends by ``deadline``."""
         self._check_open()
         self._check_loop()
         attempt = 0
@@ -989,7 +1080,7 @@ class AsyncClient(_Common):
             except grpc.aio.BaseError as exc:
                 raise _from_aio(exc) from exc
             except grpc.RpcError as exc:
-                wait = self._may_retry(exc, attempt, deadline)
+                wait = self._may_retry(exc, attempt, deadline, retries)
                 if wait is None:
                     raise _from_rpc(exc) from None
                 await asyncio.sleep(wait)
@@ -1024,12 +1115,14 @@ class AsyncClient(_Common):
     ) -> ModelInfo:
         self._check_open()
         key = (_check_str(model, "model"), _check_version(version))
-        if refresh or key not in self._info:
+        info = self._cached_info(key, refresh)
+        if info is None:
             request = pb.ModelMetadataRequest(name=model, version=version)
-            self._info[key] = ModelInfo.from_proto(
+            info = ModelInfo.from_proto(
                 await self._call(self._stub.ModelMetadata, request, deadline)
             )
-        return self._info[key]
+            self._info[key] = (info, time.monotonic())
+        return info
 
     async def infer(
         self,
@@ -1052,8 +1145,19 @@ class AsyncClient(_Common):
             outputs=outputs, priority=priority, queue_timeout=queue_timeout, parameters=parameters
         )
         info = await self._model_info(model, version, False, deadline)
-        request = _make_request(info, inputs, version, template, request_id)
-        return parse_response(await self._call(self._stub.ModelInfer, request, deadline))
+        target = _target_version(info, version)
+        request = _make_request(info, inputs, target, template, request_id)
+        if target == version:
+            return parse_response(await self._call(self._stub.ModelInfer, request, deadline))
+        try:
+            # See Client.infer: pinned to the version whose metadata built the request.
+            response = await self._call(self._stub.ModelInfer, request, deadline, retries=0)
+        except (NotFoundError, UnavailableError):
+            info = await self._model_info(model, version, True, deadline)
+            target = _target_version(info, version)
+            request = _make_request(info, inputs, target, template, request.id)
+            response = await self._call(self._stub.ModelInfer, request, deadline)
+        return parse_response(response)
 
     async def stream_infer(
         self,
@@ -1070,6 +1174,7 @@ class AsyncClient(_Common):
         deadline = self._deadline(timeout)
         template = _request_template(priority=priority)
         info = await self._model_info(model, version, False, deadline)
+        target = _target_version(info, version)  # one version for the whole stream
         failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.ModelInferRequest]:
@@ -1078,10 +1183,10 @@ class AsyncClient(_Common):
             try:
                 if isinstance(batches, AsyncIterable):
                     async for inputs in batches:
-                        yield _make_request(info, inputs, version, template)
+                        yield _make_request(info, inputs, target, template)
                 else:
                     for inputs in batches:
-                        yield _make_request(info, inputs, version, template)
+                        yield _make_request(info, inputs, target, template)
             except Exception as exc:
                 failed.append(exc)
 
@@ -1118,11 +1223,11 @@ class AsyncClient(_Common):
     ) -> None:
         """As :meth:`Client.load_model`."""
         request = _load_request(model, config)
-        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        self._forget_info(model)
         await self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     async def unload_model(self, model: str, timeout: float | None = None) -> None:
-        self._info = {k: v for k, v in self._info.items() if k[0] != model}
+        self._forget_info(model)
         request = pb.RepositoryModelUnloadRequest(model_name=model)
         await self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 

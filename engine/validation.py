@@ -186,8 +186,41 @@ class RequestDecoder:
                 raise InvalidArgument(
                     f"requested output {out.name!r}: model {self.model!r} has outputs {names}"
                 )
+            if out.parameters:  # rare: requests without output parameters skip this
+                _check_output_parameters(out)
             indices.append(index)
         return tuple(indices)
+
+
+def _check_output_parameters(out: object) -> None:
+    """Refuse output parameters this server does not apply: tritonclient's ``class_count``
+    (Triton's classification extension, sent as ``classification``) returned the raw output
+    without a word. ``classification`` 0 means no classification, as in Triton."""
+    name = out.name  # type: ignore[attr-defined]
+    for key, param in out.parameters.items():  # type: ignore[attr-defined]
+        if key != "classification":
+            raise InvalidArgument(
+                f"requested output {name!r}: unknown parameter {key!r} "
+                "(output parameters supported: classification)"
+            )
+        kind = param.WhichOneof("parameter_choice")
+        if kind not in ("int64_param", "uint64_param"):
+            raise InvalidArgument(
+                f"requested output {name!r}: parameter 'classification' (class_count) must "
+                f"be an integer, got {kind or 'nothing'}"
+            )
+        count = getattr(param, kind)
+        if count < 0:
+            raise InvalidArgument(
+                f"requested output {name!r}: parameter 'classification' (class_count) must "
+                f"be >= 0, got {count}"
+            )
+        if count:
+            raise InvalidArgument(
+                f"requested output {name!r}: parameter 'classification' (class_count "
+                f"{count}, Triton's classification extension) is not supported by this "
+                "server; request the raw output and take the top classes from it"
+            )
 
 
 def _int_param(request: object, key: str) -> int | None:

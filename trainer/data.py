@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from conveyor.ingest.profile import ProfileConfig, load_stats, profiled_ranges, 
 from conveyor.ingest.source import Source
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.config import TrainConfig
+from conveyor.trainer.resume import check_spec_options, spec_options
 from conveyor.trainer.split import holdout
 
 log = logging.getLogger("conveyor.trainer")
@@ -38,8 +40,17 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     spec_out, stats_out = out / "spec.json", out / "stats.json"
+    options_out = out / "spec_options.json"
     if cfg.resume and spec_out.exists() and stats_out.exists():
-        return spec_out, stats_out  # the resumed run keeps the spec and stats it started with
+        # The resumed run keeps the spec and stats it started with, if made with its options
+        # (a run directory older than spec_options.json is checked by its checkpoint only).
+        if options_out.exists():
+            check_spec_options(json.loads(options_out.read_text()), cfg, spec_out)
+        return spec_out, stats_out
+    # Recorded before the spec and stats are written: they never exist without it.
+    tmp = options_out.with_name(f".{options_out.name}.tmp")
+    tmp.write_text(json.dumps(spec_options(cfg)))
+    os.replace(tmp, options_out)
     given = FeatureSpec.load(cfg.spec) if cfg.spec is not None else None
     source = Source(
         cfg.source,

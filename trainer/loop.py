@@ -432,14 +432,23 @@ class Trainer:
 
 
 def _previous_export(cfg: TrainConfig) -> str | None:
-    """The version a finished run already exported (from its summary.json), if any."""
+    """The version a finished run already exported (from its summary.json), if any, and only
+    if it is in the export target asked for now (``--model-repository`` / ``--model-name``):
+    a resume with another target exports there, as the target applies from the resume on."""
     import json
 
     path = Path(cfg.out) / "summary.json"
     if not path.exists():
         return None
     exported = json.loads(path.read_text()).get("exported")
-    return exported if exported and Path(exported).is_dir() else None
+    if not exported or not Path(exported).is_dir():
+        return None
+    if cfg.model_repository is not None:
+        assert cfg.model_name is not None  # TrainConfig.check: both or neither
+        target = Path(cfg.model_repository).resolve() / cfg.model_name
+        if Path(exported).resolve().parent != target:
+            return None
+    return exported
 
 
 def check_fresh_run(cfg: TrainConfig) -> None:

@@ -82,6 +82,41 @@ def check_options(saved: Mapping[str, Any], cfg: TrainConfig, where: str | Path,
             )
 
 
+# TrainConfig field -> flag, for the options that make the run's spec.json and stats.json
+# (data.prepare records them beside those files as spec_options.json). A resumed run reuses
+# the files only when these agree: with no checkpoint yet, check_options never ran, and a
+# changed --label trained and exported a model of the old label without a word.
+SPEC_OPTIONS: dict[str, str] = {
+    "spec": "--spec",
+    "label": "--label",
+    "key": "--key",
+    "weight": "--weight",
+    "timestamp": "--timestamp",
+    "include_partitions": "--include-partition-columns",
+}
+
+
+def spec_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The :data:`SPEC_OPTIONS` of ``cfg`` as recorded (``spec`` as an absolute path)."""
+    values = {name: getattr(cfg, name) for name in SPEC_OPTIONS}
+    if values["spec"] is not None:
+        values["spec"] = str(Path(values["spec"]).resolve())
+    return values
+
+
+def check_spec_options(saved: Mapping[str, Any], cfg: TrainConfig, where: str | Path) -> None:
+    """Raise :class:`CheckpointError` for the first :data:`SPEC_OPTIONS` option that differs
+    from ``saved``, the options recorded with the run's spec ``where``."""
+    new = spec_options(cfg)
+    for name, flag in SPEC_OPTIONS.items():
+        if name in saved and saved[name] != new[name]:
+            raise CheckpointError(
+                f"--resume: {flag} is {_show(new[name])} but the run's spec {where} was made "
+                f"with {_show(saved[name])}; they must match (or start a new run in another "
+                "--out)"
+            )
+
+
 def check_world_size(saved: int | None, world_size: int, where: str | Path) -> None:
     if saved != world_size:
         raise CheckpointError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
@@ -489,6 +490,155 @@ def test_unused_columns_are_never_read(kind: str) -> None:
             table = table.to_batches()[0]
     got = [(spec.name, array.tolist()) for spec, array in build_inputs(VOCAB_INFO, table)]
     assert got == expected
+
+
+# -- feature columns named like an input tensor ---------------------------------------------
+
+# The trainer names its inputs "numeric" and "categorical": a data column may carry either name.
+NAMED_LIKE_INPUTS = ModelInfo(
+    "m",
+    ("1",),
+    "torchscript",
+    (
+        TensorInfo("numeric", "FP32", (-1, 2), ("numeric", "x")),
+        TensorInfo("categorical", "BYTES", (-1, 2), ("categorical", "city")),
+    ),
+    (),
+)
+NAMED_ROWS = {
+    "numeric": [0.5, -1.0],
+    "x": [3.0, 9.0],
+    "categorical": ["a", "b"],
+    "city": ["ber", "ams"],
+}
+
+
+@pytest.mark.parametrize("kind", ["dict", "pandas", "arrow"])
+def test_a_feature_column_named_like_its_input_is_read_as_a_column(kind: str) -> None:
+    # The column named "numeric" was taken for the whole tensor: one row [0.5, -1.0], sent
+    # without a word (and "categorical" likewise)
+    table = {"dict": NAMED_ROWS, "pandas": pd.DataFrame(NAMED_ROWS), "arrow": pa.table(NAMED_ROWS)}
+    (_, numeric), (_, categorical) = build_inputs(NAMED_LIKE_INPUTS, table[kind])
+    np.testing.assert_array_equal(numeric, [[0.5, 3.0], [-1.0, 9.0]])
+    assert categorical.tolist() == [["a", "ber"], ["b", "ams"]]
+
+
+def test_a_column_named_like_an_input_but_not_among_its_columns_yields_to_them() -> None:
+    # Input "numeric" is made of "a" and "b": a column "numeric" beside them is not read
+    info = ModelInfo(
+        "m", ("1",), "torchscript", (TensorInfo("numeric", "FP32", (-1, 2), ("a", "b")),), ()
+    )
+    ((_, array),) = build_inputs(info, {"numeric": [7.0, 8.0], "a": [1.0, 2.0], "b": [3.0, 4.0]})
+    np.testing.assert_array_equal(array, [[1.0, 3.0], [2.0, 4.0]])
+    # without them, "numeric" is the tensor itself, as before
+    ((_, array),) = build_inputs(info, {"numeric": np.ones((2, 2))})
+    np.testing.assert_array_equal(array, np.ones((2, 2)))
+
+
+def test_a_feature_column_is_never_taken_for_a_tensor() -> None:
+    # The tensor "numeric" cannot be passed by name when "numeric" is also a feature column
+    tensors = {"numeric": np.ones((2, 2)), "categorical": np.array([["a", "ber"]] * 2, object)}
+    with pytest.raises(
+        ValueError,
+        match=r"^input 'numeric': missing columns \['x'\]; the table's 'numeric' is read as a",
+    ):
+        build_inputs(NAMED_LIKE_INPUTS, tensors)
+    # ... nor a column that another input lists, whatever its name
+    info = ModelInfo(
+        "m",
+        ("1",),
+        "torchscript",
+        (
+            TensorInfo("numeric", "FP32", (-1, 1), ("categorical",)),
+            TensorInfo("categorical", "BYTES", (-1, 1), ("city",)),
+        ),
+        (),
+    )
+    with pytest.raises(
+        ValueError, match=r"^input 'categorical': missing columns \['city'\]; .* of input 'numeric'"
+    ):
+        build_inputs(info, {"categorical": [1.0, 2.0]})
+    # the list form takes the tensors in input order
+    (_, numeric), _ = build_inputs(NAMED_LIKE_INPUTS, list(tensors.values()))
+    np.testing.assert_array_equal(numeric, np.ones((2, 2)))
+    # An input whose only feature column has its name: that column is the tensor, either way
+    info = ModelInfo("m", ("1",), "torchscript", (TensorInfo("x", "FP32", (-1, 1), ("x",)),), ())
+    for value in ([1.0, 2.0], np.array([[1.0], [2.0]])):
+        ((_, array),) = build_inputs(info, {"x": value})
+        np.testing.assert_array_equal(array, [[1.0], [2.0]])
+
+
+# -- a newer version with another column layout ---------------------------------------------
+
+
+def _two_column_affine(repo: Path, version: int, columns: list[str], **config: Any) -> None:
+    """Affine (y = 2x + 1) on an input made of ``columns``: y shows the order they were sent in."""
+    io = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "columns": columns}],
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [2]},
+            {"name": "total", "datatype": "INT64", "shape": [1]},
+        ],
+    }
+    write_model(repo, "m", version, Affine(), io, **config)
+
+
+LAYOUT_ROWS = {"a": [1.0], "b": [10.0]}
+
+
+def _wait_for_versions(address: str, versions: tuple[str, ...]) -> None:
+    with Client(address, timeout=10) as probe:
+        deadline = time.monotonic() + 20
+        while probe.model_metadata("m", refresh=True).versions != versions:
+            assert time.monotonic() < deadline, "the new version did not load in time"
+            time.sleep(0.05)
+
+
+def test_a_long_lived_client_follows_a_new_version_with_another_column_layout(
+    tmp_path: Path,
+) -> None:
+    # The client cached v1's metadata for its lifetime and sent v1's layout [a, b] to v2,
+    # trained on [b, a]: the features were swapped without a word
+    _two_column_affine(tmp_path, 1, ["a", "b"])
+    with Server(tmp_path, port=0, poll_interval=0.1) as server:
+
+        async def async_infer() -> Any:
+            async with AsyncClient(server.address, timeout=10) as client:
+                first = (await client.infer("m", LAYOUT_ROWS))["y"].tolist()
+                await asyncio.to_thread(rollout.wait)
+                return first, (await client.infer("m", LAYOUT_ROWS))["y"].tolist()
+
+        rollout = threading.Event()
+        with Client(server.address, timeout=10) as client, futures.ThreadPoolExecutor(1) as pool:
+            async_result = pool.submit(asyncio.run, async_infer())
+            assert client.infer("m", LAYOUT_ROWS)["y"].tolist() == [[3.0, 21.0]]
+            _two_column_affine(tmp_path, 2, ["b", "a"])
+            _wait_for_versions(server.address, ("2",))  # v1 unloaded
+            rollout.set()
+            assert client.infer("m", LAYOUT_ROWS)["y"].tolist() == [[21.0, 3.0]]
+            assert async_result.result(timeout=30) == ([[3.0, 21.0]], [[21.0, 3.0]])
+
+
+def test_a_client_stays_on_its_version_while_served_and_moves_after_metadata_max_age(
+    tmp_path: Path,
+) -> None:
+    # Both versions served (policy all): a request names the version its metadata described
+    _two_column_affine(tmp_path, 1, ["a", "b"], version_policy={"all": {}})
+    with (
+        Server(tmp_path, port=0, poll_interval=0.1) as server,
+        Client(server.address, timeout=10) as pinned,
+        Client(server.address, timeout=10, metadata_max_age=0) as fresh,
+    ):
+        assert pinned.infer("m", LAYOUT_ROWS)["y"].tolist() == [[3.0, 21.0]]
+        assert fresh.infer("m", LAYOUT_ROWS)["y"].tolist() == [[3.0, 21.0]]
+        _two_column_affine(tmp_path, 2, ["b", "a"], version_policy={"all": {}})
+        _wait_for_versions(server.address, ("1", "2"))
+        assert pinned.infer("m", LAYOUT_ROWS)["y"].tolist() == [[3.0, 21.0]]  # v1
+        assert fresh.infer("m", LAYOUT_ROWS)["y"].tolist() == [[21.0, 3.0]]  # v2
+        counts = {s.version: s.inference_count for s in pinned.model_statistics("m")}
+        assert counts == {"1": 3, "2": 1}
+    with pytest.raises(ValueError, match="metadata_max_age: expected a finite"):
+        Client("127.0.0.1:1", metadata_max_age=-1)
 
 
 # -- arguments checked before anything is sent -----------------------------------------------

@@ -121,3 +121,48 @@ def test_encode_bytes_refuses_what_is_not_bytes_or_str(item: object) -> None:
     with pytest.raises(TypeError, match="BYTES element 1: expected bytes or str"):
         encode_bytes([b"ok", item])  # type: ignore[list-item]
     assert decode_bytes(encode_bytes([bytearray(b"ab"), "é"])) == [b"ab", "é".encode()]
+
+
+ONE_INPUT = RequestDecoder(
+    "m",
+    parse_config(
+        {
+            "name": "m",
+            "platform": "torchscript",
+            "max_batch_size": 8,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [3]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+        },
+        "test",
+    ),
+)
+
+
+def _with_output(**parameters: object) -> pb.ModelInferRequest:
+    x = np.zeros((1, 3), np.float32)
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    out = request.outputs.add(name="y")
+    for key, value in parameters.items():
+        if isinstance(value, int):
+            out.parameters[key].int64_param = value
+        else:
+            out.parameters[key].string_param = str(value)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"classification": 1}, r"'classification' \(class_count 1, Triton's .* not supported"),
+        ({"classification": -5}, r"'classification' \(class_count\) must be >= 0, got -5"),
+        ({"classification": "2"}, r"'classification' \(class_count\) must be an integer"),
+        ({"top_k": 3}, r"unknown parameter 'top_k'"),
+    ],
+)
+def test_output_parameters_are_applied_or_refused(parameters: dict, message: str) -> None:
+    # tritonclient's InferRequestedOutput("y", class_count=1) got the raw FP32 output back,
+    # and class_count=-5 was accepted: output parameters were never read
+    with pytest.raises(InvalidArgument, match=f"^requested output 'y': .*{message}"):
+        ONE_INPUT.decode(_with_output(**parameters))
+    ONE_INPUT.decode(_with_output(classification=0))  # 0: no classification, as in Triton

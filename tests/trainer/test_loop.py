@@ -147,6 +147,33 @@ def test_resuming_a_finished_run_does_not_export_twice(tmp_path: Path, dataset: 
     assert again["history"] == first["history"]
 
 
+@pytest.mark.parametrize("target", ["repository", "name"])
+def test_resuming_a_finished_run_exports_to_a_new_target(
+    tmp_path: Path, dataset: Path, target: str
+) -> None:
+    # The resumed run reported the first export (repo/m/1) and wrote nothing to the new
+    # target, though the export target applies from the resume point on
+    repo = tmp_path / "repo"
+    first = _train(
+        make_config(tmp_path, dataset, epochs=1, model_repository=str(repo), model_name="m")
+    )
+    repo2, name2 = (tmp_path / "repo2", "m") if target == "repository" else (repo, "other")
+    again = _train(
+        make_config(
+            tmp_path,
+            dataset,
+            epochs=1,
+            resume=True,
+            model_repository=str(repo2),
+            model_name=name2,
+        )
+    )
+    assert first["exported"] == str(repo / "m" / "1")
+    assert again["exported"] == str(repo2 / name2 / "1")
+    assert (repo2 / name2 / "1" / "model.pt").is_file()
+    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1"]
+
+
 def test_constant_row_weights_change_nothing(tmp_path: Path) -> None:
     # The loss is normalised by the total weight, so weighting every row by 2 must train
     # exactly as no weights at all: this checks the weighted path's normalisation.
