@@ -29,8 +29,9 @@ lone request waits at most the queue delay.
 
 Requests are taken highest priority first (level 1), FIFO within a level, whole
 (a request's rows are never split across batches), up to ``max_batch_size``
-rows. A request whose deadline has passed, or that was cancelled, is removed
-and never computed.
+rows; the batch closes when the next request in that order does not fit (a
+smaller one behind it, of any level, waits rather than overtake it). A request
+whose deadline has passed, or that was cancelled, is removed and never computed.
 
 Hung models: a watchdog thread abandons a worker whose batch has run longer
 than ``execution_timeout`` seconds. Its requests are answered DEADLINE_EXCEEDED
@@ -570,6 +571,7 @@ class Batcher:
         batch: list[Pending] = []
         dropped: list[Pending] = []
         rows = 0
+        closed = False  # the next request in priority order does not fit
         for queue in self._levels:
             while queue:
                 head = queue[0]
@@ -584,11 +586,14 @@ class Batcher:
                         break
                     continue
                 else:
+                    # As Triton: the batch closes here. Letting a lower level's smaller
+                    # request fill the rows left would run it ahead of this one.
+                    closed = True
                     break
                 self._queued -= 1
                 self._rows -= head.rows
                 head.state = DONE
-            if rows >= target:
+            if closed or rows >= target:
                 break
         for p in batch:
             self._queued -= 1

@@ -189,6 +189,32 @@ def test_higher_priority_goes_first() -> None:
         batcher.level_for(3)
 
 
+def test_a_lower_priority_request_never_fills_a_batch_ahead_of_a_higher_one() -> None:
+    # max_batch_size 4: H1 (3 rows) is taken, H2 (3 rows) does not fit; the batch closes
+    # there (as Triton's), rather than letting L (1 row, a lower level) overtake H2.
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=4, priority_levels=2, max_queue_delay_microseconds=0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocker = _pending(loop, np.full((1, 1), 0.0, np.float32), level=1)
+        batcher.submit(blocker)
+        assert await asyncio.to_thread(run.entered.wait, 5)
+        h1 = _pending(loop, np.full((3, 1), 1.0, np.float32), level=0)
+        h2 = _pending(loop, np.full((3, 1), 2.0, np.float32), level=0)
+        low = _pending(loop, np.full((1, 1), 9.0, np.float32), level=1)
+        for p in (h1, h2, low):
+            batcher.submit(p)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*(p.future for p in (blocker, h1, h2, low))), 10)
+
+    asyncio.run(main())
+    batcher.close(5)
+    batches = [sorted({float(v) for v in b[:, 0]}) for b in run.batches]
+    assert batches == [[0.0], [1.0], [2.0, 9.0]]  # not [[0.0], [1.0, 9.0], [2.0]]
+
+
 def test_lone_request_is_dispatched_without_waiting_for_the_delay() -> None:
     run = Recorder()
     batcher = _batcher(run, max_batch=64, max_queue_delay_microseconds=2_000_000)
