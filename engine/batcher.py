@@ -602,6 +602,12 @@ class Batcher:
         self._taken += 1
         self._kick_pending = False
         self._hold_mark = None
+        if self._queued:
+            # Requests left behind (they did not fit): an idle worker takes them, at once
+            # when they make a full batch, else once held for company as usual. The event
+            # loop's hold timer, if any, is stale now (it wakes nobody) and submit only
+            # notifies on the arrival that fills a batch, so nobody else would.
+            self._cond.notify()
         if gathered == 0 or len(batch) == 1:
             # Holding requests gathered no company: closed-loop clients that are all
             # waiting on queued requests (concurrency 1, or a few clients per server

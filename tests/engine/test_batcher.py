@@ -412,6 +412,43 @@ def test_instances_execute_concurrently_and_close_drains_the_queue() -> None:
     assert batcher.close(timeout=5)
 
 
+@pytest.mark.parametrize("rows", [4, 3])
+def test_requests_left_behind_by_a_take_go_to_an_idle_worker(rows: int) -> None:
+    # Two workers. Two 1-row requests are held for company (by the event loop); a
+    # larger one arrives, a worker takes the two and leaves it behind (it does not
+    # fit). The other worker is idle: it must take it (a full batch at once, a partial
+    # one within the delay) while the first batch still runs, not after it.
+    second_started = threading.Event()
+    overlapped: list[bool] = []
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        (x,) = inputs
+        if x[0, 0] == 1.0:
+            overlapped.append(second_started.wait(10))
+        else:
+            second_started.set()
+        return [x * 2]
+
+    batcher = Batcher(
+        "m:1", run, 4, DynamicBatching(max_queue_delay_microseconds=1_000_000), 2,
+        execution_timeout=None,
+    )  # fmt: skip
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pair = [_pending(loop, np.full((1, 1), 1.0, np.float32)) for _ in range(2)]
+        for p in pair:
+            batcher.submit(p)
+        await asyncio.sleep(0)  # the event loop now holds them for company
+        big = _pending(loop, np.full((rows, 1), 9.0, np.float32))
+        batcher.submit(big)  # the queue reaches max_batch_size: a worker takes the pair
+        await asyncio.wait_for(asyncio.gather(*(p.future for p in [*pair, big])), 30)
+
+    asyncio.run(main())
+    assert batcher.close(5)
+    assert overlapped == [True]
+
+
 def test_close_reports_a_worker_stuck_in_the_model() -> None:
     gate = threading.Event()
     run = Recorder(gate)
