@@ -436,6 +436,10 @@ def test_requests_left_behind_by_a_take_go_to_an_idle_worker(rows: int) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + 10
+        while batcher._idle < 2 and time.monotonic() < deadline:  # both workers started
+            await asyncio.sleep(0.01)
+        assert batcher._idle == 2
         pair = [_pending(loop, np.full((1, 1), 1.0, np.float32)) for _ in range(2)]
         for p in pair:
             batcher.submit(p)
