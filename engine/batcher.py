@@ -238,11 +238,14 @@ class Batcher:
         # The watchdog waits on its own condition (same lock), so a notify() meant for
         # a worker never wakes it instead.
         self._watch_cond = threading.Condition(lock)
+        # close() waits on it for the last live worker to exit.
+        self._exit_cond = threading.Condition(lock)
         self._instance_count = instance_count
         self._execution_timeout = execution_timeout
         self._max_abandoned = max_abandoned_threads
         self._running: dict[threading.Thread, _Execution] = {}
         self._live: set[threading.Thread] = set()
+        self._exited: list[threading.Thread] = []  # workers that left while closing: joined
         self._spawned = 0
         self.abandoned = 0  # abandoned threads still inside the model
         self.abandoned_total = 0  # workers abandoned since load
@@ -378,18 +381,26 @@ class Batcher:
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting, execute everything already queued, and join the workers (blocking).
 
-        Returns False when a worker is still running after ``timeout`` seconds.
+        A worker the watchdog abandons (hung in the model) is not waited for: a
+        replacement executes the queue meanwhile (within ``max_abandoned_threads``), and
+        this returns once the queue is done, not when the hung call returns (its thread
+        then exits). Returns False when a live worker is still running after ``timeout``
+        seconds.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closing = True
             self._cond.notify_all()
             self._watch_cond.notify_all()
-            threads = list(self._live)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
+            while self._live:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._exit_cond.wait(left)
+            finished = not self._live
+            exited, self._exited = self._exited, []
+        for thread in exited:  # out of the loop already: a join is only their last step
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        with self._cond:  # an abandoned thread has been reported already
-            finished = not any(t.is_alive() and t in self._live for t in threads)
         if finished and self._watchdog is not None:
             # The last worker woke the watchdog, which returns now that none is live:
             # joined, so a closed batcher leaves no thread behind.
@@ -433,18 +444,25 @@ class Batcher:
                         "timeout; the request was abandoned"
                     )
                     answered += [(p, err, True) for p in ex.batch]
-                    threads = len(self._live) + self.abandoned
-                    replace = threads < self._instance_count + self._max_abandoned
-                    if replace and not self._closing:
-                        self._spawn()
                     # Flushed below with the queue if no worker is left to run them.
                     self._requeue(ex.rest)
+                    threads = len(self._live) + self.abandoned
+                    if threads >= self._instance_count + self._max_abandoned:
+                        replaced = ", not replaced (limit reached)"
+                    elif self._closing and not self._queued:
+                        replaced = ", not replaced (unloading, nothing queued)"
+                    else:
+                        # While closing too: the queue is still to be executed.
+                        self._spawn()
+                        replaced = ", replaced"
+                    if self._closing and not self._live:
+                        self._exit_cond.notify_all()
                     log.error(
                         "worker hung for %.1fs (execution timeout %gs); abandoned%s; "
                         "%d abandoned thread(s) still running",
                         now - ex.started,
                         timeout,
-                        ", replaced" if replace else ", not replaced (limit reached)",
+                        replaced,
                         self.abandoned,
                         extra={
                             "model": self.name,
@@ -464,9 +482,13 @@ class Batcher:
                     self._queued = self._rows = 0
                     if self.metrics is not None and flushed:
                         self.metrics.queue_depth.dec(flushed)
-                self._watch_cond.wait(period)
+                done = self._closing and not self._live
+                if not done:
+                    self._watch_cond.wait(period)
             if answered:
                 self._post(answered)
+            if done:
+                return
 
     def _call_model(
         self, batch: list[Pending], inputs: list[np.ndarray], rest: list[Pending] | None = None
@@ -504,9 +526,14 @@ class Batcher:
             self._work_loop()
         finally:
             with self._cond:
-                self._live.discard(threading.current_thread())
-                if self._closing and not self._live:
-                    self._watch_cond.notify_all()  # its exit condition, without a period's wait
+                me = threading.current_thread()
+                self._live.discard(me)
+                if self._closing:
+                    self._exited.append(me)
+                    if not self._live:
+                        # Their exit conditions, without a period's wait for the watchdog.
+                        self._watch_cond.notify_all()
+                        self._exit_cond.notify_all()
 
     def _work_loop(self) -> None:
         while True:

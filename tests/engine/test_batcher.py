@@ -506,6 +506,51 @@ def test_a_hang_while_isolating_a_failed_batch_still_runs_the_rest() -> None:
         batcher.close(5)
 
 
+def test_close_executes_the_queue_on_a_replacement_while_a_batch_hangs() -> None:
+    # Closing (an unload) while a batch hangs: the watchdog abandons it, a replacement
+    # worker executes the queued requests, and close() returns once they are done,
+    # while the hung call is still in the model. The abandoned thread exits later.
+    release = threading.Event()
+    hung = threading.Event()
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        (x,) = inputs
+        if (x > 100).any():
+            hung.set()
+            release.wait(20)
+        return [x * 2]
+
+    batcher = Batcher(
+        "m:1", run, 1, DynamicBatching(max_queue_delay_microseconds=0), 1,
+        execution_timeout=0.3,
+    )  # fmt: skip
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stuck = _pending(loop, np.full((1, 1), 1000.0, np.float32))
+        batcher.submit(stuck)
+        assert await asyncio.to_thread(hung.wait, 5)
+        queued = [_pending(loop, np.full((1, 1), float(i), np.float32)) for i in (1, 2)]
+        for p in queued:
+            batcher.submit(p)
+        assert await asyncio.to_thread(batcher.close, 10)
+        assert not release.is_set()  # returned without waiting for the hung call
+        with pytest.raises(DeadlineExceeded, match="execution timeout"):
+            await stuck.future
+        results = await asyncio.wait_for(asyncio.gather(*(p.future for p in queued)), 5)
+        assert [r.tolist() for r in results] == [[[2.0]], [[4.0]]]
+
+    try:
+        asyncio.run(main())
+        assert batcher.abandoned == 1
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while batcher.abandoned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.abandoned == 0  # the abandoned thread returned from the model
+
+
 def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
     from conveyor.engine.metrics import ServerMetrics
 
