@@ -331,6 +331,45 @@ def test_unloading_a_version_with_a_hung_batch_executes_its_queue_and_blocks_not
     assert not [t for t in threading.enumerate() if t.name.startswith("conveyor-repository")]
 
 
+def test_a_draining_version_holds_up_no_other_load(tmp_path: Path) -> None:
+    # An unloaded version finishes its in-flight batch (no execution timeout to cut it
+    # short); meanwhile another model loads, and the unload answers once the batch is done.
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    write_model(tmp_path, "other", 1, Version(5), VERSION_IO)
+    server, channel, stub = _serve(
+        tmp_path, model_control="explicit", load_models=["m"], execution_timeout=0
+    )
+    batcher = server.repository.models["m"].versions[1].batcher  # type: ignore[union-attr]
+    entered, release = threading.Event(), threading.Event()
+    original = batcher._run
+
+    def slow(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        entered.set()
+        release.wait(30)
+        return original(inputs)
+
+    batcher._run = slow
+    try:
+        results: list[float] = []
+        caller = threading.Thread(target=lambda: results.append(_infer(stub, "m")))
+        caller.start()
+        assert entered.wait(10)
+        unload = stub.RepositoryModelUnload.future(
+            pb.RepositoryModelUnloadRequest(model_name="m"), timeout=60
+        )
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="other"), timeout=20)
+        assert _infer(stub, "other") == 5.0
+        assert not release.is_set() and not unload.done()  # m is still draining
+        release.set()
+        unload.result()
+        caller.join(10)
+        assert results == [1.0]  # the in-flight request finished
+    finally:
+        release.set()
+        channel.close()
+        server.stop()
+
+
 def test_explicit_start_serves_the_good_models_when_one_is_broken(tmp_path: Path) -> None:
     write_model(tmp_path, "good", 1, Version(1), VERSION_IO)
     d = write_model(tmp_path, "bad", 1, Version(1), VERSION_IO)
