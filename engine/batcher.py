@@ -29,8 +29,9 @@ lone request waits at most the queue delay.
 
 Requests are taken highest priority first (level 1), FIFO within a level, whole
 (a request's rows are never split across batches), up to ``max_batch_size``
-rows. A request whose deadline has passed, or that was cancelled, is removed
-and never computed.
+rows; the batch closes when the next request in that order does not fit (a
+smaller one behind it, of any level, waits rather than overtake it). A request
+whose deadline has passed, or that was cancelled, is removed and never computed.
 
 Hung models: a watchdog thread abandons a worker whose batch has run longer
 than ``execution_timeout`` seconds. Its requests are answered DEADLINE_EXCEEDED
@@ -237,11 +238,14 @@ class Batcher:
         # The watchdog waits on its own condition (same lock), so a notify() meant for
         # a worker never wakes it instead.
         self._watch_cond = threading.Condition(lock)
+        # close() waits on it for the last live worker to exit.
+        self._exit_cond = threading.Condition(lock)
         self._instance_count = instance_count
         self._execution_timeout = execution_timeout
         self._max_abandoned = max_abandoned_threads
         self._running: dict[threading.Thread, _Execution] = {}
         self._live: set[threading.Thread] = set()
+        self._exited: list[threading.Thread] = []  # workers that left while closing: joined
         self._spawned = 0
         self.abandoned = 0  # abandoned threads still inside the model
         self.abandoned_total = 0  # workers abandoned since load
@@ -377,18 +381,26 @@ class Batcher:
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting, execute everything already queued, and join the workers (blocking).
 
-        Returns False when a worker is still running after ``timeout`` seconds.
+        A worker the watchdog abandons (hung in the model) is not waited for: a
+        replacement executes the queue meanwhile (within ``max_abandoned_threads``), and
+        this returns once the queue is done, not when the hung call returns (its thread
+        then exits). Returns False when a live worker is still running after ``timeout``
+        seconds.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closing = True
             self._cond.notify_all()
             self._watch_cond.notify_all()
-            threads = list(self._live)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
+            while self._live:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._exit_cond.wait(left)
+            finished = not self._live
+            exited, self._exited = self._exited, []
+        for thread in exited:  # out of the loop already: a join is only their last step
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        with self._cond:  # an abandoned thread has been reported already
-            finished = not any(t.is_alive() and t in self._live for t in threads)
         if finished and self._watchdog is not None:
             # The last worker woke the watchdog, which returns now that none is live:
             # joined, so a closed batcher leaves no thread behind.
@@ -432,18 +444,25 @@ class Batcher:
                         "timeout; the request was abandoned"
                     )
                     answered += [(p, err, True) for p in ex.batch]
-                    threads = len(self._live) + self.abandoned
-                    replace = threads < self._instance_count + self._max_abandoned
-                    if replace and not self._closing:
-                        self._spawn()
                     # Flushed below with the queue if no worker is left to run them.
                     self._requeue(ex.rest)
+                    threads = len(self._live) + self.abandoned
+                    if threads >= self._instance_count + self._max_abandoned:
+                        replaced = ", not replaced (limit reached)"
+                    elif self._closing and not self._queued:
+                        replaced = ", not replaced (unloading, nothing queued)"
+                    else:
+                        # While closing too: the queue is still to be executed.
+                        self._spawn()
+                        replaced = ", replaced"
+                    if self._closing and not self._live:
+                        self._exit_cond.notify_all()
                     log.error(
                         "worker hung for %.1fs (execution timeout %gs); abandoned%s; "
                         "%d abandoned thread(s) still running",
                         now - ex.started,
                         timeout,
-                        ", replaced" if replace else ", not replaced (limit reached)",
+                        replaced,
                         self.abandoned,
                         extra={
                             "model": self.name,
@@ -463,9 +482,13 @@ class Batcher:
                     self._queued = self._rows = 0
                     if self.metrics is not None and flushed:
                         self.metrics.queue_depth.dec(flushed)
-                self._watch_cond.wait(period)
+                done = self._closing and not self._live
+                if not done:
+                    self._watch_cond.wait(period)
             if answered:
                 self._post(answered)
+            if done:
+                return
 
     def _call_model(
         self, batch: list[Pending], inputs: list[np.ndarray], rest: list[Pending] | None = None
@@ -503,9 +526,14 @@ class Batcher:
             self._work_loop()
         finally:
             with self._cond:
-                self._live.discard(threading.current_thread())
-                if self._closing and not self._live:
-                    self._watch_cond.notify_all()  # its exit condition, without a period's wait
+                me = threading.current_thread()
+                self._live.discard(me)
+                if self._closing:
+                    self._exited.append(me)
+                    if not self._live:
+                        # Their exit conditions, without a period's wait for the watchdog.
+                        self._watch_cond.notify_all()
+                        self._exit_cond.notify_all()
 
     def _work_loop(self) -> None:
         while True:
@@ -570,6 +598,7 @@ class Batcher:
         batch: list[Pending] = []
         dropped: list[Pending] = []
         rows = 0
+        closed = False  # the next request in priority order does not fit
         for queue in self._levels:
             while queue:
                 head = queue[0]
@@ -584,11 +613,14 @@ class Batcher:
                         break
                     continue
                 else:
+                    # As Triton: the batch closes here. Letting a lower level's smaller
+                    # request fill the rows left would run it ahead of this one.
+                    closed = True
                     break
                 self._queued -= 1
                 self._rows -= head.rows
                 head.state = DONE
-            if rows >= target:
+            if closed or rows >= target:
                 break
         for p in batch:
             self._queued -= 1
@@ -597,6 +629,12 @@ class Batcher:
         self._taken += 1
         self._kick_pending = False
         self._hold_mark = None
+        if self._queued:
+            # Requests left behind (they did not fit): an idle worker takes them, at once
+            # when they make a full batch, else once held for company as usual. The event
+            # loop's hold timer, if any, is stale now (it wakes nobody) and submit only
+            # notifies on the arrival that fills a batch, so nobody else would.
+            self._cond.notify()
         if gathered == 0 or len(batch) == 1:
             # Holding requests gathered no company: closed-loop clients that are all
             # waiting on queued requests (concurrency 1, or a few clients per server

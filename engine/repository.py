@@ -17,7 +17,8 @@ Model control:
 
 Swaps are safe: a new version is loaded in a background thread while the old
 one serves; the routing table is switched on the event loop; the old version's
-batcher then stops accepting, executes what it has queued, and is dropped. A
+batcher then stops accepting, executes what it has queued, and is dropped (in a
+retire thread, outside the lock: no other load or unload waits for that drain). A
 version that fails to load keeps its reason (ModelReady false, logs,
 RepositoryIndex, ModelStatistics) and the versions already loaded keep serving.
 """
@@ -61,6 +62,8 @@ log = logging.getLogger("conveyor.engine.repository")
 MODEL_CONTROL = ("poll", "explicit")
 # Seconds a retired version gets to finish its queued requests.
 RETIRE_TIMEOUT = 60.0
+# Retired versions draining at once (more wait for a thread).
+RETIRE_THREADS = 16
 # Seconds between rescorings of idle drift windows (see ModelRepository._refresh_drift).
 DRIFT_REFRESH_SECONDS = 1.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -293,6 +296,13 @@ class ModelRepository:
         # Loading runs torch code: one background thread, so loads never overlap
         # and never touch the event loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-repository")
+        # Retired versions drain here, outside the lock and the loading thread: one
+        # version's drain (a batch hung until the execution timeout) holds up no other
+        # load or unload. Threads start only as drains overlap.
+        self._retirer = ThreadPoolExecutor(
+            RETIRE_THREADS, thread_name_prefix="conveyor-repository-retire"
+        )
+        self._draining: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._drift_refresher: asyncio.Task[None] | None = None
@@ -385,7 +395,11 @@ class ModelRepository:
             retired = [v for e in self.models.values() for v in e.versions.values()]
             for entry in self.models.values():
                 entry.versions.clear()
-            await self._retire(retired)
+            self._retire(retired)
+        # Every drain, those of earlier unloads and swaps included, before the threads go.
+        while self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
+        self._retirer.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
     async def _poll(self) -> None:
@@ -421,13 +435,15 @@ class ModelRepository:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
-    def _submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
-        """``fn(*args)`` in the repository thread; in a thread of its own once the
-        executor refuses work: it does when the interpreter exits (its worker then marks
-        it shut down), and an embedded server stopped then must still close its versions
-        ("cannot schedule new futures after shutdown" ended the stop midway)."""
+    def _submit(
+        self, fn: Any, *args: Any, executor: ThreadPoolExecutor | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """``fn(*args)`` in the repository thread (or ``executor``'s); in a thread of its
+        own once the executor refuses work: it does when the interpreter exits (its worker
+        then marks it shut down), and an embedded server stopped then must still close its
+        versions ("cannot schedule new futures after shutdown" ended the stop midway)."""
         try:
-            return self._executor.submit(fn, *args)
+            return (executor or self._executor).submit(fn, *args)
         except RuntimeError:
             pass
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -586,16 +602,18 @@ class ModelRepository:
                 for gone in set(self.models) - set(names):
                     entry = self.models.pop(gone)
                     log.info("model removed from the repository; unloading", extra={"model": gone})
-                    await self._retire(list(entry.versions.values()))
+                    self._retire(list(entry.versions.values()))
             for name in names:
                 await self._sync_model(name)
 
     async def _sync_model(
         self, name: str, *, config: ModelConfig | None = None, retry: bool = False
-    ) -> None:
+    ) -> list[asyncio.Task[None]]:
         """Load what the policy wants of ``name`` and retire the rest. ``config``:
         RepositoryModelLoad's override of every config.json; ``retry``: load versions
-        that failed even when their files are unchanged (an explicit load request)."""
+        that failed even when their files are unchanged (an explicit load request).
+        Returns the drains of the versions it retired (under way in the background)."""
+        drains: list[asyncio.Task[None]] = []
         versions, policy, wanted, prints = await self._run(self._plan, name, config)
         entry = self.models.setdefault(name, ModelEntry(name))
         entry.on_disk = sorted(versions)
@@ -634,7 +652,7 @@ class ModelRepository:
                 fields["accelerator"] = new.model.accelerator
             log.info("loaded in %.2fs", time.perf_counter() - t0, extra=fields)
             if old is not None:
-                await self._retire([old])
+                drains += self._retire([old])
         # Retire versions no longer wanted, but keep enough of the loaded ones
         # to replace wanted versions that failed, so a bad push never takes a
         # model down.
@@ -654,7 +672,8 @@ class ModelRepository:
                 entry.failed.pop(v)
         if retire:
             log.info("unloading versions %s", [s.version for s in retire], extra={"model": name})
-            await self._retire(retire)
+            drains += self._retire(retire)
+        return drains
 
     def _check_policy(
         self, entry: ModelEntry, policy: VersionPolicy, versions: dict[int, Path]
@@ -673,8 +692,14 @@ class ModelRepository:
             log.error("load failed: %s", problem, extra={"model": entry.name})
         entry.policy_error = problem
 
-    async def _retire(self, served: list[ServedVersion]) -> None:
-        """Routing no longer sees them; let their queued requests finish, then drop them."""
+    def _retire(self, served: list[ServedVersion]) -> list[asyncio.Task[None]]:
+        """Routing no longer sees them; let their queued requests finish, then drop them.
+
+        Their metrics change at once; the drains run in the background (tracked, so
+        :meth:`close` waits for them) and are returned for a caller that answers only
+        once they are done, which it awaits after releasing the lock.
+        """
+        drains = []
         for s in served:
             entry = self.models.get(s.name)
             replaced = entry is not None and s.version in entry.versions
@@ -685,14 +710,23 @@ class ModelRepository:
                 # firing for a version that serves nothing); model_ready and the queue
                 # bound stay, at 0, as the README documents for an unloaded version.
                 s.drift.metrics.retire(remove=not replaced)
-            if not await self._run(s.batcher.close, RETIRE_TIMEOUT):
-                # A model stuck in forward: its (daemon) threads are abandoned rather
-                # than blocking every later load and unload.
-                log.error(
-                    "version still executing after %.0fs; abandoning its workers",
-                    RETIRE_TIMEOUT,
-                    extra={"model": s.name, "version": s.version},
-                )
+            drain = asyncio.get_running_loop().create_task(self._drain(s))
+            self._draining.add(drain)
+            drain.add_done_callback(self._draining.discard)
+            drains.append(drain)
+        return drains
+
+    async def _drain(self, s: ServedVersion) -> None:
+        """Close a retired version's batcher (it executes its queue) in a retire thread."""
+        closing = self._submit(s.batcher.close, RETIRE_TIMEOUT, executor=self._retirer)
+        if not await asyncio.wrap_future(closing):
+            # A model stuck in forward with no execution timeout to abandon it: its
+            # (daemon) threads are left behind rather than kept waited for.
+            log.error(
+                "version still executing after %.0fs; abandoning its workers",
+                RETIRE_TIMEOUT,
+                extra={"model": s.name, "version": s.version},
+            )
 
     def _mark_ready(self, name: str, version: int, ready: bool) -> None:
         if self.metrics is not None:
@@ -717,7 +751,8 @@ class ModelRepository:
                 f"parameter 'config': name {config.name!r} does not match the model {name!r}"
             )
         async with self._lock:
-            await self._sync_model(name, config=config, retry=True)
+            drains = await self._sync_model(name, config=config, retry=True)
+        await _drained(drains)
         entry = self.models[name]
         entry.loaded_by_request = True
         problem = entry.load_problem()
@@ -738,7 +773,8 @@ class ModelRepository:
             entry.policy = None
             entry.policy_error = None
             entry.loaded_by_request = False
-            await self._retire(retired)
+            drains = self._retire(retired)
+        await _drained(drains)
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -768,6 +804,13 @@ class ModelRepository:
             return self._model_names()
         except OSError:
             return []
+
+
+async def _drained(drains: list[asyncio.Task[None]]) -> None:
+    """Wait for ``drains`` (outside the repository lock); a cancelled caller (its RPC
+    ended) stops waiting, and the drains go on."""
+    if drains:
+        await asyncio.shield(asyncio.gather(*drains))
 
 
 def _discard_result(future: concurrent.futures.Future[ServedVersion]) -> None:

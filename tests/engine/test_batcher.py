@@ -189,6 +189,32 @@ def test_higher_priority_goes_first() -> None:
         batcher.level_for(3)
 
 
+def test_a_lower_priority_request_never_fills_a_batch_ahead_of_a_higher_one() -> None:
+    # max_batch_size 4: H1 (3 rows) is taken, H2 (3 rows) does not fit; the batch closes
+    # there (as Triton's), rather than letting L (1 row, a lower level) overtake H2.
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=4, priority_levels=2, max_queue_delay_microseconds=0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocker = _pending(loop, np.full((1, 1), 0.0, np.float32), level=1)
+        batcher.submit(blocker)
+        assert await asyncio.to_thread(run.entered.wait, 5)
+        h1 = _pending(loop, np.full((3, 1), 1.0, np.float32), level=0)
+        h2 = _pending(loop, np.full((3, 1), 2.0, np.float32), level=0)
+        low = _pending(loop, np.full((1, 1), 9.0, np.float32), level=1)
+        for p in (h1, h2, low):
+            batcher.submit(p)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*(p.future for p in (blocker, h1, h2, low))), 10)
+
+    asyncio.run(main())
+    batcher.close(5)
+    batches = [sorted({float(v) for v in b[:, 0]}) for b in run.batches]
+    assert batches == [[0.0], [1.0], [2.0, 9.0]]  # not [[0.0], [1.0, 9.0], [2.0]]
+
+
 def test_lone_request_is_dispatched_without_waiting_for_the_delay() -> None:
     run = Recorder()
     batcher = _batcher(run, max_batch=64, max_queue_delay_microseconds=2_000_000)
@@ -386,6 +412,47 @@ def test_instances_execute_concurrently_and_close_drains_the_queue() -> None:
     assert batcher.close(timeout=5)
 
 
+@pytest.mark.parametrize("rows", [4, 3])
+def test_requests_left_behind_by_a_take_go_to_an_idle_worker(rows: int) -> None:
+    # Two workers. Two 1-row requests are held for company (by the event loop); a
+    # larger one arrives, a worker takes the two and leaves it behind (it does not
+    # fit). The other worker is idle: it must take it (a full batch at once, a partial
+    # one within the delay) while the first batch still runs, not after it.
+    second_started = threading.Event()
+    overlapped: list[bool] = []
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        (x,) = inputs
+        if x[0, 0] == 1.0:
+            overlapped.append(second_started.wait(10))
+        else:
+            second_started.set()
+        return [x * 2]
+
+    batcher = Batcher(
+        "m:1", run, 4, DynamicBatching(max_queue_delay_microseconds=1_000_000), 2,
+        execution_timeout=None,
+    )  # fmt: skip
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + 10
+        while batcher._idle < 2 and time.monotonic() < deadline:  # both workers started
+            await asyncio.sleep(0.01)
+        assert batcher._idle == 2
+        pair = [_pending(loop, np.full((1, 1), 1.0, np.float32)) for _ in range(2)]
+        for p in pair:
+            batcher.submit(p)
+        await asyncio.sleep(0)  # the event loop now holds them for company
+        big = _pending(loop, np.full((rows, 1), 9.0, np.float32))
+        batcher.submit(big)  # the queue reaches max_batch_size: a worker takes the pair
+        await asyncio.wait_for(asyncio.gather(*(p.future for p in [*pair, big])), 30)
+
+    asyncio.run(main())
+    assert batcher.close(5)
+    assert overlapped == [True]
+
+
 def test_close_reports_a_worker_stuck_in_the_model() -> None:
     gate = threading.Event()
     run = Recorder(gate)
@@ -437,6 +504,51 @@ def test_a_hang_while_isolating_a_failed_batch_still_runs_the_rest() -> None:
     finally:
         release.set()
         batcher.close(5)
+
+
+def test_close_executes_the_queue_on_a_replacement_while_a_batch_hangs() -> None:
+    # Closing (an unload) while a batch hangs: the watchdog abandons it, a replacement
+    # worker executes the queued requests, and close() returns once they are done,
+    # while the hung call is still in the model. The abandoned thread exits later.
+    release = threading.Event()
+    hung = threading.Event()
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        (x,) = inputs
+        if (x > 100).any():
+            hung.set()
+            release.wait(20)
+        return [x * 2]
+
+    batcher = Batcher(
+        "m:1", run, 1, DynamicBatching(max_queue_delay_microseconds=0), 1,
+        execution_timeout=0.3,
+    )  # fmt: skip
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stuck = _pending(loop, np.full((1, 1), 1000.0, np.float32))
+        batcher.submit(stuck)
+        assert await asyncio.to_thread(hung.wait, 5)
+        queued = [_pending(loop, np.full((1, 1), float(i), np.float32)) for i in (1, 2)]
+        for p in queued:
+            batcher.submit(p)
+        assert await asyncio.to_thread(batcher.close, 10)
+        assert not release.is_set()  # returned without waiting for the hung call
+        with pytest.raises(DeadlineExceeded, match="execution timeout"):
+            await stuck.future
+        results = await asyncio.wait_for(asyncio.gather(*(p.future for p in queued)), 5)
+        assert [r.tolist() for r in results] == [[[2.0]], [[4.0]]]
+
+    try:
+        asyncio.run(main())
+        assert batcher.abandoned == 1
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while batcher.abandoned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.abandoned == 0  # the abandoned thread returned from the model
 
 
 def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:

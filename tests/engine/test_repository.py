@@ -272,6 +272,104 @@ def test_replaced_version_finishes_its_in_flight_requests(tmp_path: Path) -> Non
         server.stop()
 
 
+def test_unloading_a_version_with_a_hung_batch_executes_its_queue_and_blocks_nothing(
+    tmp_path: Path,
+) -> None:
+    # A batch hangs past the execution timeout; two requests wait behind it. Unloading
+    # the model executes them on a replacement worker and returns, and an unrelated load
+    # is not held behind the drain: all while the hung call is still in the model.
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO, max_batch_size=1)
+    write_model(tmp_path, "other", 1, Version(5), VERSION_IO)
+    server, channel, stub = _serve(
+        tmp_path, model_control="explicit", load_models=["m"], execution_timeout=0.5
+    )
+    batcher = server.repository.models["m"].versions[1].batcher  # type: ignore[union-attr]
+    entered, release = threading.Event(), threading.Event()
+    original = batcher._run
+    calls: list[int] = []
+
+    def first_hangs(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+        return original(inputs)
+
+    batcher._run = first_hangs
+    request = pb.ModelInferRequest(
+        model_name="m",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+        raw_input_contents=[np.zeros(1, np.float32).tobytes()],
+    )
+    try:
+        hung = stub.ModelInfer.future(request, timeout=30)
+        assert entered.wait(10)
+        queued = [stub.ModelInfer.future(request, timeout=30) for _ in range(2)]
+        _wait(lambda: batcher.queued == 2)
+        unload = stub.RepositoryModelUnload.future(
+            pb.RepositoryModelUnloadRequest(model_name="m"), timeout=30
+        )
+        load = stub.RepositoryModelLoad.future(
+            pb.RepositoryModelLoadRequest(model_name="other"), timeout=30
+        )
+        for answer in queued:  # executed, not refused as if no worker were left
+            assert np.frombuffer(answer.result().raw_output_contents[0], np.float32)[0] == 1.0
+        unload.result()
+        load.result()
+        assert not release.is_set() and batcher.abandoned == 1  # still hung in the model
+        with pytest.raises(grpc.RpcError) as info:
+            hung.result()
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _infer(stub, "other") == 5.0 and not _ready(stub, "m")
+    finally:
+        release.set()
+        channel.close()
+        server.stop()
+    # The abandoned thread exits once the model returns; every other one stopped with
+    # the server.
+    _wait(lambda: not [t for t in threading.enumerate() if t.name.startswith("conveyor-m:")])
+    assert not [t for t in threading.enumerate() if t.name.startswith("conveyor-repository")]
+
+
+def test_a_draining_version_holds_up_no_other_load(tmp_path: Path) -> None:
+    # An unloaded version finishes its in-flight batch (no execution timeout to cut it
+    # short); meanwhile another model loads, and the unload answers once the batch is done.
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    write_model(tmp_path, "other", 1, Version(5), VERSION_IO)
+    server, channel, stub = _serve(
+        tmp_path, model_control="explicit", load_models=["m"], execution_timeout=0
+    )
+    batcher = server.repository.models["m"].versions[1].batcher  # type: ignore[union-attr]
+    entered, release = threading.Event(), threading.Event()
+    original = batcher._run
+
+    def slow(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        entered.set()
+        release.wait(30)
+        return original(inputs)
+
+    batcher._run = slow
+    try:
+        results: list[float] = []
+        caller = threading.Thread(target=lambda: results.append(_infer(stub, "m")))
+        caller.start()
+        assert entered.wait(10)
+        unload = stub.RepositoryModelUnload.future(
+            pb.RepositoryModelUnloadRequest(model_name="m"), timeout=60
+        )
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="other"), timeout=20)
+        assert _infer(stub, "other") == 5.0
+        assert not release.is_set() and not unload.done()  # m is still draining
+        release.set()
+        unload.result()
+        caller.join(10)
+        assert results == [1.0]  # the in-flight request finished
+    finally:
+        release.set()
+        channel.close()
+        server.stop()
+
+
 def test_explicit_start_serves_the_good_models_when_one_is_broken(tmp_path: Path) -> None:
     write_model(tmp_path, "good", 1, Version(1), VERSION_IO)
     d = write_model(tmp_path, "bad", 1, Version(1), VERSION_IO)
