@@ -250,55 +250,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests are processed concurrently (so they batch together); each response,
-        or error, is sent as soon as it is ready and carries its request's id."""
-        out: asyncio.Queue[tuple[pb.ModelStreamInferResponse, int] | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        # Requests read but not yet answered: a client that sends without reading
-        # its answers stops being read (gRPC flow control), instead of growing `out`.
+        """Requests are processed concurrently (so they batch together); responses, and
+        errors, are sent in request order, as Triton does for a model that is not
+        decoupled: a client's stream callback gets an error without an id, so order is
+        how it tells which request failed. Each response carries its request's id.
+
+        A response that is ready while an earlier one is not waits in the stream's
+        queue; the window bounds those with the requests in flight (a slow head stops
+        the stream being read, not memory growing)."""
+        # Each request's task and size, in request order; None ends the stream.
+        order: asyncio.Queue[tuple[asyncio.Task[pb.ModelStreamInferResponse], int] | None]
+        order = asyncio.Queue()
+        # Requests read but not yet answered: a client that sends without reading its
+        # answers, or a slow head, stops the stream being read (gRPC flow control).
         window = StreamWindow(STREAM_WINDOW, STREAM_WINDOW_BYTES)
 
-        async def one(request: pb.ModelInferRequest, size: int) -> None:
+        async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             request_id = _request_id(request)
             try:
                 response = await self.infer(request, context, request_id)
-                out.put_nowait((pb.ModelStreamInferResponse(infer_response=response), size))
             except Exception as exc:
                 err = exc if isinstance(exc, EngineError) else _internal(exc)
                 _log_failure(err, request_id, request.model_name)
-                failed = pb.ModelStreamInferResponse(
-                    error_message=f"{err.code.name}: {err.message}",
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
+                response = pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
                 )
-                out.put_nowait((failed, size))
+                return pb.ModelStreamInferResponse(
+                    error_message=f"{err.code.name}: {err.message}", infer_response=response
+                )
+            return pb.ModelStreamInferResponse(infer_response=response)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     size = request.ByteSize()
                     await window.acquire(size)
-                    task = asyncio.ensure_future(one(request, size))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
+                    order.put_nowait((asyncio.ensure_future(one(request)), size))
             finally:
-                out.put_nowait(None)
+                order.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
+        task: asyncio.Task[pb.ModelStreamInferResponse] | None = None
         try:
-            while (entry := await out.get()) is not None:
-                item, size = entry
+            while (entry := await order.get()) is not None:
+                task, size = entry
+                item = await task
                 yield item
                 window.release(size)
         finally:
             reader.cancel()
-            for task in list(tasks):
+            if task is not None:
                 task.cancel()
+            while not order.empty():
+                if (entry := order.get_nowait()) is not None:
+                    entry[0].cancel()
 
     # -- health and metadata -------------------------------------------------------------
 
