@@ -369,6 +369,24 @@ def test_bad_bytes_and_typed_contents(stub: object) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "holds 3 values" in msg
 
 
+def test_bytes_that_are_not_utf8_are_invalid_argument(stub: object) -> None:
+    # The model's vocabulary lookup got U+FFFD for them (the out-of-vocabulary id 0).
+    request = pb.ModelInferRequest(
+        model_name="vocab",
+        inputs=[
+            Tensor(name="colour", datatype="BYTES", shape=[1, 2]),
+            Tensor(name="x", datatype="FP32", shape=[1, 3]),
+        ],
+        raw_input_contents=[encode_bytes([b"red", b"r\xe9d"]), np.zeros(3, np.float32).tobytes()],
+    )
+    code, msg = _code(stub.ModelInfer, request)  # type: ignore[attr-defined]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'colour': BYTES element 1 (row-major) is not valid UTF-8" in msg
+    request.raw_input_contents[0] = encode_bytes([b"red", "grün".encode()])
+    resp = stub.ModelInfer(request, timeout=10)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(_outputs(resp)["out"], [[1, 0, 0]])
+
+
 def test_model_error_is_internal_and_server_keeps_serving(stub: object) -> None:
     bad = _request("affine", np.full((1, 4), -5000, np.float32))
     code, msg = _code(stub.ModelInfer, bad)  # type: ignore[attr-defined]
