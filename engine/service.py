@@ -253,7 +253,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests are processed concurrently (so they batch together); responses, and
         errors, are sent in request order, as Triton does for a model that is not
         decoupled: a client's stream callback gets an error without an id, so order is
-        how it tells which request failed. Each response carries its request's id.
+        how it tells which request failed. Each response carries its request's id and
+        ``triton_final_response`` true, as Triton's do (every response is its request's
+        only one; clients such as PyTriton wait for the flag).
 
         A response that is ready while an earlier one is not waits in the stream's
         queue; the window bounds those with the requests in flight (a slow head stops
@@ -277,9 +279,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     model_version=request.model_version,
                     id=request.id,
                 )
+                response.parameters["triton_final_response"].bool_param = True
                 return pb.ModelStreamInferResponse(
                     error_message=f"{err.code.name}: {err.message}", infer_response=response
                 )
+            response.parameters["triton_final_response"].bool_param = True
             return pb.ModelStreamInferResponse(infer_response=response)
 
         async def read() -> None:

@@ -239,6 +239,22 @@ def test_infer_bytes_raw_and_typed(stub: object) -> None:
         np.testing.assert_array_equal(_outputs(resp)["out"], want)
 
 
+def test_stream_responses_carry_the_final_flag(stub: object) -> None:
+    # Triton marks every response of a (not decoupled) model's stream final, errors
+    # included; PyTriton's client waits for the flag.
+    requests = [
+        _request("affine", np.ones((1, 4), np.float32), id="ok"),
+        _request("affine", np.ones((1, 3), np.float32), id="bad-shape"),
+        _request("affine", np.ones((2, 4), np.float32), id="two-rows"),
+    ]
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=10))  # type: ignore[attr-defined]
+    assert [r.infer_response.id for r in replies] == ["ok", "bad-shape", "two-rows"]
+    assert [bool(r.error_message) for r in replies] == [False, True, False]
+    for reply in replies:
+        flag = reply.infer_response.parameters["triton_final_response"]
+        assert flag.WhichOneof("parameter_choice") == "bool_param" and flag.bool_param
+
+
 def test_every_numeric_datatype_round_trips(tmp_path: object) -> None:
     import torch
     from models import write_model
