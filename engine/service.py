@@ -68,11 +68,14 @@ _pid = os.getpid()
 
 
 def _request_id(request: pb.ModelInferRequest) -> str:
+    """The request's id for logs: its own, or one made here when it has none (the
+    response echoes the request's, empty then, as Triton's does)."""
     return request.id or f"{_pid}-{next(_ids)}"
 
 
-def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -> Any:
-    """The ``finish`` callback for one request: runs in the worker thread on its output slices."""
+def _respond(served: ServedVersion, response_id: str, outputs: tuple[int, ...]) -> Any:
+    """The ``finish`` callback for one request: runs in the worker thread on its output
+    slices. ``response_id`` is the request's ``id`` as sent."""
     specs = served.config.outputs
     name, version = served.name, served.version_str
 
@@ -81,7 +84,7 @@ def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -
         return pb.ModelInferResponse(
             model_name=name,
             model_version=version,
-            id=request_id,
+            id=response_id,
             outputs=[
                 _Output(name=specs[i].name, datatype=specs[i].datatype, shape=a.shape)
                 for i, a in zip(outputs, chosen, strict=True)
@@ -217,7 +220,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             level=level,
             deadline=None if timeout is None else time.monotonic() + timeout,
             future=loop.create_future(),
-            finish=_respond(served, request_id, decoded.outputs),
+            finish=_respond(served, request.id, decoded.outputs),
             request_id=request_id,
             loop=loop,
         )

@@ -255,6 +255,17 @@ def test_stream_responses_carry_the_final_flag(stub: object) -> None:
         assert flag.WhichOneof("parameter_choice") == "bool_param" and flag.bool_param
 
 
+def test_a_request_without_id_is_answered_without_one(stub: object) -> None:
+    # Triton echoes the request's id, empty when none was sent; the server's own id
+    # (pid-counter) is for its logs only.
+    x = np.ones((1, 4), np.float32)
+    assert stub.ModelInfer(_request("affine", x), timeout=10).id == ""  # type: ignore[attr-defined]
+    requests = [_request("affine", x), _request("affine", x, id="kept")]
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=10))  # type: ignore[attr-defined]
+    assert [r.infer_response.id for r in replies] == ["", "kept"]
+    assert not any(r.error_message for r in replies)
+
+
 def test_every_numeric_datatype_round_trips(tmp_path: object) -> None:
     import torch
     from models import write_model
