@@ -128,6 +128,11 @@ class RequestDecoder:
                     f"input {name!r}: shape {list(shape)} is too large for an empty tensor"
                 )
             if raw:
+                if tensor.HasField("contents"):  # Triton refuses both; one would be dropped
+                    raise InvalidArgument(
+                        f"input {name!r}: contents field must not be specified when using "
+                        f"raw_input_contents for {name!r} for model {self.model!r}"
+                    )
                 arrays[entry.index] = self._from_raw(name, raw[i], entry, shape, count)
             else:
                 arrays[entry.index] = self._from_typed(name, tensor, entry, shape, count)

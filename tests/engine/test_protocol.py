@@ -355,6 +355,16 @@ def test_unknown_model_and_version_are_not_found(stub: object) -> None:
         (lambda r: r.inputs[0].shape.append(1), "'x': shape [2, 4, 1] should be [batch, 4]"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 31), "31 bytes"),
         (lambda r: r.raw_input_contents.append(b""), "raw_input_contents has 2 entries"),
+        (
+            # Triton's words; the typed values were silently dropped.
+            lambda r: r.inputs[0].contents.fp32_contents.extend([9.0] * 8),
+            "input 'x': contents field must not be specified when using raw_input_contents "
+            "for 'x' for model 'affine'",
+        ),
+        (
+            lambda r: r.inputs[0].contents.SetInParent(),  # present though empty, as Triton
+            "contents field must not be specified",
+        ),
         (lambda r: r.inputs.add(name="x", datatype="FP32"), "expects 1 input"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 9), "batch dim 9 is outside 1..8"),
         (lambda r: r.outputs.add(name="nope"), "requested output 'nope'"),
