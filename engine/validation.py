@@ -198,6 +198,8 @@ class RequestDecoder:
                 raise InvalidArgument(
                     f"requested output {out.name!r}: model {self.model!r} has outputs {names}"
                 )
+            if index in indices:  # Triton's words; it was answered twice
+                raise InvalidArgument(f"output {out.name!r} already requested")
             if out.parameters:  # rare: requests without output parameters skip this
                 _check_output_parameters(out)
             indices.append(index)

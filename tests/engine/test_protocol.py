@@ -368,6 +368,10 @@ def test_unknown_model_and_version_are_not_found(stub: object) -> None:
         (lambda r: r.inputs.add(name="x", datatype="FP32"), "expects 1 input"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 9), "batch dim 9 is outside 1..8"),
         (lambda r: r.outputs.add(name="nope"), "requested output 'nope'"),
+        (  # answered twice before
+            lambda r: [r.outputs.add(name=n) for n in ("y", "total", "y")],
+            "output 'y' already requested",
+        ),
         (lambda r: r.parameters["priority"].__setattr__("uint64_param", 7), "priority"),
         (lambda r: r.parameters["timeout"].__setattr__("string_param", "x"), "'timeout'"),
     ],
