@@ -384,15 +384,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         repo = self.repository
         if request.name and request.name not in repo.models:
             await _abort(context, _not_found(request.name), "", request.name)
+        version = request.version
+        if version and not request.name:
+            # Every model's statistics, the version ignored, as Triton's
+            # TRITONSERVER_ServerModelStatistics does: it was looked up in each model and
+            # the first one lacking it answered NOT_FOUND. Triton's front end refuses a
+            # version that is no number, so this does too.
+            if version_number(version) is None:
+                await _abort(
+                    context,
+                    InvalidArgument(
+                        f"version {version!r} is not a version number (a positive integer); "
+                        "with no model name ModelStatistics answers for every model and "
+                        "version"
+                    ),
+                    "",
+                    "",
+                )
+            version = ""
         names = [request.name] if request.name else sorted(repo.models)
         stats = []
         for name in names:
             entry = repo.models[name]
             versions = sorted(set(entry.versions) | set(entry.failed))
-            if request.version:
-                number = version_number(request.version)
+            if version:
+                number = version_number(version)
                 if number not in versions:
-                    await _abort(context, _not_found(name, request.version), "", name)
+                    await _abort(context, _not_found(name, version), "", name)
                 versions = [number]
             elif not versions and entry.policy_error:
                 # The model as a whole failed to load (its policy selects no version).

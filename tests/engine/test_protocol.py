@@ -466,6 +466,19 @@ def test_statistics_and_index(stub: object) -> None:
     }
 
 
+def test_statistics_without_a_model_name_ignore_the_version(stub: object) -> None:
+    # As Triton: no name means every model, whatever the version; it was looked up in
+    # the first model ('affine' has no version 2) and answered NOT_FOUND.
+    def names(version: str) -> list[tuple[str, str]]:
+        request = pb.ModelStatisticsRequest(version=version)
+        reply = stub.ModelStatistics(request, timeout=10)  # type: ignore[attr-defined]
+        return [(s.name, s.version) for s in reply.model_stats]
+
+    assert names("2") == names("1") == names("") == [("affine", "1"), ("vocab", "1")]
+    code, msg = _code(stub.ModelStatistics, pb.ModelStatisticsRequest(version="v2"))  # type: ignore[attr-defined]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "version 'v2'" in msg
+
+
 def test_generated_code_matches_the_proto(tmp_path: object) -> None:
     """The checked-in *_pb2*.py are what `make protos` makes from grpc_service.proto."""
     from pathlib import Path
