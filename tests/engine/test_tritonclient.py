@@ -148,8 +148,15 @@ def test_stream_answers_in_request_order(
 ) -> None:
     """A stream's answers come in request order, as Triton's for a model that is not
     decoupled: the error callback gets no id, so a client tells requests apart by order.
-    The first request takes longest, the second fails at once, the third is quick."""
+    The first request takes longest, the second fails at once, the third is quick; the
+    stream's requests still run concurrently: the three behind the head batch together."""
     _, client = triton
+
+    def executions() -> tuple[int, int]:
+        (stats,) = client.get_inference_statistics("slow").model_stats
+        return stats.inference_count, stats.execution_count
+
+    before = executions()
     results: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: results.put((result, error)))
 
@@ -162,15 +169,22 @@ def test_stream_answers_in_request_order(
         send("slow", 20000.0, [1, 1], "slow-head")  # ~0.2 s of matrix products
         send("affine", 1.0, [1, 3], "invalid")  # the wrong shape: refused before queueing
         send("affine", 1.0, [1, 4], "quick")
-        send("slow", 0.0, [1, 1], "slow-quick")
-        got = [results.get(timeout=30) for _ in range(4)]
+        for i in range(3):  # queued while the head runs: one batch after it
+            send("slow", 0.0, [1, 1], f"slow-quick-{i}")
+        got = [results.get(timeout=30) for _ in range(6)]
     finally:
         client.stop_stream()
-    first, invalid, quick, last = got
+    first, invalid, quick, *rest = got
     assert first[1] is None and first[0].get_response().id == "slow-head"
     assert invalid[0] is None and "shape [1, 3]" in str(invalid[1])
     assert quick[1] is None and quick[0].get_response().id == "quick"
-    assert last[1] is None and last[0].get_response().id == "slow-quick"
+    assert [(r.get_response().id, e) for r, e in rest] == [
+        (f"slow-quick-{i}", None) for i in range(3)
+    ]
+    inferences, batches = executions()
+    # One by one would be 4 executions; the three batch together (with the head too,
+    # when they reach the queue before it leaves).
+    assert inferences - before[0] == 4 and batches - before[1] in (1, 2)
 
 
 def test_load_and_unload(triton: tuple[Server, tc.InferenceServerClient]) -> None:
