@@ -4,7 +4,8 @@
 every feature column of one. ``what`` names the tensor (and column) in errors, e.g.
 ``"input 'categorical', column 'country'"``; every refusal is a :class:`ValueError`.
 
-BYTES: ``str`` and ``bytes`` pass as they are; booleans, integers and floats
+BYTES: ``str`` and ``bytes`` pass as they are (``bytes`` must be UTF-8: the server
+refuses others, naming the input and element); booleans, integers and floats
 become the trainer's vocabulary keys (:func:`conveyor.categories.category_key`:
 ``7`` -> ``"7"``, ``True`` -> ``"true"``), so a column read back as ints or bools
 finds the same vocabulary entries as its strings would. A null (None, NaN,

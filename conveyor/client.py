@@ -906,7 +906,8 @@ class Client(_Common):
         priority: int = 0,
     ) -> Iterator[InferResult]:
         """Send each item of ``batches`` on one ModelStreamInfer stream; yields an
-        :class:`InferResult` per request as answers arrive (errors do not end the stream).
+        :class:`InferResult` per request, in request order (the server answers a stream in
+        order); errors do not end the stream.
 
         Stopping early (``break``, closing the generator) cancels the stream: no more
         of ``batches`` is read or sent. With no ``version``, every request of the stream

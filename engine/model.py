@@ -393,7 +393,9 @@ def _message(exc: Exception) -> str:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    # Strict: a request's BYTES elements were checked to be UTF-8 (validation.py), so
+    # nothing is replaced; the warm-up's are empty.
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # Most bytes of inputs the largest warm-up batch holds (see Model.warm_up).

@@ -68,11 +68,14 @@ _pid = os.getpid()
 
 
 def _request_id(request: pb.ModelInferRequest) -> str:
+    """The request's id for logs: its own, or one made here when it has none (the
+    response echoes the request's, empty then, as Triton's does)."""
     return request.id or f"{_pid}-{next(_ids)}"
 
 
-def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -> Any:
-    """The ``finish`` callback for one request: runs in the worker thread on its output slices."""
+def _respond(served: ServedVersion, response_id: str, outputs: tuple[int, ...]) -> Any:
+    """The ``finish`` callback for one request: runs in the worker thread on its output
+    slices. ``response_id`` is the request's ``id`` as sent."""
     specs = served.config.outputs
     name, version = served.name, served.version_str
 
@@ -81,7 +84,7 @@ def _respond(served: ServedVersion, request_id: str, outputs: tuple[int, ...]) -
         return pb.ModelInferResponse(
             model_name=name,
             model_version=version,
-            id=request_id,
+            id=response_id,
             outputs=[
                 _Output(name=specs[i].name, datatype=specs[i].datatype, shape=a.shape)
                 for i, a in zip(outputs, chosen, strict=True)
@@ -217,7 +220,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             level=level,
             deadline=None if timeout is None else time.monotonic() + timeout,
             future=loop.create_future(),
-            finish=_respond(served, request_id, decoded.outputs),
+            finish=_respond(served, request.id, decoded.outputs),
             request_id=request_id,
             loop=loop,
         )
@@ -250,55 +253,66 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests are processed concurrently (so they batch together); each response,
-        or error, is sent as soon as it is ready and carries its request's id."""
-        out: asyncio.Queue[tuple[pb.ModelStreamInferResponse, int] | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        # Requests read but not yet answered: a client that sends without reading
-        # its answers stops being read (gRPC flow control), instead of growing `out`.
+        """Requests are processed concurrently (so they batch together); responses, and
+        errors, are sent in request order, as Triton does for a model that is not
+        decoupled: a client's stream callback gets an error without an id, so order is
+        how it tells which request failed. Each response carries its request's id and
+        ``triton_final_response`` true, as Triton's do (every response is its request's
+        only one; clients such as PyTriton wait for the flag).
+
+        A response that is ready while an earlier one is not waits in the stream's
+        queue; the window bounds those with the requests in flight (a slow head stops
+        the stream being read, not memory growing)."""
+        # Each request's task and size, in request order; None ends the stream.
+        order: asyncio.Queue[tuple[asyncio.Task[pb.ModelStreamInferResponse], int] | None]
+        order = asyncio.Queue()
+        # Requests read but not yet answered: a client that sends without reading its
+        # answers, or a slow head, stops the stream being read (gRPC flow control).
         window = StreamWindow(STREAM_WINDOW, STREAM_WINDOW_BYTES)
 
-        async def one(request: pb.ModelInferRequest, size: int) -> None:
+        async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             request_id = _request_id(request)
             try:
                 response = await self.infer(request, context, request_id)
-                out.put_nowait((pb.ModelStreamInferResponse(infer_response=response), size))
             except Exception as exc:
                 err = exc if isinstance(exc, EngineError) else _internal(exc)
                 _log_failure(err, request_id, request.model_name)
-                failed = pb.ModelStreamInferResponse(
-                    error_message=f"{err.code.name}: {err.message}",
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
+                response = pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
                 )
-                out.put_nowait((failed, size))
+                response.parameters["triton_final_response"].bool_param = True
+                return pb.ModelStreamInferResponse(
+                    error_message=f"{err.code.name}: {err.message}", infer_response=response
+                )
+            response.parameters["triton_final_response"].bool_param = True
+            return pb.ModelStreamInferResponse(infer_response=response)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     size = request.ByteSize()
                     await window.acquire(size)
-                    task = asyncio.ensure_future(one(request, size))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
+                    order.put_nowait((asyncio.ensure_future(one(request)), size))
             finally:
-                out.put_nowait(None)
+                order.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
+        task: asyncio.Task[pb.ModelStreamInferResponse] | None = None
         try:
-            while (entry := await out.get()) is not None:
-                item, size = entry
+            while (entry := await order.get()) is not None:
+                task, size = entry
+                item = await task
                 yield item
                 window.release(size)
         finally:
             reader.cancel()
-            for task in list(tasks):
+            if task is not None:
                 task.cancel()
+            while not order.empty():
+                if (entry := order.get_nowait()) is not None:
+                    entry[0].cancel()
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -370,15 +384,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         repo = self.repository
         if request.name and request.name not in repo.models:
             await _abort(context, _not_found(request.name), "", request.name)
+        version = request.version
+        if version and not request.name:
+            # Every model's statistics, the version ignored, as Triton's
+            # TRITONSERVER_ServerModelStatistics does: it was looked up in each model and
+            # the first one lacking it answered NOT_FOUND. Triton's front end refuses a
+            # version that is no number, so this does too.
+            if version_number(version) is None:
+                await _abort(
+                    context,
+                    InvalidArgument(
+                        f"version {version!r} is not a version number (a positive integer); "
+                        "with no model name ModelStatistics answers for every model and "
+                        "version"
+                    ),
+                    "",
+                    "",
+                )
+            version = ""
         names = [request.name] if request.name else sorted(repo.models)
         stats = []
         for name in names:
             entry = repo.models[name]
             versions = sorted(set(entry.versions) | set(entry.failed))
-            if request.version:
-                number = version_number(request.version)
+            if version:
+                number = version_number(version)
                 if number not in versions:
-                    await _abort(context, _not_found(name, request.version), "", name)
+                    await _abort(context, _not_found(name, version), "", name)
                 versions = [number]
             elif not versions and entry.policy_error:
                 # The model as a whole failed to load (its policy selects no version).

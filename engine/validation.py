@@ -3,7 +3,9 @@
 Every problem is an :class:`~conveyor.engine.errors.InvalidArgument` whose
 message names the tensor (or parameter) and says what is wrong. Numeric raw
 contents become zero-copy ``np.frombuffer`` views; nothing is walked per
-element except BYTES strings and typed contents.
+element except BYTES strings and typed contents. BYTES elements must be UTF-8 (the
+model gets them as ``List[str]``): checked with one ``isascii`` pass over the contents,
+element by element only when that finds a byte above 127.
 """
 
 from __future__ import annotations
@@ -126,6 +128,11 @@ class RequestDecoder:
                     f"input {name!r}: shape {list(shape)} is too large for an empty tensor"
                 )
             if raw:
+                if tensor.HasField("contents"):  # Triton refuses both; one would be dropped
+                    raise InvalidArgument(
+                        f"input {name!r}: contents field must not be specified when using "
+                        f"raw_input_contents for {name!r} for model {self.model!r}"
+                    )
                 arrays[entry.index] = self._from_raw(name, raw[i], entry, shape, count)
             else:
                 arrays[entry.index] = self._from_typed(name, tensor, entry, shape, count)
@@ -142,6 +149,8 @@ class RequestDecoder:
                 items = decode_bytes(buf, count)
             except ValueError as exc:
                 raise InvalidArgument(f"input {name!r}: BYTES raw contents {exc}") from None
+            if not buf.isascii():  # one C pass; ASCII strings and short lengths are ASCII
+                _check_utf8(name, items)
             return np.array(items, dtype=object).reshape(shape)
         need = count * entry.dtype.itemsize
         if len(buf) != need:
@@ -166,7 +175,10 @@ class RequestDecoder:
                 f"{list(shape)} needs {count}"
             )
         if entry.dtype is None:
-            return np.array(list(values), dtype=object).reshape(shape)
+            items = list(values)
+            if not b"".join(items).isascii():
+                _check_utf8(name, items)
+            return np.array(items, dtype=object).reshape(shape)
         try:
             return np.array(values, dtype=entry.dtype).reshape(shape)
         except OverflowError:
@@ -186,10 +198,28 @@ class RequestDecoder:
                 raise InvalidArgument(
                     f"requested output {out.name!r}: model {self.model!r} has outputs {names}"
                 )
+            if index in indices:  # Triton's words; it was answered twice
+                raise InvalidArgument(f"output {out.name!r} already requested")
             if out.parameters:  # rare: requests without output parameters skip this
                 _check_output_parameters(out)
             indices.append(index)
         return tuple(indices)
+
+
+def _check_utf8(name: str, items: list[bytes]) -> None:
+    """Refuse a BYTES element that is not UTF-8: the model takes the tensor as strings
+    (``List[str]``), and replacing the bytes (U+FFFD) would run it on other values than
+    were sent (a vocabulary lookup would find the out-of-vocabulary id, silently)."""
+    for k, item in enumerate(items):
+        if item.isascii():
+            continue
+        try:
+            item.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(
+                f"input {name!r}: BYTES element {k} (row-major) is not valid UTF-8 "
+                f"({exc.reason} at byte {exc.start}); the model takes strings"
+            ) from None
 
 
 def _check_output_parameters(out: object) -> None:

@@ -23,7 +23,8 @@ left out when the spec has no such feature):
   to the program as a flat ``List[str]`` of ``batch * C`` strings in row-major order. Values are
   their original strings; integer categories as decimal strings (``"42"``), booleans as
   ``"true"``/``"false"``. A value outside the vocabulary maps to the out-of-vocabulary id 0,
-  exactly as in training.
+  exactly as in training. Bytes that are not UTF-8 never reach the program: the server
+  refuses the request (INVALID_ARGUMENT naming the input and element).
 
 Outputs (a tuple, in this order, for classification):
 

@@ -109,3 +109,20 @@ LABELER_IO: dict[str, Any] = {
         {"name": "label", "datatype": "BYTES", "shape": [1]},
     ],
 }
+
+
+class Slow(nn.Module):
+    """y = x on FP32 [1], after ``x[0, 0]`` rounds of 64 x 64 matrix products (zeros, as in
+    the load's warm-up: none), so a test can make one request take longer than another."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = torch.eye(64)
+        for _ in range(int(x[0, 0].item())):
+            m = m @ torch.eye(64)
+        return x + m[0, 1]
+
+
+SLOW_IO: dict[str, Any] = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+}

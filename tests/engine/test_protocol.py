@@ -239,6 +239,33 @@ def test_infer_bytes_raw_and_typed(stub: object) -> None:
         np.testing.assert_array_equal(_outputs(resp)["out"], want)
 
 
+def test_stream_responses_carry_the_final_flag(stub: object) -> None:
+    # Triton marks every response of a (not decoupled) model's stream final, errors
+    # included; PyTriton's client waits for the flag.
+    requests = [
+        _request("affine", np.ones((1, 4), np.float32), id="ok"),
+        _request("affine", np.ones((1, 3), np.float32), id="bad-shape"),
+        _request("affine", np.ones((2, 4), np.float32), id="two-rows"),
+    ]
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=10))  # type: ignore[attr-defined]
+    assert [r.infer_response.id for r in replies] == ["ok", "bad-shape", "two-rows"]
+    assert [bool(r.error_message) for r in replies] == [False, True, False]
+    for reply in replies:
+        flag = reply.infer_response.parameters["triton_final_response"]
+        assert flag.WhichOneof("parameter_choice") == "bool_param" and flag.bool_param
+
+
+def test_a_request_without_id_is_answered_without_one(stub: object) -> None:
+    # Triton echoes the request's id, empty when none was sent; the server's own id
+    # (pid-counter) is for its logs only.
+    x = np.ones((1, 4), np.float32)
+    assert stub.ModelInfer(_request("affine", x), timeout=10).id == ""  # type: ignore[attr-defined]
+    requests = [_request("affine", x), _request("affine", x, id="kept")]
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=10))  # type: ignore[attr-defined]
+    assert [r.infer_response.id for r in replies] == ["", "kept"]
+    assert not any(r.error_message for r in replies)
+
+
 def test_every_numeric_datatype_round_trips(tmp_path: object) -> None:
     import torch
     from models import write_model
@@ -328,9 +355,23 @@ def test_unknown_model_and_version_are_not_found(stub: object) -> None:
         (lambda r: r.inputs[0].shape.append(1), "'x': shape [2, 4, 1] should be [batch, 4]"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 31), "31 bytes"),
         (lambda r: r.raw_input_contents.append(b""), "raw_input_contents has 2 entries"),
+        (
+            # Triton's words; the typed values were silently dropped.
+            lambda r: r.inputs[0].contents.fp32_contents.extend([9.0] * 8),
+            "input 'x': contents field must not be specified when using raw_input_contents "
+            "for 'x' for model 'affine'",
+        ),
+        (
+            lambda r: r.inputs[0].contents.SetInParent(),  # present though empty, as Triton
+            "contents field must not be specified",
+        ),
         (lambda r: r.inputs.add(name="x", datatype="FP32"), "expects 1 input"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 9), "batch dim 9 is outside 1..8"),
         (lambda r: r.outputs.add(name="nope"), "requested output 'nope'"),
+        (  # answered twice before
+            lambda r: [r.outputs.add(name=n) for n in ("y", "total", "y")],
+            "output 'y' already requested",
+        ),
         (lambda r: r.parameters["priority"].__setattr__("uint64_param", 7), "priority"),
         (lambda r: r.parameters["timeout"].__setattr__("string_param", "x"), "'timeout'"),
     ],
@@ -369,6 +410,24 @@ def test_bad_bytes_and_typed_contents(stub: object) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "holds 3 values" in msg
 
 
+def test_bytes_that_are_not_utf8_are_invalid_argument(stub: object) -> None:
+    # The model's vocabulary lookup got U+FFFD for them (the out-of-vocabulary id 0).
+    request = pb.ModelInferRequest(
+        model_name="vocab",
+        inputs=[
+            Tensor(name="colour", datatype="BYTES", shape=[1, 2]),
+            Tensor(name="x", datatype="FP32", shape=[1, 3]),
+        ],
+        raw_input_contents=[encode_bytes([b"red", b"r\xe9d"]), np.zeros(3, np.float32).tobytes()],
+    )
+    code, msg = _code(stub.ModelInfer, request)  # type: ignore[attr-defined]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'colour': BYTES element 1 (row-major) is not valid UTF-8" in msg
+    request.raw_input_contents[0] = encode_bytes([b"red", "grün".encode()])
+    resp = stub.ModelInfer(request, timeout=10)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(_outputs(resp)["out"], [[1, 0, 0]])
+
+
 def test_model_error_is_internal_and_server_keeps_serving(stub: object) -> None:
     bad = _request("affine", np.full((1, 4), -5000, np.float32))
     code, msg = _code(stub.ModelInfer, bad)  # type: ignore[attr-defined]
@@ -405,6 +464,19 @@ def test_statistics_and_index(stub: object) -> None:
         ("affine", "1", "READY"),
         ("vocab", "1", "READY"),
     }
+
+
+def test_statistics_without_a_model_name_ignore_the_version(stub: object) -> None:
+    # As Triton: no name means every model, whatever the version; it was looked up in
+    # the first model ('affine' has no version 2) and answered NOT_FOUND.
+    def names(version: str) -> list[tuple[str, str]]:
+        request = pb.ModelStatisticsRequest(version=version)
+        reply = stub.ModelStatistics(request, timeout=10)  # type: ignore[attr-defined]
+        return [(s.name, s.version) for s in reply.model_stats]
+
+    assert names("2") == names("1") == names("") == [("affine", "1"), ("vocab", "1")]
+    code, msg = _code(stub.ModelStatistics, pb.ModelStatisticsRequest(version="v2"))  # type: ignore[attr-defined]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "version 'v2'" in msg
 
 
 def test_generated_code_matches_the_proto(tmp_path: object) -> None:

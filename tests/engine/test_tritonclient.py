@@ -10,7 +10,17 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from models import AFFINE_IO, LABELER_IO, VOCAB_IO, Affine, Labeler, Vocab, write_model
+from models import (
+    AFFINE_IO,
+    LABELER_IO,
+    SLOW_IO,
+    VOCAB_IO,
+    Affine,
+    Labeler,
+    Slow,
+    Vocab,
+    write_model,
+)
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -38,11 +48,12 @@ def triton(
     write_model(root, "affine", 1, Affine(), AFFINE_IO)
     write_model(root, "vocab", 1, Vocab(), VOCAB_IO)
     write_model(root, "labeler", 1, Labeler(), LABELER_IO)
+    write_model(root, "slow", 1, Slow(), SLOW_IO)
     # Two versions with different batching, served together, for ModelConfig.
     write_model(root, "batched", 1, Labeler(), LABELER_IO, **BATCHED_V1)
     write_model(root, "batched", 2, Labeler(), LABELER_IO, version_policy={"all": {}})
     server = Server(
-        root, port=0, model_control="explicit", load_models=["affine", "labeler", "batched"]
+        root, port=0, model_control="explicit", load_models=["affine", "labeler", "batched", "slow"]
     ).start()
     client = tc.InferenceServerClient(server.address)
     yield server, client
@@ -130,6 +141,50 @@ def test_streaming_infer(triton: tuple[Server, tc.InferenceServerClient]) -> Non
     errors = [e for r, e in got if e is not None]
     assert ok == {"s0": 1.0, "s1": 3.0, "s3": 7.0, "s4": 9.0}
     assert len(errors) == 1 and "below -1000" in str(errors[0])
+
+
+def test_stream_answers_in_request_order(
+    triton: tuple[Server, tc.InferenceServerClient],
+) -> None:
+    """A stream's answers come in request order, as Triton's for a model that is not
+    decoupled: the error callback gets no id, so a client tells requests apart by order.
+    The first request takes longest, the second fails at once, the third is quick; the
+    stream's requests still run concurrently: the three behind the head batch together."""
+    _, client = triton
+
+    def executions() -> tuple[int, int]:
+        (stats,) = client.get_inference_statistics("slow").model_stats
+        return stats.inference_count, stats.execution_count
+
+    before = executions()
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+
+    def send(model: str, value: float, shape: list[int], request_id: str) -> None:
+        inp = tc.InferInput("x", shape, "FP32")
+        inp.set_data_from_numpy(np.full(shape, value, np.float32))
+        client.async_stream_infer(model, [inp], request_id=request_id)
+
+    try:
+        send("slow", 20000.0, [1, 1], "slow-head")  # ~0.2 s of matrix products
+        send("affine", 1.0, [1, 3], "invalid")  # the wrong shape: refused before queueing
+        send("affine", 1.0, [1, 4], "quick")
+        for i in range(3):  # queued while the head runs: one batch after it
+            send("slow", 0.0, [1, 1], f"slow-quick-{i}")
+        got = [results.get(timeout=30) for _ in range(6)]
+    finally:
+        client.stop_stream()
+    first, invalid, quick, *rest = got
+    assert first[1] is None and first[0].get_response().id == "slow-head"
+    assert invalid[0] is None and "shape [1, 3]" in str(invalid[1])
+    assert quick[1] is None and quick[0].get_response().id == "quick"
+    assert [(r.get_response().id, e) for r, e in rest] == [
+        (f"slow-quick-{i}", None) for i in range(3)
+    ]
+    inferences, batches = executions()
+    # One by one would be 4 executions; the three batch together (with the head too,
+    # when they reach the queue before it leaves).
+    assert inferences - before[0] == 4 and batches - before[1] in (1, 2)
 
 
 def test_load_and_unload(triton: tuple[Server, tc.InferenceServerClient]) -> None:

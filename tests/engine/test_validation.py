@@ -105,6 +105,45 @@ def test_an_empty_tensor_with_a_huge_dim_is_invalid_not_internal(shape: list[int
         RequestDecoder("v", config).decode(request)
 
 
+BYTES_ONLY = RequestDecoder(
+    "b",
+    parse_config(
+        {
+            "name": "b",
+            "platform": "torchscript",
+            "max_batch_size": 8,
+            "inputs": [{"name": "cat", "datatype": "BYTES", "shape": [2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+        },
+        "test",
+    ),
+)
+
+
+def _bytes_request(items: list[bytes], typed: bool) -> pb.ModelInferRequest:
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="cat", datatype="BYTES", shape=[len(items) // 2, 2]
+    )
+    if typed:
+        tensor.contents.bytes_contents.extend(items)
+        return pb.ModelInferRequest(model_name="b", inputs=[tensor])
+    return pb.ModelInferRequest(
+        model_name="b", inputs=[tensor], raw_input_contents=[encode_bytes(items)]
+    )
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_bytes_that_are_not_utf8_are_refused_naming_input_and_element(typed: bool) -> None:
+    # The model takes BYTES as List[str]: b"\xff\xfe" became U+FFFD twice, silently.
+    good = ["café".encode(), b"x" * 200, b"", "日本".encode()]  # a 200-byte length is not ASCII
+    decoded = BYTES_ONLY.decode(_bytes_request([*good], typed))
+    assert decoded.inputs[0].tolist() == [good[:2], good[2:]]
+    for bad in (b"\xff\xfe", b"caf\xe9", "é".encode()[:1], b"\xed\xa0\x80"):  # a surrogate
+        with pytest.raises(InvalidArgument) as info:
+            BYTES_ONLY.decode(_bytes_request([*good[:3], bad], typed))
+        assert "input 'cat': BYTES element 3 (row-major) is not valid UTF-8" in info.value.message
+
+
 @given(st.lists(st.binary(max_size=20), max_size=10))
 def test_bytes_encoding_round_trips(items: list[bytes]) -> None:
     assert decode_bytes(encode_bytes(items), len(items)) == items
