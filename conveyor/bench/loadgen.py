@@ -67,6 +67,7 @@ def check_settings(
     procs: int,
     timeout: float,
     connections: int = 1,
+    connect_timeout: float = 30.0,
     prefix: str = "--",
 ) -> None:
     """Raise :class:`LoadSpecError` naming the first out-of-range setting.
@@ -87,6 +88,9 @@ def check_settings(
         raise LoadSpecError(f"{prefix}connections must be >= 1, got {connections}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise LoadSpecError(f"{prefix}timeout must be > 0 seconds, got {timeout}")
+    if not (math.isfinite(connect_timeout) and connect_timeout > 0):
+        name = "connect-timeout" if prefix else "connect_timeout"
+        raise LoadSpecError(f"{prefix}{name} must be > 0 seconds, got {connect_timeout}")
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,9 @@ class LoadSpec:
             raise LoadSpecError("no request payloads")
         check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
-            timeout=self.timeout, connections=self.connections, prefix="",
+            timeout=self.timeout, connections=self.connections,
+            connect_timeout=self.connect_timeout, prefix="",
         )  # fmt: skip
-        if not (math.isfinite(self.connect_timeout) and self.connect_timeout > 0):
-            raise LoadSpecError(f"connect_timeout must be > 0 s, got {self.connect_timeout}")
 
     @property
     def mode(self) -> str:

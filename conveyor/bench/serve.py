@@ -43,6 +43,9 @@ class ServeBenchConfig:
         metrics_url: the server's Prometheus page, read before and after each point.
         out: folder for serve.json, serve.csv and serve.png (default ``bench-results``).
         timeout: per-request deadline, seconds (default 10).
+        connect_timeout: seconds each point waits for the server to accept its connections
+            (default 10): a server that went down ends the sweep after this long, and the
+            points measured so far are still written.
         token: bearer token for servers that require one.
         seed: random inputs and arrival times (default 0).
     """
@@ -61,6 +64,7 @@ class ServeBenchConfig:
     metrics_url: str | None = None
     out: str = "bench-results"
     timeout: float = 10.0
+    connect_timeout: float = 10.0
     token: str | None = None
     seed: int = 0
     progress: bool | None = None
@@ -84,6 +88,7 @@ class ServeBenchConfig:
         loadgen.check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
             timeout=self.timeout, connections=self.connections,
+            connect_timeout=self.connect_timeout,
         )  # fmt: skip
 
 
@@ -128,7 +133,12 @@ def _scrape(url: str | None, label: str) -> prom.Samples | None:
 
 
 def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every point, print a line for each, write the files; returns the JSON document."""
+    """Run every point, print a line for each, write the files; returns the JSON document.
+
+    A point that cannot run (the server went down: :class:`~conveyor.bench.loadgen.LoadError`)
+    ends the sweep: the points measured before it are written, the document saying where the
+    sweep stopped (``stopped_early``), and the error is raised again.
+    """
     if not cfg.concurrency and not cfg.rates:
         raise payloads.PayloadError("nothing to run: give --concurrency and/or --rate")
     info = payloads.model_info(cfg.target, cfg.model, cfg.version, cfg.token)
@@ -163,6 +173,15 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
     points: list[dict[str, Any]] = []
     loads: list[dict[str, Any]] = [{"concurrency": c} for c in cfg.concurrency]
     loads += [{"rate": r} for r in cfg.rates]
+    document = {
+        "benchmark": "serve",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("token", "progress")},
+        "data_rows_left_out": skipped.count,
+        "model": {"name": info.name, "platform": info.platform, "versions": list(info.versions)},
+        "points": points,
+    }
     for load in loads:
         spec = loadgen.LoadSpec(
             target=cfg.target,
@@ -173,26 +192,34 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
             procs=cfg.procs,
             connections=cfg.connections,
             timeout=cfg.timeout,
+            connect_timeout=cfg.connect_timeout,
             token=cfg.token,
             seed=cfg.seed,
             **load,
         )
         label = f"c={load['concurrency']}" if "concurrency" in load else f"{load['rate']:g}/s"
-        point = measure_point(
-            spec, model=cfg.model, metrics_url=metrics_url, progress=cfg.progress, label=label
-        )
+        try:
+            point = measure_point(
+                spec, model=cfg.model, metrics_url=metrics_url, progress=cfg.progress, label=label
+            )
+        except loadgen.LoadError as exc:
+            if not points:
+                raise
+            document["stopped_early"] = f"point {label}: {exc}"
+            _write(cfg, document, echo)
+            raise loadgen.LoadError(
+                f"point {label}: {exc} (the {len(points)} point(s) before it are written "
+                f"to {cfg.out})"
+            ) from None
         points.append(point)
         echo(report.point_line(point))
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("token", "progress")}
-    document = {
-        "benchmark": "serve",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": settings,
-        "data_rows_left_out": skipped.count,
-        "model": {"name": info.name, "platform": info.platform, "versions": list(info.versions)},
-        "points": points,
-    }
+    _write(cfg, document, echo)
+    return document
+
+
+def _write(cfg: ServeBenchConfig, document: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """``serve.json``, ``serve.csv`` and ``serve.png`` of ``document`` in ``cfg.out``."""
+    points = document["points"]
     out = Path(cfg.out)
     files = [
         report.write_json(out / "serve.json", document),
@@ -204,4 +231,3 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
         ),
     ]
     echo("wrote " + ", ".join(str(f) for f in files))
-    return document

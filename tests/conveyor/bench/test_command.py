@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conveyor.bench.command import EXAMPLES
-from conveyor.bench.loadgen import LoadSpecError
+from conveyor.bench.loadgen import LoadError, LoadSpecError
 from conveyor.bench.scripts import SCRIPTS, benchmarks_dir
-from conveyor.bench.serve import ServeBenchConfig
+from conveyor.bench.serve import ServeBenchConfig, run
 from conveyor.cli import main
 from conveyor.engine.server import Server
+from tests.conveyor.bench.conftest import write_double
 
 PAGE = b"""\
 # TYPE conveyor_batch_size histogram
@@ -282,3 +283,40 @@ def test_script_help_is_shown_and_nothing_run(
     printed = capfd.readouterr()
     assert "usage: ingest_bench.py" in printed.out and "--rows ROWS" in printed.out
     assert printed.err == "" and not out.exists()
+
+
+def test_server_down_mid_sweep_writes_the_points_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server stops after the first point: the second cannot connect. That waited a fixed
+    # 30 s, then ended with a one-line error and no files, losing the first point.
+    srv = Server(write_double(tmp_path / "repo"), port=0, poll_interval=3600).start()
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("c=1 "):
+            srv.stop(0)  # after the first point's line, before the second point starts
+
+    out = tmp_path / "out"
+    cfg = ServeBenchConfig(
+        target=srv.address, model="double", concurrency=[1, 2], duration=0.3, warmup=0,
+        out=str(out), connect_timeout=0.5, progress=False,
+    )  # fmt: skip
+    try:
+        with pytest.raises(LoadError, match=r"point c=2: .*cannot connect .* within 0.5 s") as e:
+            run(cfg, echo=echo)
+    finally:
+        srv.stop(0)
+    assert "1 point(s) before it are written" in str(e.value)
+    document = json.loads((out / "serve.json").read_text())
+    assert [p["concurrency"] for p in document["points"]] == [1]
+    assert document["points"][0]["requests"] > 0
+    assert "cannot connect" in document["stopped_early"]
+    assert (out / "serve.csv").is_file() and (out / "serve.png").is_file()
+    # The flag reaches the configuration, with a stated default, and is checked.
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double",
+            "--out", str(tmp_path / "o"), "--connect-timeout", "0"]  # fmt: skip
+    assert main(argv) == 1
+    assert "--connect-timeout must be > 0 seconds, got 0.0" in capsys.readouterr().err
+    assert ServeBenchConfig(target="x:1", model="m").connect_timeout == 10.0
