@@ -121,11 +121,17 @@ def point_line(p: Mapping[str, Any]) -> str:
             f"  server: queue {_ms(p.get('server_queue_ms'))} compute "
             f"{_ms(p.get('server_compute_ms'))} batch {_num(p.get('server_batch_size'))}"
         )
+    shortfall = ""
+    if p["mode"] == "open" and p.get("sent_s", p["offered_s"]) < p["offered_s"]:
+        shortfall = (
+            f"  client sent {p['sent_s']:,.0f} of {p['offered_s']:,.0f} offered/s "
+            "(the client is the limit)"
+        )
     return (
         f"{load:<14} {p['requests_s']:>9,.0f} req/s {p['rows_s']:>10,.0f} rows/s  "
         f"p50 {p['p50_ms']:.2f}  p90 {p['p90_ms']:.2f}  p99 {p['p99_ms']:.2f}  "
         f"p99.9 {p['p999_ms']:.2f} ms  errors {errors}{f' ({codes})' if errors else ''}  "
-        f"client CPU {p['client_cpu_cores']:.2f} cores{server}"
+        f"client CPU {p['client_cpu_cores']:.2f} cores{shortfall}{server}"
     )
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from conveyor.bench import payloads
 from conveyor.bench.loadgen import LoadError, LoadSpec, LoadSpecError, run_load
+from conveyor.bench.report import point_line
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.server import Server
 from conveyor.errors import ConveyorError
@@ -154,3 +155,22 @@ def test_spec_checks() -> None:
         (3, 0.0),
         (2, 0.0),
     ]
+
+
+def test_saturated_open_loop_reads_its_cpu_over_the_real_window(server: Server) -> None:
+    # Far more arrivals than one client process can issue: the open loop is behind its
+    # schedule all the time. It never yielded then, so the CPU window was read after the
+    # schedule had run out (client_cpu_s near 0 for a process busy the whole window), and
+    # offered_s read the target however few requests left the client.
+    load = LoadSpec(
+        target=server.address, payloads=good_payloads(server), rows=2, rate=1e6, duration=1.0,
+        warmup=0.1, timeout=5, max_outstanding=50,
+    )  # fmt: skip
+    s = run_load(load, progress=False).summary()
+    backlog = s["error_codes"]["CLIENT_BACKLOG"]
+    assert backlog > 0 and s["sent_s"] == pytest.approx(s["offered_s"] - backlog / 1.0)
+    assert s["sent_s"] < 0.5 * s["offered_s"]  # the shortfall shows, in the point's line too
+    assert f"client sent {s['sent_s']:,.0f} of {s['offered_s']:,.0f} offered/s" in point_line(s)
+    # Busy for the whole second: at least a tenth of a core even on a loaded machine (the late
+    # reading gave a few milliseconds, the CPU of starting the 50 outstanding sends).
+    assert s["client_cpu_s"] > 0.1
