@@ -22,7 +22,10 @@ Two disciplines:
 
 Only requests scheduled (open) or sent (closed) inside the measurement window, after
 ``warmup`` seconds and for ``duration`` seconds, are counted; errors are counted by gRPC
-status code name.
+status code name. Requests sent during warm-up that finish only after the window has ended
+are in no figure; they are counted as ``warmup_requests_past_window``, so that a server
+slower than warm-up plus duration (no request sent in the window finished) is not read as
+an idle one.
 """
 
 from __future__ import annotations
@@ -184,6 +187,8 @@ class LoadResult:
     # measures from started + warmup for duration seconds, so a caller can read the
     # server's own counters over the same window.
     started: float = 0.0
+    # Requests sent during warm-up that finished only after the window ended (in no figure).
+    warmup_past_window: int = 0
 
     @property
     def ok(self) -> int:
@@ -217,6 +222,9 @@ class LoadResult:
             # the client, not the server, may be the limit.
             "client_cpu_cores": self.client_cpu_s / d,
             "client_cpu_us_per_request": 1e6 * self.client_cpu_s / max(self.ok, 1),
+            # Non-zero with no request and no error: the server answers more slowly than
+            # warm-up + duration, and this point measured nothing.
+            "warmup_requests_past_window": self.warmup_past_window,
             **self.extra,
         }
 
@@ -285,6 +293,7 @@ async def _client(
     errors: dict[str, int] = {}
     done = 0
     scheduled = 0
+    warmup_past_window = 0
     cpu: dict[str, float] = {}
     lag = array("d")  # open loop: how late each measured request left against its schedule
 
@@ -295,10 +304,14 @@ async def _client(
         cpu["stop"] = time.process_time()
 
     def record(t_sent: float, exc: BaseException | None) -> None:
-        nonlocal done
+        nonlocal done, warmup_past_window
         done += 1
         progress[index] = done
         if not start <= t_sent < stop:
+            # Only warm-up requests get here (nothing is sent after the window), so the
+            # measured requests' path is unchanged.
+            if now() >= stop:
+                warmup_past_window += 1
             return
         if exc is None:
             latencies.append((now() - t_sent) * 1e3)
@@ -382,6 +395,7 @@ async def _client(
         "latencies": latencies.tobytes(),
         "errors": errors,
         "scheduled": scheduled,
+        "warmup_past_window": warmup_past_window,
         "cpu_s": cpu.get("stop", time.process_time()) - cpu.get("start", 0.0),
         "wall_s": now() - t_begin,
         "lag": lag.tobytes(),
@@ -487,6 +501,7 @@ def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -
         client_cpu_s=sum(part["cpu_s"] for part in results.values()),
         wall_s=wall,
         started=t0,
+        warmup_past_window=sum(part["warmup_past_window"] for part in results.values()),
     )
 
 

@@ -127,11 +127,20 @@ def point_line(p: Mapping[str, Any]) -> str:
             f"  client sent {p['sent_s']:,.0f} of {p['offered_s']:,.0f} offered/s "
             "(the client is the limit)"
         )
+    warning = ""
+    if p["requests"] == 0 and errors == 0:
+        late = p.get("warmup_requests_past_window") or 0
+        warning = "  WARNING: no request sent in the measured window finished" + (
+            f"; {late} sent in warm-up were still in flight when it ended (the server is "
+            "slower than warm-up + duration)"
+            if late
+            else ""
+        )
     return (
         f"{load:<14} {p['requests_s']:>9,.0f} req/s {p['rows_s']:>10,.0f} rows/s  "
         f"p50 {p['p50_ms']:.2f}  p90 {p['p90_ms']:.2f}  p99 {p['p99_ms']:.2f}  "
         f"p99.9 {p['p999_ms']:.2f} ms  errors {errors}{f' ({codes})' if errors else ''}  "
-        f"client CPU {p['client_cpu_cores']:.2f} cores{shortfall}{server}"
+        f"client CPU {p['client_cpu_cores']:.2f} cores{shortfall}{server}{warning}"
     )
 
 

@@ -174,3 +174,40 @@ def test_saturated_open_loop_reads_its_cpu_over_the_real_window(server: Server) 
     # Busy for the whole second: at least a tenth of a core even on a loaded machine (the late
     # reading gave a few milliseconds, the CPU of starting the 50 outstanding sends).
     assert s["client_cpu_s"] > 0.1
+
+
+def test_server_slower_than_the_window_is_reported_not_silent() -> None:
+    # Every answer takes 1 s; warm-up + duration is 0.4 s: the requests sent during warm-up
+    # are still in flight when the window ends and none is sent inside it. That read as
+    # 0 requests, 0 errors and no latency, like a server nobody loaded.
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    from conveyor.bench.loadgen import INFER_METHOD
+
+    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(1.0)
+        return b""
+
+    service, method = INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(infer)}
+    )
+    slow = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler])
+    port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    try:
+        load = LoadSpec(
+            target=f"127.0.0.1:{port}", payloads=(b"x",), concurrency=3, duration=0.3,
+            warmup=0.1, timeout=5,
+        )  # fmt: skip
+        s = run_load(load, progress=False).summary()
+    finally:
+        slow.stop(None)
+    assert s["requests"] == 0 and s["errors"] == 0
+    assert s["warmup_requests_past_window"] == 3
+    assert "WARNING: no request sent in the measured window finished; 3 sent in warm-up" in (
+        point_line(s)
+    )
