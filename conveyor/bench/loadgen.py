@@ -424,10 +424,19 @@ def _process(
 # -- the parent -------------------------------------------------------------------------------
 
 
-def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -> LoadResult:
+def run_load(
+    spec: LoadSpec,
+    *,
+    progress: bool | None = None,
+    label: str = "",
+    on_window: Callable[[str], None] | None = None,
+) -> LoadResult:
     """Run one load point in ``spec.procs`` client processes and gather what they measured.
 
     ``progress``: show a progress bar (None: only when stderr is a terminal).
+    ``on_window``: called in this (the parent) process with ``"start"`` when the measured
+    window starts and ``"end"`` when it ends, e.g. to read the server's own counters over
+    exactly that window; keep it short (the ``"end"`` call waits for the ``"start"`` one).
     """
     ctx = multiprocessing.get_context("spawn")  # no inherited event loops or gRPC state
     shares = spec.shares()
@@ -451,7 +460,8 @@ def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -
         t0 = time.perf_counter()
         go.set()
         total = spec.warmup + spec.duration
-        _watch(procs, counters, total, t0, progress, label)
+        edges = [] if on_window is None else [(spec.warmup, "start"), (total, "end")]
+        _watch(procs, counters, total, t0, progress, label, edges, on_window)
         deadline = t0 + total + spec.timeout + 60
         while len(results) < len(procs):
             try:
@@ -506,9 +516,13 @@ def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -
 
 
 def _watch(
-    procs: Sequence[Any], counters: Any, total: float, t0: float, progress: bool | None, label: str
-) -> None:
-    """A progress bar over the run's seconds with the current answer rate, until it ends."""
+    procs: Sequence[Any], counters: Any, total: float, t0: float, progress: bool | None, label: str,
+    edges: Sequence[tuple[float, str]] = (), on_edge: Callable[[str], None] | None = None,
+) -> None:  # fmt: skip
+    """A progress bar over the run's seconds with the current answer rate, until it ends;
+    ``on_edge(name)`` is called once ``offset`` seconds have passed for each of ``edges``
+    (sorted ``(offset, name)`` pairs)."""
+    due = list(edges)
     from tqdm import tqdm
 
     bar = tqdm(
@@ -523,9 +537,13 @@ def _watch(
         last_n, last_t = 0, t0
         while True:
             elapsed = time.perf_counter() - t0
+            while due and elapsed >= due[0][0] and on_edge is not None:
+                on_edge(due.pop(0)[1])
+                elapsed = time.perf_counter() - t0
             if elapsed >= total or not any(p.is_alive() for p in procs):
                 break
-            time.sleep(min(0.25, total - elapsed))
+            next_edge = due[0][0] if due else total
+            time.sleep(max(0.0, min(0.25, total - elapsed, next_edge - elapsed)))
             n, t = sum(counters), time.perf_counter()
             if not bar.disable:
                 bar.set_postfix_str(f"{(n - last_n) / max(t - last_t, 1e-9):,.0f} answers/s")

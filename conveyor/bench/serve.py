@@ -2,7 +2,7 @@
 
 Closed-loop concurrencies first, then open-loop rates, each point measured by
 :func:`conveyor.bench.loadgen.run_load` on the same pre-built requests; with a metrics URL,
-the server's own queue and compute times and batch sizes are read around each point.
+the server's own queue and compute times and batch sizes are read over each point's window.
 Results go to ``OUT/serve.json``, ``OUT/serve.csv`` and ``OUT/serve.png``.
 """
 
@@ -40,7 +40,8 @@ class ServeBenchConfig:
         data: a Parquet file or folder to take inputs from; None = random inputs. Rows that
             fail the model's input checks (a null category, a value its datatype cannot hold
             unchanged) are left out, counted and the first named by file and row.
-        metrics_url: the server's Prometheus page, read before and after each point.
+        metrics_url: the server's Prometheus page, read when each point's measured window
+            starts and when it ends.
         out: folder for serve.json, serve.csv and serve.png (default ``bench-results``).
         timeout: per-request deadline, seconds (default 10).
         connect_timeout: seconds each point waits for the server to accept its connections
@@ -108,28 +109,21 @@ def measure_point(
 ) -> dict[str, Any]:
     """One load point's summary, with the server's view of it when ``metrics_url`` is set.
 
-    A failed scrape leaves that point's server-side fields None (with a warning) rather than
-    ending the sweep: the client-side figures measured so far are still worth writing.
+    The server's page is read when the measured window starts and when it ends, so its
+    figures cover the same seconds as the client's. A failed scrape leaves that point's
+    server-side fields None (with a warning) rather than ending the sweep: the client-side
+    figures measured so far are still worth writing.
     """
-    before = _scrape(metrics_url, label)
-    result = loadgen.run_load(spec, progress=progress, label=label)
-    summary = result.summary()
-    after = _scrape(metrics_url, label)
-    if before is not None and after is not None:
-        summary.update(prom.server_side(before, after, model))
-    elif metrics_url is not None:
-        summary.update(dict.fromkeys(prom.SERVER_FIELDS))
-    return summary
+    if metrics_url is None:
+        return loadgen.run_load(spec, progress=progress, label=label).summary()
 
-
-def _scrape(url: str | None, label: str) -> prom.Samples | None:
-    if url is None:
-        return None
-    try:
-        return prom.scrape(url)
-    except prom.MetricsError as exc:
+    def warn(exc: prom.MetricsError) -> None:
         log.warning("point %s: no server-side figures: %s", label or "?", exc)
-        return None
+
+    scrapes = prom.WindowScrapes(metrics_url, spec.duration, on_error=warn)
+    summary = loadgen.run_load(spec, progress=progress, label=label, on_window=scrapes).summary()
+    summary.update(scrapes.server_side(model) or dict.fromkeys(prom.SERVER_FIELDS))
+    return summary
 
 
 def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -320,3 +320,42 @@ def test_server_down_mid_sweep_writes_the_points_measured(
     assert main(argv) == 1
     assert "--connect-timeout must be > 0 seconds, got 0.0" in capsys.readouterr().err
     assert ServeBenchConfig(target="x:1", model="m").connect_timeout == 10.0
+
+
+def test_server_side_figures_cover_the_measured_window_only(server: Server, tmp_path: Path) -> None:
+    # The page's request counter is the milliseconds since it started, so server_requests is
+    # the time between a point's two scrapes. They were taken before the client processes
+    # started and after they ended, adding start-up, the 2 s warm-up and the drain to the
+    # server's figures; now they are taken when the 0.3 s window starts and ends.
+    import time
+
+    t0 = time.perf_counter()
+
+    class Clock(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ms = 1e3 * (time.perf_counter() - t0)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(
+                b"# TYPE conveyor_requests counter\n"
+                b'conveyor_requests_total{model="double",version="1",code="OK"} %.3f\n' % ms
+            )
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Clock)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double",
+        "--concurrency", "1", "--duration", "0.3", "--warmup", "2", "--out", str(out),
+        "--metrics-url", f"127.0.0.1:{httpd.server_address[1]}", "--progress", "off",
+    ]  # fmt: skip
+    try:
+        assert main(argv) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    point = json.loads((out / "serve.json").read_text())["points"][0]
+    assert 0 < point["server_requests"] < 1500  # about 300 ms; the warm-up alone is 2000

@@ -211,3 +211,17 @@ def test_server_slower_than_the_window_is_reported_not_silent() -> None:
     assert "WARNING: no request sent in the measured window finished; 3 sent in warm-up" in (
         point_line(s)
     )
+
+
+def test_on_window_is_called_when_the_window_starts_and_ends(server: Server) -> None:
+    import time
+
+    calls: list[tuple[str, float]] = []
+    load = spec(server, good_payloads(server), concurrency=2)  # 0.2 s warm-up, 0.6 s window
+    result = run_load(
+        load, progress=False, on_window=lambda e: calls.append((e, time.perf_counter()))
+    )
+    assert [edge for edge, _ in calls] == ["start", "end"]
+    (_, start), (_, end) = calls
+    assert result.started + load.warmup <= start < end
+    assert end >= result.started + load.warmup + load.duration
