@@ -14,6 +14,7 @@ OIP server, or conveyor without drift tracking) gives None for those, never an e
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -87,8 +88,16 @@ def scrape(url: str, timeout: float = 5.0) -> Samples:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             text = response.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise MetricsError(f"cannot read metrics from {url}: {exc}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        # HTTPException: something other than HTTP/1 answered (a gRPC port, say); ValueError:
+        # a URL urllib cannot use.
+        what = str(exc) or type(exc).__name__
+        # Its text is the bytes that came back (HTTP/2 frames from a gRPC port).
+        if isinstance(exc, http.client.BadStatusLine) and not isinstance(
+            exc, http.client.RemoteDisconnected
+        ):
+            what = f"not an HTTP/1 answer ({type(exc).__name__}): is this the gRPC port?"
+        raise MetricsError(f"cannot read metrics from {url}: {what}") from None
     return parse(text)
 
 
