@@ -10,11 +10,32 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from conveyor.bench.stats import PERCENTILES, percentile_key
+from conveyor.errors import ConveyorError
+
+
+class OutputError(ConveyorError):
+    """The output folder cannot be written."""
+
+
+def check_out_folder(out: str | Path, flag: str = "--out") -> None:
+    """Raise :class:`OutputError` naming ``flag`` unless ``out`` is, or can be made, a
+    writable folder. Creates nothing: run before a benchmark, so it does not end in a
+    traceback after the measuring is done."""
+    path = Path(out)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, a file"
+        raise OutputError(f"{flag} {out}: {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {out}: cannot write in {existing}")
 
 
 def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -135,6 +135,7 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
     """
     if not cfg.concurrency and not cfg.rates:
         raise payloads.PayloadError("nothing to run: give --concurrency and/or --rate")
+    report.check_out_folder(cfg.out)
     info = payloads.model_info(cfg.target, cfg.model, cfg.version, cfg.token)
     skipped = payloads.SkippedRows()
     if cfg.data:

@@ -359,3 +359,25 @@ def test_server_side_figures_cover_the_measured_window_only(server: Server, tmp_
         httpd.server_close()
     point = json.loads((out / "serve.json").read_text())["points"][0]
     assert 0 < point["server_requests"] < 1500  # about 300 ms; the warm-up alone is 2000
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_out_that_is_a_file_is_refused_before_the_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], under: bool
+) -> None:
+    # The whole sweep ran, then FileExistsError / NotADirectoryError lost every point.
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    out = afile / "sub" if under else afile
+    # Port 1 on loopback: had the command contacted a server, the error would be another one.
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double", "--out", str(out)]
+    assert main(argv) == 1
+    where = f"is under {afile}, a file" if under else "is a file"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"conveyor: error: --out {out}: {where}, not a folder"
+    ]
+    assert afile.read_text() == "mine"
+    argv = ["bench", "train", "--benchmarks-dir", str(tmp_path), "--out", str(out)]
+    (tmp_path / "train_bench.py").write_text("raise SystemExit('must not run')\n")
+    assert main(argv) == 1
+    assert f"--out {out}: {where}, not a folder" in capsys.readouterr().err
