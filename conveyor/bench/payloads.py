@@ -110,9 +110,17 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
         for fragment in dataset.get_fragments():
             if limit is not None and taken >= limit:
                 break
-            # The dataset's schema, so that hive partition columns are filled in.
-            scanner = fragment.scanner(schema=dataset.schema, columns=names)
-            table = scanner.to_table() if limit is None else scanner.head(limit - taken)
+            try:
+                # The dataset's schema, so that hive partition columns are filled in.
+                scanner = fragment.scanner(schema=dataset.schema, columns=names)
+                table = scanner.to_table() if limit is None else scanner.head(limit - taken)
+            except (pa.ArrowException, NotImplementedError, TypeError) as exc:
+                # Not OSError/ValueError (below): a file whose column has another type than
+                # the first file's cannot be cast to it (ArrowNotImplementedError).
+                raise PayloadError(
+                    f"{fragment.path}: cannot read {_differing(fragment, dataset.schema, names)}"
+                    f": {exc}"
+                ) from None
             tables.append(table)
             files.append((fragment.path, table.num_rows))
             taken += table.num_rows
@@ -133,6 +141,24 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
             values = _stack_vectors(name, values, invalid)
         out[name] = values
     return DataRows(out, files, invalid)
+
+
+def _differing(fragment: Any, schema: Any, names: list[str]) -> str:
+    """The columns of ``names`` whose type in ``fragment``'s file differs from ``schema``
+    (the dataset's, taken from its first file), as text; "it" when none does."""
+    import pyarrow as pa
+
+    try:
+        physical = fragment.physical_schema
+    except (pa.ArrowException, OSError):  # the read error itself is what gets reported
+        return "it"
+    found = [
+        f"column {name!r} as {schema.field(name).type} (the first file's type; this file "
+        f"holds {physical.field(name).type})"
+        for name in names
+        if name in physical.names and physical.field(name).type != schema.field(name).type
+    ]
+    return ", ".join(found) or "it"
 
 
 def _stack_vectors(name: str, values: Any, invalid: dict[int, str]) -> np.ndarray:

@@ -96,3 +96,19 @@ def test_a_null_or_short_vector_row_is_left_out_not_a_crash(tmp_path: Path) -> N
     assert skipped.first == f"{path}, row 1: column 'v': null"
     with pytest.raises(PayloadError, match=r"vectors.parquet, row 1: column 'v': null"):
         build_payloads(info, data.columns, 1, where=data.where, invalid=data.invalid)
+
+
+def test_a_file_whose_column_has_another_type_is_named(tmp_path: Path) -> None:
+    # The second file holds the vectors as strings: pyarrow's ArrowNotImplementedError (a
+    # cast from string to list) went up as a traceback naming no file.
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    vectors = pa.array([[1.0, 2.0]] * 3, pa.list_(pa.float32()))
+    pq.write_table(pa.table({"v": vectors}), folder / "a.parquet")
+    pq.write_table(pa.table({"v": ["1,2", "3,4"]}), folder / "b.parquet")
+    with pytest.raises(PayloadError) as raised:
+        read_columns(folder, ["v"])
+    assert str(raised.value).startswith(
+        f"{folder / 'b.parquet'}: cannot read column 'v' as list<element: float> (the first "
+        "file's type; this file holds string): "
+    )
