@@ -238,6 +238,21 @@ def build_payloads(
         skipped.count += 1
         skipped.first = skipped.first or f"{name_row(row)}: {why}"
 
+    def attempt() -> bytes | None:
+        """The pending rows as one serialised request; None when a row failed the checks
+        (it is then left out of ``pending``)."""
+        part = {name: _take(values, pending) for name, values in columns.items()}
+        try:
+            request = make_request(info, part, version=version, request_id="")
+        except CastError as exc:
+            if exc.row is None or not 0 <= exc.row < len(pending):  # not one row's value
+                raise PayloadError(f"request {len(payloads)}: {exc}") from None
+            leave_out(pending.pop(exc.row), exc.unplaced)
+            return None
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"request {len(payloads)}: {exc}") from None
+        return request.SerializeToString()
+
     while len(payloads) < limit:
         while len(pending) < rows and cursor < available:
             if cursor in invalid:
@@ -247,20 +262,17 @@ def build_payloads(
             cursor += 1
         if len(pending) < rows:
             break
-        part = {name: _take(values, pending) for name, values in columns.items()}
-        try:
-            request = make_request(info, part, version=version, request_id="")
-        except CastError as exc:
-            if exc.row is None or not 0 <= exc.row < len(pending):  # not one row's value
-                raise PayloadError(f"request {len(payloads)}: {exc}") from None
-            leave_out(pending.pop(exc.row), exc.unplaced)
+        body = attempt()
+        if body is None:
             continue
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"request {len(payloads)}: {exc}") from None
-        payloads.append(request.SerializeToString())
+        payloads.append(body)
         pending = []
     if not payloads:
-        valid = f"{available - skipped.count} valid" if skipped and skipped.count else available
+        # The rows short of a request were not all tried: try them, so the count is true.
+        while pending and attempt() is None:
+            pass
+        left = skipped.count if skipped else 0
+        valid = f"{available - left} valid row(s) of {available}" if left else f"{available} rows"
         first = f"; the first left out: {skipped.first}" if skipped and skipped.count else ""
-        raise PayloadError(f"the data has {valid} rows, fewer than {rows} rows per request{first}")
+        raise PayloadError(f"the data has {valid}, fewer than {rows} rows per request{first}")
     return tuple(payloads)
