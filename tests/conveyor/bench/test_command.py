@@ -381,3 +381,14 @@ def test_out_that_is_a_file_is_refused_before_the_sweep(
     (tmp_path / "train_bench.py").write_text("raise SystemExit('must not run')\n")
     assert main(argv) == 1
     assert f"--out {out}: {where}, not a folder" in capsys.readouterr().err
+
+
+def test_ingest_bench_refuses_rows_below_one(tmp_path: Path) -> None:
+    # --rows 0 exited 0 with ratios of empty timings. The script's check runs before any
+    # data is made; the runner reports the script's failure in one line.
+    script = benchmarks_dir() / SCRIPTS["ingest"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--rows", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["ingest_bench.py: --rows must be >= 1, got 0"]
