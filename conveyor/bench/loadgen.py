@@ -309,8 +309,8 @@ async def _client(
         progress[index] = done
         if not start <= t_sent < stop:
             # Only warm-up requests get here (nothing is sent after the window), so the
-            # measured requests' path is unchanged.
-            if now() >= stop:
+            # measured requests' path is unchanged. An arrival never sent is not counted.
+            if now() >= stop and not isinstance(exc, _Backlog):
                 warmup_past_window += 1
             return
         if exc is None:
@@ -522,7 +522,7 @@ def _watch(
     """A progress bar over the run's seconds with the current answer rate, until it ends;
     ``on_edge(name)`` is called once ``offset`` seconds have passed for each of ``edges``
     (sorted ``(offset, name)`` pairs)."""
-    due = list(edges)
+    due = list(edges) if on_edge is not None else []
     from tqdm import tqdm
 
     bar = tqdm(
@@ -537,7 +537,7 @@ def _watch(
         last_n, last_t = 0, t0
         while True:
             elapsed = time.perf_counter() - t0
-            while due and elapsed >= due[0][0] and on_edge is not None:
+            while due and on_edge is not None and elapsed >= due[0][0]:
                 on_edge(due.pop(0)[1])
                 elapsed = time.perf_counter() - t0
             if elapsed >= total or not any(p.is_alive() for p in procs):
