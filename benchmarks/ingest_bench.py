@@ -37,6 +37,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="(a)/conveyor pairs (default 5)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
+    # Zero rows would time nothing and print ratios of empty timings; one column is the
+    # label alone.
+    for flag, value, least in (
+        ("--rows", args.rows, 1),
+        ("--cols", args.cols, 2),
+        ("--batch", args.batch, 1),
+        ("--repeat", args.repeat, 1),
+    ):
+        if value < least:
+            raise SystemExit(f"ingest_bench.py: {flag} must be >= {least}, got {value}")
     rng = np.random.default_rng(0)
     names = [f"c{i}" for i in range(args.cols)]
     table = pa.table({n: rng.standard_normal(args.rows, dtype=np.float32) for n in names})

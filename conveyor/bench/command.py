@@ -55,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_url=args.metrics_url,
         out=args.out,
         timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
         token=args.token,
         seed=args.seed,
         progress={"auto": None, "on": True, "off": False}[args.progress],
@@ -137,6 +138,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
     p.add_argument(
         "--timeout", type=float, default=10.0, help="per-request deadline, s (default 10)"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds each point waits for the server to accept a connection (default 10); "
+        "a server that went down ends the sweep after this long, the points before written",
     )
     p.add_argument("--token", default=None, help="bearer token, for servers that require one")
     p.add_argument("--seed", type=int, default=0, help="random inputs and arrivals (default 0)")

@@ -22,7 +22,10 @@ Two disciplines:
 
 Only requests scheduled (open) or sent (closed) inside the measurement window, after
 ``warmup`` seconds and for ``duration`` seconds, are counted; errors are counted by gRPC
-status code name.
+status code name. Requests sent during warm-up that finish only after the window has ended
+are in no figure; they are counted as ``warmup_requests_past_window``, so that a server
+slower than warm-up plus duration (no request sent in the window finished) is not read as
+an idle one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from conveyor.errors import ConveyorError
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 BACKLOG = "CLIENT_BACKLOG"
+# Open loop behind its schedule: the longest it runs arrivals without yielding to the event
+# loop, seconds. Bounds how late answers, sends and the CPU window's readings can be.
+BEHIND_YIELD_S = 0.001
 
 
 class LoadError(ConveyorError):
@@ -67,6 +73,7 @@ def check_settings(
     procs: int,
     timeout: float,
     connections: int = 1,
+    connect_timeout: float = 30.0,
     prefix: str = "--",
 ) -> None:
     """Raise :class:`LoadSpecError` naming the first out-of-range setting.
@@ -87,6 +94,9 @@ def check_settings(
         raise LoadSpecError(f"{prefix}connections must be >= 1, got {connections}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise LoadSpecError(f"{prefix}timeout must be > 0 seconds, got {timeout}")
+    if not (math.isfinite(connect_timeout) and connect_timeout > 0):
+        name = "connect-timeout" if prefix else "connect_timeout"
+        raise LoadSpecError(f"{prefix}{name} must be > 0 seconds, got {connect_timeout}")
 
 
 @dataclass(frozen=True)
@@ -144,10 +154,9 @@ class LoadSpec:
             raise LoadSpecError("no request payloads")
         check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
-            timeout=self.timeout, connections=self.connections, prefix="",
+            timeout=self.timeout, connections=self.connections,
+            connect_timeout=self.connect_timeout, prefix="",
         )  # fmt: skip
-        if not (math.isfinite(self.connect_timeout) and self.connect_timeout > 0):
-            raise LoadSpecError(f"connect_timeout must be > 0 s, got {self.connect_timeout}")
 
     @property
     def mode(self) -> str:
@@ -178,6 +187,8 @@ class LoadResult:
     # measures from started + warmup for duration seconds, so a caller can read the
     # server's own counters over the same window.
     started: float = 0.0
+    # Requests sent during warm-up that finished only after the window ended (in no figure).
+    warmup_past_window: int = 0
 
     @property
     def ok(self) -> int:
@@ -197,9 +208,12 @@ class LoadResult:
             "requests": self.ok,
             "requests_s": self.ok / d,
             "rows_s": self.ok * s.rows / d,
-            # Open loop: what was offered; a shortfall against target_rate means the client
-            # could not keep the schedule (the latencies still count the delay).
+            # Requests due in the window per second: open loop, the Poisson schedule (about
+            # target_rate); closed loop, the requests sent.
             "offered_s": self.scheduled / d,
+            # Of those, the requests that left the client: below offered_s, the client could
+            # not keep up (the rest are CLIENT_BACKLOG errors).
+            "sent_s": (self.scheduled - self.errors.get(BACKLOG, 0)) / d,
             **latency_summary(self.latencies_ms),
             "errors": sum(self.errors.values()),
             "error_codes": dict(sorted(self.errors.items())),
@@ -208,6 +222,9 @@ class LoadResult:
             # the client, not the server, may be the limit.
             "client_cpu_cores": self.client_cpu_s / d,
             "client_cpu_us_per_request": 1e6 * self.client_cpu_s / max(self.ok, 1),
+            # Non-zero with no request and no error: the server answers more slowly than
+            # warm-up + duration, and this point measured nothing.
+            "warmup_requests_past_window": self.warmup_past_window,
             **self.extra,
         }
 
@@ -276,6 +293,7 @@ async def _client(
     errors: dict[str, int] = {}
     done = 0
     scheduled = 0
+    warmup_past_window = 0
     cpu: dict[str, float] = {}
     lag = array("d")  # open loop: how late each measured request left against its schedule
 
@@ -286,10 +304,14 @@ async def _client(
         cpu["stop"] = time.process_time()
 
     def record(t_sent: float, exc: BaseException | None) -> None:
-        nonlocal done
+        nonlocal done, warmup_past_window
         done += 1
         progress[index] = done
         if not start <= t_sent < stop:
+            # Only warm-up requests get here (nothing is sent after the window), so the
+            # measured requests' path is unchanged. An arrival never sent is not counted.
+            if now() >= stop and not isinstance(exc, _Backlog):
+                warmup_past_window += 1
             return
         if exc is None:
             latencies.append((now() - t_sent) * 1e3)
@@ -323,12 +345,18 @@ async def _client(
         rng = np.random.default_rng(spec.seed * 1000 + index)
         gaps = iter(())
         pending: set[asyncio.Task[None]] = set()
-        t_next = now()
+        t_next = yielded = now()
         i = 0
         while t_next < stop:
-            delay = t_next - now()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            t = now()
+            if t_next > t:
+                await asyncio.sleep(t_next - t)
+                yielded = t_next
+            elif t - yielded > BEHIND_YIELD_S:
+                # Behind schedule, arrivals are due at once; still let answers, sends and the
+                # CPU meter run, or the window's CPU is read late and nothing is sent.
+                await asyncio.sleep(0)
+                yielded = t
             if t_next >= start:
                 scheduled += 1
                 if t_next < stop:
@@ -367,6 +395,7 @@ async def _client(
         "latencies": latencies.tobytes(),
         "errors": errors,
         "scheduled": scheduled,
+        "warmup_past_window": warmup_past_window,
         "cpu_s": cpu.get("stop", time.process_time()) - cpu.get("start", 0.0),
         "wall_s": now() - t_begin,
         "lag": lag.tobytes(),
@@ -395,10 +424,19 @@ def _process(
 # -- the parent -------------------------------------------------------------------------------
 
 
-def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -> LoadResult:
+def run_load(
+    spec: LoadSpec,
+    *,
+    progress: bool | None = None,
+    label: str = "",
+    on_window: Callable[[str], None] | None = None,
+) -> LoadResult:
     """Run one load point in ``spec.procs`` client processes and gather what they measured.
 
     ``progress``: show a progress bar (None: only when stderr is a terminal).
+    ``on_window``: called in this (the parent) process with ``"start"`` when the measured
+    window starts and ``"end"`` when it ends, e.g. to read the server's own counters over
+    exactly that window; keep it short (the ``"end"`` call waits for the ``"start"`` one).
     """
     ctx = multiprocessing.get_context("spawn")  # no inherited event loops or gRPC state
     shares = spec.shares()
@@ -422,7 +460,8 @@ def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -
         t0 = time.perf_counter()
         go.set()
         total = spec.warmup + spec.duration
-        _watch(procs, counters, total, t0, progress, label)
+        edges = [] if on_window is None else [(spec.warmup, "start"), (total, "end")]
+        _watch(procs, counters, total, t0, progress, label, edges, on_window)
         deadline = t0 + total + spec.timeout + 60
         while len(results) < len(procs):
             try:
@@ -472,13 +511,18 @@ def run_load(spec: LoadSpec, *, progress: bool | None = None, label: str = "") -
         client_cpu_s=sum(part["cpu_s"] for part in results.values()),
         wall_s=wall,
         started=t0,
+        warmup_past_window=sum(part["warmup_past_window"] for part in results.values()),
     )
 
 
 def _watch(
-    procs: Sequence[Any], counters: Any, total: float, t0: float, progress: bool | None, label: str
-) -> None:
-    """A progress bar over the run's seconds with the current answer rate, until it ends."""
+    procs: Sequence[Any], counters: Any, total: float, t0: float, progress: bool | None, label: str,
+    edges: Sequence[tuple[float, str]] = (), on_edge: Callable[[str], None] | None = None,
+) -> None:  # fmt: skip
+    """A progress bar over the run's seconds with the current answer rate, until it ends;
+    ``on_edge(name)`` is called once ``offset`` seconds have passed for each of ``edges``
+    (sorted ``(offset, name)`` pairs)."""
+    due = list(edges) if on_edge is not None else []
     from tqdm import tqdm
 
     bar = tqdm(
@@ -493,9 +537,13 @@ def _watch(
         last_n, last_t = 0, t0
         while True:
             elapsed = time.perf_counter() - t0
+            while due and on_edge is not None and elapsed >= due[0][0]:
+                on_edge(due.pop(0)[1])
+                elapsed = time.perf_counter() - t0
             if elapsed >= total or not any(p.is_alive() for p in procs):
                 break
-            time.sleep(min(0.25, total - elapsed))
+            next_edge = due[0][0] if due else total
+            time.sleep(max(0.0, min(0.25, total - elapsed, next_edge - elapsed)))
             n, t = sum(counters), time.perf_counter()
             if not bar.disable:
                 bar.set_postfix_str(f"{(n - last_n) / max(t - last_t, 1e-9):,.0f} answers/s")

@@ -110,9 +110,17 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
         for fragment in dataset.get_fragments():
             if limit is not None and taken >= limit:
                 break
-            # The dataset's schema, so that hive partition columns are filled in.
-            scanner = fragment.scanner(schema=dataset.schema, columns=names)
-            table = scanner.to_table() if limit is None else scanner.head(limit - taken)
+            try:
+                # The dataset's schema, so that hive partition columns are filled in.
+                scanner = fragment.scanner(schema=dataset.schema, columns=names)
+                table = scanner.to_table() if limit is None else scanner.head(limit - taken)
+            except (pa.ArrowException, NotImplementedError, TypeError) as exc:
+                # Not OSError/ValueError (below): a file whose column has another type than
+                # the first file's cannot be cast to it (ArrowNotImplementedError).
+                raise PayloadError(
+                    f"{fragment.path}: cannot read {_differing(fragment, dataset.schema, names)}"
+                    f": {exc}"
+                ) from None
             tables.append(table)
             files.append((fragment.path, table.num_rows))
             taken += table.num_rows
@@ -133,6 +141,24 @@ def read_columns(path: str | Path, names: list[str], limit: int | None = None) -
             values = _stack_vectors(name, values, invalid)
         out[name] = values
     return DataRows(out, files, invalid)
+
+
+def _differing(fragment: Any, schema: Any, names: list[str]) -> str:
+    """The columns of ``names`` whose type in ``fragment``'s file differs from ``schema``
+    (the dataset's, taken from its first file), as text; "it" when none does."""
+    import pyarrow as pa
+
+    try:
+        physical = fragment.physical_schema
+    except (pa.ArrowException, OSError):  # the read error itself is what gets reported
+        return "it"
+    found = [
+        f"column {name!r} as {schema.field(name).type} (the first file's type; this file "
+        f"holds {physical.field(name).type})"
+        for name in names
+        if name in physical.names and physical.field(name).type != schema.field(name).type
+    ]
+    return ", ".join(found) or "it"
 
 
 def _stack_vectors(name: str, values: Any, invalid: dict[int, str]) -> np.ndarray:
@@ -212,6 +238,21 @@ def build_payloads(
         skipped.count += 1
         skipped.first = skipped.first or f"{name_row(row)}: {why}"
 
+    def attempt() -> bytes | None:
+        """The pending rows as one serialised request; None when a row failed the checks
+        (it is then left out of ``pending``)."""
+        part = {name: _take(values, pending) for name, values in columns.items()}
+        try:
+            request = make_request(info, part, version=version, request_id="")
+        except CastError as exc:
+            if exc.row is None or not 0 <= exc.row < len(pending):  # not one row's value
+                raise PayloadError(f"request {len(payloads)}: {exc}") from None
+            leave_out(pending.pop(exc.row), exc.unplaced)
+            return None
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"request {len(payloads)}: {exc}") from None
+        return request.SerializeToString()
+
     while len(payloads) < limit:
         while len(pending) < rows and cursor < available:
             if cursor in invalid:
@@ -221,20 +262,17 @@ def build_payloads(
             cursor += 1
         if len(pending) < rows:
             break
-        part = {name: _take(values, pending) for name, values in columns.items()}
-        try:
-            request = make_request(info, part, version=version, request_id="")
-        except CastError as exc:
-            if exc.row is None or not 0 <= exc.row < len(pending):  # not one row's value
-                raise PayloadError(f"request {len(payloads)}: {exc}") from None
-            leave_out(pending.pop(exc.row), exc.unplaced)
+        body = attempt()
+        if body is None:
             continue
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"request {len(payloads)}: {exc}") from None
-        payloads.append(request.SerializeToString())
+        payloads.append(body)
         pending = []
     if not payloads:
-        valid = f"{available - skipped.count} valid" if skipped and skipped.count else available
+        # The rows short of a request were not all tried: try them, so the count is true.
+        while pending and attempt() is None:
+            pass
+        left = skipped.count if skipped else 0
+        valid = f"{available - left} valid row(s) of {available}" if left else f"{available} rows"
         first = f"; the first left out: {skipped.first}" if skipped and skipped.count else ""
-        raise PayloadError(f"the data has {valid} rows, fewer than {rows} rows per request{first}")
+        raise PayloadError(f"the data has {valid}, fewer than {rows} rows per request{first}")
     return tuple(payloads)

@@ -1,8 +1,9 @@
 """The server's side of a load point, read from its Prometheus ``/metrics`` endpoint.
 
-Scraped before and after a point; the difference of the histograms' ``_sum`` and ``_count``
-gives the mean time requests spent queued and computing and the mean executed batch size
-over exactly that point, whatever ran before. Metric names are conveyor's (see
+Scraped when a point's measured window starts and when it ends (:class:`WindowScrapes`);
+the difference of the histograms' ``_sum`` and ``_count`` gives the mean time requests spent
+queued and computing and the mean executed batch size over exactly that window, whatever ran
+before. Metric names are conveyor's (see
 ``engine/README.md``): ``conveyor_request_duration_seconds``,
 ``conveyor_queue_duration_seconds``, ``conveyor_compute_duration_seconds``,
 ``conveyor_batch_size``, ``conveyor_requests_total{code}``, and for drift
@@ -13,9 +14,10 @@ OIP server, or conveyor without drift tracking) gives None for those, never an e
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError
@@ -86,8 +88,16 @@ def scrape(url: str, timeout: float = 5.0) -> Samples:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             text = response.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise MetricsError(f"cannot read metrics from {url}: {exc}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        # HTTPException: something other than HTTP/1 answered (a gRPC port, say); ValueError:
+        # a URL urllib cannot use.
+        what = str(exc) or type(exc).__name__
+        # Its text is the bytes that came back (HTTP/2 frames from a gRPC port).
+        if isinstance(exc, http.client.BadStatusLine) and not isinstance(
+            exc, http.client.RemoteDisconnected
+        ):
+            what = f"not an HTTP/1 answer ({type(exc).__name__}): is this the gRPC port?"
+        raise MetricsError(f"cannot read metrics from {url}: {what}") from None
     return parse(text)
 
 
@@ -117,6 +127,45 @@ def server_side(before: Samples, after: Samples, model: str) -> dict[str, float 
     out["server_batch_size"] = mean("conveyor_batch_size", 1.0)
     out["server_requests"] = delta("conveyor_requests_total")
     return out
+
+
+class WindowScrapes:
+    """Scrapes of ``url`` at the start and the end of a load point's measured window.
+
+    Give it to :func:`conveyor.bench.loadgen.run_load` as ``on_window``; then
+    :meth:`server_side` is :func:`server_side` over exactly the window (not the warm-up, the
+    client processes' start-up or the drain after it). Each scrape waits at most
+    ``timeout`` seconds (default: a quarter of ``duration``, within 0.5-5 s), so a slow page
+    moves the end scrape by little. A failed scrape is passed to ``on_error`` (an exception
+    of this module) and leaves :meth:`server_side` None.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        duration: float,
+        on_error: Callable[[MetricsError], None] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout if timeout is not None else min(5.0, max(0.5, duration / 4))
+        self.on_error = on_error
+        self.samples: dict[str, Samples | None] = {}
+
+    def __call__(self, edge: str) -> None:
+        try:
+            self.samples[edge] = scrape(self.url, timeout=self.timeout)
+        except MetricsError as exc:
+            self.samples[edge] = None
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def server_side(self, model: str) -> dict[str, float | None] | None:
+        """:func:`server_side` between the two scrapes; None unless both were read."""
+        start, end = self.samples.get("start"), self.samples.get("end")
+        if start is None or end is None:
+            return None
+        return server_side(start, end, model)
 
 
 # The fields :func:`server_side` fills, for a point whose scrapes failed (all None).

@@ -10,11 +10,32 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from conveyor.bench.stats import PERCENTILES, percentile_key
+from conveyor.errors import ConveyorError
+
+
+class OutputError(ConveyorError):
+    """The output folder cannot be written."""
+
+
+def check_out_folder(out: str | Path, flag: str = "--out") -> None:
+    """Raise :class:`OutputError` naming ``flag`` unless ``out`` is, or can be made, a
+    writable folder. Creates nothing: run before a benchmark, so it does not end in a
+    traceback after the measuring is done."""
+    path = Path(out)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, a file"
+        raise OutputError(f"{flag} {out}: {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {out}: cannot write in {existing}")
 
 
 def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -121,11 +142,26 @@ def point_line(p: Mapping[str, Any]) -> str:
             f"  server: queue {_ms(p.get('server_queue_ms'))} compute "
             f"{_ms(p.get('server_compute_ms'))} batch {_num(p.get('server_batch_size'))}"
         )
+    shortfall = ""
+    if p["mode"] == "open" and p.get("sent_s", p["offered_s"]) < p["offered_s"]:
+        shortfall = (
+            f"  client sent {p['sent_s']:,.0f} of {p['offered_s']:,.0f} offered/s "
+            "(the client is the limit)"
+        )
+    warning = ""
+    if p["requests"] == 0 and errors == 0:
+        late = p.get("warmup_requests_past_window") or 0
+        warning = "  WARNING: no request sent in the measured window finished" + (
+            f"; {late} sent in warm-up were still in flight when it ended (the server is "
+            "slower than warm-up + duration)"
+            if late
+            else ""
+        )
     return (
         f"{load:<14} {p['requests_s']:>9,.0f} req/s {p['rows_s']:>10,.0f} rows/s  "
         f"p50 {p['p50_ms']:.2f}  p90 {p['p90_ms']:.2f}  p99 {p['p99_ms']:.2f}  "
         f"p99.9 {p['p999_ms']:.2f} ms  errors {errors}{f' ({codes})' if errors else ''}  "
-        f"client CPU {p['client_cpu_cores']:.2f} cores{server}"
+        f"client CPU {p['client_cpu_cores']:.2f} cores{shortfall}{server}{warning}"
     )
 
 

@@ -78,6 +78,7 @@ def run_script(name: str, out: str | Path, extra: list[str], where: str | None =
     from conveyor.bench.serve import machine
 
     script = script_path(name, where)
+    report.check_out_folder(out)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     raw = folder / f"{name}.raw.json"

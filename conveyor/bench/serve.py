@@ -2,7 +2,7 @@
 
 Closed-loop concurrencies first, then open-loop rates, each point measured by
 :func:`conveyor.bench.loadgen.run_load` on the same pre-built requests; with a metrics URL,
-the server's own queue and compute times and batch sizes are read around each point.
+the server's own queue and compute times and batch sizes are read over each point's window.
 Results go to ``OUT/serve.json``, ``OUT/serve.csv`` and ``OUT/serve.png``.
 """
 
@@ -40,9 +40,13 @@ class ServeBenchConfig:
         data: a Parquet file or folder to take inputs from; None = random inputs. Rows that
             fail the model's input checks (a null category, a value its datatype cannot hold
             unchanged) are left out, counted and the first named by file and row.
-        metrics_url: the server's Prometheus page, read before and after each point.
+        metrics_url: the server's Prometheus page, read when each point's measured window
+            starts and when it ends.
         out: folder for serve.json, serve.csv and serve.png (default ``bench-results``).
         timeout: per-request deadline, seconds (default 10).
+        connect_timeout: seconds each point waits for the server to accept its connections
+            (default 10): a server that went down ends the sweep after this long, and the
+            points measured so far are still written.
         token: bearer token for servers that require one.
         seed: random inputs and arrival times (default 0).
     """
@@ -61,6 +65,7 @@ class ServeBenchConfig:
     metrics_url: str | None = None
     out: str = "bench-results"
     timeout: float = 10.0
+    connect_timeout: float = 10.0
     token: str | None = None
     seed: int = 0
     progress: bool | None = None
@@ -84,6 +89,7 @@ class ServeBenchConfig:
         loadgen.check_settings(
             rows=self.rows, duration=self.duration, warmup=self.warmup, procs=self.procs,
             timeout=self.timeout, connections=self.connections,
+            connect_timeout=self.connect_timeout,
         )  # fmt: skip
 
 
@@ -103,34 +109,33 @@ def measure_point(
 ) -> dict[str, Any]:
     """One load point's summary, with the server's view of it when ``metrics_url`` is set.
 
-    A failed scrape leaves that point's server-side fields None (with a warning) rather than
-    ending the sweep: the client-side figures measured so far are still worth writing.
+    The server's page is read when the measured window starts and when it ends, so its
+    figures cover the same seconds as the client's. A failed scrape leaves that point's
+    server-side fields None (with a warning) rather than ending the sweep: the client-side
+    figures measured so far are still worth writing.
     """
-    before = _scrape(metrics_url, label)
-    result = loadgen.run_load(spec, progress=progress, label=label)
-    summary = result.summary()
-    after = _scrape(metrics_url, label)
-    if before is not None and after is not None:
-        summary.update(prom.server_side(before, after, model))
-    elif metrics_url is not None:
-        summary.update(dict.fromkeys(prom.SERVER_FIELDS))
+    if metrics_url is None:
+        return loadgen.run_load(spec, progress=progress, label=label).summary()
+
+    def warn(exc: prom.MetricsError) -> None:
+        log.warning("point %s: no server-side figures: %s", label or "?", exc)
+
+    scrapes = prom.WindowScrapes(metrics_url, spec.duration, on_error=warn)
+    summary = loadgen.run_load(spec, progress=progress, label=label, on_window=scrapes).summary()
+    summary.update(scrapes.server_side(model) or dict.fromkeys(prom.SERVER_FIELDS))
     return summary
 
 
-def _scrape(url: str | None, label: str) -> prom.Samples | None:
-    if url is None:
-        return None
-    try:
-        return prom.scrape(url)
-    except prom.MetricsError as exc:
-        log.warning("point %s: no server-side figures: %s", label or "?", exc)
-        return None
-
-
 def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every point, print a line for each, write the files; returns the JSON document."""
+    """Run every point, print a line for each, write the files; returns the JSON document.
+
+    A point that cannot run (the server went down: :class:`~conveyor.bench.loadgen.LoadError`)
+    ends the sweep: the points measured before it are written, the document saying where the
+    sweep stopped (``stopped_early``), and the error is raised again.
+    """
     if not cfg.concurrency and not cfg.rates:
         raise payloads.PayloadError("nothing to run: give --concurrency and/or --rate")
+    report.check_out_folder(cfg.out)
     info = payloads.model_info(cfg.target, cfg.model, cfg.version, cfg.token)
     skipped = payloads.SkippedRows()
     if cfg.data:
@@ -163,6 +168,15 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
     points: list[dict[str, Any]] = []
     loads: list[dict[str, Any]] = [{"concurrency": c} for c in cfg.concurrency]
     loads += [{"rate": r} for r in cfg.rates]
+    document = {
+        "benchmark": "serve",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("token", "progress")},
+        "data_rows_left_out": skipped.count,
+        "model": {"name": info.name, "platform": info.platform, "versions": list(info.versions)},
+        "points": points,
+    }
     for load in loads:
         spec = loadgen.LoadSpec(
             target=cfg.target,
@@ -173,26 +187,34 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
             procs=cfg.procs,
             connections=cfg.connections,
             timeout=cfg.timeout,
+            connect_timeout=cfg.connect_timeout,
             token=cfg.token,
             seed=cfg.seed,
             **load,
         )
         label = f"c={load['concurrency']}" if "concurrency" in load else f"{load['rate']:g}/s"
-        point = measure_point(
-            spec, model=cfg.model, metrics_url=metrics_url, progress=cfg.progress, label=label
-        )
+        try:
+            point = measure_point(
+                spec, model=cfg.model, metrics_url=metrics_url, progress=cfg.progress, label=label
+            )
+        except loadgen.LoadError as exc:
+            if not points:
+                raise
+            document["stopped_early"] = f"point {label}: {exc}"
+            _write(cfg, document, echo)
+            raise loadgen.LoadError(
+                f"point {label}: {exc} (the {len(points)} point(s) before it are written "
+                f"to {cfg.out})"
+            ) from None
         points.append(point)
         echo(report.point_line(point))
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("token", "progress")}
-    document = {
-        "benchmark": "serve",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": settings,
-        "data_rows_left_out": skipped.count,
-        "model": {"name": info.name, "platform": info.platform, "versions": list(info.versions)},
-        "points": points,
-    }
+    _write(cfg, document, echo)
+    return document
+
+
+def _write(cfg: ServeBenchConfig, document: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """``serve.json``, ``serve.csv`` and ``serve.png`` of ``document`` in ``cfg.out``."""
+    points = document["points"]
     out = Path(cfg.out)
     files = [
         report.write_json(out / "serve.json", document),
@@ -204,4 +226,3 @@ def run(cfg: ServeBenchConfig, echo: Callable[[str], None] = print) -> dict[str,
         ),
     ]
     echo("wrote " + ", ".join(str(f) for f in files))
-    return document

@@ -180,13 +180,15 @@ def run_phase(
         procs=1,
         seed=cfg.seed,
     )
-    before = _scrape(metrics_url)
+    # The server's figures over the phase's measured window, as the client's are.
+    scrapes = prom.WindowScrapes(metrics_url, spec.duration) if metrics_url else None
     with _AlertWatch(metrics_url, cfg.model) as watch:
-        summary = loadgen.run_load(spec, label=name).summary()
+        summary = loadgen.run_load(spec, label=name, on_window=scrapes).summary()
     after = _scrape(metrics_url)
     result = PhaseResult(name, summary, alert_after_s=watch.first_on)
-    if before is not None and after is not None:
-        summary.update(prom.server_side(before, after, cfg.model))
+    server = scrapes.server_side(cfg.model) if scrapes is not None else None
+    if server is not None:
+        summary.update(server)
     if after is not None:
         result.drift = prom.drift(after, cfg.model)
     return result

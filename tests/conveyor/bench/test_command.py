@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conveyor.bench.command import EXAMPLES
-from conveyor.bench.loadgen import LoadSpecError
+from conveyor.bench.loadgen import LoadError, LoadSpecError
 from conveyor.bench.scripts import SCRIPTS, benchmarks_dir
-from conveyor.bench.serve import ServeBenchConfig
+from conveyor.bench.serve import ServeBenchConfig, run
 from conveyor.cli import main
 from conveyor.engine.server import Server
+from tests.conveyor.bench.conftest import write_double
 
 PAGE = b"""\
 # TYPE conveyor_batch_size histogram
@@ -282,3 +283,112 @@ def test_script_help_is_shown_and_nothing_run(
     printed = capfd.readouterr()
     assert "usage: ingest_bench.py" in printed.out and "--rows ROWS" in printed.out
     assert printed.err == "" and not out.exists()
+
+
+def test_server_down_mid_sweep_writes_the_points_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server stops after the first point: the second cannot connect. That waited a fixed
+    # 30 s, then ended with a one-line error and no files, losing the first point.
+    srv = Server(write_double(tmp_path / "repo"), port=0, poll_interval=3600).start()
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("c=1 "):
+            srv.stop(0)  # after the first point's line, before the second point starts
+
+    out = tmp_path / "out"
+    cfg = ServeBenchConfig(
+        target=srv.address, model="double", concurrency=[1, 2], duration=0.3, warmup=0,
+        out=str(out), connect_timeout=0.5, progress=False,
+    )  # fmt: skip
+    try:
+        with pytest.raises(LoadError, match=r"point c=2: .*cannot connect .* within 0.5 s") as e:
+            run(cfg, echo=echo)
+    finally:
+        srv.stop(0)
+    assert "1 point(s) before it are written" in str(e.value)
+    document = json.loads((out / "serve.json").read_text())
+    assert [p["concurrency"] for p in document["points"]] == [1]
+    assert document["points"][0]["requests"] > 0
+    assert "cannot connect" in document["stopped_early"]
+    assert (out / "serve.csv").is_file() and (out / "serve.png").is_file()
+    # The flag reaches the configuration, with a stated default, and is checked.
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double",
+            "--out", str(tmp_path / "o"), "--connect-timeout", "0"]  # fmt: skip
+    assert main(argv) == 1
+    assert "--connect-timeout must be > 0 seconds, got 0.0" in capsys.readouterr().err
+    assert ServeBenchConfig(target="x:1", model="m").connect_timeout == 10.0
+
+
+def test_server_side_figures_cover_the_measured_window_only(server: Server, tmp_path: Path) -> None:
+    # The page's request counter is the milliseconds since it started, so server_requests is
+    # the time between a point's two scrapes. They were taken before the client processes
+    # started and after they ended, adding start-up, the 2 s warm-up and the drain to the
+    # server's figures; now they are taken when the 0.3 s window starts and ends.
+    import time
+
+    t0 = time.perf_counter()
+
+    class Clock(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ms = 1e3 * (time.perf_counter() - t0)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(
+                b"# TYPE conveyor_requests counter\n"
+                b'conveyor_requests_total{model="double",version="1",code="OK"} %.3f\n' % ms
+            )
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Clock)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    argv = [
+        "bench", "serve", "--target", server.address, "--model", "double",
+        "--concurrency", "1", "--duration", "0.3", "--warmup", "2", "--out", str(out),
+        "--metrics-url", f"127.0.0.1:{httpd.server_address[1]}", "--progress", "off",
+    ]  # fmt: skip
+    try:
+        assert main(argv) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    point = json.loads((out / "serve.json").read_text())["points"][0]
+    assert 0 < point["server_requests"] < 1500  # about 300 ms; the warm-up alone is 2000
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_out_that_is_a_file_is_refused_before_the_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], under: bool
+) -> None:
+    # The whole sweep ran, then FileExistsError / NotADirectoryError lost every point.
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    out = afile / "sub" if under else afile
+    # Port 1 on loopback: had the command contacted a server, the error would be another one.
+    argv = ["bench", "serve", "--target", "127.0.0.1:1", "--model", "double", "--out", str(out)]
+    assert main(argv) == 1
+    where = f"is under {afile}, a file" if under else "is a file"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"conveyor: error: --out {out}: {where}, not a folder"
+    ]
+    assert afile.read_text() == "mine"
+    argv = ["bench", "train", "--benchmarks-dir", str(tmp_path), "--out", str(out)]
+    (tmp_path / "train_bench.py").write_text("raise SystemExit('must not run')\n")
+    assert main(argv) == 1
+    assert f"--out {out}: {where}, not a folder" in capsys.readouterr().err
+
+
+def test_ingest_bench_refuses_rows_below_one(tmp_path: Path) -> None:
+    # --rows 0 exited 0 with ratios of empty timings. The script's check runs before any
+    # data is made; the runner reports the script's failure in one line.
+    script = benchmarks_dir() / SCRIPTS["ingest"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--rows", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["ingest_bench.py: --rows must be >= 1, got 0"]

@@ -7,6 +7,7 @@ import pytest
 
 from conveyor.bench import payloads
 from conveyor.bench.loadgen import LoadError, LoadSpec, LoadSpecError, run_load
+from conveyor.bench.report import point_line
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.server import Server
 from conveyor.errors import ConveyorError
@@ -154,3 +155,73 @@ def test_spec_checks() -> None:
         (3, 0.0),
         (2, 0.0),
     ]
+
+
+def test_saturated_open_loop_reads_its_cpu_over_the_real_window(server: Server) -> None:
+    # Far more arrivals than one client process can issue: the open loop is behind its
+    # schedule all the time. It never yielded then, so the CPU window was read after the
+    # schedule had run out (client_cpu_s near 0 for a process busy the whole window), and
+    # offered_s read the target however few requests left the client.
+    load = LoadSpec(
+        target=server.address, payloads=good_payloads(server), rows=2, rate=1e6, duration=1.0,
+        warmup=0.1, timeout=5, max_outstanding=50,
+    )  # fmt: skip
+    s = run_load(load, progress=False).summary()
+    backlog = s["error_codes"]["CLIENT_BACKLOG"]
+    assert backlog > 0 and s["sent_s"] == pytest.approx(s["offered_s"] - backlog / 1.0)
+    assert s["sent_s"] < 0.5 * s["offered_s"]  # the shortfall shows, in the point's line too
+    assert f"client sent {s['sent_s']:,.0f} of {s['offered_s']:,.0f} offered/s" in point_line(s)
+    # Busy for the whole second: at least a tenth of a core even on a loaded machine (the late
+    # reading gave a few milliseconds, the CPU of starting the 50 outstanding sends).
+    assert s["client_cpu_s"] > 0.1
+
+
+def test_server_slower_than_the_window_is_reported_not_silent() -> None:
+    # Every answer takes 1 s; warm-up + duration is 0.4 s: the requests sent during warm-up
+    # are still in flight when the window ends and none is sent inside it. That read as
+    # 0 requests, 0 errors and no latency, like a server nobody loaded.
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    from conveyor.bench.loadgen import INFER_METHOD
+
+    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(1.0)
+        return b""
+
+    service, method = INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(infer)}
+    )
+    slow = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler])
+    port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    try:
+        load = LoadSpec(
+            target=f"127.0.0.1:{port}", payloads=(b"x",), concurrency=3, duration=0.3,
+            warmup=0.1, timeout=5,
+        )  # fmt: skip
+        s = run_load(load, progress=False).summary()
+    finally:
+        slow.stop(None)
+    assert s["requests"] == 0 and s["errors"] == 0
+    assert s["warmup_requests_past_window"] == 3
+    assert "WARNING: no request sent in the measured window finished; 3 sent in warm-up" in (
+        point_line(s)
+    )
+
+
+def test_on_window_is_called_when_the_window_starts_and_ends(server: Server) -> None:
+    import time
+
+    calls: list[tuple[str, float]] = []
+    load = spec(server, good_payloads(server), concurrency=2)  # 0.2 s warm-up, 0.6 s window
+    result = run_load(
+        load, progress=False, on_window=lambda e: calls.append((e, time.perf_counter()))
+    )
+    assert [edge for edge, _ in calls] == ["start", "end"]
+    (_, start), (_, end) = calls
+    assert result.started + load.warmup <= start < end
+    assert end >= result.started + load.warmup + load.duration

@@ -72,7 +72,7 @@ def test_nothing_valid_says_so() -> None:
     columns = {"amount": [1.0, 2.0], "merchant_category": [None, None]}
     skipped = SkippedRows()
     with pytest.raises(
-        PayloadError, match=r"has 0 valid rows, fewer than 1 .* first left out: row 0"
+        PayloadError, match=r"has 0 valid row\(s\) of 2, fewer than 1 .* first left out: row 0"
     ):
         build_payloads(INFO, columns, 1, skipped=skipped)
     assert skipped.count == 2
@@ -96,3 +96,40 @@ def test_a_null_or_short_vector_row_is_left_out_not_a_crash(tmp_path: Path) -> N
     assert skipped.first == f"{path}, row 1: column 'v': null"
     with pytest.raises(PayloadError, match=r"vectors.parquet, row 1: column 'v': null"):
         build_payloads(info, data.columns, 1, where=data.where, invalid=data.invalid)
+
+
+def test_a_file_whose_column_has_another_type_is_named(tmp_path: Path) -> None:
+    # The second file holds the vectors as strings: pyarrow's ArrowNotImplementedError (a
+    # cast from string to list) went up as a traceback naming no file.
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    vectors = pa.array([[1.0, 2.0]] * 3, pa.list_(pa.float32()))
+    pq.write_table(pa.table({"v": vectors}), folder / "a.parquet")
+    pq.write_table(pa.table({"v": ["1,2", "3,4"]}), folder / "b.parquet")
+    with pytest.raises(PayloadError) as raised:
+        read_columns(folder, ["v"])
+    assert str(raised.value).startswith(
+        f"{folder / 'b.parquet'}: cannot read column 'v' as list<element: float> (the first "
+        "file's type; this file holds string): "
+    )
+
+
+def test_rows_short_of_a_request_are_tried_before_they_are_called_valid() -> None:
+    # Row 0 failed in the first request, so row 1 was never tried: "the data has 1 valid
+    # rows" when neither was valid.
+    columns = {"amount": [1.0, 2.0], "merchant_category": [None, None]}
+    skipped = SkippedRows()
+    with pytest.raises(PayloadError) as raised:
+        build_payloads(INFO, columns, 2, skipped=skipped)
+    assert str(raised.value).startswith(
+        "the data has 0 valid row(s) of 2, fewer than 2 rows per request; the first left out: "
+        "row 0: "
+    )
+    assert skipped.count == 2
+    # One valid row of two: it is counted as such, and a short file is still not an error
+    # about its rows.
+    columns = {"amount": [1.0, 2.0], "merchant_category": [None, "food"]}
+    with pytest.raises(PayloadError, match=r"^the data has 1 valid row\(s\) of 2, fewer than 2"):
+        build_payloads(INFO, columns, 2, skipped=SkippedRows())
+    with pytest.raises(PayloadError, match=r"^the data has 2 rows, fewer than 3 rows per request$"):
+        build_payloads(INFO, {"amount": [1.0, 2.0], "merchant_category": ["a", "b"]}, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.bench import prom
+from conveyor.engine.server import Server
 
 BEFORE = """\
 # HELP conveyor_queue_duration_seconds Time in queue.
@@ -72,3 +73,16 @@ def test_urls_and_bad_pages() -> None:
         prom.scrape("http://127.0.0.1:9/metrics", timeout=1)
     with pytest.raises(prom.MetricsError, match="parse"):
         prom.parse("conveyor_x{model= 1\n")
+
+
+def test_metrics_url_at_the_grpc_port_is_one_clear_error(server: Server) -> None:
+    # 8001 for 8002: the gRPC server answers HTTP/1 with HTTP/2 bytes, and http.client's
+    # BadStatusLine went up as a traceback.
+    url = prom.metrics_url(server.address)
+    with pytest.raises(prom.MetricsError) as raised:
+        prom.scrape(url, timeout=5)
+    message = str(raised.value)
+    assert message.startswith(f"cannot read metrics from {url}: not an HTTP/1 answer")
+    assert "\n" not in message
+    with pytest.raises(prom.MetricsError, match=r"cannot read metrics from .*nonnumeric port"):
+        prom.scrape("http://127.0.0.1:notaport/metrics", timeout=5)
