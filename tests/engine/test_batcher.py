@@ -549,6 +549,11 @@ def test_close_executes_the_queue_on_a_replacement_while_a_batch_hangs() -> None
     while batcher.abandoned and time.monotonic() < deadline:
         time.sleep(0.01)
     assert batcher.abandoned == 0  # the abandoned thread returned from the model
+    # ... and logs that it exits: joined here, not writing into a later test's output.
+    for thread in threading.enumerate():
+        if thread.name.startswith("conveyor-m:1-"):
+            thread.join(10)
+            assert not thread.is_alive()
 
 
 def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
