@@ -59,13 +59,14 @@ def _print_report(report: dict) -> None:
 def _source(args: argparse.Namespace, spec=None):
     """The source; with a pinned spec, CSV/JSON columns are read as the spec's types."""
     from conveyor.ingest.errors import FormatError
+    from conveyor.ingest.formats import FORMAT_FLAG_HINT
     from conveyor.ingest.source import Source
 
     types = spec.declared_types() if spec is not None else None
     try:
         return Source(args.source, format=args.format, types=types)
     except FormatError as exc:  # its hint is the Python API's format=
-        raise exc.with_hint("pass --format (parquet, csv, json or ipc)") from None
+        raise exc.with_hint(FORMAT_FLAG_HINT) from None
 
 
 def _with_policies(spec, args: argparse.Namespace):
@@ -183,18 +184,14 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from conveyor.cli import add_command
+    from conveyor.ingest.formats import add_format_flag
 
     group = add_command(subparsers, "ingest", help="read, validate and profile datasets")
     sub = group.add_subparsers(title="ingest commands", metavar="COMMAND", required=True)
 
     def shared(p: argparse.ArgumentParser) -> None:
         p.add_argument("source", help="file, directory, glob or URI (s3://...)")
-        p.add_argument(
-            "--format",
-            choices=("parquet", "csv", "json", "ipc"),
-            default=None,
-            help="default: from the file extensions",
-        )
+        add_format_flag(p)
         p.add_argument(
             "--policy",
             nargs="+",

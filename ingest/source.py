@@ -43,9 +43,9 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
 from conveyor.ingest.errors import FormatError, SourceError
+from conveyor.ingest.formats import FORMATS
 from conveyor.ingest.split import SplitConfig
 
-FORMATS = ("parquet", "csv", "json", "ipc")
 _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",

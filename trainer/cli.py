@@ -76,11 +76,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from conveyor.ingest.errors import FormatError
+    from conveyor.ingest.formats import FORMAT_FLAG_HINT
 
     try:
         return _run(args)
     except FormatError as exc:  # its hint is the Python API's format=
-        raise exc.with_hint("pass --format (parquet, csv, json or ipc)") from None
+        raise exc.with_hint(FORMAT_FLAG_HINT) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -112,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from conveyor.cli import add_command
+    from conveyor.ingest.formats import add_format_flag
 
     p = add_command(
         subparsers,
@@ -121,12 +123,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         run=run,
     )
     p.add_argument("source", help="file, directory, glob or URI read through conveyor.ingest")
-    p.add_argument(
-        "--format",
-        choices=("parquet", "csv", "json", "ipc"),
-        default=None,
-        help="default: from the file extensions",
-    )
+    add_format_flag(p)
     p.add_argument("--spec", default=None, metavar="FILE", help="DIR/spec.json (stats.json beside)")
     p.add_argument("--label", default=None, help="label column: infer and profile the spec")
     p.add_argument("--model-repository", default=None, metavar="DIR", help="export here")

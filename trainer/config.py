@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from conveyor.ingest.source import FORMATS
+from conveyor.ingest.formats import FORMATS
 from conveyor.trainer.errors import TrainerError
 from conveyor.trainer.names import check_model_name
 
