@@ -607,21 +607,23 @@ class DriftMonitor:
         """Bring the gauges up to the window without traffic (the repository calls this
         every second): rescore when chunks were added unscored and ``score_interval`` has
         passed since the last scoring, or when rows have aged out of ``window_seconds``."""
-        with self._lock:
-            now = time.monotonic()
-            due = self._stale and now - self._scored_at >= self.settings.score_interval
-            if not (due or self._aged(now)):
-                return
-            report = self._rescore(now)
-        if self.metrics is not None:
-            self.metrics.update(report)
+        self._up_to_date(throttled=True)
 
     def report(self) -> DriftReport:
         """The scores of the current window (recomputed when chunks were added since the
         last scoring, or when it has aged); the gauges are brought up to date too."""
+        return self._up_to_date(throttled=False)
+
+    def _up_to_date(self, throttled: bool) -> DriftReport:
+        """The current report, rescored (gauges updated) when the window has aged or
+        chunks were added unscored -- those only once ``score_interval`` has passed
+        since the last scoring when ``throttled``."""
         with self._lock:
             now = time.monotonic()
-            if not (self._stale or self._aged(now)):
+            stale = self._stale and (
+                not throttled or now - self._scored_at >= self.settings.score_interval
+            )
+            if not (stale or self._aged(now)):
                 return self._report
             report = self._rescore(now)
         if self.metrics is not None:

@@ -272,22 +272,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             request_id = _request_id(request)
+            error = ""
             try:
                 response = await self.infer(request, context, request_id)
             except Exception as exc:
                 err = exc if isinstance(exc, EngineError) else _internal(exc)
                 _log_failure(err, request_id, request.model_name)
+                error = f"{err.code.name}: {err.message}"
                 response = pb.ModelInferResponse(
                     model_name=request.model_name,
                     model_version=request.model_version,
                     id=request.id,
                 )
-                response.parameters["triton_final_response"].bool_param = True
-                return pb.ModelStreamInferResponse(
-                    error_message=f"{err.code.name}: {err.message}", infer_response=response
-                )
             response.parameters["triton_final_response"].bool_param = True
-            return pb.ModelStreamInferResponse(infer_response=response)
+            return pb.ModelStreamInferResponse(error_message=error, infer_response=response)
 
         async def read() -> None:
             try:
