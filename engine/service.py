@@ -59,9 +59,12 @@ EXTENSIONS = (
 # (a single request larger than that is admitted alone).
 STREAM_WINDOW = 1024
 STREAM_WINDOW_BYTES = 64 * 1024 * 1024
-# A call cancelled this close to its deadline (seconds) is taken for the deadline: gRPC
-# times the deadline on its own clock, time_remaining() reads the wall clock.
-_DEADLINE_SLACK = 1e-3
+# A call cancelled this close to its deadline (seconds) is taken for the deadline. The
+# client's deadline usually fires first and reaches the server as a plain cancel; the
+# server's copy of the deadline runs late by the time the request's headers took to
+# arrive, which on a loaded machine is milliseconds (1 ms counted a passed deadline as
+# CANCELLED in a CI run). A real cancel this close to the deadline is counted as it.
+_DEADLINE_SLACK = 0.05
 _Output = pb.ModelInferResponse.InferOutputTensor
 _ids = itertools.count(1)
 _pid = os.getpid()
