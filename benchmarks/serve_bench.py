@@ -14,6 +14,8 @@ on uvloop) against servers in their own processes:
   ``conveyor-mlp``: one process, the model's config asking for the
   ``conveyor_mlp`` execution accelerator (the same weights through
   ``conveyor.kernels.PackedMLP`` instead of the TorchScript interpreter);
+  ``conveyor-pin``: conveyor-mlp with ``--cpu-affinity`` on this machine's last
+  CPU (all the server's threads on one core; the load generator is not pinned);
 * ``mlserver``: Seldon MLServer with a small custom runtime for the same
   TorchScript model and adaptive batching (its own venv, see --mlserver-venv),
   inference in-process (``parallel_workers: 0``, its fastest here), and
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     parser.add_argument(
         "--servers",
-        default="bare,conveyor-w1,conveyor-w2,conveyor-mlp,mlserver",
+        default="bare,conveyor-w1,conveyor-w2,conveyor-mlp,conveyor-pin,mlserver",
         help="comma-separated subset to run (default: all)",
     )
     parser.add_argument(
@@ -484,10 +486,13 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop(proc)
 
-        for name, workers, repo in (
-            ("conveyor-w1", 1, work / "repo"),
-            ("conveyor-w2", 2, work / "repo"),
-            ("conveyor-mlp", 1, work / "repo-mlp"),
+        # conveyor-pin: every server thread on one core (see engine/cpu_affinity.py).
+        last_cpu = str(max(os.sched_getaffinity(0)))
+        for name, workers, repo, extra in (
+            ("conveyor-w1", 1, work / "repo", []),
+            ("conveyor-w2", 2, work / "repo", []),
+            ("conveyor-mlp", 1, work / "repo-mlp", []),
+            ("conveyor-pin", 1, work / "repo-mlp", ["--cpu-affinity", last_cpu]),
         ):
             if name not in chosen:
                 continue
@@ -502,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--port", str(port), "--workers", str(workers), "--log-level", "warning",
                     "--metrics-port", str(metrics_port),
                     "--max-queue-delay-microseconds", str(args.conveyor_delay),
+                    *extra,
                 ],
                 port,
                 env,
@@ -583,7 +589,7 @@ def table(results: list[dict[str, Any]]) -> str:
     mls = find("mlserver", 64, 1)
     mls_default = find("mlserver-default", 64, 1)
     mlp64 = next((r for r in results if r["server"] == "forward-mlp" and r["rows"] == 64), None)
-    for w in ("conveyor-w1", "conveyor-w2", "conveyor-mlp"):
+    for w in ("conveyor-w1", "conveyor-w2", "conveyor-mlp", "conveyor-pin"):
         c64 = find(w, 64, 1)
         c1 = find(w, 1, 1)
         big = find(w, 8, 64)
@@ -605,7 +611,7 @@ def table(results: list[dict[str, Any]]) -> str:
             lines.append(
                 f"- {w}: c=8 x 64 rows rows/s = {big['rows_s'] / fwd64['rows_s']:.2f} x forward@64 (target >= 0.5)"
             )
-        if big and mlp64 and w == "conveyor-mlp":
+        if big and mlp64 and w in ("conveyor-mlp", "conveyor-pin"):
             lines.append(
                 f"- {w}: c=8 x 64 rows rows/s = {big['rows_s'] / mlp64['rows_s']:.2f} x its own forward@64 (conveyor_mlp)"
             )

@@ -254,14 +254,23 @@ class _Signals:
             signal.signal(s, h)
 
 
-def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = None) -> int:
+def serve_one(
+    kwargs: dict[str, Any], started: Callable[[], object] | None = None, pinned: bool = False
+) -> int:
     """Run one server process until SIGTERM/SIGINT/SIGHUP; 0 after a graceful stop.
 
     ``started`` is called once the server serves (a worker tells its parent).
+    ``pinned``: the process runs on ``--cpu-affinity`` CPUs; torch's threads follow.
     """
     # Before the heavy imports: a signal while they run is a stop, not a traceback.
     signals = _Signals()
     try:
+        if pinned:
+            from conveyor.engine.cpu_affinity import format_cpu_list, limit_torch_threads
+
+            cpus = sorted(os.sched_getaffinity(0))
+            threads = limit_torch_threads(cpus)
+            log.info("running on CPU %s (torch threads: %d)", format_cpu_list(cpus), threads)
         from conveyor.engine.server import Server
 
         server = Server(**kwargs)
@@ -276,7 +285,9 @@ def serve_one(kwargs: dict[str, Any], started: Callable[[], object] | None = Non
     return 0
 
 
-def _child(kwargs: dict[str, Any], level: str, fmt: str, errors: str, ready: Any) -> None:
+def _child(
+    kwargs: dict[str, Any], level: str, fmt: str, errors: str, pinned: bool, ready: Any
+) -> None:
     """A worker of ``serve_workers``. A start-up error (a repository that is not there, a
     port it cannot bind) is left in the folder ``errors`` for the parent to print once,
     as the one line of single mode, instead of a traceback from every worker."""
@@ -284,7 +295,7 @@ def _child(kwargs: dict[str, Any], level: str, fmt: str, errors: str, ready: Any
 
     setup_logging(level, fmt)
     try:
-        code = serve_one(kwargs, started=ready.set)
+        code = serve_one(kwargs, started=ready.set, pinned=pinned)
     except ConveyorError as exc:
         _leave_error(Path(errors), str(exc))
         code = exc.exit_code
@@ -320,11 +331,18 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def serve_workers(
-    kwargs: dict[str, Any], workers: int, level: str, fmt: str, restart: bool = True
+    kwargs: dict[str, Any],
+    workers: int,
+    level: str,
+    fmt: str,
+    restart: bool = True,
+    cpus: tuple[int, ...] | None = None,
 ) -> int:
     """``workers`` server processes sharing one port (SO_REUSEPORT); the kernel spreads
     connections across them. Signals are forwarded, dead workers replaced (see
-    ``conveyor.engine.workers``); exits 0 when all stopped gracefully."""
+    ``conveyor.engine.workers``); exits 0 when all stopped gracefully. With ``cpus``
+    (``--cpu-affinity``) each worker runs on its share of them
+    (``conveyor.engine.cpu_affinity.worker_shares``)."""
 
     if kwargs["port"] == 0:
         raise ServeError("--workers > 1 needs a fixed --port (port 0 would differ per worker)")
@@ -356,11 +374,19 @@ def serve_workers(
 
         errors = process_temp_dir("worker-errors")
         try:
+            shares = None
+            if cpus is not None:
+                from conveyor.engine.cpu_affinity import format_cpu_list, worker_shares
+
+                shares = worker_shares(cpus, workers)
+                for i, share in enumerate(shares):
+                    log.info("worker %d runs on CPU %s", i, format_cpu_list(share))
             code = run_workers(
                 _child,
-                ({**kwargs, "metrics_port": None}, level, fmt, str(errors)),
+                ({**kwargs, "metrics_port": None}, level, fmt, str(errors), cpus is not None),
                 workers,
                 WorkerPolicy(restart=restart),
+                cpu_shares=shares,
                 on_exit=shared.process_exited,
                 # This process exits next: a second Ctrl-C or a group SIGTERM after
                 # the workers stopped must not turn a clean exit 0 into a kill.
@@ -387,11 +413,34 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ServeError("--workers must be >= 1")
     _check_batching(args)
+    cpus = _cpu_affinity(args)
+    if cpus is not None:
+        from conveyor.engine.cpu_affinity import pin_process
+
+        # The whole process, before the server's threads exist: they inherit it. With
+        # --workers N the parent runs on the whole list, each worker on its share.
+        pin_process(cpus)
     if args.workers == 1:
-        return serve_one(kwargs)
+        return serve_one(kwargs, pinned=cpus is not None)
     return serve_workers(
-        kwargs, args.workers, args.log_level, args.log_format, args.worker_restart == "on"
+        kwargs,
+        args.workers,
+        args.log_level,
+        args.log_format,
+        args.worker_restart == "on",
+        cpus=cpus,
     )
+
+
+def _cpu_affinity(args: argparse.Namespace) -> tuple[int, ...] | None:
+    if args.cpu_affinity is None:
+        return None
+    from conveyor.engine.cpu_affinity import parse_cpu_list
+
+    try:
+        return parse_cpu_list(str(args.cpu_affinity))
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -489,6 +538,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=int,
         default=1,
         help="server processes sharing the port with SO_REUSEPORT (default: 1)",
+    )
+    p.add_argument(
+        "--cpu-affinity",
+        default=None,
+        metavar="CPUS",
+        help="run the server on these CPUs only, a list like 0,2-3 (Linux); with --workers N "
+        "each worker gets its own share; torch threads follow (default: all the CPUs it has; "
+        "see engine/README.md for when it pays)",
     )
     p.add_argument(
         "--worker-restart",

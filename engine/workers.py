@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +127,12 @@ def run_workers(
     policy: WorkerPolicy | None = None,
     on_exit: Callable[[int], None] | None = None,
     restore_signals: bool = True,
+    cpu_shares: Sequence[Sequence[int]] | None = None,
 ) -> int:
     """Run ``workers`` processes of ``target(*args, ready_event)``; see the module doc.
+
+    With ``cpu_shares``, worker ``i`` (and its replacements) runs on the CPUs
+    ``cpu_shares[i]`` only (``conveyor serve --cpu-affinity``).
 
     ``target`` starts with SIGINT blocked and must unblock it once its handlers are
     in (``signal.pthread_sigmask``), and set ``ready_event`` once it serves. ``on_exit(pid)`` is
@@ -149,7 +153,7 @@ def run_workers(
     stopping = threading.Event()
     terminated: set[int] = set()  # pids already sent SIGTERM
 
-    def spawn() -> _Slot:
+    def spawn(i: int) -> _Slot:
         ready = ctx.Event()
         process = ctx.Process(
             target=_worker, args=(target, os.getpid(), *args, ready), daemon=False
@@ -161,10 +165,19 @@ def run_workers(
         # ignored SIGINT here would be lost for the parent). The parent's forwarded
         # SIGTERM stops a worker meanwhile.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # The CPU affinity likewise: a new process inherits the starting thread's, so
+        # the worker is on its share from its first instruction, before any of its
+        # threads exists.
+        previous_cpus = None
+        if cpu_shares is not None:
+            previous_cpus = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, set(cpu_shares[i]))
         try:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            if previous_cpus is not None:
+                os.sched_setaffinity(0, previous_cpus)
         return _Slot(process, ready)
 
     def terminate_live() -> None:
@@ -206,7 +219,7 @@ def run_workers(
         for _ in range(workers):
             if stopping.is_set():  # a stop while they start: no more of them
                 break
-            slots.append(spawn())
+            slots.append(spawn(len(slots)))
         log.info("started %d worker processes", len(slots))
         while True:
             if stopping.is_set():
@@ -225,7 +238,7 @@ def run_workers(
                         log.info("all %d workers serving", workers)
                 if slot.respawn_at is not None:
                     if not stopping.is_set() and now >= slot.respawn_at:
-                        slots[i] = spawn()
+                        slots[i] = spawn(i)
                         log.info("worker %d replaced (pid %s)", i, slots[i].process.pid)
                     continue
                 if slot.reaped or code is None:

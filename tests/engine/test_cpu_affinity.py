@@ -1,0 +1,184 @@
+"""``conveyor serve --cpu-affinity``: the CPU list, each worker's share, and the pinned
+server (every thread, torch's thread count, replacements of a dead worker)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import worker_targets
+from cli_server import read_stderr_until, start_cli_server, stop_cli_server
+from hypothesis import given
+from hypothesis import strategies as st
+from models import VERSION_IO, Version, write_model
+from test_workers import FAST, _in_thread, _pids, _wait
+
+from conveyor.cli import main
+from conveyor.engine.cpu_affinity import format_cpu_list, parse_cpu_list, worker_shares
+from conveyor.engine.workers import WorkerPolicy, run_workers
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only"
+)
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs 2 CPUs")
+
+
+@pytest.fixture
+def many_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(256)))
+
+
+@pytest.mark.usefixtures("many_cpus")
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("0", (0,)),
+        ("3,1", (1, 3)),
+        ("0-3", (0, 1, 2, 3)),
+        (" 0 - 1 , 4 ", (0, 1, 4)),
+        ("2,0-2", (0, 1, 2)),  # overlaps are one set, as taskset's
+        ("5-5", (5,)),
+    ],
+)
+def test_cpu_lists_parse_as_taskset_reads_them(text: str, cpus: tuple[int, ...]) -> None:
+    assert parse_cpu_list(text) == cpus
+
+
+@pytest.mark.usefixtures("many_cpus")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "'' is not a CPU number or range; expected a list like 0,2-3"),
+        ("1,", "'' is not a CPU number or range"),
+        ("a", "'a' is not a CPU number or range"),
+        ("-1", "'-1' is not a CPU number or range"),
+        ("1-", "'1-' is not a CPU number or range"),
+        ("3-1", "range 3-1 runs backwards"),
+        ("300", "CPU 300 not available to this process (available: 0-255)"),
+        ("254-257", "CPU 256-257 not available"),
+    ],
+)
+def test_bad_cpu_lists_name_the_flag_and_the_item(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=r"^--cpu-affinity ") as info:
+        parse_cpu_list(text)
+    assert message in str(info.value)
+
+
+@pytest.mark.usefixtures("many_cpus")
+@given(st.sets(st.integers(0, 255), min_size=1))
+def test_a_formatted_list_parses_back_to_its_cpus(cpus: set[int]) -> None:
+    text = format_cpu_list(sorted(cpus))
+    assert parse_cpu_list(text) == tuple(sorted(cpus))
+    assert len(text.split(",")) <= len(cpus)  # runs are ranges, not every CPU
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "shares"),
+    [
+        ((0, 1, 2, 3), 1, [(0, 1, 2, 3)]),
+        ((0, 1, 2, 3), 2, [(0, 1), (2, 3)]),
+        ((0, 1, 2, 3, 4), 2, [(0, 1, 2), (3, 4)]),
+        ((4, 6, 8), 3, [(4,), (6,), (8,)]),
+        ((0, 1), 3, [(0,), (1,), (0,)]),  # more workers than CPUs: one each, round-robin
+        ((1,), 2, [(1,), (1,)]),
+    ],
+)
+def test_each_worker_gets_a_contiguous_share(
+    cpus: tuple[int, ...], workers: int, shares: list[tuple[int, ...]]
+) -> None:
+    assert worker_shares(cpus, workers) == shares
+
+
+def test_serve_refuses_a_bad_cpu_list_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(max(CPUS) + 1)
+    for value, message in (("x", "'x' is not a CPU number"), (missing, f"CPU {missing} not")):
+        code = main(["serve", "--model-repository", str(tmp_path), "--cpu-affinity", value])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert err.startswith(f"conveyor: error: --cpu-affinity {value!r}: ") and message in err
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(os.sched_getaffinity(0)) == CPUS  # refused before anything was pinned
+
+
+def _threads_cpus(pid: int) -> set[frozenset[int]]:
+    return {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_a_pinned_server_runs_every_thread_on_its_cpus(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    last = CPUS[-1]
+    proc, _ = start_cli_server(
+        tmp_path, "--cpu-affinity", str(last), "--metrics-port", "-1", "--log-level", "info"
+    )
+    try:
+        err = read_stderr_until(proc, lambda text: "serving " in text, 60)
+        assert f"running on CPU {last} (torch threads: 1)" in err
+        # gRPC's, torch's and the batcher's threads, all started after the pin.
+        assert _threads_cpus(proc.pid) == {frozenset({last})}
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) > 3
+    finally:
+        stop_cli_server(proc, 30)
+    assert proc.returncode == 0
+
+
+@two_cpus
+def test_each_worker_and_its_replacement_run_on_their_share(tmp_path: Path) -> None:
+    first, last = CPUS[0], CPUS[-1]
+    seen: dict[int, frozenset[int]] = {}
+
+    def chaos() -> None:
+        _wait(lambda: len(_pids(tmp_path)) == 2)
+        for pid in _pids(tmp_path):
+            seen[pid] = frozenset(os.sched_getaffinity(pid))
+        victim = next(pid for pid, cpus in seen.items() if cpus == {first})
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: len(_pids(tmp_path)) == 3)
+        (new,) = _pids(tmp_path) - set(seen)
+        seen[new] = frozenset(os.sched_getaffinity(new))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = os.sched_getaffinity(0)
+    thread = _in_thread(chaos)
+    code = run_workers(
+        worker_targets.serve_until_term,
+        (str(tmp_path),),
+        2,
+        WorkerPolicy(**FAST),
+        cpu_shares=[(first,), (last,)],
+    )
+    thread.join(5)
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert code == 0
+    assert sorted(seen.values(), key=min) == [{first}, {first}, {last}]
+    assert os.sched_getaffinity(0) == before  # the parent's own threads are as they were
+
+
+_LIMIT = """
+import os, sys, torch
+from conveyor.engine.cpu_affinity import limit_torch_threads, pin_process
+before = torch.get_num_threads()
+pin_process([int(sys.argv[1])])
+print(before, limit_torch_threads([int(sys.argv[1])]))
+"""
+
+
+@two_cpus
+@pytest.mark.parametrize("omp", [None, "2"])
+def test_torch_threads_follow_the_pin_unless_omp_num_threads_says(omp: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    out = subprocess.run(
+        [sys.executable, "-c", _LIMIT, str(CPUS[-1])],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.split()  # fmt: skip
+    before, after = int(out[0]), int(out[1])
+    assert before >= 2  # torch started on every CPU
+    assert after == (1 if omp is None else 2)
