@@ -15,7 +15,8 @@ on uvloop) against servers in their own processes:
   ``conveyor_mlp`` execution accelerator (the same weights through
   ``conveyor.kernels.PackedMLP`` instead of the TorchScript interpreter);
   ``conveyor-pin``: conveyor-mlp with ``--cpu-affinity`` on this machine's last
-  CPU (all the server's threads on one core; the load generator is not pinned);
+  CPU (the server's Python threads on one core, gRPC's network threads and the
+  load generator free);
 * ``mlserver``: Seldon MLServer with a small custom runtime for the same
   TorchScript model and adaptive batching (its own venv, see --mlserver-venv),
   inference in-process (``parallel_workers: 0``, its fastest here), and
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop(proc)
 
-        # conveyor-pin: every server thread on one core (see engine/cpu_affinity.py).
+        # conveyor-pin: the server's Python threads on one core (engine/cpu_affinity.py).
         last_cpu = str(max(os.sched_getaffinity(0)))
         for name, workers, repo, extra in (
             ("conveyor-w1", 1, work / "repo", []),

@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,26 +255,36 @@ class _Signals:
 
 
 def serve_one(
-    kwargs: dict[str, Any], started: Callable[[], object] | None = None, pinned: bool = False
+    kwargs: dict[str, Any],
+    started: Callable[[], object] | None = None,
+    cpus: Sequence[int] | None = None,
 ) -> int:
     """Run one server process until SIGTERM/SIGINT/SIGHUP; 0 after a graceful stop.
 
     ``started`` is called once the server serves (a worker tells its parent).
-    ``pinned``: the process runs on ``--cpu-affinity`` CPUs; torch's threads follow.
+    ``cpus`` (``--cpu-affinity``): the CPUs of its Python threads
+    (``conveyor.engine.cpu_affinity``).
     """
     # Before the heavy imports: a signal while they run is a stop, not a traceback.
     signals = _Signals()
     try:
-        if pinned:
-            from conveyor.engine.cpu_affinity import format_cpu_list, limit_torch_threads
-
-            cpus = sorted(os.sched_getaffinity(0))
-            threads = limit_torch_threads(cpus)
-            log.info("running on CPU %s (torch threads: %d)", format_cpu_list(cpus), threads)
         from conveyor.engine.server import Server
 
+        if cpus is not None:
+            from conveyor.engine.cpu_affinity import limit_torch_threads
+
+            torch_threads = limit_torch_threads(cpus)  # before models load and warm up
         server = Server(**kwargs)
         server.start()
+        if cpus is not None:
+            from conveyor.engine.cpu_affinity import format_cpu_list, pin_python_threads
+
+            # After the start: gRPC's threads exist by now, and keep every CPU.
+            count = pin_python_threads(cpus)
+            log.info(
+                "%d Python threads on CPU %s (torch threads: %d)",
+                count, format_cpu_list(cpus), torch_threads,
+            )  # fmt: skip
         if started is not None:
             started()
         signum = signals.wait()
@@ -286,7 +296,12 @@ def serve_one(
 
 
 def _child(
-    kwargs: dict[str, Any], level: str, fmt: str, errors: str, pinned: bool, ready: Any
+    kwargs: dict[str, Any],
+    level: str,
+    fmt: str,
+    errors: str,
+    cpus: Sequence[int] | None,
+    ready: Any,
 ) -> None:
     """A worker of ``serve_workers``. A start-up error (a repository that is not there, a
     port it cannot bind) is left in the folder ``errors`` for the parent to print once,
@@ -295,7 +310,7 @@ def _child(
 
     setup_logging(level, fmt)
     try:
-        code = serve_one(kwargs, started=ready.set, pinned=pinned)
+        code = serve_one(kwargs, started=ready.set, cpus=cpus)
     except ConveyorError as exc:
         _leave_error(Path(errors), str(exc))
         code = exc.exit_code
@@ -341,7 +356,7 @@ def serve_workers(
     """``workers`` server processes sharing one port (SO_REUSEPORT); the kernel spreads
     connections across them. Signals are forwarded, dead workers replaced (see
     ``conveyor.engine.workers``); exits 0 when all stopped gracefully. With ``cpus``
-    (``--cpu-affinity``) each worker runs on its share of them
+    (``--cpu-affinity``) each worker's Python threads run on its share of them
     (``conveyor.engine.cpu_affinity.worker_shares``)."""
 
     if kwargs["port"] == 0:
@@ -374,19 +389,17 @@ def serve_workers(
 
         errors = process_temp_dir("worker-errors")
         try:
-            shares = None
+            shares: list[Any] = [None] * workers
             if cpus is not None:
-                from conveyor.engine.cpu_affinity import format_cpu_list, worker_shares
+                from conveyor.engine.cpu_affinity import worker_shares
 
                 shares = worker_shares(cpus, workers)
-                for i, share in enumerate(shares):
-                    log.info("worker %d runs on CPU %s", i, format_cpu_list(share))
             code = run_workers(
                 _child,
-                ({**kwargs, "metrics_port": None}, level, fmt, str(errors), cpus is not None),
+                ({**kwargs, "metrics_port": None}, level, fmt, str(errors)),
                 workers,
                 WorkerPolicy(restart=restart),
-                cpu_shares=shares,
+                worker_args=[(share,) for share in shares],
                 on_exit=shared.process_exited,
                 # This process exits next: a second Ctrl-C or a group SIGTERM after
                 # the workers stopped must not turn a clean exit 0 into a kill.
@@ -414,14 +427,8 @@ def run(args: argparse.Namespace) -> int:
         raise ServeError("--workers must be >= 1")
     _check_batching(args)
     cpus = _cpu_affinity(args)
-    if cpus is not None:
-        from conveyor.engine.cpu_affinity import pin_process
-
-        # The whole process, before the server's threads exist: they inherit it. With
-        # --workers N the parent runs on the whole list, each worker on its share.
-        pin_process(cpus)
     if args.workers == 1:
-        return serve_one(kwargs, pinned=cpus is not None)
+        return serve_one(kwargs, cpus=cpus)
     return serve_workers(
         kwargs,
         args.workers,
@@ -543,9 +550,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--cpu-affinity",
         default=None,
         metavar="CPUS",
-        help="run the server on these CPUs only, a list like 0,2-3 (Linux); with --workers N "
-        "each worker gets its own share; torch threads follow (default: all the CPUs it has; "
-        "see engine/README.md for when it pays)",
+        help="run the server's Python threads (event loop, model workers) and torch's on "
+        "these CPUs, a list like 0,2-3 (Linux; gRPC's network threads keep every CPU); with "
+        "--workers N each worker gets its own share (default: no pinning; see "
+        "engine/README.md for when it pays)",
     )
     p.add_argument(
         "--worker-restart",

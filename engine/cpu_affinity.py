@@ -1,17 +1,22 @@
-"""``conveyor serve --cpu-affinity``: which CPUs the server's processes run on.
+"""``conveyor serve --cpu-affinity``: which CPUs the server's Python threads run on.
 
-A server process is a handful of threads taking turns on one GIL: the event loop
-(gRPC receive and send), gRPC's own threads and the model worker threads. When those
-threads wander over several cores, every hand-off between them (a request queued for
-the worker, a batch's answers posted back to the loop) is a wake-up on another core
-and a GIL passed across cores; kept on one core, it is a context switch. On the
-2-core machine of benchmarks/README.md ("CPU affinity"), one process pinned to one
-core answered 64-row requests ~15% faster, at ~12% less CPU per request, with the
-load generator on the other core. What it costs: the process's threads no longer
-spread over cores, so a model whose forward is long (or runs torch intra-op threads)
-gets less; hence opt-in, and measured per deployment.
+A server process is a handful of Python threads taking turns on one GIL: the event
+loop (the gRPC handlers, receive and send), the model workers, the repository's.
+When they wander over cores, every hand-off between them (a request queued for a
+worker, a batch's answers posted back to the loop) wakes a thread on another core
+and passes the GIL across cores; kept on one core, it is a context switch. gRPC's
+own threads (its C core's network polling, which runs without the GIL) are left on
+every CPU: they are what a second core is good for. On the 2-core machine of
+benchmarks/README.md ("CPU affinity"), with the load generator on the same machine,
+this served 8 x 64-row requests 8-15% faster at ~7% less server CPU per request, and
+64 x 1-row requests no slower. Pinning the whole process instead (as ``taskset``
+would) did as well with 64-row requests but ~10% worse at 64 x 1 row, where gRPC's
+threads then queued behind the Python ones on that one core.
 
-With ``--workers N`` each worker process gets its own contiguous share of the list
+What it costs: the Python threads, and the torch threads the model workers start, no
+longer spread over cores, so a model whose forward is long (or runs torch intra-op
+threads) gets less: hence opt-in, to be measured per deployment and model. With
+``--workers N`` each worker process gets its own contiguous share of the list
 (``0-3`` with 2 workers: ``0-1`` and ``2-3``), as nginx's ``worker_cpu_affinity``;
 with more workers than CPUs they take one CPU each, round-robin. Linux only
 (``os.sched_setaffinity``).
@@ -87,23 +92,22 @@ def worker_shares(cpus: Sequence[int], workers: int) -> list[tuple[int, ...]]:
     return shares
 
 
-def pin_process(cpus: Sequence[int]) -> None:
-    """Every thread of this process, and every thread or process it starts from now
-    on (they inherit the mask), on ``cpus`` only.
+def pin_python_threads(cpus: Sequence[int]) -> int:
+    """Every running Python thread of this process on ``cpus`` only; threads they
+    start from now on inherit it (a model worker's torch threads, a reloaded
+    model's workers). Threads started by native code (gRPC's) keep their CPUs.
+    Returns the number of threads pinned."""
+    import threading
 
-    ``os.sched_setaffinity(0, ...)`` sets the calling thread alone, so the threads
-    that exist already (an import may have started some) are set one by one from
-    ``/proc/self/task``.
-    """
     mask = set(cpus)
-    os.sched_setaffinity(0, mask)
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # no procfs: the calling thread is set, threads started later inherit
-        tids = []
-    for tid in tids:
+    pinned = 0
+    for thread in threading.enumerate():
+        if thread.native_id is None:  # not started, or ended meanwhile
+            continue
         with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-            os.sched_setaffinity(tid, mask)
+            os.sched_setaffinity(thread.native_id, mask)
+            pinned += 1
+    return pinned
 
 
 def limit_torch_threads(cpus: Sequence[int]) -> int:

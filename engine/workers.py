@@ -127,12 +127,12 @@ def run_workers(
     policy: WorkerPolicy | None = None,
     on_exit: Callable[[int], None] | None = None,
     restore_signals: bool = True,
-    cpu_shares: Sequence[Sequence[int]] | None = None,
+    worker_args: Sequence[tuple] | None = None,
 ) -> int:
     """Run ``workers`` processes of ``target(*args, ready_event)``; see the module doc.
 
-    With ``cpu_shares``, worker ``i`` (and its replacements) runs on the CPUs
-    ``cpu_shares[i]`` only (``conveyor serve --cpu-affinity``).
+    With ``worker_args``, worker ``i`` and its replacements run
+    ``target(*args, *worker_args[i], ready_event)`` (its CPUs, say).
 
     ``target`` starts with SIGINT blocked and must unblock it once its handlers are
     in (``signal.pthread_sigmask``), and set ``ready_event`` once it serves. ``on_exit(pid)`` is
@@ -155,8 +155,9 @@ def run_workers(
 
     def spawn(i: int) -> _Slot:
         ready = ctx.Event()
+        own = worker_args[i] if worker_args is not None else ()
         process = ctx.Process(
-            target=_worker, args=(target, os.getpid(), *args, ready), daemon=False
+            target=_worker, args=(target, os.getpid(), *args, *own, ready), daemon=False
         )
         # A worker starts with SIGINT blocked (the mask outlives fork and exec) and
         # unblocks it once its own handlers are in: a group Ctrl-C while it imports
@@ -165,19 +166,10 @@ def run_workers(
         # ignored SIGINT here would be lost for the parent). The parent's forwarded
         # SIGTERM stops a worker meanwhile.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        # The CPU affinity likewise: a new process inherits the starting thread's, so
-        # the worker is on its share from its first instruction, before any of its
-        # threads exists.
-        previous_cpus = None
-        if cpu_shares is not None:
-            previous_cpus = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, set(cpu_shares[i]))
         try:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-            if previous_cpus is not None:
-                os.sched_setaffinity(0, previous_cpus)
         return _Slot(process, ready)
 
     def terminate_live() -> None:

@@ -1,9 +1,10 @@
 """``conveyor serve --cpu-affinity``: the CPU list, each worker's share, and the pinned
-server (every thread, torch's thread count, replacements of a dead worker)."""
+server (its Python threads, not gRPC's; torch's thread count; a replaced worker's share)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cli_server import read_stderr_until, start_cli_server, stop_cli_server
 from hypothesis import given
 from hypothesis import strategies as st
 from models import VERSION_IO, Version, write_model
-from test_workers import FAST, _in_thread, _pids, _wait
+from test_workers import FAST, _in_thread, _wait
 
 from conveyor.cli import main
 from conveyor.engine.cpu_affinity import format_cpu_list, parse_cpu_list, worker_shares
@@ -107,64 +108,101 @@ def test_serve_refuses_a_bad_cpu_list_in_one_line(
     assert sorted(os.sched_getaffinity(0)) == CPUS  # refused before anything was pinned
 
 
-def _threads_cpus(pid: int) -> set[frozenset[int]]:
-    return {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+def _threads(pid: int) -> list[tuple[str, frozenset[int]]]:
+    """(name, CPUs) of each thread of ``pid``."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        out.append((name, frozenset(os.sched_getaffinity(int(tid)))))
+    return out
 
 
-def test_a_pinned_server_runs_every_thread_on_its_cpus(tmp_path: Path) -> None:
+def _python_and_native_cpus(pid: int) -> tuple[set[frozenset[int]], set[frozenset[int]]]:
+    """The CPU sets of ``pid``'s Python threads (named as the process: Python does not
+    name its threads) and of the native threads that name themselves (gRPC's)."""
+    main_name = Path(f"/proc/{pid}/comm").read_text().strip()
+    threads = _threads(pid)
+    python = {cpus for name, cpus in threads if name == main_name}
+    native = {cpus for name, cpus in threads if name != main_name}
+    return python, native
+
+
+def test_a_pinned_server_runs_its_python_threads_on_its_cpus(tmp_path: Path) -> None:
     write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
     last = CPUS[-1]
     proc, _ = start_cli_server(
         tmp_path, "--cpu-affinity", str(last), "--metrics-port", "-1", "--log-level", "info"
     )
     try:
-        err = read_stderr_until(proc, lambda text: "serving " in text, 60)
-        assert f"running on CPU {last} (torch threads: 1)" in err
-        # gRPC's, torch's and the batcher's threads, all started after the pin.
-        assert _threads_cpus(proc.pid) == {frozenset({last})}
-        assert len(os.listdir(f"/proc/{proc.pid}/task")) > 3
+        err = read_stderr_until(proc, lambda text: "Python threads on CPU" in text, 60)
+        assert re.search(rf"\d+ Python threads on CPU {last} \(torch threads: 1\)", err), err
+        python, native = _python_and_native_cpus(proc.pid)
+        # The event loop's, the model worker's, the repository's, the main thread.
+        assert python == {frozenset({last})}
+        # gRPC's network threads keep every CPU the process has.
+        assert native == {frozenset(CPUS)}
     finally:
         stop_cli_server(proc, 30)
     assert proc.returncode == 0
 
 
 @two_cpus
-def test_each_worker_and_its_replacement_run_on_their_share(tmp_path: Path) -> None:
-    first, last = CPUS[0], CPUS[-1]
-    seen: dict[int, frozenset[int]] = {}
+def test_each_cli_worker_runs_on_its_own_share(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    cpus = f"{CPUS[0]},{CPUS[-1]}"
+    proc, _ = start_cli_server(
+        tmp_path, "--workers", "2", "--cpu-affinity", cpus, "--metrics-port", "-1",
+        "--log-level", "info",
+    )  # fmt: skip
+    try:
+        read_stderr_until(proc, lambda text: "all 2 workers serving" in text, 120)
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        shares = []
+        for kid in map(int, kids):
+            python, native = _python_and_native_cpus(kid)
+            if native:  # a server worker, not multiprocessing's resource tracker
+                assert len(python) == 1 and native == {frozenset(CPUS)}
+                shares.append(next(iter(python)))
+        assert sorted(shares, key=min) == [{CPUS[0]}, {CPUS[-1]}]
+    finally:
+        stop_cli_server(proc, 60)
+    assert proc.returncode == 0
+
+
+def test_each_worker_and_its_replacement_get_their_own_arguments(tmp_path: Path) -> None:
+    def tags() -> dict[int, str]:
+        return {
+            int(f.name.split(".")[0]): f.read_text()
+            for f in tmp_path.glob("*.tag")
+            if f.stat().st_size
+        }
 
     def chaos() -> None:
-        _wait(lambda: len(_pids(tmp_path)) == 2)
-        for pid in _pids(tmp_path):
-            seen[pid] = frozenset(os.sched_getaffinity(pid))
-        victim = next(pid for pid, cpus in seen.items() if cpus == {first})
+        _wait(lambda: len(tags()) == 2)
+        first = tags()
+        victim = next(pid for pid, tag in first.items() if tag == "a")
         os.kill(victim, signal.SIGKILL)
-        _wait(lambda: len(_pids(tmp_path)) == 3)
-        (new,) = _pids(tmp_path) - set(seen)
-        seen[new] = frozenset(os.sched_getaffinity(new))
+        _wait(lambda: len(tags()) == 3)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    before = os.sched_getaffinity(0)
     thread = _in_thread(chaos)
     code = run_workers(
-        worker_targets.serve_until_term,
+        worker_targets.serve_until_term_tagged,
         (str(tmp_path),),
         2,
         WorkerPolicy(**FAST),
-        cpu_shares=[(first,), (last,)],
+        worker_args=[("a",), ("b",)],
     )
     thread.join(5)
     assert not thread.errors  # type: ignore[attr-defined]
     assert code == 0
-    assert sorted(seen.values(), key=min) == [{first}, {first}, {last}]
-    assert os.sched_getaffinity(0) == before  # the parent's own threads are as they were
+    assert sorted(tags().values()) == ["a", "a", "b"]  # the replacement of "a" got "a"
 
 
 _LIMIT = """
 import os, sys, torch
-from conveyor.engine.cpu_affinity import limit_torch_threads, pin_process
+from conveyor.engine.cpu_affinity import limit_torch_threads
 before = torch.get_num_threads()
-pin_process([int(sys.argv[1])])
 print(before, limit_torch_threads([int(sys.argv[1])]))
 """
 

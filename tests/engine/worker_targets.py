@@ -50,3 +50,10 @@ def report_sigint_after_unblock(folder: str, ready) -> None:
     got.wait(5)
     Path(folder, "handled").write_text("SIGINT" if got.is_set() else "nothing")
     serve_until_term(folder, ready)
+
+
+def serve_until_term_tagged(folder: str, tag: str, ready) -> None:
+    """``serve_until_term`` that also leaves ``<pid>.tag`` holding ``tag`` (a per-worker
+    argument of ``run_workers``)."""
+    Path(folder, f"{os.getpid()}.tag").write_text(tag)
+    serve_until_term(folder, ready)
