@@ -112,8 +112,11 @@ def _threads(pid: int) -> list[tuple[str, frozenset[int]]]:
     """(name, CPUs) of each thread of ``pid``."""
     out = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        out.append((name, frozenset(os.sched_getaffinity(int(tid)))))
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            out.append((name, frozenset(os.sched_getaffinity(int(tid)))))
+        except OSError:  # ended since the listing (a model load's short-lived threads)
+            continue
     return out
 
 
@@ -141,6 +144,27 @@ def test_a_pinned_server_runs_its_python_threads_on_its_cpus(tmp_path: Path) -> 
         assert python == {frozenset({last})}
         # gRPC's network threads keep every CPU the process has.
         assert native == {frozenset(CPUS)}
+    finally:
+        stop_cli_server(proc, 30)
+    assert proc.returncode == 0
+
+
+def test_a_version_loaded_later_runs_on_the_pinned_cpus_too(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    last = CPUS[-1]
+    proc, _ = start_cli_server(
+        tmp_path, "--cpu-affinity", str(last), "--metrics-port", "-1", "--log-level", "info",
+        "--poll-interval", "0.2",
+    )  # fmt: skip
+    try:
+        read_stderr_until(proc, lambda text: "Python threads on CPU" in text, 60)
+        before = len(os.listdir(f"/proc/{proc.pid}/task"))
+        write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
+        # Its worker thread is started by the repository's thread, pinned, and inherits.
+        read_stderr_until(proc, lambda text: "model=m version=2" in text, 60)
+        python, _ = _python_and_native_cpus(proc.pid)
+        assert python == {frozenset({last})}
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) >= before
     finally:
         stop_cli_server(proc, 30)
     assert proc.returncode == 0
