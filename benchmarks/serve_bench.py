@@ -313,13 +313,16 @@ def run_load(
     server_pid: int | None = None,
     procs: int = 1,
     connections: int = 1,
+    metrics: str | None = None,
 ) -> dict[str, Any]:
     """``concurrency`` requests in flight from conveyor's load generator
     (:mod:`conveyor.bench.loadgen`) over ``procs`` client processes (default 1: on these
     2 shared cores one process drives every point here with less CPU per request than two,
     so it leaves more of the machine to the server; see benchmarks/README.md), each with
     ``connections`` gRPC connections. With ``server_pid``, also the server's CPU microseconds per answered request over the
-    measurement window (``server_cpu_us``)."""
+    measurement window (``server_cpu_us``); with ``metrics`` (a conveyor /metrics URL), the
+    mean rows per executed batch over that window (``batch_rows``)."""
+    from conveyor.bench import prom
     from conveyor.bench.loadgen import LoadSpec
     from conveyor.bench.loadgen import run_load as drive
 
@@ -335,8 +338,10 @@ def run_load(
         timeout=30,
     )
     sampler = None if server_pid is None else CpuSampler(server_pid)
+    # Read at the window's edges, so the batch sizes leave out the warm-up's.
+    scrapes = None if metrics is None else prom.WindowScrapes(metrics, duration)
     try:
-        result = drive(spec, progress=False)
+        result = drive(spec, progress=False, on_window=scrapes)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -355,6 +360,9 @@ def run_load(
         "client_cpu_cores": s["client_cpu_cores"],
         "client_cpu_us": s["client_cpu_us_per_request"],
         "server_cpu_us": server_cpu,
+        "batch_rows": (scrapes.server_side("mlp") or {}).get("server_batch_size")
+        if scrapes
+        else None,
     }
 
 
@@ -455,20 +463,13 @@ def main(argv: list[str] | None = None) -> int:
             pid: int,
             metrics: str | None = None,
         ) -> None:
-            from conveyor.bench import prom
-
             for concurrency, rows in points:
                 if wanted is not None and (concurrency, rows) not in wanted:
                     continue
-                before = prom.scrape(metrics) if metrics else None
                 r = run_load(
                     port, rows, concurrency, d, server_pid=pid, procs=args.client_procs,
-                    connections=args.connections,
+                    connections=args.connections, metrics=metrics,
                 )  # fmt: skip
-                if before is not None and metrics:
-                    r["batch_rows"] = prom.server_side(before, prom.scrape(metrics), "mlp")[
-                        "server_batch_size"
-                    ]
                 results.append({"server": name, **r})
                 print(
                     f"{name:<12} c={concurrency:<4} rows={rows:<3} {r['requests_s']:>8,.0f} req/s "
