@@ -277,12 +277,12 @@ def serve_one(
         server = Server(**kwargs)
         server.start()
         if cpus is not None:
-            from conveyor.engine.cpu_affinity import format_cpu_list, pin_python_threads
+            from conveyor.engine.cpu_affinity import format_cpu_list, pin_server_threads
 
             # After the start: gRPC's threads exist by now, and keep every CPU.
-            count = pin_python_threads(cpus)
+            count = pin_server_threads(cpus)
             log.info(
-                "%d Python threads on CPU %s (torch threads: %d)",
+                "%d server threads on CPU %s (torch threads: %d)",
                 count, format_cpu_list(cpus), torch_threads,
             )  # fmt: skip
         if started is not None:

@@ -6,7 +6,8 @@ When they wander over cores, every hand-off between them (a request queued for a
 worker, a batch's answers posted back to the loop) wakes a thread on another core
 and passes the GIL across cores; kept on one core, it is a context switch. gRPC's
 own threads (its C core's network polling, which runs without the GIL) are left on
-every CPU: they are what a second core is good for. On the 2-core machine of
+every CPU: they are what a second core is good for. torch's intra-op threads go with
+the Python ones. On the 2-core machine of
 benchmarks/README.md ("CPU affinity"), with the load generator on the same machine,
 this served 8 x 64-row requests 8-15% faster at ~7% less server CPU per request, and
 64 x 1-row requests no slower. Pinning the whole process instead (as ``taskset``
@@ -28,6 +29,7 @@ import contextlib
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 _ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -92,20 +94,28 @@ def worker_shares(cpus: Sequence[int], workers: int) -> list[tuple[int, ...]]:
     return shares
 
 
-def pin_python_threads(cpus: Sequence[int]) -> int:
-    """Every running Python thread of this process on ``cpus`` only; threads they
-    start from now on inherit it (a model worker's torch threads, a reloaded
-    model's workers). Threads started by native code (gRPC's) keep their CPUs.
-    Returns the number of threads pinned."""
+def pin_server_threads(cpus: Sequence[int]) -> int:
+    """The server's own threads on ``cpus`` only: every Python thread, and every native
+    thread that did not name itself (they carry the process's name: torch's OpenMP
+    pool, say). Threads that named themselves, gRPC's C core (``event_engine``,
+    ``grpc_global_tim``, ...), keep their CPUs. Threads started later inherit their
+    starter's CPUs. Returns the number of threads pinned."""
     import threading
 
+    tids = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+    try:
+        own_name = Path("/proc/self/comm").read_text()
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # ended since the listing
+                if Path(f"/proc/self/task/{tid}/comm").read_text() == own_name:
+                    tids.add(int(tid))
+    except OSError:  # no procfs: the Python threads only
+        pass
     mask = set(cpus)
     pinned = 0
-    for thread in threading.enumerate():
-        if thread.native_id is None:  # not started, or ended meanwhile
-            continue
+    for tid in tids:
         with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-            os.sched_setaffinity(thread.native_id, mask)
+            os.sched_setaffinity(tid, mask)
             pinned += 1
     return pinned
 

@@ -23,12 +23,13 @@ FAULTHANDLER_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
 
 
 def start_cli_server(
-    repo: Path, *flags: str, new_session: bool = False
+    repo: Path, *flags: str, new_session: bool = False, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], int]:
     """Start ``conveyor serve --model-repository repo --port <free> *flags``; stderr is piped.
 
     Returns the process and its port. The caller stops it (SIGTERM, then kill).
     ``new_session``: its own process group, which a test may signal as a whole.
+    ``env``: variables set for it on top of the test's environment.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,7 +39,7 @@ def start_cli_server(
          "--port", str(port), *flags],
         stderr=subprocess.PIPE,
         text=True,
-        env=FAULTHANDLER_ENV,
+        env={**FAULTHANDLER_ENV, **(env or {})},
         start_new_session=new_session,
     )  # fmt: skip
     return proc, port

@@ -10,16 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 import worker_targets
 from cli_server import read_stderr_until, start_cli_server, stop_cli_server
 from hypothesis import given
 from hypothesis import strategies as st
 from models import VERSION_IO, Version, write_model
+from test_server import _request
 from test_workers import FAST, _in_thread, _wait
 
 from conveyor.cli import main
 from conveyor.engine.cpu_affinity import format_cpu_list, parse_cpu_list, worker_shares
+from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.workers import WorkerPolicy, run_workers
 
 pytestmark = pytest.mark.skipif(
@@ -120,30 +123,37 @@ def _threads(pid: int) -> list[tuple[str, frozenset[int]]]:
     return out
 
 
-def _python_and_native_cpus(pid: int) -> tuple[set[frozenset[int]], set[frozenset[int]]]:
-    """The CPU sets of ``pid``'s Python threads (named as the process: Python does not
-    name its threads) and of the native threads that name themselves (gRPC's)."""
+def _own_and_named_cpus(pid: int) -> tuple[set[frozenset[int]], set[frozenset[int]]]:
+    """The CPU sets of ``pid``'s own threads (named as the process: Python's, and native
+    ones that do not name themselves) and of the threads that name themselves (gRPC's)."""
     main_name = Path(f"/proc/{pid}/comm").read_text().strip()
     threads = _threads(pid)
-    python = {cpus for name, cpus in threads if name == main_name}
-    native = {cpus for name, cpus in threads if name != main_name}
-    return python, native
+    own = {cpus for name, cpus in threads if name == main_name}
+    named = {cpus for name, cpus in threads if name != main_name}
+    return own, named
 
 
-def test_a_pinned_server_runs_its_python_threads_on_its_cpus(tmp_path: Path) -> None:
+def test_a_pinned_server_runs_its_own_threads_on_its_cpus(tmp_path: Path) -> None:
     write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
     last = CPUS[-1]
-    proc, _ = start_cli_server(
-        tmp_path, "--cpu-affinity", str(last), "--metrics-port", "-1", "--log-level", "info"
-    )
+    # Two torch threads: torch's OpenMP pool, native threads that do not name
+    # themselves, must be pinned too.
+    proc, port = start_cli_server(
+        tmp_path, "--cpu-affinity", str(last), "--metrics-port", "-1", "--log-level", "info",
+        env={"OMP_NUM_THREADS": "2"},
+    )  # fmt: skip
     try:
-        err = read_stderr_until(proc, lambda text: "Python threads on CPU" in text, 60)
-        assert re.search(rf"\d+ Python threads on CPU {last} \(torch threads: 1\)", err), err
-        python, native = _python_and_native_cpus(proc.pid)
-        # The event loop's, the model worker's, the repository's, the main thread.
-        assert python == {frozenset({last})}
+        err = read_stderr_until(proc, lambda text: "server threads on CPU" in text, 60)
+        assert re.search(rf"\d+ server threads on CPU {last} \(torch threads: 2\)", err), err
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(3):
+                stub.ModelInfer(_request(1.0), timeout=30)
+        own, named = _own_and_named_cpus(proc.pid)
+        # The event loop's, the model worker's, the repository's, the main thread, torch's.
+        assert own == {frozenset({last})}
         # gRPC's network threads keep every CPU the process has.
-        assert native == {frozenset(CPUS)}
+        assert named == {frozenset(CPUS)}
     finally:
         stop_cli_server(proc, 30)
     assert proc.returncode == 0
@@ -157,13 +167,13 @@ def test_a_version_loaded_later_runs_on_the_pinned_cpus_too(tmp_path: Path) -> N
         "--poll-interval", "0.2",
     )  # fmt: skip
     try:
-        read_stderr_until(proc, lambda text: "Python threads on CPU" in text, 60)
+        read_stderr_until(proc, lambda text: "server threads on CPU" in text, 60)
         before = len(os.listdir(f"/proc/{proc.pid}/task"))
         write_model(tmp_path, "m", 2, Version(2), VERSION_IO)
         # Its worker thread is started by the repository's thread, pinned, and inherits.
         read_stderr_until(proc, lambda text: "model=m version=2" in text, 60)
-        python, _ = _python_and_native_cpus(proc.pid)
-        assert python == {frozenset({last})}
+        own, _ = _own_and_named_cpus(proc.pid)
+        assert own == {frozenset({last})}
         assert len(os.listdir(f"/proc/{proc.pid}/task")) >= before
     finally:
         stop_cli_server(proc, 30)
@@ -183,10 +193,10 @@ def test_each_cli_worker_runs_on_its_own_share(tmp_path: Path) -> None:
         kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         shares = []
         for kid in map(int, kids):
-            python, native = _python_and_native_cpus(kid)
-            if native:  # a server worker, not multiprocessing's resource tracker
-                assert len(python) == 1 and native == {frozenset(CPUS)}
-                shares.append(next(iter(python)))
+            own, named = _own_and_named_cpus(kid)
+            if named:  # a server worker, not multiprocessing's resource tracker
+                assert len(own) == 1 and named == {frozenset(CPUS)}
+                shares.append(next(iter(own)))
         assert sorted(shares, key=min) == [{CPUS[0]}, {CPUS[-1]}]
     finally:
         stop_cli_server(proc, 60)
