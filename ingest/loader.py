@@ -236,7 +236,9 @@ class StreamLoader:
         self._reported: dict[str, Any] | None = None  # the last quarantine warning's counts
         self._iteration: object | None = None
         self._announced: int | None = None  # see read_ahead
-        self._ahead: tuple[int, _Prefetch] | None = None  # (epoch, its windows from the first)
+        # (epoch, its windows from the first, the finalizer that stops them if the loader is
+        # collected first: see _start_ahead)
+        self._ahead: tuple[int, _Prefetch, weakref.finalize] | None = None
         self._vocab = self.validator.vocab
         self._regression = spec.label.task == "regression"
         if not self._regression:
@@ -313,9 +315,13 @@ class StreamLoader:
     def close(self) -> None:
         """Stop reading ahead (the threads of a finished iteration end by themselves).
 
-        After :meth:`read_ahead`, the next epoch's read-ahead holds two threads and an
-        open file, and those threads keep the loader itself alive: close it, or use it as
-        a context manager (``with StreamLoader(...) as loader:``), when done with it."""
+        After :meth:`read_ahead`, the next epoch's read-ahead holds two threads and, for a
+        CSV or Arrow IPC file streamed in several record batches, an open file, until that
+        epoch runs. They do not keep the loader alive: a loader dropped without ``close()`` stops
+        them when it is collected (at once under CPython's reference counting, or at the next
+        garbage collection when it is in a reference cycle), and they end soon after, closing
+        the file. ``close()`` (or ``with StreamLoader(...) as loader:``) stops them at once and
+        waits for them."""
         self._announced = None
         self._drop_ahead()
 
@@ -333,12 +339,21 @@ class StreamLoader:
         self._drop_ahead()
         plan = self.plan(epoch)
         if plan.rows:
-            self._ahead = (epoch, self._open_windows(plan, 0, epoch))
+            windows = self._open_windows(plan, 0, epoch)
+            assert isinstance(windows, _Prefetch)  # read_ahead is a no-op without threads
+            # The threads hold the loader only through a weak proxy (see _open_windows), so a
+            # loader dropped while they wait for their epoch is collected, and this stops them.
+            # Not at exit: _close_live_prefetches stops and joins them there, as before.
+            stop = weakref.finalize(self, windows.stop)
+            stop.atexit = False
+            self._ahead = (epoch, windows, stop)
 
     def _drop_ahead(self) -> None:
         if self._ahead is not None:
-            self._ahead[1].close()
+            _, windows, stop = self._ahead
             self._ahead = None
+            stop.detach()
+            windows.close()
 
     def _new_epoch(self) -> None:
         """Fold the current epoch's counts into the total and start from zero."""
@@ -415,9 +430,11 @@ class StreamLoader:
             name = f"epoch{self.epoch:04d}-rank{c.rank:05d}-from{first:08d}.parquet"
             writer = QuarantineWriter(Path(c.quarantine) / name)
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and (ahead[0] != self.epoch or first != 0):
-            ahead[1].close()
-            ahead = None
+        if ahead is not None:
+            ahead[2].detach()  # this iteration holds the loader, and closes the windows
+            if ahead[0] != self.epoch or first != 0:
+                ahead[1].close()
+                ahead = None
         last_window = -(-plan.rows // K) - 1
         try:
             if ahead is not None:
@@ -525,9 +542,15 @@ class StreamLoader:
 
     # -- reading and conversion (producer side) ----------------------------------------------
     def _open_windows(self, plan: RankPlan, first_window: int, epoch: int) -> Iterator[_Window]:
-        """:meth:`_windows`, prepared by the background threads when ``prefetch > 0``."""
+        """:meth:`_windows`, prepared by the background threads when ``prefetch > 0``.
+
+        The generators run on a weak proxy of the loader: a read-ahead's threads keep their
+        frames until the epoch runs, and a bound generator would keep a dropped loader (and
+        so the threads, see :meth:`_start_ahead`) alive for the life of the process. Calls
+        from them (``self._window(...)``) hold the loader only while they run; a thread that
+        finds it gone ends with a ``ReferenceError`` that nobody takes."""
         c = self.config
-        windows = self._windows(plan, first_window, epoch)
+        windows = type(self)._windows(weakref.proxy(self), plan, first_window, epoch)
         if c.prefetch <= 0:
             return windows
         depth = max(1, -(-c.prefetch * c.batch_size // self.window))
@@ -537,7 +560,8 @@ class StreamLoader:
         """Converted windows of ``epoch`` (whose plan is ``plan``) from ``first_window`` to the
         end of the rank's share."""
         c, K = self.config, self.window
-        slices: Iterator[_Slice] = self._slices(plan, first_window * K)
+        # Unbound, so that a proxied ``self`` stays a proxy in _slices (see _open_windows).
+        slices: Iterator[_Slice] = self.__class__._slices(self, plan, first_window * K)
         if c.prefetch > 0:
             slices = _Prefetch(slices, _CHUNK_READAHEAD, "conveyor-ingest-read")
         stream = _SliceStream(slices)
@@ -925,10 +949,16 @@ class _Prefetch:
             raise item
         return item
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop the thread and wait for it (at most ``timeout`` seconds; None = no bound)."""
+    def stop(self) -> None:
+        """Ask the thread to stop, without waiting: it ends once its current item is made (or
+        at once when waiting to queue one), closing ``it``. Safe from any thread, this one's
+        own included (a finalizer may run there)."""
         self._finished = True
         self._stop.set()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread and wait for it (at most ``timeout`` seconds; None = no bound)."""
+        self.stop()
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._thread.is_alive() and (deadline is None or time.monotonic() < deadline):
             try:
