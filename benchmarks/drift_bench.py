@@ -35,6 +35,9 @@ from serve_bench import FEATURES, free_port, run_load, start, stop, write_model
 # (concurrency, rows per request): the target's point, and larger batches where the
 # per-row share of the drift work is largest.
 POINTS = ((64, 1), (64, 16))
+# Load generator processes per point: the setup of the published figures
+# (benchmarks/README.md), passed explicitly since serve_bench.run_load defaults to 1.
+CLIENT_PROCS = 2
 
 
 def add_reference(directory: Path, work: Path) -> None:
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (default 3)")
     parser.add_argument("--pairs", type=int, default=5, help="off/on measurement pairs (default 5)")
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error(f"--pairs must be >= 1, got {args.pairs}")
+    if not args.duration > 0:
+        parser.error(f"--duration must be > 0, got {args.duration:g}")
 
     rates: dict[tuple[str, int, int], list[float]] = {}
     cpu: dict[tuple[str, int, int], list[float]] = {}  # server CPU us per row
@@ -139,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                         # The server's CPU over the clients' measurement window only (not
                         # their start-up and warm-up), per row answered in that window.
                         r = run_load(
-                            servers[drift][0], rows, concurrency, args.duration, server_pid=pid
+                            servers[drift][0],
+                            rows,
+                            concurrency,
+                            args.duration,
+                            server_pid=pid,
+                            procs=CLIENT_PROCS,
                         )
                         rates.setdefault((drift, concurrency, rows), []).append(r["rows_s"])
                         if r["server_cpu_us"] is not None:

@@ -47,25 +47,53 @@ def proc_status(pid: int) -> tuple[float, int]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=20000)
-    parser.add_argument("--seconds", type=float, default=600.0, help="stop after this long")
+    parser.add_argument(
+        "--examples", type=int, default=20000, help="hypothesis examples (default 20000)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=600.0, help="stop after this long (default 600)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # Checked before the server starts: hypothesis rejects max_examples < 1 only when
+    # the test is decorated, which would be after.
+    if args.examples < 1:
+        parser.error(f"--examples must be >= 1, got {args.examples}")
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds:g}")
     tmp = tempfile.TemporaryDirectory()
-    repo = Path(tmp.name)
-    write_model(repo, "affine", 1, Affine(), AFFINE_IO, max_batch_size=8)
-    write_model(repo, "vocab", 1, Vocab(), VOCAB_IO, max_batch_size=8)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
-         "--port", str(port), "--max-message-bytes", str(1 << 20), "--log-level", "error"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        repo = Path(tmp.name)
+        write_model(repo, "affine", 1, Affine(), AFFINE_IO, max_batch_size=8)
+        write_model(repo, "vocab", 1, Vocab(), VOCAB_IO, max_batch_size=8)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+             "--port", str(port), "--max-message-bytes", str(1 << 20), "--log-level", "error"],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        # From here every exit, an exception included, stops the server before its
+        # model folder goes (else it outlives us, orphaned, on the caller's stdout).
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return fuzz(server, channel, args)
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    finally:
+        tmp.cleanup()
+
+
+def fuzz(server: subprocess.Popen[bytes], channel: grpc.Channel, args: argparse.Namespace) -> int:
+    """The fuzz run against the started ``server``: prints the summary, returns the exit status."""
     grpc.channel_ready_future(channel).result(timeout=120)
     ready = channel.unary_unary(
         "/inference.GRPCInferenceService/ServerReady",
@@ -124,17 +152,11 @@ def main() -> int:
         except grpc.RpcError as exc:
             record(exc)
 
-    try:
-        with contextlib.suppress(TimeUp):
-            run()
-        elapsed = time.monotonic() - started
-        alive = server.poll() is None
-        end_status = proc_status(server.pid) if alive else (float("nan"), 0)
-    finally:
-        channel.close()
-        server.terminate()
-        server.wait(30)
-        tmp.cleanup()
+    with contextlib.suppress(TimeUp):
+        run()
+    elapsed = time.monotonic() - started
+    alive = server.poll() is None
+    end_status = proc_status(server.pid) if alive else (float("nan"), 0)
     summary = {
         "runs": runs,
         "seconds": round(elapsed, 1),

@@ -170,12 +170,16 @@ def cuda_main(args) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--bins", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="default 1000000")
+    parser.add_argument("--features", type=int, default=32, help="default 32")
+    parser.add_argument(
+        "--bins", type=int, default=20, help="bins per feature, bins + 1 edges (default 20)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per implementation, median (default 5)"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--cuda-variants",
@@ -183,7 +187,16 @@ def main() -> int:
         help="CUDA: also time the search kernel and lookup tables of 256/512/1024 cells",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, value in (("--rows", args.rows), ("--features", args.features)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.bins < 1:  # the op needs at least 2 edges per feature
+        parser.error(
+            f"--bins must be >= 1 (bins + 1 edges; the minimum is 2 edges), got {args.bins}"
+        )
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     if args.device == "cuda":
         return cuda_main(args)
 

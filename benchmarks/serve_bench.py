@@ -58,6 +58,13 @@ ROOT = HERE.parent
 FEATURES = 64
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
+# (concurrency, rows per request) points each server is measured at.
+POINTS = [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)]  # bare and every conveyor-* server
+MLSERVER_POINTS = {"mlserver": [(1, 1), (64, 1), (8, 64)], "mlserver-default": [(64, 1)]}
+CONVEYOR_SERVERS = ("conveyor-w1", "conveyor-w2", "conveyor-mlp", "conveyor-pin")
+# --servers names; "mlserver" runs both MLServer set-ups.
+SERVERS = ("bare", *CONVEYOR_SERVERS, "mlserver")
+
 
 # -- the model ---------------------------------------------------------------------------------
 
@@ -101,7 +108,9 @@ def forward_rate(
 ) -> dict[str, float]:
     """Rows/s of the scripted model's forward at ``batch`` in this process, with one
     torch thread like each server process; the best of three windows (shared machine).
-    ``packed``: the same weights through the engine's ``conveyor_mlp`` accelerator."""
+    ``packed``: the same weights through the engine's ``conveyor_mlp`` accelerator.
+    ``server_cpu_us``: this thread's CPU microseconds per call over that best window
+    (the forward runs in the calling thread), the figure the servers' rows report."""
     import torch
 
     torch.set_num_threads(1)
@@ -114,17 +123,19 @@ def forward_rate(
         run = PackedMLP(mlp_layers(model)).run
         xn = x.numpy()
         model = lambda _: run(xn)  # noqa: E731  (same loop below for both)
-    best = 0.0
+    best, best_cpu_us = 0.0, 0.0
     with torch.inference_mode():
         for _ in range(20):
             model(x)
         for _ in range(3):
-            n, t0 = 0, time.perf_counter()
+            n, t0, cpu0 = 0, time.perf_counter(), time.thread_time()
             while time.perf_counter() - t0 < seconds / 3:
                 model(x)
                 n += 1
-            best = max(best, n / (time.perf_counter() - t0))
-    return {"rows_s": best * batch, "requests_s": best}
+            rate = n / (time.perf_counter() - t0)
+            if rate > best:
+                best, best_cpu_us = rate, (time.thread_time() - cpu0) / n * 1e6
+    return {"rows_s": best * batch, "requests_s": best, "server_cpu_us": best_cpu_us}
 
 
 def request_bytes(rows: int) -> bytes:
@@ -401,13 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     parser.add_argument(
         "--servers",
-        default="bare,conveyor-w1,conveyor-w2,conveyor-mlp,conveyor-pin,mlserver",
-        help="comma-separated subset to run (default: all)",
+        default=",".join(SERVERS),
+        help=f"comma-separated subset of {','.join(SERVERS)} to run (default: all)",
     )
     parser.add_argument(
         "--points",
         default=None,
-        help="comma-separated CONCURRENCYxROWS points to run, e.g. 64x1,8x64 (default: all)",
+        help="comma-separated CONCURRENCYxROWS points to run, e.g. 64x1,8x64, out of "
+        f"{_points_text(POINTS)} (default: all)",
     )
     parser.add_argument(
         "--conveyor-delay",
@@ -436,6 +448,41 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--client-procs must be >= 1")
     if args.connections < 1:
         parser.error("--connections must be >= 1")
+    if not args.duration > 0:
+        parser.error(f"--duration must be > 0, got {args.duration:g}")
+    chosen = set(filter(None, args.servers.split(",")))
+    unknown = sorted(chosen - set(SERVERS))
+    if unknown or not chosen:
+        parser.error(
+            f"--servers: unknown server(s) {','.join(unknown) or repr(args.servers)}; "
+            f"choose from {','.join(SERVERS)}"
+        )
+    wanted = None
+    if args.points:
+        # A point none of the chosen servers runs would measure nothing.
+        runnable = list(POINTS) if chosen - {"mlserver"} else []
+        if "mlserver" in chosen:
+            runnable += [p for points in MLSERVER_POINTS.values() for p in points]
+        runnable = list(dict.fromkeys(runnable))
+        wanted = set()
+        for text in args.points.split(","):
+            try:
+                concurrency, rows = (int(v) for v in text.split("x"))
+            except ValueError:
+                concurrency = rows = None
+            if (concurrency, rows) not in runnable:
+                parser.error(
+                    f"--points: {text!r} is not a point the chosen servers run; "
+                    f"choose from {_points_text(runnable)}"
+                )
+            wanted.add((concurrency, rows))
+    # Checked now: the file is written after the whole run.
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        parser.error(
+            f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist"
+        )
+    if args.json and Path(args.json).is_dir():
+        parser.error(f"--json {args.json}: is a folder, not a file")
     if args.bare_server is not None:
         bare_server(args.bare_server)
         return 0
@@ -450,11 +497,11 @@ def main(argv: list[str] | None = None) -> int:
             for batch in (64, 512):
                 rate = forward_rate(model_path, batch, seconds=min(d, 3.0), packed=packed)
                 results.append({"server": name, "rows": batch, "concurrency": 0, **rate})
-                print(f"{name} batch {batch}: {rate['rows_s']:,.0f} rows/s", flush=True)
-
-        wanted = None
-        if args.points:
-            wanted = {tuple(int(v) for v in p.split("x")) for p in args.points.split(",")}
+                print(
+                    f"{name} batch {batch}: {rate['rows_s']:,.0f} rows/s, "
+                    f"CPU {rate['server_cpu_us']:.0f} us/call",
+                    flush=True,
+                )
 
         def measure(
             name: str,
@@ -479,12 +526,11 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-        chosen = set(args.servers.split(","))
         if "bare" in chosen:
             port = free_port()
             proc = start([sys.executable, __file__, "--bare-server", str(port)], port)
             try:
-                measure("bare", [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)], port, proc.pid)
+                measure("bare", POINTS, port, proc.pid)
             finally:
                 stop(proc)
 
@@ -515,9 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                 env,
             )  # fmt: skip
             try:
-                points = [(1, 1), (8, 1), (64, 1), (256, 1), (8, 64)]
                 metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-                measure(name, points, port, proc.pid, metrics)
+                measure(name, POINTS, port, proc.pid, metrics)
             finally:
                 stop(proc)
 
@@ -532,10 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             theirs = next((venv / "lib").glob("python*/site-packages"))
             (theirs / "zz_conveyor_torch.pth").write_text(f"{ours}\n")
             env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
-            for workers, name, points in (
-                (0, "mlserver", [(1, 1), (64, 1), (8, 64)]),
-                (1, "mlserver-default", [(64, 1)]),
-            ):
+            for workers, name in ((0, "mlserver"), (1, "mlserver-default")):
+                points = MLSERVER_POINTS[name]
                 port = free_port()
                 folder = mlserver_dir(work, model_path, port, workers)
                 proc = start([str(venv / "bin" / "mlserver"), "start", str(folder)], port, env)
@@ -553,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _points_text(points: list[tuple[int, int]]) -> str:
+    return ",".join(f"{c}x{rows}" for c, rows in points)
+
+
 def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -566,7 +613,7 @@ def table(results: list[dict[str, Any]]) -> str:
         if r["server"] in ("forward", "forward-mlp"):
             label = "forward (in-process)" if r["server"] == "forward" else "forward (conveyor_mlp)"
             lines.append(
-                f"| {label} | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {1e6 / r['requests_s']:.0f} | - |"
+                f"| {label} | - | {r['rows']} | {r['requests_s']:,.0f} | {r['rows_s']:,.0f} | - | - | - | - | - | {_us(r.get('server_cpu_us'))} | - |"
             )
             continue
         lines.append(

@@ -134,8 +134,8 @@ def ddp_rate(cfg: TrainConfig) -> float:
     return summary["history"][-1]["samples_per_s"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
@@ -147,7 +147,17 @@ def main() -> None:
         help="torch threads of the single-process runs, (a) and (b) (default 2 = the cores)",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    for flag, value in (
+        ("--rows", args.rows),
+        ("--batch", args.batch),
+        ("--rounds", args.rounds),
+        ("--threads", args.threads),
+    ):
+        if value < 1:
+            ap.error(f"{flag} must be >= 1, got {value}")
+    if min(args.hidden) < 1:
+        ap.error(f"--hidden: layer widths must be >= 1, got {' '.join(map(str, args.hidden))}")
     # The trainer only picks its own thread count when OMP_NUM_THREADS is unset.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)

@@ -622,14 +622,27 @@ BUILDERS = {
 }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--ops", default=",".join(BUILDERS), help="comma-separated subset")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch and conveyor)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timed batch")
+    parser.add_argument(
+        "--ops",
+        default=",".join(BUILDERS),
+        help=f"comma-separated subset of {','.join(BUILDERS)} (default: all)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (torch and conveyor; default 1)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="timed batches per implementation, the fastest kept (default 5)",
+    )
+    parser.add_argument(
+        "--min-time", type=float, default=0.05, help="seconds per timed batch (default 0.05)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument(
         "--max-seconds",
@@ -647,7 +660,20 @@ def main() -> int:
         help="embedding_bag shapes instead of the defaults (table rows V, width D, B bags of L)",
     )
     parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = [op for op in args.ops.split(",") if op not in BUILDERS]
+    if unknown:
+        parser.error(
+            f"--ops: unknown op(s) {','.join(map(repr, unknown))}; choose from {','.join(BUILDERS)}"
+        )
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if not args.min_time > 0:
+        parser.error(f"--min-time must be > 0, got {args.min_time:g}")
+    if args.max_seconds < 0:
+        parser.error(f"--max-seconds must be >= 0 (0: no limit), got {args.max_seconds:g}")
     global LARGE_ONLY
     LARGE_ONLY = args.large_only
     for spec in filter(None, args.embedding_bag_shapes.split(";")):

@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=7, help="timing windows per figure (default 7)"
     )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds < 1:  # 0 windows time nothing: inf and nan ratios
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     from conveyor import _C
 
     torch.set_num_threads(args.threads)
