@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -173,4 +174,7 @@ def fuzz(server: subprocess.Popen[bytes], channel: grpc.Channel, args: argparse.
 
 
 if __name__ == "__main__":
+    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
+    # stop the servers this script started instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     raise SystemExit(main())

@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--servers: unknown server(s) {','.join(unknown) or repr(args.servers)}; "
             f"choose from {','.join(SERVERS)}"
         )
+    if args.skip_mlserver and chosen == {"mlserver"}:
+        parser.error("--servers mlserver with --skip-mlserver: nothing left to measure")
     wanted = None
     if args.points:
         # A point none of the chosen servers runs would measure nothing.
@@ -676,4 +678,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
+    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
+    # stop the servers this script started instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     raise SystemExit(main())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -208,4 +209,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
+    # stop the servers this script started instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     raise SystemExit(main())

@@ -18,6 +18,7 @@ CASES = [
     ("serve_bench.py", ["--servers", "mlserver", "--points", "8x1"], ["--points", "'8x1'", "64x1"]),
     ("serve_bench.py", ["--servers", "bogus"], ["--servers", "bogus", "conveyor-pin"]),
     ("serve_bench.py", ["--servers", "Bare"], ["--servers", "Bare", "bare"]),
+    ("serve_bench.py", ["--servers", "mlserver", "--skip-mlserver"], ["--skip-mlserver"]),
     ("serve_bench.py", ["--duration", "0"], ["--duration", "0"]),
     ("serve_bench.py", ["--duration", "-1"], ["--duration", "-1"]),
     ("kernels/bench_ops.py", ["--rounds", "0"], ["--rounds", "0"]),
