@@ -562,7 +562,12 @@ def test_a_dropped_loader_stops_its_read_ahead(tmp_path, fmt, capfd):
     assert sum(1 for _ in ld) == n // 8
     assert ld._ahead is not None and _ingest_threads()
     if fmt == "ipc" and _open_fds(path) is not None:
-        assert _open_fds(path)  # else the check after the drop could not fail
+        # The read-ahead opens the file on its own thread, maybe not yet: wait for it (else
+        # the check after the drop could not fail).
+        deadline = time.monotonic() + 10.0
+        while not _open_fds(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _open_fds(path)
     del source
     alive = weakref.ref(ld)
     del ld  # no close(), no `with`
