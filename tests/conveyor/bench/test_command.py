@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import subprocess
@@ -32,26 +33,36 @@ conveyor_batch_size_count{model="double",version="1"} 4.0
 """
 
 
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on 127.0.0.1 in a thread; yields its ``host:port``."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.fixture
 def metrics_page() -> Iterator[str]:
     """A static Prometheus page on 127.0.0.1 (the engine's own /metrics is another branch's)."""
 
-    class Page(BaseHTTPRequestHandler):
+    class Page(_QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200 if self.path == "/metrics" else 404)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.end_headers()
             self.wfile.write(PAGE)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with _http(Page) as address:
+        yield address
 
 
 def test_serve_writes_json_csv_png(
@@ -91,7 +102,7 @@ def test_failed_scrape_keeps_the_sweep_going(
 ) -> None:
     served = [0]
 
-    class Flaky(BaseHTTPRequestHandler):
+    class Flaky(_QuietHandler):
         def do_GET(self) -> None:
             served[0] += 1
             ok = served[0] <= 2  # the check before the sweep, point 1's "before"; then 500s
@@ -99,22 +110,14 @@ def test_failed_scrape_keeps_the_sweep_going(
             self.end_headers()
             self.wfile.write(PAGE if ok else b"down")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     out = tmp_path / "out"
-    argv = [
-        "bench", "serve", "--target", server.address, "--model", "double",
-        "--concurrency", "1,2", "--duration", "0.3", "--warmup", "0", "--out", str(out),
-        "--metrics-url", f"127.0.0.1:{httpd.server_address[1]}", "--progress", "off",
-    ]  # fmt: skip
-    try:
+    with _http(Flaky) as metrics:
+        argv = [
+            "bench", "serve", "--target", server.address, "--model", "double",
+            "--concurrency", "1,2", "--duration", "0.3", "--warmup", "0", "--out", str(out),
+            "--metrics-url", metrics, "--progress", "off",
+        ]  # fmt: skip
         assert main(argv) == 0
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     points = json.loads((out / "serve.json").read_text())["points"]
     assert [p["concurrency"] for p in points] == [1, 2]  # the second point still ran
     assert all(p["requests"] > 0 for p in points)
@@ -331,7 +334,7 @@ def test_server_side_figures_cover_the_measured_window_only(server: Server, tmp_
 
     t0 = time.perf_counter()
 
-    class Clock(BaseHTTPRequestHandler):
+    class Clock(_QuietHandler):
         def do_GET(self) -> None:
             ms = 1e3 * (time.perf_counter() - t0)
             self.send_response(200)
@@ -341,22 +344,14 @@ def test_server_side_figures_cover_the_measured_window_only(server: Server, tmp_
                 b'conveyor_requests_total{model="double",version="1",code="OK"} %.3f\n' % ms
             )
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Clock)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     out = tmp_path / "out"
-    argv = [
-        "bench", "serve", "--target", server.address, "--model", "double",
-        "--concurrency", "1", "--duration", "0.3", "--warmup", "2", "--out", str(out),
-        "--metrics-url", f"127.0.0.1:{httpd.server_address[1]}", "--progress", "off",
-    ]  # fmt: skip
-    try:
+    with _http(Clock) as metrics:
+        argv = [
+            "bench", "serve", "--target", server.address, "--model", "double",
+            "--concurrency", "1", "--duration", "0.3", "--warmup", "2", "--out", str(out),
+            "--metrics-url", metrics, "--progress", "off",
+        ]  # fmt: skip
         assert main(argv) == 0
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     point = json.loads((out / "serve.json").read_text())["points"][0]
     assert 0 < point["server_requests"] < 1500  # about 300 ms; the warm-up alone is 2000
 
