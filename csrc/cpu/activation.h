@@ -45,8 +45,13 @@ inline double act_exp(double x) { return std::exp(x); }
 // 1.49. erf's exp(-a * a) does not (it is multiplied by ~1/a), so GELU's forward
 // keeps the plain one (the two selects cost it ~5% at 512 x 256 -> 256).
 __attribute__((always_inline)) inline float act_exp_limits(float x) {
-  const float y = act_exp(x);
-  return x < -87.3f ? 0.0f : (x > 88.3f ? __builtin_inff() : y);
+  // Bit masks, not ?:: GCC 12 does not if-convert a select on the result of
+  // act_exp, so the loops around it (SiLU, sigmoid, GELU's derivative) ran
+  // scalar (~3-8 ns an element). A NaN compares false both times and stays NaN.
+  const uint32_t tiny = 0u - static_cast<uint32_t>(x < -87.3f);
+  const uint32_t huge = 0u - static_cast<uint32_t>(x > 88.3f);
+  const uint32_t y = __builtin_bit_cast(uint32_t, act_exp(x)) & ~tiny;
+  return __builtin_bit_cast(float, (y & ~huge) | (0x7f800000u & huge));
 }
 inline double act_exp_limits(double x) { return std::exp(x); }
 
@@ -127,21 +132,27 @@ __attribute__((always_inline)) inline T activate_grad(int act, T z) {
 
 // out[i] = act(v[i]) and g[i] = gy[i] * act'(z[i]) over arrays, one loop per
 // activation so each vectorizes (the switch is outside the element loop).
+// In place (out == v) is allowed: each iteration reads and writes element i only.
+//
+// always_inline down to here: these are called from target_clones functions
+// (simd.h), and a plain `inline` template is compiled once, for the baseline
+// ISA, and called from every clone. That left the AVX-512 builds' epilogues on
+// 4-wide SSE code: GELU cost ~2 ns an element, the GEMM's whole time again.
 template <int ACT, typename T>
-inline void activate_n(const T* __restrict v, T* __restrict out, int64_t n) {
+__attribute__((always_inline)) inline void activate_n(const T* v, T* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = activate<T>(ACT, v[i]);
 }
 
 template <int ACT, typename T>
-inline void activate_grad_n(const T* __restrict gy, const T* __restrict z, T* __restrict g,
-                            int64_t n) {
+__attribute__((always_inline)) inline void activate_grad_n(const T* gy, const T* z, T* g,
+                                                           int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) g[i] = gy[i] * activate_grad<T>(ACT, z[i]);
 }
 
 template <typename T>
-inline void activate_array(int act, const T* v, T* out, int64_t n) {
+__attribute__((always_inline)) inline void activate_array(int act, const T* v, T* out, int64_t n) {
   switch (act) {
     case kActRelu: activate_n<kActRelu>(v, out, n); break;
     case kActGelu: activate_n<kActGelu>(v, out, n); break;
@@ -154,7 +165,7 @@ inline void activate_array(int act, const T* v, T* out, int64_t n) {
 }
 
 template <typename T>
-inline void activate_grad_array(int act, const T* gy, const T* z, T* g, int64_t n) {
+__attribute__((always_inline)) inline void activate_grad_array(int act, const T* gy, const T* z, T* g, int64_t n) {
   switch (act) {
     case kActRelu: activate_grad_n<kActRelu>(gy, z, g, n); break;
     case kActGelu: activate_grad_n<kActGelu>(gy, z, g, n); break;

@@ -159,8 +159,8 @@ void pack_a(const Gemm<T>& g, int64_t ic, int64_t mc, int64_t pc, int64_t kc, T*
 }
 
 template <typename T>
-void store_tile(const Gemm<T>& g, const T* tile, int64_t m0, int64_t mv, int64_t n0, int64_t nv,
-                bool first, bool last) {
+CONVEYOR_INLINE void store_tile_body(const Gemm<T>& g, const T* tile, int64_t m0, int64_t mv,
+                                     int64_t n0, int64_t nv, bool first, bool last) {
   constexpr int64_t NR = kNR<T>;
   for (int64_t i = 0; i < mv; ++i) {
     T* c = g.C + (m0 + i) * g.ldc + n0;
@@ -182,8 +182,27 @@ void store_tile(const Gemm<T>& g, const T* tile, int64_t m0, int64_t mv, int64_t
       for (int64_t j = 0; j < nv; ++j) v[j] += g.bias[n0 + j];
     if (z)
       for (int64_t j = 0; j < nv; ++j) z[j] = v[j];
-    activate_any(g.act, v, c, nv);
+    activate_array<T>(g.act, v, c, nv);
   }
+}
+
+// Cloned per ISA like the micro-kernel: as a plain template the epilogue ran
+// baseline SSE code and called the activation once per tile row.
+CONVEYOR_CLONES void store_tile_f32(const Gemm<float>& g, const float* tile, int64_t m0,
+                                    int64_t mv, int64_t n0, int64_t nv, bool first, bool last) {
+  store_tile_body<float>(g, tile, m0, mv, n0, nv, first, last);
+}
+CONVEYOR_CLONES void store_tile_f64(const Gemm<double>& g, const double* tile, int64_t m0,
+                                    int64_t mv, int64_t n0, int64_t nv, bool first, bool last) {
+  store_tile_body<double>(g, tile, m0, mv, n0, nv, first, last);
+}
+inline void store_tile(const Gemm<float>& g, const float* tile, int64_t m0, int64_t mv,
+                       int64_t n0, int64_t nv, bool first, bool last) {
+  store_tile_f32(g, tile, m0, mv, n0, nv, first, last);
+}
+inline void store_tile(const Gemm<double>& g, const double* tile, int64_t m0, int64_t mv,
+                       int64_t n0, int64_t nv, bool first, bool last) {
+  store_tile_f64(g, tile, m0, mv, n0, nv, first, last);
 }
 
 template <typename T>

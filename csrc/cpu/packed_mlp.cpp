@@ -3,8 +3,8 @@
 // A served model's weights do not change between calls, so each layer's W is
 // copied once into NR-wide column panels laid out [panel][K][NR] (zero-padded
 // past N). A call then runs, per layer, an R x NR register tile (R <= 8 rows
-// of x read in place, no packing of either operand) over the whole K, and
-// adds the bias and applies the activation while the tile is in registers.
+// of x read in place, no packing of either operand) over the whole K, starting
+// from the bias, and applies the activation to the rows while they are in L1.
 // Against the per-call path of linear.cpp this removes the packing of W
 // (as much memory traffic as the product itself at batch <= 64) and the dot
 // products with horizontal sums that path uses for batch <= 8.
@@ -25,11 +25,10 @@ namespace {
 constexpr int kRows = 8;  // rows of x per register tile (16 + 2 of the 32 zmm registers)
 constexpr int64_t kBlock = 96;  // rows per parallel work item (a multiple of kRows)
 
-// y[r][0..nv) = act(sum_k x[r][k] * panel[k][0..NR) + bias) for r < R.
+// y[r][0..nv) = sum_k x[r][k] * panel[k][0..NR) + bias for r < R.
 template <typename T, int R>
 CONVEYOR_INLINE void tile(int64_t K, const T* __restrict x, int64_t ldx, const T* __restrict panel,
-                          const T* __restrict bias, int act, T* __restrict y, int64_t ldy,
-                          int64_t nv) {
+                          const T* __restrict bias, T* __restrict y, int64_t ldy, int64_t nv) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   V acc[R][2];
@@ -55,15 +54,11 @@ CONVEYOR_INLINE void tile(int64_t K, const T* __restrict x, int64_t ldx, const T
   for (int r = 0; r < R; ++r) {
     std::memcpy(row, &acc[r][0], sizeof(V));
     std::memcpy(row + L, &acc[r][1], sizeof(V));
-    if (act == kActNone) {
-      std::memcpy(y + r * ldy, row, nv * sizeof(T));
-    } else {
-      activate_array<T>(act, row, y + r * ldy, nv);
-    }
+    std::memcpy(y + r * ldy, row, nv * sizeof(T));
   }
 }
 
-// Rows [m0, m1) of one layer for panel p.
+// Rows [m0, m1) of one layer for panel p, activation included.
 template <typename T>
 CONVEYOR_INLINE void layer_rows(const PackedLayer<T>& l, const T* x, int64_t m0, int64_t m1,
                                 int64_t p, T* y) {
@@ -73,18 +68,24 @@ CONVEYOR_INLINE void layer_rows(const PackedLayer<T>& l, const T* x, int64_t m0,
   const int64_t n0 = p * NR, nv = std::min(NR, l.N - n0);
   int64_t m = m0;
   for (; m + kRows <= m1; m += kRows)
-    tile<T, kRows>(l.K, x + m * l.K, l.K, panel, bias, l.act, y + m * l.N + n0, l.N, nv);
+    tile<T, kRows>(l.K, x + m * l.K, l.K, panel, bias, y + m * l.N + n0, l.N, nv);
   const T* xm = x + m * l.K;
   T* ym = y + m * l.N + n0;
   switch (m1 - m) {
-    case 1: tile<T, 1>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
-    case 2: tile<T, 2>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
-    case 3: tile<T, 3>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
-    case 4: tile<T, 4>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
-    case 5: tile<T, 5>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
-    case 6: tile<T, 6>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
-    case 7: tile<T, 7>(l.K, xm, l.K, panel, bias, l.act, ym, l.N, nv); break;
+    case 1: tile<T, 1>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
+    case 2: tile<T, 2>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
+    case 3: tile<T, 3>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
+    case 4: tile<T, 4>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
+    case 5: tile<T, 5>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
+    case 6: tile<T, 6>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
+    case 7: tile<T, 7>(l.K, xm, l.K, panel, bias, ym, l.N, nv); break;
     default: break;
+  }
+  // The activation in one pass over the rows just written (still in L1), not in each
+  // tile: one inlined copy of the activation loops per clone instead of one per
+  // tile height.
+  if (l.act != kActNone) {
+    for (int64_t r = m0; r < m1; ++r) activate_array<T>(l.act, y + r * l.N + n0, y + r * l.N + n0, nv);
   }
 }
 
