@@ -1,4 +1,5 @@
 #include "histogram.h"
+#include "cpu/simd.h"
 
 #include <algorithm>
 #include <vector>
@@ -16,8 +17,8 @@ constexpr int64_t kBlockRows = 256;
 constexpr int64_t kLanes = 4;
 
 // Counts one block of rows into `local` (features x kLanes x slots). Built
-// for AVX2 and for the baseline ISA; the loader picks at run time.
-__attribute__((target_clones("avx2", "default"))) void count_block(const float* values, int64_t r0, int64_t nrows, int64_t features,
+// for AVX-512, AVX2 and the baseline ISA; the loader picks at run time.
+CONVEYOR_CLONES void count_block(const float* values, int64_t r0, int64_t nrows, int64_t features,
                         const float* edges, int64_t n_edges, int64_t* local) {
   const int64_t slots = histogram_slots(n_edges);
   float buf[kBlockRows];
