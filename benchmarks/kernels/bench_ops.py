@@ -579,21 +579,24 @@ def mlp_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     cases: list[Case] = []
     es = torch.finfo(dtype).bits // 8
 
-    def build(dims: list[int], batch: int) -> None:
-        acts = ["relu"] * (len(dims) - 2) + ["none"]
+    modules = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+    def build(dims: list[int], batch: int, act: str = "relu") -> None:
+        acts = [act] * (len(dims) - 2) + ["none"]
         fused = FusedMLP(dims, acts).to(device=device, dtype=dtype)
         mods: list[nn.Module] = []
         for layer in fused.layers:
             lin = nn.Linear(layer.in_features, layer.out_features).to(device=device, dtype=dtype)
             lin.load_state_dict(layer.state_dict())
-            mods += [lin] + ([nn.ReLU()] if layer.activation == "relu" else [])
+            mods += [lin] + ([modules[act]()] if layer.activation == act else [])
         seq = nn.Sequential(*mods)
         x = torch.randn(batch, dims[0], device=device, dtype=dtype)
         with torch.no_grad():
             torch.testing.assert_close(fused(x), seq(x), rtol=1e-4, atol=1e-4)
         weights = sum(k * n for k, n in itertools.pairwise(dims))
         case = Case(
-            "mlp", f"{'-'.join(map(str, dims))} batch {batch}", str(dtype)[6:], "infer",
+            "mlp", f"{'-'.join(map(str, dims))}{'' if act == 'relu' else ' ' + act} batch {batch}",
+            str(dtype)[6:], "infer",
             es * (weights + batch * (dims[0] + dims[-1])), 2.0 * batch * weights,
         )  # fmt: skip
         case.default = dispatch.choose("mlp", device, dtype, work=batch * weights)
@@ -617,9 +620,11 @@ def mlp_cases(device, dtype, note, compile_ref) -> Iterator[Case]:
     # The serving benchmark's model (64-256-256-1) at the batch sizes the server forms.
     shapes = [([64, 128, 64, 1], (1, 32, 256)), ([64, 256, 256, 1], (1, 8, 64, 512))]
     shapes.append(([256, 512, 256, 1], (1, 32, 256)))
-    for dims, batches in shapes:
+    # GELU hidden layers: the activation is most of the epilogue's cost.
+    shapes.append(([64, 256, 256, 1], (64, 512), "gelu"))
+    for dims, batches, *act in shapes:
         for batch in batches:
-            build(dims, batch)
+            build(dims, batch, *act)
             yield from cases
             cases.clear()
 
