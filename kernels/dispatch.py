@@ -173,7 +173,13 @@ _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
 # - histogram: CUDA (0.90-1.0 ms for 16M x 32 values with its lookup table;
 #   Triton's kernel took 7.1 ms).
 #
-# `detail` is what a rule needs beyond size: linear passes (M, N, K, activation).
+# `detail` is what a rule needs beyond size: linear passes (M, N, K, activation),
+# layer norm (N,), the row width: Triton's kernel holds a row in one program, up to
+# TRITON_LAYER_NORM_MAX_N elements (its MAX_N; kept here so that choosing needs no
+# `import triton`), and wider rows go to the CUDA kernel.
+TRITON_LAYER_NORM_MAX_N = 65536
+
+
 def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype, detail: tuple) -> tuple[str, ...]:
     if work < 1 << 32:
         return ()
@@ -196,7 +202,11 @@ _CUDA_RULES: dict[str, Callable[[int, bool, torch.dtype, tuple], tuple[str, ...]
         else (("cuda", "triton") if work >= 1 << 23 else ())
     ),
     "layer_norm": lambda work, grad, dtype, detail: (
-        ("triton", "cuda") if not grad and work >= 1 << 25 else ()
+        ()
+        if grad or work < 1 << 25
+        else ("triton", "cuda")
+        if (detail or (0,))[0] <= TRITON_LAYER_NORM_MAX_N
+        else ("cuda",)
     ),
     "histogram": lambda work, grad, dtype, detail: ("cuda", "triton"),
     "mlp": lambda work, grad, dtype, detail: (),
@@ -256,7 +266,7 @@ def choose(
         work: problem size used by size-dependent CPU rules (see ``_CPU_RULES``).
         grad: whether a backward will follow (some CPU rules differ for training).
         detail: op-specific facts a rule reads beyond the size (linear: ``(M, N, K,
-            activation)``; embedding bag: ``(mode, D)``).
+            activation)``; embedding bag: ``(mode, D)``; layer norm: ``(N,)``).
     """
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")

@@ -91,6 +91,8 @@ def _cuda_backward(grad_out, weight, indices, offsets, psw, mode, need_psw):
     # float32 accumulation target for the atomics, whatever the weight dtype.
     grad_weight = torch.zeros((V, D), dtype=torch.float32, device=weight.device)
     grad_psw = torch.empty_like(psw) if need_psw else None
+    if grad_psw is not None and offsets.shape[0] == 0:
+        grad_psw.zero_()  # no bags: the kernel returns at once, and no index has a gradient
     p = dispatch.ptr
     with torch.cuda.device(weight.device):
         _C.embedding_bag_backward_cuda(

@@ -174,16 +174,17 @@ def layer_norm(
         if t is not None and tuple(t.shape) != normalized_shape:
             raise ValueError(f"{name}: expected shape {normalized_shape}, got {tuple(t.shape)}")
     grad = dispatch.needs_grad(x, weight, bias)
+    n = math.prod(normalized_shape)
     chosen = dispatch.choose(
-        "layer_norm", dispatch.device_type(x), x.dtype, impl, work=x.numel(), grad=grad
-    )
+        "layer_norm", dispatch.device_type(x), x.dtype, impl, work=x.numel(), grad=grad,
+        detail=(n,),
+    )  # fmt: skip
     if chosen == "reference":
         return layer_norm_reference(x, normalized_shape, weight, bias, eps)
     # The compiled paths take raw pointers: weight and bias must match x.
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
             raise ValueError(f"{name}: expected x's dtype and device ({x.dtype}, {x.device})")
-    n = math.prod(normalized_shape)
     if n == 0:  # nothing to normalise (reshape(-1, 0) cannot infer the rows)
         return layer_norm_reference(x, normalized_shape, weight, bias, eps)
     x2 = x.reshape(-1, n).contiguous()

@@ -178,6 +178,23 @@ def test_cuda_defaults_follow_the_measured_rules(monkeypatch, op, work, grad, ex
     assert dispatch.choose(op, "cuda", torch.bfloat16, work=work, grad=grad) == expected
 
 
+def test_cuda_layer_norm_rows_wider_than_the_triton_kernel_go_to_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(dispatch, "available", lambda *args: True)
+    for var in (dispatch.env_var("layer_norm"), dispatch.ENV_ALL):
+        monkeypatch.delenv(var, raising=False)
+    widest = dispatch.TRITON_LAYER_NORM_MAX_N
+    for n, expected in ((widest, "triton"), (widest + 1, "cuda")):
+        got = dispatch.choose("layer_norm", "cuda", torch.float32, work=1 << 26, detail=(n,))
+        assert got == expected, n
+
+
+@pytest.mark.skipif(not dispatch.triton_installed(), reason="triton not installed")
+def test_dispatch_knows_the_triton_layer_norm_row_limit() -> None:
+    from conveyor.kernels.triton_kernels.layer_norm import MAX_N
+
+    assert dispatch.TRITON_LAYER_NORM_MAX_N == MAX_N
+
+
 @pytest.mark.parametrize(
     ("work", "allow_tf32", "expected"),
     [(1 << 32, False, "triton"), (1 << 31, False, "reference"), (1 << 32, True, "reference")],

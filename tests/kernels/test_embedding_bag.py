@@ -300,15 +300,27 @@ def test_cpp_two_threads_match_reference(mode: str, psw: bool) -> None:
         _C.set_num_threads(before)
 
 
+@pytest.mark.parametrize(
+    "impl",
+    [
+        "cpp",
+        pytest.param("triton", marks=pytest.mark.skipif(not triton_installed(), reason="triton")),
+        pytest.param("cuda", marks=pytest.mark.gpu),
+    ],
+)
 @pytest.mark.parametrize("psw", [False, True])
-def test_cpp_indices_in_no_bag_get_no_gradient(psw: bool) -> None:
+def test_indices_in_no_bag_get_no_gradient(impl: str, psw: bool) -> None:
     # No bags (empty offsets) but some indices: the output is [0, D] and depends on
-    # no row, so both gradients are zero (torch's own backward returns garbage here).
-    weight = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
-    indices = torch.tensor([1, 2, 3])
-    weights = torch.rand(3, dtype=torch.float64, requires_grad=True) if psw else None
-    out = embedding_bag(indices, weight, torch.empty(0, dtype=torch.long), "sum", weights,
-                        impl="cpp")  # fmt: skip
+    # no row, so both gradients are zero (torch's own backward returns garbage here;
+    # the CUDA backward returned uninitialised per-sample-weight gradients).
+    # Triton runs CPU tensors only in its interpreter, i.e. where there is no GPU.
+    device = "cuda" if impl == "cuda" or (impl == "triton" and torch.cuda.is_available()) else "cpu"
+    dtype = torch.float64 if impl == "cpp" else torch.float32
+    weight = torch.randn(10, 8, dtype=dtype, device=device, requires_grad=True)
+    indices = torch.tensor([1, 2, 3], device=device)
+    weights = torch.rand(3, dtype=dtype, device=device, requires_grad=True) if psw else None
+    offsets = torch.empty(0, dtype=torch.long, device=device)
+    out = embedding_bag(indices, weight, offsets, "sum", weights, impl=impl)
     assert out.shape == (0, 8)
     out.sum().backward()
     assert torch.equal(weight.grad, torch.zeros_like(weight))

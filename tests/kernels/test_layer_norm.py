@@ -140,6 +140,17 @@ def test_gpu_matches_reference(impl: str, dtype: torch.dtype, shape: tuple[int, 
     _check(impl, shape, dtype=dtype, device="cuda")
 
 
+@pytest.mark.gpu
+def test_gpu_default_takes_rows_wider_than_the_triton_kernel() -> None:
+    # Inference from 2^25 elements defaults to Triton, whose kernel refuses rows over
+    # 65,536 elements: those go to the CUDA kernel instead of raising.
+    x = torch.randn(480, 70_000, device="cuda")
+    w, b = torch.randn(70_000, device="cuda"), torch.randn(70_000, device="cuda")
+    torch.testing.assert_close(
+        layer_norm(x, 70_000, w, b), F.layer_norm(x, (70_000,), w, b), rtol=1e-4, atol=1e-4
+    )
+
+
 @needs_triton
 def test_triton_float16_interpreted() -> None:
     if torch.cuda.is_available():

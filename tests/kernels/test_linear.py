@@ -286,9 +286,12 @@ def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K:
 def test_triton_backward_on_both_gemms_on_gpu(M: int, N: int, K: int) -> None:
     # float32 without TF32: dx and dW of 2048 x 2048 outputs fill the GPU, so
     # they run on our 3xTF32 GEMM; the narrow ones of 8192 x 32 -> 64 on torch's.
+    # GELU, not ReLU: with K = 2048 some pre-activations lie within the GEMM's
+    # rounding of 0, and a ReLU mask flipped against the float64 reference moves a
+    # gradient by a whole row of W.
     if not triton_installed():
         pytest.skip("triton not installed")
-    _check("triton", M, N, K, "relu", dtype=torch.float32, device="cuda")
+    _check("triton", M, N, K, "gelu", dtype=torch.float32, device="cuda")
 
 
 @needs_triton
