@@ -116,6 +116,9 @@ PYBIND11_MODULE(_C, m) {
   conveyor::bind::bind_layer_norm(m);
   conveyor::bind::bind_mlp(m);
   m.def("build_info", &build_info, "How this module was built: OpenMP, CUDA, compiler.");
+  m.def("cpu_wide_vectors", &conveyor::cpu_wide_vectors,
+        "Whether this CPU has AVX-512F: the small-batch linear forward's 4 x 4 dot-product "
+        "tiles run only then (the dispatcher's CPU linear rule reads it).");
 #ifdef CONVEYOR_WITH_CUDA
   m.def("cuda_device_count", &conveyor::cuda_device_count,
         "Visible CUDA devices; 0 without a driver or device.");

@@ -37,6 +37,10 @@ enum Activation : int {
 // Pooling codes (kernels/embedding_bag.py).
 enum BagMode : int { kBagSum = 0, kBagMean = 1 };
 
+// Whether this CPU has 512-bit vectors (AVX-512F, checked at run time): the
+// small-batch linear forward's 4 x 4 dot-product tiles need their 32 registers.
+bool cpu_wide_vectors();
+
 template <typename T>
 void linear_forward_cpu(const T* x, const T* w, const T* b, int64_t M, int64_t N, int64_t K,
                         int act, T* y, T* z);

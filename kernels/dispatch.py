@@ -132,8 +132,31 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   packed the weights), so always for inference; training runs layer by layer.
 #   A FusedLinear module's own CPU inference also uses its packed weights unless
 #   an implementation is forced (kernels/linear.py).
+@functools.cache
+def _cpu_wide_vectors() -> bool:
+    compiled = _compiled()
+    return bool(compiled is not None and compiled.cpu_wide_vectors())
+
+
+def _linear_on_cpu(work: int, grad: bool, detail: tuple) -> str:
+    """C++ from 2^22 multiply-adds; with AVX-512 (the small-batch forward's 4 x 4 dot
+    tiles, csrc/cpu/linear.cpp) from 2^21 for training and from 2^19-2^20 for
+    inference when K >= 128 and there are 4 rows or more (one thread, one run of
+    68 shapes; benchmarks/README.md, "linear, small batches")."""
+    if work >= 1 << 22:
+        return "cpp"
+    m, _, k, _ = detail or (0, 0, 0, "")
+    if not _cpu_wide_vectors() or k < 128:
+        return "reference"
+    if grad:
+        return "cpp" if work >= 1 << 21 else "reference"
+    if m >= 4 and (work >= 1 << 20 or (k >= 256 and work >= 1 << 19)):
+        return "cpp"
+    return "reference"
+
+
 _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
-    "linear": lambda work, grad, detail: "cpp" if work >= 1 << 22 else "reference",
+    "linear": _linear_on_cpu,
     "embedding_bag": lambda work, grad, detail: (
         "cpp" if grad or (detail and detail[0] == "mean") else "reference"
     ),

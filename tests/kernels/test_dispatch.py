@@ -35,6 +35,29 @@ def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
     assert dispatch.choose("histogram", "cpu", f32) == "cpp"
 
 
+@pytest.mark.parametrize("wide", [True, False])
+def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide: bool) -> None:
+    # With AVX-512 the small-batch forward's 4 x 4 dot tiles beat torch from 2^19-2^20
+    # multiply-adds when K >= 128 (and 4 rows or more); training from 2^21. Without
+    # them, C++ only from 2^22, as before those tiles.
+    monkeypatch.setattr(dispatch, "_cpu_wide_vectors", lambda: wide)
+    rule = dispatch._CPU_RULES["linear"]
+
+    def pick(M: int, N: int, K: int, grad: bool = False) -> str:
+        return rule(M * N * K, grad, (M, N, K, "relu"))
+
+    assert pick(2048, 1024, 1024) == pick(64, 256, 256) == "cpp"  # 2^22 and up: always
+    assert pick(16, 256, 256) == ("cpp" if wide else "reference")  # 2^20
+    assert pick(8, 256, 256) == ("cpp" if wide else "reference")  # 2^19, K >= 256
+    assert pick(16, 256, 128) == "reference"  # 2^19, K = 128
+    assert pick(64, 256, 64) == "reference"  # K < 128: torch's GEMM wins
+    assert pick(1, 1024, 1024) == "reference"  # one row
+    assert pick(32, 256, 256, grad=True) == ("cpp" if wide else "reference")  # 2^21
+    assert pick(16, 256, 256, grad=True) == "reference"
+    assert pick(1, 1, 1, grad=True) == pick(1, 1, 1) == "reference"
+    assert rule(1 << 20, False, ()) == "reference"  # shape unknown: size alone
+
+
 def test_cuda_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     # The rule alone (no GPU needed): which shapes go to Triton's GEMM on CUDA.
     rule = dispatch._CUDA_RULES["linear"]

@@ -61,6 +61,22 @@ def test_cpp_matches_reference(M: int, N: int, K: int, act: str) -> None:
     _check("cpp", M, N, K, act)
 
 
+# The forward's two CPU paths (csrc/cpu/linear.cpp, use_dot_products): dot-product
+# tiles of 4 x 4 outputs up to 16 rows, 64 from K = 128, 128 from K = 256 and 256
+# from K = 512 (on AVX-512), and the packed GEMM beyond; both with ragged K (not a
+# multiple of 16), N (not of 4) and rows (not of 4), in both dtypes.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("M", "N", "K"),
+    [
+        *[(15, 23, 70), (62, 13, 131), (127, 30, 257), (255, 7, 515)],  # dot products
+        *[(17, 19, 70), (66, 9, 131), (129, 31, 257), (257, 7, 515)],  # GEMM
+    ],
+)
+def test_cpp_both_forward_paths(M: int, N: int, K: int, dtype: torch.dtype) -> None:
+    _check("cpp", M, N, K, "gelu", dtype=dtype)
+
+
 @pytest.mark.parametrize(("M", "N", "K"), [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0)])
 def test_cpp_empty_shapes(M: int, N: int, K: int) -> None:
     _check("cpp", M, N, K, "gelu")
