@@ -108,9 +108,11 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # elements; embedding bag: gathered elements); `grad` whether a backward
 # follows (training) or not (inference).
 #
-# - linear: conveyor's GEMM beats torch's BLAS 1.1-1.9x from 64x256x256
-#   (2^22 MACs) up; below, torch's lower call overhead wins (0.88-0.94x at
-#   2^20-2^21 with the pointer binding, 2026-11-27 20:35; 0.82-0.89x before).
+# - linear: conveyor's GEMM beats torch's BLAS 1.2-2.3x from 64x256x256
+#   (2^22 MACs) up. Below, with AVX-512, the small-batch forward's 4 x 4 dot
+#   tiles (2026-11-28) beat it from 2^19-2^20 when K >= 128 (see
+#   _linear_on_cpu); with K = 64, one row, or without AVX-512, torch's lower
+#   call overhead and its small-matrix kernels win (0.4-0.95x).
 # - layer_norm: 1.1-1.75x from 2^19 elements up. Inference from 2^17 since
 #   the pointer binding (2026-11-27 20:38, load average 1.1-1.6): forward
 #   1.06-1.78x at 2^17-2^18 on rows of 256-4096; at 2^16 0.92-1.18x. Training
@@ -126,7 +128,7 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   ~2.1 us of it the Python wrapper and 1 us the output allocation, against
 #   torch's whole call, 2.6 us; 2026-11-28), which puts sum at 0.37-0.74x
 #   below 2^18 gathered elements and 0.91-0.99x at 2^18-2^21.
-# - histogram: C++ is ~50x numpy; torch has no equivalent op.
+# - histogram: C++ is ~56x numpy on 2 threads; torch has no equivalent op.
 # - mlp (whole-MLP inference in one call, weights packed once by FusedMLP):
 #   1.2-2.2x nn.Sequential eager at batch 1-512 (1.0-1.6x when the call still
 #   packed the weights), so always for inference; training runs layer by layer.
