@@ -86,10 +86,13 @@ def test_cpp_without_bias_and_large_k() -> None:
     _check("cpp", 9, 40, 1100, "silu", bias=False)  # several K blocks of 256
 
 
-def test_cpp_multithreaded_matches_single() -> None:
+# The GEMM (300 rows) and the dot-product tiles (64 rows of K = 260), each split
+# over threads by output columns.
+@pytest.mark.parametrize("M", [300, 64])
+def test_cpp_multithreaded_matches_single(M: int) -> None:
     from conveyor import _C
 
-    x, w, b = _inputs(300, 200, 260)
+    x, w, b = _inputs(M, 200, 260)
     before = _C.get_num_threads()
     try:
         _C.set_num_threads(1)
