@@ -119,6 +119,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_wide_vectors", &conveyor::cpu_wide_vectors,
         "Whether this CPU has AVX-512F: the small-batch linear forward's 4 x 4 dot-product "
         "tiles run only then (the dispatcher's CPU linear rule reads it).");
+  m.def("linear_uses_dot_products", &conveyor::linear_uses_dot_products, py::arg("M"),
+        py::arg("K"),
+        "Whether the C++ linear forward computes M rows of inner size K as dot-product "
+        "tiles (small batches) rather than through the packed GEMM.");
 #ifdef CONVEYOR_WITH_CUDA
   m.def("cuda_device_count", &conveyor::cuda_device_count,
         "Visible CUDA devices; 0 without a driver or device.");

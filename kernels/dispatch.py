@@ -109,10 +109,11 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 # follows (training) or not (inference).
 #
 # - linear: conveyor's GEMM beats torch's BLAS 1.2-2.3x from 64x256x256
-#   (2^22 MACs) up. Below, with AVX-512, the small-batch forward's 4 x 4 dot
-#   tiles (2026-11-28) beat it from 2^19-2^20 when K >= 128 (see
-#   _linear_on_cpu); with K = 64, one row, or without AVX-512, torch's lower
-#   call overhead and its small-matrix kernels win (0.4-0.95x).
+#   (2^22 MACs) up, except with fewer than 24 outputs (0.6-0.8x) and when
+#   training on a single row (0.3x). Below 2^22, with AVX-512, the small-batch
+#   forward's 4 x 4 dot tiles (2026-11-28) beat it from 2^19-2^20 when K >= 128
+#   (see _linear_on_cpu); with K = 64, one row, or without AVX-512, torch's
+#   lower call overhead and its small-matrix kernels win (0.4-0.95x).
 # - layer_norm: 1.1-1.75x from 2^19 elements up. Inference from 2^17 since
 #   the pointer binding (2026-11-27 20:38, load average 1.1-1.6): forward
 #   1.06-1.78x at 2^17-2^18 on rows of 256-4096; at 2^16 0.92-1.18x. Training
@@ -140,21 +141,39 @@ def _cpu_wide_vectors() -> bool:
     return bool(compiled is not None and compiled.cpu_wide_vectors())
 
 
+def _gemm_path(m: int, k: int) -> bool:
+    """Whether the C++ forward of m rows of inner size k runs the packed GEMM (not the
+    small-batch dot-product tiles): asked of conveyor._C, so the rule cannot drift."""
+    compiled = _compiled()
+    return compiled is None or not compiled.linear_uses_dot_products(m, k)
+
+
 def _linear_on_cpu(work: int, grad: bool, detail: tuple) -> str:
-    """C++ from 2^22 multiply-adds; with AVX-512 (the small-batch forward's 4 x 4 dot
-    tiles, csrc/cpu/linear.cpp) from 2^21 for training and from 2^19-2^20 for
-    inference when K >= 128 and there are 4 rows or more (one thread, one run of
-    68 shapes; benchmarks/README.md, "linear, small batches")."""
+    """The CPU linear rule, from one-thread measurements (benchmarks/README.md,
+    "linear, small batches"). Without the layer's shape: C++ from 2^22 multiply-adds.
+    With it (``(M, N, K, activation)``):
+
+    - torch when the packed GEMM would run with fewer than 24 outputs (its 32-column
+      panels are mostly padding: 0.6-0.8x), and for training with fewer than 24
+      outputs or a single row (dx and dW of one row: 0.3-0.5x);
+    - C++ from 2^22; with AVX-512 (the small-batch forward's 4 x 4 dot tiles) also
+      from 2^21 for training and, with 2 rows or more, from 2^20 for inference
+      (2^19 when K >= 256), always with K >= 128: 1.03-2.5x there.
+    """
+    if not detail:
+        return "cpp" if work >= 1 << 22 else "reference"
+    m, n, k, _ = detail
+    if grad and (m < 2 or n < 24):
+        return "reference"
+    if n < 24 and _gemm_path(m, k):
+        return "reference"
     if work >= 1 << 22:
         return "cpp"
-    m, _, k, _ = detail or (0, 0, 0, "")
-    if not _cpu_wide_vectors() or k < 128:
+    if not _cpu_wide_vectors() or k < 128 or m < 2:
         return "reference"
     if grad:
         return "cpp" if work >= 1 << 21 else "reference"
-    if m >= 4 and (work >= 1 << 20 or (k >= 256 and work >= 1 << 19)):
-        return "cpp"
-    return "reference"
+    return "cpp" if work >= 1 << 20 or (k >= 256 and work >= 1 << 19) else "reference"
 
 
 _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {

@@ -269,12 +269,6 @@ void gemm(const Gemm<T>& g) {
 // as it was measured before the wider tile.
 constexpr int64_t kSmallM = 8;
 
-bool use_dot_products(int64_t M, int64_t K) {
-  if (M <= kSmallM) return true;
-  if (!cpu_wide_vectors()) return false;
-  return M <= 16 || (M <= 64 && K >= 128) || (M <= 128 && K >= 256) || (M <= 256 && K >= 512);
-}
-
 // Lane i of one half-step of a transposing reduction: lanes from a, then from b,
 // each keeping its low (or high) h lanes of every 2h-lane block.
 template <int64_t L, int64_t H, bool HI>
@@ -419,10 +413,16 @@ bool cpu_wide_vectors() {
 #endif
 }
 
+bool linear_uses_dot_products(int64_t M, int64_t K) {
+  if (M <= kSmallM) return true;
+  if (!cpu_wide_vectors()) return false;
+  return M <= 16 || (M <= 64 && K >= 128) || (M <= 128 && K >= 256) || (M <= 256 && K >= 512);
+}
+
 template <typename T>
 void linear_forward_cpu(const T* x, const T* w, const T* b, int64_t M, int64_t N, int64_t K,
                         int act, T* y, T* z) {
-  if (use_dot_products(M, K)) {
+  if (linear_uses_dot_products(M, K)) {
     linear_small_m(x, w, b, M, N, K, act, y, act == kActNone ? nullptr : z);
     return;
   }

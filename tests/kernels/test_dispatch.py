@@ -38,24 +38,44 @@ def test_cpu_rules_pick_torch_where_it_measured_faster() -> None:
 @pytest.mark.parametrize("wide", [True, False])
 def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide: bool) -> None:
     # With AVX-512 the small-batch forward's 4 x 4 dot tiles beat torch from 2^19-2^20
-    # multiply-adds when K >= 128 (and 4 rows or more); training from 2^21. Without
-    # them, C++ only from 2^22, as before those tiles.
+    # multiply-adds when K >= 128 (and 2 rows or more); training from 2^21. Without
+    # them, C++ only from 2^22, as before those tiles. Narrow GEMMs and one-row
+    # training stay on torch at every size.
     monkeypatch.setattr(dispatch, "_cpu_wide_vectors", lambda: wide)
+    # Rows a dot-product path takes on AVX-512 (csrc/cpu/linear.cpp), both ways.
+    monkeypatch.setattr(dispatch, "_gemm_path", lambda m, k: m > (128 if wide else 8))
     rule = dispatch._CPU_RULES["linear"]
 
     def pick(M: int, N: int, K: int, grad: bool = False) -> str:
         return rule(M * N * K, grad, (M, N, K, "relu"))
 
-    assert pick(2048, 1024, 1024) == pick(64, 256, 256) == "cpp"  # 2^22 and up: always
+    assert pick(2048, 1024, 1024) == pick(64, 256, 256) == "cpp"  # 2^22 and up
+    assert pick(2048, 1024, 1024, grad=True) == "cpp"
     assert pick(16, 256, 256) == ("cpp" if wide else "reference")  # 2^20
     assert pick(8, 256, 256) == ("cpp" if wide else "reference")  # 2^19, K >= 256
+    assert pick(2, 512, 1024) == ("cpp" if wide else "reference")  # two rows
     assert pick(16, 256, 128) == "reference"  # 2^19, K = 128
     assert pick(64, 256, 64) == "reference"  # K < 128: torch's GEMM wins
-    assert pick(1, 1024, 1024) == "reference"  # one row
+    assert pick(1, 1024, 1024) == "reference"  # one row, 2^20
+    assert pick(1, 1024, 4096) == "cpp"  # one row, 2^22: inference
+    assert pick(1, 1024, 4096, grad=True) == "reference"  # dx, dW of one row: 0.3x
+    assert pick(1024, 8, 512) == "reference"  # GEMM with 8 outputs: 0.6x
+    assert pick(128, 16, 512) == ("cpp" if wide else "reference")  # dot tiles: 1.1x
+    assert pick(4096, 16, 512, grad=True) == "reference"  # narrow training
     assert pick(32, 256, 256, grad=True) == ("cpp" if wide else "reference")  # 2^21
     assert pick(16, 256, 256, grad=True) == "reference"
     assert pick(1, 1, 1, grad=True) == pick(1, 1, 1) == "reference"
     assert rule(1 << 20, False, ()) == "reference"  # shape unknown: size alone
+    assert rule(1 << 22, True, ()) == "cpp"
+
+
+def test_cpu_linear_rule_asks_the_module_which_forward_path_runs() -> None:
+    from conveyor import _C
+
+    wide = _C.cpu_wide_vectors()
+    assert _C.linear_uses_dot_products(8, 64) and not _C.linear_uses_dot_products(300, 512)
+    assert _C.linear_uses_dot_products(64, 128) == wide
+    assert dispatch._gemm_path(300, 512) and not dispatch._gemm_path(4, 1024)
 
 
 def test_cuda_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:
