@@ -100,8 +100,8 @@ __attribute__((always_inline)) inline T activate(int act, T z) {
 template <typename T>
 __attribute__((always_inline)) inline T activate_grad(int act, T z) {
   switch (act) {
-    case kActRelu:
-      return z > T(0) ? T(1) : T(0);
+    case kActRelu:  // NaN passes the gradient, as torch's threshold_backward does
+      return z <= T(0) ? T(0) : T(1);
     case kActGelu: {
       const T cdf = T(0.5) * (T(1) + act_erf(z * T(0.70710678118654752440)));
       const T pdf = T(0.39894228040143267794) * act_exp_limits(T(-0.5) * z * z);

@@ -34,7 +34,7 @@ __device__ __forceinline__ float act_fwd(int act, float z) {
 
 __device__ __forceinline__ float act_grad(int act, float z) {
   switch (act) {
-    case kActRelu: return z > 0.f ? 1.f : 0.f;
+    case kActRelu: return z <= 0.f ? 0.f : 1.f;  // NaN passes, as in torch
     case kActGelu:
       return 0.5f * (1.f + erff(z * 0.70710678118654752f)) +
              z * 0.39894228040143268f * __expf(-0.5f * z * z);

@@ -42,7 +42,7 @@ def apply(z, ACT: tl.constexpr):
 def grad(z, ACT: tl.constexpr):
     """d act(z) / dz for a float32 block."""
     if ACT == 1:
-        d = tl.where(z > 0.0, 1.0, 0.0)
+        d = tl.where(z <= 0.0, 0.0, 1.0)  # NaN passes the gradient, as in torch
     elif ACT == 2:
         d = 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
     elif ACT == 3:

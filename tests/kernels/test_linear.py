@@ -185,6 +185,14 @@ def test_relu_keeps_nan_like_torch() -> None:
     want = torch.relu(x @ w.t() + b)
     for impl in ("cpp", "reference"):
         torch.testing.assert_close(fused_linear(x, w, b, "relu", impl=impl), want, equal_nan=True)
+    # The gradient at a NaN pre-activation passes, as torch's threshold_backward
+    # lets it (z <= 0 is false): dx of one row [NaN] through a 1 x 1 weight is 1.
+    impls = ["cpp"] + (["triton"] if triton_installed() and not torch.cuda.is_available() else [])
+    z = torch.tensor([[float("nan")], [-1.0], [0.0], [2.0]])
+    for impl in ("reference", *impls):
+        zg = z.clone().requires_grad_()
+        fused_linear(zg, torch.ones(1, 1), None, "relu", impl=impl).sum().backward()
+        torch.testing.assert_close(zg.grad, torch.tensor([[1.0], [0.0], [0.0], [1.0]]), msg=impl)
     layer = FusedLinear(2, 2, "relu")
     with torch.no_grad():
         layer.weight.copy_(w)
