@@ -504,6 +504,17 @@ def test_a_hang_while_isolating_a_failed_batch_still_runs_the_rest() -> None:
     finally:
         release.set()
         batcher.close(5)
+        _join_workers("m:1")
+
+
+def _join_workers(name: str) -> None:
+    """Wait for a batcher's worker threads, abandoned ones included: one that returns
+    from a hung model after the test logs that it exits, and pytest has closed that
+    test's captured stream by then ("--- Logging error ---" in a later test's output)."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(f"conveyor-{name}-"):
+            thread.join(10)
+            assert not thread.is_alive(), thread.name
 
 
 def test_close_executes_the_queue_on_a_replacement_while_a_batch_hangs() -> None:
@@ -549,11 +560,7 @@ def test_close_executes_the_queue_on_a_replacement_while_a_batch_hangs() -> None
     while batcher.abandoned and time.monotonic() < deadline:
         time.sleep(0.01)
     assert batcher.abandoned == 0  # the abandoned thread returned from the model
-    # ... and logs that it exits: joined here, not writing into a later test's output.
-    for thread in threading.enumerate():
-        if thread.name.startswith("conveyor-m:1-"):
-            thread.join(10)
-            assert not thread.is_alive()
+    _join_workers("m:1")  # ... and logs that it exits, within this test
 
 
 def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
@@ -587,6 +594,7 @@ def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
     finally:
         release.set()
         batcher.close(5)
+        _join_workers("m:1")
 
 
 def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> None:
