@@ -120,7 +120,7 @@ PYBIND11_MODULE(_C, m) {
         "Whether this CPU has AVX-512F: the small-batch linear forward's 4 x 4 dot-product "
         "tiles run only then (the dispatcher's CPU linear rule reads it).");
   m.def("linear_uses_dot_products", &conveyor::linear_uses_dot_products, py::arg("M"),
-        py::arg("K"),
+        py::arg("N"), py::arg("K"),
         "Whether the C++ linear forward computes M rows of inner size K as dot-product "
         "tiles (small batches) rather than through the packed GEMM.");
 #ifdef CONVEYOR_WITH_CUDA

@@ -42,7 +42,7 @@ enum BagMode : int { kBagSum = 0, kBagMean = 1 };
 bool cpu_wide_vectors();
 // Whether linear_forward_cpu computes M rows of inner size K as dot-product tiles
 // (small batches) rather than through the packed GEMM.
-bool linear_uses_dot_products(int64_t M, int64_t K);
+bool linear_uses_dot_products(int64_t M, int64_t N, int64_t K);
 
 template <typename T>
 void linear_forward_cpu(const T* x, const T* w, const T* b, int64_t M, int64_t N, int64_t K,

@@ -141,11 +141,11 @@ def _cpu_wide_vectors() -> bool:
     return bool(compiled is not None and compiled.cpu_wide_vectors())
 
 
-def _gemm_path(m: int, k: int) -> bool:
-    """Whether the C++ forward of m rows of inner size k runs the packed GEMM (not the
-    small-batch dot-product tiles): asked of conveyor._C, so the rule cannot drift."""
+def _gemm_path(m: int, n: int, k: int) -> bool:
+    """Whether the C++ forward of an m x k by k x n product runs the packed GEMM (not
+    the dot-product tiles): asked of conveyor._C, so the rule cannot drift."""
     compiled = _compiled()
-    return compiled is None or not compiled.linear_uses_dot_products(m, k)
+    return compiled is None or not compiled.linear_uses_dot_products(m, n, k)
 
 
 def _linear_on_cpu(work: int, grad: bool, detail: tuple) -> str:
@@ -165,7 +165,7 @@ def _linear_on_cpu(work: int, grad: bool, detail: tuple) -> str:
     m, n, k, _ = detail
     if grad and (m < 2 or n < 24):
         return "reference"
-    if n < 24 and _gemm_path(m, k):
+    if n < 24 and _gemm_path(m, n, k):
         return "reference"
     if work >= 1 << 22:
         return "cpp"

@@ -43,7 +43,9 @@ def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide:
     # training stay on torch at every size.
     monkeypatch.setattr(dispatch, "_cpu_wide_vectors", lambda: wide)
     # Rows a dot-product path takes on AVX-512 (csrc/cpu/linear.cpp), both ways.
-    monkeypatch.setattr(dispatch, "_gemm_path", lambda m, k: m > (128 if wide else 8))
+    monkeypatch.setattr(
+        dispatch, "_gemm_path", lambda m, n, k: m > 8 and not (wide and (m <= 128 or n < 16))
+    )
     rule = dispatch._CPU_RULES["linear"]
 
     def pick(M: int, N: int, K: int, grad: bool = False) -> str:
@@ -59,7 +61,8 @@ def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide:
     assert pick(1, 1024, 1024) == "reference"  # one row, 2^20
     assert pick(1, 1024, 4096) == "cpp"  # one row, 2^22: inference
     assert pick(1, 1024, 4096, grad=True) == "reference"  # dx, dW of one row: 0.3x
-    assert pick(1024, 8, 512) == "reference"  # GEMM with 8 outputs: 0.6x
+    assert pick(1024, 8, 512) == ("cpp" if wide else "reference")  # GEMM 0.6x; dot 2.9x
+    assert pick(1024, 20, 512) == "reference"  # the GEMM with 20 outputs (here)
     assert pick(128, 16, 512) == ("cpp" if wide else "reference")  # dot tiles: 1.1x
     assert pick(4096, 16, 512, grad=True) == "reference"  # narrow training
     assert pick(32, 256, 256, grad=True) == ("cpp" if wide else "reference")  # 2^21
@@ -73,9 +76,10 @@ def test_cpu_linear_rule_asks_the_module_which_forward_path_runs() -> None:
     from conveyor import _C
 
     wide = _C.cpu_wide_vectors()
-    assert _C.linear_uses_dot_products(8, 64) and not _C.linear_uses_dot_products(300, 512)
-    assert _C.linear_uses_dot_products(64, 128) == wide
-    assert dispatch._gemm_path(300, 512) and not dispatch._gemm_path(4, 1024)
+    dot = _C.linear_uses_dot_products
+    assert dot(8, 256, 64) and not dot(300, 256, 512) and not dot(300, 64, 512)
+    assert dot(64, 256, 128) == dot(300, 8, 512) == dot(300, 63, 128) == wide
+    assert dispatch._gemm_path(300, 256, 512) and not dispatch._gemm_path(4, 256, 1024)
 
 
 def test_cuda_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,16 +61,18 @@ def test_cpp_matches_reference(M: int, N: int, K: int, act: str) -> None:
     _check("cpp", M, N, K, act)
 
 
-# The forward's two CPU paths (csrc/cpu/linear.cpp, use_dot_products): dot-product
-# tiles of 4 x 4 outputs up to 16 rows, 64 from K = 128, 128 from K = 256 and 256
-# from K = 512 (on AVX-512), and the packed GEMM beyond; both with ragged K (not a
+# The forward's two CPU paths (csrc/cpu/linear.cpp, linear_uses_dot_products):
+# dot-product tiles of 4 x 4 outputs up to 16 rows, 64 from K = 128, 128 from K = 256
+# and 256 from K = 512, and for layers of fewer than 16 outputs (64 from K = 128) at
+# any batch (on AVX-512), and the packed GEMM beyond; both with ragged K (not a
 # multiple of 16), N (not of 4) and rows (not of 4), in both dtypes.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     ("M", "N", "K"),
     [
-        *[(15, 23, 70), (62, 13, 131), (127, 30, 257), (255, 7, 515)],  # dot products
-        *[(17, 19, 70), (66, 9, 131), (129, 31, 257), (257, 7, 515)],  # GEMM
+        *[(15, 23, 70), (62, 13, 131), (127, 30, 257), (255, 70, 515)],  # dot products
+        *[(300, 15, 70), (300, 63, 131)],  # dot products: narrow layers at any batch
+        *[(17, 19, 70), (66, 70, 131), (129, 71, 257), (257, 70, 515), (300, 16, 127)],  # GEMM
     ],
 )
 def test_cpp_both_forward_paths(M: int, N: int, K: int, dtype: torch.dtype) -> None:
@@ -86,13 +88,13 @@ def test_cpp_without_bias_and_large_k() -> None:
     _check("cpp", 9, 40, 1100, "silu", bias=False)  # several K blocks of 256
 
 
-# The GEMM (300 rows) and the dot-product tiles (64 rows of K = 260), each split
-# over threads by output columns.
-@pytest.mark.parametrize("M", [300, 64])
-def test_cpp_multithreaded_matches_single(M: int) -> None:
+# The GEMM (300 rows), the dot-product tiles (64 rows of K = 260) split over threads
+# by output columns, and a narrow layer's tiles (300 x 20 outputs) split by rows.
+@pytest.mark.parametrize(("M", "N"), [(300, 200), (64, 200), (300, 20)])
+def test_cpp_multithreaded_matches_single(M: int, N: int) -> None:
     from conveyor import _C
 
-    x, w, b = _inputs(M, 200, 260)
+    x, w, b = _inputs(M, N, 260)
     before = _C.get_num_threads()
     try:
         _C.set_num_threads(1)
