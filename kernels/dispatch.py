@@ -154,8 +154,8 @@ def _linear_on_cpu(work: int, grad: bool, detail: tuple) -> str:
     With it (``(M, N, K, activation)``):
 
     - torch when the packed GEMM would run with fewer than 24 outputs (its 32-column
-      panels are mostly padding: 0.6-0.8x), and for training with fewer than 24
-      outputs or a single row (dx and dW of one row: 0.3-0.5x);
+      panels are mostly padding: 0.6-0.8x), and for training with fewer than 8
+      outputs (one output: 0.5x) or a single row (dx and dW of one row: 0.3-0.5x);
     - C++ from 2^22; with AVX-512 (the small-batch forward's 4 x 4 dot tiles) also
       from 2^21 for training and, with 2 rows or more, from 2^20 for inference
       (2^19 when K >= 256), always with K >= 128: 1.03-2.5x there.
@@ -163,7 +163,7 @@ def _linear_on_cpu(work: int, grad: bool, detail: tuple) -> str:
     if not detail:
         return "cpp" if work >= 1 << 22 else "reference"
     m, n, k, _ = detail
-    if grad and (m < 2 or n < 24):
+    if grad and (m < 2 or n < 8):
         return "reference"
     if n < 24 and _gemm_path(m, n, k):
         return "reference"

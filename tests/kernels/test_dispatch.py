@@ -64,7 +64,8 @@ def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide:
     assert pick(1024, 8, 512) == ("cpp" if wide else "reference")  # GEMM 0.6x; dot 2.9x
     assert pick(1024, 20, 512) == "reference"  # the GEMM with 20 outputs (here)
     assert pick(128, 16, 512) == ("cpp" if wide else "reference")  # dot tiles: 1.1x
-    assert pick(4096, 16, 512, grad=True) == "reference"  # narrow training
+    assert pick(4096, 16, 512, grad=True) == ("cpp" if wide else "reference")  # 1.1x
+    assert pick(4096, 4, 512, grad=True) == "reference"  # one output: 0.5x
     assert pick(32, 256, 256, grad=True) == ("cpp" if wide else "reference")  # 2^21
     assert pick(16, 256, 256, grad=True) == "reference"
     assert pick(1, 1, 1, grad=True) == pick(1, 1, 1) == "reference"
