@@ -42,10 +42,13 @@ def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide:
     # them, C++ only from 2^22, as before those tiles. Narrow GEMMs and one-row
     # training stay on torch at every size.
     monkeypatch.setattr(dispatch, "_cpu_wide_vectors", lambda: wide)
+
     # Rows a dot-product path takes on AVX-512 (csrc/cpu/linear.cpp), both ways.
-    monkeypatch.setattr(
-        dispatch, "_gemm_path", lambda m, n, k: m > 8 and not (wide and (m <= 128 or n < 16))
-    )
+    def gemm_path(m: int, n: int, k: int) -> bool:
+        narrow = n < 16 or (n < 64 and k >= 128)
+        return m > 8 and not (wide and (m <= 128 or narrow))
+
+    monkeypatch.setattr(dispatch, "_gemm_path", gemm_path)
     rule = dispatch._CPU_RULES["linear"]
 
     def pick(M: int, N: int, K: int, grad: bool = False) -> str:
@@ -62,7 +65,7 @@ def test_cpu_linear_rule_reads_the_layer_and_the_vector_width(monkeypatch, wide:
     assert pick(1, 1024, 4096) == "cpp"  # one row, 2^22: inference
     assert pick(1, 1024, 4096, grad=True) == "reference"  # dx, dW of one row: 0.3x
     assert pick(1024, 8, 512) == ("cpp" if wide else "reference")  # GEMM 0.6x; dot 2.9x
-    assert pick(1024, 20, 512) == "reference"  # the GEMM with 20 outputs (here)
+    assert pick(1024, 20, 100) == "reference"  # the GEMM with 20 outputs (K < 128)
     assert pick(128, 16, 512) == ("cpp" if wide else "reference")  # dot tiles: 1.1x
     assert pick(4096, 16, 512, grad=True) == ("cpp" if wide else "reference")  # 1.1x
     assert pick(4096, 4, 512, grad=True) == "reference"  # one output: 0.5x
