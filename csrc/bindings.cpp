@@ -121,8 +121,8 @@ PYBIND11_MODULE(_C, m) {
         "tiles run only then (the dispatcher's CPU linear rule reads it).");
   m.def("linear_uses_dot_products", &conveyor::linear_uses_dot_products, py::arg("M"),
         py::arg("N"), py::arg("K"),
-        "Whether the C++ linear forward computes M rows of inner size K as dot-product "
-        "tiles (small batches) rather than through the packed GEMM.");
+        "Whether the C++ linear forward computes y [M, N] = x [M, K] W^T as dot-product "
+        "tiles (small batches, narrow layers) rather than through the packed GEMM.");
 #ifdef CONVEYOR_WITH_CUDA
   m.def("cuda_device_count", &conveyor::cuda_device_count,
         "Visible CUDA devices; 0 without a driver or device.");

@@ -40,8 +40,8 @@ enum BagMode : int { kBagSum = 0, kBagMean = 1 };
 // Whether this CPU has 512-bit vectors (AVX-512F, checked at run time): the
 // small-batch linear forward's 4 x 4 dot-product tiles need their 32 registers.
 bool cpu_wide_vectors();
-// Whether linear_forward_cpu computes M rows of inner size K as dot-product tiles
-// (small batches) rather than through the packed GEMM.
+// Whether linear_forward_cpu computes y [M, N] = x [M, K] W^T as dot-product tiles
+// (small batches, narrow layers) rather than through the packed GEMM.
 bool linear_uses_dot_products(int64_t M, int64_t N, int64_t K);
 
 template <typename T>

@@ -135,6 +135,8 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
 #   packed the weights), so always for inference; training runs layer by layer.
 #   A FusedLinear module's own CPU inference also uses its packed weights unless
 #   an implementation is forced (kernels/linear.py).
+
+
 @functools.cache
 def _cpu_wide_vectors() -> bool:
     compiled = _compiled()
