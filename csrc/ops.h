@@ -71,6 +71,10 @@ struct PackedLayer {
   int act = kActNone;
   std::vector<T> panels;  // [ceil(N / NR)][K][NR], zero past N
   std::vector<T> bias;    // [ceil(N / NR) * NR], zero past N (and everywhere if none)
+  // W [N][K] as given, kept for narrow layers (N < 16) on CPUs with AVX-512:
+  // those run as dot-product tiles, where a panel would be mostly padding (a 1-wide
+  // head computes 32 lanes for 1). Empty otherwise.
+  std::vector<T> rows;
 };
 
 template <typename T>

@@ -112,6 +112,25 @@ def test_packed_matches_reference(batch: int, dims: list[int], acts: list[str], 
     assert_close(got, want, dtype, scale=4)
 
 
+def test_packed_two_threads_match_one_with_a_narrow_head() -> None:
+    # Wide layers split by row blocks and panels, narrow ones (fewer than 16 outputs:
+    # dot-product tiles against W as given) by row blocks.
+    from conveyor import _C
+    from conveyor.kernels import PackedMLP
+
+    packed = PackedMLP(_layers([64, 256, 5, 1], ["relu", "gelu", "sigmoid"], torch.float32))
+    x = torch.randn(300, 64)
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(1)
+        one = packed(x)
+        _C.set_num_threads(2)
+        two = packed(x)
+    finally:
+        _C.set_num_threads(before)
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
 def test_packed_numpy_api_no_bias_leading_dims_and_copies() -> None:
     import numpy as np
 
