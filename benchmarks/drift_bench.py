@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_bench import FEATURES, free_port, run_load, start, stop, write_model
+from serve_bench import (
+    FEATURES,
+    exit_on_sigterm,
+    free_port,
+    run_load,
+    start,
+    stop,
+    write_model,
+)
 
 # (concurrency, rows per request): the target's point, and larger batches where the
 # per-row share of the drift work is largest.
@@ -202,7 +209,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
-    # stop the servers this script started instead of leaving them orphaned.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     raise SystemExit(main())

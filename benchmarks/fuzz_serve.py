@@ -15,8 +15,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,10 +27,15 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "reliability"), str(ROOT / "tests" / "engine")]
+sys.path[:0] = [
+    str(ROOT / "benchmarks"),
+    str(ROOT / "tests" / "reliability"),
+    str(ROOT / "tests" / "engine"),
+]
 
 from fuzz_requests import ALLOWED, request_bytes  # noqa: E402
 from models import AFFINE_IO, VOCAB_IO, Affine, Vocab, write_model  # noqa: E402
+from serve_bench import exit_on_sigterm, free_port, stop  # noqa: E402
 
 from conveyor.engine.protos import grpc_service_pb2 as pb  # noqa: E402
 
@@ -69,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp.name)
         write_model(repo, "affine", 1, Affine(), AFFINE_IO, max_batch_size=8)
         write_model(repo, "vocab", 1, Vocab(), VOCAB_IO, max_batch_size=8)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
              "--port", str(port), "--max-message-bytes", str(1 << 20), "--log-level", "error"],
@@ -83,12 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 return fuzz(server, channel, args)
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server)
     finally:
         tmp.cleanup()
 
@@ -174,7 +170,5 @@ def fuzz(server: subprocess.Popen[bytes], channel: grpc.Channel, args: argparse.
 
 
 if __name__ == "__main__":
-    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
-    # stop the servers this script started instead of leaving them orphaned.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     raise SystemExit(main())

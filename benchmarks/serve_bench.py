@@ -391,6 +391,12 @@ def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subpr
     return proc
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI runner's cancel) as an exit, so a script's ``finally``
+    blocks stop the servers it started instead of leaving them orphaned."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -678,7 +684,5 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
-    # stop the servers this script started instead of leaving them orphaned.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     raise SystemExit(main())

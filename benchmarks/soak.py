@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +40,9 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from serve_bench import exit_on_sigterm  # noqa: E402
 
 from conveyor.bench.loadgen import LoadResult, LoadSpec, run_load  # noqa: E402
 from conveyor.engine.protos import grpc_service_pb2 as pb  # noqa: E402
@@ -209,7 +210,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # SIGTERM (``timeout``, a CI runner's cancel) as an exit, so the ``finally`` blocks
-    # stop the servers this script started instead of leaving them orphaned.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     raise SystemExit(main())
