@@ -7,6 +7,7 @@
 // are target_clones functions, so everything here is always_inline.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -81,6 +82,28 @@ CONVEYOR_INLINE void dot_columns(const T* x, const T* w, int64_t K, int64_t cols
     case 2: dot_tile<T, R, 2>(x, w, K, out); break;
     case 3: dot_tile<T, R, 3>(x, w, K, out); break;
     default: dot_tile<T, R, 4>(x, w, K, out);
+  }
+}
+
+// y[m][n] = <x[m, :], w[n, :]> + b[n] (b may be null) for columns [n0, n1) of rows
+// [m0, m0 + rows), rows <= 4, in tiles of up to CMAX columns; y's rows are N apart.
+template <typename T, int64_t CMAX>
+CONVEYOR_INLINE void dot_block(const T* x, const T* w, const T* b, int64_t K, int64_t N,
+                               int64_t m0, int64_t rows, int64_t n0, int64_t n1, T* y) {
+  T acc[16];
+  const T* xm = x + m0 * K;
+  for (int64_t n = n0; n < n1; n += CMAX) {
+    const int64_t cols = std::min<int64_t>(CMAX, n1 - n);
+    const T* wn = w + n * K;
+    switch (rows) {
+      case 1: dot_columns<T, 1>(xm, wn, K, cols, acc); break;
+      case 2: dot_columns<T, 2>(xm, wn, K, cols, acc); break;
+      case 3: dot_columns<T, 3>(xm, wn, K, cols, acc); break;
+      default: dot_columns<T, 4>(xm, wn, K, cols, acc);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        y[(m0 + r) * N + n + c] = acc[r * cols + c] + (b ? b[n + c] : T(0));
   }
 }
 

@@ -271,44 +271,22 @@ void gemm(const Gemm<T>& g) {
 // as it was measured before the wider tile.
 constexpr int64_t kSmallM = 8;
 
-// Columns [n0, n1) of the pre-activation (bias added) for rows [m0, m0 + rows),
-// rows <= 4, in tiles of up to CMAX columns.
-template <typename T, int64_t CMAX>
-CONVEYOR_INLINE void small_m_block(const T* x, const T* w, const T* b, int64_t K, int64_t N,
-                                   int64_t m0, int64_t rows, int64_t n0, int64_t n1, T* y) {
-  T acc[16];
-  const T* xm = x + m0 * K;
-  for (int64_t n = n0; n < n1; n += CMAX) {
-    const int64_t cols = std::min<int64_t>(CMAX, n1 - n);
-    const T* wn = w + n * K;
-    switch (rows) {
-      case 1: dot_columns<T, 1>(xm, wn, K, cols, acc); break;
-      case 2: dot_columns<T, 2>(xm, wn, K, cols, acc); break;
-      case 3: dot_columns<T, 3>(xm, wn, K, cols, acc); break;
-      default: dot_columns<T, 4>(xm, wn, K, cols, acc);
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < cols; ++c)
-        y[(m0 + r) * N + n + c] = acc[r * cols + c] + (b ? b[n + c] : T(0));
-  }
-}
-
 CONVEYOR_CLONES void small_m_f32(const float* x, const float* w, const float* b, int64_t K,
                                  int64_t N, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
                                  float* y) {
   if (cpu_wide_vectors()) {
-    small_m_block<float, 4>(x, w, b, K, N, m0, rows, n0, n1, y);
+    dot_block<float, 4>(x, w, b, K, N, m0, rows, n0, n1, y);
   } else {
-    small_m_block<float, 1>(x, w, b, K, N, m0, rows, n0, n1, y);
+    dot_block<float, 1>(x, w, b, K, N, m0, rows, n0, n1, y);
   }
 }
 CONVEYOR_CLONES void small_m_f64(const double* x, const double* w, const double* b, int64_t K,
                                  int64_t N, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
                                  double* y) {
   if (cpu_wide_vectors()) {
-    small_m_block<double, 4>(x, w, b, K, N, m0, rows, n0, n1, y);
+    dot_block<double, 4>(x, w, b, K, N, m0, rows, n0, n1, y);
   } else {
-    small_m_block<double, 1>(x, w, b, K, N, m0, rows, n0, n1, y);
+    dot_block<double, 1>(x, w, b, K, N, m0, rows, n0, n1, y);
   }
 }
 inline void small_m(const float* x, const float* w, const float* b, int64_t K, int64_t N,

@@ -115,23 +115,9 @@ inline void layer_rows_any(const PackedLayer<double>& l, const double* x, int64_
 template <typename T>
 CONVEYOR_INLINE void narrow_rows(const PackedLayer<T>& l, const T* x, int64_t m0, int64_t m1,
                                  T* y) {
-  T acc[16];
-  for (int64_t m = m0; m < m1; m += 4) {
-    const int64_t rows = std::min<int64_t>(4, m1 - m);
-    const T* xm = x + m * l.K;
-    for (int64_t n = 0; n < l.N; n += 4) {
-      const int64_t cols = std::min<int64_t>(4, l.N - n);
-      const T* wn = l.rows.data() + n * l.K;
-      switch (rows) {
-        case 1: dot_columns<T, 1>(xm, wn, l.K, cols, acc); break;
-        case 2: dot_columns<T, 2>(xm, wn, l.K, cols, acc); break;
-        case 3: dot_columns<T, 3>(xm, wn, l.K, cols, acc); break;
-        default: dot_columns<T, 4>(xm, wn, l.K, cols, acc);
-      }
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) y[(m + r) * l.N + n + c] = acc[r * cols + c] + l.bias[n + c];
-    }
-  }
+  for (int64_t m = m0; m < m1; m += 4)
+    dot_block<T, 4>(x, l.rows.data(), l.bias.data(), l.K, l.N, m, std::min<int64_t>(4, m1 - m), 0,
+                    l.N, y);
   // Whole rows were written: the block is contiguous, one pass (not one per row of N).
   if (l.act != kActNone) activate_array<T>(l.act, y + m0 * l.N, y + m0 * l.N, (m1 - m0) * l.N);
 }
