@@ -271,14 +271,16 @@ def serve_one(
         from conveyor.engine.server import Server
 
         if cpus is not None:
-            from conveyor.engine.cpu_affinity import limit_torch_threads
+            from conveyor.engine.cpu_affinity import (
+                format_cpu_list,
+                limit_torch_threads,
+                pin_server_threads,
+            )
 
             torch_threads = limit_torch_threads(cpus)  # before models load and warm up
         server = Server(**kwargs)
         server.start()
         if cpus is not None:
-            from conveyor.engine.cpu_affinity import format_cpu_list, pin_server_threads
-
             # After the start: gRPC's threads exist by now, and keep every CPU.
             count = pin_server_threads(cpus)
             log.info(
