@@ -10,6 +10,9 @@ Implementations (``IMPLS``):
   under Triton's interpreter (``TRITON_INTERPRET=1``, tests only: it is slow).
 - ``cuda``: CUDA kernels in ``conveyor._C`` (built with CUDA); CUDA tensors of
   float32, float16, bfloat16.
+- ``cublaslt`` (linear only): cuBLASLt's GEMM through torch, with the bias and
+  ReLU (or tanh-GELU without a gradient) in its epilogue; CUDA tensors of
+  float32, float16, bfloat16 (``conveyor.kernels.linear``).
 
 Choice, first match wins:
 
@@ -28,8 +31,9 @@ torch (``reference``) is: small linear and layer-norm calls, and the
 embedding-bag sum forward when no gradient is needed. CUDA defaults were measured
 on an H200 (``_CUDA_RULES``): our kernels where they beat torch's op, torch
 elsewhere (small calls, where launch cost decides, and the GEMM except float32
-without TF32, where 3xTF32 beats the IEEE SGEMM, and 16-bit inference through
-a narrow ReLU layer, where the fused epilogue saves a pass over the output).
+without TF32, where 3xTF32 beats the IEEE SGEMM), except that a ReLU layer runs
+cuBLASLt with the ReLU in its epilogue: the same GEMM as torch's, without the
+second pass over the output.
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ from collections.abc import Callable
 
 import torch
 
-IMPLS = ("reference", "cpp", "triton", "cuda")
+IMPLS = ("reference", "cpp", "triton", "cuda", "cublaslt")
 OPS = ("linear", "embedding_bag", "layer_norm", "histogram", "mlp")
-# Implementations that exist per op (the whole-MLP call has no GPU kernel yet).
-_OP_IMPLS = {op: IMPLS for op in OPS} | {"mlp": ("reference", "cpp")}
+# Implementations that exist per op (the whole-MLP call has no GPU kernel yet;
+# cuBLASLt's epilogues serve the GEMM only).
+_OP_IMPLS = {op: IMPLS[:4] for op in OPS} | {"linear": IMPLS, "mlp": ("reference", "cpp")}
 ENV_ALL = "CONVEYOR_KERNEL_IMPL"
 
 _CPP_DTYPES = (torch.float32, torch.float64)
@@ -99,7 +104,7 @@ def available(op: str, impl: str, device: str, dtype: torch.dtype) -> bool:
         return runs_here and dtype in gpu_dtypes and triton_installed()
     if impl == "cuda":
         return device == "cuda" and dtype in gpu_dtypes and has_compiled(_cpp_name(op) + "_cuda")
-    return False
+    return device == "cuda" and dtype in gpu_dtypes  # cublaslt: torch's own CUDA build
 
 
 # CPU default per op, from the measurements in benchmarks/README.md (2 shared
@@ -202,13 +207,20 @@ _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
 #     tensor-core products is 1.5x torch's IEEE SGEMM forward and 1.4x with
 #     the backward at 8192x4096x4096, and 1.5-1.9x forward at the trainer's
 #     layers on a large batch (262144 x 64/256 -> 256), 1.26x with the
-#     backward at 256 -> 256 (training through a side under 128: torch);
-#   - 16-bit inference with ReLU on a memory-bound GEMM (2^32 multiply-adds or
-#     more, no side over 256: the trainer's layers on a large batch): fusing
-#     bias and ReLU into the epilogue saves a pass over the output, 1.1-1.3x
-#     eager and 1.14x torch.compile at 262144 x 256 -> 256. With GELU our
-#     epilogue is slower (0.8-1.0x), and at the square 8192x4096x4096 cuBLAS
-#     keeps its lead (ours 0.77-0.97x eager), as it does with TF32 allowed.
+#     backward at 256 -> 256 (training through a side under 128: not Triton);
+#   - otherwise a ReLU layer (and tanh-GELU without a gradient) runs cuBLASLt
+#     with the activation in its epilogue (`cublaslt`, 2026-11-28, chosen
+#     without a GPU: benchmarks/gpu_check.sh times it against eager,
+#     torch.compile and Triton). It is eager's own GEMM and bias epilogue plus
+#     the activation, so it saves eager's second pass over the output and
+#     nothing can get slower on the GPU: by run 8's parts that pass is ~0.03 of
+#     eager's 0.39 ms at 8192x4096->4096 in bfloat16 and ~0.06 of its 0.15 ms
+#     at 262144 x 256 -> 256, where Triton's fused epilogue measured 0.117 ms
+#     (its GEMM is slower than cuBLAS's). Training only from 2^23 outputs:
+#     the autograd.Function costs ~10 us more host time than eager's nodes,
+#     about what the saved pass takes on 2^23 16-bit outputs. GELU (erf) and
+#     SiLU have no epilogue there; our Triton one was 0.8-1.0x eager, and at
+#     the square GEMM cuBLAS keeps its lead (Triton 0.77-0.97x eager).
 # - embedding_bag: forward from 2^23 gathered elements: CUDA (2-3.7x torch; at
 #   4M x 128, 101% of the copy bandwidth in float32 and 98% in bfloat16, the
 #   16-byte packed loads); training: CUDA below 2^26 (1.2-1.9x, torch's
@@ -227,17 +239,17 @@ TRITON_LAYER_NORM_MAX_N = 65536
 
 
 def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype, detail: tuple) -> tuple[str, ...]:
-    if work < 1 << 32:
-        return ()
-    _, n, k, activation = detail or (0, 1 << 30, 1 << 30, "")
-    if dtype == torch.float32:
-        if torch.backends.cuda.matmul.allow_tf32:
-            return ()
-        # Training through a layer with a side under 128 (64 -> 256) was 0.62x
-        # before the backward moved to cuBLAS and is not measured since.
-        return () if grad and min(n, k) < 128 else ("triton",)
-    memory_bound = max(n, k) <= 256
-    return ("triton",) if memory_bound and activation == "relu" and not grad else ()
+    m, n, k, activation = detail or (0, 1 << 30, 1 << 30, "")
+    ieee_float32 = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    # Training through a layer with a side under 128 (64 -> 256) was 0.62x on
+    # Triton before the backward moved to cuBLAS and is not measured since.
+    if ieee_float32 and work >= 1 << 32 and not (grad and min(n, k) < 128):
+        return ("triton",)
+    # What cuBLASLt's epilogue can take (see kernels/linear.py, _cublaslt_forward).
+    fuses = activation == "relu" or (activation == "gelu_tanh" and not grad)
+    if fuses and (not grad or m * n >= 1 << 23):
+        return ("cublaslt",)
+    return ()
 
 
 _CUDA_RULES: dict[str, Callable[[int, bool, torch.dtype, tuple], tuple[str, ...]]] = {

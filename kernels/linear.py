@@ -145,10 +145,60 @@ def _triton_backward(gy, z, x, weight, act, need):
     return linear.backward(gy, z, x, weight, act, need)
 
 
+# --- cuBLASLt, through torch (CUDA) ----------------------------------------------
+#
+# cuBLASLt's GEMM can apply the bias and a ReLU or tanh-GELU in its epilogue, as
+# apex's and flash-attention's fused dense layers do; torch reaches that epilogue
+# through `torch._addmm_activation` (falling back to addmm + the activation in place
+# when cuBLASLt cannot take the operands). Eager `relu(linear(x))` runs the same
+# GEMM with the bias epilogue and then a second kernel over the whole output, so
+# this does strictly less: one pass over the output instead of three. ReLU's
+# derivative is read from the output (y > 0 exactly where z > 0); tanh-GELU's needs
+# the pre-activation, which the epilogue does not return, so it is fused only
+# without a gradient. Other activations run the GEMM with the bias fused, then
+# torch's activation (eager's kernels).
+
+_RELU, _GELU_TANH = ACTIVATIONS["relu"], ACTIVATIONS["gelu_tanh"]
+
+
+def _cublaslt_forward(x, weight, bias, act, keep_z):
+    wt = weight.t()
+    # Only CUDA's epilogue computes the tanh form; torch's CPU kernel for the same
+    # call computes exact GELU. With K = 0 torch's CUDA addmm returns the bias
+    # before it reaches any epilogue, so the activation would be skipped.
+    fused = x.shape[1] > 0 and (act == _RELU or (act == _GELU_TANH and not keep_z and x.is_cuda))
+    if fused:
+        b = bias if bias is not None else x.new_zeros(weight.shape[0])
+        y = torch._addmm_activation(b, x, wt, use_gelu=act == _GELU_TANH)
+        return y, (y if keep_z and act == _RELU else None)
+    z = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
+    if act == 0:
+        return z, None
+    return activation_reference(z, _ACTIVATION_NAMES[act]), (z if keep_z else None)
+
+
+def _cublaslt_backward(gy, z, x, weight, act, need):
+    aten = torch.ops.aten
+    name = _ACTIVATION_NAMES[act]
+    if name == "none":
+        g = gy
+    elif name == "relu":  # z is the output here (see _cublaslt_forward)
+        g = aten.threshold_backward(gy, z, 0)
+    elif name == "silu":
+        g = aten.silu_backward(gy, z)
+    else:
+        g = aten.gelu_backward(gy, z, approximate="tanh" if name == "gelu_tanh" else "none")
+    gx = g.mm(weight) if need[0] else None
+    gw = g.t().mm(x) if need[1] else None
+    gb = g.sum(0) if need[2] else None
+    return gx, gw, gb
+
+
 _BACKENDS = {
     "cpp": (_cpp_forward, _cpp_backward),
     "cuda": (_cuda_forward, _cuda_backward),
     "triton": (_triton_forward, _triton_backward),
+    "cublaslt": (_cublaslt_forward, _cublaslt_backward),
 }
 
 
@@ -197,11 +247,14 @@ def fused_linear(
         weight: ``[out_features, in_features]``, same dtype and device as ``x``.
         bias: ``[out_features]`` or ``None``.
         activation: a key of ``ACTIVATIONS`` (default ``"none"``).
-        impl: force ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``; default:
+        impl: force ``"reference"``, ``"cpp"``, ``"triton"``, ``"cuda"`` or
+            ``"cublaslt"`` (CUDA only: cuBLASLt with the bias and ReLU, or tanh-GELU
+            without a gradient, in its epilogue); default:
             ``conveyor.kernels.dispatch.choose`` (env ``CONVEYOR_LINEAR_IMPL``).
 
     Returns:
-        ``[..., out_features]`` in ``x``'s dtype; differentiable in all inputs.
+        ``[..., out_features]`` in ``x``'s dtype (on a GPU under ``torch.autocast``,
+        in the autocast dtype, as ``nn.Linear``); differentiable in all inputs.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
@@ -211,6 +264,15 @@ def fused_linear(
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if not x.is_cpu and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+        # As torch's own linear under autocast: the GEMM in the autocast dtype, with
+        # gradients flowing back through the casts to the float32 parameters. (The
+        # compiled implementations are not autocast ops: they would run in float32,
+        # and cuBLASLt's backward would meet 16-bit gradients and float32 weights.
+        # Autocast leaves float64 alone, and so does this.)
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
     lead = x.shape[:-1]
     work = math.prod(lead) * weight.shape[0] * weight.shape[1]
     grad = dispatch.needs_grad(x, weight, bias)

@@ -169,7 +169,9 @@ def _compiled(fn: Callable, note: list[str], want: torch.Tensor | None = None) -
 
 
 def _impls(op: str, device: str, dtype: torch.dtype) -> list[str]:
-    return [i for i in ("cpp", "triton", "cuda") if dispatch.available(op, i, device, dtype)]
+    return [
+        i for i in ("cpp", "triton", "cuda", "cublaslt") if dispatch.available(op, i, device, dtype)
+    ]
 
 
 def _working(

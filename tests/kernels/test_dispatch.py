@@ -87,23 +87,32 @@ def test_cpu_linear_rule_asks_the_module_which_forward_path_runs() -> None:
 
 
 def test_cuda_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The rule alone (no GPU needed): which shapes go to Triton's GEMM on CUDA.
+    # The rule alone (no GPU needed): which shapes go to Triton's GEMM and which
+    # to cuBLASLt with the activation in its epilogue, on CUDA.
     rule = dispatch._CUDA_RULES["linear"]
     bf16, f32 = torch.bfloat16, torch.float32
     layer = (262144, 256, 256, "relu")  # the trainer's 256 -> 256 layer, large batch
     big = 262144 * 256 * 256
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert rule(big, False, bf16, layer) == ("triton",)
-    assert rule(big, True, bf16, layer) == ()  # training: cuBLAS
-    assert rule(big, False, bf16, (*layer[:3], "gelu")) == ()
-    assert rule(8192 * 4096 * 4096, False, bf16, (8192, 4096, 4096, "relu")) == ()
-    assert rule(4096 * 256 * 256, False, bf16, (4096, 256, 256, "relu")) == ()  # small
+    assert rule(big, False, bf16, layer) == ("cublaslt",)
+    assert rule(big, True, bf16, layer) == ("cublaslt",)  # 2^26 outputs
+    assert rule(big, False, bf16, (*layer[:3], "gelu")) == ()  # no erf-GELU epilogue
+    assert rule(big, False, bf16, (*layer[:3], "gelu_tanh")) == ("cublaslt",)
+    assert rule(big, True, bf16, (*layer[:3], "gelu_tanh")) == ()  # its derivative needs z
+    square = (8192, 4096, 4096, "relu")
+    assert rule(8192 * 4096 * 4096, False, bf16, square) == ("cublaslt",)
+    assert rule(8192 * 4096 * 4096, False, bf16, (*square[:3], "silu")) == ()
+    # Training below 2^23 outputs: eager's autograd nodes cost less host time.
+    assert rule(4096 * 256 * 256, True, bf16, (4096, 256, 256, "relu")) == ()
+    assert rule(4096 * 256 * 256, False, bf16, (4096, 256, 256, "relu")) == ("cublaslt",)
     assert rule(big, True, f32, layer) == ("triton",)  # 3xTF32 against the IEEE SGEMM
     narrow = (262144, 256, 64, "relu")  # the 64 -> 256 input layer
     assert rule(262144 * 256 * 64, False, f32, narrow) == ("triton",)
-    assert rule(262144 * 256 * 64, True, f32, narrow) == ()
+    assert rule(262144 * 256 * 64, True, f32, narrow) == ("cublaslt",)
+    assert rule(262144 * 256 * 64, True, f32, (*narrow[:3], "gelu")) == ()
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert rule(big, True, f32, layer) == ()
+    assert rule(big, True, f32, layer) == ("cublaslt",)
+    assert rule(big, True, f32, (*layer[:3], "gelu")) == ()
 
 
 def test_unsupported_dtype_falls_back_to_reference() -> None:

@@ -296,7 +296,7 @@ def test_triton_tma_kernel_every_layout_on_gpu(dtype: torch.dtype, M: int, N: in
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["triton", "cuda"])
+@pytest.mark.parametrize("impl", ["triton", "cuda", "cublaslt"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("M", "N", "K"),
@@ -308,6 +308,41 @@ def test_gpu_matches_reference(impl: str, dtype: torch.dtype, M: int, N: int, K:
     if impl == "triton" and not triton_installed():
         pytest.skip("triton not installed")
     _check(impl, M, N, K, act, dtype=dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("act", ["none", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cublaslt_every_activation_on_gpu(dtype: torch.dtype, act: str, bias: bool) -> None:
+    # gelu_tanh: fused into cuBLASLt's epilogue for inference, unfused with a gradient.
+    _check("cublaslt", 300, 257, 1000, act, dtype=dtype, device="cuda", bias=bias)
+    x, w, b = (None if t is None else t.detach() for t in _inputs(64, 96, 128, dtype, "cuda", bias))
+    with torch.no_grad():
+        got = fused_linear(x, w, b, act, impl="cublaslt")
+    ref = linear_reference(x.double(), w.double(), None if b is None else b.double(), act)
+    assert_close(got.double().cpu(), ref.cpu(), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["reference", "triton", "cuda", "cublaslt"])
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_autocast_runs_every_implementation_in_its_dtype(impl: str, act: str) -> None:
+    # float32 parameters under autocast: the GEMM in bfloat16, as nn.Linear's, and
+    # float32 gradients for the parameters.
+    if impl == "triton" and not triton_installed():
+        pytest.skip("triton not installed")
+    x, w, b = _inputs(300, 257, 1000, torch.float32, "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = fused_linear(x, w, b, act, impl=impl)
+        want = linear_reference(x, w, b, act)
+    assert y.dtype == want.dtype == torch.bfloat16
+    assert_close(y.float().cpu(), want.float().cpu(), torch.bfloat16)
+    got = torch.autograd.grad(y.float().sum(), (x, w, b))
+    ref = torch.autograd.grad(want.float().sum(), (x, w, b))
+    for g, r in zip(got, ref, strict=True):
+        assert g.dtype == torch.float32
+        assert_close(g.cpu(), r.cpu(), torch.bfloat16, scale=math.sqrt(300))
 
 
 @pytest.mark.gpu
@@ -328,6 +363,47 @@ def test_triton_float16_interpreted() -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the gpu tests")
     _check("triton", 5, 19, 21, "silu", dtype=torch.float16)  # half storage, float32 math
+
+
+# The cublaslt backend is torch ops only, so its logic (which activation is fused,
+# ReLU's derivative read from the output, the backward's three GEMMs) runs on CPU
+# too once the dispatcher is told it may; fused_linear offers it on CUDA only.
+# On CPU torch computes exact GELU where CUDA's epilogue computes the tanh form, so
+# the backend fuses gelu_tanh on CUDA tensors only.
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cublaslt_backend_on_cpu(monkeypatch: pytest.MonkeyPatch, act: str, bias: bool) -> None:
+    from conveyor.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "available", lambda *args: True)
+    x, w, b = _inputs(6, 5, 7, torch.float64, bias=bias)
+    if act == "relu":  # keep pre-activations away from the kink
+        with torch.no_grad():
+            x += 0.1 * torch.sign(x)
+            w.copy_(torch.sign(w))
+    ins = tuple(t for t in (x, w, b) if t is not None)
+
+    def run(*args):
+        return fused_linear(args[0], args[1], args[2] if bias else None, act, impl="cublaslt")
+
+    assert torch.autograd.gradcheck(run, ins)
+    want = linear_reference(x, w, b, act)
+    torch.testing.assert_close(run(*ins), want)
+    with torch.no_grad():  # inference: no autograd node, no pre-activation kept
+        torch.testing.assert_close(run(*ins), want)
+    x0, w0 = torch.zeros(3, 0, dtype=torch.float64), torch.zeros(5, 0, dtype=torch.float64)
+    b0 = None if b is None else b.detach()
+    torch.testing.assert_close(run(x0, w0, b0), linear_reference(x0, w0, b0, act))
+
+
+def test_cublaslt_is_offered_on_cuda_only() -> None:
+    from conveyor.kernels import dispatch
+
+    assert dispatch.available("linear", "cublaslt", "cuda", torch.bfloat16)
+    assert not dispatch.available("linear", "cublaslt", "cpu", torch.float32)
+    assert not dispatch.available("layer_norm", "cublaslt", "cuda", torch.float32)
+    with pytest.raises(ValueError, match="cannot run on cpu"):
+        fused_linear(torch.randn(2, 3), torch.randn(4, 3), impl="cublaslt")
 
 
 def test_a_second_derivative_matches_torch() -> None:
