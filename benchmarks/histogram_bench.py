@@ -12,7 +12,9 @@ reference (searchsorted + bincount per feature) on the same device, timed with
 CUDA events, plus the device's measured copy bandwidth, so the op's read
 bandwidth is reported as a fraction of what the memory system delivers.
 ``--cuda-variants`` also times the CUDA kernel with the search kernel forced
-(no lookup table) and with tables of 256, 512 and 1024 cells per feature.
+(no lookup table), with tables of 256, 512 and 1024 cells per feature, and with
+the default table and its values streamed through shared memory by
+asynchronous copies, 2 to 8 in flight per thread (``stages``).
 
 Data: standard normal values with 1% NaN and 0.1% +inf, edges at the data's
 quantiles (as drift profiling makes them). Counts are checked for equality
@@ -118,11 +120,22 @@ def cuda_main(args) -> int:
             lambda: histogram_update(values, edges, counts, impl="triton", check_edges=False),
             args.repeat,
         )
-    for cells in (-1, 256, 512, 1024) if args.cuda_variants else ():
-        name = "cuda search" if cells < 0 else f"cuda {cells} cells"
+    # (lut_cells, stages): the search kernel, table sizes, then the default table
+    # with its values streamed through shared memory by asynchronous copies.
+    variants = [(-1, -1), (256, -1), (512, -1), (1024, -1), *((0, k) for k in (2, 3, 4, 6, 8))]
+    for cells, stages in variants if args.cuda_variants else ():
+        name = (
+            "cuda search"
+            if cells < 0
+            else f"cuda {stages} stages"
+            if stages > 0
+            else f"cuda {cells} cells"
+        )
 
-        def run(cells=cells):
-            return _histogram_update_cuda(values, edges, counts, "cuda", False, lut_cells=cells)
+        def run(cells=cells, stages=stages):
+            return _histogram_update_cuda(
+                values, edges, counts, "cuda", False, lut_cells=cells, stages=stages
+            )
 
         counts.zero_()
         if not torch.equal(run(), ref):
@@ -184,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cuda-variants",
         action="store_true",
-        help="CUDA: also time the search kernel and lookup tables of 256/512/1024 cells",
+        help="CUDA: also time the search kernel, lookup tables of 256/512/1024 cells and "
+        "staged (asynchronous-copy) loads",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)

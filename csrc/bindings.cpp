@@ -129,7 +129,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "histogram_update_cuda",
       [](std::uintptr_t values, int64_t rows, int64_t features, std::uintptr_t edges,
-         int64_t n_edges, std::uintptr_t counts, std::uintptr_t stream, int64_t lut_cells) {
+         int64_t n_edges, std::uintptr_t counts, std::uintptr_t stream, int64_t lut_cells,
+         int64_t stages) {
         if (rows < 0 || features < 0) throw py::value_error("rows and features must be >= 0");
         if (n_edges < 2) throw py::value_error("edges: need at least 2 edges per feature");
         std::string err;
@@ -138,15 +139,20 @@ PYBIND11_MODULE(_C, m) {
           err = conveyor::histogram_update_cuda(
               reinterpret_cast<const float*>(values), rows, features,
               reinterpret_cast<const float*>(edges), n_edges, reinterpret_cast<int64_t*>(counts),
-              lut_cells, stream);
+              lut_cells, stages, stream);
         }
         if (!err.empty()) throw std::runtime_error("histogram_update_cuda: " + err);
       },
       py::arg("values_ptr"), py::arg("rows"), py::arg("features"), py::arg("edges_ptr"),
       py::arg("n_edges"), py::arg("counts_ptr"), py::arg("stream"), py::arg("lut_cells") = 0,
+      py::arg("stages") = 0,
       "Device-pointer histogram update on a CUDA stream (see histogram_update). lut_cells: "
       "0 picks the kernel by size, -1 never uses the lookup table, a power of two in "
-      "[16, 4096] forces a table of that many cells per feature where it fits.");
+      "[16, 4096] forces a table of that many cells per feature where it fits. stages: 0 "
+      "automatic, -1 loads values into registers, 2, 3, 4, 6 or 8 streams them through "
+      "shared memory "
+      "with that many asynchronous copies in flight per thread (table kernel, 4-wide "
+      "loads).");
 #else
   m.def("cuda_device_count", []() { return 0; }, "Always 0: built without CUDA.");
 #endif

@@ -29,10 +29,14 @@ void histogram_update_cpu(const float* values, int64_t rows, int64_t features,
 // the CUDA error string. lut_cells: 0 picks the kernel by size (a lookup
 // table of cells per feature for large calls), -1 never uses the table, a
 // power of two in [16, 4096] forces a table of that many cells where it fits
-// in shared memory (tests and benchmarks).
+// in shared memory (tests and benchmarks). stages: 0 automatic, -1 loads
+// values into registers, 2, 3, 4, 6 or 8 streams them through shared memory
+// with that many asynchronous copies in flight per thread (the table kernel
+// with 4-wide loads only; elsewhere, or where the ring does not fit, it has
+// no effect).
 std::string histogram_update_cuda(const float* values, int64_t rows, int64_t features,
                                   const float* edges, int64_t n_edges, int64_t* counts,
-                                  int64_t lut_cells, std::uintptr_t stream);
+                                  int64_t lut_cells, int64_t stages, std::uintptr_t stream);
 int cuda_device_count();
 #endif
 

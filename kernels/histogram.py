@@ -158,11 +158,20 @@ def histogram_update(
 
 
 def _histogram_update_cuda(
-    values: Any, edges: Any, counts: Any | None, impl: str, check_edges: bool, lut_cells: int = 0
+    values: Any,
+    edges: Any,
+    counts: Any | None,
+    impl: str,
+    check_edges: bool,
+    lut_cells: int = 0,
+    stages: int = 0,
 ) -> Any:
-    """The CUDA-tensor path of ``histogram_update``. ``lut_cells`` (CUDA kernel
-    only): 0 picks the kernel by size, -1 never uses the lookup table, a power
-    of two in [16, 4096] forces a table of that many cells (tests, benchmarks)."""
+    """The CUDA-tensor path of ``histogram_update``. CUDA kernel only, for tests and
+    benchmarks: ``lut_cells`` 0 picks the kernel by size, -1 never uses the lookup
+    table, a power of two in [16, 4096] forces a table of that many cells;
+    ``stages`` 0 automatic, -1 loads values into registers, 2, 3, 4, 6 or 8 streams
+    them through shared memory with that many asynchronous copies in flight per
+    thread (the table kernel with 4-wide loads)."""
     from conveyor import _C
 
     if impl == "reference":
@@ -203,5 +212,6 @@ def _histogram_update_cuda(
             counts.data_ptr(),
             stream,
             lut_cells,
+            stages,
         )
     return counts

@@ -27,6 +27,16 @@
 // depend on the arithmetic being precise, only monotone: the edges' own cells
 // come from the same float operations as the values' (cell_of), so an edge
 // below a value's cell is below the value and one above it is above it.
+//
+// The table kernel can also stream its values through shared memory with
+// asynchronous copies (cp.async, `stages` > 0): each thread keeps `stages`
+// 16-byte groups in flight in a ring of its own in shared memory, so loads
+// keep going while it counts and cost no registers. Run 8 found the kernel
+// 0.26 ms slower than its reads alone (0.73 against 0.47 ms at 16M x 32)
+// even without atomics: counting and loading took turns rather than
+// overlapping, and four register loads in flight instead of two cost
+// occupancy and gained nothing.
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -123,19 +133,24 @@ __device__ __forceinline__ void load_group(const float* __restrict__ values, lon
 // Shared-memory counters, bins found through the table. Every thread keeps
 // the same VEC features for the whole grid-stride loop (the host makes the
 // grid stride, in values, a multiple of `features`), so their table rows,
-// edges and (lo, scale) are fixed registers and pointers.
-template <int VEC>
+// edges and (lo, scale) are fixed registers and pointers. STAGES == 0: values
+// loaded into registers, two groups in flight; STAGES > 0 (VEC == 4 only):
+// through a ring of STAGES float4 per thread in shared memory (see the top).
+template <int VEC, int STAGES>
 __global__ void __launch_bounds__(kThreads)
 histogram_lut_kernel(const float* __restrict__ values, long long total, int features,
                      const float* __restrict__ edges, int n_edges, int cells,
                      const float2* __restrict__ params, const unsigned char* __restrict__ lut,
                      unsigned long long* __restrict__ counts) {
+  static_assert(STAGES == 0 || VEC == 4, "the staged loads move 16-byte groups");
   extern __shared__ __align__(16) unsigned char smem[];
   const int slots = n_edges + 2;
   const int cnt_cells = features * slots;
   const int row = n_edges | 1;  // odd stride, as in the lifting kernel
-  unsigned char* s_lut = smem;  // features * cells bytes, a multiple of 16
-  unsigned int* s_counts = reinterpret_cast<unsigned int*>(smem + features * cells);
+  // The ring first (16-byte aligned), then the table: STAGES * kThreads * 16 bytes.
+  float4* ring = reinterpret_cast<float4*>(smem);
+  unsigned char* s_lut = smem + STAGES * kThreads * sizeof(float4);  // features * cells bytes
+  unsigned int* s_counts = reinterpret_cast<unsigned int*>(s_lut + features * cells);
   float* s_edges = reinterpret_cast<float*>(s_counts + cnt_cells);
 
   const int lut_packs = features * cells / 16;
@@ -181,17 +196,45 @@ histogram_lut_kernel(const float* __restrict__ values, long long total, int feat
       atomicAdd(count_row[j] + slot_of(below, v[j], top[j], n_edges), 1u);
     }
   };
-  for (; g + stride < groups; g += 2 * stride) {
-    float a[VEC], b[VEC];
-    load_group<VEC>(values, g, a);
-    load_group<VEC>(values, g + stride, b);
-    count(a);
-    count(b);
-  }
-  if (g < groups) {
-    float a[VEC];
-    load_group<VEC>(values, g, a);
-    count(a);
+  if constexpr (STAGES > 0) {
+    // Slot k of this thread's ring holds its groups g0 + i * stride with i % STAGES == k;
+    // only this thread touches it, so waiting on its own copies is all the sync needed.
+    const float4* src = reinterpret_cast<const float4*>(values);
+    float4* mine = ring + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < STAGES - 1; ++k) {
+      const long long gk = g + k * stride;
+      if (gk < groups) __pipeline_memcpy_async(mine + k * kThreads, src + gk, sizeof(float4));
+      __pipeline_commit();  // empty groups too: the wait below counts groups
+    }
+    int k = 0;
+    for (; g < groups; g += stride) {
+      // Refill the slot emptied last iteration with the group STAGES - 1 strides ahead.
+      const long long ahead = g + (STAGES - 1) * stride;
+      const int refill = k == 0 ? STAGES - 1 : k - 1;
+      if (ahead < groups)
+        __pipeline_memcpy_async(mine + refill * kThreads, src + ahead, sizeof(float4));
+      __pipeline_commit();
+      __pipeline_wait_prior(STAGES - 1);  // this iteration's group has landed
+      const float4 q = mine[k * kThreads];
+      const float v[VEC] = {q.x, q.y, q.z, q.w};
+      count(v);
+      k = k + 1 == STAGES ? 0 : k + 1;
+    }
+    __pipeline_wait_prior(0);
+  } else {
+    for (; g + stride < groups; g += 2 * stride) {
+      float a[VEC], b[VEC];
+      load_group<VEC>(values, g, a);
+      load_group<VEC>(values, g + stride, b);
+      count(a);
+      count(b);
+    }
+    if (g < groups) {
+      float a[VEC];
+      load_group<VEC>(values, g, a);
+      count(a);
+    }
   }
 
   __syncthreads();
@@ -275,9 +318,11 @@ long long grid_blocks(long long items, long long total, int per_sm, int sms, lon
   return (blocks + multiple - 1) / multiple * multiple;
 }
 
-// Bytes of shared memory the table kernel needs per block.
-size_t lut_smem(int64_t features, int64_t n_edges, int cells) {
-  return static_cast<size_t>(features) * cells +
+// Bytes of shared memory the table kernel needs per block, with a ring of
+// `stages` float4 per thread (0: none).
+size_t lut_smem(int64_t features, int64_t n_edges, int cells, int stages = 0) {
+  return static_cast<size_t>(stages) * kThreads * sizeof(float4) +
+         static_cast<size_t>(features) * cells +
          static_cast<size_t>(features) * (n_edges + 2) * sizeof(unsigned int) +
          static_cast<size_t>(features) * (n_edges | 1) * sizeof(float);
 }
@@ -306,17 +351,48 @@ cudaError_t occupancy(int* per_sm, Kernel kernel, size_t smem) {
       per_sm, reinterpret_cast<const void*>(kernel), kThreads, smem);
 }
 
+// Asynchronous-copy stages the table kernel uses unless told (0: register
+// loads). Register loads stay the default until a GPU run times the staged
+// kernel against them (benchmarks/histogram_bench.py --cuda-variants).
+constexpr int kAutoStages = 0;
+
+using LutKernel = void (*)(const float*, long long, int, const float*, int, int, const float2*,
+                          const unsigned char*, unsigned long long*);
+
+// The table kernel for 4-wide loads and `stages` (0: register loads), nullptr
+// for a depth without an instantiation.
+LutKernel lut_kernel(bool vec4, int stages) {
+  if (!vec4) return stages == 0 ? histogram_lut_kernel<1, 0> : nullptr;
+  switch (stages) {
+    case 0: return histogram_lut_kernel<4, 0>;
+    case 2: return histogram_lut_kernel<4, 2>;
+    case 3: return histogram_lut_kernel<4, 3>;
+    case 4: return histogram_lut_kernel<4, 4>;
+    case 6: return histogram_lut_kernel<4, 6>;
+    case 8: return histogram_lut_kernel<4, 8>;
+    default: return nullptr;
+  }
+}
+
 // The table path: build the table into a stream-ordered scratch buffer, then
 // count. Returns false (nothing launched) when the fixed-feature grid would
 // be far larger than one wave or the scratch buffer cannot be had.
 bool launch_lut(const float* values, long long total, int features, const float* edges,
-                int n_edges, int cells, bool vec4, int sms, unsigned long long* counts,
-                cudaStream_t stream, cudaError_t* err) {
+                int n_edges, int cells, bool vec4, int stages, size_t smem_limit, int sms,
+                unsigned long long* counts, cudaStream_t stream, cudaError_t* err) {
   const int vec = vec4 ? 4 : 1;
-  const size_t smem = lut_smem(features, n_edges, cells);
+  // Staged loads need 4-wide groups and room for the ring beside the table.
+  if (!vec4 || lut_smem(features, n_edges, cells, stages) > smem_limit) stages = 0;
+  const size_t smem = lut_smem(features, n_edges, cells, stages);
+  const LutKernel kernel = lut_kernel(vec4, stages);
+  if (smem > 48 * 1024) {  // above the default dynamic limit: opt in, per kernel
+    *err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(smem));
+    if (*err != cudaSuccess) return true;
+  }
   int per_sm = 0;
-  *err = vec4 ? occupancy(&per_sm, histogram_lut_kernel<4>, smem)
-              : occupancy(&per_sm, histogram_lut_kernel<1>, smem);
+  *err = occupancy(&per_sm, kernel, smem);
   if (*err != cudaSuccess) return true;
   // A grid stride (blocks * kThreads * vec values) that is a multiple of
   // `features` keeps each thread on the same features.
@@ -341,14 +417,8 @@ bool launch_lut(const float* values, long long total, int features, const float*
   histogram_lut_build_kernel<<<static_cast<unsigned>((entries + kThreads - 1) / kThreads),
                                kThreads, 0, stream>>>(edges, features, n_edges, cells, params,
                                                       lut);
-  const auto grid = static_cast<unsigned>(blocks);
-  if (vec4) {
-    histogram_lut_kernel<4><<<grid, kThreads, smem, stream>>>(values, total, features, edges,
-                                                              n_edges, cells, params, lut, counts);
-  } else {
-    histogram_lut_kernel<1><<<grid, kThreads, smem, stream>>>(values, total, features, edges,
-                                                              n_edges, cells, params, lut, counts);
-  }
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+      values, total, features, edges, n_edges, cells, params, lut, counts);
   *err = cudaGetLastError();
   const cudaError_t freed = cudaFreeAsync(scratch, stream);
   if (*err == cudaSuccess) *err = freed;
@@ -359,18 +429,24 @@ bool launch_lut(const float* values, long long total, int features, const float*
 
 std::string histogram_update_cuda(const float* values, int64_t rows, int64_t features,
                                   const float* edges, int64_t n_edges, int64_t* counts,
-                                  int64_t lut_cells, std::uintptr_t stream_handle) {
+                                  int64_t lut_cells, int64_t stages,
+                                  std::uintptr_t stream_handle) {
   const long long total = static_cast<long long>(rows) * features;
-  if (total <= 0) return "";
   if (lut_cells > 0 && (lut_cells < 16 || lut_cells > 4096 || (lut_cells & (lut_cells - 1))))
     return "lut_cells must be 0 (automatic), -1 (no table) or a power of two in [16, 4096]";
+  if (stages < -1 || (stages > 0 && lut_kernel(true, static_cast<int>(stages)) == nullptr))
+    return "stages must be 0 (automatic), -1 (loads into registers) or one of 2, 3, 4, 6, 8";
+  const int depth = stages == 0 ? kAutoStages : static_cast<int>(std::max<int64_t>(stages, 0));
+  if (total <= 0) return "";
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
 
-  int device = 0, sms = 0, smem_limit = 0;
+  int device = 0, sms = 0, smem_limit = 0, smem_optin = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlock, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return cudaGetErrorString(err);
 
   auto* out = reinterpret_cast<unsigned long long*>(counts);
@@ -379,7 +455,8 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
   const auto n = static_cast<int>(n_edges);
   const int cells = lut_cells_for(total, features, n_edges, lut_cells, smem_limit);
   if (cells > 0 &&
-      launch_lut(values, total, f, edges, n, cells, vec4, sms, out, stream, &err)) {
+      launch_lut(values, total, f, edges, n, cells, vec4, depth,
+                 static_cast<size_t>(std::max(smem_limit, smem_optin)), sms, out, stream, &err)) {
     return err == cudaSuccess ? "" : cudaGetErrorString(err);
   }
 

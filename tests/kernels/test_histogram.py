@@ -244,6 +244,34 @@ def test_cuda_lookup_table_matches_reference(
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("stages", [-1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize(
+    ("rows", "features", "n_edges", "kind"),
+    [
+        (200_003, 32, 21, "normal"),  # many grid strides: the ring wraps many times
+        (30_001, 36, 21, "clustered"),  # a grid that must be a multiple of 9 blocks
+        (3, 16, 21, "normal"),  # fewer groups than stages in flight
+        (5003, 7, 9, "normal"),  # features % 4 != 0: register loads, stages ignored
+    ],
+)
+def test_cuda_staged_loads_match_reference(
+    rows: int, features: int, n_edges: int, kind: str, stages: int
+) -> None:
+    torch = pytest.importorskip("torch")
+    from conveyor.kernels.histogram import _histogram_update_cuda
+
+    rng = np.random.default_rng(rows + features + stages)
+    values, _ = _data(rows, features, n_edges, seed=11)
+    edges = _awkward_edges(kind, features, n_edges, rng)
+    for cells in (0, 1024):  # the automatic table (none below 2^20 values) and a forced one
+        got = _histogram_update_cuda(
+            torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
+            check_edges=False, lut_cells=cells, stages=stages,
+        )  # fmt: skip
+        np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
+
+
+@pytest.mark.gpu
 def test_cuda_lookup_table_cells_are_checked() -> None:
     torch = pytest.importorskip("torch")
     from conveyor.kernels.histogram import _histogram_update_cuda
@@ -254,6 +282,12 @@ def test_cuda_lookup_table_cells_are_checked() -> None:
             torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
             check_edges=False, lut_cells=100,
         )  # fmt: skip
+    for stages in (-2, 1, 5, 16):
+        with pytest.raises(RuntimeError, match="stages must be"):
+            _histogram_update_cuda(
+                torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
+                check_edges=False, stages=stages,
+            )  # fmt: skip
 
 
 def test_cpp_matches_reference_on_arbitrary_inputs() -> None:
