@@ -227,18 +227,23 @@ def _awkward_edges(kind: str, features: int, n_edges: int, rng) -> np.ndarray:
 def test_cuda_lookup_table_matches_reference(
     rows: int, features: int, n_edges: int, kind: str, cells: int
 ) -> None:
-    torch = pytest.importorskip("torch")
-    from conveyor.kernels.histogram import _histogram_update_cuda
-
     rng = np.random.default_rng(rows + features + cells)
     values, _ = _data(rows, features, n_edges, seed=9)
     edges = _awkward_edges(kind, features, n_edges, rng)
     if rows:  # values on the edges, and tiny values around zero
         values[rng.integers(0, rows, size=min(rows, 200)), :] = edges[:, rng.integers(0, n_edges)]
         values[rng.integers(0, rows, size=min(rows, 200)), :] *= np.float32(1e-30)
+    _check_cuda_kernel(values, edges, lut_cells=cells)
+
+
+def _check_cuda_kernel(values: np.ndarray, edges: np.ndarray, **options: int) -> None:
+    """The CUDA kernel with ``options`` (lut_cells, stages) against the reference."""
+    torch = pytest.importorskip("torch")
+    from conveyor.kernels.histogram import _histogram_update_cuda
+
     got = _histogram_update_cuda(
         torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
-        check_edges=False, lut_cells=cells,
+        check_edges=False, **options,
     )  # fmt: skip
     np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
 
@@ -257,18 +262,11 @@ def test_cuda_lookup_table_matches_reference(
 def test_cuda_staged_loads_match_reference(
     rows: int, features: int, n_edges: int, kind: str, stages: int
 ) -> None:
-    torch = pytest.importorskip("torch")
-    from conveyor.kernels.histogram import _histogram_update_cuda
-
     rng = np.random.default_rng(rows + features + stages)
     values, _ = _data(rows, features, n_edges, seed=11)
     edges = _awkward_edges(kind, features, n_edges, rng)
     for cells in (0, 1024):  # the automatic table (none below 2^20 values) and a forced one
-        got = _histogram_update_cuda(
-            torch.from_numpy(values).cuda(), torch.from_numpy(edges).cuda(), None, "cuda",
-            check_edges=False, lut_cells=cells, stages=stages,
-        )  # fmt: skip
-        np.testing.assert_array_equal(got.cpu().numpy(), _reference(values, edges))
+        _check_cuda_kernel(values, edges, lut_cells=cells, stages=stages)
 
 
 @pytest.mark.gpu
