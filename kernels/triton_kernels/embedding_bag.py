@@ -19,7 +19,7 @@ def _forward_kernel(
     w_ptr, idx_ptr, off_ptr, psw_ptr, out_ptr, nnz, B, D,
     HAS_PSW: tl.constexpr, MEAN: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # b * D passes 2^31 on large outputs
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     start = tl.load(off_ptr + b)

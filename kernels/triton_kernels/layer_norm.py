@@ -21,7 +21,7 @@ def _forward_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # row * N passes 2^31 on large inputs
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0).to(tl.float32)
@@ -52,7 +52,7 @@ def _backward_kernel(
         w = tl.full((BLOCK_N,), 1.0, tl.float32)
     acc_w = tl.zeros((BLOCK_N,), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    r0 = pid * rows_per_prog
+    r0 = pid.to(tl.int64) * rows_per_prog  # r * N passes 2^31 on large inputs
     for r in range(r0, tl.minimum(r0 + rows_per_prog, M)):
         x = tl.load(x_ptr + r * N + cols, mask=mask, other=0.0).to(tl.float32)
         gy = tl.load(gy_ptr + r * N + cols, mask=mask, other=0.0).to(tl.float32)

@@ -57,23 +57,22 @@ def _matmul_kernel(
     GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid_m, pid_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 64-bit rows and columns: an operand or output of 2^31 elements or more
+    # (8 GB of float32 activations) would overflow 32-bit offsets.
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
+    # The operands' tiles as 64-bit pointers, stepped along K each iteration.
+    a_ptrs = a_ptr + rm[:, None] * s_am + rk[None, :].to(tl.int64) * s_ak
+    b_ptrs = b_ptr + rk[:, None].to(tl.int64) * s_bk + rn[None, :] * s_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        a = tl.load(
-            a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak,
-            mask=(rm[:, None] < M) & (kk[None, :] < K),
-            other=0.0,
-        )
-        b = tl.load(
-            b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn,
-            mask=(kk[:, None] < K) & (rn[None, :] < N),
-            other=0.0,
-        )
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        b = tl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * s_ak
+        b_ptrs += BLOCK_K * s_bk
     # Epilogue, while the tile is in registers: bias, pre-activation, activation.
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
@@ -128,7 +127,7 @@ def _matmul_tma_kernel(
 
 @triton.jit
 def _act_grad_kernel(gy_ptr, z_ptr, g_ptr, total, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
