@@ -385,10 +385,13 @@ bool launch_lut(const float* values, long long total, int features, const float*
   if (!vec4 || lut_smem(features, n_edges, cells, stages) > smem_limit) stages = 0;
   const size_t smem = lut_smem(features, n_edges, cells, stages);
   const LutKernel kernel = lut_kernel(vec4, stages);
-  if (smem > 48 * 1024) {  // above the default dynamic limit: opt in, per kernel
+  if (smem > 48 * 1024) {
+    // Above the default dynamic limit: opt in, per kernel, to the device's
+    // maximum rather than this call's size, so that calls from several host
+    // threads only ever raise it and never undercut one another's launch.
     *err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(smem));
+                                static_cast<int>(smem_limit));
     if (*err != cudaSuccess) return true;
   }
   int per_sm = 0;
@@ -434,7 +437,8 @@ std::string histogram_update_cuda(const float* values, int64_t rows, int64_t fea
   const long long total = static_cast<long long>(rows) * features;
   if (lut_cells > 0 && (lut_cells < 16 || lut_cells > 4096 || (lut_cells & (lut_cells - 1))))
     return "lut_cells must be 0 (automatic), -1 (no table) or a power of two in [16, 4096]";
-  if (stages < -1 || (stages > 0 && lut_kernel(true, static_cast<int>(stages)) == nullptr))
+  if (stages < -1 || stages > 8 ||
+      (stages > 0 && lut_kernel(true, static_cast<int>(stages)) == nullptr))
     return "stages must be 0 (automatic), -1 (loads into registers) or one of 2, 3, 4, 6, 8";
   const int depth = stages == 0 ? kAutoStages : static_cast<int>(std::max<int64_t>(stages, 0));
   if (total <= 0) return "";

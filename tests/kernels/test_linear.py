@@ -321,7 +321,12 @@ def test_cublaslt_every_activation_on_gpu(dtype: torch.dtype, act: str, bias: bo
     with torch.no_grad():
         got = fused_linear(x, w, b, act, impl="cublaslt")
     ref = linear_reference(x.double(), w.double(), None if b is None else b.double(), act)
-    assert_close(got.double().cpu(), ref.cpu(), dtype)
+    if dtype == torch.float32 and act == "gelu_tanh":
+        # cuBLASLt's GELU epilogue may use the hardware tanh (~5e-4 relative); torch's
+        # own test of this epilogue allows 1e-4 in float32.
+        torch.testing.assert_close(got.double().cpu(), ref.cpu(), rtol=1e-4, atol=1e-4)
+    else:
+        assert_close(got.double().cpu(), ref.cpu(), dtype)
 
 
 @pytest.mark.gpu
@@ -332,7 +337,16 @@ def test_autocast_runs_every_implementation_in_its_dtype(impl: str, act: str) ->
     # float32 gradients for the parameters.
     if impl == "triton" and not triton_installed():
         pytest.skip("triton not installed")
-    x, w, b = _inputs(300, 257, 1000, torch.float32, "cuda")
+    # Multiples of 1/16 that bfloat16 holds exactly, so every implementation's
+    # pre-activations are exact whatever its summation order: a ReLU mask that
+    # flipped on one side only would move a weight gradient by a whole row.
+    g = torch.Generator().manual_seed(5)
+    x, w, b = (
+        ((torch.randn(*shape, generator=g) * scale).round().clamp(-64, 64) / 16)
+        .cuda()
+        .requires_grad_()
+        for shape, scale in (((300, 1000), 16), ((257, 1000), 2), ((257,), 16))
+    )
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y = fused_linear(x, w, b, act, impl=impl)
         want = linear_reference(x, w, b, act)
