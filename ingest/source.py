@@ -98,6 +98,9 @@ class Chunk:
     the rows that passed), ``raw`` (the same rows as read, as strings, for text formats: what the
     quarantine keeps, unchanged) and ``parse_errors`` (column -> boolean mask over the batch of
     values that did not parse as the column's type; such values are null in ``batch``).
+    ``late_columns``: JSON keys the file's inferred columns lack (they first appear past the
+    MiB its columns were inferred from), each with the file row that first holds one (-1 when
+    unknown); their values are not read, and the dataset-level ``extra_column`` rule decides.
     """
 
     path: str
@@ -106,6 +109,7 @@ class Chunk:
     raw: pa.RecordBatch | None = None
     parse_errors: dict[str, np.ndarray] = field(default_factory=dict)
     bad_lines: list[BadLine] = field(default_factory=list)
+    late_columns: dict[str, int] = field(default_factory=dict)
 
 
 def _split_query(source: str) -> tuple[str, str]:
@@ -305,6 +309,8 @@ class Source:
         self.format: str = format
         self._ds_format = _file_format(format, csv_delimiter)
         self.file_schemas = [self._inspect(p) for p in self.files]
+        if format in ("csv", "json"):
+            self.file_schemas = _common_timestamp_units(self.file_schemas)
         if types and format in ("csv", "json"):
             self.file_schemas = [_declare(s, types) for s in self.file_schemas]
         # The columns' types: the first file's, but a column a file holds no value of (a
@@ -640,20 +646,23 @@ class Source:
             data = fh.read()
         explicit = pa.schema([(c, ref_types[c]) for c in file_cols])
         try:
+            # "infer": a key beyond the inferred columns becomes a column of its own, so
+            # that it can be named with the row that first holds it (then dropped).
             table = pajson.read_json(
                 io.BytesIO(data),
                 parse_options=pajson.ParseOptions(
-                    explicit_schema=explicit, unexpected_field_behavior="error"
+                    explicit_schema=explicit, unexpected_field_behavior="infer"
                 ),
             )
         except pa.ArrowInvalid:
             yield from self._read_json_lines(frag, piece, data, cols, filter)
             return
+        late = {c: _first_valid(table.column(c)) for c in table.column_names if c not in file_cols}
         row = 0
         for batch in table.to_batches(max_chunksize=self.batch_rows):
             n = batch.num_rows
             typed = {c: batch.column(c) for c in file_cols}
-            yield self._finish(
+            chunk = self._finish(
                 frag,
                 typed,
                 None,
@@ -664,6 +673,7 @@ class Source:
                 filter,
                 piece.path,
             )
+            yield replace(chunk, late_columns=late) if late and row == 0 else chunk
             row += n
 
     def _read_json_lines(self, frag, piece: Piece, data: bytes, cols, filter) -> Iterator[Chunk]:
@@ -674,6 +684,7 @@ class Source:
         values: dict[str, list[str | None]] = {c: [] for c in file_cols}
         rows: list[int] = []
         bad: list[BadLine] = []
+        late: dict[str, int] = {}
         index = 0
         for line in data.split(b"\n"):
             text = line.decode("utf-8", errors="replace").strip()
@@ -683,13 +694,13 @@ class Source:
                 obj = json.loads(text)
                 if not isinstance(obj, dict):
                     raise ValueError("not a JSON object")
-                unexpected = [k for k in obj if k not in file_cols]
-                if unexpected:
-                    raise ValueError(f"unexpected fields {unexpected}")
             except ValueError as exc:
                 bad.append(BadLine(index, text, f"not a JSON object row: {exc}"))
                 index += 1
                 continue
+            for k in obj:
+                if k not in file_cols and k not in late:
+                    late[k] = index
             for c in file_cols:
                 v = obj.get(c)
                 values[c].append(
@@ -701,7 +712,7 @@ class Source:
         typed, errors = {}, {}
         for c in file_cols:
             typed[c], errors[c] = cast_text(raw[c], ref_types[c])
-        yield self._finish(
+        chunk = self._finish(
             frag,
             typed,
             raw,
@@ -712,6 +723,12 @@ class Source:
             filter,
             piece.path,
         )
+        yield replace(chunk, late_columns=late) if late else chunk
+
+
+def _first_valid(column: pa.ChunkedArray) -> int:
+    """Index of the first non-null value of ``column``, -1 when all are null."""
+    return int(pc.index(pc.is_valid(column), True).as_py())
 
 
 def _mask_chunk(chunk: Chunk, keep: np.ndarray, split: SplitConfig | None, rel: str) -> Chunk:
@@ -735,6 +752,29 @@ def _mask_chunk(chunk: Chunk, keep: np.ndarray, split: SplitConfig | None, rel: 
         parse_errors={c: m[keep] for c, m in chunk.parse_errors.items()},
         bad_lines=bad,
     )
+
+
+def _common_timestamp_units(schemas: list[pa.Schema]) -> list[pa.Schema]:
+    """Text timestamps read at one unit for every file: microseconds.
+
+    Inference gives each file the unit its first MiB suggests (``timestamp[s]`` for
+    ``10:00:00``, ``[ns]`` as soon as a fraction appears), and the first file's type is
+    the column's: every row of a file (or a later block) with a fraction would then fail
+    the ``type`` rule. Microseconds hold what text usually carries and every date from
+    year 1 to 9999, where nanoseconds stop at 2262, short of the ``9999-12-31``
+    sentinels warehouses write. A value with more than six fractional digits is a
+    ``type`` error naming its row, never silently truncated. Time zones stay as
+    inferred."""
+    return [
+        pa.schema(
+            [
+                f.with_type(pa.timestamp("us", f.type.tz)) if pa.types.is_timestamp(f.type) else f
+                for f in schema
+            ],
+            metadata=schema.metadata,
+        )
+        for schema in schemas
+    ]
 
 
 def _declare(schema: pa.Schema, types: dict[str, str | pa.DataType]) -> pa.Schema:

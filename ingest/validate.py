@@ -258,6 +258,25 @@ class Validator:
                 "the 'ignore' policy",
             )
 
+    def _check_late_columns(self, chunk: Chunk) -> None:
+        """The ``extra_column`` rule for JSON keys that first appear past the part of a file
+        its columns were inferred from (see ``Chunk.late_columns``): the same rule as for a
+        column found up front, named with the row that first holds it."""
+        spec = self.spec
+        known = set(spec.columns()) | set(spec.ignore)
+        extra = {k: row for k, row in chunk.late_columns.items() if k not in known}
+        if extra and spec.policy("extra_column") == "reject":
+            key, row = next(iter(extra.items()))
+            raise ValidationError(
+                file=chunk.path,
+                row=row if row >= 0 else None,
+                column=key,
+                rule="extra_column",
+                detail=f"not in the spec (keys {sorted(extra)} first appear past the part of the "
+                "file its columns were inferred from); add them to 'ignore' or use the "
+                "'ignore' policy",
+            )
+
     def _check_numbers(self, file: str) -> None:
         """A column the spec reads as a number (a numeric feature, a regression label, the
         weight) must be an integer or floating-point column. Text formats are read as the
@@ -314,6 +333,8 @@ class Validator:
     def check(self, chunk: Chunk) -> Checked:
         """Validate one chunk; quarantined rows are written and counted; raises on reject."""
         spec, batch = self.spec, chunk.batch
+        if chunk.late_columns:
+            self._check_late_columns(chunk)
         n = batch.num_rows
         acc = self.accounting
         acc.rows_in += n + len(chunk.bad_lines)

@@ -181,6 +181,29 @@ def test_unparseable_csv_value_is_marked(tmp_path):
     assert last.raw.column("x")[-1].as_py() == "abc"
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_text_timestamps_read_at_one_unit_for_every_file_and_block(tmp_path, fmt):
+    # Inference types each file by its first MiB: seconds in a.*, milliseconds in b.*,
+    # and in c.* fractions only past the first block. Every row must still parse.
+    def write_rows(name, stamps):
+        if fmt == "csv":
+            text = "ts,x\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps))
+        else:
+            text = "".join(f'{{"ts": "{t}", "x": {i}}}\n' for i, t in enumerate(stamps))
+        (tmp_path / f"{name}.{EXT[fmt]}").write_text(text)
+
+    write_rows("a", ["2024-01-01 10:00:00", "9999-12-31 00:00:00"])  # a warehouse sentinel
+    write_rows("b", ["2024-01-02 10:00:00.250"])
+    write_rows("c", ["2024-01-03 10:00:00"] * 60_000 + ["2024-01-03 10:00:00.125"])
+    src = Source(str(tmp_path))
+    assert src.schema.field("ts").type == pa.timestamp("us")
+    chunks = [c for p in src.pieces() for c in src.read(p)]
+    assert not [e for c in chunks for e in c.parse_errors.values() if len(e)]
+    got = pa.concat_arrays([c.batch.column("ts") for c in chunks]).to_pylist()
+    assert len(got) == 60_004 and got[1].year == 9999
+    assert got[2].microsecond == 250_000 and got[-1].microsecond == 125_000
+
+
 def test_json_with_mixed_types_keeps_good_rows(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"x": 1.5}\n{"x": "oops"}\n{not json\n{"x": 2}\n')
     src = Source(str(tmp_path / "m.jsonl"))

@@ -1,5 +1,6 @@
 """Every row-level rule under each policy it allows, dataset-level rejects, and accounting."""
 
+import json
 import math
 
 import numpy as np
@@ -223,6 +224,29 @@ def test_extra_column_is_rejected_unless_ignored(tmp_path):
     assert acc.rows_out == N
     listed = FeatureSpec.from_dict({**SPEC.to_dict(), "ignore": ["notes"]})
     assert scan(str(path), listed, tmp_path)[0].rows_out == N
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_json_key_first_seen_past_the_inferred_block_is_an_extra_column(tmp_path, mixed):
+    # Columns are inferred from a JSON file's first MiB; "coupon" first appears past it.
+    # It was a parse error on every row holding it: those rows were quarantined. It is the
+    # extra_column rule now, naming the row. mixed: a value of the wrong type as well, so
+    # the file takes the line-by-line path.
+    rows = [{"id": i, "x": 0.5, "c": "a", "y": i % 2, "pad": "p" * 40} for i in range(20_000)]
+    for i in range(15_000, 20_000, 7):
+        rows[i]["coupon"] = "SAVE10"
+    if mixed:
+        rows[16_000]["x"] = "oops"
+    path = tmp_path / "late.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert path.stat().st_size > 2**20
+    spec = FeatureSpec.from_dict({**SPEC.to_dict(), "ignore": ["pad"]})
+    with pytest.raises(ValidationError, match=r"late\.jsonl: row 15000, column 'coupon'"):
+        scan(str(path), spec, tmp_path)
+    acc, out, _ = scan(str(path), spec.with_policies({"extra_column": "ignore"}), tmp_path)
+    assert acc.rows_out == 20_000 - mixed and len(out) == acc.rows_out
+    listed = FeatureSpec.from_dict({**spec.to_dict(), "ignore": ["pad", "coupon"]})
+    assert scan(str(path), listed, tmp_path)[0].rows_out == 20_000 - mixed
 
 
 def test_schema_contradiction_is_rejected_naming_the_file(tmp_path):
