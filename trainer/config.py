@@ -126,6 +126,8 @@ class TrainConfig:
         for name in ("warmup_steps", "patience", "checkpoint_every", "prefetch"):
             if getattr(self, name) < 0:
                 raise TrainerError(f"--{name.replace('_', '-')} must be >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise TrainerError(f"--seed must be in [0, 2**63), got {self.seed}")
         if self.keep_checkpoints < 1:
             raise TrainerError("--keep-checkpoints must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.clip_norm < 0:

@@ -25,6 +25,7 @@ from conveyor.ingest.profile import ProfileConfig, load_stats, profiled_ranges, 
 from conveyor.ingest.source import Source
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.config import TrainConfig
+from conveyor.trainer.errors import TrainerError
 from conveyor.trainer.resume import check_spec_options, spec_options
 from conveyor.trainer.split import holdout
 
@@ -86,6 +87,11 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
         profile=ProfileConfig(),
         progress=cfg.progress,
     )
+    if result.accounting.rows_out == 0:
+        raise TrainerError(
+            f"{cfg.source}: no valid rows to train on: all {result.accounting.rows_in} rows read "
+            f"failed validation (reasons per row in {out / 'quarantine.parquet'})"
+        )
     spec.save(spec_out)
     assert result.stats is not None
     write_stats(result.stats, stats_out)

@@ -154,6 +154,7 @@ class Trainer:
         self.train_sums = MetricSums(self.task, self.device, label_norm)
         self.state = RunState()
         self.best_model: dict[str, torch.Tensor] | None = None
+        self._warned_undefined_metric = False
         self.run_dir = Path(cfg.out)
         self.progress = Progress(cfg.progress if env.is_main else False)
         _seed(cfg.seed + 1 + env.rank)  # dropout: a different stream per rank
@@ -341,6 +342,14 @@ class Trainer:
         st, cfg = self.state, self.cfg
         self.train_sums.all_reduce()
         train = self.train_sums.result()
+        if not train.get("rows"):
+            # Every rank sees the same reduced count, so every rank stops here, before any
+            # export: a model fitted to no rows must not be published.
+            raise TrainerError(
+                f"{cfg.source}: epoch {st.epoch} had no valid training rows: every row read was "
+                "quarantined or invalid (see the run directory's quarantine.parquet and "
+                "`conveyor ingest validate`)"
+            )
         val = self.evaluate()
         rec: dict[str, Any] = {
             "epoch": st.epoch,
@@ -353,6 +362,16 @@ class Trainer:
             "best": False,
         }
         watched = (val or {}).get(self.metric)
+        if val and watched is None and not self._warned_undefined_metric:
+            # AUC of a validation split with one class, say: nothing to compare, so no epoch
+            # counts as better or worse and the last epoch's weights are exported.
+            self._warned_undefined_metric = True
+            log.warning(
+                "validation %s is undefined in epoch %d (e.g. one class in the validation "
+                "split): early stopping and best-model selection skip the epochs without it",
+                self.metric,
+                st.epoch,
+            )
         if watched is not None:
             better = st.best is None or (
                 watched > st.best if self.higher_better else watched < st.best

@@ -63,7 +63,8 @@ def key_column(spec: FeatureSpec, schema: pa.Schema, column: str | None = None) 
 
 def bucket(value: ds.Expression, seed: int = 0) -> ds.Expression:
     """Hash bucket in ``[0, BUCKETS)`` of an int64 expression, salted by ``seed``."""
-    mixed = pc.multiply(pc.bit_wise_xor(value, pa.scalar(seed * 0x9E3779B1, pa.int64())), _GOLDEN)
+    salt = (seed * 0x9E3779B1 + 2**63) % 2**64 - 2**63  # wrapped into int64, as C would
+    mixed = pc.multiply(pc.bit_wise_xor(value, pa.scalar(salt, pa.int64())), _GOLDEN)
     return pc.bit_wise_and(pc.shift_right(mixed, 40), BUCKETS - 1)
 
 

@@ -6,11 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from trainer_fixtures import make_config, tabular, write_spec
 
+from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.checkpoint import list_checkpoints, load_latest, read_checkpoint
 from conveyor.trainer.data import prepare
 from conveyor.trainer.errors import TrainerError
@@ -124,6 +126,48 @@ def test_patience_running_out_on_the_last_epoch_is_no_early_stop(
     # 3: that is an early stop.
     again = _train(make_config(tmp_path, dataset, epochs=5, resume=True, **common))
     assert again["epochs"] == 3 and again["stopped_early"]
+
+
+def test_no_valid_rows_is_an_error_and_nothing_is_exported(tmp_path: Path) -> None:
+    # Every row fails validation (NaN in a feature, quarantined by default). It trained on
+    # empty batches and published a model.
+    bad = tabular(200)
+    bad = bad.set_column(1, "x0", pa.array([float("nan")] * 200))
+    data = tmp_path / "bad.parquet"
+    pq.write_table(bad, data)
+    repo = {"model_repository": str(tmp_path / "repo"), "model_name": "m"}
+    with pytest.raises(TrainerError, match="no valid rows to train on: all 200 rows"):
+        _train(make_config(tmp_path, data, **repo))
+    # A spec given with its stats is not profiled again: the epoch finds no rows instead.
+    good = tmp_path / "good.parquet"
+    pq.write_table(tabular(200), good)
+    spec = write_spec(tmp_path, tabular(200))
+    prepare(make_config(tmp_path / "first", good, spec=str(spec), label=None))
+    given = str(tmp_path / "first" / "run" / "spec.json")  # its stats.json beside it
+    cfg = make_config(tmp_path / "second", data, spec=given, label=None, **repo)
+    with pytest.raises(TrainerError, match="epoch 0 had no valid training rows"):
+        _train(cfg)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_an_undefined_validation_metric_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conveyor.trainer.split import holdout_filters
+
+    # Positives only among the training rows: the validation split's AUC is undefined, so
+    # early stopping cannot judge an epoch; it said nothing and exported the last one.
+    table = tabular(400)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    train_filter, _ = holdout_filters(spec, table.schema, 0.2)
+    train_ids = set(table.filter(train_filter)["id"].to_pylist())
+    y = [int(i in train_ids and i % 3 == 0) for i in range(400)]
+    data = tmp_path / "one_class_val.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("y"), "y", pa.array(y)), data)
+    with caplog.at_level("WARNING", logger="conveyor.trainer"):
+        summary = _train(make_config(tmp_path, data, epochs=2, patience=1))
+    assert summary["best_epoch"] is None and summary["epochs"] == 2
+    assert "validation auc is undefined in epoch 0" in caplog.text
 
 
 def test_refuses_to_clobber_a_run_without_resume(tmp_path: Path, dataset: Path) -> None:

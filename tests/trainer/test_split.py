@@ -55,6 +55,15 @@ def test_split_depends_on_seed_and_not_on_row_order() -> None:
     assert ids != set(table.filter(val_other_seed)["id"].to_pylist())
 
 
+def test_any_seed_in_range_salts_the_split() -> None:
+    # seed * 0x9E3779B1 passed int64 from seed 2^31 and raised OverflowError; it wraps now,
+    # leaving the salts of smaller seeds (every split made before) as they were.
+    table = tabular(2000)
+    splits = [set(table.filter(holdout_filters(_spec(), table.schema, 0.3, seed=s)[1])["id"]
+                  .to_pylist()) for s in (7, 2**40 + 7, 2**63 - 1)]  # fmt: skip
+    assert all(500 < len(ids) < 700 for ids in splits) and splits[0] != splits[1]
+
+
 def test_zero_fraction_means_no_split_and_bad_columns_are_errors() -> None:
     table = tabular(10)
     assert holdout_filters(_spec(), table.schema, 0.0) == (None, None)

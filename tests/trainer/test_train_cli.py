@@ -123,6 +123,10 @@ def test_format_must_be_a_known_one() -> None:
 
     with pytest.raises(TrainerError, match=r"--format must be one of .*'csv'.*got 'xlsx'"):
         TrainConfig(source="d", out="o", label="y", format="xlsx")
+    # A seed out of range was a traceback from numpy, after the profiling pass.
+    for seed in (-1, 2**63):
+        with pytest.raises(TrainerError, match=r"--seed must be in \[0, 2\*\*63\)"):
+            TrainConfig(source="d", out="o", label="y", seed=seed)
 
 
 def test_train_end_to_end_on_demo_data(tmp_path: Path) -> None:
