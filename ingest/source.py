@@ -93,9 +93,8 @@ class BadLine:
 class Chunk:
     """Typed rows read from one file.
 
-    ``rows`` (0-based row index within the file per row of ``batch``; exact without a filter;
-    with a filter, CSV/JSON rows keep their file index and Parquet/IPC rows are numbered among
-    the rows that passed), ``raw`` (the same rows as read, as strings, for text formats: what the
+    ``rows`` (0-based row index within the file per row of ``batch``, with or without a
+    filter), ``raw`` (the same rows as read, as strings, for text formats: what the
     quarantine keeps, unchanged) and ``parse_errors`` (column -> boolean mask over the batch of
     values that did not parse as the column's type; such values are null in ``batch``).
     ``late_columns``: JSON keys the file's inferred columns lack (they first appear past the
@@ -480,22 +479,35 @@ class Source:
         unknown = [c for c in cols if c not in self.schema.names]
         if unknown:
             raise SourceError(piece.path, f"no such columns {unknown}")
-        if split is None:
-            yield from self._read(piece, cols, filter)
-            return
         rel = self.relative_path(piece.path)
         if filter is not None and self.format in ("parquet", "ipc"):
-            # A pushed-down filter renumbers binary rows among those that pass, and the split
-            # needs file rows: read unfiltered (every column the filter might name), split,
-            # then filter. Slower, only when both are given.
-            for chunk in self._read(piece, list(self.schema.names), None):
-                chunk = _mask_chunk(chunk, split.keep(rel, chunk.rows), split, rel)
+            # A pushed-down filter renumbers binary rows among those that pass, yet rows are
+            # named (errors, the quarantine) and split by their index in the file: read the
+            # projection and what the filter names unfiltered, then split and filter here.
+            # The same columns are decoded either way: a row-level predicate (a key's hash
+            # bucket) prunes no row group.
+            for chunk in self._read(piece, self._with_filter_columns(cols, filter), None):
+                if split is not None:
+                    chunk = _mask_chunk(chunk, split.keep(rel, chunk.rows), split, rel)
                 keep = _evaluate(chunk.batch, filter).to_numpy(zero_copy_only=False)
                 chunk = _mask_chunk(chunk, keep, None, rel)
                 yield replace(chunk, batch=chunk.batch.select(cols))
             return
+        if split is None:
+            yield from self._read(piece, cols, filter)
+            return
         for chunk in self._read(piece, cols, filter):
             yield _mask_chunk(chunk, split.keep(rel, chunk.rows), split, rel)
+
+    def _with_filter_columns(self, cols: list[str], filter: ds.Expression) -> list[str]:
+        """``cols``, or every column when ``filter`` names one outside them (pyarrow does not
+        list an expression's fields: tried on an empty table of ``cols``)."""
+        empty = pa.table({c: pa.array([], self.schema.field(c).type) for c in cols})
+        try:
+            ds.dataset(empty).to_table(filter=filter)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return list(self.schema.names)
+        return cols
 
     def _read(self, piece: Piece, cols: list[str], filter: ds.Expression | None) -> Iterator[Chunk]:
         frag = self._fragments[piece.file_index]

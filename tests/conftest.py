@@ -35,3 +35,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_conveyor_logging():
+    """Undo what a test's in-process CLI run did to the ``conveyor`` logger tree
+    (``conveyor.log.setup_logging``): its handler wrote to that test's captured
+    stderr, closed afterwards ("Logging error" in later tests), and ``propagate``
+    off hid later tests' records from ``caplog``."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("conveyor", "py.warnings")]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
