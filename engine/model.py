@@ -34,6 +34,17 @@ _REFUSED_SUFFIXES = (".pkl", ".pickle", ".pth", ".joblib", ".bin", ".ckpt", ".sa
 SIDE_FILES = ("spec.json", "stats.json")
 
 
+def _converts_faithfully(got: np.dtype, want: np.dtype) -> bool:
+    """Whether an output array of ``got`` may be served as ``want``: the same type, a cast
+    numpy calls safe (bool to int, int to a wider int or to float, float32 to float64), or
+    a float of another precision (a float64 model behind an FP32 config). Not float to int
+    or bool, int to bool, or a narrower or unsigned int: those change values. BYTES outputs
+    (object arrays) are not judged here."""
+    if got == want or want.kind == "O" or np.can_cast(got, want, casting="safe"):
+        return True
+    return got.kind == "f" and want.kind == "f"
+
+
 @dataclass(frozen=True)
 class VersionFiles:
     """Where a version's files are; ``spec``/``stats`` (from ingest, for drift) may be None."""
@@ -308,8 +319,17 @@ class Model:
             if not item.is_cpu:
                 item = item.cpu()
             array = item.numpy()
+            want = NUMPY_DTYPES[spec.datatype]
+            if not _converts_faithfully(array.dtype, np.dtype(want)):
+                # Cast anyway, probabilities declared INT64 were served as zeros and as
+                # BOOL as True: a wrong answer with an OK status (Triton refuses it too).
+                raise Internal(
+                    f"model {self.name!r} output {spec.name!r}: the model returns "
+                    f"{array.dtype}, which the config's datatype {spec.datatype} cannot hold "
+                    "without changing its values; declare the datatype the model returns"
+                )
             self._check_numbers(spec, array, inputs)
-            arrays.append(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype]))
+            arrays.append(np.ascontiguousarray(array, dtype=want))
         return arrays
 
     def _check_numbers(

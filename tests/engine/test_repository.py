@@ -133,10 +133,22 @@ def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
     # Version returns [batch, 1]; a config saying [batch, 2] would be served a lie.
     wide = {**VERSION_IO, "outputs": [{**VERSION_IO["outputs"][0], "shape": [2]}]}
     write_model(tmp_path, "wrongshape", 1, Version(1), wide)
+    # Version returns float32: declared INT64 or BOOL it was served cast (0.88 -> 0, True).
+    for datatype in ("INT64", "BOOL"):
+        typed = {**VERSION_IO, "outputs": [{**VERSION_IO["outputs"][0], "datatype": datatype}]}
+        write_model(tmp_path, f"as{datatype.lower()}", 1, Version(1), typed)
+    as_fp64 = {**VERSION_IO, "outputs": [{**VERSION_IO["outputs"][0], "datatype": "FP64"}]}
+    write_model(tmp_path, "asfp64", 1, Version(1), as_fp64)  # a faithful cast: served
     server, channel, stub = _serve(tmp_path)
     try:
         entries = server.repository.models  # type: ignore[union-attr]
-        reasons = {name: entries[name].failed[1][1] for name in entries}
+        _wait(lambda: _ready(stub, "asfp64"))
+        reasons = {name: entries[name].failed[1][1] for name in entries if name != "asfp64"}
+        for datatype in ("INT64", "BOOL"):
+            assert (
+                f"the model returns float32, which the config's datatype {datatype} cannot "
+                "hold without changing its values" in reasons[f"as{datatype.lower()}"]
+            )
         assert "never pickles" in reasons["pickled"]
         assert "not a TorchScript archive: it is a torch.save checkpoint" in reasons["saved"]
         assert "warm-up" in reasons["wrongio"]
