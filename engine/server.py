@@ -210,6 +210,7 @@ class Server:
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
         self._reuse_port = reuse_port
+        self._max_message_bytes = max_message_bytes
         if max_concurrent_streams is not None:
             self._grpc_options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
         self._max_concurrent_rpcs = max_concurrent_rpcs
@@ -327,7 +328,9 @@ class Server:
             if not message.startswith("model repository"):
                 message = f"model repository: {message}"
             raise ServerError(message) from None
-        servicer = InferenceServicer(repository, metrics=self.metrics)
+        servicer = InferenceServicer(
+            repository, metrics=self.metrics, max_message_bytes=self._max_message_bytes
+        )
         server = grpc.aio.server(
             options=self._grpc_options,
             interceptors=self._interceptors,

@@ -27,6 +27,7 @@ from conveyor.engine.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 from conveyor.engine.load_parameters import (
@@ -66,6 +67,7 @@ STREAM_WINDOW_BYTES = 64 * 1024 * 1024
 # CANCELLED in a CI run). A real cancel this close to the deadline is counted as it.
 _DEADLINE_SLACK = 0.05
 _Output = pb.ModelInferResponse.InferOutputTensor
+_ENVELOPE_BYTES = 256
 _ids = itertools.count(1)
 _pid = os.getpid()
 
@@ -136,10 +138,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         *,
         server_name: str = "conveyor",
         metrics: ServerMetrics | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.server_name = server_name
+        self.max_message_bytes = max_message_bytes
         self.ready = False
 
     # -- infer ----------------------------------------------------------------------------
@@ -170,6 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response, rows = await self._infer_on(
                 served, request, context.time_remaining(), request_id
             )
+            self._check_response_size(response)
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - start
             # Every request a version took and did not answer OK is a failure, as in
@@ -198,6 +203,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 extra={"request_id": request_id, "model": served.name, "rows": rows},
             )
         return response
+
+    def _check_response_size(self, response: pb.ModelInferResponse) -> None:
+        """A response over the server's message limit fails its own request, named: gRPC
+        would refuse to send it after the call was counted a success, and on a stream that
+        refusal ends the stream, losing the requests behind it."""
+        limit = self.max_message_bytes
+        # The stream's envelope and the triton_final_response flag add a few dozen bytes.
+        if limit is not None and response.ByteSize() + _ENVELOPE_BYTES > limit:
+            raise ResourceExhausted(
+                f"response of {response.ByteSize()} bytes exceeds the server's message limit "
+                f"of {limit} bytes (--max-message-bytes); ask for fewer rows or outputs"
+            )
 
     async def _infer_on(
         self,

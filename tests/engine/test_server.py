@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import VERSION_IO, Version, write_model
@@ -514,3 +515,47 @@ def test_a_deadline_that_passes_while_computing_is_deadline_exceeded(repo: Path)
         assert counts.fail.ns > 0
         assert requests("OK") == 1
         assert requests("DEADLINE_EXCEEDED") == requests("CANCELLED") == 1
+
+
+class Widen(torch.nn.Module):
+    """INT8 in, FP64 out: responses eight times the size of their requests."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64)
+
+
+def test_a_response_over_the_message_limit_fails_its_own_request(tmp_path: Path) -> None:
+    # gRPC refused to send it after the call had been counted a success, and on a stream
+    # the refusal ended the stream: the requests accepted behind it were lost.
+    io = {
+        "inputs": [{"name": "x", "datatype": "INT8", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1]}],
+    }
+    write_model(tmp_path, "widen", 1, Widen(), io)
+
+    def request(n: int, rid: str) -> pb.ModelInferRequest:
+        x = pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT8", shape=[1, n])
+        return pb.ModelInferRequest(
+            model_name="widen", id=rid, inputs=[x], raw_input_contents=[bytes(n)]
+        )
+
+    with Server(tmp_path, port=0, poll_interval=3600, max_message_bytes=1 << 20) as srv:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        with grpc.insecure_channel(srv.address, options=options) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            sent = [request(10, "a"), request(200_000, "big"), request(10, "c")]
+            replies = list(stub.ModelStreamInfer(iter(sent), timeout=20))
+            assert [r.infer_response.id for r in replies] == ["a", "big", "c"]
+            assert not replies[0].error_message and not replies[2].error_message
+            assert replies[1].error_message.startswith(
+                "RESOURCE_EXHAUSTED: response of 1600"
+            ) and "message limit of 1048576 bytes (--max-message-bytes)" in (
+                replies[1].error_message
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request(200_000, "big"), timeout=20)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-message-bytes" in info.value.details()
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="widen"), timeout=10)
+            counted = stats.model_stats[0].inference_stats
+            assert (counted.success.count, counted.fail.count) == (2, 2)
