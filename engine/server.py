@@ -260,6 +260,10 @@ class Server:
         """Bind, load the models, and serve in a background thread; returns self once ready."""
         if self._thread is not None:
             raise ServerError("server already started")
+        if self._started.is_set():
+            # Like a gRPC server or a thread: one run. A second start returned at once
+            # with the last run's address while a new run bound another port.
+            raise ServerError("a Server runs once: create a new one to serve again")
         self._thread = threading.Thread(target=self._run, name="conveyor-server", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
@@ -319,6 +323,38 @@ class Server:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    def _bind(self, server: grpc.aio.Server, target: str, credentials: Any) -> None:
+        """Open the metrics page, then add the gRPC port (``self.metrics_port``,
+        ``self.port``). In that order: a gRPC server holds its port from add_*_port on and
+        lets go only once started and stopped, so nothing may fail after it; a metrics
+        page is closed if the gRPC port cannot be had."""
+        if self._metrics_port is not None:
+            try:
+                self._metrics_endpoint = MetricsEndpoint(
+                    self.metrics.registry, self.host, self._metrics_port
+                )
+            except OSError as exc:
+                raise ServerError(str(exc)) from None
+            self.metrics_port = self._metrics_endpoint.port
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(target)
+            else:
+                port = server.add_secure_port(target, credentials)
+            if not port:
+                raise _bind_error(target, "")
+        except BaseException as exc:
+            if self._metrics_endpoint is not None:
+                self._metrics_endpoint.close()
+                self._metrics_endpoint = None
+            if isinstance(exc, RuntimeError):  # taken since the probe
+                raise _bind_error(target, str(exc)) from None
+            raise
+        self.port = port
+        if self.metrics_port is not None:
+            # Like the gRPC port: with --metrics-port 0 the log is where to find it.
+            log.info("metrics on %s/metrics", host_port(self.host, self.metrics_port))
+
     async def _serve(self) -> None:
         self._stop_requested = asyncio.Event()
         try:
@@ -366,27 +402,8 @@ class Server:
         problem = bind_problem(self.host, self._requested_port, self._reuse_port)
         if problem is not None:
             raise ServerError(f"cannot bind {target}: {problem}")
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(target)
-            else:
-                port = server.add_secure_port(target, credentials)
-        except RuntimeError as exc:  # taken since the probe
-            raise ServerError(f"cannot bind {target}: {exc}") from None
-        if not port:
-            raise ServerError(f"cannot bind {target}")
-        self.port = port
+        self._bind(server, target, credentials)
         self.repository, self.servicer = repository, servicer
-        if self._metrics_port is not None:
-            try:
-                self._metrics_endpoint = MetricsEndpoint(
-                    self.metrics.registry, self.host, self._metrics_port
-                )
-            except OSError as exc:
-                raise ServerError(str(exc)) from None
-            self.metrics_port = self._metrics_endpoint.port
-            # Like the gRPC port: with --metrics-port 0 the log is where to find it.
-            log.info("metrics on %s/metrics", host_port(self.host, self.metrics_port))
         await server.start()
         try:
             await repository.start()
@@ -411,6 +428,10 @@ class Server:
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()
             log.info("stopped")
+
+
+def _bind_error(target: str, detail: str) -> ServerError:
+    return ServerError(f"cannot bind {target}{': ' + detail if detail else ''}")
 
 
 def _overrides(**settings: Any) -> BatchingOverrides:

@@ -72,6 +72,26 @@ def test_port_zero_reports_the_port_and_a_used_port_fails_loudly(
         assert "add_port" not in capfd.readouterr().err
 
 
+def test_a_failed_start_frees_its_ports_and_a_server_runs_once(repo: Path) -> None:
+    # The metrics port is taken: the start fails, and the gRPC port it had bound stayed
+    # held, so the retry on it failed too.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with pytest.raises(ServerError, match="metrics port"):
+            Server(repo, port=port, metrics_port=busy).start()
+    with Server(repo, port=port, metrics_port=0) as again:
+        assert again.port == port
+    # A second start returned at once with the first run's address while another run
+    # bound a new port behind it.
+    with pytest.raises(ServerError, match="a Server runs once"):
+        again.start()
+
+
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ServerError, match="not a directory"):
         Server(tmp_path / "nope", port=0).start()
