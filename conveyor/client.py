@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import random
 import secrets
@@ -441,7 +442,12 @@ def _request_template(
     if priority:
         template.parameters["priority"].uint64_param = int(priority)
     if queue_timeout is not None:
-        microseconds = int(_check_seconds(queue_timeout, "queue_timeout") * 1e6)
+        seconds = _check_seconds(queue_timeout, "queue_timeout")
+        if seconds == 0:
+            # On the wire 0 means no limit (Triton's "timeout"): the opposite of asking.
+            raise ValueError("queue_timeout: expected seconds > 0 (None: no limit), got 0")
+        # Rounded up: a timeout under 1 us truncated to 0, which is no limit at all.
+        microseconds = max(1, math.ceil(seconds * 1e6))
         if microseconds > _INT64_RANGE[1]:
             raise ValueError(f"queue_timeout: {queue_timeout!r} seconds is out of range")
         template.parameters["timeout"].int64_param = microseconds

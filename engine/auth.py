@@ -73,9 +73,13 @@ def read_token_file(path: str | Path) -> tuple[str, ...]:
     """One token per line; blank lines and lines starting with ``#`` (after any
     indentation) are skipped."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise AuthConfigError(f"token file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise AuthConfigError(
+            f"token file {path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start]:#04x})"
+        ) from None
     tokens: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()

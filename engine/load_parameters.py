@@ -53,7 +53,7 @@ def config_override(parameters: Mapping[str, Any]) -> ModelConfig | None:
         )
     try:
         data = json.loads(value.string_param)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an over-long integer, nesting
         raise InvalidArgument(f"parameter 'config': not valid JSON: {exc}") from None
     try:
         return parse_config(data, "parameter 'config'")

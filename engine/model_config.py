@@ -446,6 +446,6 @@ def load_config(path: Path) -> ModelConfig:
         raise ModelLoadError(f"{path}: missing (every model version needs a config.json)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an over-long integer, nesting
         raise ModelLoadError(f"{path}: not valid JSON: {exc}") from None
     return parse_config(data, str(path))

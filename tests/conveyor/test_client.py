@@ -644,6 +644,14 @@ def test_a_client_stays_on_its_version_while_served_and_moves_after_metadata_max
 # -- arguments checked before anything is sent -----------------------------------------------
 
 
+def test_a_queue_timeout_under_a_microsecond_is_one_not_none() -> None:
+    from conveyor.client import _request_template
+
+    for seconds, sent in ((1e-7, 1), (1e-3, 1000), (2.5e-6, 3)):
+        got = _request_template(queue_timeout=seconds).parameters["timeout"].int64_param
+        assert got == sent, seconds
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -654,6 +662,8 @@ def test_a_client_stays_on_its_version_while_served_and_moves_after_metadata_max
         ({"timeout": "5"}, TypeError, "timeout: expected seconds"),
         ({"timeout": -1}, ValueError, "timeout: expected a finite number of seconds >= 0"),
         ({"queue_timeout": float("nan")}, ValueError, "queue_timeout: expected a finite"),
+        # 0 on the wire is no limit: the opposite of what 0 asks for.
+        ({"queue_timeout": 0}, ValueError, r"queue_timeout: expected seconds > 0 \(None"),
         ({"outputs": ["y", 3]}, TypeError, r"outputs\[1\]: expected a str \(an output name\)"),
         ({"outputs": 3}, TypeError, "outputs: expected output names"),
         ({"parameters": {"k": None}}, TypeError, r"parameters\['k'\]: expected a bool, int"),

@@ -73,6 +73,10 @@ def test_a_bad_config_parameter_is_invalid_argument_naming_it(served: tuple) -> 
         client.load_model, "m", config='{"max_batch_size": 2}'
     )
     assert "parameter 'config': not valid JSON" in _refused(client.load_model, "m", config="{")
+    # Python's json raises ValueError (an integer of 5001 digits) and RecursionError (deep
+    # nesting) besides JSONDecodeError: they were INTERNAL with a traceback in the log.
+    for text in ('{"max_batch_size": ' + "9" * 5001 + "}", "[" * 100_000 + "]" * 100_000):
+        assert "parameter 'config': not valid JSON" in _refused(client.load_model, "m", config=text)
     message = _refused(client.load_model, "m", config=_config(name="other"))
     assert "parameter 'config'" in message and "'other'" in message
     assert "parameter 'config': unknown keys ['colour']" in _refused(

@@ -110,3 +110,15 @@ def test_config_errors_name_the_key_or_index(change: dict[str, Any], message: st
     with pytest.raises(ModelLoadError) as info:
         parse_config({**BATCHED, **change}, "m/1/config.json")
     assert message in str(info.value)
+
+
+def test_a_config_file_python_cannot_decode_is_named(tmp_path) -> None:
+    # An integer of 5001 digits (ValueError) or deep nesting (RecursionError) is no
+    # JSONDecodeError: the reason came without the file's name.
+    from conveyor.engine.model_config import load_config
+
+    path = tmp_path / "config.json"
+    for text in ('{"max_batch_size": ' + "9" * 5001 + "}", "[" * 100_000 + "]" * 100_000):
+        path.write_text(text)
+        with pytest.raises(ModelLoadError, match=f"^{path}: not valid JSON"):
+            load_config(path)

@@ -165,6 +165,10 @@ def test_tokens_from_files_and_environment(tmp_path: Path, monkeypatch: pytest.M
     if os.geteuid() != 0:  # root reads anything
         with pytest.raises(Exception, match="token file"):
             _server_kwargs(resolve(build_parser(), argv))
+    os.chmod(admin, 0o600)
+    admin.write_bytes(b"\xff\xfeadmin\n")  # UTF-16's mark: a traceback, not an error
+    with pytest.raises(Exception, match=r"token file .*admin: not UTF-8 text \(byte 0: 0xff\)"):
+        _server_kwargs(resolve(build_parser(), argv))
 
 
 def test_tokens_that_would_open_or_lock_the_server_are_refused(
