@@ -121,11 +121,15 @@ def pin_server_threads(cpus: Sequence[int]) -> int:
 
 
 def limit_torch_threads(cpus: Sequence[int]) -> int:
-    """torch intra-op threads no more than the pinned CPUs: more would spin against
-    each other on them (several times slower). Left alone when ``OMP_NUM_THREADS``
-    says how many, or when torch already uses few enough. Returns torch's thread count."""
+    """torch intra-op threads, and conveyor's C++ ops' threads, no more than the pinned
+    CPUs: more would spin against each other on them (several times slower). Left alone
+    when ``OMP_NUM_THREADS`` says how many, or when torch already uses few enough.
+    Returns torch's thread count."""
     import torch
+
+    from conveyor.kernels.dispatch import set_cpu_threads
 
     if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > len(cpus):
         torch.set_num_threads(len(cpus))
+        set_cpu_threads(len(cpus))
     return torch.get_num_threads()

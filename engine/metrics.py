@@ -245,13 +245,15 @@ class DriftMetrics:
         self._zeroed = True  # every series is 0 (bind) until the first scored report
 
     def bind(self, monitor: Any) -> None:
-        """Create every series of ``monitor``'s features at 0, so they exist before data."""
+        """Create every series of ``monitor``'s features at 0, so they exist before data.
+        Set, not only created: a reloaded version's new copy gets the label children its
+        old copy scored, which would otherwise show the old scores over an empty window."""
         self.alert.set(0)
         self.window_rows.set(0)
         for feature, kind in monitor.feature_names:
             methods = ("psi", "js", "chi2") if kind == "categorical" else ("psi", "js")
             for method in methods:
-                self._score(feature, method)
+                self._score(feature, method).set(0)
 
     def _score(self, feature: str, method: str) -> Any:
         key = (feature, method)
@@ -286,34 +288,46 @@ class DriftMetrics:
                     self._zeroed = True
                 return
             self._zeroed = False
+            scored = set()
             for f in report.features:
                 self._score(f.feature, "psi").set(f.psi)
                 self._score(f.feature, "js").set(f.js)
                 if f.kind == "categorical":
                     self._score(f.feature, "chi2").set(f.chi2)
+                scored.add(f.feature)
+            # A feature with no finite value in the window has no score: 0, as before
+            # any data, not the last window's figure frozen on the dashboard.
+            for (feature, _), child in self._scores.items():
+                if feature not in scored:
+                    child.set(0)
             self.alert.set(1 if report.alert else 0)
 
-    def retire(self, remove: bool) -> None:
+    def retire(self, successor: DriftMetrics | None) -> None:
         """The version stops serving: later updates (batches it still drains) are ignored.
 
-        ``remove`` (the version is unloaded, not reloaded under the same labels): its
-        score, alert and window-rows series are removed, so no alert keeps firing and no
-        dashboard keeps showing scores for a version that serves nothing. They are set
-        to 0 first: in multiprocess mode a removal does not reach the value files the
-        parent merges, so there 0 is what stays. A reload's new copy shares the label
-        children, so ``remove=False`` leaves them to it.
+        ``successor``: the drift gauges of the copy that now serves under the same labels
+        (a reload), or None (an unload, or a reload without drift monitoring). Series the
+        successor does not show are removed: all of them without one (no alert keeps
+        firing and no dashboard keeps showing scores for a version that does not score),
+        else the scores of features it no longer has. The successor's own series (the
+        label children are shared) are its own. Removed series are set to 0 first: in
+        multiprocess mode a removal does not reach the value files the parent merges, so
+        there 0 is what stays.
         """
         with self._lock:
             self._retired = True
-            if not remove:
-                return
-            gauges = [
-                (self._metrics.drift_alert, self.alert, (self.model, self.version)),
-                (self._metrics.drift_window_rows, self.window_rows, (self.model, self.version)),
-            ]
+            labels = (self.model, self.version)
+            gauges = []
+            if successor is None:
+                gauges += [
+                    (self._metrics.drift_alert, self.alert, labels),
+                    (self._metrics.drift_window_rows, self.window_rows, labels),
+                ]
+            kept = set() if successor is None else set(successor._scores)
             gauges += [
-                (self._metrics.drift_score, child, (self.model, self.version, *key))
+                (self._metrics.drift_score, child, (*labels, *key))
                 for key, child in self._scores.items()
+                if key not in kept
             ]
             multiprocess = MULTIPROC_ENV in os.environ
             for metric, child, labels in gauges:

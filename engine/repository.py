@@ -175,7 +175,7 @@ class ServedVersion:
         """Drop a version that never served (a load abandoned by stop or a cancelled
         RPC): its drift series and batcher threads go. Blocking; any thread."""
         if self.drift is not None and self.drift.metrics is not None:
-            self.drift.metrics.retire(remove=True)
+            self.drift.metrics.retire(None)
         self.batcher.close(RETIRE_TIMEOUT)
 
 
@@ -707,9 +707,13 @@ class ModelRepository:
                 self._mark_ready(s.name, s.version, False)
             if s.drift is not None and s.drift.metrics is not None:
                 # Its drift gauges would otherwise keep their last values (an alert
-                # firing for a version that serves nothing); model_ready and the queue
-                # bound stay, at 0, as the README documents for an unloaded version.
-                s.drift.metrics.retire(remove=not replaced)
+                # firing for a version that serves nothing, or whose new copy does not
+                # monitor drift); model_ready and the queue bound stay, at 0, as the
+                # README documents for an unloaded version.
+                new = entry.versions[s.version] if replaced else None
+                s.drift.metrics.retire(
+                    new.drift.metrics if new is not None and new.drift is not None else None
+                )
             drain = asyncio.get_running_loop().create_task(self._drain(s))
             self._draining.add(drain)
             drain.add_done_callback(self._draining.discard)

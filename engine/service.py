@@ -186,7 +186,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 metrics.inflight.dec()
                 metrics.request_duration.observe(elapsed / 1e9)
                 metrics.failed(
-                    exc.code.name if isinstance(exc, EngineError) else _interrupted(context)
+                    exc.code.name
+                    if isinstance(exc, EngineError)
+                    else _interrupted(context)
+                    if isinstance(exc, asyncio.CancelledError)
+                    else "INTERNAL"  # what ModelInfer answers it with (_internal)
                 )
             raise
         elapsed = time.perf_counter_ns() - start

@@ -261,6 +261,43 @@ def test_an_unloaded_versions_drift_series_are_removed(tmp_path: Path) -> None:
         _wait_for(lambda: repository.models["m"].versions.get(2) not in (None, old))
         assert _series(server, "conveyor_drift_alert") == {v2: 0.0}
         assert len([k for k in _series(server, "conveyor_drift_score") if 'version="2"' in k]) == 4
+        # Drifted again, then reloaded with drift monitoring off: the alert kept firing
+        # at 1 for ever (the new copy had no monitor to move it).
+        with Client(server.address, timeout=10) as client:
+            for _ in range(2):
+                client.infer("m", {"x": np.full((1000, 1), 5.0, np.float32)})
+        assert _series(server, "conveyor_drift_alert") == {v2: 1.0}
+        config = tmp_path / "m" / "2" / "config.json"
+        off = json.loads(config.read_text())
+        off.setdefault("parameters", {})["drift"] = "false"
+        old = repository.models["m"].versions[2]
+        config.write_text(json.dumps(off))
+        _wait_for(lambda: repository.models["m"].versions.get(2) not in (None, old))
+        assert repository.models["m"].versions[2].drift is None
+        assert _series(server, "conveyor_drift_alert") == {}
+        assert _series(server, "conveyor_drift_score") == {}
+
+
+def test_a_new_copy_and_an_unscorable_feature_show_no_old_scores(tmp_path: Path) -> None:
+    # A reloaded version's new copy shares its old copy's label children: they showed the
+    # old scores over an empty window. A feature with no finite value in a scored window
+    # kept its last score (a broken upstream column looked as before on the dashboard).
+    metrics = ServerMetrics()
+    settings = DriftSettings(window_rows=100, min_rows=10, score_interval=0)
+    psi = {"model": "m", "version": "1", "feature": "x", "method": "psi"}
+
+    def score() -> float | None:
+        return metrics.registry.get_sample_value("conveyor_drift_score", psi)
+
+    first = uniform_monitor(tmp_path, settings, metrics.drift("m", 1))
+    first.observe([np.full((20, 1), 5.0, np.float32)], [])  # far outside [0, 1]
+    assert score() > 0.2
+    uniform_monitor(tmp_path, settings, metrics.drift("m", 1))  # the reload's new copy
+    assert score() == 0
+    first.observe([np.full((20, 1), 5.0, np.float32)], [])
+    assert score() > 0.2
+    first.observe([np.full((100, 1), np.nan, np.float32)], [])  # the window: all NaN
+    assert score() == 0
 
 
 def test_drift_gauges_drop_to_zero_when_the_window_is_too_small_to_score(
