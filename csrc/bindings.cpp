@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bind_common.h"
+#include "cpu/threads.h"
 #include "histogram.h"
 
 #ifdef CONVEYOR_WITH_OPENMP
@@ -96,21 +97,13 @@ PYBIND11_MODULE(_C, m) {
       "set_num_threads",
       [](int n) {
         if (n < 1) throw py::value_error("num_threads must be >= 1");
-#ifdef CONVEYOR_WITH_OPENMP
-        omp_set_num_threads(n);
-#endif
+        conveyor::set_cpu_threads(n);
       },
-      py::arg("n"), "Threads for the CPU ops (OpenMP); default: OMP_NUM_THREADS or all cores.");
-  m.def(
-      "get_num_threads",
-      []() {
-#ifdef CONVEYOR_WITH_OPENMP
-        return omp_get_max_threads();
-#else
-        return 1;
-#endif
-      },
-      "Threads the CPU ops use.");
+      py::arg("n"),
+      "Threads for the CPU ops (OpenMP), in every calling thread of the process; default: "
+      "OMP_NUM_THREADS or all cores.");
+  m.def("get_num_threads", &conveyor::cpu_threads,
+        "Threads the CPU ops use (1 in a build without OpenMP).");
   conveyor::bind::bind_linear(m);
   conveyor::bind::bind_embedding_bag(m);
   conveyor::bind::bind_layer_norm(m);

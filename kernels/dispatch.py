@@ -81,6 +81,15 @@ def _compiled() -> object | None:
     return _C
 
 
+def set_cpu_threads(n: int) -> None:
+    """Threads for conveyor's C++ CPU ops, in every thread of the process (OpenMP's own
+    setting is per calling thread); what ``torch.set_num_threads`` is for torch's ops.
+    Default: ``OMP_NUM_THREADS``, else all cores. No-op without the compiled extension."""
+    compiled = _compiled()
+    if compiled is not None:
+        compiled.set_num_threads(n)
+
+
 def has_compiled(name: str) -> bool:
     """Whether ``conveyor._C`` was built with the function ``name``."""
     return hasattr(_compiled(), name)

@@ -303,21 +303,30 @@ class PackCache:
     ``load_state_dict``, ``p.copy_()`` under ``no_grad``) or a layer's activation
     changes. A write through ``p.data`` moves no version counter and is not seen:
     the module's ``refresh()`` drops the packed copy. Copies and pickles of it
-    start empty: the packed weights are a compiled object, cheap to rebuild."""
+    start empty: the packed weights are a compiled object, cheap to rebuild.
+
+    The tensors packed are held (one more reference, not a copy), so that their
+    identity is part of the key: a tensor freed and replaced by a new one at the same
+    address, its version counter at 0 again (a Parameter swapped in, a weight
+    recomputed by a parametrization on every access), matched the key of address and
+    version alone and was served the old weights."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
+        self._tensors: tuple[torch.Tensor, ...] = ()
         self._packed = None
 
     def get(self, layers: list[tuple[torch.Tensor, torch.Tensor | None, str]]):  # -> PackedMLP
-        key = tuple(
-            (act, *((t.data_ptr(), t._version) for t in (w, b) if t is not None))
-            for w, b, act in layers
+        tensors = tuple(t for w, b, _ in layers for t in (w, b) if t is not None)
+        key = (
+            tuple(act for _, _, act in layers),
+            tuple((id(t), t.data_ptr(), t._version) for t in tensors),
         )
+        # id() is safe to compare while self._tensors keeps the packed tensors alive.
         if self._packed is None or key != self._key:
             from conveyor.kernels.mlp import PackedMLP
 
-            self._packed, self._key = PackedMLP(layers), key
+            self._packed, self._key, self._tensors = PackedMLP(layers), key, tensors
         return self._packed
 
     def __reduce__(self) -> tuple:

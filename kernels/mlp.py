@@ -193,7 +193,9 @@ class PackedMLP:
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``x [M, K_0]`` (numpy, the packed dtype) -> ``[M, N_last]``, into ``out`` if given.
 
-        ``x`` that is not C-contiguous is copied first; ``out`` must be C-contiguous."""
+        ``x`` that is not C-contiguous is copied first; ``out`` must be C-contiguous. An
+        ``out`` that overlaps ``x`` (``out=x``) is fine: ``x`` is copied first then, as
+        the layers read it while ``out`` is written."""
         if x.ndim != 2 or x.shape[1] != self.dims[0]:
             raise ValueError(f"x: expected shape (M, {self.dims[0]}), got {tuple(x.shape)}")
         if x.dtype != self.dtype:
@@ -211,6 +213,8 @@ class PackedMLP:
             raise ValueError(
                 f"out: expected a writeable C-contiguous {self.dtype} array of shape {shape}"
             )
+        if np.shares_memory(x, out):
+            x = x.copy()
         # Pointers: everything the numpy binding would check is checked above.
         self._c.forward_ptr(x.ctypes.data, x.shape[0], out.ctypes.data)
         return out

@@ -78,7 +78,11 @@ def set_threads(env: DistEnv) -> None:
     """One share of the cores per local worker unless OMP_NUM_THREADS says otherwise."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+    from conveyor.kernels.dispatch import set_cpu_threads
+
+    share = max(1, (os.cpu_count() or 1) // env.local_world_size)
+    torch.set_num_threads(share)
+    set_cpu_threads(share)  # the fused ops' C++ paths, in every thread
 
 
 def init_process_group(env: DistEnv) -> None:

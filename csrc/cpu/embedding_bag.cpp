@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cpu/simd.h"
+#include "cpu/threads.h"
 #include "ops.h"
 
 #ifdef CONVEYOR_WITH_OPENMP
@@ -400,7 +401,7 @@ std::string embedding_bag_forward_cpu(const T* weight, int64_t V, int64_t D,
   const bool half_row = V * D * static_cast<int64_t>(sizeof(T)) <= l2_bytes;
   int bad = 0;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) reduction(| : bad) if (nnz * D >= (1 << 15))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) reduction(| : bad) if (nnz * D >= (1 << 15))
 #endif
   for (int64_t c = 0; c < chunks; ++c)
     bad |= bags_any(weight, V, D, indices, offsets, B, nnz, per_sample_weights, mode, half_row,
@@ -430,7 +431,7 @@ std::string embedding_bag_backward_cpu(const T* grad_out, const T* weight, int64
   }
   const bool parallel = nnz * D >= (1 << 15) || V * D >= (1 << 18);
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel if (parallel)
+#pragma omp parallel num_threads(cpu_threads()) if (parallel)
 #endif
   {
 #ifdef CONVEYOR_WITH_OPENMP

@@ -1,5 +1,6 @@
 #include "histogram.h"
 #include "cpu/simd.h"
+#include "cpu/threads.h"
 
 #include <algorithm>
 #include <vector>
@@ -72,7 +73,7 @@ void histogram_update_cpu(const float* values, int64_t rows, int64_t features,
   // Threads only pay off past a few blocks; each keeps private counts so the
   // hot loop has no atomics, then merges once.
   const bool parallel = rows * features >= (1 << 16);
-#pragma omp parallel if (parallel)
+#pragma omp parallel num_threads(cpu_threads()) if (parallel)
   {
     std::vector<int64_t> local(lane_cells, 0);
 #pragma omp for schedule(static)

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/simd.h"
+#include "cpu/threads.h"
 #include "ops.h"
 
 #ifdef CONVEYOR_WITH_OPENMP
@@ -191,7 +192,7 @@ template <typename T>
 void layer_norm_forward_cpu(const T* x, const T* weight, const T* bias, int64_t M, int64_t N,
                             double eps, T* y, T* mean, T* rstd) {
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (M * N >= (1 << 15))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) if (M * N >= (1 << 15))
 #endif
   for (int64_t m = 0; m < M; ++m)
     row_fwd(x + m * N, weight, bias, N, eps, y + m * N, mean ? mean + m : nullptr,
@@ -204,7 +205,7 @@ void layer_norm_backward_cpu(const T* gy, const T* x, const T* weight, const T* 
   const bool parallel = M * N >= (1 << 15);
   int threads = 1;
 #ifdef CONVEYOR_WITH_OPENMP
-  if (parallel) threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(M)));
+  if (parallel) threads = std::max(1, std::min<int>(cpu_threads(), static_cast<int>(M)));
 #endif
   // Per-thread partial sums of gy * xhat (dW) and gy (dB).
   std::vector<T> part(static_cast<size_t>(threads) * 2 * N, T(0));

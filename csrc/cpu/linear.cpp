@@ -12,6 +12,7 @@
 #include "cpu/activation.h"
 #include "cpu/dot_tiles.h"
 #include "cpu/simd.h"
+#include "cpu/threads.h"
 #include "ops.h"
 
 #ifdef CONVEYOR_WITH_OPENMP
@@ -221,7 +222,7 @@ void gemm(const Gemm<T>& g) {
 #ifdef CONVEYOR_WITH_OPENMP
   // Small products finish before a thread team would start.
   const bool parallel = g.M * g.N * std::max<int64_t>(g.K, 1) >= (1 << 15);
-#pragma omp parallel if (parallel)
+#pragma omp parallel num_threads(cpu_threads()) if (parallel)
 #endif
   {
     auto a_packed = aligned_buffer<T>(kMC * kKC);
@@ -308,7 +309,7 @@ void linear_small_m(const T* x, const T* w, const T* b, int64_t M, int64_t N, in
   const int64_t chunks = (N + kCols - 1) / kCols;
   const int64_t items = ((M + kRows - 1) / kRows) * chunks;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K >= (1 << 18))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) if (M * N * K >= (1 << 18))
 #endif
   for (int64_t i = 0; i < items; ++i) {
     const int64_t r0 = (i / chunks) * kRows, r1 = std::min(M, r0 + kRows);
@@ -369,7 +370,7 @@ void linear_backward_cpu(const T* gy, const T* z, const T* x, const T* w, int64_
     constexpr int64_t kChunk = 4096;
     const int64_t chunks = (total + kChunk - 1) / kChunk;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (total >= (1 << 16))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) if (total >= (1 << 16))
 #endif
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t i0 = c * kChunk;
@@ -395,7 +396,7 @@ void linear_backward_cpu(const T* gy, const T* z, const T* x, const T* w, int64_
     constexpr int64_t kChunk = 64;
     const int64_t chunks = (N + kChunk - 1) / kChunk;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (M * N >= (1 << 16))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) if (M * N >= (1 << 16))
 #endif
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t n0 = c * kChunk, n1 = std::min(N, n0 + kChunk);

@@ -18,6 +18,7 @@
 #include "cpu/activation.h"
 #include "cpu/dot_tiles.h"
 #include "cpu/simd.h"
+#include "cpu/threads.h"
 #include "ops.h"
 
 namespace conveyor {
@@ -145,7 +146,7 @@ void run_layer(const PackedLayer<T>& l, const T* x, int64_t M, T* y) {
   if (!l.rows.empty()) {
     const int64_t blocks = (M + kBlock - 1) / kBlock;
 #ifdef CONVEYOR_WITH_OPENMP
-#pragma omp parallel for schedule(static) if (M * l.N * std::max<int64_t>(l.K, 1) >= (1 << 15))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) if (M * l.N * std::max<int64_t>(l.K, 1) >= (1 << 15))
 #endif
     for (int64_t b = 0; b < blocks; ++b)
       narrow_rows_any(l, x, b * kBlock, std::min(M, (b + 1) * kBlock), y);
@@ -156,7 +157,7 @@ void run_layer(const PackedLayer<T>& l, const T* x, int64_t M, T* y) {
   const int64_t items = blocks * panels;
 #ifdef CONVEYOR_WITH_OPENMP
   // The same threshold as the per-call GEMM: below it a thread team costs more.
-#pragma omp parallel for schedule(static) if (M * l.N * std::max<int64_t>(l.K, 1) >= (1 << 15))
+#pragma omp parallel for num_threads(cpu_threads()) schedule(static) if (M * l.N * std::max<int64_t>(l.K, 1) >= (1 << 15))
 #endif
   // Panel-major within a block: one panel (K x NR) stays in L1 across the block's rows.
   for (int64_t i = 0; i < items; ++i) {

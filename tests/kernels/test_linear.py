@@ -181,6 +181,20 @@ def test_module_inference_sees_a_new_activation_and_refresh_after_a_data_write()
         assert_close(layer(x), linear_reference(x, layer.weight, layer.bias, "relu"), x.dtype)
 
 
+def test_module_inference_sees_a_parameter_swapped_in_at_a_reused_address() -> None:
+    # The packed copy was keyed by address and version only: a new Parameter allocated
+    # where a freed one was, its version 0 again, was served the old weights.
+    torch.manual_seed(0)
+    layer = FusedLinear(64, 64, bias=False)
+    x = torch.randn(2, 64)
+    for i in range(8):
+        layer.weight = nn.Parameter(torch.randn(64, 64))
+        if i % 2:
+            continue
+        with torch.no_grad():
+            assert_close(layer(x), x @ layer.weight.T, x.dtype, scale=10)
+
+
 def test_relu_keeps_nan_like_torch() -> None:
     x = torch.tensor([[float("nan"), 1.0], [-1.0, 2.0]])
     w, b = torch.eye(2), torch.zeros(2)

@@ -152,6 +152,12 @@ def test_packed_numpy_api_no_bias_leading_dims_and_copies() -> None:
     # The weights were copied at construction: later changes are not seen.
     layers[0][0].zero_()
     torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)
+    # out=x: the layer overwrote rows of x that later column panels still read.
+    square = PackedMLP(_layers([64, 64], ["none"]))
+    xs = torch.randn(40, 64).numpy()
+    want = square.run(xs.copy())
+    assert square.run(xs, out=xs) is xs
+    np.testing.assert_allclose(xs, want, rtol=1e-6, atol=1e-6)
 
 
 def test_packed_threads_share_one_instance() -> None:

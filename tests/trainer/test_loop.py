@@ -151,8 +151,10 @@ def test_no_valid_rows_is_an_error_and_nothing_is_exported(tmp_path: Path) -> No
 
 
 def test_an_undefined_validation_metric_is_said(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import logging
+
     from conveyor.trainer.split import holdout_filters
 
     # Positives only among the training rows: the validation split's AUC is undefined, so
@@ -164,10 +166,21 @@ def test_an_undefined_validation_metric_is_said(
     y = [int(i in train_ids and i % 3 == 0) for i in range(400)]
     data = tmp_path / "one_class_val.parquet"
     pq.write_table(table.set_column(table.schema.get_field_index("y"), "y", pa.array(y)), data)
-    with caplog.at_level("WARNING", logger="conveyor.trainer"):
+    # Our own handler: earlier tests (CLI runs, libraries' logging.config) may have made
+    # the conveyor loggers stop propagating to caplog, or disabled them.
+    logger = logging.getLogger("conveyor.trainer")
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    logger.addHandler(handler)
+    try:
         summary = _train(make_config(tmp_path, data, epochs=2, patience=1))
+    finally:
+        logger.removeHandler(handler)
     assert summary["best_epoch"] is None and summary["epochs"] == 2
-    assert "validation auc is undefined in epoch 0" in caplog.text
+    assert [m for m in said if "validation auc is undefined in epoch 0" in m]
 
 
 def test_refuses_to_clobber_a_run_without_resume(tmp_path: Path, dataset: Path) -> None:
