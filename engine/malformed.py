@@ -17,6 +17,7 @@ every time it wakes, against one for all generic methods.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -48,10 +49,14 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return parse
 
 
-def lenient(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` answering requests whose protobuf does not parse with INVALID_ARGUMENT."""
+def lenient(
+    handler: grpc.RpcMethodHandler, on_malformed: Callable[[], None] | None = None
+) -> grpc.RpcMethodHandler:
+    """``handler`` answering requests whose protobuf does not parse with INVALID_ARGUMENT;
+    ``on_malformed()`` is called for each such request (the request counter)."""
     if handler.request_deserializer is None:
         return handler
+    said = on_malformed or (lambda: None)
     kw = dict(
         request_deserializer=_lenient(handler.request_deserializer),
         response_serializer=handler.response_serializer,
@@ -61,6 +66,7 @@ def lenient(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         async def unary_unary(request: Any, context: Any) -> Any:
             if isinstance(request, _Malformed):
+                said()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
             return await inner_uu(request, context)
 
@@ -72,13 +78,15 @@ def lenient(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             # iterating it failed every call with UNKNOWN.
             async def unary_stream_writes(request: Any, context: Any) -> None:
                 if isinstance(request, _Malformed):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                    said()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
                 await inner_us(request, context)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream_writes, **kw)
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             if isinstance(request, _Malformed):
+                said()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
             async for item in inner_us(request, context):
                 yield item
@@ -105,6 +113,7 @@ def lenient(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             async for item in inner_stream(checked(requests, bad), context):
                 yield item
             if bad:
+                said()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(bad[0]))
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
@@ -113,6 +122,7 @@ def lenient(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         bad: list[_Malformed] = []
         response = await inner_stream(checked(requests, bad), context)
         if bad:
+            said()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(bad[0]))
         return response
 
@@ -127,14 +137,20 @@ class LenientHandlers(grpc.GenericRpcHandler):
     register it once: ``server.add_generic_rpc_handlers((handlers,))``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_malformed: Callable[[str], None] | None = None) -> None:
+        """``on_malformed(method)``: called with the full method name of each request
+        whose message does not parse."""
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
+        self._on_malformed = on_malformed
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
+        hook = self._on_malformed
         for method, handler in handlers.items():
-            self._methods[f"/{service}/{method}"] = lenient(handler)
+            name = f"/{service}/{method}"
+            said = None if hook is None else functools.partial(hook, name)
+            self._methods[name] = lenient(handler, said)
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         # Generated code passes each service twice: as a generic handler and as

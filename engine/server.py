@@ -372,7 +372,15 @@ class Server:
             interceptors=self._interceptors,
             maximum_concurrent_rpcs=self._max_concurrent_rpcs,
         )
-        handlers = LenientHandlers()
+        metrics = self.metrics
+
+        def malformed(method: str) -> None:
+            # An inference request that does not parse names no model: counted with the
+            # empty labels of the requests no version served.
+            if method.endswith(("/ModelInfer", "/ModelStreamInfer")):
+                metrics.unserved("", "", "INVALID_ARGUMENT")
+
+        handlers = LenientHandlers(on_malformed=malformed)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, handlers)
         health_servicer = health.aio.HealthServicer()
         # grpcio's servicer starts with "" SERVING; a readiness probe must not see that

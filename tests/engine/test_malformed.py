@@ -49,6 +49,25 @@ def test_unary_malformed_is_invalid_argument(server: Server, data: bytes) -> Non
     assert "request message does not parse" in info.value.details()
 
 
+def test_malformed_inference_requests_are_counted(server: Server) -> None:
+    # They named no model, so they were in no conveyor_requests_total series at all.
+    labels = {"model": "", "version": "", "code": "INVALID_ARGUMENT"}
+
+    def counted() -> float:
+        value = server.metrics.registry.get_sample_value("conveyor_requests_total", labels)
+        return value or 0.0
+
+    before = counted()
+    with grpc.insecure_channel(server.address) as channel:
+        infer = channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError):
+            infer(NOT_UTF8, timeout=10)
+        stream = channel.stream_stream(STREAM, request_serializer=None)
+        with pytest.raises(grpc.RpcError):
+            list(stream(iter([NOT_UTF8]), timeout=10))
+    assert counted() == before + 2
+
+
 def test_stream_answers_what_came_before_then_ends_invalid_argument(server: Server) -> None:
     with grpc.insecure_channel(server.address) as channel:
         stream = channel.stream_stream(
