@@ -524,10 +524,19 @@ def parse_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 # -- channel set-up ---------------------------------------------------------------------------
 
 
-def _read(value: bytes | str | Path | None) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return Path(value).read_bytes()
+def _read(value: bytes | str | Path | None, argument: str) -> bytes | None:
+    """PEM bytes, or a file's; None stays None. Empty is an error, not "not given": a
+    blank PEM from an unset variable or an empty file must not quietly mean plaintext,
+    with the bearer token sent in the clear."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value:
+        raise ValueError(f"{argument}: an empty path (pass None to leave it out)")
+    data = value if isinstance(value, bytes) else Path(value).read_bytes()
+    if not data.strip():
+        where = "" if isinstance(value, bytes) else f" ({value} is empty)"
+        raise ValueError(f"{argument}: no PEM data{where} (pass None to leave it out)")
+    return data
 
 
 _CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
@@ -540,6 +549,8 @@ def _check_token(token: Any) -> None:
     if token is None:
         return
     _check_str(token, "token")
+    if not token:
+        raise ValueError("token: empty (pass None to send no token)")
     for position, character in enumerate(token):
         if not " " <= character <= "~":
             name = _CHARACTER_NAMES.get(character) or (
@@ -586,11 +597,11 @@ def _settings(
     max_message_bytes: int,
     options: Iterable[tuple[str, Any]],
 ) -> _Settings:
-    if bool(private_key) != bool(certificate_chain):
+    if (private_key is None) != (certificate_chain is None):
         # gRPC core aborts the whole process (SIGABRT) on a key without its certificate
         given, missing = (
             ("private_key", "certificate_chain")
-            if private_key
+            if private_key is not None
             else ("certificate_chain", "private_key")
         )
         raise ValueError(
@@ -600,13 +611,28 @@ def _settings(
     _check_token(token)
     if timeout is not None:
         timeout = _check_seconds(timeout, "timeout")
+    # Checked here: they were first used at a call's first UNAVAILABLE, which is when
+    # a TypeError or "sleep length must be non-negative" would surface.
+    for name, value, low, high in (
+        ("retries", retries, 0, None),
+        ("max_message_bytes", max_message_bytes, 1, 2**31 - 1),
+    ):
+        if not _is_integer(value):
+            raise TypeError(f"{name}: expected an int, got {_describe(value)}")
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ValueError(f"{name}: expected an int {bounds}, got {value}")
+    backoff = _check_seconds(backoff, "backoff")
+    max_backoff = _check_seconds(max_backoff, "max_backoff")
     credentials = None
-    if tls or root_certificates or private_key or certificate_chain:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(root_certificates),
-            private_key=_read(private_key),
-            certificate_chain=_read(certificate_chain),
-        )
+    pems = {
+        "root_certificates": root_certificates,
+        "private_key": private_key,
+        "certificate_chain": certificate_chain,
+    }
+    if tls or any(v is not None for v in pems.values()):
+        read = {name: _read(value, name) for name, value in pems.items()}
+        credentials = grpc.ssl_channel_credentials(**read)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     return _Settings(
         address=address,

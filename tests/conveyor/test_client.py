@@ -375,6 +375,50 @@ def test_half_a_client_key_pair_is_a_value_error(given: str, missing: str) -> No
         AsyncClient("127.0.0.1:1", **{given: b"pem"})
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"root_certificates": b""},  # os.environ.get("CA_PEM", "").encode()
+        {"root_certificates": "EMPTY_FILE"},
+        {"root_certificates": ""},
+        {"private_key": b"", "certificate_chain": b""},
+        {"token": ""},
+    ],
+)
+def test_empty_tls_settings_or_token_are_refused_not_plaintext(
+    tmp_path: Path, settings: dict
+) -> None:
+    # Empty values counted as "not given": the channel went plaintext, with the bearer
+    # token sent in the clear, and an empty token was dropped without a word.
+    empty = tmp_path / "ca.pem"
+    empty.write_bytes(b"")
+    given = {k: str(empty) if v == "EMPTY_FILE" else v for k, v in settings.items()}
+    name = next(iter(given))
+    with pytest.raises(ValueError, match=f"^{name}: "):
+        Client("127.0.0.1:1", **({"token": "s3cret"} | given))
+    with pytest.raises(ValueError, match=f"^{name}: "):
+        AsyncClient("127.0.0.1:1", **given)
+
+
+@pytest.mark.parametrize(
+    ("setting", "error", "message"),
+    [
+        ({"retries": "3"}, TypeError, "retries: expected an int, got str '3'"),
+        ({"retries": -1}, ValueError, r"retries: expected an int >= 0, got -1"),
+        ({"backoff": -1}, ValueError, "backoff: expected a finite number of seconds >= 0"),
+        ({"max_backoff": float("nan")}, ValueError, "max_backoff: expected a finite"),
+        ({"max_message_bytes": 0}, ValueError, r"max_message_bytes: expected an int in 1\.\."),
+    ],
+)
+def test_retry_and_size_settings_are_checked_up_front(
+    setting: dict, error: type, message: str
+) -> None:
+    # They were first used at a call's first UNAVAILABLE: a TypeError or "sleep length
+    # must be non-negative" from a call, and only once the server was down.
+    with pytest.raises(error, match=f"^{message}"):
+        Client("127.0.0.1:1", **setting)
+
+
 def test_bytes_outputs(tmp_path: Path) -> None:
     from models import LABELER_IO, Labeler
 
