@@ -79,7 +79,7 @@ def lenient(
             async def unary_stream_writes(request: Any, context: Any) -> None:
                 if isinstance(request, _Malformed):
                     said()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
                 await inner_us(request, context)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream_writes, **kw)
