@@ -636,13 +636,29 @@ def run_drift(args: argparse.Namespace) -> int:
     import json
 
     from conveyor.client import Client, InferenceServerError
+    from conveyor.engine.auth import split_tokens
 
     if args.top < 1:
         raise ServeError(f"--top must be >= 1, got {args.top}")
     if not args.timeout > 0 or args.timeout == float("inf"):
         raise ServeError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    # CONVEYOR_AUTH_TOKEN (read for --auth-token) is the server's comma-separated list
+    # while tokens rotate: any one of them is accepted, so the first one is sent.
+    tokens = split_tokens(args.auth_token)
+    tls = {
+        "tls": args.tls or args.tls_ca is not None or args.tls_cert is not None,
+        "root_certificates": args.tls_ca,
+        "certificate_chain": args.tls_cert,
+        "private_key": args.tls_key,
+    }
     try:
-        with Client(args.target, timeout=args.timeout, token=args.auth_token) as client:
+        client = Client(
+            args.target, timeout=args.timeout, token=tokens[0] if tokens else None, **tls
+        )
+    except (ValueError, OSError) as exc:  # a token no client can send, an unreadable PEM
+        raise ServeError(str(exc)) from None
+    try:
+        with client:
             stats = client.model_statistics(args.model, args.model_version or "")
     except InferenceServerError as exc:
         raise ServeError(f"{args.target}: {exc}") from None
@@ -708,5 +724,18 @@ def register_drift(subparsers: argparse._SubParsersAction, common: argparse.Argu
     p.add_argument("--model-version", default=None, help="version (default: every loaded one)")
     p.add_argument("--top", type=int, default=10, help="features to list (default: 10)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
-    p.add_argument("--auth-token", default=None, help="bearer token, if the server needs one")
+    p.add_argument(
+        "--auth-token",
+        default=None,
+        help="bearer token, if the server needs one (a comma-separated list, as "
+        "CONVEYOR_AUTH_TOKEN holds while tokens rotate: the first is sent)",
+    )
+    p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+    p.add_argument(
+        "--tls-ca", default=None, metavar="PEM", help="TLS, trusting this CA (implies --tls)"
+    )
+    p.add_argument(
+        "--tls-cert", default=None, metavar="PEM", help="client certificate (mutual TLS)"
+    )
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -153,3 +153,25 @@ def test_the_embedded_server_reports_an_unusable_tls_file(repo: Path, pem: dict[
     # The files that make it fail are fine: a good pair serves.
     with Server(repo, port=0, tls=TLSConfig(pem["cert"], pem["key"])) as server:
         assert server.port
+
+
+def test_drift_reads_a_tls_server_with_the_servers_rotating_tokens(
+    repo: Path, pem: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `conveyor drift` had no TLS flags, sent CONVEYOR_AUTH_TOKEN's "a,b" (the server's
+    # rotation list) as one token, and a token no client can send was a traceback.
+    from conveyor.cli import main
+    from conveyor.engine.auth import AuthConfig
+
+    auth = AuthConfig(tokens=("tok-a", "tok-b"))
+    with Server(repo, port=0, tls=TLSConfig(pem["cert"], pem["key"]), auth=auth) as server:
+        target = ["drift", "--target", f"localhost:{server.port}", "--model", "m"]
+        tls = ["--tls-ca", str(pem["cert"])]
+        assert main([*target, *tls, "--auth-token", "tok-b,tok-a"]) == 1
+        # The server answered (the model simply tracks no drift): TLS and token held.
+        assert "model 'm': no drift tracked" in capsys.readouterr().err
+        assert main([*target, "--auth-token", "tok-a"]) == 1  # plaintext against TLS
+        assert "UNAVAILABLE" in capsys.readouterr().err
+        assert main([*target, *tls, "--auth-token", "tok-\u00e9"]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("conveyor: error: token: ")
