@@ -45,9 +45,15 @@ class DemoError(ConveyorError):
     """A demo step failed; the message names the step."""
 
 
-def _step(title: str, argv: list[str]) -> None:
+def _step(title: str, argv: list[str], args: argparse.Namespace) -> None:
     from conveyor.cli import main
 
+    # Each step is a `conveyor` command of its own, which sets logging up again from its
+    # flags: the demo's own --log-level, --log-format and --config go along, or every step
+    # after the first would log at the defaults.
+    argv = [*argv, "--log-level", args.log_level, "--log-format", args.log_format]
+    if getattr(args, "config", None):
+        argv += ["--config", str(args.config)]
     print(f"\n== {title}\n$ conveyor {' '.join(argv)}", flush=True)
     code = main(argv)
     if code != 0:
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "profile and validate",
         ["ingest", "profile", str(data), "--label", "is_fraud", "--key", "transaction_id",
          "--timestamp", "ts", "--out", str(profile)],
+        args,
     )  # fmt: skip
     timings["profile"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
          str(models), "--model-name", MODEL_NAME, "--nproc", str(args.nproc), "--epochs",
          str(args.epochs), "--seed", str(args.seed), "--out", str(run_dir),
          "--progress", "off"],
+        args,
     )  # fmt: skip
 
     timings["train"] = time.perf_counter() - t0

@@ -87,3 +87,28 @@ def test_bad_flags_fail_before_any_step(
     assert captured.err.strip().splitlines() == [f"conveyor: error: {message}"]
     assert "== generate" not in captured.out
     assert sorted(p.name for p in work.iterdir()) == ["data"]
+
+
+def test_every_step_gets_the_demos_logging_flags_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each step is a `conveyor` command that sets logging up again from its own flags:
+    # --log-format json, --log-level error and a --config file applied to the first step
+    # only, and the rest logged text at info.
+    import argparse
+
+    import conveyor.cli
+    from conveyor.demo import command
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(conveyor.cli, "main", lambda argv: seen.append(argv) or 0)
+    config = tmp_path / "conveyor.toml"
+    args = argparse.Namespace(log_level="error", log_format="json", config=str(config))
+    command._step("profile", ["ingest", "profile", "data"], args)
+    args.config = None
+    command._step("train", ["train", "data"], args)
+    logging_flags = ["--log-level", "error", "--log-format", "json"]
+    assert seen == [
+        ["ingest", "profile", "data", *logging_flags, "--config", str(config)],
+        ["train", "data", *logging_flags],
+    ]
