@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from conveyor.categories import category_key
-from conveyor.engine.tensors import NUMPY_DTYPES
+from conveyor.engine.tensors import DATATYPES, NUMPY_DTYPES
 
 __all__ = ["CastError", "cast"]
 
@@ -53,6 +53,11 @@ class CastError(ValueError):
 
 def cast(values: Any, datatype: str, what: str) -> np.ndarray:
     """``values`` as an array for ``datatype`` (an object array of str/bytes for BYTES)."""
+    if datatype not in DATATYPES:  # a server's datatype this client has no numpy type for
+        raise CastError(
+            f"{what}: datatype {datatype} is not supported by conveyor "
+            f"(it sends {', '.join(sorted(DATATYPES))})"
+        )
     if isinstance(values, np.ma.MaskedArray):
         values = _unmasked(values)
     if datatype == "BYTES":

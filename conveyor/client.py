@@ -52,7 +52,7 @@ import numpy as np
 from conveyor.casting import cast
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
-from conveyor.engine.tensors import from_raw, from_typed, to_raw
+from conveyor.engine.tensors import CONTENTS_FIELD, DATATYPES, from_raw, from_typed, to_raw
 
 __all__ = [
     "AsyncClient",
@@ -514,11 +514,26 @@ def parse_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     out = {}
     for i, tensor in enumerate(response.outputs):
         shape = tuple(tensor.shape)
+        _check_readable(tensor.name, tensor.datatype, typed=not raw)
         if raw:
             out[tensor.name] = from_raw(raw[i], tensor.datatype, shape)
         else:
             out[tensor.name] = from_typed(tensor.contents, tensor.datatype, shape)
     return out
+
+
+def _check_readable(name: str, datatype: str, typed: bool) -> None:
+    """A clear error for an output this client cannot turn into numpy (a KeyError before)."""
+    if datatype not in DATATYPES:
+        raise ValueError(
+            f"output {name!r}: datatype {datatype} is not supported by this client "
+            f"(it reads {', '.join(sorted(DATATYPES))})"
+        )
+    if typed and datatype not in CONTENTS_FIELD:
+        raise ValueError(
+            f"output {name!r}: {datatype} has no typed contents field in the protocol; the "
+            "server must send it in raw_output_contents"
+        )
 
 
 # -- channel set-up ---------------------------------------------------------------------------

@@ -840,3 +840,22 @@ def test_a_closed_client_says_so(server: Server) -> None:
                 pass
 
     asyncio.run(main())
+
+
+def test_datatypes_the_client_cannot_read_or_send_are_named() -> None:
+    # A BF16 model or an FP16 output in typed contents (which the protocol does not
+    # define) was a bare KeyError('BF16') / KeyError('FP16').
+    from conveyor.casting import CastError, cast
+    from conveyor.client import parse_response
+
+    out = pb.ModelInferResponse.InferOutputTensor
+    bf16 = pb.ModelInferResponse(outputs=[out(name="y", datatype="BF16", shape=[1])])
+    bf16.raw_output_contents.append(b"\0\0")
+    with pytest.raises(ValueError, match=r"^output 'y': datatype BF16 is not supported"):
+        parse_response(bf16)
+    fp16 = pb.ModelInferResponse(outputs=[out(name="h", datatype="FP16", shape=[1])])
+    fp16.outputs[0].contents.fp32_contents.append(1.0)
+    with pytest.raises(ValueError, match=r"^output 'h': FP16 has no typed contents field"):
+        parse_response(fp16)
+    with pytest.raises(CastError, match=r"^input 'x': datatype BF16 is not supported"):
+        cast([1.0], "BF16", "input 'x'")
