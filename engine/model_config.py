@@ -46,9 +46,13 @@ class DynamicBatching:
             server is saturated, at up to that much latency for open-loop
             traffic below saturation (benchmarks/README.md has both figures).
         preferred_batch_size: batch sizes (rows) dispatched at once when they
-            can be formed (default none: dispatch at ``max_batch_size`` or on delay).
-        max_queue_size: requests queued per model before new ones get
-            RESOURCE_EXHAUSTED (default 1024; 0 = the default).
+            can be formed (default none: dispatch at ``max_batch_size`` or on delay):
+            as Triton's, a size is formed when whole requests, taken in priority
+            order, add up to it exactly; the largest such size is taken.
+        max_queue_size: requests queued per priority level before new ones of
+            that level get RESOURCE_EXHAUSTED (default 1024; 0 = the default), as
+            Triton's ``default_queue_policy.max_queue_size``: a flood of
+            low-priority requests cannot lock out high-priority ones.
         priority_levels: number of priority levels, 1 = highest (default 2).
         default_priority_level: level of requests without a priority (default
             0 = the lowest level).
@@ -221,6 +225,18 @@ class ModelConfig:
         """A copy with some dynamic-batching fields replaced (server flags win over files)."""
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, dynamic_batching=replace(self.dynamic_batching, **clean))
+
+    def with_max_batch_size(self, max_batch_size: int) -> ModelConfig:
+        """A copy batching at most ``max_batch_size`` rows (``--max-batch-size``): preferred
+        sizes above it are dropped, as the batcher drops them, so that the ModelConfig RPC
+        shows what is served (Triton refuses a preferred size above max_batch_size)."""
+        batching = self.dynamic_batching
+        kept = tuple(p for p in batching.preferred_batch_size if p <= max_batch_size)
+        return replace(
+            self,
+            max_batch_size=max_batch_size,
+            dynamic_batching=replace(batching, preferred_batch_size=kept),
+        )
 
 
 _TOP = {

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +130,7 @@ class ServedVersion:
             max_queue_size=overrides.max_queue_size,
         )
         if overrides.max_batch_size is not None:
-            config = replace(config, max_batch_size=overrides.max_batch_size)
+            config = config.with_max_batch_size(overrides.max_batch_size)
         self.model = model
         self.config = config
         self.name = model.name
@@ -590,7 +590,7 @@ class ModelRepository:
             config = load_config(directory / "config.json")
         if self.overrides.max_batch_size is not None:
             # Before the model loads, so its warm-up runs the batch size it will serve.
-            config = replace(config, max_batch_size=self.overrides.max_batch_size)
+            config = config.with_max_batch_size(self.overrides.max_batch_size)
         model = Model(name, version, directory, config)
         return ServedVersion(model, self.overrides, fp, self.metrics, self.drift)
 
@@ -737,7 +737,9 @@ class ModelRepository:
             self.metrics.model_ready.labels(name, str(version)).set(1 if ready else 0)
             entry = self.models.get(name)
             served = entry.versions.get(version) if ready and entry is not None else None
-            bound = served.batcher.batching.max_queue_size if served is not None else 0
+            # The bound is per priority level: the version takes that many per level.
+            batching = served.batcher.batching if served is not None else None
+            bound = 0 if batching is None else batching.max_queue_size * batching.priority_levels
             self.metrics.max_queue_size.labels(name, str(version)).set(bound)
 
     async def load(self, name: str, config: ModelConfig | None = None) -> None:

@@ -471,6 +471,11 @@ def _check_arguments(
             "metrics_port must be 0..65535 (0 = a free port), or None for no endpoint "
             f"(conveyor serve's -1), got {metrics_port}"
         )
+    if metrics_port == port != 0:
+        # One address cannot take both: the second bind failed without saying why.
+        raise ServerArgumentError(
+            f"metrics_port {metrics_port} is the gRPC port too: give them different ports"
+        )
     if model_control not in MODEL_CONTROL:
         raise ServerArgumentError(
             f"model_control: expected poll or explicit, got {model_control!r}"

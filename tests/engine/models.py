@@ -27,6 +27,13 @@ class Exportable(nn.Module):
         return x * 2.0 + 1.0, x.sum(dim=1, keepdim=True).to(torch.int64)
 
 
+class Widen(nn.Module):
+    """INT8 in, FP64 out: responses eight times the size of their requests."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64)
+
+
 class Vocab(nn.Module):
     """A BYTES column [batch, 2] looked up in a vocabulary, plus FP32 [3] numeric features."""
 

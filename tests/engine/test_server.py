@@ -15,10 +15,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from cli_server import FAULTHANDLER_ENV, start_cli_server, stop_cli_server, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from models import VERSION_IO, Version, write_model
+from models import VERSION_IO, Version, Widen, write_model
 from served_repository import HeldStart, wait_until
 
 from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -419,6 +418,8 @@ def test_max_queue_size_zero_keeps_each_models_bound_not_an_empty_queue(repo: Pa
         Server(repo, port=0, max_batch_size=0)
     with pytest.raises(ServerError, match=r"max_message_bytes must be 1\.\.2147483647"):
         Server(repo, port=0, max_message_bytes=0)
+    with pytest.raises(ServerError, match="metrics_port 8123 is the gRPC port too"):
+        Server(repo, port=8123, metrics_port=8123)
 
 
 def _has_ipv6_loopback() -> bool:
@@ -535,13 +536,6 @@ def test_a_deadline_that_passes_while_computing_is_deadline_exceeded(repo: Path)
         assert counts.fail.ns > 0
         assert requests("OK") == 1
         assert requests("DEADLINE_EXCEEDED") == requests("CANCELLED") == 1
-
-
-class Widen(torch.nn.Module):
-    """INT8 in, FP64 out: responses eight times the size of their requests."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float64)
 
 
 def test_a_response_over_the_message_limit_fails_its_own_request(tmp_path: Path) -> None:
