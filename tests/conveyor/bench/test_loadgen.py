@@ -225,3 +225,38 @@ def test_on_window_is_called_when_the_window_starts_and_ends(server: Server) -> 
     (_, start), (_, end) = calls
     assert result.started + load.warmup <= start < end
     assert end >= result.started + load.warmup + load.duration
+
+
+def test_an_open_loop_past_saturation_reports_what_was_answered() -> None:
+    # A server that answers 40 requests/s, offered 200/s: the measured requests are all
+    # answered, late, after the window, and counting them over the window reported about
+    # 200 req/s -- the offered rate, not the server's.
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    from conveyor.bench.loadgen import INFER_METHOD
+
+    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(0.05)
+        return b""
+
+    service, method = INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(infer)}
+    )
+    slow = grpc.server(futures.ThreadPoolExecutor(2), handlers=[handler])
+    port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    try:
+        load = LoadSpec(
+            target=f"127.0.0.1:{port}", payloads=(b"x",), rate=200.0, duration=0.5,
+            warmup=0.1, timeout=10,
+        )  # fmt: skip
+        s = run_load(load, progress=False).summary()
+    finally:
+        slow.stop(None)
+    assert s["errors"] == 0 and s["offered_s"] > 120
+    assert s["requests"] == round(s["offered_s"] * 0.5)  # every one answered, eventually
+    assert s["requests_s"] <= 45  # at most the server's 40/s (+ a request's rounding)
