@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -201,7 +202,10 @@ def bare_server(port: int) -> None:
     uvloop.run(main())
 
 
-def wait_ready(port: int, timeout: float = 120.0) -> None:
+def wait_ready(port: int, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    """Until the server on ``port`` is ready; RuntimeError after ``timeout`` seconds, or at
+    once when ``proc`` (the server) has exited: a server refusing its flags is not waited
+    out for two minutes."""
     import grpc
 
     from conveyor.engine.protos import grpc_service_pb2 as pb
@@ -211,6 +215,8 @@ def wait_ready(port: int, timeout: float = 120.0) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"server on port {port} exited with code {proc.returncode}")
             try:
                 if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
                     return
@@ -381,13 +387,22 @@ def run_load(
 
 
 def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server and wait until it is ready. It fails with SystemExit naming the
+    command and its last stderr lines; on any exit from here (SIGTERM's SystemExit
+    included, see exit_on_sigterm) the server is killed, not left orphaned."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_ready(port)
-    except RuntimeError:
+        wait_ready(port, proc=proc)
+    except RuntimeError as exc:
         proc.kill()
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise RuntimeError(f"{cmd[0]} failed to start:\n{err[-3000:]}") from None
+        err = proc.communicate()[1].decode(errors="replace") if proc.stderr else ""
+        raise SystemExit(
+            f"{' '.join(cmd[:3])} ... failed to start ({exc}):\n{err[-3000:]}"
+        ) from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 
@@ -454,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--client-procs must be >= 1")
     if args.connections < 1:
         parser.error("--connections must be >= 1")
-    if not args.duration > 0:
-        parser.error(f"--duration must be > 0, got {args.duration:g}")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        parser.error(f"--duration must be a finite number of seconds > 0, got {args.duration:g}")
+    if args.conveyor_delay < 0:
+        parser.error(f"--conveyor-delay must be >= 0 microseconds, got {args.conveyor_delay}")
     chosen = set(filter(None, args.servers.split(",")))
     unknown = sorted(chosen - set(SERVERS))
     if unknown or not chosen:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -169,13 +170,26 @@ def report(args: argparse.Namespace, address: str, pid: int) -> int:
     return 0 if all(checks.values()) else 1
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=180.0, help="overload seconds")
-    parser.add_argument("--factor", type=float, default=2.0, help="x measured capacity")
-    parser.add_argument("--max-queue-size", type=int, default=64)
-    parser.add_argument("--max-outstanding", type=int, default=2000)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--duration", type=float, default=180.0, help="overload seconds (default 180)"
+    )
+    parser.add_argument("--factor", type=float, default=2.0, help="x measured capacity (default 2)")
+    parser.add_argument("--max-queue-size", type=int, default=64, help="default 64")
+    parser.add_argument("--max-outstanding", type=int, default=2000, help="default 2000")
+    args = parser.parse_args(argv)
+    # Checked before anything starts: a bad value failed after the idle and capacity
+    # phases, as a traceback that did not name the flag.
+    for flag, value in (("--duration", args.duration), ("--factor", args.factor)):
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"{flag} must be a finite number > 0, got {value:g}")
+    for flag, value in (
+        ("--max-queue-size", args.max_queue_size),
+        ("--max-outstanding", args.max_outstanding),
+    ):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         write_repo(repo)

@@ -23,3 +23,39 @@ def test_table_prints_the_forward_rows_cpu_not_wall_time() -> None:
     forward_line = serve_bench.table([row]).splitlines()[2]
     # 1e6 / requests_s would be 500 us: wall time per call, not CPU.
     assert forward_line.endswith("| 42 | - |"), forward_line
+
+
+def test_a_server_that_exits_fails_at_once_and_an_interrupted_start_kills_it(
+    monkeypatch,
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    serve_bench = load("serve_bench.py")
+    port = serve_bench.free_port()
+    # A server refusing its flags: waited for 120 s, then a RuntimeError traceback.
+    started = time.monotonic()
+    with pytest.raises(
+        SystemExit, match=r"failed to start \(server on port \d+ exited with code 3"
+    ):
+        serve_bench.start([sys.executable, "-c", "import sys; sys.exit(3)"], port)
+    assert time.monotonic() - started < 30
+    # SIGTERM (exit_on_sigterm's SystemExit) while waiting left the server running.
+    launched: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        launched.append(real_popen(*args, **kwargs))
+        return launched[-1]
+
+    def interrupted(*args, **kwargs):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(serve_bench.subprocess, "Popen", popen)
+    monkeypatch.setattr(serve_bench, "wait_ready", interrupted)
+    with pytest.raises(SystemExit):
+        serve_bench.start([sys.executable, "-c", "import time; time.sleep(60)"], port)
+    assert launched[0].poll() is not None  # killed, not orphaned
