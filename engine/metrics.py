@@ -122,7 +122,8 @@ class ServerMetrics:
         )
         self.max_queue_size = Gauge(
             "conveyor_max_queue_size",
-            "Requests the version's queue accepts (dynamic_batching.max_queue_size); 0 unloaded.",
+            "Requests each priority level's queue of the version accepts "
+            "(dynamic_batching.max_queue_size); 0 unloaded.",
             mv,
             multiprocess_mode="livesum",
             registry=r,

@@ -737,9 +737,10 @@ class ModelRepository:
             self.metrics.model_ready.labels(name, str(version)).set(1 if ready else 0)
             entry = self.models.get(name)
             served = entry.versions.get(version) if ready and entry is not None else None
-            # The bound is per priority level: the version takes that many per level.
-            batching = served.batcher.batching if served is not None else None
-            bound = 0 if batching is None else batching.max_queue_size * batching.priority_levels
+            # The bound of one priority level's queue. Queue depth counts all levels, so
+            # depth / bound (the saturation alert) reaches 1 when the traffic of one level
+            # fills its queue, the usual case (one level in use), and sooner otherwise.
+            bound = served.batcher.batching.max_queue_size if served is not None else 0
             self.metrics.max_queue_size.labels(name, str(version)).set(bound)
 
     async def load(self, name: str, config: ModelConfig | None = None) -> None:

@@ -374,6 +374,81 @@ def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None
     assert [len(b) for b in run.batches] == [4]
 
 
+def test_any_preferred_size_formed_exactly_runs_at_once() -> None:
+    # Triton: "if a batch of one of these sizes can be formed it will be executed
+    # immediately". Only the largest preferred size did: two rows under (2, 8) waited
+    # out the whole 5 s delay.
+    run = Recorder()
+    batcher = _batcher(
+        run, max_batch=8, max_queue_delay_microseconds=5_000_000, preferred_batch_size=(2, 8)
+    )
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(2)]
+        t0 = time.perf_counter()
+        for p in ps:
+            batcher.submit(p)
+        await asyncio.gather(*(p.future for p in ps))
+        return time.perf_counter() - t0
+
+    assert asyncio.run(main()) < 1.0
+    batcher.close()
+    assert [len(b) for b in run.batches] == [2]
+
+
+def test_a_preferred_size_no_requests_form_does_not_split_the_batch() -> None:
+    # Two 3-row requests under preferred (4, 8): no whole requests make 4 or 8, so the
+    # batch at the delay is all 6 rows (as Triton); it was cut to 4 rows: [3], then [3].
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(
+        run, max_batch=8, max_queue_delay_microseconds=50_000, preferred_batch_size=(4, 8)
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocker = _pending(loop, np.zeros((1, 1), np.float32))
+        batcher.submit(blocker)
+        assert await asyncio.to_thread(run.entered.wait, 5)  # the worker holds it
+        ps = [_pending(loop, np.full((3, 1), float(i + 1), np.float32)) for i in range(2)]
+        for p in ps:
+            batcher.submit(p)
+        gate.set()
+        await asyncio.gather(blocker.future, *(p.future for p in ps))
+
+    asyncio.run(main())
+    batcher.close()
+    assert [len(b) for b in run.batches] == [1, 6]
+
+
+def test_each_priority_level_has_its_own_queue_bound() -> None:
+    # Triton's default_queue_policy.max_queue_size bounds each level's queue: a full
+    # low-priority queue refused high-priority requests.
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = _batcher(run, max_batch=1, max_queue_size=2, priority_levels=2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first = _pending(loop, np.zeros((1, 1), np.float32), level=1)
+        batcher.submit(first)
+        assert await asyncio.to_thread(run.entered.wait, 5)
+        low = [_pending(loop, np.zeros((1, 1), np.float32), level=1) for _ in range(2)]
+        for p in low:
+            batcher.submit(p)
+        with pytest.raises(ResourceExhausted, match=r"queue full .* at priority 2"):
+            batcher.submit(_pending(loop, np.zeros((1, 1), np.float32), level=1))
+        high = _pending(loop, np.ones((1, 1), np.float32), level=0)
+        batcher.submit(high)  # accepted: the high level's queue is empty
+        gate.set()
+        await asyncio.gather(first.future, high.future, *(p.future for p in low))
+
+    asyncio.run(main())
+    batcher.close()
+    assert run.seen() == {0.0, 1.0}
+
+
 def test_one_bad_request_fails_only_itself() -> None:
     run = Recorder()
     batcher = _batcher(run, max_batch=8, max_queue_delay_microseconds=100_000)
