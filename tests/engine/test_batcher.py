@@ -354,15 +354,21 @@ def test_a_held_batch_leaves_when_full_and_the_next_waits_its_own_patience() -> 
     assert waited > 0.22
 
 
-def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
+# (4,) and 4 single rows: the largest preferred size. (2, 8) and 2: a smaller one, which
+# Triton runs at once too ("if a batch of one of these sizes can be formed it will be
+# executed immediately"); it waited out the whole 5 s delay.
+@pytest.mark.parametrize(("preferred", "requests"), [((4,), 4), ((2, 8), 2)])
+def test_a_preferred_batch_size_formed_runs_without_waiting_for_the_delay(
+    preferred: tuple[int, ...], requests: int
+) -> None:
     run = Recorder()
     batcher = _batcher(
-        run, max_batch=64, max_queue_delay_microseconds=5_000_000, preferred_batch_size=(4,)
+        run, max_batch=64, max_queue_delay_microseconds=5_000_000, preferred_batch_size=preferred
     )
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
-        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(4)]
+        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(requests)]
         t0 = time.perf_counter()
         for p in ps:
             batcher.submit(p)
@@ -371,30 +377,7 @@ def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None
 
     assert asyncio.run(main()) < 1.0
     batcher.close()
-    assert [len(b) for b in run.batches] == [4]
-
-
-def test_any_preferred_size_formed_exactly_runs_at_once() -> None:
-    # Triton: "if a batch of one of these sizes can be formed it will be executed
-    # immediately". Only the largest preferred size did: two rows under (2, 8) waited
-    # out the whole 5 s delay.
-    run = Recorder()
-    batcher = _batcher(
-        run, max_batch=8, max_queue_delay_microseconds=5_000_000, preferred_batch_size=(2, 8)
-    )
-
-    async def main() -> float:
-        loop = asyncio.get_running_loop()
-        ps = [_pending(loop, np.ones((1, 1), np.float32)) for _ in range(2)]
-        t0 = time.perf_counter()
-        for p in ps:
-            batcher.submit(p)
-        await asyncio.gather(*(p.future for p in ps))
-        return time.perf_counter() - t0
-
-    assert asyncio.run(main()) < 1.0
-    batcher.close()
-    assert [len(b) for b in run.batches] == [2]
+    assert [len(b) for b in run.batches] == [requests]
 
 
 def test_a_preferred_size_no_requests_form_does_not_split_the_batch() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -176,11 +180,10 @@ def test_saturated_open_loop_reads_its_cpu_over_the_real_window(server: Server) 
     assert s["client_cpu_s"] > 0.1
 
 
-def test_server_slower_than_the_window_is_reported_not_silent() -> None:
-    # Every answer takes 1 s; warm-up + duration is 0.4 s: the requests sent during warm-up
-    # are still in flight when the window ends and none is sent inside it. That read as
-    # 0 requests, 0 errors and no latency, like a server nobody loaded.
-    import time
+@contextlib.contextmanager
+def _slow_server(seconds: float, threads: int) -> Iterator[str]:
+    """A bare gRPC server on loopback whose every ModelInfer answer takes ``seconds``,
+    ``threads`` at a time; yields its address."""
     from concurrent import futures
 
     import grpc
@@ -188,24 +191,31 @@ def test_server_slower_than_the_window_is_reported_not_silent() -> None:
     from conveyor.bench.loadgen import INFER_METHOD
 
     def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
-        time.sleep(1.0)
+        time.sleep(seconds)
         return b""
 
     service, method = INFER_METHOD.strip("/").split("/")
     handler = grpc.method_handlers_generic_handler(
         service, {method: grpc.unary_unary_rpc_method_handler(infer)}
     )
-    slow = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler])
+    slow = grpc.server(futures.ThreadPoolExecutor(threads), handlers=[handler])
     port = slow.add_insecure_port("127.0.0.1:0")
     slow.start()
     try:
-        load = LoadSpec(
-            target=f"127.0.0.1:{port}", payloads=(b"x",), concurrency=3, duration=0.3,
-            warmup=0.1, timeout=5,
-        )  # fmt: skip
-        s = run_load(load, progress=False).summary()
+        yield f"127.0.0.1:{port}"
     finally:
         slow.stop(None)
+
+
+def test_server_slower_than_the_window_is_reported_not_silent() -> None:
+    # Every answer takes 1 s; warm-up + duration is 0.4 s: the requests sent during warm-up
+    # are still in flight when the window ends and none is sent inside it. That read as
+    # 0 requests, 0 errors and no latency, like a server nobody loaded.
+    with _slow_server(1.0, 4) as target:
+        load = LoadSpec(
+            target=target, payloads=(b"x",), concurrency=3, duration=0.3, warmup=0.1, timeout=5
+        )
+        s = run_load(load, progress=False).summary()
     assert s["requests"] == 0 and s["errors"] == 0
     assert s["warmup_requests_past_window"] == 3
     assert "WARNING: no request sent in the measured window finished; 3 sent in warm-up" in (
@@ -231,32 +241,11 @@ def test_an_open_loop_past_saturation_reports_what_was_answered() -> None:
     # A server that answers 40 requests/s, offered 200/s: the measured requests are all
     # answered, late, after the window, and counting them over the window reported about
     # 200 req/s -- the offered rate, not the server's.
-    import time
-    from concurrent import futures
-
-    import grpc
-
-    from conveyor.bench.loadgen import INFER_METHOD
-
-    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
-        time.sleep(0.05)
-        return b""
-
-    service, method = INFER_METHOD.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(
-        service, {method: grpc.unary_unary_rpc_method_handler(infer)}
-    )
-    slow = grpc.server(futures.ThreadPoolExecutor(2), handlers=[handler])
-    port = slow.add_insecure_port("127.0.0.1:0")
-    slow.start()
-    try:
+    with _slow_server(0.05, 2) as target:
         load = LoadSpec(
-            target=f"127.0.0.1:{port}", payloads=(b"x",), rate=200.0, duration=0.5,
-            warmup=0.1, timeout=10,
-        )  # fmt: skip
+            target=target, payloads=(b"x",), rate=200.0, duration=0.5, warmup=0.1, timeout=10
+        )
         s = run_load(load, progress=False).summary()
-    finally:
-        slow.stop(None)
     assert s["errors"] == 0 and s["offered_s"] > 120
     assert s["requests"] == round(s["offered_s"] * 0.5)  # every one answered, eventually
     assert s["requests_s"] <= 45  # at most the server's 40/s (+ a request's rounding)
