@@ -221,8 +221,9 @@ _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
 #     with the activation in its epilogue (`cublaslt`, 2026-11-28, chosen
 #     without a GPU: benchmarks/gpu_check.sh times it against eager,
 #     torch.compile and Triton). It is eager's own GEMM and bias epilogue plus
-#     the activation, so it saves eager's second pass over the output and
-#     nothing can get slower on the GPU: by run 8's parts that pass is ~0.03 of
+#     the activation, so it should save eager's second pass over the output
+#     and cost nothing else (unless cuBLASLt's heuristic picks a slower kernel
+#     for the epilogue: the check will say). By run 8's parts that pass is ~0.03 of
 #     eager's 0.39 ms at 8192x4096->4096 in bfloat16 and ~0.06 of its 0.15 ms
 #     at 262144 x 256 -> 256, where Triton's fused epilogue measured 0.117 ms
 #     (its GEMM is slower than cuBLAS's). Training only from 2^23 outputs:
