@@ -250,7 +250,18 @@ def _fingerprint(directory: Path) -> tuple:
                 st = path.stat()
             except OSError:  # removed meanwhile, or a dangling symlink
                 continue
-            stamps.append((path.relative_to(directory).as_posix(), st.st_mtime_ns, st.st_size))
+            # The inode and change time too: a file replaced by one of the same size and
+            # modification time (rsync -a, cp -p, a reproducible archive) has a new inode,
+            # and no utime() can set ctime.
+            stamps.append(
+                (
+                    path.relative_to(directory).as_posix(),
+                    st.st_mtime_ns,
+                    st.st_size,
+                    st.st_ino,
+                    st.st_ctime_ns,
+                )
+            )
     return tuple(sorted(stamps))
 
 

@@ -270,20 +270,29 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def existing_versions(model_dir: str | Path) -> list[int]:
-    """Integer version directories under ``model_dir``, ascending; other names are skipped.
+# The engine's version rule (engine/model_config.py, version_number): ASCII digits
+# without leading zeros, at most Triton's int64. A version past it is never served.
+MAX_VERSION = 2**63 - 1
 
-    ASCII digits only: ``str.isdigit`` is also true for ``'²'`` or ``'①'``, which ``int``
-    refuses, and one such directory would make every later export of the model fail.
-    """
+
+def _version(name: str) -> int | None:
+    """``name`` as a version the engine serves, else None. ASCII digits only:
+    ``str.isdigit`` is also true for ``'²'`` or ``'①'``, which ``int`` refuses."""
+    if not (name.isascii() and name.isdigit()) or name.startswith("0"):
+        return None
+    if len(name) > len(str(MAX_VERSION)) or int(name) > MAX_VERSION:
+        return None
+    return int(name)
+
+
+def existing_versions(model_dir: str | Path) -> list[int]:
+    """Version directories under ``model_dir`` that the engine serves, ascending; other
+    names (``tmp``, ``01``, a number past 2**63 - 1) are skipped."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(
-        int(p.name)
-        for p in model_dir.iterdir()
-        if p.name.isascii() and p.name.isdigit() and p.is_dir()
-    )
+    found = ((_version(p.name), p) for p in model_dir.iterdir())
+    return sorted(v for v, p in found if v is not None and p.is_dir())
 
 
 def export_version(
@@ -299,13 +308,17 @@ def export_version(
 ) -> Path:
     """Write a new version of ``name`` under ``repository``; returns its directory."""
     check_model_name(name)
-    model_dir = Path(repository) / name
+    repository = Path(repository)
+    model_dir = repository / name
+    # Built beside the models, not inside the model's directory: a poll-mode server that
+    # saw a new model's directory before its first version was published logged a failed
+    # load ("no version available") for as long as scripting and saving took. A name
+    # starting with a dot is no model name, so the server never looks at it.
+    tmp = repository / f".tmp-{name}-{uuid.uuid4().hex}"
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
     except OSError as exc:
-        raise ExportError(f"cannot create {model_dir}: {exc.strerror}") from None
-    tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+        raise ExportError(f"cannot create {tmp}: {exc.strerror}") from None
     try:
         with warnings.catch_warnings():
             # torch 2.10+ marks TorchScript deprecated; it is still the contract the engine loads.
@@ -319,6 +332,10 @@ def export_version(
         _write_json(tmp / "metrics.json", metrics)
         with open(tmp / "model.pt", "rb") as fh:
             os.fsync(fh.fileno())
+        try:
+            model_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"cannot create {model_dir}: {exc.strerror}") from None
         return _publish(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,6 +346,10 @@ def _publish(tmp: Path, model_dir: Path) -> Path:
     """Rename ``tmp`` to the next free version number; a number taken meanwhile is skipped."""
     version = (existing_versions(model_dir) or [0])[-1] + 1
     for _ in range(1000):
+        if version > MAX_VERSION:
+            raise ExportError(
+                f"{model_dir}: no version number left (the engine serves up to 2**63 - 1)"
+            )
         target = model_dir / str(version)
         if not target.exists():
             try:

@@ -520,3 +520,24 @@ def test_a_bytes_output_of_zero_rows_is_empty(tmp_path: Path) -> None:
     model = Model("labeler", 1, write_model(tmp_path, "labeler", 1, Labeler(), LABELER_IO))
     score, label = model.run([np.zeros((0, 2), np.float32)])  # was a ZeroDivisionError
     assert score.shape == (0, 1) and label.shape == (0, 1)
+
+
+def test_a_file_replaced_with_the_same_size_and_times_is_a_change(tmp_path: Path) -> None:
+    # rsync -a, cp -p or a reproducible archive leave a new model.pt of the same size and
+    # mtime (two exports of one architecture are the same size): stat()'s mtime and size
+    # alone saw no change, and the old model kept serving.
+    import os
+
+    from conveyor.engine.repository import _fingerprint
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"first model")
+    stat = model.stat()
+    before = _fingerprint(tmp_path)
+    replacement = tmp_path / "incoming"
+    replacement.write_bytes(b"other model")  # same size
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, model)
+    assert model.stat().st_size == stat.st_size and model.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _fingerprint(tmp_path) != before
+    assert _fingerprint(tmp_path) == _fingerprint(tmp_path)  # and steady when nothing moves

@@ -175,6 +175,38 @@ def test_non_ascii_digit_directories_are_not_versions(tmp_path: Path) -> None:
     assert version.name == "3"
 
 
+def test_versions_follow_the_engines_rule_and_nothing_shows_before_publishing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # "01" and numbers past 2**63 - 1 are no versions the engine serves: counting them,
+    # the exporter published versions it would never load. And the temporary directory
+    # sat in the model's own directory, which a poll saw as a model with no version.
+    from conveyor.trainer import export
+
+    repo = tmp_path / "repo"
+    for name in ("01", "4", str(2**63)):
+        (repo / "m" / name).mkdir(parents=True)
+    assert existing_versions(repo / "m") == [4]
+    table = tabular(8)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    stats = {"numeric": {n: {"mean": 0.0, "std": 1.0} for n in spec.numeric_names}}
+    model = build_model(spec, stats, hidden=(4,))
+    seen: list[list[str]] = []
+    real_save = torch.jit.save
+
+    def save(program, path):  # what a poll would see while the program is written
+        seen.append(sorted(p.name for p in repo.iterdir() if not p.name.startswith(".")))
+        real_save(program, path)
+
+    monkeypatch.setattr(export.torch.jit, "save", save)
+    assert export_version(repo, "new", model, spec, stats, {}).name == "1"
+    assert seen == [["m"]]  # no "new" model until its version 1 was published
+    (repo / "m" / str(2**63 - 1)).mkdir()
+    with pytest.raises(ExportError, match="no version number left"):
+        export_version(repo, "m", model, spec, stats, {})
+    assert not [p for p in repo.iterdir() if p.name.startswith(".")]
+
+
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     model_dir = tmp_path / "m"
     model_dir.mkdir()
