@@ -241,8 +241,10 @@ def load_stats(path: str | Path) -> dict[str, Any]:
 
 
 def profiled_ranges(stats: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """``{feature: (min, max)}`` from a stats dict, for the ``range`` rule."""
-    return {n: (s["min"], s["max"]) for n, s in stats.get("numeric", {}).items() if s["count"] > 0}
+    """``{feature: (min, max)}`` from a stats dict, for the ``range`` rule (features
+    without a counted value, or hand-written stats without a count, have none)."""
+    numeric = stats.get("numeric", {})
+    return {n: (s["min"], s["max"]) for n, s in numeric.items() if s.get("count", 0) > 0}
 
 
 def edges_array(stats: dict[str, Any], spec: FeatureSpec) -> np.ndarray:

@@ -23,8 +23,10 @@ left out when the spec has no such feature):
   to the program as a flat ``List[str]`` of ``batch * C`` strings in row-major order. Values are
   their original strings; integer categories as decimal strings (``"42"``), booleans as
   ``"true"``/``"false"``. A value outside the vocabulary maps to the out-of-vocabulary id 0,
-  exactly as in training. Bytes that are not UTF-8 never reach the program: the server
-  refuses the request (INVALID_ARGUMENT naming the input and element).
+  exactly as in training (or to the feature's impute value when the spec imputes unseen
+  categories; numeric imputation under the spec's policies is applied as in training too).
+  Bytes that are not UTF-8 never reach the program: the server refuses the request
+  (INVALID_ARGUMENT naming the input and element).
 
 Outputs (a tuple, in this order, for classification):
 
@@ -50,6 +52,7 @@ from torch import nn
 
 from conveyor import __version__
 from conveyor.categories import category_key
+from conveyor.ingest.profile import profiled_ranges
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.trainer.errors import ExportError
 from conveyor.trainer.model import TabularModel, to_reference
@@ -59,16 +62,54 @@ PLATFORM = "torchscript"
 
 
 class _Serving(nn.Module):
-    """Raw inputs -> logits: vocabulary lookup in TorchScript, then the training model."""
+    """Raw inputs -> logits: the spec's imputation and vocabulary lookup in TorchScript,
+    then the training model.
+
+    What the trainer's reader replaces with a feature's ``impute`` value under an
+    ``impute`` policy, the program replaces too, or a served answer would differ from
+    the trained model's on the same row: a numeric NaN or infinity (the ``nan`` or
+    ``null`` rule: a null arrives as NaN) and a value outside the bounds the reader
+    used (``range``: the spec's min/max, else the profiled ones); a categorical value
+    outside the vocabulary (``unseen_category``) becomes the impute value's id instead
+    of the out-of-vocabulary id 0. Values the reader would quarantine are served as
+    they come (training never saw such rows; drift counts them)."""
 
     vocabs: list[dict[str, int]]
+    unseen_ids: list[int]
 
-    def __init__(self, model: TabularModel, spec: FeatureSpec) -> None:
+    def __init__(
+        self, model: TabularModel, spec: FeatureSpec, ranges: dict[str, tuple] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.vocabs = [
             {category_key(v): i + 1 for i, v in enumerate(f.vocab)} for f in spec.categorical
         ]
+        impute_unseen = spec.policy("unseen_category") == "impute"
+        self.unseen_ids = [
+            vocab.get(category_key(f.impute), 0) if impute_unseen and f.impute is not None else 0
+            for f, vocab in zip(spec.categorical, self.vocabs, strict=True)
+        ]
+        ranges = ranges or {}
+        fills, fill_nan, fill_range, lows, highs = [], [], [], [], []
+        nan_rule = "impute" in (spec.policy("nan"), spec.policy("null"))
+        range_rule = spec.policy("range") == "impute"
+        for f in spec.numeric:
+            known = f.impute is not None
+            lo, hi = ranges.get(f.name, (None, None))
+            lo = f.min if f.min is not None else lo
+            hi = f.max if f.max is not None else hi
+            fills.append(float(f.impute) if known else 0.0)
+            fill_nan.append(known and nan_rule)
+            fill_range.append(known and range_rule)
+            lows.append(float("-inf") if lo is None else float(lo))
+            highs.append(float("inf") if hi is None else float(hi))
+        self.imputes = any(fill_nan) or any(fill_range)
+        self.register_buffer("fill_value", torch.tensor(fills, dtype=torch.float32))
+        self.register_buffer("fill_nan", torch.tensor(fill_nan, dtype=torch.bool))
+        self.register_buffer("fill_range", torch.tensor(fill_range, dtype=torch.bool))
+        self.register_buffer("low", torch.tensor(lows, dtype=torch.float64))
+        self.register_buffer("high", torch.tensor(highs, dtype=torch.float64))
         self.n_numeric = len(spec.numeric)
         self.n_categorical = len(spec.categorical)
         self.multiclass = spec.label.task == "multiclass"
@@ -83,13 +124,19 @@ class _Serving(nn.Module):
             )
         ids: list[int] = []
         for i, value in enumerate(categorical):
-            ids.append(self.vocabs[i % c].get(value, 0))
+            ids.append(self.vocabs[i % c].get(value, self.unseen_ids[i % c]))
         return torch.tensor(ids, dtype=torch.long).reshape(batch, c)
 
     def _numeric(self, numeric: torch.Tensor) -> torch.Tensor:
         if numeric.dim() != 2 or numeric.shape[1] != self.n_numeric:
             raise ValueError("numeric: expected shape [batch, " + str(self.n_numeric) + "]")
-        return numeric.to(torch.float32)
+        if not self.imputes:
+            return numeric.to(torch.float32)
+        # Bounds compared in float64, as the reader compares the column's own values.
+        wide = numeric.to(torch.float64)
+        missing = ~torch.isfinite(wide) & self.fill_nan
+        outside = ((wide < self.low) | (wide > self.high)) & self.fill_range
+        return torch.where(missing | outside, self.fill_value, wide.to(torch.float32))
 
     def _logits(self, numeric: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.model(numeric, ids).float()
@@ -143,8 +190,11 @@ class RegressorCat(_Serving):
         return self._regress(self._logits(torch.zeros(batch, 0), self._ids(categorical, batch)))
 
 
-def serving_module(model: TabularModel, spec: FeatureSpec) -> torch.jit.ScriptModule:
-    """The scripted serving program for ``model`` (moved to CPU, in eval mode)."""
+def serving_module(
+    model: TabularModel, spec: FeatureSpec, stats: dict[str, Any] | None = None
+) -> torch.jit.ScriptModule:
+    """The scripted serving program for ``model`` (moved to CPU, in eval mode); ``stats``
+    (the profile) gives the bounds of features without a declared min/max."""
     import copy
 
     model = to_reference(copy.deepcopy(model)).cpu().eval()
@@ -162,7 +212,8 @@ def serving_module(model: TabularModel, spec: FeatureSpec) -> torch.jit.ScriptMo
         (True, True, False): RegressorNum,
         (True, False, True): RegressorCat,
     }
-    module = table[(regression, has_num, has_cat)](model, spec).eval()
+    ranges = profiled_ranges(stats) if stats else {}
+    module = table[(regression, has_num, has_cat)](model, spec, ranges).eval()
     return torch.jit.script(module)
 
 
@@ -323,7 +374,7 @@ def export_version(
         with warnings.catch_warnings():
             # torch 2.10+ marks TorchScript deprecated; it is still the contract the engine loads.
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
-            program = serving_module(model, spec)
+            program = serving_module(model, spec, stats)
             torch.jit.save(program, str(tmp / "model.pt"))
         config = model_config(spec, name, max_batch_size=max_batch_size, source_types=source_types)
         _write_json(tmp / "config.json", config)
