@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor.engine.errors import ModelLoadError
 from conveyor.engine.tensors import DATATYPES
+from conveyor.versions import version_number
 
 PLATFORMS = ("torchscript", "torch_export")
 
@@ -155,22 +156,6 @@ def _positive(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{where}: expected an integer >= 1, got {value!r}")
     return value
-
-
-# The largest version number (Triton's versions are int64). A longer string is no
-# version: int() of more than 4300 digits raises ValueError, and any length costs time.
-MAX_VERSION = 2**63 - 1
-_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
-
-
-def version_number(text: str) -> int | None:
-    """``text`` as a whole number when it is ASCII digits only and at most ``MAX_VERSION``,
-    else None: ``int()`` would also take ' 2', '+2', '1_0' (= 10) and non-ASCII digits,
-    and raises ValueError beyond 4300 digits."""
-    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_VERSION_DIGITS:
-        return None
-    number = int(text)
-    return number if number <= MAX_VERSION else None
 
 
 def _digits(text: str, where: str, whole: str) -> int:

@@ -51,8 +51,9 @@ from conveyor.engine.errors import (
     Unavailable,
 )
 from conveyor.engine.model import Model
-from conveyor.engine.model_config import ModelConfig, VersionPolicy, load_config, version_number
+from conveyor.engine.model_config import ModelConfig, VersionPolicy, load_config
 from conveyor.engine.validation import RequestDecoder
+from conveyor.versions import version_directory, version_number
 
 if TYPE_CHECKING:
     from conveyor.engine.metrics import ServerMetrics
@@ -69,8 +70,6 @@ DRIFT_REFRESH_SECONDS = 1.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # A model name is one directory name: longer ones cannot exist (ENAMETOOLONG).
 _NAME_MAX_BYTES = 255
-# One spelling per version, so two directories can never be the same version.
-_VERSION = re.compile(r"^[1-9][0-9]*\Z")
 
 
 @dataclass(frozen=True)
@@ -536,7 +535,7 @@ class ModelRepository:
         if not base.is_dir():
             return found
         for child in base.iterdir():
-            number = version_number(child.name) if _VERSION.match(child.name) else None
+            number = version_directory(child.name)
             if number is None:
                 # "01", "0", non-ASCII digits: int() would make "01" (or an Arabic-Indic
                 # one) version 1 beside, or instead of, "1/"; beyond 2**63 - 1 no request

@@ -35,12 +35,12 @@ from conveyor.engine.load_parameters import (
     check_unload_parameters,
     config_override,
 )
-from conveyor.engine.model_config import version_number
 from conveyor.engine.protos import grpc_service_pb2 as pb
 from conveyor.engine.protos import grpc_service_pb2_grpc as pb_grpc
 from conveyor.engine.repository import ModelRepository, ServedVersion
 from conveyor.engine.tensors import encode_bytes
 from conveyor.engine.triton_config import triton_model_config
+from conveyor.versions import version_number
 
 if TYPE_CHECKING:
     from conveyor.engine.metrics import ServerMetrics

@@ -114,6 +114,19 @@ class Checked:
     imputed: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
+def numeric_bounds(
+    spec: FeatureSpec, ranges: dict[str, tuple[float, float]] | None = None
+) -> dict[str, tuple[float | None, float | None]]:
+    """``{numeric feature: (low, high)}`` of the ``range`` rule: the spec's min/max, else
+    the profiled ``ranges`` (None: no bound). The exported serving program imputes by
+    these same bounds (conveyor.trainer.export)."""
+    bounds = {}
+    for f in spec.numeric:
+        lo, hi = (ranges or {}).get(f.name, (None, None))
+        bounds[f.name] = (f.min if f.min is not None else lo, f.max if f.max is not None else hi)
+    return bounds
+
+
 def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -209,13 +222,7 @@ class Validator:
             c: (schema.field(c).type if c in schema.names else self.missing_fill[c].type)
             for c in spec.columns()
         }
-        self.bounds: dict[str, tuple[float | None, float | None]] = {}
-        for f in spec.numeric:
-            lo, hi = (ranges or {}).get(f.name, (None, None))
-            self.bounds[f.name] = (
-                f.min if f.min is not None else lo,
-                f.max if f.max is not None else hi,
-            )
+        self.bounds = numeric_bounds(spec, ranges)
         for name, rule in spec.missing_impute_values()[:1]:
             raise SpecError(
                 f"numeric {name!r}: an impute policy is set but no impute value (rule {rule!r})"

@@ -54,9 +54,11 @@ from conveyor import __version__
 from conveyor.categories import category_key
 from conveyor.ingest.profile import profiled_ranges
 from conveyor.ingest.spec import FeatureSpec
+from conveyor.ingest.validate import numeric_bounds
 from conveyor.trainer.errors import ExportError
 from conveyor.trainer.model import TabularModel, to_reference
 from conveyor.trainer.names import check_model_name
+from conveyor.versions import MAX_VERSION, version_directory
 
 PLATFORM = "torchscript"
 
@@ -90,15 +92,13 @@ class _Serving(nn.Module):
             vocab.get(category_key(f.impute), 0) if impute_unseen and f.impute is not None else 0
             for f, vocab in zip(spec.categorical, self.vocabs, strict=True)
         ]
-        ranges = ranges or {}
+        bounds = numeric_bounds(spec, ranges)
         fills, fill_nan, fill_range, lows, highs = [], [], [], [], []
         nan_rule = "impute" in (spec.policy("nan"), spec.policy("null"))
         range_rule = spec.policy("range") == "impute"
         for f in spec.numeric:
             known = f.impute is not None
-            lo, hi = ranges.get(f.name, (None, None))
-            lo = f.min if f.min is not None else lo
-            hi = f.max if f.max is not None else hi
+            lo, hi = bounds[f.name]
             fills.append(float(f.impute) if known else 0.0)
             fill_nan.append(known and nan_rule)
             fill_range.append(known and range_rule)
@@ -321,28 +321,13 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(fh.fileno())
 
 
-# The engine's version rule (engine/model_config.py, version_number): ASCII digits
-# without leading zeros, at most Triton's int64. A version past it is never served.
-MAX_VERSION = 2**63 - 1
-
-
-def _version(name: str) -> int | None:
-    """``name`` as a version the engine serves, else None. ASCII digits only:
-    ``str.isdigit`` is also true for ``'²'`` or ``'①'``, which ``int`` refuses."""
-    if not (name.isascii() and name.isdigit()) or name.startswith("0"):
-        return None
-    if len(name) > len(str(MAX_VERSION)) or int(name) > MAX_VERSION:
-        return None
-    return int(name)
-
-
 def existing_versions(model_dir: str | Path) -> list[int]:
     """Version directories under ``model_dir`` that the engine serves, ascending; other
     names (``tmp``, ``01``, a number past 2**63 - 1) are skipped."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    found = ((_version(p.name), p) for p in model_dir.iterdir())
+    found = ((version_directory(p.name), p) for p in model_dir.iterdir())
     return sorted(v for v, p in found if v is not None and p.is_dir())
 
 
