@@ -217,20 +217,24 @@ _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
 #     the backward at 8192x4096x4096, and 1.5-1.9x forward at the trainer's
 #     layers on a large batch (262144 x 64/256 -> 256), 1.26x with the
 #     backward at 256 -> 256 (training through a side under 128: not Triton);
-#   - otherwise a ReLU layer (and tanh-GELU without a gradient) runs cuBLASLt
-#     with the activation in its epilogue (`cublaslt`, 2026-11-28, chosen
-#     without a GPU: benchmarks/gpu_check.sh times it against eager,
-#     torch.compile and Triton). It is eager's own GEMM and bias epilogue plus
-#     the activation, so it should save eager's second pass over the output
-#     and cost nothing else (unless cuBLASLt's heuristic picks a slower kernel
-#     for the epilogue: the check will say). By run 8's parts that pass is ~0.03 of
-#     eager's 0.39 ms at 8192x4096->4096 in bfloat16 and ~0.06 of its 0.15 ms
-#     at 262144 x 256 -> 256, where Triton's fused epilogue measured 0.117 ms
-#     (its GEMM is slower than cuBLAS's). Training only from 2^23 outputs:
-#     the autograd.Function costs ~10 us more host time than eager's nodes,
-#     about what the saved pass takes on 2^23 16-bit outputs. GELU (erf) and
-#     SiLU have no epilogue there; our Triton one was 0.8-1.0x eager, and at
-#     the square GEMM cuBLAS keeps its lead (Triton 0.77-0.97x eager).
+#   - otherwise, for inference from 2^22 outputs, a ReLU layer (and tanh-GELU)
+#     runs cuBLASLt with the activation in its epilogue (`cublaslt`): eager's
+#     own GEMM and bias epilogue without eager's second pass over the output.
+#     Run 10 (2026-11-28) in bfloat16: 1.05-1.08x eager and 1.08x
+#     torch.compile at 8192x4096->4096, 1.68-1.71x eager and 1.98x compile at
+#     262144 x 256 -> 256, 2.05x eager at 262144 x 64 -> 256; float32 at
+#     2048x1024->1024 (2^21 outputs) 1.02x; at 2^18 outputs and below
+#     0.71-0.87x (host-bound: our Python path costs a few microseconds more
+#     than eager's, about what the saved pass takes on 2^22 16-bit outputs).
+#     Training: float32 only from 2^23 outputs (1.07x eager at 262144 x 64 ->
+#     256, IEEE float32). In 16-bit training the backward is eager's own
+#     kernels and the saved forward pass is a few percent of the step: bench_ops
+#     measured 0.96-0.97x eager at 8192x4096->4096 and 0.68-0.97x at 262144 x
+#     256 -> 256, a one-off timing of the same calls back to back 1.00-1.06x
+#     (benchmarks/gpu-results/2026-11-28-h200/run11-experiments), so 16-bit
+#     training stays on eager. GELU (erf) and SiLU have no epilogue there; our
+#     Triton one was 0.71-1.0x eager, and at the square GEMM cuBLAS keeps its
+#     lead (Triton 0.77-0.97x eager).
 # - embedding_bag: forward from 2^23 gathered elements: CUDA (2-3.7x torch; at
 #   4M x 128, 101% of the copy bandwidth in float32 and 98% in bfloat16, the
 #   16-byte packed loads); training: CUDA below 2^26 (1.2-1.9x, torch's
@@ -257,7 +261,7 @@ def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype, detail: tuple) ->
         return ("triton",)
     # What cuBLASLt's epilogue can take (see kernels/linear.py, _cublaslt_forward).
     fuses = activation == "relu" or (activation == "gelu_tanh" and not grad)
-    if fuses and (not grad or m * n >= 1 << 23):
+    if fuses and (m * n >= 1 << 22 if not grad else dtype == torch.float32 and m * n >= 1 << 23):
         return ("cublaslt",)
     return ()
 

@@ -352,8 +352,9 @@ cudaError_t occupancy(int* per_sm, Kernel kernel, size_t smem) {
 }
 
 // Asynchronous-copy stages the table kernel uses unless told (0: register
-// loads). Register loads stay the default until a GPU run times the staged
-// kernel against them (benchmarks/histogram_bench.py --cuda-variants).
+// loads). On an H200 (2026-11-28, histogram_bench.py --cuda-variants) the
+// staged kernel was slower at every depth: 0.96-1.09 ms for 2-8 in flight
+// against 0.88 ms with register loads, 16M x 32 values.
 constexpr int kAutoStages = 0;
 
 using LutKernel = void (*)(const float*, long long, int, const float*, int, int, const float2*,
