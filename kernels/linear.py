@@ -178,20 +178,31 @@ def _cublaslt_forward(x, weight, bias, act, keep_z):
 
 
 def _cublaslt_backward(gy, z, x, weight, act, need):
-    aten = torch.ops.aten
-    name = _ACTIVATION_NAMES[act]
-    if name == "none":
-        g = gy
-    elif name == "relu":  # z is the output here (see _cublaslt_forward)
-        g = aten.threshold_backward(gy, z, 0)
-    elif name == "silu":
-        g = aten.silu_backward(gy, z)
+    # z is the output for ReLU (see _cublaslt_forward): y > 0 exactly where z > 0.
+    gb = None
+    if act and gy.is_cuda and dispatch.triton_installed():
+        # The activation's and the bias's gradients in one pass (Triton's act_grad):
+        # torch's column sum alone took 0.13 of a 0.55 ms training step.
+        from conveyor.kernels.triton_kernels.linear import act_grad
+
+        g, gb = act_grad(gy, z, act, bool(need[2]))
     else:
-        g = aten.gelu_backward(gy, z, approximate="tanh" if name == "gelu_tanh" else "none")
+        g = _activation_backward(gy, z, _ACTIVATION_NAMES[act])
+        gb = g.sum(0) if need[2] else None
     gx = g.mm(weight) if need[0] else None
     gw = g.t().mm(x) if need[1] else None
-    gb = g.sum(0) if need[2] else None
     return gx, gw, gb
+
+
+def _activation_backward(gy, z, name):
+    aten = torch.ops.aten
+    if name == "none":
+        return gy
+    if name == "relu":
+        return aten.threshold_backward(gy, z, 0)
+    if name == "silu":
+        return aten.silu_backward(gy, z)
+    return aten.gelu_backward(gy, z, approximate="tanh" if name == "gelu_tanh" else "none")
 
 
 _BACKENDS = {

@@ -16,6 +16,7 @@ from _tolerances import assert_close
 from torch import nn
 
 from conveyor.kernels import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
+from conveyor.kernels.linear import activation_reference
 from conveyor.kernels.dispatch import triton_installed
 
 ACTS = tuple(ACTIVATIONS)
@@ -281,6 +282,51 @@ def test_triton_matches_reference_interpreted(act: str) -> None:
     if torch.cuda.is_available():
         pytest.skip("covered by the gpu tests")
     _check("triton", 5, 19, 21, act)  # one ragged block in every dimension
+
+
+def _check_act_grad(M: int, N: int, act: str, bias_grad: bool, dtype, device: str) -> None:
+    """Triton's activation gradient, with the bias gradient from the same pass,
+    against autograd through the reference activation in float64."""
+    from conveyor.kernels.triton_kernels.linear import act_grad
+
+    g0 = torch.Generator().manual_seed(M * 31 + N)
+    z, gy = (torch.randn(M, N, generator=g0, dtype=torch.float64) for _ in range(2))
+    zd, gyd = z.to(dtype=dtype, device=device), gy.to(dtype=dtype, device=device)
+    z64 = zd.double().cpu().requires_grad_()
+    (want,) = torch.autograd.grad(activation_reference(z64, act), z64, gyd.double().cpu())
+    g, gb = act_grad(gyd, zd, ACTIVATIONS[act], bias_grad)
+    assert g.dtype == dtype and g.shape == (M, N) and g.is_contiguous()
+    assert_close(g.cpu(), want, dtype)
+    if not bias_grad:
+        assert gb is None
+        return
+    assert gb.dtype == dtype and gb.shape == (N,)
+    # The bias gradient sums the gradient as stored (what dx and dW are made of).
+    assert_close(gb.cpu(), g.double().cpu().sum(0), dtype, scale=math.sqrt(max(M, 1)))
+
+
+@needs_triton
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize(("M", "N"), [(1, 1), (16, 16), (37, 19), (0, 5), (4, 0)])
+def test_triton_act_grad_with_bias_grad_interpreted(M: int, N: int, act: str) -> None:
+    # The interpreter's programs take 16 rows in two steps of 8 and 16 columns: 37 x 19
+    # leaves a ragged row step, row block and column block.
+    if torch.cuda.is_available():
+        pytest.skip("covered by the gpu tests")
+    for bias_grad in (True, False):
+        _check_act_grad(M, N, act, bias_grad, torch.float32, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("M", "N"), [(1, 1), (5, 300), (70001, 257), (262144, 64)])
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+def test_triton_act_grad_with_bias_grad_on_gpu(M: int, N: int, act: str, dtype) -> None:
+    # 70001 x 257: several row steps per program, a ragged last program and column
+    # block; 262144 x 64: one column block, the tall narrow gradient of a layer.
+    if not triton_installed():
+        pytest.skip("triton not installed")
+    _check_act_grad(M, N, act, True, dtype, "cuda")
 
 
 @needs_triton
