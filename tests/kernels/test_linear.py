@@ -16,8 +16,8 @@ from _tolerances import assert_close
 from torch import nn
 
 from conveyor.kernels import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
-from conveyor.kernels.linear import activation_reference
 from conveyor.kernels.dispatch import triton_installed
+from conveyor.kernels.linear import activation_reference
 
 ACTS = tuple(ACTIVATIONS)
 
