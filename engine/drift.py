@@ -5,9 +5,11 @@ batcher's worker threads hand every executed batch to :meth:`DriftMonitor.observ
 (after the responses are posted, so latency is unaffected). The monitor keeps a
 sliding window of the last ``window_rows`` rows (default 10,000), also bounded to
 ``window_seconds`` (default 600), as a ring of chunk histograms (a tenth of the
-window each): a chunk is added when it fills and the oldest ones leave, by count, or
-once their newest row is older than ``window_seconds`` (so the window holds every row
-of the last ``window_seconds``, and at most one chunk's worth of older rows).
+window each, in rows or in time): a chunk is added when it fills or once its first row
+is a tenth of ``window_seconds`` old, and the oldest ones leave, by count, or once
+their newest row is older than ``window_seconds`` (so the window holds every row of
+the last ``window_seconds`` but the newest tenth's, and at most one chunk's worth of
+older rows).
 
 * Numeric features: slot counts from :func:`conveyor.kernels.histogram_update` over the
   reference quantile edges (``edges`` in stats.json: 20 bins). The reference share of a
@@ -30,7 +32,9 @@ chi-square statistic. The alert is 1 while any feature's (or the prediction's) P
 exceeds the threshold (default 0.2; ``drift_threshold`` in config.json ``parameters``
 or ``--drift-threshold``). Scores are exported once the window holds ``min_rows``
 rows (default 1,000, or the whole window when ``window_rows`` is smaller), so a quiet
-model does not alert on a handful of requests.
+model does not alert on a handful of requests, and go on being exported until it holds
+fewer than half that, so a model whose traffic keeps the window near ``min_rows`` does
+not drop its alert every time a chunk ages out.
 """
 
 from __future__ import annotations
@@ -84,7 +88,9 @@ class DriftSettings:
         window_seconds: age bound of the window, seconds (default 600): a chunk leaves
             once its newest row is older (see ``DriftMonitor._evict``).
         min_rows: rows the window needs before scores are exported (default 1,000;
-            capped at ``window_rows``, see :attr:`rows_to_score`).
+            capped at ``window_rows``, see :attr:`rows_to_score`); once exported, they
+            are until the window holds fewer than half that
+            (:attr:`rows_to_keep_scoring`).
         threshold: PSI above which the alert fires (default 0.2).
         score_interval: least seconds between recomputing the scores in the batching
             path (default 1.0; 0 = every chunk). At high rates a chunk fills many times
@@ -106,6 +112,15 @@ class DriftSettings:
             rule = out_of_range(name, getattr(self, name))
             if rule is not None:
                 raise ValueError(f"drift {name} must be {rule}, got {getattr(self, name)}")
+
+    @property
+    def rows_to_keep_scoring(self) -> int:
+        """Rows a scored window needs to stay scored: half of :attr:`rows_to_score`
+        (at least 1). The gap keeps a model whose traffic holds the window near
+        ``rows_to_score`` from flipping between scored and unscored as chunks age out
+        and refill: each flip dropped the alert to 0, and ConveyorInputDrift (``for:
+        10m``) never fired for it."""
+        return max(1, self.rows_to_score // 2)
 
     @property
     def rows_to_score(self) -> int:
@@ -342,18 +357,24 @@ def build_tracks(
 
 
 class _Chunk:
-    """Counts of a run of consecutive rows (a tenth of the window).
+    """Counts of a run of consecutive rows (a tenth of the window, in rows or in time).
 
     ``newest`` is the ``time.monotonic()`` of its latest batch (None while empty): the
     window's age bound evicts a chunk once its newest row is older than
     ``window_seconds``. Ages run from the rows, not from when the chunk was made, so
     rows arriving after an idle gap are not evicted the moment their chunk fills.
+    ``oldest`` is that of its first batch: the chunk joins the window once that is a
+    tenth of ``window_seconds`` old, full or not. (Closed by rows alone, a chunk that
+    took longer than ``window_seconds`` to fill was the whole window: under ~1.7 rows/s
+    at the defaults the window emptied each time the previous chunk aged out before the
+    next one filled.)
     """
 
-    __slots__ = ("categorical", "newest", "numeric", "prediction", "rows")
+    __slots__ = ("categorical", "newest", "numeric", "oldest", "prediction", "rows")
 
     def __init__(self, numeric: list[_Numeric], categorical: list[_Categorical], pred: int) -> None:
         self.rows = 0
+        self.oldest: float | None = None
         self.newest: float | None = None
         self.numeric = [np.zeros((len(t.names), t.slots), np.int64) for t in numeric]
         self.categorical = [np.zeros(len(t.shares), np.int64) for t in categorical]
@@ -404,6 +425,7 @@ class DriftMonitor:
         self._pred_shares: np.ndarray | None = None
         self._lock = threading.Lock()
         self._chunk_rows = max(1, settings.window_rows // 10)
+        self._chunk_seconds = settings.window_seconds / 10
         self._chunks: deque[_Chunk] = deque()
         self._current = self._new_chunk()
         self._report = DriftReport(0, settings.threshold, False)
@@ -507,11 +529,12 @@ class DriftMonitor:
                 self._observe_prediction(chunk, prediction)
             chunk.rows += rows
             now = time.monotonic()
+            if chunk.oldest is None:
+                chunk.oldest = now
             chunk.newest = now
-            if chunk.rows < self._chunk_rows:
+            if chunk.rows < self._chunk_rows and now - chunk.oldest < self._chunk_seconds:
                 return
-            self._chunks.append(chunk)
-            self._current = self._new_chunk()
+            self._close_current()
             if now - self._scored_at >= self.settings.score_interval:
                 report = self._rescore(now)
             else:
@@ -546,6 +569,10 @@ class DriftMonitor:
 
     # -- window and scores (under the lock) -------------------------------------------------
 
+    def _close_current(self) -> None:
+        self._chunks.append(self._current)
+        self._current = self._new_chunk()
+
     def _rescore(self, now: float) -> DriftReport:
         self._report = self._score(now)
         self._scored_at = now
@@ -574,7 +601,9 @@ class DriftMonitor:
         self._evict(now)
         chunks = self._chunks
         rows = sum(c.rows for c in chunks)
-        report = DriftReport(rows, self.settings.threshold, rows >= self.settings.rows_to_score)
+        settings = self.settings
+        needed = settings.rows_to_keep_scoring if self._report.scored else settings.rows_to_score
+        report = DriftReport(rows, settings.threshold, rows >= needed)
         if not report.scored:
             return report
         for k, t in enumerate(self.numeric):
@@ -596,7 +625,7 @@ class DriftMonitor:
             )
         if self._pred_shares is not None:
             scored = [c.prediction for c in chunks if c.prediction.shape[1]]
-            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= self.settings.rows_to_score:
+            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= needed:
                 counts = sum(scored)
                 report.features += _numeric_scores(
                     self._pred_names, counts, self._pred_shares, "prediction"
@@ -606,7 +635,9 @@ class DriftMonitor:
     def refresh(self) -> None:
         """Bring the gauges up to the window without traffic (the repository calls this
         every second): rescore when chunks were added unscored and ``score_interval`` has
-        passed since the last scoring, or when rows have aged out of ``window_seconds``."""
+        passed since the last scoring, or when rows have aged out of ``window_seconds``;
+        a partial chunk whose first row is a tenth of ``window_seconds`` old joins the
+        window first."""
         self._up_to_date(throttled=True)
 
     def report(self) -> DriftReport:
@@ -620,6 +651,10 @@ class DriftMonitor:
         since the last scoring when ``throttled``."""
         with self._lock:
             now = time.monotonic()
+            oldest = self._current.oldest
+            if oldest is not None and now - oldest >= self._chunk_seconds:
+                self._close_current()
+                self._stale = True
             stale = self._stale and (
                 not throttled or now - self._scored_at >= self.settings.score_interval
             )

@@ -276,6 +276,61 @@ def test_rows_after_an_idle_gap_are_not_aged_out(
     assert report.window_rows == 10 and report.scored
 
 
+def test_a_slow_model_stays_scored_while_its_window_holds_enough_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0.8 rows/s into a window of 10 s and chunks of 10 rows: a chunk took 12.5 s to
+    # fill, so each one was the whole window and aged out 2.5 s before the next one
+    # filled; the scores and the alert dropped to 0 every 12.5 s (ConveyorInputDrift,
+    # `for: 10m`, never fired for such a model). Chunks now also close a tenth of
+    # window_seconds after their first row, so the window holds the last ~8 rows.
+    import conveyor.engine.drift
+
+    clock = FakeClock()
+    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
+    settings = DriftSettings(window_rows=100, window_seconds=10, min_rows=6, score_interval=0)
+    mon = uniform_monitor(tmp_path, settings)
+    scored, rows = [], []
+    for _ in range(100):
+        mon.observe(_rows(1, 5.0), [])  # far outside [0, 1]: alerts whenever scored
+        clock.advance(1.25)
+        report = mon.report()
+        scored.append(report.scored and report.alert)
+        rows.append(report.window_rows)
+    first = scored.index(True)
+    assert first < 10 and all(scored[first:]), (scored, rows)
+    assert max(rows) <= 9  # the last 10 s of rows, no chunk older than that
+    for _ in range(9):  # traffic stops: the window ages out and the alert drops
+        clock.advance(1.0)
+        mon.refresh()
+    assert mon.report().window_rows == 0 and not mon.report().scored
+
+
+def test_a_scored_window_stays_scored_down_to_half_of_min_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conveyor.engine.drift
+
+    clock = FakeClock()
+    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
+    settings = DriftSettings(window_rows=100, window_seconds=10, min_rows=20, score_interval=0)
+    assert (settings.rows_to_score, settings.rows_to_keep_scoring) == (20, 10)
+    mon = uniform_monitor(tmp_path, settings)
+    mon.observe(_rows(10), [])  # one chunk of 10 rows: not yet
+    assert not mon.report().scored
+    clock.advance(5)
+    mon.observe(_rows(10), [])
+    assert mon.report().scored  # 20 rows
+    clock.advance(5.5)  # the first chunk ages out: 10 rows, half of min_rows
+    report = mon.report()
+    assert report.window_rows == 10 and report.scored
+    clock.advance(5)  # the second one too
+    assert not mon.report().scored
+    mon.observe(_rows(10), [])  # 10 rows again, but not scored since: min_rows again
+    report = mon.report()
+    assert report.window_rows == 10 and not report.scored
+
+
 def test_infinities_stay_out_of_the_bins_like_nan(tmp_path: Path) -> None:
     # The reference profile (ingest/profile.py) leaves every non-finite value out of
     # its shares, so +-inf must not fill the outer bins: 30% of them scores like 30%
