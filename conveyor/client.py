@@ -28,7 +28,8 @@ deadline per method call, however many gRPC calls it makes (``infer`` looks up
 the model's metadata first); calls answered UNAVAILABLE are retried with
 exponential backoff (``retries`` times, never past the deadline); every other
 failure raises an :class:`InferenceServerError` subclass carrying the gRPC
-status code (:class:`ClientClosedError` once the client is closed).
+status code (:class:`ClientClosedError` once the client is closed, also for a
+call in flight that closing cancelled).
 """
 
 from __future__ import annotations
@@ -157,8 +158,14 @@ def error_for(code: grpc.StatusCode, details: str) -> InferenceServerError:
     return _ERRORS.get(code, InferenceServerError)(code, details)
 
 
-def _from_rpc(exc: grpc.RpcError) -> InferenceServerError:
-    return error_for(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+def _from_rpc(exc: grpc.RpcError, closed: bool = False) -> InferenceServerError:
+    """The SDK's error for ``exc``; ``closed``: the client has been closed, so a
+    CANCELLED call is one that closing cancelled (gRPC cancels the calls in flight on
+    a channel it closes), not one the server or the caller cancelled."""
+    code = exc.code()  # type: ignore[attr-defined]
+    if closed and code == grpc.StatusCode.CANCELLED:
+        return ClientClosedError()
+    return error_for(code, exc.details() or "")  # type: ignore[attr-defined]
 
 
 def _from_aio(exc: Exception) -> InferenceServerError:
@@ -851,7 +858,7 @@ class Client(_Common):
             except grpc.RpcError as exc:
                 wait = self._may_retry(exc, attempt, deadline, retries)
                 if wait is None:
-                    raise _from_rpc(exc) from None
+                    raise _from_rpc(exc, self._closed) from None
                 time.sleep(wait)
                 attempt += 1
 
@@ -991,7 +998,7 @@ class Client(_Common):
         except grpc.RpcError as exc:
             if failed:
                 raise failed[0] from None
-            raise _from_rpc(exc) from None
+            raise _from_rpc(exc, self._closed) from None
         finally:
             # A caller that stops iterating (break, close) ends the stream: otherwise gRPC
             # goes on consuming ``batches`` and the server on running them. A no-op once
@@ -1100,6 +1107,15 @@ class AsyncClient(_Common):
         self._closed = True
         await self._channel.close()
 
+    def _raise_if_closed(self) -> None:
+        """Raise :class:`ClientClosedError` for a call that ``close()`` cancelled: grpc.aio
+        cancels the calls in flight on a channel it closes, and they end in
+        ``asyncio.CancelledError``. One the caller's own task is cancelling is left to
+        propagate as it came."""
+        task = asyncio.current_task()
+        if self._closed and (task is None or not task.cancelling()):
+            raise ClientClosedError() from None
+
     async def __aenter__(self) -> AsyncClient:
         return self
 
@@ -1125,12 +1141,15 @@ class AsyncClient(_Common):
                     timeout=self._remaining(deadline),
                     metadata=self._settings.metadata or None,
                 )
+            except asyncio.CancelledError:
+                self._raise_if_closed()
+                raise
             except grpc.aio.BaseError as exc:
                 raise _from_aio(exc) from exc
             except grpc.RpcError as exc:
                 wait = self._may_retry(exc, attempt, deadline, retries)
                 if wait is None:
-                    raise _from_rpc(exc) from None
+                    raise _from_rpc(exc, self._closed) from None
                 await asyncio.sleep(wait)
                 attempt += 1
 
@@ -1246,12 +1265,15 @@ class AsyncClient(_Common):
         try:
             async for item in call:
                 yield _stream_result(item)
+        except asyncio.CancelledError:
+            self._raise_if_closed()
+            raise
         except grpc.aio.BaseError as exc:
             raise _from_aio(exc) from exc
         except grpc.RpcError as exc:
             if failed:
                 raise failed[0] from None
-            raise _from_rpc(exc) from None
+            raise _from_rpc(exc, self._closed) from None
         finally:
             call.cancel()  # see Client.stream_infer: a caller that stops ends the stream
         if failed:

@@ -291,6 +291,35 @@ class SlowMetadata(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelInferResponse(outputs=[out], raw_output_contents=request.raw_input_contents)
 
 
+def test_a_call_in_flight_when_the_client_closes_says_the_client_closed() -> None:
+    # Closing cancels the calls in flight on the channel: they raised
+    # RequestCancelledError, as if the server or the caller had cancelled them.
+    servicer = SlowMetadata(delay=1.0)
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        client = Client(address, timeout=10)
+        closer = threading.Timer(0.3, client.close)
+        closer.start()
+        with pytest.raises(ClientClosedError):
+            client.model_metadata("m", refresh=True)
+        closer.join()
+
+        async def main() -> None:
+            client = AsyncClient(address, timeout=10)
+            call = asyncio.ensure_future(client.model_metadata("m", refresh=True))
+            await asyncio.sleep(0.3)
+            await client.close()
+            with pytest.raises(ClientClosedError):
+                await call
+
+        asyncio.run(main())
+    finally:
+        server.stop(None)
+
+
 def test_one_deadline_covers_metadata_infer_and_retries() -> None:
     """infer(timeout=T) gave the metadata lookup T and then ModelInfer a fresh T each."""
     servicer = SlowMetadata(delay=0.3)
