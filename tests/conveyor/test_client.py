@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -231,15 +232,24 @@ class Flaky(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=True)
 
 
-@pytest.fixture
-def flaky() -> Iterator[tuple[Flaky, str]]:
-    servicer = Flaky(failures=2)
-    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+@contextlib.contextmanager
+def _serving(servicer: pb_grpc.GRPCInferenceServiceServicer, threads: int = 2) -> Iterator[str]:
+    """A plain grpc server of ``servicer`` on a free loopback port: its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(threads), options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[Flaky, str]]:
+    servicer = Flaky(failures=2)
+    with _serving(servicer) as address:
+        yield servicer, address
 
 
 def test_unavailable_is_retried_with_backoff_and_token_is_sent(flaky: tuple[Flaky, str]) -> None:
@@ -294,12 +304,7 @@ class SlowMetadata(pb_grpc.GRPCInferenceServiceServicer):
 def test_a_call_in_flight_when_the_client_closes_says_the_client_closed() -> None:
     # Closing cancels the calls in flight on the channel: they raised
     # RequestCancelledError, as if the server or the caller had cancelled them.
-    servicer = SlowMetadata(delay=1.0)
-    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    try:
+    with _serving(SlowMetadata(delay=1.0), threads=4) as address:
         client = Client(address, timeout=10)
         closer = threading.Timer(0.3, client.close)
         closer.start()
@@ -316,18 +321,12 @@ def test_a_call_in_flight_when_the_client_closes_says_the_client_closed() -> Non
                 await call
 
         asyncio.run(main())
-    finally:
-        server.stop(None)
 
 
 def test_one_deadline_covers_metadata_infer_and_retries() -> None:
     """infer(timeout=T) gave the metadata lookup T and then ModelInfer a fresh T each."""
     servicer = SlowMetadata(delay=0.3)
-    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    try:
+    with _serving(servicer) as address:
         with Client(address, retries=1, backoff=0.01) as client:
             assert client.infer("m", np.ones((1, 1)), timeout=2.0)["x"].tolist() == [[1.0]]
 
@@ -336,8 +335,6 @@ def test_one_deadline_covers_metadata_infer_and_retries() -> None:
                 assert (await client.infer("m", np.ones((1, 1))))["x"].tolist() == [[1.0]]
 
         asyncio.run(main())
-    finally:
-        server.stop(0)
     # Every attempt, the retry included, had at most what the metadata lookup left.
     assert len(servicer.remaining) == 4
     assert all(r <= 2.0 - 0.25 for r in servicer.remaining), servicer.remaining

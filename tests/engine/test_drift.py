@@ -231,6 +231,16 @@ def test_gauges_are_rescored_at_most_every_score_interval(synthetic) -> None:
     assert mon.report() is updates[-1]  # nothing new since: not rescored
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The drift module's clock, moved only by ``clock.advance``."""
+    import conveyor.engine.drift
+
+    fake = FakeClock()
+    monkeypatch.setattr(conveyor.engine.drift, "time", fake)
+    return fake
+
+
 def _rows(n: int, value: float | None = None) -> list[np.ndarray]:
     """``n`` rows of ``x``: uniform on [0, 1] (the reference), or all ``value``."""
     if value is None:
@@ -253,18 +263,12 @@ def test_a_window_below_min_rows_is_scored_when_full(tmp_path: Path) -> None:
     assert report.scored and report.alert and report.window_rows == 500
 
 
-def test_rows_after_an_idle_gap_are_not_aged_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rows_after_an_idle_gap_are_not_aged_out(tmp_path: Path, clock: FakeClock) -> None:
     # A chunk's age runs from its rows, not from when it was made: the first chunk
     # after load and the first one after an idle gap longer than window_seconds hold
     # fresh rows and stay; the chunk whose rows did age leaves. A fake clock: with
     # time.sleep, a test process descheduled for window_seconds between observe and
     # report saw its fresh rows aged out too.
-    import conveyor.engine.drift
-
-    clock = FakeClock()
-    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
     settings = DriftSettings(window_rows=100, window_seconds=0.5, min_rows=10, score_interval=0)
     mon = uniform_monitor(tmp_path, settings)
     clock.advance(0.7)  # idle since load
@@ -277,17 +281,13 @@ def test_rows_after_an_idle_gap_are_not_aged_out(
 
 
 def test_a_slow_model_stays_scored_while_its_window_holds_enough_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clock: FakeClock
 ) -> None:
     # 0.8 rows/s into a window of 10 s and chunks of 10 rows: a chunk took 12.5 s to
     # fill, so each one was the whole window and aged out 2.5 s before the next one
     # filled; the scores and the alert dropped to 0 every 12.5 s (ConveyorInputDrift,
     # `for: 10m`, never fired for such a model). Chunks now also close a tenth of
     # window_seconds after their first row, so the window holds the last ~8 rows.
-    import conveyor.engine.drift
-
-    clock = FakeClock()
-    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
     settings = DriftSettings(window_rows=100, window_seconds=10, min_rows=6, score_interval=0)
     mon = uniform_monitor(tmp_path, settings)
     scored, rows = [], []
@@ -307,12 +307,8 @@ def test_a_slow_model_stays_scored_while_its_window_holds_enough_rows(
 
 
 def test_a_scored_window_stays_scored_down_to_half_of_min_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clock: FakeClock
 ) -> None:
-    import conveyor.engine.drift
-
-    clock = FakeClock()
-    monkeypatch.setattr(conveyor.engine.drift, "time", clock)
     settings = DriftSettings(window_rows=100, window_seconds=10, min_rows=20, score_interval=0)
     assert (settings.rows_to_score, settings.rows_to_keep_scoring) == (20, 10)
     mon = uniform_monitor(tmp_path, settings)
