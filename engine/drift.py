@@ -625,7 +625,11 @@ class DriftMonitor:
             )
         if self._pred_shares is not None:
             scored = [c.prediction for c in chunks if c.prediction.shape[1]]
-            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= needed:
+            # Its own hysteresis: the prediction's reference comes a window after the
+            # inputs', so the inputs' being scored says nothing of it.
+            was = any(f.kind == "prediction" for f in self._report.features)
+            pred_needed = settings.rows_to_keep_scoring if was else settings.rows_to_score
+            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= pred_needed:
                 counts = sum(scored)
                 report.features += _numeric_scores(
                     self._pred_names, counts, self._pred_shares, "prediction"

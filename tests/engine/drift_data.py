@@ -97,9 +97,11 @@ def feed_windows(
     return out
 
 
-def uniform_monitor(directory: Path, settings: DriftSettings, metrics: Any = None) -> DriftMonitor:
+def uniform_monitor(
+    directory: Path, settings: DriftSettings, metrics: Any = None, prediction: bool = False
+) -> DriftMonitor:
     """A monitor of one FP32 column ``x`` profiled as uniform on [0, 1] (20 bins of 5%),
-    with no prediction tracked (a BYTES output)."""
+    with no prediction tracked (a BYTES output), or with ``prediction`` an FP32 one."""
     stats = directory / "stats.json"
     shares = [0.05] * 20
     stats.write_text(
@@ -112,7 +114,7 @@ def uniform_monitor(directory: Path, settings: DriftSettings, metrics: Any = Non
         platform="torchscript",
         max_batch_size=4096,
         inputs=(TensorSpec("x", "FP32", (1,), ("x",)),),
-        outputs=(TensorSpec("y", "BYTES", (1,)),),
+        outputs=(TensorSpec("y", "FP32" if prediction else "BYTES", (1,)),),
     )
     return DriftMonitor("m", 1, config, stats, None, settings, metrics)
 

@@ -327,6 +327,29 @@ def test_a_scored_window_stays_scored_down_to_half_of_min_rows(
     assert report.window_rows == 10 and not report.scored
 
 
+def test_the_prediction_needs_min_rows_before_it_is_first_scored(tmp_path: Path) -> None:
+    # The inputs are scored before the prediction has its reference (the first full
+    # window): their hysteresis (half of min_rows) must not let the prediction be
+    # scored, and alert, on 20 rows where min_rows is 40.
+    settings = DriftSettings(window_rows=100, window_seconds=1e6, min_rows=40, score_interval=0)
+    mon = uniform_monitor(tmp_path, settings, prediction=True)
+    rng = np.random.default_rng(0)
+
+    def feed(rows: int, shift: float = 0.0) -> None:
+        for _ in range(rows // 10):
+            x, y = rng.random((10, 1), np.float32), rng.random((10, 1), np.float32) + shift
+            mon.observe([x], [y])
+
+    feed(100)  # the prediction's reference
+    assert mon.report().scored
+    feed(20, shift=5.0)
+    report = mon.report()
+    assert [f.kind for f in report.features] == ["numeric"] and not report.alert
+    feed(20, shift=5.0)  # 40 rows: scored, and far outside its reference
+    report = mon.report()
+    assert report.features[-1].kind == "prediction" and report.alert
+
+
 def test_infinities_stay_out_of_the_bins_like_nan(tmp_path: Path) -> None:
     # The reference profile (ingest/profile.py) leaves every non-finite value out of
     # its shares, so +-inf must not fill the outer bins: 30% of them scores like 30%
