@@ -730,6 +730,10 @@ class _Common:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._info = {}
         self._closed = False
+        # AsyncClient's streams in flight, which close() cancels itself: grpc.aio's
+        # channel close cancels only the calls it finds in a task of their own, and a
+        # stream whose requests are all sent is in the caller's task alone.
+        self._streams: set[Any] = set()
 
     def _channel_loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop an asyncio channel belongs to (None for the sync client)."""
@@ -1105,6 +1109,8 @@ class AsyncClient(_Common):
     async def close(self) -> None:
         """See :meth:`Client.close`."""
         self._closed = True
+        for call in list(self._streams):
+            call.cancel()
         await self._channel.close()
 
     def _raise_if_closed(self) -> None:
@@ -1262,6 +1268,7 @@ class AsyncClient(_Common):
             timeout=self._remaining(deadline),
             metadata=self._settings.metadata or None,
         )
+        self._streams.add(call)
         try:
             async for item in call:
                 yield _stream_result(item)
@@ -1275,7 +1282,10 @@ class AsyncClient(_Common):
                 raise failed[0] from None
             raise _from_rpc(exc, self._closed) from None
         finally:
+            self._streams.discard(call)
             call.cancel()  # see Client.stream_infer: a caller that stops ends the stream
+        if self._closed and call.cancelled():
+            raise ClientClosedError()  # (a cancelled stream can also just end)
         if failed:
             raise failed[0]
 

@@ -323,6 +323,47 @@ def test_a_call_in_flight_when_the_client_closes_says_the_client_closed() -> Non
         asyncio.run(main())
 
 
+class SlowStream(pb_grpc.GRPCInferenceServiceServicer):
+    """Each stream response (an echo) comes 0.2 s after its request."""
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tensor = pb.ModelMetadataResponse.TensorMetadata(name="x", datatype="FP32", shape=[-1, 1])
+        return pb.ModelMetadataResponse(name=request.name, inputs=[tensor], outputs=[tensor])
+
+    def ModelStreamInfer(self, requests: Any, context: grpc.ServicerContext) -> Any:
+        for request in requests:
+            time.sleep(0.2)
+            out = pb.ModelInferResponse.InferOutputTensor(name="x", datatype="FP32", shape=[1, 1])
+            response = pb.ModelInferResponse(
+                id=request.id, outputs=[out], raw_output_contents=request.raw_input_contents
+            )
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+
+def test_a_stream_in_flight_when_the_async_client_closes_says_the_client_closed() -> None:
+    # Every request already sent (a plain list): grpc.aio's channel close did not find
+    # the call, and the closed client went on yielding all 50 answers.
+    batches = [np.ones((1, 1), np.float32)] * 50
+    with _serving(SlowStream(), threads=4) as address:
+
+        async def main() -> None:
+            client = AsyncClient(address, timeout=30)
+            answers = []
+
+            async def consume() -> None:
+                async for result in client.stream_infer("m", batches):
+                    answers.append(result)
+
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.5)
+            await client.close()
+            with pytest.raises(ClientClosedError):
+                await asyncio.wait_for(task, 5)
+            assert len(answers) < 10
+
+        asyncio.run(main())
+
+
 def test_one_deadline_covers_metadata_infer_and_retries() -> None:
     """infer(timeout=T) gave the metadata lookup T and then ModelInfer a fresh T each."""
     servicer = SlowMetadata(delay=0.3)
