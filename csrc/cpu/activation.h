@@ -147,8 +147,14 @@ __attribute__((always_inline)) inline void activate_n(const T* v, T* out, int64_
 template <int ACT, typename T>
 __attribute__((always_inline)) inline void activate_grad_n(const T* gy, const T* z, T* g,
                                                            int64_t n) {
+  if constexpr (ACT == kActRelu) {
+    // As torch's threshold_backward: 0 at a dead unit whatever dy is (inf * 0 is NaN).
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) g[i] = gy[i] * activate_grad<T>(ACT, z[i]);
+    for (int64_t i = 0; i < n; ++i) g[i] = z[i] <= T(0) ? T(0) : gy[i];
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) g[i] = gy[i] * activate_grad<T>(ACT, z[i]);
+  }
 }
 
 template <typename T>

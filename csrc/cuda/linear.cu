@@ -111,8 +111,12 @@ template <typename T>
 __global__ void act_grad_kernel(const T* __restrict__ gy, const T* __restrict__ z,
                                 T* __restrict__ g, long long total, int act) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<long long>(gridDim.x) * blockDim.x)
-    g[i] = from_f<T>(to_f(gy[i]) * act_grad(act, to_f(z[i])));
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    // ReLU as torch's threshold_backward: 0 at a dead unit whatever dy is (inf * 0 is NaN).
+    const float zi = to_f(z[i]);
+    g[i] = from_f<T>(act == kActRelu ? (zi <= 0.f ? 0.f : to_f(gy[i]))
+                                     : to_f(gy[i]) * act_grad(act, zi));
+  }
 }
 
 // gb[n] = sum_m g[m, n]: one thread per column, coalesced across the warp.

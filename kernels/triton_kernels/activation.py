@@ -39,6 +39,17 @@ def apply(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def grad_times(gy, z, ACT: tl.constexpr):
+    """``dy * act'(z)`` for float32 blocks; ReLU as torch's threshold_backward: 0 where
+    z <= 0 whatever dy is (an infinite or NaN dy at a dead unit gives 0, not NaN)."""
+    if ACT == 1:  # noqa: SIM108 (a constexpr branch, as in apply and grad)
+        g = tl.where(z <= 0.0, 0.0, gy)
+    else:
+        g = gy * grad(z, ACT)
+    return g
+
+
+@triton.jit
 def grad(z, ACT: tl.constexpr):
     """d act(z) / dz for a float32 block."""
     if ACT == 1:

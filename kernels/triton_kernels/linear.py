@@ -131,7 +131,7 @@ def _act_grad_kernel(gy_ptr, z_ptr, g_ptr, total, ACT: tl.constexpr, BLOCK: tl.c
     mask = offs < total
     gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = gy * activation.grad(z, ACT)
+    g = activation.grad_times(gy, z, ACT)
     tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
@@ -153,10 +153,13 @@ def _act_grad_bias_kernel(
         offs = rows[:, None] * N + cols[None, :]
         gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        g = (gy * activation.grad(z, ACT)).to(g_ptr.dtype.element_ty)
+        g = activation.grad_times(gy, z, ACT).to(g_ptr.dtype.element_ty)
         tl.store(g_ptr + offs, g, mask=mask)
         acc += tl.sum(tl.where(mask, g.to(tl.float32), 0.0), axis=0)
     tl.store(part_ptr + pid_m.to(tl.int64) * N + cols, acc, mask=col_ok)
+
+
+_MAX_GRID_Y = 65535  # CUDA's gridDim.y
 
 
 def act_grad(gy: torch.Tensor, z: torch.Tensor, act: int, bias_grad: bool):
@@ -172,12 +175,16 @@ def act_grad(gy: torch.Tensor, z: torch.Tensor, act: int, bias_grad: bool):
     g = torch.empty_like(gy)
     if gy.numel() == 0:
         return g, (torch.zeros(N, dtype=gy.dtype, device=gy.device) if bias_grad else None)
-    if not bias_grad:
+    block_n = min(128, triton.next_power_of_2(N)) if gy.is_cuda else 16
+    if not bias_grad or triton.cdiv(N, block_n) > _MAX_GRID_Y:
+        # (Column blocks go on the grid's second axis, which CUDA caps at 65535: a
+        # layer wider than 8,388,480 outputs sums its bias gradient with torch.)
         block = 1024 if gy.is_cuda else 64
         _act_grad_kernel[(triton.cdiv(M * N, block),)](gy, z, g, M * N, ACT=act, BLOCK=block)
-        return g, None
+        if not bias_grad:
+            return g, None
+        return g, g.sum(0, dtype=torch.float32).to(gy.dtype)
     if gy.is_cuda:
-        block_n = min(128, triton.next_power_of_2(N))
         block_m = max(8, 4096 // block_n)
         # Rows per program: about 8 programs per SM for the whole gradient, so the
         # partials stay a few hundred rows whatever M is.
@@ -185,7 +192,7 @@ def act_grad(gy: torch.Tensor, z: torch.Tensor, act: int, bias_grad: bool):
         per = triton.cdiv(M * triton.cdiv(N, block_n), programs)
         rows = min(max(block_m, triton.next_power_of_2(per)), 1 << 14)
     else:  # the interpreter: few, small programs
-        block_n, block_m = 16, 8
+        block_m = 8
         rows = 2 * block_m
     part = torch.empty((triton.cdiv(M, rows), N), dtype=torch.float32, device=gy.device)
     grid = (triton.cdiv(M, rows), triton.cdiv(N, block_n))

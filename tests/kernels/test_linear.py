@@ -225,10 +225,15 @@ def test_relu_keeps_nan_like_torch() -> None:
     # lets it (z <= 0 is false): dx of one row [NaN] through a 1 x 1 weight is 1.
     impls = ["cpp"] + (["triton"] if triton_installed() and not torch.cuda.is_available() else [])
     z = torch.tensor([[float("nan")], [-1.0], [0.0], [2.0]])
+    # And at a dead unit the gradient is 0 whatever dy is, an infinite or NaN dy too
+    # (threshold_backward selects; a product would give inf * 0 = NaN).
+    gy = torch.tensor([[1.0], [float("inf")], [float("nan")], [1.0]])
+    passed = torch.tensor([[1.0], [0.0], [0.0], [1.0]])
     for impl in ("reference", *impls):
-        zg = z.clone().requires_grad_()
-        fused_linear(zg, torch.ones(1, 1), None, "relu", impl=impl).sum().backward()
-        torch.testing.assert_close(zg.grad, torch.tensor([[1.0], [0.0], [0.0], [1.0]]), msg=impl)
+        for dy in (torch.ones(4, 1), gy):
+            zg = z.clone().requires_grad_()
+            fused_linear(zg, torch.ones(1, 1), None, "relu", impl=impl).backward(dy)
+            torch.testing.assert_close(zg.grad, passed, msg=impl)
     layer = FusedLinear(2, 2, "relu")
     with torch.no_grad():
         layer.weight.copy_(w)
@@ -315,6 +320,36 @@ def test_triton_act_grad_with_bias_grad_interpreted(M: int, N: int, act: str) ->
         pytest.skip("covered by the gpu tests")
     for bias_grad in (True, False):
         _check_act_grad(M, N, act, bias_grad, torch.float32, "cpu")
+
+
+@needs_triton
+def test_triton_act_grad_of_a_layer_too_wide_for_the_grid_interpreted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Column blocks go on the grid's second axis (CUDA: at most 65535 of them): wider
+    # layers sum the bias gradient with torch. The limit is lowered to reach that path.
+    from conveyor.kernels.triton_kernels import linear as triton_linear
+
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test")
+    monkeypatch.setattr(triton_linear, "_MAX_GRID_Y", 1)
+    for act in ("relu", "gelu"):
+        _check_act_grad(5, 40, act, True, torch.float32, "cpu")
+
+
+@needs_triton
+def test_triton_relu_grad_is_zero_at_dead_units_whatever_dy_interpreted() -> None:
+    from conveyor.kernels.triton_kernels.linear import act_grad
+
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test")
+    z = torch.tensor([[0.0, 1.0], [2.0, -3.0]])
+    gy = torch.tensor([[float("inf"), 1.0], [1.0, float("nan")]])
+    for bias_grad in (True, False):
+        g, gb = act_grad(gy, z, ACTIVATIONS["relu"], bias_grad)
+        torch.testing.assert_close(g, torch.ops.aten.threshold_backward(gy, z, 0))
+        if bias_grad:
+            torch.testing.assert_close(gb, torch.tensor([1.0, 1.0]))
 
 
 @pytest.mark.gpu
