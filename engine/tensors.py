@@ -64,12 +64,18 @@ def decode_bytes(buf: bytes, count: int | None = None) -> list[bytes]:
     """Split raw BYTES contents (4-byte little-endian length, then the bytes, repeated).
 
     Raises ValueError when the buffer is truncated or, if ``count`` is given,
-    holds a different number of elements.
+    holds a different number of elements: found without walking more than ``count``
+    of them (a request declaring 2 elements with 15 million empty ones behind them
+    held the server's event loop for seconds).
     """
     out: list[bytes] = []
     pos, end = 0, len(buf)
+    if count is not None and end < 4 * count:
+        raise ValueError(f"holds at most {end // 4} elements, shape needs {count}")
     unpack = _LEN.unpack_from
     while pos < end:
+        if count is not None and len(out) == count:
+            raise ValueError(f"holds more than {count} elements, shape needs {count}")
         if pos + 4 > end:
             raise ValueError(f"truncated length prefix at byte {pos}")
         (n,) = unpack(buf, pos)

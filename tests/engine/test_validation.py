@@ -149,6 +149,21 @@ def test_bytes_encoding_round_trips(items: list[bytes]) -> None:
     assert decode_bytes(encode_bytes(items), len(items)) == items
 
 
+def test_a_bytes_count_off_the_shape_is_found_without_walking_the_rest() -> None:
+    # 2 elements declared, 15 million empty ones sent (60 MB): the split walked them
+    # all on the event loop (4 s here) before refusing the request.
+    flood = b"\x00\x00\x00\x00" * 15_000_000
+    with pytest.raises(ValueError, match="holds more than 2 elements, shape needs 2"):
+        decode_bytes(flood, 2)
+    # Nothing past the declared count is read: a broken length prefix there (which
+    # the full walk reported) is not reached.
+    with pytest.raises(ValueError, match="holds more than 2 elements"):
+        decode_bytes(encode_bytes(["a", "b", "c"]) + b"\xff\xff\xff\x7f", 2)
+    with pytest.raises(ValueError, match="holds at most 1 elements, shape needs 3"):
+        decode_bytes(encode_bytes(["ab"]), 3)
+    assert decode_bytes(encode_bytes(["a", ""]), 2) == [b"a", b""]
+
+
 def test_truncated_bytes_are_rejected() -> None:
     with pytest.raises(ValueError, match="truncated"):
         decode_bytes(b"\x01\x00")
