@@ -45,6 +45,16 @@ class _Unset:
         return repr(self.default)
 
 
+class _ExtendFromUnset(argparse._ExtendAction):
+    """argparse's ``extend`` (a repeatable list option) whose first occurrence starts a
+    new list instead of extending the marked default, which is no list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        if isinstance(getattr(namespace, self.dest, None), _Unset):
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class ConfigError(ValueError):
     """A config file or environment value that cannot be used; the message names its source."""
 
@@ -204,6 +214,8 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         for action in command.options.values():
             if not isinstance(action.default, _Unset):
                 action.default = _Unset(action.default)
+            if type(action) is argparse._ExtendAction:
+                action.__class__ = _ExtendFromUnset
             if action.required:
                 action.required = False
                 action.default.required = True  # type: ignore[attr-defined]

@@ -514,6 +514,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument(
         "--load-model",
         nargs="+",
+        action="extend",  # repeatable, as Triton's: each occurrence adds to the list
         metavar="NAME",
         help="with --model-control explicit: models to load at start ('*' = all; "
         "default: none); refused in poll mode, which serves every model",

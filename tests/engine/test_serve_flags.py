@@ -115,6 +115,10 @@ def test_flags_in_range_reach_the_server(tmp_path: Path, no_server: list[dict[st
     flags = ["--model-control", "explicit", "--load-model", "m", "*"]
     assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 0
     assert no_server[1]["load_models"] == ("m", "*")
+    # Repeatable, as Triton's: the second occurrence replaced the first.
+    flags = ["--model-control", "explicit", "--load-model", "a", "--load-model", "b", "c"]
+    assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 0
+    assert no_server[2]["load_models"] == ("a", "b", "c")
 
 
 @pytest.mark.parametrize(
