@@ -70,8 +70,6 @@ def decode_bytes(buf: bytes, count: int | None = None) -> list[bytes]:
     """
     out: list[bytes] = []
     pos, end = 0, len(buf)
-    if count is not None and end < 4 * count:
-        raise ValueError(f"holds at most {end // 4} elements, shape needs {count}")
     unpack = _LEN.unpack_from
     while pos < end:
         if count is not None and len(out) == count:
