@@ -158,9 +158,10 @@ class LenientHandlers(grpc.GenericRpcHandler):
         pass
 
     @property
-    def methods(self) -> tuple[str, ...]:
-        """Full method names (``/package.Service/Method``) collected so far."""
-        return tuple(self._methods)
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The wrapped handlers collected so far, by full method name
+        (``/package.Service/Method``)."""
+        return dict(self._methods)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         return self._methods.get(handler_call_details.method)

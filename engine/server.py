@@ -20,7 +20,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
+from conveyor.engine.call_limit import CallLimit
 from conveyor.engine.drift import DriftSettings
 from conveyor.engine.hosts import bare_host, bind_problem, host_port
 from conveyor.engine.limits import out_of_range
@@ -126,7 +127,10 @@ class Server:
         tls: serve TLS instead of plaintext (``client_ca`` set: mutual TLS).
         auth_token: shorthand for ``auth=AuthConfig(tokens=(auth_token,))``.
         auth: bearer tokens, admin tokens, health exemption (see :mod:`conveyor.engine.auth`).
-        max_concurrent_rpcs: RPCs handled at once (default 4096); more: RESOURCE_EXHAUSTED.
+        max_concurrent_rpcs: calls in progress at once (default 4096; an open stream
+            counts until it ends); more: RESOURCE_EXHAUSTED. Health, reflection,
+            ServerLive, ServerReady and ModelReady are never refused
+            (:mod:`conveyor.engine.call_limit`).
         max_concurrent_streams: HTTP/2 streams per connection (default: no limit).
         execution_timeout: seconds one batch may run in a model (default 60) before
             its requests get DEADLINE_EXCEEDED and its worker thread is replaced;
@@ -367,18 +371,21 @@ class Server:
         servicer = InferenceServicer(
             repository, metrics=self.metrics, max_message_bytes=self._max_message_bytes
         )
-        server = grpc.aio.server(
-            options=self._grpc_options,
-            interceptors=self._interceptors,
-            maximum_concurrent_rpcs=self._max_concurrent_rpcs,
-        )
+        # No maximum_concurrent_rpcs here: gRPC's limit counts the health probes too
+        # (engine/call_limit.py).
+        server = grpc.aio.server(options=self._grpc_options, interceptors=self._interceptors)
         metrics = self.metrics
 
-        def malformed(method: str) -> None:
-            # An inference request that does not parse names no model: counted with the
-            # empty labels of the requests no version served.
-            if method.endswith(("/ModelInfer", "/ModelStreamInfer")):
-                metrics.unserved("", "", "INVALID_ARGUMENT")
+        def unserved(code: str) -> Callable[[str], None]:
+            # An inference request refused before any model saw it names no model:
+            # counted with the empty labels of the requests no version served.
+            def count(method: str) -> None:
+                if method.endswith(("/ModelInfer", "/ModelStreamInfer")):
+                    metrics.unserved("", "", code)
+
+            return count
+
+        malformed = unserved("INVALID_ARGUMENT")
 
         handlers = LenientHandlers(on_malformed=malformed)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, handlers)
@@ -396,7 +403,8 @@ class Server:
             ),
             handlers,
         )
-        server.add_generic_rpc_handlers((handlers,))
+        limit = CallLimit(self._max_concurrent_rpcs, on_refused=unserved("RESOURCE_EXHAUSTED"))
+        server.add_generic_rpc_handlers((limit.handlers(handlers.methods),))
         target = host_port(self.host, self._requested_port)
         credentials = None
         if self._tls is not None:

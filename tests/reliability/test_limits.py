@@ -4,7 +4,9 @@ without bound."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -106,6 +108,43 @@ def test_concurrent_rpcs_beyond_the_limit_are_refused(repo: Path, gate: Gate) ->
                 if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+
+def test_probes_are_answered_while_the_rpc_limit_is_full(repo: Path, gate: Gate) -> None:
+    # gRPC's own limit counted every call: with inference filling it, health Check,
+    # ServerLive and ServerReady were refused RESOURCE_EXHAUSTED, so liveness probes
+    # failed exactly when the server was busiest. An open stream holds a slot.
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = Server(repo, port=0, max_concurrent_rpcs=2)
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        gate.armed = True
+        running = stub.ModelInfer.future(_request(1), timeout=30)
+        assert gate.entered.acquire(timeout=10)
+        done = threading.Event()
+
+        def requests() -> Iterator[pb.ModelInferRequest]:
+            yield _request(1, "affine")
+            done.wait(30)  # the stream stays open, idle, as a client's between requests
+
+        stream = stub.ModelStreamInfer(requests(), timeout=30)
+        next(stream)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(_request(1, "affine"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-concurrent-rpcs" in info.value.details()
+        health = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        assert stub.ModelReady(pb.ModelReadyRequest(name="affine"), timeout=10).ready
+        gate.armed = False
+        gate.release.set()
+        assert running.result(timeout=20).outputs
+        done.set()
+        stream.cancel()
 
 
 def test_streams_per_connection_are_limited(repo: Path, gate: Gate) -> None:
