@@ -33,6 +33,7 @@ from conveyor.engine.auth import AuthConfig, BearerTokenInterceptor
 from conveyor.engine.batcher import DEFAULT_EXECUTION_TIMEOUT, MAX_ABANDONED_THREADS
 from conveyor.engine.call_limit import CallLimit
 from conveyor.engine.drift import DriftSettings
+from conveyor.engine.health_service import HealthServicer
 from conveyor.engine.hosts import bare_host, bind_problem, host_port
 from conveyor.engine.limits import out_of_range
 from conveyor.engine.malformed import LenientHandlers
@@ -389,7 +390,7 @@ class Server:
 
         handlers = LenientHandlers(on_malformed=malformed)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, handlers)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()
         # grpcio's servicer starts with "" SERVING; a readiness probe must not see that
         # while the models load and every inference is refused UNAVAILABLE (Triton
         # answers NOT_SERVING until ready, too). SERVING is set once ready, below.
@@ -436,7 +437,8 @@ class Server:
             await self._stop_requested.wait()
         finally:
             servicer.ready = False
-            await health_servicer.enter_graceful_shutdown()
+            await health_servicer.enter_graceful_shutdown()  # Watch streams end
+            servicer.drain()  # ModelStreamInfer streams answer what they read, then end
             grace = self.grace if self._stop_grace is None else self._stop_grace
             log.info("stopping: finishing in-flight requests (grace %.1fs)", grace)
             await server.stop(grace)

@@ -129,6 +129,24 @@ class StreamWindow:
         self._changed.set()
 
 
+class _StreamReader:
+    """Where one stream's reader is, so that a drain can end the stream without
+    losing a request: cancelled only while it waits for the client's next request,
+    told to stop after the one in hand otherwise."""
+
+    __slots__ = ("stop", "task", "waiting")
+
+    def __init__(self, stop: bool) -> None:
+        self.stop = stop
+        self.waiting = False
+        self.task: asyncio.Task[None] | None = None
+
+    def drain(self) -> None:
+        self.stop = True
+        if self.waiting and self.task is not None:
+            self.task.cancel()
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves the models of one :class:`ModelRepository`."""
 
@@ -145,6 +163,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.server_name = server_name
         self.max_message_bytes = max_message_bytes
         self.ready = False
+        self._draining = False
+        self._readers: set[_StreamReader] = set()
 
     # -- infer ----------------------------------------------------------------------------
 
@@ -311,16 +331,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters["triton_final_response"].bool_param = True
             return pb.ModelStreamInferResponse(error_message=error, infer_response=response)
 
+        state = _StreamReader(stop=self._draining)
+
         async def read() -> None:
+            requests = aiter(request_iterator)
             try:
-                async for request in request_iterator:
+                while not state.stop:
+                    state.waiting = True
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        state.waiting = False
                     size = request.ByteSize()
                     await window.acquire(size)
                     order.put_nowait((asyncio.ensure_future(one(request)), size))
+            except asyncio.CancelledError:
+                if not state.stop:  # not a drain: the stream's own end (see finally below)
+                    raise
             finally:
                 order.put_nowait(None)
 
-        reader = asyncio.ensure_future(read())
+        reader = state.task = asyncio.ensure_future(read())
+        self._readers.add(state)
         task: asyncio.Task[pb.ModelStreamInferResponse] | None = None
         try:
             while (entry := await order.get()) is not None:
@@ -329,12 +363,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield item
                 window.release(size)
         finally:
+            self._readers.discard(state)
             reader.cancel()
             if task is not None:
                 task.cancel()
             while not order.empty():
                 if (entry := order.get_nowait()) is not None:
                     entry[0].cancel()
+
+    def drain(self) -> None:
+        """The server is stopping: every ModelStreamInfer stream stops reading, answers
+        the requests it has read, and ends OK, instead of holding the stop for its
+        whole grace period (an idle stream kept open between requests, as tritonclient's
+        start_stream does, never ends by itself). Requests sent after this are not
+        read; the client sees its stream end and opens a new one elsewhere."""
+        self._draining = True
+        for state in list(self._readers):
+            state.drain()
 
     # -- health and metadata -------------------------------------------------------------
 

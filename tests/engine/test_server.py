@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -164,6 +165,39 @@ def test_stop_lets_in_flight_requests_finish(repo: Path) -> None:
     stopper.join(10)
     assert not stopper.is_alive()
     ch.close()
+
+
+def test_stop_ends_idle_streams_and_health_watches_at_once(repo: Path) -> None:
+    # Neither ends by itself: an inference stream kept open between requests
+    # (tritonclient's start_stream) and a health Watch held every stop for its whole
+    # grace period, then were cut with an error. Now the stream answers what it read
+    # and ends OK, and the Watch ends OK after sending NOT_SERVING.
+    server = Server(repo, port=0).start()
+    idle = threading.Event()
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        yield _request(2.0)
+        idle.wait(60)
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            stream = stub.ModelStreamInfer(requests(), timeout=20)
+            assert next(stream).infer_response.raw_output_contents
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(), timeout=20
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            stopper = threading.Thread(target=server.stop, kwargs={"grace": 60})
+            stopper.start()
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert list(watch) == [] and watch.code() == grpc.StatusCode.OK
+            assert list(stream) == [] and stream.code() == grpc.StatusCode.OK
+            stopper.join(20)
+            assert not stopper.is_alive()
+    finally:
+        idle.set()
+        server.stop(grace=0)
 
 
 def _is_serving(line: str) -> bool:
