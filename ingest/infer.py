@@ -1,11 +1,12 @@
 """Spec inference: a first, editable spec from the data (``conveyor ingest profile`` without
 ``--spec``). One pass over the label and the categorical columns only (projection pushdown).
 
-Column kinds by Arrow type: integers and floats are numeric; strings, booleans and dictionaries
-are categorical (vocabulary: the ``max_vocab`` most frequent values, ties by value); temporal
-and nested columns are put in ``ignore`` unless named as timestamp. The label's task: floats
-are regression; strings and booleans are classification; integers are classification when they
-take at most ``max_classes`` distinct values, regression otherwise. Two classes make ``binary``.
+Column kinds by Arrow type: integers, floats and decimals are numeric; strings, booleans and
+dictionaries are categorical (vocabulary: the ``max_vocab`` most frequent values, ties by
+value); temporal and nested columns are put in ``ignore`` unless named as timestamp. The label's
+task: floats and decimals are regression; strings and booleans are classification; integers are
+classification when they take at most ``max_classes`` distinct values, regression otherwise. Two
+classes make ``binary``.
 
 Hive partition columns (``day=2026-01-01/`` directories, :attr:`Source.partition_names`) go to
 ``ignore`` by default: they describe where a file sits, not the row, and a model that learns a
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 from conveyor.ingest.errors import SpecError
 from conveyor.ingest.source import Source, cast_text
 from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label, NumericFeature
+from conveyor.ingest.validate import is_number
 
 
 def _is_categorical(t: pa.DataType) -> bool:
@@ -41,7 +43,12 @@ def _is_categorical(t: pa.DataType) -> bool:
 
 
 def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t)
+    return is_number(t)
+
+
+def _is_fractional(t: pa.DataType) -> bool:
+    """A label of this type is a regression target (a decimal's values are not classes)."""
+    return pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
 def _sort_key(item: tuple) -> tuple:
@@ -124,9 +131,9 @@ def infer_spec(
             f"{source.uri}: label {label!r} has type {label_type}; expected a number or a "
             f"string{hint}"
         )
-    counted = [*categorical, label] if not pa.types.is_floating(label_type) else categorical
+    counted = [*categorical, label] if not _is_fractional(label_type) else categorical
     counts = value_counts(source, counted)
-    if pa.types.is_floating(label_type):
+    if _is_fractional(label_type):
         task, classes = "regression", None
     else:
         distinct = sorted(counts[label], key=lambda v: (str(type(v)), v))

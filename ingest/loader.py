@@ -74,7 +74,7 @@ from conveyor.ingest.shard import RankPlan, plan_rank, window_permutation, windo
 from conveyor.ingest.source import Chunk, Piece, Source
 from conveyor.ingest.spec import OOV_ID, RULES, FeatureSpec
 from conveyor.ingest.split import SplitConfig
-from conveyor.ingest.validate import Accounting, Validator
+from conveyor.ingest.validate import Accounting, Validator, as_float
 
 log = logging.getLogger("conveyor.ingest")
 # 2: batch bounds split a short rank's last full batch in two (shard.batch_bounds), and the
@@ -819,6 +819,7 @@ def _write(dst: np.ndarray, col: pa.Array | pa.ChunkedArray) -> None:
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     off = 0
     for chunk in chunks:
+        chunk = as_float(chunk)  # a decimal's numpy form is an array of Python objects
         if chunk.null_count:
             chunk = pc.fill_null(chunk, pa.scalar(0).cast(chunk.type))
         n = len(chunk)

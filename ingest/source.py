@@ -31,6 +31,7 @@ import json
 import os
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -122,11 +123,25 @@ def _split_query(source: str) -> tuple[str, str]:
 
 
 def _split_glob(source: str) -> tuple[str, str | None]:
+    """``(fixed prefix, pattern relative to it)``: the prefix is the directories before the
+    first segment holding a glob character ("" for a relative pattern with none: the working
+    directory, or a given filesystem's root); the pattern is None without a glob character."""
     match = _GLOB_CHARS.search(source)
     if match is None:
         return source, None
     cut = source.rfind("/", 0, match.start())
-    return (source[:cut] if cut > 0 else "/"), source
+    if cut < 0:
+        return "", source
+    return (source[:cut] or "/"), source[cut + 1 :]
+
+
+def _glob_matches(rel: str, pattern: str) -> bool:
+    """Shell semantics: ``*``, ``?`` and ``[...]`` match within one path segment, so
+    ``g/*.parquet`` does not take ``g/archive/jan.parquet`` (fnmatch's ``*`` crosses ``/``)."""
+    parts, globs = rel.split("/"), pattern.split("/")
+    return len(parts) == len(globs) and all(
+        fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, globs, strict=True)
+    )
 
 
 def resolve_filesystem(
@@ -187,41 +202,58 @@ def format_from_names(source: str, files: Sequence[str]) -> str:
 
 
 def discover(
-    source: str, filesystem: pafs.FileSystem | None = None
+    source: str, filesystem: pafs.FileSystem | None = None, format: str | None = None
 ) -> tuple[pafs.FileSystem, str, list[str]]:
-    """List a source's data files: ``(filesystem, base directory, sorted file paths)``."""
+    """List a source's data files: ``(filesystem, base directory, sorted file paths)``.
+
+    A directory's data files are those whose extension names a format; with ``format`` given,
+    also those whose extension names none (Hadoop's ``part-00000``), but not another's."""
     location, query = _split_query(source) if filesystem is None else (source, "")
-    base, pattern = _split_glob(location)
+    base, glob_rel = _split_glob(location)
     fs, base_path = resolve_filesystem(base + query, filesystem)
     base_path = base_path.rstrip("/") or "/"
     # A remote store that cannot be reached or refuses the credentials raises OSError here.
     try:
+        if glob_rel is not None:
+            # A path that exists is read as named, `[` and all (`runs/run[1]/`): a glob only
+            # when it is not one.
+            literal = posixpath.join(base_path, glob_rel)
+            if fs.get_file_info(literal).type != pafs.FileType.NotFound:
+                base_path, glob_rel = literal, None
         info = fs.get_file_info(base_path)
         if info.type == pafs.FileType.NotFound:
             raise SourceError(source, "not found")
         if info.type == pafs.FileType.File:
-            if pattern is not None:
+            if glob_rel is not None:
                 raise SourceError(source, "glob prefix is a file")
             return fs, posixpath.dirname(base_path), [base_path]
         infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True))
     except OSError as exc:
         raise SourceError(source, f"cannot list: {exc}") from None
-    files = []
-    glob_rel = None
-    if pattern is not None:
-        glob_rel = pattern[len(base) :].lstrip("/")
+    files, nameless = [], []
+    # Some filesystems list "/bucket/key" under "bucket/": compare without leading slashes.
+    root = base_path.strip("/")
     for entry in infos:
         if entry.type != pafs.FileType.File:
             continue
-        rel = entry.path[len(base_path) :].lstrip("/")
+        rel = entry.path.strip("/")[len(root) :].lstrip("/")
         if _hidden(rel):
             continue
         if glob_rel is not None:
-            if not fnmatch.fnmatchcase(rel, glob_rel):
+            if not _glob_matches(rel, glob_rel):
                 continue
-        elif _format_of(rel) is None:
+        elif _format_of(rel) not in ({None, format} if format else FORMATS):
+            if _format_of(rel) is None:
+                nameless.append(rel)
             continue
         files.append(entry.path)
+    if not files and nameless:
+        raise FormatError(
+            source,
+            f"no data files found: no name tells a format ({len(nameless)} files, e.g. "
+            f"{min(nameless)!r})",
+            FORMAT_HINT,
+        )
     if not files:
         raise SourceError(source, "no data files found")
     return fs, base_path, sorted(files)
@@ -255,6 +287,44 @@ def _fill_null_types(schemas: list[pa.Schema]) -> tuple[pa.Schema, dict[str, int
                 typed_by[f.name] = k
                 break
     return ref, typed_by
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """The values ``t`` holds, whatever their encoding: a dictionary's value type (pandas writes a
+    ``category`` column with int8 or int16 indices by its number of categories), and
+    ``large_string``/``large_binary`` (64-bit offsets) as ``string``/``binary``."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    return t
+
+
+def _common_type(types: list[pa.DataType]) -> pa.DataType:
+    """One type that reads every one of ``types`` (all with the same :func:`_plain` values):
+    a dictionary with int32 indices when all are dictionaries, else the plain value type; the
+    large variant when one is large, as it holds the others' values."""
+    values = [t.value_type if pa.types.is_dictionary(t) else t for t in types]
+    value = next((v for v in values if v != _plain(v)), values[0])
+    if all(pa.types.is_dictionary(t) for t in types):
+        return pa.dictionary(pa.int32(), value)
+    return value
+
+
+def _common_encodings(ref: pa.Schema, schemas: list[pa.Schema]) -> pa.Schema:
+    """``ref`` with each column whose files hold the same values in other encodings (see
+    :func:`_plain`) given one type for all (:func:`_common_type`), which pyarrow's scan casts
+    every file to; a column whose values differ is left for the ``schema`` rule to name."""
+    for i, f in enumerate(ref):
+        types = [s.field(f.name).type for s in schemas if f.name in s.names]
+        types = [t for t in types if not pa.types.is_null(t)]
+        if not types or all(t.equals(types[0]) for t in types):
+            continue
+        if all(_plain(t).equals(_plain(types[0])) for t in types):
+            ref = ref.set(i, f.with_type(_common_type(types)))
+    return ref
 
 
 def _file_format(fmt: str, csv_delimiter: str = ",") -> ds.FileFormat:
@@ -300,14 +370,15 @@ class Source:
         self.uri = source
         self.batch_rows = batch_rows
         self.csv_delimiter = csv_delimiter
-        self.filesystem, self.base, self.files = discover(source, filesystem)
+        if format is not None and format not in FORMATS:
+            raise SourceError(source, f"unknown format {format!r} (choose from {FORMATS})")
+        self.filesystem, self.base, self.files = discover(source, filesystem, format)
         if format is None:
             format = format_from_names(source, self.files)
-        if format not in FORMATS:
-            raise SourceError(source, f"unknown format {format!r} (choose from {FORMATS})")
         self.format: str = format
         self._ds_format = _file_format(format, csv_delimiter)
-        self.file_schemas = [self._inspect(p) for p in self.files]
+        inspected = [_unique_names(p, self._inspect(p)) for p in self.files]
+        self.file_schemas = _borrow_json_schemas(self.files, inspected)
         if format in ("csv", "json"):
             self.file_schemas = _common_timestamp_units(self.file_schemas)
         if types and format in ("csv", "json"):
@@ -316,6 +387,8 @@ class Source:
         # header-only CSV, an empty pandas partition's object column) is typed null there,
         # which says nothing about it: such a column takes the first type another file gives.
         self.file_schema, self._typed_by = _fill_null_types(self.file_schemas)
+        if format in ("parquet", "ipc"):
+            self.file_schema = _common_encodings(self.file_schema, self.file_schemas)
         # Columns each pushed-down filter names (see _filter_fields), by id(filter).
         self._filter_fields_cache: dict[int, tuple[ds.Expression, list[str]]] = {}
         self._check_schemas()
@@ -338,7 +411,7 @@ class Source:
         self._fragments = list(self.dataset.get_fragments())
 
     # -- discovery ---------------------------------------------------------------------------
-    def _inspect(self, path: str) -> pa.Schema:
+    def _inspect(self, path: str) -> pa.Schema | None:
         try:
             size = self.filesystem.get_file_info(path).size
         except OSError as exc:
@@ -369,7 +442,7 @@ class Source:
                             null_values=CSV_NULLS, strings_can_be_null=True
                         ),
                     )
-                    return reader.schema
+                    return _text_schema(reader.schema, path)
             return self._ds_format.inspect(path, filesystem=self.filesystem)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise SourceError(path, f"corrupt or unreadable {self.format} file: {exc}") from None
@@ -393,9 +466,10 @@ class Source:
 
     def _check_schemas(self) -> None:
         """The dataset-level ``schema`` rule: every file has the first file's columns (and, for
-        binary formats, types, a column of type null in a file matching any: it has no values
-        to contradict them). Text formats are compared by column names only: their types are
-        inferred per file and a value that does not parse is a row-level problem."""
+        binary formats, types, compared by the values they hold, :func:`_plain`; a column of
+        type null in a file matches any: it has no values to contradict them). Text formats are
+        compared by column names only: their types are inferred per file and a value that does
+        not parse is a row-level problem."""
         ref_path, ref = self.files[0], self.file_schema
         for path, schema in zip(self.files[1:], self.file_schemas[1:], strict=True):
             missing = [n for n in ref.names if n not in schema.names]
@@ -408,7 +482,9 @@ class Source:
             if self.format in ("parquet", "ipc"):
                 for f in ref:
                     got = schema.field(f.name).type if f.name in schema.names else None
-                    if got is not None and not got.equals(f.type) and not pa.types.is_null(got):
+                    if got is None or pa.types.is_null(got):
+                        continue
+                    if not _plain(got).equals(_plain(f.type)):
                         where = self._typed_by.get(f.name)
                         typed_in = "" if where is None else f" (as in {self.files[where]})"
                         problems.append(f"column {f.name!r} is {got}, not {f.type}{typed_in}")
@@ -625,7 +701,9 @@ class Source:
                 delimiter=self.csv_delimiter, invalid_row_handler=on_bad
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in file_schema.names},
+                # Bytes, checked here: a value that is not UTF-8 is its row's `type` error,
+                # where pyarrow's string reader fails the whole file.
+                column_types={c: pa.binary() for c in file_schema.names},
                 include_columns=read_cols or None,
                 null_values=CSV_NULLS,
                 strings_can_be_null=True,
@@ -650,8 +728,13 @@ class Source:
                 bad[:] = [b for b in bad if b.row >= end]
                 typed, errors, raw = {}, {}, {}
                 for name in read_cols:
-                    raw[name] = batch.column(name)
+                    raw[name], invalid = _utf8(batch.column(name))
                     typed[name], errors[name] = cast_text(raw[name], ref_types[name])
+                    if invalid is not None:
+                        typed[name] = pc.if_else(
+                            invalid, pa.scalar(None, ref_types[name]), typed[name]
+                        )
+                        errors[name] = errors[name] | invalid
                 yield self._finish(frag, typed, raw, rows, errors, mine, cols, filter, piece.path)
                 row = end
             if bad:  # ragged rows after the last batch
@@ -756,6 +839,41 @@ class Source:
         yield replace(chunk, late_columns=late) if late else chunk
 
 
+def _text_schema(schema: pa.Schema, path: str) -> pa.Schema:
+    """A CSV file's inferred schema, its names checked to be UTF-8 (pyarrow raises a bare
+    UnicodeDecodeError at the first use of a Latin-1 header) and a column inferred as
+    ``binary`` (a value that is not UTF-8 in the first block) read as text: each such value
+    is its row's ``type`` error (:func:`_utf8`)."""
+    try:
+        schema.names  # noqa: B018 - decoded here, not at some later use
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            path, f"the header is not UTF-8 text ({exc}); re-encode the file as UTF-8"
+        ) from None
+    return pa.schema(
+        [f.with_type(pa.string()) if pa.types.is_binary(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+
+
+def _utf8(values: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
+    """CSV bytes as text: ``(strings, mask of the values that are not UTF-8, or None when
+    all are)``. A value that is not keeps its text with U+FFFD for each bad byte, so that the
+    quarantine shows it; decoding value by value is paid only by a batch that has one."""
+    try:
+        return values.cast(pa.string()), None
+    except pa.ArrowInvalid:
+        pass
+    texts, invalid = [], np.zeros(len(values), dtype=bool)
+    for i, value in enumerate(values.to_pylist()):
+        try:
+            texts.append(None if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(value.decode("utf-8", errors="replace"))
+            invalid[i] = True
+    return pa.array(texts, type=pa.string()), invalid
+
+
 def _first_valid(column: pa.ChunkedArray) -> int:
     """Index of the first non-null value of ``column``, -1 when all are null."""
     return int(pc.index(pc.is_valid(column), True).as_py())
@@ -785,7 +903,8 @@ def _mask_chunk(chunk: Chunk, keep: np.ndarray, split: SplitConfig | None, rel: 
 
 
 def _common_timestamp_units(schemas: list[pa.Schema]) -> list[pa.Schema]:
-    """Text timestamps read at one unit for every file: microseconds.
+    """Text timestamps read as one type for every file: microseconds, and UTC when any file's
+    values carry a zone offset.
 
     Inference gives each file the unit its first MiB suggests (``timestamp[s]`` for
     ``10:00:00``, ``[ns]`` as soon as a fraction appears), and the first file's type is
@@ -793,18 +912,46 @@ def _common_timestamp_units(schemas: list[pa.Schema]) -> list[pa.Schema]:
     the ``type`` rule. Microseconds hold what text usually carries and every date from
     year 1 to 9999, where nanoseconds stop at 2262, short of the ``9999-12-31``
     sentinels warehouses write. A value with more than six fractional digits is a
-    ``type`` error naming its row, never silently truncated. Time zones stay as
-    inferred."""
-    return [
-        pa.schema(
-            [
-                f.with_type(pa.timestamp("us", f.type.tz)) if pa.types.is_timestamp(f.type) else f
-                for f in schema
-            ],
-            metadata=schema.metadata,
-        )
+    ``type`` error naming its row, never silently truncated. Likewise a zone: one file with
+    ``...Z`` and one without would each fail the other's type (which file's rows were lost
+    depended on the names' order), so a column zoned in any file is ``timestamp[us, UTC]`` in
+    all, and a value without an offset is read as UTC (:func:`cast_text`)."""
+    zoned = {
+        f.name
         for schema in schemas
-    ]
+        for f in schema
+        if pa.types.is_timestamp(f.type) and f.type.tz is not None
+    }
+
+    def common(f: pa.Field) -> pa.Field:
+        if not pa.types.is_timestamp(f.type):
+            return f
+        return f.with_type(pa.timestamp("us", "UTC" if f.name in zoned else None))
+
+    return [pa.schema([common(f) for f in schema], metadata=schema.metadata) for schema in schemas]
+
+
+def _unique_names(path: str, schema: pa.Schema | None) -> pa.Schema | None:
+    """``schema``, checked that no column name repeats: a column named twice cannot be told
+    apart by name (pyarrow's own error names neither the file nor the column)."""
+    if schema is not None:
+        repeated = [name for name, k in Counter(schema.names).items() if k > 1]
+        if repeated:
+            raise SourceError(path, f"column names repeated: {repeated} (columns: {schema.names})")
+    return schema
+
+
+def _borrow_json_schemas(files: list[str], schemas: list[pa.Schema | None]) -> list[pa.Schema]:
+    """A JSON file with no object row in its first MiB (every line broken) has no columns of
+    its own: it takes the first other file's, so that its lines are quarantined as ``parse``
+    errors one by one, as a CSV file's would be, instead of failing the whole source. With no
+    other file to take them from, it is a :class:`SourceError` naming it."""
+    typed = next((s for s in schemas if s is not None), None)
+    if typed is None:
+        raise SourceError(
+            files[0], "corrupt or unreadable json file: no JSON object rows in the first MiB"
+        )
+    return [typed if s is None else s for s in schemas]
 
 
 def _declare(schema: pa.Schema, types: dict[str, str | pa.DataType]) -> pa.Schema:
@@ -818,7 +965,7 @@ def _declare(schema: pa.Schema, types: dict[str, str | pa.DataType]) -> pa.Schem
     return pa.schema(fields)
 
 
-def _infer_json_schema(lines: list[bytes]) -> pa.Schema:
+def _infer_json_schema(lines: list[bytes]) -> pa.Schema | None:
     """Column types for JSON lines pyarrow will not read as a whole (mixed types, broken
     lines): per column, pyarrow's inference over the values, string where they disagree."""
     columns: dict[str, list] = {}
@@ -831,7 +978,7 @@ def _infer_json_schema(lines: list[bytes]) -> pa.Schema:
             for key, value in obj.items():
                 columns.setdefault(key, []).append(value)
     if not columns:
-        raise pa.ArrowInvalid("no JSON object rows in the first MiB")
+        return None  # nothing to type: see _borrow_json_schemas
     fields = []
     for key, values in columns.items():
         try:
@@ -864,6 +1011,13 @@ def cast_text(arr: pa.Array, typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
     """Cast strings to ``typ`` vectorised: ``(typed, bad)`` where ``bad`` marks non-null input
     values that do not parse (they become null in ``typed``). The per-value Python fallback
     runs only for values that match the pattern and still fail (e.g. integer overflow)."""
+    if pa.types.is_timestamp(typ) and typ.tz is not None:
+        return _cast_zoned_text(arr, typ)
+    return _cast_plain_text(arr, typ)
+
+
+def _cast_plain_text(arr: pa.Array, typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """:func:`cast_text` as pyarrow casts (a zoned timestamp only from values with offsets)."""
     n = len(arr)
     no_errors = np.zeros(n, dtype=bool)
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
@@ -903,3 +1057,20 @@ def cast_text(arr: pa.Array, typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
             out.append(None)
             bad[i] = True
     return pa.array(out, type=typ), bad
+
+
+# A time of day followed by a zone offset (`Z`, `+02`, `-0530`, `+05:30`): a date's own
+# `-03` is not one.
+_ZONE_OFFSET = r"\d:\d\d(:\d\d(\.\d*)?)?\s*(z|[+-]\d\d(:?\d\d)?)\s*$"
+
+
+def _cast_zoned_text(arr: pa.Array, typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """:func:`cast_text` to a zoned timestamp: values with an offset are converted by it, and
+    values without one are read as wall-clock times in ``typ``'s zone (pyarrow refuses them;
+    see :func:`_common_timestamp_units` for why a column mixes them)."""
+    zoned = pc.fill_null(pc.match_substring_regex(arr, _ZONE_OFFSET, ignore_case=True), False)
+    none = pa.scalar(None, arr.type)
+    with_zone, bad_zoned = _cast_plain_text(pc.if_else(zoned, arr, none), typ)
+    naive, bad_naive = _cast_plain_text(pc.if_else(zoned, none, arr), pa.timestamp(typ.unit))
+    naive = pc.assume_timezone(naive, typ.tz) if typ.tz != "UTC" else naive.cast(typ)
+    return pc.if_else(zoned, with_zone, naive.cast(typ)), bad_zoned | bad_naive

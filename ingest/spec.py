@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,14 @@ class FeatureSpec:
             if policy not in allowed:
                 raise SpecError(f"rule {rule!r}: policy {policy!r} not one of {allowed}")
         for f in self.numeric:
+            for key in ("min", "max", "impute"):
+                value = getattr(f, key)
+                # Checked here, so that a typo is named with the spec file, not met mid-scan.
+                if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+                    raise SpecError(
+                        f"numeric {f.name!r}: {key} {value!r} is not a number "
+                        f"({type(value).__name__})"
+                    )
             if f.min is not None and f.max is not None and f.min > f.max:
                 raise SpecError(f"numeric {f.name!r}: min {f.min} > max {f.max}")
         for f in self.categorical:

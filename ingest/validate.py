@@ -139,6 +139,19 @@ def value_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
+def is_number(t: pa.DataType) -> bool:
+    """A type the spec can read as a number: an integer, a float, or a decimal (a warehouse's
+    ``NUMERIC``/``DECIMAL(p, s)`` column, read as float64: see :func:`as_float`)."""
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def as_float(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A decimal column as float64 (the nearest double of each value: the batches hold
+    float32 anyway), any other as it is; so its NaN, range and float32 checks, statistics and
+    imputed values are those of a float column."""
+    return col.cast(pa.float64()) if pa.types.is_decimal(col.type) else col
+
+
 def _is_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(t)
 
@@ -222,6 +235,9 @@ class Validator:
             c: (schema.field(c).type if c in schema.names else self.missing_fill[c].type)
             for c in spec.columns()
         }
+        for c in self._float32_columns():  # read as float64 (as_float)
+            if pa.types.is_decimal(self.types[c]):
+                self.types[c] = pa.float64()
         self.bounds = numeric_bounds(spec, ranges)
         for name, rule in spec.missing_impute_values()[:1]:
             raise SpecError(
@@ -234,6 +250,11 @@ class Validator:
             self.classes = self._values(spec.label.classes, spec.label.name, schema_file)
         self.vocab: dict[str, pa.Array] = {
             f.name: self._values(f.vocab, f.name, schema_file) for f in spec.categorical
+        }
+        # Cast once, here: a value of the wrong type would otherwise fail mid-scan (or
+        # mid-epoch), at the first row that needs it.
+        self.impute: dict[str, pa.Scalar | None] = {
+            c: self._impute_cast(c, schema_file) for c in spec.columns()
         }
 
     # -- dataset level -----------------------------------------------------------------------
@@ -286,7 +307,7 @@ class Validator:
 
     def _check_numbers(self, file: str) -> None:
         """A column the spec reads as a number (a numeric feature, a regression label, the
-        weight) must be an integer or floating-point column. Text formats are read as the
+        weight) must be an integer, floating-point or decimal column. Text formats are read as the
         spec's declared types, but Parquet and IPC files carry their own, and comparing a
         string column with numeric bounds, or converting it for torch, is not a row's fault:
         the whole column is wrong. So, like a file whose types contradict the first file's
@@ -296,11 +317,11 @@ class Validator:
             if c not in self.schema.names:
                 continue  # missing: imputed with the spec's number, or rejected above
             found = self.schema.field(c).type
-            if not (pa.types.is_integer(found) or pa.types.is_floating(found)):
+            if not is_number(found):
                 raise SourceError(
                     file,
                     f"column {c!r} is {found}, but the spec reads it as a number "
-                    "(expected an integer or floating-point type)",
+                    "(expected an integer, floating-point or decimal type)",
                 )
 
     def _values(self, values: list[Any], col: str, file: str) -> pa.Array:
@@ -316,6 +337,23 @@ class Validator:
             shown = f"{values[:3]!r}"[:-1] + (", ...]" if len(values) > 3 else "]")
             raise SourceError(
                 file, f"column {col!r} is {typ}, but the spec's values for it are {found} {shown}"
+            ) from None
+
+    def _impute_cast(self, col: str, file: str) -> pa.Scalar | None:
+        """``col``'s declared impute value as a scalar of its value type (None: none); a value
+        that is not of that type (``"unknown"`` for an int64 categorical) is a
+        :class:`SourceError` naming ``file``, the column and both types (see :meth:`_values`)."""
+        value = self._impute_value(col)
+        if value is None:
+            return None
+        typ = value_type(self.types[col])
+        try:
+            return pa.scalar(value).cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise SourceError(
+                file,
+                f"column {col!r} is {typ}, but the spec's impute value for it is "
+                f"{type(value).__name__} {value!r}",
             ) from None
 
     def _float32_columns(self) -> list[str]:
@@ -356,6 +394,8 @@ class Validator:
                 imputed.append(("missing_column", np.ones(n, dtype=bool)))
             else:
                 cols[c] = batch.column(c)
+        for c in self._float32_columns():
+            cols[c] = as_float(cols[c])
         bad = np.zeros(n, dtype=bool)
         # (rows, rule, column, reason or None for the rule's usual one), in rule order
         first: list[tuple[np.ndarray, str, str, str | None]] = []
@@ -397,7 +437,12 @@ class Validator:
         for c in spec.columns():
             parse = chunk.parse_errors.get(c)
             if parse is not None:
-                apply("type", c, parse, self._impute_scalar(c))
+                # Named, since a value can be a fine timestamp or number of another type; a
+                # text column's only such value is one that is not UTF-8 (a Latin-1 CSV).
+                typ = value_type(self.types[c])
+                text = pa.types.is_string(typ) or pa.types.is_large_string(typ)
+                reason = "is not UTF-8 text" if text else f"does not parse as {typ}"
+                apply("type", c, parse, self._impute_scalar(c), reason)
         for c in spec.columns():
             apply("null", c, _mask(pc.is_null(cols[c])), self._impute_scalar(c))
         for c in [label, *spec.numeric_names, spec.weight]:
@@ -486,10 +531,7 @@ class Validator:
         return suspect
 
     def _impute_scalar(self, col: str) -> pa.Scalar | None:
-        value = self._impute_value(col)
-        if value is None:
-            return None
-        return pa.scalar(value).cast(value_type(self.types[col]))
+        return self.impute[col]
 
     def _duplicates(self, keys: pa.Array, bad: np.ndarray) -> np.ndarray:
         """Keys seen earlier in this scan (or earlier in the chunk). Per-row Python work, only

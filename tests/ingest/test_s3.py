@@ -152,6 +152,19 @@ def test_s3_glob_with_a_query_string(s3):
     assert rows_of(remote) == rows_of(Source(local("parquet/part=1/d.parquet")))
 
 
+def test_s3_glob_stays_within_one_path_segment(s3):
+    # On S3 too, `*` matched across `/`: parquet/*.parquet took both part=N/d.parquet.
+    uri, local = s3
+    with pytest.raises(SourceError, match="no data files found"):
+        Source(uri("parquet/*.parquet"))
+    remote, here = Source(uri("parquet/*/d.parquet")), Source(local("parquet/*/d.parquet"))
+    assert [remote.relative_path(p) for p in remote.files] == [
+        "part=0/d.parquet",
+        "part=1/d.parquet",
+    ]
+    assert rows_of(remote) == rows_of(here)
+
+
 @pytest.mark.parametrize("key", ["parquet/", "d.csv"])
 def test_validation_quarantines_s3_rows_where_configured(s3, tmp_path, key):
     uri, local = s3

@@ -1,3 +1,4 @@
+import gzip
 import re
 
 import pyarrow as pa
@@ -36,6 +37,30 @@ def test_directory_with_hive_partitions_and_glob(tmp_path):
     assert read_all(globbed).num_rows == 10
     uri = Source("file://" + str(tmp_path))
     assert read_all(uri).num_rows == 20
+
+
+def test_glob_characters_stay_within_one_path_segment(tmp_path):
+    # `*` matched across `/` (fnmatch), so g/*.parquet also read g/archive/jan.parquet: the
+    # same rows twice, silently.
+    (tmp_path / "g" / "archive").mkdir(parents=True)
+    write(sample_table(10), tmp_path / "g" / "jan.parquet", "parquet")
+    write(sample_table(10), tmp_path / "g" / "archive" / "jan.parquet", "parquet")
+    top = Source(str(tmp_path / "g" / "*.parquet"))
+    assert top.files == [str(tmp_path / "g" / "jan.parquet")]
+    assert read_all(top).num_rows == 10
+    deeper = Source(str(tmp_path / "g" / "*" / "j?n.parquet"))
+    assert deeper.files == [str(tmp_path / "g" / "archive" / "jan.parquet")]
+    assert len(Source(str(tmp_path / "*" / "*" / "[j]an.parquet")).files) == 1
+
+
+def test_an_existing_path_with_glob_characters_is_read_as_named(tmp_path):
+    # b/run[1] was taken as a glob matching "b/run1" only: "no data files found".
+    (tmp_path / "b" / "run[1]").mkdir(parents=True)
+    write(sample_table(10), tmp_path / "b" / "run[1]" / "jan.parquet", "parquet")
+    expected = [str(tmp_path / "b" / "run[1]" / "jan.parquet")]
+    assert Source(str(tmp_path / "b" / "run[1]")).files == expected
+    assert Source(str(tmp_path / "b" / "run[1]" / "jan.parquet")).files == expected
+    assert Source(str(tmp_path / "b" / "run[[]1]" / "*.parquet")).files == expected  # a glob
 
 
 @pytest.mark.parametrize(
@@ -96,6 +121,20 @@ def test_unknown_extension_names_the_file_and_how_to_give_the_format(tmp_path, n
     assert Source(str(path), format="csv").format == "csv"  # the way out it names
 
 
+def test_a_given_format_reads_files_whose_names_tell_none(tmp_path):
+    # Hadoop/Spark text output (part-00000, no extension) was "no data files found" even with
+    # format= given.
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / "part-00000").write_text("x,k,c,y\n1.5,1,a,0\n")
+    (tmp_path / "part-00001.gz").write_bytes(gzip.compress(b"x,k,c,y\n2.5,2,b,1\n"))
+    with pytest.raises(SourceError, match=r"no data files found: .*'part-00000'\); pass format="):
+        Source(str(tmp_path))
+    write(sample_table(3), tmp_path / "other.parquet", "parquet")  # another format: left out
+    src = Source(str(tmp_path), format="csv")
+    assert [p.rsplit("/", 1)[1] for p in src.files] == ["part-00000", "part-00001.gz"]
+    assert read_all(src).column("k").to_pylist() == [1, 2]
+
+
 def test_files_of_two_formats_are_named(tmp_path):
     write(sample_table(), tmp_path / "a.parquet", "parquet")
     write(sample_table(), tmp_path / "b.csv", "csv")
@@ -135,6 +174,21 @@ def test_type_change_mid_dataset(tmp_path):
     t = sample_table()
     pq.write_table(t.set_column(1, "k", t.column("k").cast(pa.string())), tmp_path / "b.parquet")
     with pytest.raises(SourceError, match="column 'k' is string, not int64"):
+        Source(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "ipc"])
+def test_a_column_name_repeated_in_a_file_is_named(tmp_path, fmt):
+    # It was "Can't unify schema with duplicate field names", naming neither file nor column.
+    write(sample_table(), tmp_path / f"a.{EXT[fmt]}", fmt)
+    t = sample_table()
+    dup = pa.Table.from_arrays(
+        [t.column("x"), t.column("k"), t.column("x"), t.column("c"), t.column("y")],
+        names=["x", "k", "x", "c", "y"],
+    )
+    write(dup, tmp_path / f"b.{EXT[fmt]}", fmt)
+    said = r"b\.\w+: column names repeated: \['x'\] \(columns: \['x', 'k', 'x', 'c', 'y'\]\)"
+    with pytest.raises(SourceError, match=said):
         Source(str(tmp_path))
 
 
@@ -212,6 +266,75 @@ def test_text_timestamps_read_at_one_unit_for_every_file_and_block(tmp_path, fmt
     assert got[2].microsecond == 250_000 and got[-1].microsecond == 125_000
 
 
+def test_csv_that_is_not_utf8(tmp_path):
+    # A Latin-1 header was a raw UnicodeDecodeError traceback; one Latin-1 value rejected the
+    # whole file as "corrupt" (naming pyarrow's 1-based row).
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.spec import CategoricalFeature, FeatureSpec, Label
+
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "a.csv").write_bytes("Größe,y\n1,0\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=r"h/a\.csv: the header is not UTF-8 text .*UTF-8$"):
+        Source(str(tmp_path / "h"))
+    (tmp_path / "v.csv").write_bytes("city,y\nMünchen,0\nBerlin,1\nParis,0\n".encode("latin-1"))
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        categorical=[CategoricalFeature("city", vocab=["Berlin", "Paris"])],
+    )
+    for types in (None, spec.declared_types()):  # inferred, or declared by a spec
+        src = Source(str(tmp_path / "v.csv"), types=types)
+        assert src.schema.field("city").type == pa.string()
+        (chunk,) = src.read(src.pieces()[0])
+        assert chunk.parse_errors["city"].tolist() == [True, False, False]
+        assert chunk.batch.column("city").to_pylist() == [None, "Berlin", "Paris"]
+    result = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet", progress=False)
+    assert result.accounting.quarantined_by_rule == {"type": 1}
+    (row,) = pq.read_table(tmp_path / "q.parquet").to_pylist()
+    assert row["_row"] == 0 and row["city"] == "M\ufffdnchen"
+    assert row["_reason"] == "column 'city': value 'M\ufffdnchen' is not UTF-8 text"
+
+
+@pytest.mark.parametrize("zoned_first", [True, False])
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_text_timestamps_with_and_without_zones_read_as_utc(tmp_path, fmt, zoned_first):
+    # A file with offsets and one without quarantined each other's rows as `type` (the first
+    # file's zone was the column's), which file lost depending on the names' order.
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+
+    def write_rows(name, stamps):
+        if fmt == "csv":
+            text = "ts,x,y\n" + "".join(f"{t},{i},{i % 2}\n" for i, t in enumerate(stamps))
+        else:
+            text = "".join(
+                f'{{"ts": "{t}", "x": {i}, "y": {i % 2}}}\n' for i, t in enumerate(stamps)
+            )
+        (tmp_path / f"{name}.{EXT[fmt]}").write_text(text)
+
+    zoned = ["2024-01-01T00:00:00Z", "2024-01-02T02:00:00+02:00"]
+    naive = ["2024-01-03 00:00:00", "2024-01-04 12:30:00"]
+    write_rows("a", zoned if zoned_first else naive)
+    write_rows("b", naive if zoned_first else zoned)
+    (tmp_path / f"c.{EXT[fmt]}").write_text(
+        "ts,x,y\nnot a time,0,0\n" if fmt == "csv" else '{"ts": "not a time", "x": 0, "y": 0}\n'
+    )
+    src = Source(str(tmp_path))
+    # pyarrow's JSON reader converts offsets to UTC itself and gives naive values.
+    typ = pa.timestamp("us", "UTC" if fmt == "csv" else None)
+    assert src.schema.field("ts").type == typ
+    got = [t.isoformat() for t in read_all(src).column("ts").to_pylist() if t is not None]
+    expected = ["2024-01-01T00:00:00", "2024-01-02T00:00:00", "2024-01-03T00:00:00"]
+    expected += ["2024-01-04T12:30:00"]
+    assert sorted(t.removesuffix("+00:00") for t in got) == expected
+    # The one bad value is a `type` error whose reason names the type it was read as.
+    spec = FeatureSpec(label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x")])
+    spec = FeatureSpec.from_dict({**spec.to_dict(), "timestamp": "ts"})
+    result = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet", progress=False)
+    assert result.accounting.quarantined_by_rule == {"type": 1}
+    (reason,) = pq.read_table(tmp_path / "q.parquet").column("_reason").to_pylist()
+    assert reason == f"column 'ts': value 'not a time' does not parse as {typ}"
+
+
 def test_json_with_mixed_types_keeps_good_rows(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"x": 1.5}\n{"x": "oops"}\n{not json\n{"x": 2}\n')
     src = Source(str(tmp_path / "m.jsonl"))
@@ -222,6 +345,25 @@ def test_json_with_mixed_types_keeps_good_rows(tmp_path):
 
 
 # -- non-local filesystems: the same code path as local files ---------------------------------
+def test_json_file_of_only_broken_lines_is_quarantined_line_by_line(tmp_path):
+    # Its schema could not be inferred ("no JSON object rows in the first MiB"), which failed
+    # the whole source where a CSV file's broken lines are each a `parse` quarantine.
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+
+    (tmp_path / "0.jsonl").write_text('{"x": 3, "y": 0\n[1, 2]\n')  # sorts first
+    (tmp_path / "a.jsonl").write_text('{"x": 1, "y": 0}\n{"x": 2, "y": 1}\n')
+    src = Source(str(tmp_path))
+    assert src.schema.names == ["x", "y"]
+    spec = FeatureSpec(label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x")])
+    acc = run_scan(src, spec, quarantine_path=tmp_path / "q.parquet", progress=False).accounting
+    assert (acc.rows_in, acc.rows_out, acc.quarantined_by_rule) == (4, 2, {"parse": 2})
+    raw = pq.read_table(tmp_path / "q.parquet").column("_raw").to_pylist()
+    assert raw == ['{"x": 3, "y": 0', "[1, 2]"]
+    with pytest.raises(SourceError, match=r"0\.jsonl: corrupt .*no JSON object rows"):
+        Source(str(tmp_path / "0.jsonl"))  # no other file to take the columns from
+
+
 def memory_filesystem():
     import fsspec  # pinned in the dev extra
     from pyarrow.fs import FSSpecHandler, PyFileSystem

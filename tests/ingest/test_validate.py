@@ -413,3 +413,97 @@ def test_dictionary_columns_are_matched_by_their_values(tmp_path):
     assert batch.categorical[:, 0].tolist() == [1, 2, 2, 2, 1, 2]
     assert batch.label.tolist() == [0, 1, 0, 1, 0, 1]
     assert loader.epoch_accounting[0].quarantined_by_rule == {"unseen_class": 1}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "ipc"])
+def test_the_same_values_in_other_encodings_are_one_column(tmp_path, fmt):
+    """pandas writes a ``category`` column with int8 indices up to 127 categories and int16
+    beyond, so partitions of one frame differ in index width; and one writer's ``large_string``
+    is another's ``string``. Both were "schema differs"; values that differ still are."""
+    import pyarrow.feather as feather
+
+    from conveyor.ingest.infer import infer_spec
+    from conveyor.ingest.loader import StreamLoader
+
+    def save(t: pa.Table, name: str) -> None:
+        path = tmp_path / f"{name}.{'parquet' if fmt == 'parquet' else 'arrow'}"
+        pq.write_table(t, path) if fmt == "parquet" else feather.write_feather(t, path)
+
+    def table(c: list[str], index: pa.DataType, s: pa.DataType) -> pa.Table:
+        codes = pa.array(c).dictionary_encode().cast(pa.dictionary(index, pa.string()))
+        n = len(c)
+        return pa.table({"c": codes, "s": pa.array(c, s), "y": pa.array([i % 2 for i in range(n)])})
+
+    save(table(["a", "b", "a"], pa.int8(), pa.string()), "day1")
+    save(table(["b", "c", "a", "c"], pa.int16(), pa.large_string()), "day2")
+    source = Source(str(tmp_path))
+    assert source.schema.field("c").type == pa.dictionary(pa.int32(), pa.string())
+    assert source.schema.field("s").type == pa.large_string()
+    spec = infer_spec(source, "y")
+    assert spec.categorical[0].vocab == ["a", "b", "c"]
+    result = run_scan(source, spec, quarantine_path=tmp_path / "q.parquet", progress=False)
+    assert result.accounting.rows_out == 7
+    loader = StreamLoader(source, spec, batch_size=8, prefetch=0)
+    (batch,) = list(loader)
+    assert batch.categorical[:, 0].tolist() == [1, 2, 1, 2, 3, 1, 3]
+    save(pa.table({"c": [1], "s": ["a"], "y": [0]}), "day3")
+    with pytest.raises(SourceError, match="column 'c' is int64, not dictionary<values=string"):
+        Source(str(tmp_path))
+
+
+def test_impute_value_of_the_wrong_type_is_an_error_before_any_row(tmp_path):
+    # It was cast per chunk: a raw ArrowInvalid at the first row to impute, mid-scan or
+    # mid-epoch.
+    from conveyor.ingest.loader import StreamLoader
+
+    path = tmp_path / "a.csv"
+    path.write_text("x,c,y\n1,1,0\n2,2,1\n3,7,0\n")
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("x")],
+        categorical=[CategoricalFeature("c", vocab=[1, 2], impute="unknown")],
+    )
+    source = Source(str(path), types=spec.declared_types())
+    said = r"a\.csv: column 'c' is int64, but the spec's impute value for it is str 'unknown'"
+    with pytest.raises(SourceError, match=said):
+        run_scan(source, spec, quarantine_path=tmp_path / "q.parquet", progress=False)
+    with pytest.raises(SourceError, match=said):
+        StreamLoader(source, spec, batch_size=2, prefetch=0)
+    # A numeric impute value that is no number is the spec file's error.
+    data = spec.to_dict()
+    data["numeric"][0]["impute"] = "abc"
+    (tmp_path / "spec.json").write_text(json.dumps(data))
+    with pytest.raises(SpecError, match=r"spec\.json: numeric 'x': impute 'abc' is not a number"):
+        FeatureSpec.load(tmp_path / "spec.json")
+
+
+def test_decimal_columns_are_numbers(tmp_path):
+    # A warehouse's DECIMAL(p, s) column was put in `ignore` by inference and refused by a
+    # spec ("expected an integer or floating-point type").
+    from decimal import Decimal
+
+    from conveyor.ingest.infer import infer_spec
+    from conveyor.ingest.loader import StreamLoader
+    from conveyor.ingest.profile import ProfileConfig
+
+    amounts = ["1.25", "99.10", None, "-3.50", "12.00"]
+    amount = pa.array([None if a is None else Decimal(a) for a in amounts], pa.decimal128(10, 2))
+    target = pa.array([Decimal("0.5"), Decimal("1.5"), Decimal("2.5"), Decimal("3.5"), None])
+    pq.write_table(pa.table({"amount": amount, "y": target}), tmp_path / "a.parquet")
+    source = Source(str(tmp_path / "a.parquet"))
+    inferred = infer_spec(source, "y")
+    assert inferred.numeric_names == ["amount"] and inferred.label.task == "regression"
+    spec = FeatureSpec(
+        label=Label("y", "regression"),
+        numeric=[NumericFeature("amount", min=-1.0, impute=0.0)],
+        policies={"null": "impute", "range": "quarantine"},
+    )
+    result = run_scan(source, spec, quarantine_path=tmp_path / "q.parquet", profile=ProfileConfig())
+    assert result.accounting.quarantined_by_rule == {"null": 1, "range": 1}
+    assert result.accounting.imputed_by_rule == {"null": 1}
+    assert result.stats["numeric"]["amount"]["min"] == 0.0
+    assert result.stats["numeric"]["amount"]["max"] >= 99.1
+    loader = StreamLoader(source, spec, batch_size=8, prefetch=0)
+    (batch,) = list(loader)
+    assert batch.features[:, 0].tolist() == pytest.approx([1.25, 99.1, 0.0])
+    assert batch.label.tolist() == [0.5, 1.5, 2.5]
