@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ METRICS: dict[str, dict[str, bool]] = {
     "multiclass": {"accuracy": True, "logloss": False},
     "regression": {"rmse": False},
 }
+# float32's largest value / 10, see TrainConfig.check.
+_MAX_LR = 3.4e37
 
 
 @dataclass
@@ -130,8 +133,30 @@ class TrainConfig:
             raise TrainerError(f"--seed must be in [0, 2**63), got {self.seed}")
         if self.keep_checkpoints < 1:
             raise TrainerError("--keep-checkpoints must be >= 1")
+        # math.isfinite first: every comparison with NaN is False, so `nan <= 0` let a NaN
+        # --lr through to torch (a traceback) and an infinite one trained NaN for a whole run.
+        for name in ("lr", "weight_decay", "clip_norm", "min_lr_ratio"):
+            if not math.isfinite(getattr(self, name)):
+                raise TrainerError(
+                    f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}"
+                )
         if self.lr <= 0 or self.weight_decay < 0 or self.clip_norm < 0:
             raise TrainerError("--lr must be > 0; --weight-decay and --clip-norm >= 0")
+        if self.lr >= _MAX_LR:
+            # AdamW's first step is lr / (1 - 0.9), passed to torch as a float32: past this
+            # it overflows inside the optimizer (a traceback) instead of merely diverging.
+            raise TrainerError(f"--lr must be < {_MAX_LR:.3g}, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            # The cosine floor as a share of --lr: below 0 the rate turns negative (the
+            # optimizer climbs the loss), above 1 the "decay" raises it past the peak.
+            raise TrainerError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.shuffle_buffer < 1:
+            # The reader's window is max(shuffle_buffer, batch_size) rows, so 0 or a negative
+            # size silently meant one batch: refused, as a typo rather than a setting.
+            raise TrainerError(
+                f"--shuffle-buffer must be >= 1 rows, got {self.shuffle_buffer} (values up to "
+                "--batch-size shuffle within one batch's window)"
+            )
         if (self.model_repository is None) != (self.model_name is None):
             raise TrainerError("--model-repository and --model-name go together")
         if self.model_name is not None:

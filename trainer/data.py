@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -47,6 +48,9 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
         # (a run directory older than spec_options.json is checked by its checkpoint only).
         if options_out.exists():
             check_spec_options(json.loads(options_out.read_text()), cfg, spec_out)
+        spec = FeatureSpec.load(spec_out)
+        check_features(spec, spec_out)
+        check_stats(spec, _read_stats(stats_out), stats_out)
         return spec_out, stats_out
     # Recorded before the spec and stats are written: they never exist without it.
     tmp = options_out.with_name(f".{options_out.name}.tmp")
@@ -60,8 +64,10 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
     )
     if given is not None:
         spec = given
+        check_features(spec, cfg.spec)  # before profiling: nothing to train on
         stats_in = Path(cfg.spec).with_name("stats.json")
         if stats_in.exists():
+            check_stats(spec, _read_stats(stats_in), stats_in)
             if Path(cfg.spec).resolve() != spec_out.resolve():
                 spec.save(spec_out)
                 shutil.copyfile(stats_in, stats_out)
@@ -78,6 +84,7 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
             key=cfg.key,
             include_partitions=cfg.include_partitions,
         )
+        check_features(spec, f"the spec inferred from {cfg.source} (--label {cfg.label})")
         if source.format in ("csv", "json"):  # profile text as the inferred spec's types
             source = Source(cfg.source, format=cfg.format, types=spec.declared_types())
     result = run_scan(
@@ -89,14 +96,114 @@ def prepare(cfg: TrainConfig) -> tuple[Path, Path]:
     )
     if result.accounting.rows_out == 0:
         raise TrainerError(
-            f"{cfg.source}: no valid rows to train on: all {result.accounting.rows_in} rows read "
-            f"failed validation (reasons per row in {out / 'quarantine.parquet'})"
+            _no_valid_rows(cfg.source, result.accounting, out / "quarantine.parquet")
         )
-    spec.save(spec_out)
     assert result.stats is not None
+    # The profile of the data itself: a negative weight column shows here (its min).
+    check_stats(spec, result.stats, f"the profile of {cfg.source}")
+    spec.save(spec_out)
     write_stats(result.stats, stats_out)
     log.info("profiled: %s", json.dumps(result.accounting.to_dict()))
     return spec_out, stats_out
+
+
+def check_features(spec: FeatureSpec, where: Any) -> None:
+    """Refuse a spec without a numeric or categorical feature before any training: the model
+    would be a bias alone (a whole run for nothing, and one the export refuses)."""
+    if not spec.numeric and not spec.categorical:
+        ignored = f" (ignored: {', '.join(spec.ignore)})" if spec.ignore else ""
+        raise TrainerError(
+            f"{where}: the spec has no features, only the label {spec.label.name!r}{ignored}: "
+            "give the data feature columns, or add numeric/categorical features to the spec"
+        )
+
+
+def _read_stats(path: Path) -> dict[str, Any]:
+    try:
+        stats = load_stats(path)
+    except (OSError, ValueError) as exc:
+        raise TrainerError(
+            f"{path}: cannot read the stats ({exc}); fix or delete it (without it, the "
+            "source is profiled)"
+        ) from None
+    if not isinstance(stats, dict):
+        raise TrainerError(f"{path}: not a stats.json object; fix or delete it")
+    return stats
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_stats(spec: FeatureSpec, stats: dict[str, Any], where: Any) -> None:
+    """Raise :class:`TrainerError` unless ``stats`` gives what the model and the loss need:
+    a finite mean and std of every numeric feature (and of a regression label), and a weight
+    column that is never negative.
+
+    Checked once, before any worker starts: a stats.json beside ``--spec`` written for
+    another spec failed in every worker with a bare ``KeyError`` on the feature's name.
+    """
+    hint = (
+        "the stats must come from profiling this spec's data: delete it to profile the source "
+        "here, or make it with `conveyor ingest profile`"
+    )
+    numeric = stats.get("numeric")
+    if not isinstance(numeric, dict):
+        numeric = {}
+    for name in spec.numeric_names:
+        entry = numeric.get(name)
+        if not isinstance(entry, dict):
+            raise TrainerError(f"{where}: no statistics of numeric feature {name!r}; {hint}")
+        for key in ("mean", "std"):
+            if not _finite(entry.get(key)):
+                raise TrainerError(
+                    f"{where}: numeric feature {name!r} has {key} {entry.get(key)!r}, not a "
+                    f"finite number; {hint}"
+                )
+    if spec.label.task == "regression":
+        label = stats.get("label")
+        for key in ("mean", "std"):
+            value = label.get(key) if isinstance(label, dict) else None
+            if not _finite(value):
+                raise TrainerError(
+                    f"{where}: regression label {spec.label.name!r} has {key} {value!r}, not a "
+                    f"finite number; {hint}"
+                )
+    weight = stats.get("weight")
+    if spec.weight is not None and isinstance(weight, dict) and _finite(weight.get("min")):
+        if weight["min"] < 0:
+            # A negative weight turns that row's loss into a gain: the optimizer pushes the
+            # model away from its label, and the weighted metrics stop meaning anything.
+            raise TrainerError(
+                f"{where}: weight column {spec.weight!r} has negative values (min "
+                f"{weight['min']}); weights must be >= 0: fix the column, or train without it"
+            )
+        if _finite(weight.get("max")) and weight["max"] <= 0 and weight.get("count", 0) > 0:
+            raise TrainerError(
+                f"{where}: weight column {spec.weight!r} is 0 in every row: no row would count "
+                "in the loss or the metrics; fix the column, or train without it"
+            )
+
+
+def _no_valid_rows(source: str, accounting: Any, quarantine: Path) -> str:
+    """The error of a source whose every row was quarantined: the rules that did it and the
+    first row's reason (which names the column), so it says what to change."""
+    rules = ", ".join(f"{rule}: {n}" for rule, n in sorted(accounting.quarantined_by_rule.items()))
+    first = ""
+    try:
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(quarantine).iter_batches(batch_size=1, columns=["_reason"]))
+        if batch.num_rows:
+            first = f"; the first: {batch.column(0)[0].as_py()}"
+    except Exception:  # the reasons are a help, not the error: say what we know without them
+        pass
+    return (
+        f"{source}: no valid rows to train on: all {accounting.rows_in} rows read failed "
+        f"validation (rows per rule: {rules or 'none recorded'}{first}). Fix the data, or "
+        "change the spec (ignore the column, or an impute policy for the rule); reasons per "
+        f"row in {quarantine}"
+    )
 
 
 def load_prepared(cfg: TrainConfig) -> tuple[FeatureSpec, dict[str, Any]]:

@@ -15,3 +15,12 @@ class CheckpointError(TrainerError):
 
 class ExportError(TrainerError):
     """The model repository cannot be written (not a directory, no permission ...)."""
+
+
+class Interrupted(TrainerError):
+    """The run was stopped by a signal (Ctrl-C, SIGTERM); it exits 128 + the signal's number,
+    as a shell reports a process killed by it, and continues with ``--resume``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import ConveyorError
-from conveyor.trainer.errors import TrainerError
+from conveyor.trainer.errors import Interrupted, TrainerError
 
 log = logging.getLogger("conveyor.trainer")
 
@@ -131,17 +132,41 @@ class _QuietAfterUserError(logging.Filter):
         return _user_error(self.errors_dir) is None
 
 
+# The launcher's agent logs the signal that stops it; the multiprocessing logger then each
+# worker it closes.
+_AGENT_LOGGER = "torch.distributed.elastic.agent.server.api"
+
+
+class _QuietOnSignal(logging.Filter):
+    """Drops the launcher's warnings of a stop by signal (Ctrl-C, SIGTERM) and of the workers
+    it closes for it: :func:`launch` says it in one line (``interrupted ...``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "death signal" in record.getMessage():
+            self.stopping = True
+        return not self.stopping
+
+
 @contextlib.contextmanager
 def _quiet_launcher(errors_dir: str) -> Iterator[None]:
-    quiet = _QuietAfterUserError(errors_dir)
+    quiet, on_signal = _QuietAfterUserError(errors_dir), _QuietOnSignal()
     loggers = [logging.getLogger(name) for name in _LAUNCHER_LOGGERS]
+    agent = logging.getLogger(_AGENT_LOGGER)
     for logger in loggers:
         logger.addFilter(quiet)
+        logger.addFilter(on_signal)
+    agent.addFilter(on_signal)
     try:
         yield
     finally:
         for logger in loggers:
             logger.removeFilter(quiet)
+            logger.removeFilter(on_signal)
+        agent.removeFilter(on_signal)
 
 
 def _worker(config: dict[str, Any], log_level: str, errors_dir: str) -> dict[str, Any] | None:
@@ -171,6 +196,7 @@ def launch(config: dict[str, Any], nproc: int, log_level: str = "info") -> dict[
     raises :class:`TrainerError` naming the rank and its error (a worker's ConveyorError as
     its one line, without torch's report of the failure).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -197,6 +223,14 @@ def launch(config: dict[str, Any], nproc: int, log_level: str = "info") -> dict[
                 _raise_failure(exc)
             rank, message = user_error
             raise TrainerError(f"worker rank {rank}: {message}") from None
+        except SignalException as exc:
+            # The launcher turns SIGINT/SIGTERM into this exception after stopping the
+            # workers: a stop asked for, like Ctrl-C of one process (exit 130), not a crash
+            # to report with torch's traceback.
+            name = signal.Signals(exc.sigval).name
+            raise Interrupted(
+                f"interrupted by {name}; continue with --resume", int(exc.sigval)
+            ) from None
     return results.get(0)
 
 

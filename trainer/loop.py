@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from conveyor.ingest.errors import LoaderStateError
 from conveyor.ingest.loader import Batch
 from conveyor.trainer import checkpoint, resume
 from conveyor.trainer.config import TrainConfig
@@ -39,7 +40,7 @@ from conveyor.trainer.data import load_prepared, make_loaders, prepare
 from conveyor.trainer.errors import CheckpointError, TrainerError
 from conveyor.trainer.launch import DistEnv, env_from_environ, init_process_group, set_threads
 from conveyor.trainer.metrics import MetricSums, row_losses
-from conveyor.trainer.model import build_model
+from conveyor.trainer.model import MLP_LAYOUT, build_model, upgrade_mlp_keys
 from conveyor.trainer.report import Progress, epoch_line, write_history
 from conveyor.trainer.schedule import make_scheduler
 
@@ -177,7 +178,26 @@ class Trainer:
         # Before any load_state_dict: a changed option is named, not a size mismatch.
         _check_checkpoint(path, ckpt, self.cfg, self.env.world_size, self.task)
         saved = ckpt.get("config", {})
-        self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("mlp_layout", 1) < MLP_LAYOUT and saved.get("dropout", 0.1) == 0:
+            # Written when dropout 0 meant no Dropout layers: renumber, so that checkpoints of
+            # runs started before the change still resume (with any --dropout).
+            for name in ("model", "best_model"):
+                if ckpt.get(name) is not None:
+                    ckpt[name] = upgrade_mlp_keys(
+                        ckpt[name], len(saved["hidden"]), bool(saved.get("layer_norm"))
+                    )
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            # The options that shape the model are compared first (resume.check_options);
+            # this is a checkpoint made by other code, not a flag to change. torch's first
+            # line only says "Error(s) in loading state_dict": show the one after it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise CheckpointError(
+                f"--resume: checkpoint {path} holds another model than this run builds "
+                f"({lines[min(1, len(lines) - 1)] if lines else exc}); start a new run in "
+                "another --out"
+            ) from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -204,7 +224,15 @@ class Trainer:
                     ", continuing the finished run" if was_done and more else "",
                 )
         mine = ckpt["ranks"][self.env.rank]
-        self.train_loader.load_state_dict(mine["loader"])
+        try:
+            self.train_loader.load_state_dict(mine["loader"])
+        except LoaderStateError as exc:
+            # The checkpoint's reader position is only meaningful over the rows it was taken
+            # over: files added, removed or rewritten since cannot continue exactly.
+            raise CheckpointError(
+                f"--resume: {self.cfg.source} is not the data checkpoint {path} was taken over "
+                f"({exc}); resume with the original data, or start a new run in another --out"
+            ) from None
         self.train_sums.load_state_dict(mine["train_sums"])
         _set_rng_state(mine["rng"])
         if self.env.is_main:
@@ -227,6 +255,7 @@ class Trainer:
             return
         state = {
             "version": CKPT_VERSION,
+            "mlp_layout": MLP_LAYOUT,
             "world_size": self.env.world_size,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -349,6 +378,24 @@ class Trainer:
                 f"{cfg.source}: epoch {st.epoch} had no valid training rows: every row read was "
                 "quarantined or invalid (see the run directory's quarantine.parquet and "
                 "`conveyor ingest validate`)"
+            )
+        if "loss" not in train:
+            # MetricSums leaves the loss out when the weights summed to <= 0: every row's
+            # loss was multiplied by 0, so nothing was learned and no metric is defined.
+            raise TrainerError(
+                f"{cfg.source}: epoch {st.epoch}: the weight column {self.spec.weight!r} sums "
+                f"to <= 0 over its {int(train['rows'])} training rows: no row counted in the "
+                "loss; fix the weights (they must be >= 0, some > 0), or train without --weight"
+            )
+        if not math.isfinite(train["loss"]):
+            # As Lightning's check_finite: a diverged run stops here, on every rank (the sums
+            # are all-reduced), before its checkpoint and before any export, so a NaN model
+            # is never published as a new version.
+            raise TrainerError(
+                f"{cfg.source}: epoch {st.epoch}: the training loss is {train['loss']} (the "
+                "weights diverged); nothing was exported. Start again in a new --out with a "
+                "lower --lr, a longer --warmup-steps or --clip-norm, and check the data for "
+                "extreme values"
             )
         val = self.evaluate()
         rec: dict[str, Any] = {

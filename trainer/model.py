@@ -7,7 +7,8 @@
 * each categorical id ``[B, C]`` (0 = out of vocabulary) goes through an embedding bag of
   ``embedding_dim`` values; the C features share one table, each with its own id range;
 * the concatenation feeds an MLP of ``hidden`` widths: linear + activation (one fused op where
-  ``conveyor.kernels`` provides it, see :func:`make_linear`), optional layer norm, dropout;
+  ``conveyor.kernels`` provides it, see :func:`make_linear`), optional layer norm, dropout
+  (always a layer, p = 0 too, so the parameter names do not depend on it);
 * a linear head gives 1 logit (binary: class ``classes[1]``; regression: the standardised
   target) or K logits (multiclass).
 """
@@ -124,8 +125,10 @@ class TabularModel(nn.Module):
             layers.append(make_linear(width, h, activation))
             if layer_norm:
                 layers.append(nn.LayerNorm(h))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            # Always present, p = 0 included (then an identity): the parameter names
+            # (``mlp.N.*``) must not depend on the dropout, or a run resumed with another
+            # --dropout could not load its own checkpoint.
+            layers.append(nn.Dropout(dropout))
             width = h
         self.mlp = nn.Sequential(*layers)
         self.head = make_linear(width, out_dim, "none")
@@ -141,6 +144,30 @@ class TabularModel(nn.Module):
             emb = self.embeddings(ids)
             parts.append(emb.reshape(categorical.shape[0], self.n_categorical * self.embedding_dim))
         return self.head(self.mlp(torch.cat(parts, dim=1)))
+
+
+# Version of the MLP's layer numbering, recorded in checkpoints. 1 (unrecorded): a run with
+# dropout 0 had no Dropout layers, so its ``mlp.N`` indices were packed tighter; 2: every hidden
+# layer has one (see TabularModel).
+MLP_LAYOUT = 2
+
+
+def upgrade_mlp_keys(
+    state: dict[str, Any], n_hidden: int, layer_norm: bool, prefix: str = "mlp."
+) -> dict[str, Any]:
+    """``state`` (a TabularModel state dict of layout 1 made with dropout 0) with its
+    ``mlp.N`` keys renumbered to the current layout; other keys are kept as they are."""
+    old_step = 2 if layer_norm else 1  # linear (+ norm) per hidden layer
+    new_step = old_step + 1  # + dropout
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, _, rest = key[len(prefix) :].partition(".")
+            if index.isdigit() and int(index) < n_hidden * old_step:
+                layer, offset = divmod(int(index), old_step)
+                key = f"{prefix}{layer * new_step + offset}.{rest}"
+        out[key] = value
+    return out
 
 
 def output_dim(spec: FeatureSpec) -> int:

@@ -36,10 +36,14 @@ _GOLDEN = pa.scalar(-7046029254386353131, pa.int64())  # 0x9E3779B97F4A7C15 as a
 
 def _hashable(column: str, schema: pa.Schema) -> ds.Expression:
     typ = schema.field(column).type
-    if pa.types.is_integer(typ):
-        return pc.field(column).cast(pa.int64())
-    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
-        return pc.field(column).cast(pa.int64())
+    if pa.types.is_integer(typ) or pa.types.is_timestamp(typ) or pa.types.is_date64(typ):
+        # Unchecked: a uint64 key past 2**63 wraps to a negative int64 (fine for a hash, and
+        # the same bits on every run), where the checked cast failed the scan, which the
+        # reader then reported as a corrupt file. Values that fit are cast exactly as before.
+        return pc.field(column).cast(pa.int64(), safe=False)
+    if pa.types.is_date32(typ):
+        # Arrow has no date32 -> int64 cast; date32 is an int32 of days, widened exactly.
+        return pc.field(column).cast(pa.int32()).cast(pa.int64())
     raise TrainerError(
         f"split column {column!r} has type {typ}; it must be an integer or a timestamp "
         "(give another with --split-column)"

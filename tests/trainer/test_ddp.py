@@ -108,3 +108,38 @@ def test_empty_batch_on_one_rank_under_torchrun(tmp_path: Path) -> None:
     for rec in summary["history"]:
         assert rec["train"]["rows"] == 9 and torch.isfinite(torch.tensor(rec["train"]["loss"]))
     assert (tmp_path / "repo" / "tiny" / "1" / "model.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_ctrl_c_or_sigterm_of_nproc_2_is_one_line(tmp_path: Path, sig: int, group: bool) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the launcher: exit
+    128 + the signal's number and one line, not torch's ~30-line SignalException traceback."""
+    table = tabular(600, seed=5)
+    data = tmp_path / "d.parquet"
+    pq.write_table(table, data)
+    spec = write_spec(tmp_path, table)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "conveyor", *_train_args(data, spec, out, "--nproc", "2")]
+    proc = subprocess.Popen(
+        cmd,
+        env=hold_after_checkpoint(5),  # held after its first checkpoint until signalled
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not list_checkpoints(out):
+        time.sleep(0.01)
+    assert list_checkpoints(out), "no checkpoint"
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    lines = [line for line in err.splitlines() if " info " not in line]
+    assert lines == [
+        f"conveyor: error: interrupted by {signal.Signals(sig).name}; continue with --resume"
+    ], err

@@ -87,3 +87,16 @@ def test_make_linear_falls_back_to_torch_with_the_same_math() -> None:
         torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-4)
         expected = torch.nn.functional.gelu(x @ layer.weight.T + layer.bias)
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_parameter_names_do_not_depend_on_dropout(layer_norm: bool) -> None:
+    # A checkpoint of one --dropout must load into the model of another (resume may change it).
+    names = [
+        list(_model(hidden=(8, 4), dropout=p, layer_norm=layer_norm).state_dict())
+        for p in (0.0, 0.3)
+    ]
+    assert names[0] == names[1]
+    _model(hidden=(8, 4), dropout=0.3, layer_norm=layer_norm).load_state_dict(
+        _model(hidden=(8, 4), dropout=0.0, layer_norm=layer_norm).state_dict()
+    )

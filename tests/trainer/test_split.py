@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from trainer_fixtures import make_config, tabular
@@ -93,3 +95,40 @@ def test_loaders_read_disjoint_splits_over_ranks(tmp_path: Path, key: str | None
     # The counts were cached in the run directory: one entry per piece and part without a key
     # (the key path's filters too), so other ranks and a resumed run need not count.
     assert (tmp_path / "run" / "row_counts.json").exists()
+
+
+def test_int64_keys_keep_their_split() -> None:
+    # Pinned buckets: the split of every run made so far must not move.
+    from conveyor.trainer.split import _hashable, bucket
+
+    table = pa.table({"k": pa.array([0, 5, -1, 7, 2**62], pa.int64())})
+    expr = bucket(_hashable("k", table.schema), seed=0)
+    buckets = ds.dataset(table).to_table(columns={"b": expr})["b"].to_pylist()
+    assert buckets[:4] == [0, 5472, 51334, 33876]
+
+
+@pytest.mark.parametrize("kind", ["uint64", "date32"])
+def test_uint64_and_date32_split_columns_are_hashed(tmp_path: Path, kind: str) -> None:
+    """A uint64 value >= 2**63 failed the checked cast to int64, and date32 has no int64 cast;
+    the reader reported either as a "corrupt or truncated parquet file"."""
+    from conveyor.trainer.data import load_prepared, make_loaders, prepare
+
+    n = 400
+    if kind == "uint64":
+        column = pa.array(np.arange(n, dtype=np.uint64) + np.uint64(2**63 - 200), pa.uint64())
+    else:
+        column = pa.array(np.arange(n, dtype=np.int32) - 200, pa.int32()).cast(pa.date32())
+    table = tabular(n).drop_columns(["id"]).append_column("k", column)
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path)
+    train_f, val_f = holdout_filters(_spec(None), table.schema, 0.25, column="k")
+    val_rows = table.filter(val_f).num_rows
+    assert table.filter(train_f).num_rows + val_rows == n and 50 < val_rows < 150
+    again = holdout_filters(_spec(None), table.schema, 0.25, column="k")[1]
+    assert table.filter(again).equals(table.filter(val_f))  # the same rows every time
+    cfg = make_config(tmp_path, path, key=None, split_column="k", prefetch=0, val_fraction=0.25)
+    prepare(cfg)
+    spec, stats = load_prepared(cfg)
+    train, val = make_loaders(cfg, spec, stats, world_size=1, rank=0)
+    assert sum(len(b) for b in train) + sum(len(b) for b in val) == n
+    assert sum(len(b) for b in val) == val_rows
