@@ -685,12 +685,14 @@ class Batcher:
     def _execute(self, batch: list[Pending]) -> None:
         """Run a batch; if it fails and holds several requests, run each alone, so
         one bad request fails only itself and not the requests batched with it."""
-        if self._execute_batch(batch, isolate=len(batch) > 1):
+        taken = time.monotonic()
+        if self._execute_batch(batch, isolate=len(batch) > 1, taken=taken):
             return
         for i, pending in enumerate(batch):
             # If this run hangs and is abandoned, the watchdog requeues batch[i + 1:]
-            # and _Abandoned ends this loop when the model returns.
-            self._execute_batch([pending], isolate=False, rest=batch[i + 1 :])
+            # and _Abandoned ends this loop when the model returns. Queued until the
+            # batch was taken: the failed run and earlier re-runs are compute.
+            self._execute_batch([pending], isolate=False, rest=batch[i + 1 :], taken=taken)
 
     def _requeue(self, requests: list[Pending]) -> None:
         """Put taken, unrun requests back at the head of their queues, in order (lock held).
@@ -709,13 +711,19 @@ class Batcher:
         self._cond.notify()
 
     def _execute_batch(
-        self, batch: list[Pending], isolate: bool, rest: list[Pending] | None = None
+        self,
+        batch: list[Pending],
+        isolate: bool,
+        rest: list[Pending] | None = None,
+        taken: float | None = None,
     ) -> bool:
         """Returns False (posting nothing) when the batch failed and ``isolate`` is set.
-        ``rest``: requests still to run after this one (see ``_Execution.rest``)."""
+        ``rest``: requests still to run after this one (see ``_Execution.rest``);
+        ``taken``: when the requests left the queue (``time.monotonic()``; default now),
+        the end of their queue time."""
         t0 = time.perf_counter_ns()
         rows = sum(p.rows for p in batch)
-        now = time.monotonic()
+        now = time.monotonic() if taken is None else taken
         queue_ns = int((now * len(batch) - sum(p.arrival for p in batch)) * 1e9)
         inputs: list[np.ndarray] = []
         outputs: list[np.ndarray] = []

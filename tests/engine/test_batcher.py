@@ -659,6 +659,7 @@ def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> No
     from conveyor.engine.metrics import ServerMetrics
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        time.sleep(0.3)
         raise RuntimeError("model failed")
 
     metrics = ServerMetrics()
@@ -687,6 +688,11 @@ def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> No
     assert count("conveyor_queue_duration_seconds_count") == 3
     assert count("conveyor_compute_duration_seconds_count") >= 3
     assert count("conveyor_batch_size_count") == 0 and count("conveyor_rows_total") == 0
+    # Queued until the batch was taken: the failed run (0.3 s) and the re-runs before a
+    # request's own are compute, not queue (they read 0.3, 0.6 and 0.9 s more).
+    queued = count("conveyor_queue_duration_seconds_sum")
+    computed = count("conveyor_compute_duration_seconds_sum")
+    assert queued is not None and computed is not None and queued < computed / 2
 
 
 def test_statistics_charge_each_request_the_whole_batch_compute_time() -> None:
