@@ -629,7 +629,8 @@ class DriftMonitor:
             # inputs', so the inputs' being scored says nothing of it.
             was = any(f.kind == "prediction" for f in self._report.features)
             pred_needed = settings.rows_to_keep_scoring if was else settings.rows_to_score
-            if scored and sum(int(p[0, 1:-1].sum()) for p in scored) >= pred_needed:
+            # Every finite prediction counts, below the reference's range too (slot 0).
+            if scored and sum(int(p[0, :-1].sum()) for p in scored) >= pred_needed:
                 counts = sum(scored)
                 report.features += _numeric_scores(
                     self._pred_names, counts, self._pred_shares, "prediction"

@@ -348,6 +348,11 @@ def test_the_prediction_needs_min_rows_before_it_is_first_scored(tmp_path: Path)
     feed(20, shift=5.0)  # 40 rows: scored, and far outside its reference
     report = mon.report()
     assert report.features[-1].kind == "prediction" and report.alert
+    # Below the reference's range as well as above: such rows were not counted, so the
+    # prediction went unscored and its alert was missed.
+    feed(100, shift=-5.0)
+    report = mon.report()
+    assert report.features[-1].kind == "prediction" and report.features[-1].psi > 1
 
 
 def test_infinities_stay_out_of_the_bins_like_nan(tmp_path: Path) -> None:
