@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error(f"--pairs must be >= 1, got {args.pairs}")
-    if not args.duration > 0:
-        parser.error(f"--duration must be > 0, got {args.duration:g}")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        parser.error(f"--duration must be a finite number > 0, got {args.duration:g}")
 
     rates: dict[tuple[str, int, int], list[float]] = {}
     cpu: dict[tuple[str, int, int], list[float]] = {}  # server CPU us per row

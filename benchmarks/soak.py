@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         server = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
              "--port", str(port), "--max-queue-size", str(args.max_queue_size),
-             "--log-level", "error"],
+             "--metrics-port", "-1", "--log-level", "error"],
             env=env,
         )  # fmt: skip
         try:

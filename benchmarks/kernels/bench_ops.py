@@ -688,10 +688,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    if not args.min_time > 0:
-        parser.error(f"--min-time must be > 0, got {args.min_time:g}")
-    if args.max_seconds < 0:
-        parser.error(f"--max-seconds must be >= 0 (0: no limit), got {args.max_seconds:g}")
+    if not (math.isfinite(args.min_time) and args.min_time > 0):
+        parser.error(f"--min-time must be a finite number > 0, got {args.min_time:g}")
+    if not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
+        parser.error(
+            f"--max-seconds must be a finite number >= 0 (0: no limit), got {args.max_seconds:g}"
+        )
     global LARGE_ONLY
     LARGE_ONLY = args.large_only
     for spec in filter(None, args.embedding_bag_shapes.split(";")):

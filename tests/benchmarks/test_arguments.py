@@ -11,6 +11,7 @@ CASES = [
     # (script, argv, what the error line must say)
     ("drift_bench.py", ["--pairs", "0"], ["--pairs", "0"]),
     ("drift_bench.py", ["--duration", "0"], ["--duration", "0"]),
+    ("drift_bench.py", ["--duration", "inf"], ["--duration", "inf"]),
     ("serve_bench.py", ["--points", "64"], ["--points", "'64'", "1x1,8x1,64x1,256x1,8x64"]),
     ("serve_bench.py", ["--points", "16x1"], ["--points", "'16x1'", "8x64"]),
     ("serve_bench.py", ["--points", "abc"], ["--points", "'abc'"]),
@@ -30,6 +31,8 @@ CASES = [
     ("kernels/bench_ops.py", ["--ops", "bogus"], ["--ops", "'bogus'", "layer_norm", "mlp"]),
     ("kernels/bench_ops.py", ["--threads", "0"], ["--threads", "0"]),
     ("kernels/bench_ops.py", ["--min-time", "0"], ["--min-time", "0"]),
+    ("kernels/bench_ops.py", ["--min-time", "inf"], ["--min-time", "inf"]),
+    ("kernels/bench_ops.py", ["--max-seconds", "nan"], ["--max-seconds", "nan"]),
     ("histogram_bench.py", ["--repeat", "0"], ["--repeat", "0"]),
     ("histogram_bench.py", ["--rows", "0"], ["--rows", "0"]),
     ("histogram_bench.py", ["--bins", "0"], ["--bins", "0", "2 edges"]),
