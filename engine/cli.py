@@ -160,6 +160,12 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise ServeError(
             f"--metrics-port must be 0..65535 (0 = any free) or -1 (none), got {args.metrics_port}"
         )
+    if args.metrics_port == args.port != 0:
+        # As the embedded Server refuses it; with --workers the parent binds the metrics
+        # port first, and the workers then failed "port in use" by their own endpoint.
+        raise ServeError(
+            f"--metrics-port {args.metrics_port} is the gRPC port too: give them different ports"
+        )
     _check_ranges(
         out_of_range,
         ("--poll-interval", "poll_interval", args.poll_interval),

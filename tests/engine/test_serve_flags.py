@@ -78,6 +78,11 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
         # -2 was taken as "no endpoint", 70000 was an OverflowError traceback.
         (["--metrics-port", "-2"], "--metrics-port must be 0..65535 (0 = any free) or -1"),
         (["--metrics-port", "70000"], "got 70000"),
+        # With --workers, two workers started and failed "port in use" by the endpoint.
+        (
+            ["--port", "18211", "--metrics-port", "18211", "--workers", "2"],
+            "--metrics-port 18211 is the gRPC port too",
+        ),
         # A 22-line traceback before, ending in "ValueError: version_policy: ...".
         (
             ["--version-policy", "bogus"],
