@@ -104,9 +104,11 @@ def scrape(url: str, timeout: float = 5.0) -> Samples:
 def server_side(before: Samples, after: Samples, model: str) -> dict[str, float | None]:
     """What the server measured between two scrapes, for ``model``.
 
-    ``server_request_ms``, ``server_queue_ms``, ``server_compute_ms``: mean seconds -> ms per
-    request (None when the server has no such histogram); ``server_batch_size``: mean rows per
-    executed batch; ``server_requests``: requests the server counted, all codes.
+    ``server_request_ms``, ``server_queue_ms``: mean ms per request; ``server_compute_ms``:
+    mean ms per executed batch (the compute histogram has one observation per batch, a
+    request charged its batch's time); None when the server has no such histogram.
+    ``server_batch_size``: mean rows per executed batch; ``server_requests``: requests the
+    server counted, all codes.
     """
 
     def delta(name: str) -> float | None:

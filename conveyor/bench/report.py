@@ -139,8 +139,9 @@ def point_line(p: Mapping[str, Any]) -> str:
     server = ""
     if p.get("server_queue_ms") is not None or p.get("server_batch_size") is not None:
         server = (
-            f"  server: queue {_ms(p.get('server_queue_ms'))} compute "
-            f"{_ms(p.get('server_compute_ms'))} batch {_num(p.get('server_batch_size'))}"
+            f"  server: queue {_ms(p.get('server_queue_ms'))}/request, compute "
+            f"{_ms(p.get('server_compute_ms'))}/batch, mean batch "
+            f"{_num(p.get('server_batch_size'))}"
         )
     shortfall = ""
     if p["mode"] == "open" and p.get("sent_s", p["offered_s"]) < p["offered_s"]:

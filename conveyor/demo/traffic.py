@@ -215,8 +215,8 @@ def phase_lines(result: PhaseResult, has_metrics: bool) -> list[str]:
     ]
     if s.get("server_queue_ms") is not None:
         lines.append(
-            f"server: queue {s['server_queue_ms']:.3f} ms, compute "
-            f"{s.get('server_compute_ms') or 0:.3f} ms per request, mean batch "
+            f"server: queue {s['server_queue_ms']:.3f} ms per request, compute "
+            f"{s.get('server_compute_ms') or 0:.3f} ms per batch, mean batch "
             f"{s.get('server_batch_size') or 0:.1f} rows"
         )
     if result.drift is None:
