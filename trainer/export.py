@@ -63,6 +63,11 @@ from conveyor.versions import MAX_VERSION, version_directory
 PLATFORM = "torchscript"
 
 
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as a Python float)."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
 class _Serving(nn.Module):
     """Raw inputs -> logits: the spec's imputation and vocabulary lookup in TorchScript,
     then the training model.
@@ -102,8 +107,11 @@ class _Serving(nn.Module):
             fills.append(float(f.impute) if known else 0.0)
             fill_nan.append(known and nan_rule)
             fill_range.append(known and range_rule)
-            lows.append(float("-inf") if lo is None else float(lo))
-            highs.append(float("inf") if hi is None else float(hi))
+            # Rounded to float32 as the FP32 inputs are (monotone: lo <= x <= hi keeps
+            # f32(lo) <= f32(x) <= f32(hi)); float32(0.3) > 0.3, so a value at the bound,
+            # in range for the reader, was imputed here.
+            lows.append(float("-inf") if lo is None else _float32(lo))
+            highs.append(float("inf") if hi is None else _float32(hi))
         self.imputes = any(fill_nan) or any(fill_range)
         self.register_buffer("fill_value", torch.tensor(fills, dtype=torch.float32))
         self.register_buffer("fill_nan", torch.tensor(fill_nan, dtype=torch.bool))
@@ -132,7 +140,8 @@ class _Serving(nn.Module):
             raise ValueError("numeric: expected shape [batch, " + str(self.n_numeric) + "]")
         if not self.imputes:
             return numeric.to(torch.float32)
-        # Bounds compared in float64, as the reader compares the column's own values.
+        # Against bounds rounded to float32 (see __init__): an FP32 input meets them as
+        # the reader met the column's float64 value.
         wide = numeric.to(torch.float64)
         missing = ~torch.isfinite(wide) & self.fill_nan
         outside = ((wide < self.low) | (wide > self.high)) & self.fill_range

@@ -139,6 +139,32 @@ def test_the_program_imputes_what_the_reader_imputes(tmp_path: Path) -> None:
     torch.testing.assert_close(torch.tensor(served["probability"]), want, atol=1e-6, rtol=1e-6)
 
 
+def test_a_value_at_a_range_bound_is_served_as_trained(tmp_path: Path) -> None:
+    # The reader compares the column's float64 values with the bounds; the program gets
+    # FP32 inputs, and float32(0.3) > 0.3: x = 0.3 exactly was trained as 0.3 and served
+    # as the impute value (the review's run: 0.370 served against 0.641 trained).
+    from conveyor.ingest.spec import Label, NumericFeature
+
+    rows = {"a": [0.3, 0.29, 0.1, 0.0, 0.5]}
+    data = tmp_path / "d.parquet"
+    pq.write_table(pa.table({**rows, "y": [0, 1, 0, 1, 0]}), data)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature("a", min=0.1, max=0.3, impute=5.0)],
+        policies={"range": "impute"},
+    )
+    stats = {"numeric": {"a": {"mean": 0.2, "std": 0.1, "count": 5, "min": 0.0, "max": 0.5}}}
+    torch.manual_seed(0)
+    model = build_model(spec, stats, hidden=(4,)).eval()
+    version = export_version(tmp_path / "repo", "m", model, spec, stats, {})
+    served = _serve(version, {"numeric": [[a] for a in rows["a"]], "categorical": []})
+    batch = next(iter(StreamLoader(str(data), spec, batch_size=8, prefetch=0)))
+    assert batch.features[:, 0].tolist() == pytest.approx([0.3, 0.29, 0.1, 5.0, 5.0])
+    with torch.no_grad():
+        want = torch.sigmoid(model(batch.features, batch.categorical))
+    torch.testing.assert_close(torch.tensor(served["probability"]), want, atol=1e-6, rtol=1e-6)
+
+
 def test_config_json_contract(tmp_path: Path) -> None:
     table = tabular(8)
     spec = FeatureSpec.load(write_spec(tmp_path, table))
