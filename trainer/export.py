@@ -63,10 +63,10 @@ from conveyor.versions import MAX_VERSION, version_directory
 PLATFORM = "torchscript"
 
 
-
 def _float32(value: float) -> float:
     """``value`` rounded to the nearest float32 (as a Python float)."""
     return torch.tensor(value, dtype=torch.float32).item()
+
 
 class _Serving(nn.Module):
     """Raw inputs -> logits: the spec's imputation and vocabulary lookup in TorchScript,
