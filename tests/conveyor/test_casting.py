@@ -41,6 +41,13 @@ def test_int_and_bool_categories_are_sent_as_the_trainers_keys(kind: str) -> Non
     assert _sent(TABLE_INFO, table, "categorical") == [b"7", b"true", b"42", b"false"]
 
 
+def test_an_int_column_that_pandas_made_float_keeps_the_int_keys() -> None:
+    # An integer column with a missing value is float64 in pandas, still so once the row
+    # is dropped: 42.0 was sent as "42.0", silently out of vocabulary.
+    rows = pd.DataFrame({**ROWS, "country": [7.0, 42.0]})
+    assert _sent(TABLE_INFO, rows, "categorical") == [b"7", b"true", b"42", b"false"]
+
+
 def test_string_and_bool_columns_side_by_side_keep_their_own_keys() -> None:
     rows = {"amount": [1.0], "age": [2], "country": ["FR"], "flag": np.array([True])}
     assert _sent(TABLE_INFO, rows, "categorical") == [b"FR", b"true"]

@@ -300,3 +300,6 @@ def test_bad_model_name_is_an_error(tmp_path: Path) -> None:
 
 def test_category_keys() -> None:
     assert [category_key(v) for v in ("a", 42, True, False)] == ["a", "42", "true", "false"]
+    # pandas' float64 for an integer column with a missing value: the same keys as ints.
+    keys = [category_key(v) for v in (30.0, -2.0, 2.5, float("nan"))]
+    assert keys == ["30", "-2", "2.5", "nan"]
