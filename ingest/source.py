@@ -43,6 +43,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
+from conveyor.ingest import csv_rows
 from conveyor.ingest.errors import FormatError, SourceError
 from conveyor.ingest.formats import FORMATS
 from conveyor.ingest.split import SplitConfig
@@ -432,6 +433,7 @@ class Source:
             if self.format == "csv":
                 # Types are inferred from the first block; ragged rows are skipped here and
                 # reported when the file is read.
+                csv_rows.install()
                 with self.filesystem.open_input_stream(path, compression="detect") as fh:
                     reader = pacsv.open_csv(
                         fh,
@@ -445,6 +447,9 @@ class Source:
                     return _text_schema(reader.schema, path)
             return self._ds_format.inspect(path, filesystem=self.filesystem)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            detail = csv_rows.undecodable_row(exc) if self.format == "csv" else None
+            if detail is not None:
+                raise SourceError(path, detail) from None
             raise SourceError(path, f"corrupt or unreadable {self.format} file: {exc}") from None
 
     def _partition_schema(self) -> pa.Schema:
@@ -613,8 +618,9 @@ class Source:
             else:
                 yield from self._read_json(frag, piece, cols, filter)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            detail = csv_rows.undecodable_row(exc) if self.format == "csv" else None
             raise SourceError(
-                piece.path, f"corrupt or truncated {self.format} file: {exc}"
+                piece.path, detail or f"corrupt or truncated {self.format} file: {exc}"
             ) from None
 
     def _read_binary(self, frag, piece: Piece, cols, filter) -> Iterator[Chunk]:
@@ -692,6 +698,7 @@ class Source:
             return "skip"
 
         read_cols = [c for c in file_schema.names if c in cols or filter is not None]
+        csv_rows.install()
         stream = self.filesystem.open_input_stream(piece.path, compression="detect")
         reader = pacsv.open_csv(
             stream,

@@ -294,6 +294,22 @@ def test_csv_that_is_not_utf8(tmp_path):
     assert row["_reason"] == "column 'city': value 'M\ufffdnchen' is not UTF-8 text"
 
 
+def test_a_ragged_csv_row_that_is_not_utf8_is_one_error_naming_its_line(tmp_path, capsys):
+    # pyarrow decodes a ragged row's bytes before the invalid-row handler sees it: a
+    # Latin-1 one printed pyarrow's traceback and failed the file as "corrupt".
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lat.csv").write_bytes(b"a,b,y\n1,x,0\n3,y,0,extra\xe9\n4,z,1\n")
+    with pytest.raises(SourceError, match=r"lat\.csv: line 3 \(row 1\) has the wrong number"):
+        Source(str(tmp_path / "a"))  # in the first block: found while inferring types
+    head = b"a,b,y\n" + b"".join(b"%d,x,0\n" % i for i in range(300_000))
+    (tmp_path / "big.csv").write_bytes(head + b"3,caf\xe9,0,extra\n")
+    src = Source(str(tmp_path / "big.csv"))  # past the first block: found while reading
+    with pytest.raises(SourceError, match=r"line 300002 \(row 300000\).*re-encode the file"):
+        for piece in src.pieces():
+            list(src.read(piece))
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("zoned_first", [True, False])
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_text_timestamps_with_and_without_zones_read_as_utc(tmp_path, fmt, zoned_first):
