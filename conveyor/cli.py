@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _stdout_closed()
     except ConveyorError as exc:
-        print(f"conveyor: error: {exc}", file=sys.stderr)
+        print(f"conveyor: error: {config.name_source(str(exc), args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -252,6 +252,7 @@ def resolve(
                 dest: (value, f"config file {file}, key {key!r}")
                 for dest, (value, key) in _file_values(table, active).items()
             }
+        sources: dict[str, str] = {}
         for dest, action in active.options.items():
             current = getattr(args, dest, None)
             if not isinstance(current, _Unset):
@@ -259,9 +260,11 @@ def resolve(
             name = env_name(dest)
             if name in environ:
                 value = _convert(action, environ[name], f"environment variable {name}")
+                sources[action.option_strings[-1]] = f"environment variable {name}"
             elif dest in file_values:
                 raw, where = file_values[dest]
                 value = _convert(action, raw, where)
+                sources[action.option_strings[-1]] = where
             elif current.required:
                 flag = "/".join(action.option_strings)
                 raise ConfigError(
@@ -271,6 +274,20 @@ def resolve(
             else:
                 value = current.default
             setattr(args, dest, value)
+        # Where each flag's value came from when not the command line, for errors the
+        # commands raise later naming the flag (see :func:`name_source`).
+        args._config_sources = sources
     except ConfigError as exc:
         active.parser.error(str(exc))
     return args
+
+
+def name_source(message: str, args: argparse.Namespace) -> str:
+    """``message`` (a command's error naming a flag first: ``--epochs must be >= 1``) with
+    where that flag's value came from, when it came from the environment or the config
+    file: ``... (the value of config file t.toml, key 'train.epochs')``."""
+    for flag, where in getattr(args, "_config_sources", {}).items():
+        after = message[len(flag) : len(flag) + 1]  # not a longer flag: --epochs-x
+        if message.startswith(flag) and not (after and (after.isalnum() or after in "-_")):
+            return f"{message} (the value of {where})"
+    return message

@@ -70,6 +70,24 @@ def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
     assert args.port == 7100  # the [serve] table wins over the top level
 
 
+def test_a_commands_error_about_a_flag_names_where_its_value_came_from(tmp_path: Path) -> None:
+    # The commands check ranges after parsing, naming the flag: a value from the config
+    # file or the environment was reported as if typed on the command line.
+    cfg = _write(tmp_path, "[serve]\ndrift-threshold = 0\n")
+    message = "--drift-threshold must be > 0, got 0.0"
+    args = config.resolve(_parser(), ["serve", "--config", str(cfg)], environ={})
+    assert config.name_source(message, args) == (
+        f"{message} (the value of config file {cfg}, key 'serve.drift-threshold')"
+    )
+    args = config.resolve(_parser(), ["serve"], environ={"CONVEYOR_PORT": "0"})
+    assert config.name_source("--port must be 1..65535", args) == (
+        "--port must be 1..65535 (the value of environment variable CONVEYOR_PORT)"
+    )
+    assert config.name_source("--ports are odd", args) == "--ports are odd"  # another flag
+    args = config.resolve(_parser(), ["serve", "--port", "0"], environ={})
+    assert config.name_source("--port must be 1..65535", args) == "--port must be 1..65535"
+
+
 def test_nested_command_table_and_dashed_keys(tmp_path: Path) -> None:
     cfg = _write(tmp_path, "[ingest.profile]\nbins = 10\n[serve]\nmodel-control = 'explicit'\n")
     args = config.resolve(_parser(), ["ingest", "profile", "data/", "--config", str(cfg)], {})
