@@ -134,11 +134,12 @@ class _StreamReader:
     losing a request: cancelled only while it waits for the client's next request,
     told to stop after the one in hand otherwise."""
 
-    __slots__ = ("stop", "task", "waiting")
+    __slots__ = ("client_done", "stop", "task", "waiting")
 
     def __init__(self, stop: bool) -> None:
         self.stop = stop
         self.waiting = False
+        self.client_done = False  # the client half-closed: every request was read
         self.task: asyncio.Task[None] | None = None
 
     def drain(self) -> None:
@@ -341,6 +342,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     try:
                         request = await anext(requests)
                     except StopAsyncIteration:
+                        state.client_done = True
                         break
                     finally:
                         state.waiting = False
@@ -362,6 +364,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 item = await task
                 yield item
                 window.release(size)
+            if state.stop and not state.client_done:
+                # Drained: every request read is answered, but the client may have sent
+                # more, which were not read. Ending OK would pass them off as none; an
+                # error tells the client (tritonclient's callback, a raw stream's
+                # iterator) to send what went unanswered elsewhere.
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "server is stopping: this stream was not read further; a request "
+                    "without an answer was not processed",
+                )
         finally:
             self._readers.discard(state)
             reader.cancel()
@@ -373,10 +385,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def drain(self) -> None:
         """The server is stopping: every ModelStreamInfer stream stops reading, answers
-        the requests it has read, and ends OK, instead of holding the stop for its
-        whole grace period (an idle stream kept open between requests, as tritonclient's
-        start_stream does, never ends by itself). Requests sent after this are not
-        read; the client sees its stream end and opens a new one elsewhere."""
+        the requests it has read, and ends UNAVAILABLE (OK when the client had already
+        closed its side, every request read), instead of holding the stop for its whole
+        grace period (an idle stream kept open between requests, as tritonclient's
+        start_stream does, never ends by itself). A request sent after this is not read
+        and gets no answer: the stream's error tells the client to send it elsewhere."""
         self._draining = True
         for state in list(self._readers):
             state.drain()

@@ -468,14 +468,16 @@ def test_requests_refused_while_starting_or_draining_are_counted(
             starting.finish()
             stub.ModelInfer(request("m"), timeout=10)
             # Draining: a request in flight on a stream is answered; the stream then ends
-            # (it reads no more requests) and the stop does not wait for its client.
+            # UNAVAILABLE (it reads no more requests) and the stop does not wait for it.
             requests: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
             stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=30)
             requests.put(request("m"))
             assert not next(stream).error_message
             stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
             stopper.start()
-            assert list(stream) == [] and stream.code() == grpc.StatusCode.OK
+            with pytest.raises(grpc.RpcError) as info:
+                next(stream)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             stopper.join(10)
             assert not stopper.is_alive()
             requests.put(None)

@@ -170,8 +170,9 @@ def test_stop_lets_in_flight_requests_finish(repo: Path) -> None:
 def test_stop_ends_idle_streams_and_health_watches_at_once(repo: Path) -> None:
     # Neither ends by itself: an inference stream kept open between requests
     # (tritonclient's start_stream) and a health Watch held every stop for its whole
-    # grace period, then were cut with an error. Now the stream answers what it read
-    # and ends OK, and the Watch ends OK after sending NOT_SERVING.
+    # grace period. Now the stream answers what it read and ends UNAVAILABLE (requests
+    # the client sent after that were not read: it must send them elsewhere), and the
+    # Watch ends OK after sending NOT_SERVING.
     server = Server(repo, port=0).start()
     idle = threading.Event()
 
@@ -192,11 +193,45 @@ def test_stop_ends_idle_streams_and_health_watches_at_once(repo: Path) -> None:
             stopper.start()
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             assert list(watch) == [] and watch.code() == grpc.StatusCode.OK
-            assert list(stream) == [] and stream.code() == grpc.StatusCode.OK
+            with pytest.raises(grpc.RpcError) as info:
+                next(stream)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not read further" in info.value.details()
             stopper.join(20)
             assert not stopper.is_alive()
     finally:
         idle.set()
+        server.stop(grace=0)
+
+
+def test_a_stream_stopped_mid_burst_never_ends_ok_with_requests_unanswered(repo: Path) -> None:
+    # A drained stream stops reading: requests the client sent after that got no answer,
+    # and the stream ended OK, so they were lost without a word (475 of 710 in the
+    # review's tritonclient run). Now every request is answered or the stream fails.
+    server = Server(repo, port=0).start()
+    sent = 0
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        nonlocal sent
+        for _ in range(2000):
+            sent += 1
+            yield _request(1.0)
+            time.sleep(0.002)
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stream = pb_grpc.GRPCInferenceServiceStub(ch).ModelStreamInfer(requests(), timeout=30)
+            stopper = threading.Timer(0.3, server.stop, kwargs={"grace": 10})
+            stopper.start()
+            answered, code = 0, grpc.StatusCode.OK
+            try:
+                for _ in stream:
+                    answered += 1
+            except grpc.RpcError as exc:
+                code = exc.code()
+            stopper.join(20)
+            assert answered > 0 and (code == grpc.StatusCode.UNAVAILABLE or answered == sent)
+    finally:
         server.stop(grace=0)
 
 
