@@ -11,7 +11,7 @@ row cannot be quarantined, so the file's error names the line and says what to d
 The hook chains to the previous one for every other unraisable exception. pyarrow may
 call the handler on one of its own threads, so a report is matched to a failed read by
 the row's text, which pyarrow's error message ends with (its bytes decoded with
-replacement characters).
+replacement characters; a long row cut to its start and " ...").
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _installed = False
 # The rows reported and not yet matched to a failed read, as pyarrow's message shows them.
 _rows: deque[str] = deque(maxlen=64)
 _ROW = re.compile(r"Row #(\d+)")
+_SHOWN = re.compile(r"columns, got \d+: (.*)$", re.DOTALL)
 
 
 def _from_invalid_row_handler(unraisable: Any) -> bool:
@@ -65,8 +66,18 @@ def undecodable_row(exc: Exception) -> str | None:
     """The error for a CSV read that failed on a ragged row pyarrow could not decode (None
     for any other failure); the report is consumed."""
     message = str(exc).rstrip()
+    shown = _SHOWN.search(message)
+    if shown is None:
+        return None
+    text = shown.group(1)
+
+    def matches(row: str) -> bool:
+        if text.endswith(" ..."):  # pyarrow cuts a long row
+            return row.startswith(text[:-4])
+        return row.rstrip() == text
+
     with _lock:
-        row = next((r for r in _rows if r and message.endswith(r.rstrip())), None)
+        row = next((r for r in _rows if matches(r)), None)
         if row is None:
             return None
         _rows.remove(row)

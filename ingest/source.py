@@ -136,13 +136,18 @@ def _split_glob(source: str) -> tuple[str, str | None]:
     return (source[:cut] or "/"), source[cut + 1 :]
 
 
-def _glob_matches(rel: str, pattern: str) -> bool:
-    """Shell semantics: ``*``, ``?`` and ``[...]`` match within one path segment, so
-    ``g/*.parquet`` does not take ``g/archive/jan.parquet`` (fnmatch's ``*`` crosses ``/``)."""
-    parts, globs = rel.split("/"), pattern.split("/")
-    return len(parts) == len(globs) and all(
-        fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, globs, strict=True)
-    )
+def _glob_matches(rel: str, pattern: str) -> str | None:
+    """How a file at ``rel`` matches a glob, with shell semantics: ``*``, ``?`` and ``[...]``
+    match within one path segment, so ``g/*.parquet`` does not take ``g/archive/jan.parquet``
+    (fnmatch's ``*`` crosses ``/``). ``"file"``: the pattern names the file itself;
+    ``"directory"``: it names a directory the file is under (``events/date=*`` for hive
+    partitions), read as a directory source is; None: no match."""
+    parts, globs = rel.split("/"), pattern.strip("/").split("/")
+    if len(parts) < len(globs) or not all(
+        fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, globs, strict=False)
+    ):
+        return None
+    return "file" if len(parts) == len(globs) else "directory"
 
 
 def resolve_filesystem(
@@ -240,10 +245,10 @@ def discover(
         rel = entry.path.strip("/")[len(root) :].lstrip("/")
         if _hidden(rel):
             continue
-        if glob_rel is not None:
-            if not _glob_matches(rel, glob_rel):
-                continue
-        elif _format_of(rel) not in ({None, format} if format else FORMATS):
+        matched = None if glob_rel is None else _glob_matches(rel, glob_rel)
+        if glob_rel is not None and matched is None:
+            continue
+        if matched != "file" and _format_of(rel) not in ({None, format} if format else FORMATS):
             if _format_of(rel) is None:
                 nameless.append(rel)
             continue
@@ -432,11 +437,13 @@ class Source:
                     return _infer_json_schema(lines)
             if self.format == "csv":
                 # Types are inferred from the first block; ragged rows are skipped here and
-                # reported when the file is read.
+                # reported when the file is read. Single-threaded, as the read: only then
+                # does pyarrow's error name the row (see csv_rows).
                 csv_rows.install()
                 with self.filesystem.open_input_stream(path, compression="detect") as fh:
                     reader = pacsv.open_csv(
                         fh,
+                        read_options=pacsv.ReadOptions(use_threads=False),
                         parse_options=pacsv.ParseOptions(
                             delimiter=self.csv_delimiter, invalid_row_handler=lambda _: "skip"
                         ),

@@ -53,6 +53,18 @@ def test_glob_characters_stay_within_one_path_segment(tmp_path):
     assert len(Source(str(tmp_path / "*" / "*" / "[j]an.parquet")).files) == 1
 
 
+def test_a_glob_naming_directories_reads_the_files_under_them(tmp_path):
+    # events/date=* names hive partition directories: as in a shell, each is then read as
+    # a directory is. The segment-wise match first found no files at all.
+    for part in ("date=2024-01", "date=2024-02", "archive"):
+        (tmp_path / "events" / part).mkdir(parents=True)
+        write(sample_table(10), tmp_path / "events" / part / "part.parquet", "parquet")
+    (tmp_path / "events" / "date=2024-02" / "notes.txt").write_text("not data")
+    want = [str(tmp_path / "events" / p / "part.parquet") for p in ("date=2024-01", "date=2024-02")]
+    for pattern in ("date=*", "date=*/"):
+        assert Source(str(tmp_path / "events" / pattern)).files == want
+
+
 def test_an_existing_path_with_glob_characters_is_read_as_named(tmp_path):
     # b/run[1] was taken as a glob matching "b/run1" only: "no data files found".
     (tmp_path / "b" / "run[1]").mkdir(parents=True)
@@ -301,6 +313,10 @@ def test_a_ragged_csv_row_that_is_not_utf8_is_one_error_naming_its_line(tmp_path
     (tmp_path / "a" / "lat.csv").write_bytes(b"a,b,y\n1,x,0\n3,y,0,extra\xe9\n4,z,1\n")
     with pytest.raises(SourceError, match=r"lat\.csv: line 3 \(row 1\) has the wrong number"):
         Source(str(tmp_path / "a"))  # in the first block: found while inferring types
+    long = b"a,b,y\n1,x,0\n3," + b"y" * 2000 + b"\xe9,0,extra\n"  # pyarrow cuts it: "yyy ..."
+    (tmp_path / "long.csv").write_bytes(long)
+    with pytest.raises(SourceError, match=r"long\.csv: line 3 \(row 1\) has the wrong number"):
+        Source(str(tmp_path / "long.csv"))
     head = b"a,b,y\n" + b"".join(b"%d,x,0\n" % i for i in range(300_000))
     (tmp_path / "big.csv").write_bytes(head + b"3,caf\xe9,0,extra\n")
     src = Source(str(tmp_path / "big.csv"))  # past the first block: found while reading
