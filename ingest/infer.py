@@ -42,10 +42,6 @@ def _is_categorical(t: pa.DataType) -> bool:
     )
 
 
-def _is_numeric(t: pa.DataType) -> bool:
-    return is_number(t)
-
-
 def _is_fractional(t: pa.DataType) -> bool:
     """A label of this type is a regression target (a decimal's values are not classes)."""
     return pa.types.is_floating(t) or pa.types.is_decimal(t)
@@ -118,14 +114,14 @@ def infer_spec(
             continue
         if f.name in partitions:
             ignore.append(f.name)
-        elif _is_numeric(f.type):
+        elif is_number(f.type):
             numeric.append(f.name)
         elif _is_categorical(f.type):
             categorical.append(f.name)
         else:
             ignore.append(f.name)
     label_type = schema.field(label).type
-    if not (_is_numeric(label_type) or _is_categorical(label_type)):
+    if not (is_number(label_type) or _is_categorical(label_type)):
         hint = " (the data has no rows?)" if pa.types.is_null(label_type) else ""
         raise SpecError(
             f"{source.uri}: label {label!r} has type {label_type}; expected a number or a "
