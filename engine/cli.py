@@ -523,7 +523,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         action="extend",  # repeatable, as Triton's: each occurrence adds to the list
         metavar="NAME",
         help="with --model-control explicit: models to load at start ('*' = all; "
-        "default: none); refused in poll mode, which serves every model",
+        "default: none; repeatable); refused in poll mode, which serves every model",
     )
     p.add_argument(
         "--version-policy",
@@ -593,7 +593,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-concurrent-rpcs",
         type=int,
         default=4096,
-        help="RPCs handled at once, >= 1; beyond: RESOURCE_EXHAUSTED (default: 4096)",
+        help="calls in progress at once, >= 1 (an open stream counts until it ends; health, "
+        "reflection, ServerLive, ServerReady and ModelReady are never refused); beyond: "
+        "RESOURCE_EXHAUSTED (default: 4096)",
     )
     p.add_argument(
         "--max-concurrent-streams",
