@@ -1,4 +1,7 @@
 // Bindings of the fused linear op (see ops.h for the contract).
+#include <limits>
+#include <string>
+
 #include "bind_common.h"
 #include "ops.h"
 
@@ -129,6 +132,30 @@ void bind_linear(py::module_& m) {
       py::arg("N"), py::arg("K"), py::arg("act"), py::arg("gp_workspace_ptr"), py::arg("gx_ptr"),
       py::arg("gw_ptr"), py::arg("gb_f32_ptr"), py::arg("dtype"), py::arg("stream"),
       "Device-pointer linear_backward; gp workspace [M,N] in the op dtype, gb in float32 zeroed.");
+  m.def(
+      "act_grad_cuda",
+      [](std::uintptr_t gy, std::uintptr_t z, int64_t M, int64_t N, int act, std::uintptr_t g,
+         std::uintptr_t part, int64_t part_rows, std::uintptr_t gb, int dtype,
+         std::uintptr_t stream) {
+        check_act(act);
+        check_dtype_code(dtype);
+        if (M < 0 || N < 0) throw py::value_error("sizes must be >= 0");
+        if (N > std::numeric_limits<int>::max())
+          throw py::value_error("N: at most " + std::to_string(std::numeric_limits<int>::max()));
+        if (gb != 0 && M > 0 && N > 0 && (part == 0 || part_rows < 1))
+          throw py::value_error("part_f32_ptr: the bias gradient needs a buffer of >= 1 row");
+        std::string err;
+        {
+          py::gil_scoped_release release;
+          err = act_grad_cuda(gy, z, M, N, act, g, part, part_rows, gb, dtype, stream);
+        }
+        raise_if(err, "act_grad_cuda");
+      },
+      py::arg("gy_ptr"), py::arg("z_ptr"), py::arg("M"), py::arg("N"), py::arg("act"),
+      py::arg("g_ptr"), py::arg("part_f32_ptr"), py::arg("part_rows"), py::arg("gb_ptr"),
+      py::arg("dtype"), py::arg("stream"),
+      "g[M,N] = gy * act'(z) and, if gb_ptr, gb[N] = g.sum(0) (op dtype) through float32 "
+      "scratch part[part_rows, N]; contiguous device buffers.");
 #endif
 }
 

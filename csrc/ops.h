@@ -123,6 +123,14 @@ std::string linear_backward_cuda(std::uintptr_t gy, std::uintptr_t z, std::uintp
                                  std::uintptr_t w, int64_t M, int64_t N, int64_t K, int act,
                                  std::uintptr_t gp_workspace, std::uintptr_t gx, std::uintptr_t gw,
                                  std::uintptr_t gb_f32, int dtype, std::uintptr_t stream);
+// The activation's and the bias's gradients of the linear above in one pass:
+// g [M, N] = gy * act'(z) (act 0..4) and, when gb is not 0, gb [N] = the column
+// sums of g (in the op's dtype, summed in float32 in a fixed order) through
+// part_f32, float32 scratch of part_rows >= 1 rows of N (any number: more rows
+// spread the rows over more blocks, up to what fills the GPU).
+std::string act_grad_cuda(std::uintptr_t gy, std::uintptr_t z, int64_t M, int64_t N, int act,
+                          std::uintptr_t g, std::uintptr_t part_f32, int64_t part_rows,
+                          std::uintptr_t gb, int dtype, std::uintptr_t stream);
 std::string embedding_bag_forward_cuda(std::uintptr_t weight, int64_t V, int64_t D,
                                        std::uintptr_t indices, int64_t nnz,
                                        std::uintptr_t offsets, int64_t B, std::uintptr_t psw,

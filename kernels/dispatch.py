@@ -226,15 +226,18 @@ _CPU_RULES: dict[str, Callable[[int, bool, tuple], str]] = {
 #     2048x1024->1024 (2^21 outputs) 1.02x; at 2^18 outputs and below
 #     0.71-0.87x (host-bound: our Python path costs a few microseconds more
 #     than eager's, about what the saved pass takes on 2^22 16-bit outputs).
-#     Training: float32 only from 2^23 outputs (1.07x eager at 262144 x 64 ->
-#     256, IEEE float32). In 16-bit training the backward is eager's own
-#     kernels and the saved forward pass is a few percent of the step: bench_ops
-#     measured 0.96-0.97x eager at 8192x4096->4096 and 0.68-0.97x at 262144 x
-#     256 -> 256, a one-off timing of the same calls back to back 1.00-1.06x
-#     (benchmarks/gpu-results/2026-11-28-h200/run11-experiments), so 16-bit
-#     training stays on eager. GELU (erf) and SiLU have no epilogue there; our
-#     Triton one was 0.71-1.0x eager, and at the square GEMM cuBLAS keeps its
-#     lead (Triton 0.77-0.97x eager).
+#     Training: float32 from 2^23 outputs (1.07x eager at 262144 x 64 -> 256,
+#     IEEE float32; 1.11-1.27x with the CUDA act_grad, run 14), 16-bit from
+#     2^25. The backward's activation and bias gradients come from one CUDA
+#     pass (csrc/cuda/act_grad.cu) where eager runs threshold_backward and a
+#     column sum that alone took 0.13 ms of a 0.47 ms step. Run 14 (2026-11-28,
+#     back to back): bfloat16 1.43x eager at 262144 x 256 -> 256, 1.47x at 64
+#     -> 256, 1.13x at 65536 x 1024 -> 1024, 1.00x at 8192x4096->4096 (2^25
+#     outputs, GEMM-bound); float16 1.16x, 1.40x, 1.15x, 1.07x. Below 2^25
+#     16-bit outputs a step is a few tenths of a millisecond of GPU time and
+#     unmeasured here, so torch keeps it. GELU (erf) and SiLU have no epilogue
+#     there; our Triton one was 0.71-1.0x eager, and at the square GEMM cuBLAS
+#     keeps its lead (Triton 0.77-0.97x eager).
 # - embedding_bag: forward from 2^23 gathered elements: CUDA (2-3.7x torch; at
 #   4M x 128, 101% of the copy bandwidth in float32 and 98% in bfloat16, the
 #   16-byte packed loads); training: CUDA below 2^26 (1.2-1.9x, torch's
@@ -261,7 +264,8 @@ def _linear_on_cuda(work: int, grad: bool, dtype: torch.dtype, detail: tuple) ->
         return ("triton",)
     # What cuBLASLt's epilogue can take (see kernels/linear.py, _cublaslt_forward).
     fuses = activation == "relu" or (activation == "gelu_tanh" and not grad)
-    if fuses and (m * n >= 1 << 22 if not grad else dtype == torch.float32 and m * n >= 1 << 23):
+    least = (1 << 22) if not grad else (1 << 23) if dtype == torch.float32 else (1 << 25)
+    if fuses and m * n >= least:
         return ("cublaslt",)
     return ()
 

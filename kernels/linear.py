@@ -177,15 +177,44 @@ def _cublaslt_forward(x, weight, bias, act, keep_z):
     return activation_reference(z, _ACTIVATION_NAMES[act]), (z if keep_z else None)
 
 
+def cuda_act_grad(gy: torch.Tensor, z: torch.Tensor, act: int, bias_grad: bool):
+    """``(g, db)`` as Triton's ``act_grad`` (``g = dy * act'(z)``, and ``db = g.sum(0)``
+    summed in float32 in a fixed order when ``bias_grad``, else None), from
+    ``conveyor._C``'s CUDA kernel: one pass over ``dy`` and ``z``, launched from C++
+    (csrc/cuda/act_grad.cu). ``gy`` and ``z``: contiguous ``[M, N]`` on one GPU."""
+    from conveyor import _C
+
+    M, N = gy.shape
+    g = torch.empty_like(gy)
+    gb = torch.empty(N, dtype=gy.dtype, device=gy.device) if bias_grad else None
+    # Float32 partial sums, at most 4 MiB of them: the kernel takes as many rows as
+    # fill the GPU, fewer for wide layers.
+    part = (
+        torch.empty(
+            (min(M, max(1, (1 << 20) // max(N, 1))), N), dtype=torch.float32, device=gy.device
+        )
+        if bias_grad and M and N
+        else None
+    )
+    p = dispatch.ptr
+    with torch.cuda.device(gy.device):
+        _C.act_grad_cuda(
+            p(gy), p(z), M, N, act, p(g), p(part), 0 if part is None else part.shape[0], p(gb),
+            dispatch.cuda_dtype_code(gy.dtype), dispatch.cuda_stream(gy),
+        )  # fmt: skip
+    return g, gb
+
+
 def _cublaslt_backward(gy, z, x, weight, act, need):
     # z is the output for ReLU (see _cublaslt_forward): y > 0 exactly where z > 0.
     gb = None
-    if act and gy.is_cuda and dispatch.triton_installed():
-        # The activation's and the bias's gradients in one pass (Triton's act_grad):
-        # torch's column sum took 0.13 of a step's 0.47 ms on an H200 (benchmarks/README.md).
-        from conveyor.kernels.triton_kernels.linear import act_grad
-
-        g, gb = act_grad(gy, z, act, bool(need[2]))
+    if act and gy.is_cuda and dispatch.has_compiled("act_grad_cuda"):
+        # The activation's and the bias's gradients in one pass: torch's column sum
+        # took 0.13 of a step's 0.47 ms on an H200. (Triton's act_grad does the same
+        # work, but its launch costs ~0.05 ms of host time: with it the step ran
+        # 0.84-1.37x eager, with eager's kernels 0.99-1.17x, with this one
+        # 1.00-1.47x; benchmarks/gpu-results/2026-11-28-h200/run14-experiments.)
+        g, gb = cuda_act_grad(gy, z, act, bool(need[2]))
     else:
         g = _activation_backward(gy, z, _ACTIVATION_NAMES[act])
         gb = g.sum(0) if need[2] else None

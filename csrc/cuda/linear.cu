@@ -10,46 +10,19 @@
 
 #include <algorithm>
 
+#include "cuda/activation.cuh"
 #include "cuda/common.cuh"
 #include "ops.h"
 
 namespace conveyor {
 namespace {
 
+using cuda::act_fwd;
+using cuda::act_grad_times;
 using cuda::from_f;
 using cuda::to_f;
 
 constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
-
-__device__ __forceinline__ float act_fwd(int act, float z) {
-  switch (act) {
-    case kActRelu: return z < 0.f ? 0.f : z;  // fmaxf(NaN, 0) is 0; torch.relu keeps NaN
-    case kActGelu: return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));
-    case kActGeluTanh:
-      return 0.5f * z * (1.f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));
-    case kActSilu: return z / (1.f + __expf(-z));
-    default: return z;
-  }
-}
-
-__device__ __forceinline__ float act_grad(int act, float z) {
-  switch (act) {
-    case kActRelu: return z <= 0.f ? 0.f : 1.f;  // NaN passes, as in torch
-    case kActGelu:
-      return 0.5f * (1.f + erff(z * 0.70710678118654752f)) +
-             z * 0.39894228040143268f * __expf(-0.5f * z * z);
-    case kActGeluTanh: {
-      const float k = 0.79788456080286536f;
-      const float t = tanhf(k * (z + 0.044715f * z * z * z));
-      return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * k * (1.f + 3.f * 0.044715f * z * z);
-    }
-    case kActSilu: {
-      const float s = 1.f / (1.f + __expf(-z));
-      return s * (1.f + z * (1.f - s));
-    }
-    default: return 1.f;
-  }
-}
 
 // C[M, N] = act(A[M, K] B[K, N] + bias), A/B by element strides.
 template <typename T>
@@ -112,10 +85,7 @@ __global__ void act_grad_kernel(const T* __restrict__ gy, const T* __restrict__ 
                                 T* __restrict__ g, long long total, int act) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    // ReLU as torch's threshold_backward: 0 at a dead unit whatever dy is (inf * 0 is NaN).
-    const float zi = to_f(z[i]);
-    g[i] = from_f<T>(act == kActRelu ? (zi <= 0.f ? 0.f : to_f(gy[i]))
-                                     : to_f(gy[i]) * act_grad(act, zi));
+    g[i] = from_f<T>(act_grad_times(act, to_f(gy[i]), to_f(z[i])));
   }
 }
 

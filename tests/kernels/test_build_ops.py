@@ -20,6 +20,7 @@ CPU_OPS = (
 CUDA_OPS = (
     "linear_forward_cuda",
     "linear_backward_cuda",
+    "act_grad_cuda",
     "embedding_bag_forward_cuda",
     "embedding_bag_backward_cuda",
     "layer_norm_forward_cuda",

@@ -16,7 +16,7 @@ from _tolerances import assert_close
 from torch import nn
 
 from conveyor.kernels import ACTIVATIONS, FusedLinear, fused_linear, linear_reference
-from conveyor.kernels.dispatch import triton_installed
+from conveyor.kernels.dispatch import has_compiled, triton_installed
 from conveyor.kernels.linear import activation_reference
 
 ACTS = tuple(ACTIVATIONS)
@@ -289,14 +289,25 @@ def test_triton_matches_reference_interpreted(act: str) -> None:
     _check("triton", 5, 19, 21, act)  # one ragged block in every dimension
 
 
-def _check_act_grad(M: int, N: int, act: str, bias_grad: bool, dtype, device: str) -> None:
-    """Triton's activation gradient, with the bias gradient from the same pass,
-    against autograd through the reference activation in float64."""
-    from conveyor.kernels.triton_kernels.linear import act_grad
+def _check_act_grad(
+    M: int, N: int, act: str, bias_grad: bool, dtype, device: str, impl: str = "triton", offset=0
+) -> None:
+    """Triton's (or CUDA's) activation gradient, with the bias gradient from the same
+    pass, against autograd through the reference activation in float64. ``offset``:
+    the inputs start that many elements into their storage (not 16-byte aligned)."""
+    if impl == "triton":
+        from conveyor.kernels.triton_kernels.linear import act_grad
+    else:
+        from conveyor.kernels.linear import cuda_act_grad as act_grad
 
     g0 = torch.Generator().manual_seed(M * 31 + N)
     z, gy = (torch.randn(M, N, generator=g0, dtype=torch.float64) for _ in range(2))
-    zd, gyd = z.to(dtype=dtype, device=device), gy.to(dtype=dtype, device=device)
+
+    def placed(t: torch.Tensor) -> torch.Tensor:
+        flat = torch.empty(offset + t.numel(), dtype=dtype, device=device)
+        return flat[offset:].view(M, N).copy_(t)
+
+    zd, gyd = placed(z), placed(gy)
     z64 = zd.double().cpu().requires_grad_()
     (want,) = torch.autograd.grad(activation_reference(z64, act), z64, gyd.double().cpu())
     g, gb = act_grad(gyd, zd, ACTIVATIONS[act], bias_grad)
@@ -362,6 +373,68 @@ def test_triton_act_grad_with_bias_grad_on_gpu(M: int, N: int, act: str, dtype) 
     if not triton_installed():
         pytest.skip("triton not installed")
     _check_act_grad(M, N, act, True, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("M", "N", "offset"),
+    [(1, 1, 0), (5, 300, 0), (70001, 257, 0), (262144, 64, 0), (3, 70000, 0), (9, 65536, 0),
+     (1000, 256, 1), (0, 8, 0), (8, 0, 0)],
+)  # fmt: skip
+@pytest.mark.parametrize("act", ["relu", "gelu", "gelu_tanh", "silu"])
+def test_cuda_act_grad_with_and_without_bias_grad(M: int, N: int, offset: int, act: str, dtype):
+    # 16-byte packs where rows are whole packs and buffers aligned (5 x 300 in float32,
+    # 262144 x 64, 9 x 65536: 32 column tiles), one element at a time otherwise (257,
+    # 70000 bf16 columns, and the views one element into their storage); 70001 rows: a
+    # ragged last chunk; 0 rows: a zero bias gradient.
+    if not has_compiled("act_grad_cuda"):
+        pytest.skip("conveyor._C built without CUDA")
+    for bias_grad in (True, False):
+        _check_act_grad(M, N, act, bias_grad, dtype, "cuda", impl="cuda", offset=offset)
+
+
+@pytest.mark.gpu
+def test_cuda_act_grad_bias_grad_is_the_same_on_every_run() -> None:
+    # Partial sums added in a fixed order, no float atomics: as torch's sum, the bias
+    # gradient is reproducible bit for bit.
+    from conveyor.kernels.linear import cuda_act_grad
+
+    if not has_compiled("act_grad_cuda"):
+        pytest.skip("conveyor._C built without CUDA")
+    gy, z = (torch.randn(262144, 256, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    first = cuda_act_grad(gy, z, ACTIVATIONS["relu"], True)[1]
+    for _ in range(5):
+        assert torch.equal(cuda_act_grad(gy, z, ACTIVATIONS["relu"], True)[1], first)
+
+
+@pytest.mark.gpu
+def test_cuda_relu_grad_is_zero_at_dead_units_whatever_dy() -> None:
+    from conveyor.kernels.linear import cuda_act_grad
+
+    if not has_compiled("act_grad_cuda"):
+        pytest.skip("conveyor._C built without CUDA")
+    z = torch.tensor([[0.0, 1.0], [2.0, -3.0]], device="cuda")
+    gy = torch.tensor([[float("inf"), 1.0], [1.0, float("nan")]], device="cuda")
+    for bias_grad in (True, False):
+        g, gb = cuda_act_grad(gy, z, ACTIVATIONS["relu"], bias_grad)
+        torch.testing.assert_close(g, torch.ops.aten.threshold_backward(gy, z, 0))
+        if bias_grad:
+            torch.testing.assert_close(gb, torch.tensor([1.0, 1.0], device="cuda"))
+
+
+def test_cuda_act_grad_refuses_a_missing_partial_buffer() -> None:
+    # (No device is touched: the binding checks its arguments first.)
+    if not has_compiled("act_grad_cuda"):
+        pytest.skip("conveyor._C built without CUDA")
+    from conveyor import _C
+
+    with pytest.raises(ValueError, match="part_f32_ptr"):
+        _C.act_grad_cuda(8, 8, 4, 4, 1, 8, 0, 0, 8, 0, 0)
+    with pytest.raises(ValueError, match="N: at most"):
+        _C.act_grad_cuda(8, 8, 4, 1 << 31, 1, 8, 8, 1, 8, 0, 0)
+    with pytest.raises(ValueError, match="act"):
+        _C.act_grad_cuda(8, 8, 4, 4, 5, 8, 8, 1, 8, 0, 0)
 
 
 @needs_triton
