@@ -11,8 +11,9 @@ Implementations (``IMPLS``):
 - ``cuda``: CUDA kernels in ``conveyor._C`` (built with CUDA); CUDA tensors of
   float32, float16, bfloat16.
 - ``cublaslt`` (linear only): cuBLASLt's GEMM through torch, with the bias and
-  ReLU (or tanh-GELU without a gradient) in its epilogue; CUDA tensors of
-  float32, float16, bfloat16 (``conveyor.kernels.linear``).
+  ReLU (or tanh-GELU without a gradient) in its epilogue, and a backward whose
+  activation and bias gradients come from one CUDA pass in ``conveyor._C``;
+  CUDA tensors of float32, float16, bfloat16 (``conveyor.kernels.linear``).
 
 Choice, first match wins:
 
