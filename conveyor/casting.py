@@ -149,8 +149,12 @@ def _to_numeric(values: Any, datatype: str, what: str) -> np.ndarray:
         raise ValueError(f"{what}: cannot make a {datatype} tensor: {exc}") from None
     if array.dtype == dtype:
         return array  # already right: nothing to check, nothing copied
-    if array.dtype.kind in "US" and not isinstance(values, np.ndarray):
-        # numpy turned a list mixing numbers and strings into all strings: find the string
+    if not isinstance(values, np.ndarray) and (
+        array.dtype.kind in "US" or (array.dtype.kind == "f" and dtype.kind in "iu")
+    ):
+        # numpy turned a list mixing numbers and strings into all strings (find the
+        # string), or Python ints beside floats or beyond int64 into float64, which
+        # rounds those above 2**53 before any check could see them: walk the values
         array = np.asarray(values, dtype=object)
     kind = array.dtype.kind
     if kind == "O":

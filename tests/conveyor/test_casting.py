@@ -86,6 +86,8 @@ def test_other_objects_are_refused() -> None:
         (np.array([300, -1]), "UINT8", r"300 at row 0 .* out of UINT8's range \[0, 255\]"),
         (np.array([0, -1]), "UINT8", r"-1 at row 1 .* out of UINT8's range"),
         ([2**63], "INT64", "9223372036854775808 at row 0 .* out of INT64's range"),
+        ([2**63, -1], "INT64", "9223372036854775808 at row 0 .* out of INT64's range"),
+        ([2**53 + 1, 2.5], "INT64", "2.5 at row 1 .* not a whole number"),
         (np.array([2.0**63]), "INT64", r"9.22\d*e\+18 at row 0 .* out of INT64's"),
         (pd.Series([70000, 1]).to_numpy(), "FP16", "70000 at row 0 .* out of FP16's range"),
         ([1e39], "FP32", r"1e\+39 at row 0 .* out of FP32's range"),
@@ -114,6 +116,11 @@ def test_lossy_numeric_conversions_are_refused(values: object, datatype: str, me
         ([1.0, -2.0], "INT64", [1, -2]),
         (np.array([255, 0], np.int64), "UINT8", [255, 0]),
         ([2**64 - 1], "UINT64", [2**64 - 1]),
+        # Python ints numpy would turn into float64 (beside a float, or beyond int64)
+        # and so round before any check: sent exactly.
+        ([2**64 - 1, 0], "UINT64", [2**64 - 1, 0]),
+        ([[2**63 + 12345, 1]], "UINT64", [[2**63 + 12345, 1]]),
+        ([2**53 + 1, 2.0], "INT64", [2**53 + 1, 2]),
         ([True, 2], "INT8", [1, 2]),
         (np.array([1, 0]), "BOOL", [True, False]),
         ([1.5, None], "FP32", [1.5, float("nan")]),  # a null is NaN in a float tensor
@@ -124,6 +131,8 @@ def test_exact_numeric_conversions_pass(values: object, datatype: str, expected:
     got = cast(values, datatype, "x")
     assert got.dtype == NUMPY_DTYPES[datatype]
     np.testing.assert_array_equal(got, expected)
+    if got.dtype.kind in "iu":  # exactly: assert_array_equal may compare in float64
+        assert got.tolist() == expected
 
 
 def test_an_array_of_the_right_dtype_is_used_as_it_is() -> None:
