@@ -380,6 +380,23 @@ def _check_version(version: Any) -> str:
     return _check_str(version, "version", " such as '1' ('' for the server's choice)")
 
 
+def _check_bool(value: Any, argument: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument}: expected a bool, got {_describe(value)}")
+    return bool(value)
+
+
+def _check_batches(batches: Any) -> None:
+    """``stream_infer``'s ``batches``: checked before the stream opens, where gRPC's own
+    request thread would only report a bare TypeError from iterating it."""
+    if isinstance(batches, (str, bytes, Mapping)) or not isinstance(
+        batches, (Iterable, AsyncIterable)
+    ):
+        raise TypeError(
+            f"batches: expected an iterable of batches (one request each), got {_describe(batches)}"
+        )
+
+
 def _check_seconds(value: Any, argument: str) -> float:
     """``value`` as seconds: a finite real number >= 0 (bools are not numbers here)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
@@ -619,6 +636,7 @@ def _settings(
     max_message_bytes: int,
     options: Iterable[tuple[str, Any]],
 ) -> _Settings:
+    _check_str(address, "address", " such as 'localhost:8001'")
     if (private_key is None) != (certificate_chain is None):
         # gRPC core aborts the whole process (SIGABRT) on a key without its certificate
         given, missing = (
@@ -878,7 +896,9 @@ class Client(_Common):
         ).ready
 
     def is_model_ready(self, model: str, version: str = "", timeout: float | None = None) -> bool:
-        request = pb.ModelReadyRequest(name=model, version=version)
+        request = pb.ModelReadyRequest(
+            name=_check_str(model, "model"), version=_check_version(version)
+        )
         return self._call(self._stub.ModelReady, request, self._deadline(timeout)).ready
 
     def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
@@ -976,6 +996,7 @@ class Client(_Common):
         ValueError naming the input and column), or an exception raised by
         ``batches`` itself, ends the stream there: the answers to the batches before
         it are still yielded, then that exception is raised to the caller."""
+        _check_batches(batches)
         deadline = self._deadline(timeout)
         template = _request_template(priority=priority)
         info = self._model_info(model, version, False, deadline)
@@ -1013,7 +1034,7 @@ class Client(_Common):
 
     # repository and statistics
     def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
-        request = pb.RepositoryIndexRequest(ready=ready)
+        request = pb.RepositoryIndexRequest(ready=_check_bool(ready, "ready"))
         return list(self._call(self._stub.RepositoryIndex, request, self._deadline(timeout)).models)
 
     def load_model(
@@ -1030,14 +1051,17 @@ class Client(_Common):
         self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     def unload_model(self, model: str, timeout: float | None = None) -> None:
+        request = pb.RepositoryModelUnloadRequest(model_name=_check_str(model, "model"))
         self._forget_info(model)
-        request = pb.RepositoryModelUnloadRequest(model_name=model)
         self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
     def model_statistics(
         self, model: str = "", version: str = "", timeout: float | None = None
     ) -> Any:
-        request = pb.ModelStatisticsRequest(name=model, version=version)
+        request = pb.ModelStatisticsRequest(
+            name=_check_str(model, "model", " ('' for every model)"),
+            version=_check_version(version),
+        )
         return list(
             self._call(self._stub.ModelStatistics, request, self._deadline(timeout)).model_stats
         )
@@ -1174,7 +1198,9 @@ class AsyncClient(_Common):
     async def is_model_ready(
         self, model: str, version: str = "", timeout: float | None = None
     ) -> bool:
-        request = pb.ModelReadyRequest(name=model, version=version)
+        request = pb.ModelReadyRequest(
+            name=_check_str(model, "model"), version=_check_version(version)
+        )
         return (await self._call(self._stub.ModelReady, request, self._deadline(timeout))).ready
 
     async def model_metadata(
@@ -1244,6 +1270,7 @@ class AsyncClient(_Common):
         """See :meth:`Client.stream_infer`."""
         self._check_open()
         self._check_loop()
+        _check_batches(batches)
         deadline = self._deadline(timeout)
         template = _request_template(priority=priority)
         info = await self._model_info(model, version, False, deadline)
@@ -1290,7 +1317,7 @@ class AsyncClient(_Common):
             raise failed[0]
 
     async def repository_index(self, ready: bool = False, timeout: float | None = None) -> Any:
-        request = pb.RepositoryIndexRequest(ready=ready)
+        request = pb.RepositoryIndexRequest(ready=_check_bool(ready, "ready"))
         return list(
             (await self._call(self._stub.RepositoryIndex, request, self._deadline(timeout))).models
         )
@@ -1307,14 +1334,17 @@ class AsyncClient(_Common):
         await self._call(self._stub.RepositoryModelLoad, request, self._deadline(timeout))
 
     async def unload_model(self, model: str, timeout: float | None = None) -> None:
+        request = pb.RepositoryModelUnloadRequest(model_name=_check_str(model, "model"))
         self._forget_info(model)
-        request = pb.RepositoryModelUnloadRequest(model_name=model)
         await self._call(self._stub.RepositoryModelUnload, request, self._deadline(timeout))
 
     async def model_statistics(
         self, model: str = "", version: str = "", timeout: float | None = None
     ) -> Any:
-        request = pb.ModelStatisticsRequest(name=model, version=version)
+        request = pb.ModelStatisticsRequest(
+            name=_check_str(model, "model", " ('' for every model)"),
+            version=_check_version(version),
+        )
         return list(
             (
                 await self._call(self._stub.ModelStatistics, request, self._deadline(timeout))

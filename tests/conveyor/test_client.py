@@ -799,6 +799,45 @@ def test_bad_infer_arguments_are_named(kwargs: dict, error: type, message: str) 
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    ("method", "args", "kwargs", "error", "message"),
+    [
+        ("is_model_ready", ("affine", 2), {}, TypeError, "version: expected a str such as '1'"),
+        ("is_model_ready", (None,), {}, TypeError, "model: expected a str, got NoneType"),
+        ("model_statistics", ("affine", 2), {}, TypeError, "version: expected a str"),
+        ("model_statistics", (3,), {}, TypeError, r"model: expected a str \('' for every"),
+        ("unload_model", (5,), {}, TypeError, "model: expected a str, got int 5"),
+        ("repository_index", (), {"ready": "yes"}, TypeError, "ready: expected a bool"),
+        ("stream_infer", ("affine", None), {}, TypeError, "batches: expected an iterable"),
+        ("stream_infer", ("affine", "abc"), {}, TypeError, "batches: expected an iterable"),
+    ],
+)
+def test_bad_arguments_of_the_other_calls_are_named(method, args, kwargs, error, message) -> None:
+    # protobuf's "bad argument type for built-in operation", a bare "'NoneType' object is
+    # not iterable" from gRPC's request thread, or (model None) a question about model "".
+    # Nothing listens at port 1: an argument checked after a call would be UnavailableError.
+    with Client("127.0.0.1:1", timeout=5, retries=0) as client, pytest.raises(error, match=message):
+        result = getattr(client, method)(*args, **kwargs)
+        if method == "stream_infer":
+            next(result)
+
+    async def main() -> None:
+        async with AsyncClient("127.0.0.1:1", timeout=5, retries=0) as client:
+            with pytest.raises(error, match=message):
+                if method == "stream_infer":
+                    await anext(client.stream_infer(*args, **kwargs))
+                else:
+                    await getattr(client, method)(*args, **kwargs)
+
+    asyncio.run(main())
+
+
+def test_an_address_that_is_not_a_str_is_named() -> None:
+    # it was AttributeError: 'int' object has no attribute 'encode'
+    with pytest.raises(TypeError, match="address: expected a str such as 'localhost:8001'"):
+        Client(8001)
+
+
 def test_one_output_name_as_a_str(client: Client) -> None:
     # it was split into characters: "requested output 't'"
     assert set(client.infer("affine", np.zeros((1, 4)), outputs="total")) == {"total"}
