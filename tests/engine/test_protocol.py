@@ -239,6 +239,45 @@ def test_infer_bytes_raw_and_typed(stub: object) -> None:
         np.testing.assert_array_equal(_outputs(resp)["out"], want)
 
 
+def test_large_bytes_requests_are_decoded_off_the_event_loop(stub: object, monkeypatch) -> None:
+    # Decoding BYTES is a Python loop: one valid request of 10 million elements held the
+    # event loop, health probes included, for 5.6 s. Above DECODE_IN_THREAD_ELEMENTS the
+    # decoder runs in a worker thread (no running loop there); small requests stay inline.
+    import asyncio
+
+    from conveyor.engine import service, validation
+
+    seen: list[bool] = []
+    decode = validation.RequestDecoder.decode
+
+    def recording(self, request):
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return decode(self, request)
+
+    monkeypatch.setattr(validation.RequestDecoder, "decode", recording)
+    request = pb.ModelInferRequest(
+        model_name="vocab",
+        inputs=[
+            Tensor(name="colour", datatype="BYTES", shape=[1, 2]),
+            Tensor(name="x", datatype="FP32", shape=[1, 3]),
+        ],
+        raw_input_contents=[encode_bytes([b"red", b"blue"]), np.ones((1, 3), np.float32).tobytes()],
+    )
+    want = [[1, 3, 3]]
+    np.testing.assert_array_equal(_outputs(stub.ModelInfer(request, timeout=10))["out"], want)
+    monkeypatch.setattr(service, "DECODE_IN_THREAD_ELEMENTS", 1)  # 2 elements: a large one
+    np.testing.assert_array_equal(_outputs(stub.ModelInfer(request, timeout=10))["out"], want)
+    bad = pb.ModelInferRequest()
+    bad.CopyFrom(request)
+    bad.raw_input_contents[0] = encode_bytes([b"red"])  # refused from the thread too
+    assert _code(stub.ModelInfer, bad)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert seen == [True, False, False]
+
+
 def test_stream_responses_carry_the_final_flag(stub: object) -> None:
     # Triton marks every response of a (not decoupled) model's stream final, errors
     # included; PyTriton's client waits for the flag.
