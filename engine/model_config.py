@@ -14,7 +14,7 @@ from typing import Any
 
 from conveyor.engine.errors import ModelLoadError
 from conveyor.engine.tensors import DATATYPES
-from conveyor.versions import version_number
+from conveyor.versions import MAX_VERSION, version_number
 
 PLATFORMS = ("torchscript", "torch_export")
 
@@ -131,7 +131,9 @@ class VersionPolicy:
             )
         return cls(
             "specific",
-            versions=tuple(_positive(v, f"{at}.versions[{i}]") for i, v in enumerate(versions)),
+            versions=tuple(
+                _positive(v, f"{at}.versions[{i}]", MAX_VERSION) for i, v in enumerate(versions)
+            ),
         )
 
     @classmethod
@@ -151,10 +153,12 @@ class VersionPolicy:
         raise ValueError(f"{where}: expected latest[:N], all or specific:V1,V2, got {value!r}")
 
 
-def _positive(value: Any, where: str) -> int:
+def _positive(value: Any, where: str, maximum: int | None = None) -> int:
     """A version count or number: an integer >= 1 (JSON booleans and floats refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{where}: expected an integer >= 1, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{where}: expected an integer in 1..{maximum}, got {value}")
     return value
 
 
@@ -241,9 +245,18 @@ _TOP = {
 _BATCHING = set(DynamicBatching.__dataclass_fields__)
 
 
-def _int(value: Any, where: str, minimum: int = 0) -> int:
+# Upper bounds where a value is allocated up front: the batcher keeps a queue per
+# priority level and scans them on every decision, and starts a thread per instance.
+# (priority_levels 10**8 grew the server by 500 MB/s until the kernel killed it.)
+MAX_PRIORITY_LEVELS = 1024
+MAX_INSTANCE_COUNT = 256
+
+
+def _int(value: Any, where: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ModelLoadError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ModelLoadError(f"{where}: expected an integer in {minimum}..{maximum}, got {value}")
     return value
 
 
@@ -386,6 +399,7 @@ def parse_config(data: Any, where: str) -> ModelConfig:
             batching_raw.get("priority_levels", b.priority_levels),
             f"{where}: dynamic_batching.priority_levels",
             1,
+            MAX_PRIORITY_LEVELS,
         ),
         default_priority_level=_int(
             batching_raw.get("default_priority_level", b.default_priority_level),
@@ -430,7 +444,9 @@ def parse_config(data: Any, where: str) -> ModelConfig:
         inputs=_tensors(data.get("inputs"), f"{where}: inputs"),
         outputs=_tensors(data.get("outputs"), f"{where}: outputs"),
         dynamic_batching=batching,
-        instance_count=_int(data.get("instance_count", 1), f"{where}: instance_count", 1),
+        instance_count=_int(
+            data.get("instance_count", 1), f"{where}: instance_count", 1, MAX_INSTANCE_COUNT
+        ),
         labels=tuple(labels),
         parameters=parameters,
         version_policy=policy,

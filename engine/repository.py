@@ -51,7 +51,12 @@ from conveyor.engine.errors import (
     Unavailable,
 )
 from conveyor.engine.model import Model
-from conveyor.engine.model_config import ModelConfig, VersionPolicy, load_config
+from conveyor.engine.model_config import (
+    MAX_INSTANCE_COUNT,
+    ModelConfig,
+    VersionPolicy,
+    load_config,
+)
 from conveyor.engine.validation import RequestDecoder
 from conveyor.versions import version_directory, version_number
 
@@ -97,6 +102,10 @@ class BatchingOverrides:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.instance_count is not None and self.instance_count > MAX_INSTANCE_COUNT:
+            raise ValueError(
+                f"instance_count must be at most {MAX_INSTANCE_COUNT}, got {self.instance_count}"
+            )
         if self.max_queue_size == 0:
             # As in config.json: 0 is "the default bound", never a queue that holds nothing.
             object.__setattr__(self, "max_queue_size", None)

@@ -55,6 +55,11 @@ def test_version_policies_select(policy: Any, served: list[int]) -> None:
         ({"specific": {}}, "specific.versions: expected a non-empty list"),
         ({"specific": {"versions": [-1, 0]}}, "specific.versions[0]: expected an integer >= 1"),
         ({"specific": {"versions": ["1"]}}, "specific.versions[0]: expected an integer >= 1"),
+        # accepted, then ModelConfig failed INTERNAL ("Value out of range") on the int64 field
+        (
+            {"specific": {"versions": [1, 2**63]}},
+            "specific.versions[1]: expected an integer in 1..9223372036854775807",
+        ),
         ({"newest": {}}, "version_policy: unknown policy 'newest'"),
         ({"all": {}, "latest": {}}, "version_policy: expected one of latest, all, specific"),
         ("specific:", "got 'specific:'"),
@@ -104,6 +109,10 @@ BATCHED: dict[str, Any] = {
          "inputs[0].columns: expected 2 distinct column names"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "dims": [2]}]},
          "inputs[0]: expected {name, datatype, shape[, columns]}; unknown keys ['dims']"),
+        # a queue per level, made up front: 10**8 grew the server until the kernel killed it
+        ({"dynamic_batching": {"priority_levels": 10**12}},
+         "dynamic_batching.priority_levels: expected an integer in 1..1024, got 1000000000000"),
+        ({"instance_count": 100000}, "instance_count: expected an integer in 1..256, got 100000"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_key_or_index(change: dict[str, Any], message: str) -> None:

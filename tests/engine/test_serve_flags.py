@@ -89,6 +89,8 @@ def _serve_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
             "--version-policy: expected latest[:N], all or specific:V1,V2, got 'bogus'",
         ),
         (["--version-policy", "latest:0"], "--version-policy: expected an integer >= 1, got 0"),
+        # a thread each, started at load
+        (["--instance-count", "100000"], "--instance-count must be at most 256, got 100000"),
         # "--drift-window-rows must be >= 10; --drift-threshold and
         # --drift-window-seconds > 0" before, whichever flag it was.
         (["--drift-threshold", "-1"], "--drift-threshold must be > 0, got -1.0"),
