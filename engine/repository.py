@@ -566,21 +566,28 @@ class ModelRepository:
                 found[number] = resolved
         return found
 
-    def _policy(self, versions: dict[int, Path]) -> VersionPolicy:
-        """The version policy of the newest version whose config.json parses (its
+    def _policy(self, versions: dict[int, Path], current: VersionPolicy | None) -> VersionPolicy:
+        """The version policy of the newest version's config.json (its
         ``version_policy``, else the server's default).
 
         A newer version with a missing or broken config.json (a push still being
-        copied, a typo) does not count: falling back to the server's default there
-        would let a bad push unload versions the model's own policy keeps serving.
+        copied, a typo) does not decide: the policy in effect (``current``, from the
+        last scan or load) stays until it parses, and before there is one the newest
+        config.json that parses decides. Falling back to the server's default, or to
+        an older version's policy, would let a bad push or a half-saved edit unload
+        versions the model's own policy keeps serving.
         """
+        broken_newer = False
         for version in sorted(versions, reverse=True):
             try:
                 config = load_config(versions[version] / "config.json")
             except Exception:  # any config that does not parse: one bad model
-                continue  # must not stop the repository (its load reports the error)
+                broken_newer = True  # must not stop the repository (its load reports it)
+                continue
+            if broken_newer and current is not None:
+                return current
             return config.version_policy or self.default_policy
-        return self.default_policy
+        return current or self.default_policy
 
     def _plan(
         self, name: str, config: ModelConfig | None
@@ -593,7 +600,8 @@ class ModelRepository:
         """
         versions = self._versions_on_disk(name)
         if config is None:
-            policy = self._policy(versions)
+            entry = self.models.get(name)
+            policy = self._policy(versions, None if entry is None else entry.policy)
         else:
             policy = config.version_policy or self.default_policy
         wanted = policy.select(list(versions))

@@ -450,6 +450,33 @@ def test_a_broken_newer_version_keeps_the_model_policy(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_serving_version_whose_config_breaks_keeps_the_policy_in_effect(
+    tmp_path: Path,
+) -> None:
+    # v1 has no version_policy, v2 says "all": both serve. v2's config.json half-saved
+    # (truncated by an editor or a copy) made v1's config decide: the default latest:1,
+    # which unloaded v1 while v2's served copy stayed. The policy in effect stays
+    # until the newest config.json parses again (Triton keeps what serves, too).
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    write_model(tmp_path, "m", 2, Version(2), VERSION_IO, version_policy={"all": {}})
+    server, channel, stub = _serve(tmp_path)
+    try:
+        assert _ready(stub, "m", "1") and _ready(stub, "m", "2")
+        path = tmp_path / "m" / "2" / "config.json"
+        text = path.read_text()
+        path.write_text(text[: len(text) // 2])
+        entry = server.repository.models["m"]  # type: ignore[union-attr]
+        _wait(lambda: 2 in entry.failed)
+        time.sleep(3 * POLL)  # a few more polls: nothing may be unloaded meanwhile
+        assert [_infer(stub, "m", v) for v in ("1", "2")] == [1.0, 2.0]
+        path.write_text(text)
+        _wait(lambda: 2 not in entry.failed)
+        assert [_infer(stub, "m", v) for v in ("1", "2")] == [1.0, 2.0]
+    finally:
+        channel.close()
+        server.stop()
+
+
 def test_poll_retries_and_reloads_on_any_file_of_the_version(tmp_path: Path) -> None:
     write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
     server, channel, stub = _serve(tmp_path)
