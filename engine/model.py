@@ -57,7 +57,7 @@ class VersionFiles:
 
 
 def _locate(directory: Path, config: ModelConfig) -> VersionFiles:
-    refused = sorted(p.name for p in directory.iterdir() if p.suffix in _REFUSED_SUFFIXES)
+    refused = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in _REFUSED_SUFFIXES)
     if refused:
         raise ModelLoadError(
             f"{directory}: refusing {', '.join(refused)}: only TorchScript (model.pt) or "

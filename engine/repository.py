@@ -50,7 +50,7 @@ from conveyor.engine.errors import (
     NotFound,
     Unavailable,
 )
-from conveyor.engine.model import Model
+from conveyor.engine.model import PROGRAM_FILES, SIDE_FILES, Model
 from conveyor.engine.model_config import (
     MAX_INSTANCE_COUNT,
     ModelConfig,
@@ -72,7 +72,7 @@ RETIRE_TIMEOUT = 60.0
 RETIRE_THREADS = 16
 # Seconds between rescorings of idle drift windows (see ModelRepository._refresh_drift).
 DRIFT_REFRESH_SECONDS = 1.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 # A model name is one directory name: longer ones cannot exist (ENAMETOOLONG).
 _NAME_MAX_BYTES = 255
 
@@ -325,7 +325,8 @@ class ModelRepository:
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._drift_refresher: asyncio.Task[None] | None = None
-        self._skipped: set[Path] = set()  # misspelt version directories already logged
+        # Directories already logged as skipped (misspelt versions, unservable model names)
+        self._skipped: set[Path] = set()
 
     # -- routing (hot path, event loop) ------------------------------------------------------
 
@@ -499,7 +500,8 @@ class ModelRepository:
         or cannot be a directory name (messages name the model, never the server's paths)."""
         if not _NAME.match(name) or name in (".", ".."):
             raise InvalidArgument(
-                f"model name {_shown(name)}: use letters, digits, '_', '-', '.' (no paths)"
+                f"model name {_shown(name)}: use letters, digits, '_', '-', '.', starting "
+                "with a letter, digit or '_' (no paths)"
             )
         if len(name.encode()) > _NAME_MAX_BYTES:
             raise InvalidArgument(
@@ -529,13 +531,16 @@ class ModelRepository:
     def _model_names(self) -> list[str]:
         names = []
         for child in sorted(self.root.iterdir()):
-            if child.is_dir() and _NAME.match(child.name):
-                try:
-                    self.model_dir(child.name)
-                except InvalidArgument as exc:
+            if not child.is_dir() or child.name.startswith("."):  # hidden: .git, checkpoints
+                continue
+            try:
+                self.model_dir(child.name)
+            except InvalidArgument as exc:
+                if child not in self._skipped:  # once per directory, not every poll
+                    self._skipped.add(child)
                     log.warning("skipping %s: %s", child, exc.message)
-                    continue
-                names.append(child.name)
+                continue
+            names.append(child.name)
         return names
 
     def _versions_on_disk(self, name: str) -> dict[int, Path]:
@@ -580,6 +585,7 @@ class ModelRepository:
         broken_newer = False
         for version in sorted(versions, reverse=True):
             try:
+                self._check_files_inside(versions[version])
                 config = load_config(versions[version] / "config.json")
             except Exception:  # any config that does not parse: one bad model
                 broken_newer = True  # must not stop the repository (its load reports it)
@@ -610,9 +616,25 @@ class ModelRepository:
             prints = {v: (*p, ("parameter 'config'", repr(config))) for v, p in prints.items()}
         return versions, policy, wanted, prints
 
+    def _check_files_inside(self, directory: Path) -> None:
+        """Refuse a version whose files (symlinks) resolve outside the repository root:
+        the root is what the operator vetted, and a link could point a model at any
+        file the server can read."""
+        for name in ("config.json", *PROGRAM_FILES.values(), *SIDE_FILES):
+            path = directory / name
+            if not (path.is_symlink() or path.exists()):
+                continue
+            resolved = path.resolve()
+            if not resolved.is_relative_to(self.root):
+                raise ModelLoadError(
+                    f"{path}: a symlink that resolves outside the model repository "
+                    f"({resolved}); model files must be inside it"
+                )
+
     def _load_version(
         self, name: str, version: int, directory: Path, fp: tuple, config: ModelConfig | None
     ) -> ServedVersion:
+        self._check_files_inside(directory)
         if config is None:
             config = load_config(directory / "config.json")
         if self.overrides.max_batch_size is not None:

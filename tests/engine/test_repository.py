@@ -125,6 +125,8 @@ def test_failed_load_is_reported_and_the_previous_version_keeps_serving(tmp_path
 def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
     d = write_model(tmp_path, "pickled", 1, Version(1), VERSION_IO)
     (d / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2]}))
+    d = write_model(tmp_path, "shouting", 1, Version(1), VERSION_IO)
+    (d / "weights.PKL").write_bytes(pickle.dumps({"weights": [1, 2]}))  # was served
     d = write_model(tmp_path, "saved", 1, Version(1), VERSION_IO)
     torch.save(Version(1), d / "model.pt")  # a pickled nn.Module, not TorchScript
     d = write_model(tmp_path, "wrongio", 1, Affine(), VERSION_IO)  # expects [batch, 4]
@@ -150,6 +152,7 @@ def test_pickles_and_mismatched_configs_are_refused(tmp_path: Path) -> None:
                 "hold without changing its values" in reasons[f"as{datatype.lower()}"]
             )
         assert "never pickles" in reasons["pickled"]
+        assert "refusing weights.PKL" in reasons["shouting"]
         assert "not a TorchScript archive: it is a torch.save checkpoint" in reasons["saved"]
         assert "warm-up" in reasons["wrongio"]
         assert "'platform' must be one of" in reasons["badjson"]
@@ -228,10 +231,24 @@ def test_paths_leaving_the_repository_are_refused(tmp_path: Path) -> None:
     os.symlink(outside / "evil", repo / "evil")
     write_model(repo, "linked", 1, Version(1), VERSION_IO)
     os.symlink(outside / "evil" / "1", repo / "linked" / "2")
+    # Files of a version linked outside: they were loaded and served.
+    for name in ("model.pt", "config.json"):
+        d = write_model(repo, f"file_{name.split('.')[1]}", 1, Version(1), VERSION_IO)
+        (d / name).unlink()
+        os.symlink(outside / "evil" / "1" / name, d / name)
+    # ... and inside the root a link is fine (a shared copy of the same program).
+    d = write_model(repo, "shared", 1, Version(1), VERSION_IO)
+    (d / "model.pt").unlink()
+    os.symlink(repo / "linked" / "1" / "model.pt", d / "model.pt")
     server, channel, stub = _serve(repo, model_control="explicit", load_models=["*"])
     try:
         assert not _ready(stub, "evil")
         assert _ready(stub, "linked", "1") and not _ready(stub, "linked", "2")
+        assert _ready(stub, "shared", "1")
+        entries = server.repository.models  # type: ignore[union-attr]
+        for model in ("file_pt", "file_json"):
+            assert not _ready(stub, model)
+            assert "resolves outside the model repository" in entries[model].failed[1][1]
         with pytest.raises(grpc.RpcError) as info:
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="evil"), timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -534,6 +551,33 @@ def test_version_directories_have_one_spelling(tmp_path: Path) -> None:
         assert not _ready(stub, "m", "2")
         skipped = [m for m in records.messages if "skipping" in m]
         assert len(skipped) == 3 and all("without leading zeros" in m for m in skipped)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        channel.close()
+        server.stop()
+
+
+def test_model_directory_names(tmp_path: Path) -> None:
+    # "_under" was skipped in poll mode without a word, and refused in explicit mode with
+    # "use letters, digits, '_', '-', '.'". Names that cannot be served are logged once;
+    # hidden directories (.git) are not models and pass silently.
+    records = _Records()
+    logger = logging.getLogger("conveyor.engine.repository")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(records)
+    for name in ("_under", "-dash", "my model", ".hidden"):
+        write_model(tmp_path, name, 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path)
+    try:
+        _wait(lambda: _ready(stub, "_under"))
+        time.sleep(3 * POLL)  # a few polls: each skipped directory is logged once
+        assert set(server.repository.models) == {"_under"}  # type: ignore[union-attr]
+        skipped = sorted(m for m in records.messages if "skipping" in m)
+        assert len(skipped) == 2, skipped
+        assert "'-dash'" in skipped[0] and "'my model'" in skipped[1]
+        assert "starting with a letter, digit or '_'" in skipped[0]
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
