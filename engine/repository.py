@@ -423,12 +423,29 @@ class ModelRepository:
         self._executor.shutdown(wait=True)
 
     async def _poll(self) -> None:
+        root_missing = False
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
                 await self.sync()
+            except OSError as exc:
+                if self.root.is_dir():  # the root is there: some other file failed
+                    log.exception("repository poll failed")
+                elif not root_missing:  # renamed away, an unmounted volume: once, not a
+                    root_missing = True  # traceback every poll
+                    log.error(
+                        "model repository %s cannot be read (%s); serving what is loaded "
+                        "until it is back",
+                        self.root,
+                        _reason(exc),
+                    )
+                continue
             except Exception:  # a bad scan must not end polling
                 log.exception("repository poll failed")
+                continue
+            if root_missing:
+                root_missing = False
+                log.info("model repository %s is back", self.root)
 
     async def _refresh_drift(self) -> None:
         """Rescore the drift windows that traffic does not: a batch rescores only when it

@@ -585,6 +585,34 @@ def test_model_directory_names(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_repository_root_that_goes_away_is_logged_once(tmp_path: Path) -> None:
+    # Renamed away (an unmounted volume): serving goes on with what is loaded, and the
+    # poll said so with a FileNotFoundError traceback every poll_interval.
+    records = _Records()
+    logger = logging.getLogger("conveyor.engine.repository")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    records.setLevel(logging.INFO)
+    logger.addHandler(records)
+    repo = tmp_path / "repo"
+    write_model(repo, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(repo)
+    try:
+        repo.rename(tmp_path / "away")
+        time.sleep(4 * POLL)
+        assert _infer(stub, "m") == 1.0
+        (tmp_path / "away").rename(repo)
+        _wait(lambda: any("is back" in m for m in records.messages))
+        missing = [m for m in records.messages if "cannot be read" in m]
+        assert len(missing) == 1 and "serving what is loaded" in missing[0]
+        assert not [m for m in records.messages if "poll failed" in m]
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        channel.close()
+        server.stop()
+
+
 def test_a_bytes_output_of_zero_rows_is_empty(tmp_path: Path) -> None:
     from conveyor.engine.model import Model
 
