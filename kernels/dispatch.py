@@ -17,6 +17,8 @@ Implementations (``IMPLS``):
 
 Choice, first match wins:
 
+0. under ``torch.jit.trace``, ``reference`` always (the trace records torch ops,
+   not what the compiled implementations write through raw pointers);
 1. the ``impl=`` argument of the op (strict: an implementation that cannot run
    on the tensor raises ``ValueError``);
 2. ``CONVEYOR_<OP>_IMPL`` (e.g. ``CONVEYOR_LINEAR_IMPL=cpp``), then
@@ -347,6 +349,11 @@ def choose(
     """
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+    if torch.jit.is_tracing():
+        # The compiled implementations write through raw pointers, which a trace does
+        # not see: it would record only the output's allocation and replay garbage.
+        # The reference is the same math in ops the trace records.
+        return "reference"
     if impl is not None:
         _check_name(impl, "the impl argument")
         if not available(op, impl, device, dtype):

@@ -120,13 +120,16 @@ def histogram_update(
     if _is_torch(values) and values.is_cuda:
         return _histogram_update_cuda(values, edges, counts, _resolve_impl(impl, True), check_edges)
 
+    if counts is not None and _is_torch(counts):
+        # A CPU tensor of counts is updated through its numpy view, whatever values are.
+        if counts.device.type != "cpu":
+            raise ValueError(f"counts: on {counts.device}, values are not: use one device")
+        histogram_update(values, edges, counts.numpy(), impl=impl, check_edges=check_edges)
+        return counts
     if _is_torch(values):
         # numpy has no bfloat16: such tensors (values or edges) go over as float32.
         values = _cpu_numpy(values)
         edges = _cpu_numpy(edges) if _is_torch(edges) else edges
-        if counts is not None and _is_torch(counts):
-            histogram_update(values, edges, counts.numpy(), impl=impl, check_edges=check_edges)
-            return counts
     values = np.ascontiguousarray(values, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"values: expected 2 dimensions [rows, features], got {values.ndim}")
@@ -145,6 +148,12 @@ def histogram_update(
     chosen = _resolve_impl(impl, False)
     if chosen == "reference":
         return histogram_update_reference(values, edges, counts)
+    if not counts.flags.c_contiguous:
+        # The compiled paths add into contiguous memory: count into a copy, write it back.
+        work = np.ascontiguousarray(counts)
+        histogram_update(values, edges, work, impl=chosen, check_edges=False)
+        counts[...] = work
+        return counts
     if chosen == "triton":  # the interpreter, on zero-copy torch views of the arrays
         from conveyor.kernels.triton_kernels import histogram as triton_histogram
 

@@ -164,6 +164,8 @@ def layer_norm(
     ``impl`` forces an implementation; default ``dispatch.choose`` (env
     ``CONVEYOR_LAYER_NORM_IMPL``). Returns a tensor shaped like ``x``.
     """
+    if not eps >= 0:  # NaN too; checked here for every implementation (the C++ one did)
+        raise ValueError(f"eps: must be a number >= 0, got {eps!r}")
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)

@@ -293,24 +293,27 @@ def fused_linear(
             ``conveyor.kernels.dispatch.choose`` (env ``CONVEYOR_LINEAR_IMPL``).
 
     Returns:
-        ``[..., out_features]`` in ``x``'s dtype (on a GPU under ``torch.autocast``,
-        in the autocast dtype, as ``nn.Linear``); differentiable in all inputs.
+        ``[..., out_features]`` in ``x``'s dtype (under ``torch.autocast``, CPU or GPU,
+        in the autocast dtype, as ``nn.Linear``); differentiable in all inputs. Under
+        ``torch.jit.trace`` the reference runs (see ``conveyor.kernels.dispatch``).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if x.dim() == 0:
+        raise ValueError("x: expected at least 1 dimension [..., in_features], got a 0-dim tensor")
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"shapes: x [..., {x.shape[-1]}] does not match weight {tuple(weight.shape)}"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if not x.is_cpu and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+    dt = autocast_dtype(x)
+    if dt is not None:
         # As torch's own linear under autocast: the GEMM in the autocast dtype, with
         # gradients flowing back through the casts to the float32 parameters. (The
         # compiled implementations are not autocast ops: they would run in float32,
         # and cuBLASLt's backward would meet 16-bit gradients and float32 weights.
         # Autocast leaves float64 alone, and so does this.)
-        dt = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dt), weight.to(dt)
         bias = None if bias is None else bias.to(dt)
     lead = x.shape[:-1]
@@ -336,6 +339,21 @@ def fused_linear(
     return y.reshape(*lead, weight.shape[0])
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` gives a linear layer on ``x``'s device, or None when
+    autocast is off there (or ``x`` is float64, which autocast leaves alone). CPU autocast
+    counts as CUDA's does: ``nn.Linear`` runs in bfloat16 under it, so the fused ops do
+    too (before, the C++ path answered float32 and the reference bfloat16)."""
+    if x.dtype == torch.float64:
+        return None
+    try:
+        if not torch.is_autocast_enabled(x.device.type):
+            return None
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return None
+    return torch.get_autocast_dtype(x.device.type)
+
+
 class PackCache:
     """A module's layers packed for CPU inference (``conveyor.kernels.PackedMLP``),
     rebuilt when a parameter changes storage (``.to()``, a new Parameter), is
@@ -358,6 +376,12 @@ class PackCache:
 
     def get(self, layers: list[tuple[torch.Tensor, torch.Tensor | None, str]]):  # -> PackedMLP
         tensors = tuple(t for w, b, _ in layers for t in (w, b) if t is not None)
+        if any(t.is_inference() for t in tensors):
+            # Parameters made under torch.inference_mode have no version counter (reading
+            # it raises), so an in-place change could not be seen: packed per call.
+            from conveyor.kernels.mlp import PackedMLP
+
+            return PackedMLP(layers)
         key = (
             tuple(act for _, _, act in layers),
             tuple((id(t), t.data_ptr(), t._version) for t in tensors),
@@ -444,12 +468,12 @@ class FusedLinear(nn.Module):
         decides (other devices and dtypes, an implementation forced by ``impl`` or the
         environment)."""
         w = self.weight
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.jit.is_tracing():
             return None
         if x.dtype != w.dtype or x.dtype not in (torch.float32, torch.float64):
             return None
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            return None  # fused_linear raises the shape error
+        if x.dim() == 0 or x.shape[-1] != self.in_features or autocast_dtype(x) is not None:
+            return None  # fused_linear raises the shape error, or runs autocast's dtype
         env = dispatch.forced_by_env("linear")
         forced = self.impl or (env and env[1])
         if forced not in (None, "cpp") or not dispatch.available("mlp", "cpp", "cpu", w.dtype):

@@ -32,6 +32,7 @@ from conveyor.kernels.linear import (
     FusedLinear,
     PackCache,
     activation_reference,
+    autocast_dtype,
     fused_linear,
     linear_reference,
 )
@@ -62,7 +63,9 @@ def fused_mlp(x: torch.Tensor, layers: Sequence[Layer], *, impl: str | None = No
     lead = x.shape[:-1]
     work = math.prod(lead) * sum(w.shape[0] * w.shape[1] for w, _, _ in layers)
     chosen = dispatch.choose("mlp", dispatch.device_type(x), x.dtype, impl, work=work, grad=grad)
-    if chosen == "reference" or grad:
+    # Under autocast, layer by layer in autocast's dtype, as nn.Linear (the packed C++
+    # MLP would answer float32).
+    if chosen == "reference" or grad or autocast_dtype(x) is not None:
         if chosen == "reference":
             return mlp_reference(x, layers)
         for w, b, act in layers:  # autograd needs the graph: one fused_linear per layer
@@ -88,12 +91,18 @@ def _pack(layers: Sequence[Layer]) -> list[tuple]:
     return packed
 
 
+def _plain(module: nn.Module, kind: type[nn.Module]) -> bool:
+    """Whether ``module`` is a ``kind`` computing what ``kind`` does: a subclass that
+    overrides ``forward`` (a scaled ReLU, a residual Sequential) is something else."""
+    return isinstance(module, kind) and type(module).forward is kind.forward
+
+
 def _module_activation(module: nn.Module) -> str | None:
     """The :data:`MLP_ACTIVATIONS` name of an activation module, or None."""
-    if isinstance(module, nn.GELU):
+    if _plain(module, nn.GELU):
         return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
     kinds = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
-    return next((name for kind, name in kinds.items() if isinstance(module, kind)), None)
+    return next((name for kind, name in kinds.items() if _plain(module, kind)), None)
 
 
 # One module of a Sequential as :func:`fold_layers` sees it: a Linear's ``(weight, bias)``,
@@ -128,7 +137,7 @@ def sequential_layers(module: nn.Sequential) -> list[Layer]:
     def parts() -> Iterator[tuple[str, str, ModulePart]]:
         # remove_duplicate=False: one ReLU instance used after two Linears is two activations.
         for path, child in module.named_modules(remove_duplicate=False):
-            if isinstance(child, (nn.Sequential, nn.Dropout, nn.Identity)):
+            if any(_plain(child, kind) for kind in (nn.Sequential, nn.Dropout, nn.Identity)):
                 continue
             linear = type(child) is nn.Linear
             part = (child.weight, child.bias) if linear else _module_activation(child)
@@ -271,7 +280,14 @@ class FusedMLP(nn.Module):
         return [(m.weight, m.bias, m.activation) for m in self.layers]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu":
+        if x.dim() == 0:
+            raise ValueError("x: expected at least 1 dimension [..., in_features], got 0-dim")
+        if (
+            torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or torch.jit.is_tracing()
+            or autocast_dtype(x) is not None
+        ):
             return fused_mlp(x, self._layers(), impl=self.impl)
         work = (x.numel() // max(1, x.shape[-1])) * self._work_per_row
         if dispatch.choose("mlp", "cpu", x.dtype, self.impl, work=work) != "cpp":
