@@ -83,6 +83,8 @@ class RequestDecoder:
                 )
             if arrays[entry.index] is not None:
                 raise InvalidArgument(f"input {name!r} given twice")
+            if tensor.parameters:  # rare: requests without input parameters skip this
+                _check_input_parameters(tensor)
             spec = entry.spec
             if tensor.datatype != spec.datatype:
                 raise InvalidArgument(
@@ -220,6 +222,20 @@ def _check_utf8(name: str, items: list[bytes]) -> None:
                 f"input {name!r}: BYTES element {k} (row-major) is not valid UTF-8 "
                 f"({exc.reason} at byte {exc.start}); the model takes strings"
             ) from None
+
+
+def _check_input_parameters(tensor: object) -> None:
+    """Refuse input parameters: none is applied here. Shared-memory inputs (Triton's
+    extension, which ServerMetadata does not list) were refused as "contents holds 0
+    values", blaming the contents the client had rightly left out."""
+    name = tensor.name  # type: ignore[attr-defined]
+    for key in tensor.parameters:  # type: ignore[attr-defined]
+        if key.startswith("shared_memory"):
+            raise InvalidArgument(
+                f"input {name!r}: parameter {key!r}: shared memory (Triton's extension) is "
+                "not supported by this server; send the tensor in the request"
+            )
+        raise InvalidArgument(f"input {name!r}: unknown parameter {key!r} (none is supported)")
 
 
 def _check_output_parameters(out: object) -> None:

@@ -220,3 +220,21 @@ def test_output_parameters_are_applied_or_refused(parameters: dict, message: str
     with pytest.raises(InvalidArgument, match=f"^requested output 'y': .*{message}"):
         ONE_INPUT.decode(_with_output(**parameters))
     ONE_INPUT.decode(_with_output(classification=0))  # 0: no classification, as in Triton
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("shared_memory_region", r"shared memory \(Triton's extension\) is not supported"),
+        ("shared_memory_byte_size", "shared memory"),
+        ("binary_data_size", r"unknown parameter 'binary_data_size' \(none is supported\)"),
+    ],
+)
+def test_input_parameters_are_refused_by_name(key: str, message: str) -> None:
+    # tritonclient's set_shared_memory() got "contents.fp32_contents holds 0 values; shape
+    # [1, 4] needs 4", blaming the contents it had rightly left out
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    tensor.parameters[key].string_param = "region"
+    with pytest.raises(InvalidArgument, match=f"^input 'x': .*{message}"):
+        ONE_INPUT.decode(request)
