@@ -183,6 +183,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.ready = False
         self._draining = False
         self._readers: set[_StreamReader] = set()
+        # Loads and unloads whose caller went away: they run to their end (see _control).
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # -- infer ----------------------------------------------------------------------------
 
@@ -552,10 +554,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             check_repository_name(request.repository_name)
             if load:
-                await self.repository.load(name, config_override(request.parameters))
+                work = self.repository.load(name, config_override(request.parameters))
             else:
                 check_unload_parameters(request.parameters)
-                await self.repository.unload(name)
+                work = self.repository.unload(name)
+            await self._to_the_end(work, name, "load" if load else "unload")
         except EngineError as exc:
             error = exc
         except Exception as exc:  # never UNKNOWN: INTERNAL with the message, logged
@@ -563,6 +566,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if error is not None:  # aborted outside the try: abort raises
             await _abort(context, error, "", name)
         log.info("%s by request", "loaded" if load else "unloaded", extra={"model": name})
+
+    async def _to_the_end(self, work: Any, name: str, what: str) -> None:
+        """Await ``work`` (a load or unload), which goes on to its end when the caller goes
+        away, as in Triton: a client deadline shorter than a model's load threw the load
+        away halfway, without a word, and left the model unloaded."""
+        task = asyncio.ensure_future(work)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            log.warning("the caller of a %s went away; it goes on", what, extra={"model": name})
+            task.add_done_callback(lambda done: _log_orphan(done, name, what))
+            raise
+
+
+def _log_orphan(task: asyncio.Task[None], name: str, what: str) -> None:
+    """How a load or unload whose caller went away ended (nobody else will hear it)."""
+    fields = {"model": name}
+    if task.cancelled():  # the server stopped meanwhile
+        log.warning("%s cancelled (the server is stopping)", what, extra=fields)
+    elif task.exception() is not None:
+        log.error("%s by request failed: %s", what, task.exception(), extra=fields)
+    else:
+        log.info("%sed by request (its caller had gone)", what, extra=fields)
 
 
 def _drift(served: ServedVersion) -> pb.DriftStatistics | None:

@@ -223,6 +223,31 @@ def test_explicit_control_loads_and_unloads_only_on_request(tmp_path: Path) -> N
         server.stop()
 
 
+def test_a_load_whose_caller_goes_away_runs_to_its_end(tmp_path: Path, monkeypatch) -> None:
+    # As Triton: a client deadline shorter than the load (tritonclient's client_timeout)
+    # threw the load away halfway without a word; the model stayed unloaded.
+    from conveyor.engine.repository import ModelRepository
+
+    load_version = ModelRepository._load_version
+
+    def slow(self, *args):
+        time.sleep(1.0)
+        return load_version(self, *args)
+
+    monkeypatch.setattr(ModelRepository, "_load_version", slow)
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server, channel, stub = _serve(tmp_path, model_control="explicit")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"), timeout=0.2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait(lambda: _ready(stub, "m"))
+        assert _infer(stub, "m") == 1.0
+    finally:
+        channel.close()
+        server.stop()
+
+
 def test_paths_leaving_the_repository_are_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     write_model(outside, "evil", 1, Version(1), VERSION_IO)
