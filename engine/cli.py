@@ -231,6 +231,9 @@ class _Signals:
     def __init__(self) -> None:
         self.got = threading.Event()
         self.received: list[int] = []
+        # Called (in the handler) on the first signal: the server's request_stop, so that
+        # a stop during the models' load ends the start instead of waiting it out.
+        self.on_stop: Callable[[], object] | None = None
         self._previous = {
             s: signal.signal(s, self._handler)
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -245,6 +248,8 @@ class _Signals:
             signal.signal(s, signal.SIG_IGN)
         self.received.append(signum)
         self.got.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
     def wait(self) -> int:
         """Block until a signal came; returns its number."""
@@ -285,6 +290,9 @@ def serve_one(
 
             torch_threads = limit_torch_threads(cpus)  # before models load and warm up
         server = Server(**kwargs)
+        signals.on_stop = server.request_stop
+        if signals.got.is_set():  # a stop while the imports ran: nothing to load
+            return 0
         server.start()
         if cpus is not None:
             # After the start: gRPC's threads exist by now, and keep every CPU.
@@ -298,6 +306,15 @@ def serve_one(
         signum = signals.wait()
         log.info("received %s; shutting down", signal.Signals(signum).name)
         server.stop()
+        if server.load_abandoned():
+            # A model load is still in torch code on its thread: the interpreter's
+            # teardown under it ends the process with std::terminate (SIGABRT). The
+            # server has stopped; nothing is left to flush but the logs.
+            log.info("exiting without waiting for a model load under way")
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     finally:
         signals.restore()
     return 0

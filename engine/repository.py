@@ -50,6 +50,7 @@ from conveyor.engine.errors import (
     NotFound,
     Unavailable,
 )
+from conveyor.engine.load_thread import LoadThread
 from conveyor.engine.model import PROGRAM_FILES, SIDE_FILES, Model
 from conveyor.engine.model_config import (
     MAX_INSTANCE_COUNT,
@@ -313,8 +314,8 @@ class ModelRepository:
         self.overrides = overrides or BatchingOverrides()
         self.models: dict[str, ModelEntry] = {}
         # Loading runs torch code: one background thread, so loads never overlap
-        # and never touch the event loop.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-repository")
+        # and never touch the event loop; a daemon, so a stop need not wait for a load.
+        self._executor = LoadThread("conveyor-repository")
         # Retired versions drain here, outside the lock and the loading thread: one
         # version's drain (a batch hung until the execution timeout) holds up no other
         # load or unload. Threads start only as drains overlap.
@@ -420,7 +421,14 @@ class ModelRepository:
         while self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
         self._retirer.shutdown(wait=True)
-        self._executor.shutdown(wait=True)
+        # A load under way (a stop came during it) is abandoned, not waited for: it is
+        # discarded when it ends (_discard_result), or ends with the process.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def load_under_way(self) -> bool:
+        """After :meth:`close`: whether an abandoned load is still running in its thread
+        (torch code the interpreter's teardown must not run under)."""
+        return self._executor.busy()
 
     async def _poll(self) -> None:
         root_missing = False
@@ -473,7 +481,7 @@ class ModelRepository:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
     def _submit(
-        self, fn: Any, *args: Any, executor: ThreadPoolExecutor | None = None
+        self, fn: Any, *args: Any, executor: concurrent.futures.Executor | None = None
     ) -> concurrent.futures.Future[Any]:
         """``fn(*args)`` in the repository thread (or ``executor``'s); in a thread of its
         own once the executor refuses work: it does when the interpreter exits (its worker

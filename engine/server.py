@@ -244,6 +244,7 @@ class Server:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._stop_wanted = False  # request_stop() before the loop had its event
         self._stop_grace: float | None = None
         self.repository: ModelRepository | None = None
         self.servicer: InferenceServicer | None = None
@@ -288,13 +289,27 @@ class Server:
         if self._thread is None:
             return
         atexit.unregister(self.stop)
-        loop = self._loop
-        if loop is not None and self._stop_requested is not None:
-            self._stop_grace = self.grace if grace is None else grace
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._stop_requested.set)
+        if grace is not None:
+            self._stop_grace = grace
+        self.request_stop()
         self._thread.join()
         self._thread = None
+
+    def load_abandoned(self) -> bool:
+        """After :meth:`stop`: whether a model load the stop did not wait for is still
+        running (see ``conveyor.engine.load_thread``)."""
+        repository = self.repository
+        return repository is not None and repository.load_under_way()
+
+    def request_stop(self) -> None:
+        """Ask the server to stop, without waiting for it (safe in a signal handler;
+        :meth:`stop` waits). A start still loading models ends there: no model is
+        served and :meth:`start` returns once the loads are abandoned."""
+        self._stop_wanted = True
+        loop, event = self._loop, self._stop_requested
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: it is over
+                loop.call_soon_threadsafe(event.set)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (True) or ``timeout`` passed (False)."""
@@ -362,6 +377,8 @@ class Server:
 
     async def _serve(self) -> None:
         self._stop_requested = asyncio.Event()
+        if self._stop_wanted:  # request_stop() came before the event existed
+            self._stop_requested.set()
         try:
             repository = ModelRepository(self.repository_path, **self._options)
         except Exception as exc:
@@ -423,7 +440,8 @@ class Server:
         self.repository, self.servicer = repository, servicer
         await server.start()
         try:
-            await repository.start()
+            if not await self._started_before_stop(repository):
+                return  # stopped while loading: never ready, nothing served
             servicer.ready = True
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -446,6 +464,23 @@ class Server:
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()
             log.info("stopped")
+
+    async def _started_before_stop(self, repository: ModelRepository) -> bool:
+        """The repository's start (the initial loads), unless a stop comes first: a SIGTERM
+        during a minute of model loading waited for it, then served, then stopped."""
+        assert self._stop_requested is not None
+        loading = asyncio.ensure_future(repository.start())
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            stop.cancel()
+            loading.result()  # a start error is raised here
+            return True
+        loading.cancel()  # the load under way is abandoned (repository._load discards it)
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        log.info("stop requested while loading models: not serving")
+        return False
 
 
 def _bind_error(target: str, detail: str) -> ServerError:

@@ -248,6 +248,51 @@ def test_a_load_whose_caller_goes_away_runs_to_its_end(tmp_path: Path, monkeypat
         server.stop()
 
 
+def _slow_loads(monkeypatch, seconds: float) -> threading.Event:
+    """Every version's load takes ``seconds`` more; the event is set once one has begun."""
+    from conveyor.engine.repository import ModelRepository
+
+    load_version, begun = ModelRepository._load_version, threading.Event()
+
+    def slow(self, *args):
+        begun.set()
+        time.sleep(seconds)
+        return load_version(self, *args)
+
+    monkeypatch.setattr(ModelRepository, "_load_version", slow)
+    return begun
+
+
+def test_a_stop_during_the_first_loads_ends_the_start(tmp_path: Path, monkeypatch) -> None:
+    # A SIGTERM while the models loaded waited for the loads, then the server turned
+    # ready (health SERVING), then it stopped: 16-29 s past the signal in the review.
+    begun = _slow_loads(monkeypatch, 5.0)
+    write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
+    server = Server(tmp_path, port=0, poll_interval=POLL)
+    threading.Thread(target=lambda: (begun.wait(10), server.request_stop()), daemon=True).start()
+    t0 = time.monotonic()
+    server.start()  # returns once the stop has ended the start
+    server.stop()
+    assert time.monotonic() - t0 < 4.0
+    assert server.servicer is not None and not server.servicer.ready
+
+
+def test_a_stop_does_not_wait_for_a_load_under_way(tmp_path: Path, monkeypatch) -> None:
+    # --grace-period 2 and a model appearing live with a 20-30 s load: the stop took 29 s
+    # (the repository's close joined the loading thread).
+    write_model(tmp_path, "a", 1, Version(1), VERSION_IO)
+    server, channel, _ = _serve(tmp_path)
+    try:
+        begun = _slow_loads(monkeypatch, 5.0)
+        write_model(tmp_path, "b", 1, Version(2), VERSION_IO)
+        assert begun.wait(10)
+    finally:
+        channel.close()
+        t0 = time.monotonic()
+        server.stop(grace=0.5)
+    assert time.monotonic() - t0 < 3.0
+
+
 def test_paths_leaving_the_repository_are_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     write_model(outside, "evil", 1, Version(1), VERSION_IO)
