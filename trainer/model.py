@@ -119,6 +119,11 @@ class TabularModel(nn.Module):
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self.register_buffer("id_offset", torch.tensor(starts, dtype=torch.long))
         self.embeddings = nn.EmbeddingBag(max(1, sum(sizes)), embedding_dim, mode="sum")
+        if self.n_categorical == 0:
+            # A one-row placeholder (checkpoints keep their keys) that forward never uses:
+            # DDP would wait for its gradient and fail the second step ("Expected to have
+            # finished reduction in the prior iteration").
+            self.embeddings.weight.requires_grad_(False)
         layers: list[nn.Module] = []
         width = self.n_numeric + self.n_categorical * embedding_dim
         for h in hidden:

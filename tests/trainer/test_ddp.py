@@ -143,3 +143,29 @@ def test_ctrl_c_or_sigterm_of_nproc_2_is_one_line(tmp_path: Path, sig: int, grou
     assert lines == [
         f"conveyor: error: interrupted by {signal.Signals(sig).name}; continue with --resume"
     ], err
+
+
+def test_numeric_features_only_train_under_ddp(tmp_path: Path) -> None:
+    # No categorical column: the embedding table went unused, and DDP failed the second
+    # step ("Expected to have finished reduction in the prior iteration ... Parameter
+    # indices which did not receive grad for rank 0: 0").
+    from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+
+    table = tabular(200, seed=2).drop_columns(["color", "shop"])
+    data = tmp_path / "d.parquet"
+    pq.write_table(table, data)
+    spec = FeatureSpec(
+        label=Label("y", "binary", [0, 1]),
+        numeric=[NumericFeature(n) for n in ("x0", "x1", "x2")],
+        key="id",
+    )
+    spec_path = tmp_path / "spec.json"
+    spec.save(spec_path)
+    done = run_cli(
+        "train", str(data), "--spec", str(spec_path), "--out", str(tmp_path / "run"),
+        "--epochs", "1", "--batch-size", "16", "--hidden", "8", "--nproc", "2",
+        "--progress", "off",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] > 1
