@@ -63,6 +63,8 @@ def _source(args: argparse.Namespace, spec=None):
     from conveyor.ingest.source import Source
 
     types = spec.declared_types() if spec is not None else None
+    if types is None and getattr(args, "timestamp", None):  # an inferred spec's timestamp
+        types = {args.timestamp: "timestamp"}
     try:
         return Source(args.source, format=args.format, types=types)
     except FormatError as exc:  # its hint is the Python API's format=

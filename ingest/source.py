@@ -32,7 +32,7 @@ import os
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -386,7 +386,9 @@ class Source:
         inspected = [_unique_names(p, self._inspect(p)) for p in self.files]
         self.file_schemas = _borrow_json_schemas(self.files, inspected)
         if format in ("csv", "json"):
-            self.file_schemas = _common_timestamp_units(self.file_schemas)
+            named = [name for name, t in (types or {}).items() if t == "timestamp"]
+            self.file_schemas = _common_timestamp_units(self.file_schemas, named)
+            types = {name: t for name, t in (types or {}).items() if t != "timestamp"}
         if types and format in ("csv", "json"):
             self.file_schemas = [_declare(s, types) for s in self.file_schemas]
         # The columns' types: the first file's, but a column a file holds no value of (a
@@ -916,7 +918,7 @@ def _mask_chunk(chunk: Chunk, keep: np.ndarray, split: SplitConfig | None, rel: 
     )
 
 
-def _common_timestamp_units(schemas: list[pa.Schema]) -> list[pa.Schema]:
+def _common_timestamp_units(schemas: list[pa.Schema], named: Iterable[str] = ()) -> list[pa.Schema]:
     """Text timestamps read as one type for every file: microseconds, and UTC when any file's
     values carry a zone offset.
 
@@ -929,16 +931,26 @@ def _common_timestamp_units(schemas: list[pa.Schema]) -> list[pa.Schema]:
     ``type`` error naming its row, never silently truncated. Likewise a zone: one file with
     ``...Z`` and one without would each fail the other's type (which file's rows were lost
     depended on the names' order), so a column zoned in any file is ``timestamp[us, UTC]`` in
-    all, and a value without an offset is read as UTC (:func:`cast_text`)."""
-    zoned = {
-        f.name
-        for schema in schemas
-        for f in schema
-        if pa.types.is_timestamp(f.type) and f.type.tz is not None
-    }
+    all, and a value without an offset is read as UTC (:func:`cast_text`).
+
+    And a column that is a timestamp in any file, or ``named`` one (the spec's timestamp),
+    is one in every file that reads it as text: a file whose sample held a value that does
+    not parse was read as strings, so its bad values passed while the same values in a
+    file typed by the others were ``type`` errors (which depended on the names' order)."""
+    stamps = set(named)
+    zoned = set()
+    for schema in schemas:
+        for f in schema:
+            if pa.types.is_timestamp(f.type):
+                stamps.add(f.name)
+                if f.type.tz is not None:
+                    zoned.add(f.name)
 
     def common(f: pa.Field) -> pa.Field:
-        if not pa.types.is_timestamp(f.type):
+        text = pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        if f.name not in stamps or not (
+            text or pa.types.is_null(f.type) or pa.types.is_timestamp(f.type)
+        ):
             return f
         return f.with_type(pa.timestamp("us", "UTC" if f.name in zoned else None))
 

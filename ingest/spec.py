@@ -128,9 +128,13 @@ class FeatureSpec:
         """Arrow type names the spec implies, for reading text formats (CSV, JSON) without
         inference: numeric features, a regression label and the weight are ``float64``; a
         categorical's (or a class label's) type follows its vocabulary: ``bool``, ``int64``,
-        ``float64`` or ``string``. Columns the spec says nothing about (an empty vocabulary,
-        timestamp, key, ignored columns) are left to inference."""
+        ``float64`` or ``string``. The timestamp is ``"timestamp"``: microseconds, UTC when
+        any file's values carry a zone (the source decides, see ``source.py``). Columns the
+        spec says nothing about (an empty vocabulary, key, ignored columns) are left to
+        inference."""
         types = dict.fromkeys(self.numeric_names, "float64")
+        if self.timestamp is not None:
+            types[self.timestamp] = "timestamp"
         if self.weight is not None:
             types[self.weight] = "float64"
         for f in self.categorical:

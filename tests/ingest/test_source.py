@@ -367,6 +367,41 @@ def test_text_timestamps_with_and_without_zones_read_as_utc(tmp_path, fmt, zoned
     assert reason == f"column 'ts': value 'not a time' does not parse as {typ}"
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_bad_timestamp_is_a_type_error_whatever_the_file_order(tmp_path, fmt):
+    # A file whose values include one that does not parse was read as strings: sorted
+    # first, it made the column text for every file and its bad value passed; sorted
+    # last, the same value was a `type` error. Alone (one file), a spec's timestamp
+    # column decides.
+    from conveyor.ingest.scan import run_scan
+    from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
+
+    def write_rows(folder, name, stamps):
+        folder.mkdir(exist_ok=True)
+        if fmt == "csv":
+            text = "ts,x,y\n" + "".join(f"{t},{i},{i % 2}\n" for i, t in enumerate(stamps))
+        else:
+            text = "".join(
+                f'{{"ts": "{t}", "x": {i}, "y": {i % 2}}}\n' for i, t in enumerate(stamps)
+            )
+        (folder / f"{name}.{EXT[fmt]}").write_text(text)
+
+    spec = FeatureSpec(label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x")])
+    spec = FeatureSpec.from_dict({**spec.to_dict(), "timestamp": "ts"})
+    bad = ["2024-01-01 00:00:00", "not a date"]
+    write_rows(tmp_path / "two", "a", bad)  # the bad file first
+    write_rows(tmp_path / "two", "b", ["2024-01-02 10:00:00", "2024-01-03 10:00:00"])
+    write_rows(tmp_path / "one", "a", bad)
+    for folder, types in (("two", None), ("one", spec.declared_types())):
+        src = Source(str(tmp_path / folder), types=types)
+        assert src.schema.field("ts").type == pa.timestamp("us"), folder
+        quarantine = tmp_path / f"{folder}.parquet"
+        result = run_scan(src, spec, quarantine_path=quarantine, progress=False)
+        assert result.accounting.quarantined_by_rule == {"type": 1}, folder
+        (row,) = pq.read_table(quarantine).to_pylist()
+        assert row["_reason"] == "column 'ts': value 'not a date' does not parse as timestamp[us]"
+
+
 def test_json_with_mixed_types_keeps_good_rows(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"x": 1.5}\n{"x": "oops"}\n{not json\n{"x": 2}\n')
     src = Source(str(tmp_path / "m.jsonl"))
