@@ -69,6 +69,22 @@ def value_counts(source: Source, columns: list[str]) -> dict[str, Counter]:
     return counts
 
 
+def columns_with_values(source: Source, columns: list[str]) -> set[str]:
+    """The ``columns`` holding at least one non-null value, each read only until it shows
+    one (an all-null column is read whole: one column, no values to convert)."""
+    left, found = set(columns), set()
+    for piece in source.pieces():
+        if not left:
+            break
+        for chunk in source.read(piece, columns=sorted(left)):
+            for c in list(left):
+                column = chunk.batch.column(c)
+                if column.null_count < len(column):
+                    found.add(c)
+                    left.discard(c)
+    return found
+
+
 def _numeric_share(counts: Counter) -> float:
     """Share of the (string) values, weighted by count, that parse as numbers."""
     total = sum(counts.values())
@@ -147,6 +163,14 @@ def infer_spec(
         numeric_like = {n for n in categorical if _numeric_share(counts[n]) >= numeric_share}
         numeric = [f.name for f in schema if f.name in numeric_like or f.name in numeric]
         categorical = [n for n in categorical if n not in numeric_like]
+    # A column with no value at all (typed by its file, e.g. a Parquet float64 of nulls):
+    # as a feature, the null rule would reject every row. Ignored, as text formats' null-
+    # typed columns are.
+    empty = set(numeric) - columns_with_values(source, numeric)
+    empty |= {n for n in categorical if not counts[n]}
+    numeric = [n for n in numeric if n not in empty]
+    categorical = [n for n in categorical if n not in empty]
+    ignore = [f.name for f in schema if f.name in empty or f.name in ignore]
     cats = []
     for name in categorical:
         ranked = sorted(counts[name].items(), key=_sort_key)[:max_vocab]

@@ -54,3 +54,26 @@ def test_profile_cli_flag(hive, tmp_path, flag):
     assert main(argv + (["--include-partition-columns"] if flag else [])) == 0
     spec = FeatureSpec.load(out / "spec.json")
     assert ("day" in spec.categorical_names) is flag and ("day" in spec.ignore) is not flag
+
+
+def test_columns_without_a_value_are_ignored_in_every_format(tmp_path):
+    # A Parquet float64 (or string) column of nulls was inferred a required feature: the
+    # null rule then quarantined every row, and `conveyor train` found no valid rows. A
+    # CSV's column of empty cells (typed null) was already ignored.
+    table = pa.table(
+        {
+            "x": [0.5, 1.5, 2.5, 3.5],
+            "allnull": pa.array([None] * 4, pa.float64()),
+            "nocat": pa.array([None] * 4, pa.string()),
+            "c": ["u", "v", "u", "v"],
+            "y": [0, 1, 0, 1],
+        }
+    )
+    pq.write_table(table, tmp_path / "d.parquet")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "d.csv").write_text("x,allnull,nocat,c,y\n0.5,,,u,0\n1.5,,,v,1\n")
+    for path in (tmp_path / "d.parquet", tmp_path / "csv"):
+        spec = infer_spec(Source(str(path)), "y")
+        assert spec.numeric_names == ["x"], path
+        assert [f.name for f in spec.categorical] == ["c"], path
+        assert spec.ignore == ["allnull", "nocat"], path
