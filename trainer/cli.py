@@ -102,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
             check_resume(cfg, args.nproc)  # a changed option is one line, not N workers' errors
             summary = launch.launch(cfg.to_dict(), args.nproc, args.log_level)
         else:
-            summary = run_worker(cfg, prepared=True)
+            with launch.stopped_by_signals():
+                summary = run_worker(cfg, prepared=True)
     if summary is not None:
         if args.json:
             print(json.dumps(summary, indent=2))

@@ -169,6 +169,29 @@ def _quiet_launcher(errors_dir: str) -> Iterator[None]:
         agent.removeFilter(on_signal)
 
 
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop a run (``--nproc 1``, or a worker the launcher stops) with an
+    ``Interrupted`` error raised where the run is (one line, exit 128 + the signal), so
+    that an export under way removes its temporary folder. By default SIGTERM ended the
+    process on the spot (no message, the folder left in the model repository) and Ctrl-C
+    exited 130 without a word. A second signal during that cleanup is ignored."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        for s in stops:
+            signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        raise Interrupted(f"interrupted by {name}; continue with --resume", signum)
+
+    previous = {s: signal.signal(s, stop) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _worker(config: dict[str, Any], log_level: str, errors_dir: str) -> dict[str, Any] | None:
     """Entry point of each worker process the elastic launcher starts.
 
@@ -183,7 +206,8 @@ def _worker(config: dict[str, Any], log_level: str, errors_dir: str) -> dict[str
 
     setup_logging(log_level)
     try:
-        return run_worker(TrainConfig.from_dict(config), prepared=True)
+        with stopped_by_signals():  # the launcher stops its workers with SIGTERM
+            return run_worker(TrainConfig.from_dict(config), prepared=True)
     except ConveyorError as exc:
         _record_user_error(errors_dir, exc)
         raise SystemExit(1) from None
