@@ -211,6 +211,7 @@ class StreamLoader:
             self.source.schema,
             file=self.source.uri,
             schema_file=self.source.files[0],
+            where_column=self.source.where_column,
             ranges=ranges,
             check_duplicates=False,
             collect=True,

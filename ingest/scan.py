@@ -54,6 +54,7 @@ def run_scan(
             source.schema,
             file=source.uri,
             schema_file=source.files[0],
+            where_column=source.where_column,
             ranges=ranges,
             quarantine=writer,
         )

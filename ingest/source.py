@@ -418,6 +418,30 @@ class Source:
         self.partition_names = [n for n in self.schema.names if n not in self.file_schema.names]
         self._fragments = list(self.dataset.get_fragments())
 
+    def where_column(self, column: str) -> tuple[str, int | None]:
+        """Where ``column`` first appears, for an error about it: the first file holding it
+        and, in JSON lines, the 0-based row whose object first has the key (else None: in
+        a CSV header or a Parquet schema it belongs to no row). The source's URI when no
+        file holds it (a partition column)."""
+        for path, schema in zip(self.files, self.file_schemas, strict=True):
+            if schema is None or column not in schema.names:
+                continue
+            if self.format != "json":
+                return path, None
+            try:
+                with self.filesystem.open_input_stream(path, compression="detect") as fh:
+                    for row, line in enumerate(io.TextIOWrapper(fh, encoding="utf-8")):
+                        try:
+                            obj = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(obj, dict) and column in obj:
+                            return path, row
+            except (OSError, UnicodeDecodeError):
+                pass
+            return path, None
+        return self.uri, None
+
     # -- discovery ---------------------------------------------------------------------------
     def _inspect(self, path: str) -> pa.Schema | None:
         try:

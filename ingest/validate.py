@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,6 +216,7 @@ class Validator:
         *,
         file: str,
         schema_file: str | None = None,
+        where_column: Callable[[str], tuple[str, int | None]] | None = None,
         ranges: dict[str, tuple[float, float]] | None = None,
         quarantine: QuarantineWriter | None = None,
         check_duplicates: bool = True,
@@ -228,6 +230,7 @@ class Validator:
         self.check_duplicates = check_duplicates and spec.key is not None
         self._seen_keys: set = set()
         self.missing_fill: dict[str, pa.Scalar] = {}
+        self._where_column = where_column
         self._check_dataset(file)
         schema_file = schema_file or file
         self._check_numbers(schema_file)
@@ -277,9 +280,14 @@ class Validator:
         known = set(spec.columns()) | set(spec.ignore)
         extra = [c for c in self.schema.names if c not in known]
         if extra and spec.policy("extra_column") == "reject":
+            # Named where it first appears (Source.where_column): the source's folder alone
+            # left a user to search every file for a key one JSON row may hold.
+            where, row = file, None
+            if self._where_column is not None:
+                where, row = self._where_column(extra[0])
             raise ValidationError(
-                file=file,
-                row=None,
+                file=where,
+                row=row,
                 column=extra[0],
                 rule="extra_column",
                 detail=f"not in the spec (columns {extra}); add them to 'ignore' or use "

@@ -84,7 +84,9 @@ def scan(path: str, spec: FeatureSpec, tmp_path):
     qpath = tmp_path / "q.parquet"
     out = []
     with QuarantineWriter(qpath) as writer:
-        v = Validator(spec, source.schema, file=path, quarantine=writer)
+        v = Validator(
+            spec, source.schema, file=path, quarantine=writer, where_column=source.where_column
+        )
         for piece in source.pieces():
             for chunk in source.read(piece):
                 checked = v.check(chunk)
@@ -224,6 +226,19 @@ def test_extra_column_is_rejected_unless_ignored(tmp_path):
     assert acc.rows_out == N
     listed = FeatureSpec.from_dict({**SPEC.to_dict(), "ignore": ["notes"]})
     assert scan(str(path), listed, tmp_path)[0].rows_out == N
+
+
+def test_an_extra_column_is_named_with_the_file_and_row_that_hold_it(tmp_path):
+    # It named the source's folder only ("ec, column 'z'"), leaving every file to search.
+    spec = FeatureSpec(label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x")])
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "a.jsonl").write_text('{"x": 0.5, "y": 0}\n{"x": 1.5, "y": 1, "z": 5}\n')
+    with pytest.raises(ValidationError, match=r"j/a\.jsonl: row 1, column 'z': rule 'extra_c"):
+        scan(str(tmp_path / "j"), spec, tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.csv").write_text("x,y,z\n0.5,0,1\n")
+    with pytest.raises(ValidationError, match=r"c/a\.csv, column 'z': rule 'extra_column'"):
+        scan(str(tmp_path / "c"), spec, tmp_path)
 
 
 @pytest.mark.parametrize("mixed", [False, True])
