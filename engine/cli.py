@@ -305,6 +305,7 @@ def serve_one(
             started()
         signum = signals.wait()
         log.info("received %s; shutting down", signal.Signals(signum).name)
+        server.request_stop()  # (the handler did too): a load under way is not waited for
         server.stop()
         if server.load_abandoned():
             # A model load is still in torch code on its thread: the interpreter's

@@ -405,8 +405,10 @@ class ModelRepository:
                     # typo and stops the start (NotFound propagates).
                     log.error("load failed: %s", exc.message, extra={"model": name})
 
-    async def close(self) -> None:
-        """Stop polling; drain and drop every version (their queued requests finish first)."""
+    async def close(self, wait_for_load: bool = True) -> None:
+        """Stop polling; drain and drop every version (their queued requests finish first).
+        ``wait_for_load`` False: a load under way is abandoned, not waited for (it is
+        discarded when it ends, or ends with the process)."""
         for task in (self._poller, self._drift_refresher):
             if task is not None:
                 task.cancel()
@@ -421,9 +423,9 @@ class ModelRepository:
         while self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
         self._retirer.shutdown(wait=True)
-        # A load under way (a stop came during it) is abandoned, not waited for: it is
-        # discarded when it ends (_discard_result), or ends with the process.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # A load under way (a stop came during it) is discarded when it ends
+        # (_discard_result); with wait_for_load False it is not waited for.
+        self._executor.shutdown(wait=wait_for_load, cancel_futures=True)
 
     def load_under_way(self) -> bool:
         """After :meth:`close`: whether an abandoned load is still running in its thread

@@ -245,6 +245,7 @@ class Server:
         self._start_error: BaseException | None = None
         self._stop_requested: asyncio.Event | None = None
         self._stop_wanted = False  # request_stop() before the loop had its event
+        self._abandon_loads = False  # request_stop(): do not wait for a load under way
         self._stop_grace: float | None = None
         self.repository: ModelRepository | None = None
         self.servicer: InferenceServicer | None = None
@@ -291,7 +292,7 @@ class Server:
         atexit.unregister(self.stop)
         if grace is not None:
             self._stop_grace = grace
-        self.request_stop()
+        self._request_stop(abandon_loads=False)
         self._thread.join()
         self._thread = None
 
@@ -302,9 +303,15 @@ class Server:
         return repository is not None and repository.load_under_way()
 
     def request_stop(self) -> None:
-        """Ask the server to stop, without waiting for it (safe in a signal handler;
-        :meth:`stop` waits). A start still loading models ends there: no model is
-        served and :meth:`start` returns once the loads are abandoned."""
+        """Ask the server to stop, without waiting for it (safe in a signal handler), for a
+        process about to exit: a model load under way is abandoned rather than waited for
+        (its thread is a daemon; see ``load_thread``), so a start still loading models
+        ends there, serving nothing. :meth:`stop` then waits for the drain. A :meth:`stop`
+        alone also waits for a load under way, so that no engine thread outlives it."""
+        self._request_stop(abandon_loads=True)
+
+    def _request_stop(self, *, abandon_loads: bool) -> None:
+        self._abandon_loads = self._abandon_loads or abandon_loads
         self._stop_wanted = True
         loop, event = self._loop, self._stop_requested
         if loop is not None and event is not None:
@@ -460,7 +467,7 @@ class Server:
             grace = self.grace if self._stop_grace is None else self._stop_grace
             log.info("stopping: finishing in-flight requests (grace %.1fs)", grace)
             await server.stop(grace)
-            await repository.close()
+            await repository.close(wait_for_load=not self._abandon_loads)
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()
             log.info("stopped")

@@ -208,6 +208,14 @@ def _worker(config: dict[str, Any], log_level: str, errors_dir: str) -> dict[str
     try:
         with stopped_by_signals():  # the launcher stops its workers with SIGTERM
             return run_worker(TrainConfig.from_dict(config), prepared=True)
+    except Interrupted as exc:
+        # Cleaned up (an export's temporary folder); now end by the signal itself, as
+        # before: recorded as this worker's error, it hid the cause the launcher reports
+        # (a sibling that died, the user's Ctrl-C) behind "interrupted by SIGTERM".
+        signum = exc.exit_code - 128
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        raise SystemExit(exc.exit_code) from None  # not reached: the signal ends the process
     except ConveyorError as exc:
         _record_user_error(errors_dir, exc)
         raise SystemExit(1) from None

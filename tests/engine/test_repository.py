@@ -275,6 +275,7 @@ def test_a_stop_during_the_first_loads_ends_the_start(tmp_path: Path, monkeypatc
     server.stop()
     assert time.monotonic() - t0 < 4.0
     assert server.servicer is not None and not server.servicer.ready
+    _wait(_no_repository_thread)  # the abandoned load ends (no thread left to later tests)
 
 
 def test_a_stop_does_not_wait_for_a_load_under_way(tmp_path: Path, monkeypatch) -> None:
@@ -289,8 +290,14 @@ def test_a_stop_does_not_wait_for_a_load_under_way(tmp_path: Path, monkeypatch) 
     finally:
         channel.close()
         t0 = time.monotonic()
+        server.request_stop()  # what the CLI's SIGTERM does; a bare stop() waits for it
         server.stop(grace=0.5)
     assert time.monotonic() - t0 < 3.0
+    _wait(_no_repository_thread)  # the abandoned load ends (no thread left to later tests)
+
+
+def _no_repository_thread() -> bool:
+    return not [t for t in threading.enumerate() if t.name.startswith("conveyor-repository")]
 
 
 def test_paths_leaving_the_repository_are_refused(tmp_path: Path) -> None:

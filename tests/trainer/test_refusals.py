@@ -4,6 +4,7 @@ exported)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -155,11 +156,15 @@ def test_an_epoch_whose_weights_sum_to_zero_stops_the_run(tmp_path: Path) -> Non
 
 
 def test_no_valid_rows_names_the_column_and_the_rule(tmp_path: Path) -> None:
+    # A spec that makes a column of nulls a feature (an inferred one ignores it).
     table = tabular(100).append_column("z", pa.array([None] * 100, pa.float64()))
     data = tmp_path / "d.parquet"
     pq.write_table(table, data)
+    spec = FeatureSpec.load(write_spec(tmp_path, table))
+    spec = dataclasses.replace(spec, numeric=[*spec.numeric, NumericFeature("z")])
+    spec.save(tmp_path / "spec" / "spec.json")
     with pytest.raises(TrainerError) as info:
-        prepare(make_config(tmp_path, data))
+        prepare(make_config(tmp_path, data, spec=str(tmp_path / "spec" / "spec.json"), label=None))
     message = str(info.value)
     assert "no valid rows to train on: all 100 rows" in message
     assert "null: 100" in message and "column 'z'" in message, message
