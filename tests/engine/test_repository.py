@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -607,87 +609,84 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@contextlib.contextmanager
+def _repository_log(level: int = logging.WARNING) -> Iterator[list[str]]:
+    """The messages the repository logs at ``level`` and above while the block runs."""
+    records = _Records()
+    records.setLevel(level)
+    logger = logging.getLogger("conveyor.engine.repository")
+    before = logger.level  # an earlier CLI test may have set up the "conveyor" tree
+    logger.setLevel(level)
+    logger.addHandler(records)
+    try:
+        yield records.messages
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(before)
+
+
 def test_version_directories_have_one_spelling(tmp_path: Path) -> None:
     # "01" and non-ASCII digits would be int()ed to versions 1 and 2, colliding with
     # (or silently standing in for) "1/" and "2/": they are skipped, logged once each.
-    records = _Records()
-    logger = logging.getLogger("conveyor.engine.repository")
-    level = logger.level  # an earlier CLI test may have set up the "conveyor" tree
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(records)
     write_model(tmp_path, "m", 1, Version(1), VERSION_IO)
     for name, answer in (("01", 5), ("\u0662", 9), ("0", 7)):
         source = write_model(tmp_path, "scratch", 1, Version(answer), VERSION_IO)
         source.rename(tmp_path / "m" / name)
         (tmp_path / "scratch").rmdir()
-    server, channel, stub = _serve(tmp_path)
-    try:
-        time.sleep(3 * POLL)  # a few polls: each skipped path is logged once
-        assert server.repository.models["m"].on_disk == [1]  # type: ignore[union-attr]
-        assert _infer(stub, "m") == 1.0 and _infer(stub, "m", "1") == 1.0
-        assert not _ready(stub, "m", "2")
-        skipped = [m for m in records.messages if "skipping" in m]
-        assert len(skipped) == 3 and all("without leading zeros" in m for m in skipped)
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
-        channel.close()
-        server.stop()
+    with _repository_log() as messages:
+        server, channel, stub = _serve(tmp_path)
+        try:
+            time.sleep(3 * POLL)  # a few polls: each skipped path is logged once
+            assert server.repository.models["m"].on_disk == [1]  # type: ignore[union-attr]
+            assert _infer(stub, "m") == 1.0 and _infer(stub, "m", "1") == 1.0
+            assert not _ready(stub, "m", "2")
+        finally:
+            channel.close()
+            server.stop()
+    skipped = [m for m in messages if "skipping" in m]
+    assert len(skipped) == 3 and all("without leading zeros" in m for m in skipped)
 
 
 def test_model_directory_names(tmp_path: Path) -> None:
     # "_under" was skipped in poll mode without a word, and refused in explicit mode with
     # "use letters, digits, '_', '-', '.'". Names that cannot be served are logged once;
     # hidden directories (.git) are not models and pass silently.
-    records = _Records()
-    logger = logging.getLogger("conveyor.engine.repository")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(records)
     for name in ("_under", "-dash", "my model", ".hidden"):
         write_model(tmp_path, name, 1, Version(1), VERSION_IO)
-    server, channel, stub = _serve(tmp_path)
-    try:
-        _wait(lambda: _ready(stub, "_under"))
-        time.sleep(3 * POLL)  # a few polls: each skipped directory is logged once
-        assert set(server.repository.models) == {"_under"}  # type: ignore[union-attr]
-        skipped = sorted(m for m in records.messages if "skipping" in m)
-        assert len(skipped) == 2, skipped
-        assert "'-dash'" in skipped[0] and "'my model'" in skipped[1]
-        assert "starting with a letter, digit or '_'" in skipped[0]
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
-        channel.close()
-        server.stop()
+    with _repository_log() as messages:
+        server, channel, stub = _serve(tmp_path)
+        try:
+            _wait(lambda: _ready(stub, "_under"))
+            time.sleep(3 * POLL)  # a few polls: each skipped directory is logged once
+            assert set(server.repository.models) == {"_under"}  # type: ignore[union-attr]
+        finally:
+            channel.close()
+            server.stop()
+    skipped = sorted(m for m in messages if "skipping" in m)
+    assert len(skipped) == 2, skipped
+    assert "'-dash'" in skipped[0] and "'my model'" in skipped[1]
+    assert "starting with a letter, digit or '_'" in skipped[0]
 
 
 def test_a_repository_root_that_goes_away_is_logged_once(tmp_path: Path) -> None:
     # Renamed away (an unmounted volume): serving goes on with what is loaded, and the
     # poll said so with a FileNotFoundError traceback every poll_interval.
-    records = _Records()
-    logger = logging.getLogger("conveyor.engine.repository")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    records.setLevel(logging.INFO)
-    logger.addHandler(records)
     repo = tmp_path / "repo"
     write_model(repo, "m", 1, Version(1), VERSION_IO)
-    server, channel, stub = _serve(repo)
-    try:
-        repo.rename(tmp_path / "away")
-        time.sleep(4 * POLL)
-        assert _infer(stub, "m") == 1.0
-        (tmp_path / "away").rename(repo)
-        _wait(lambda: any("is back" in m for m in records.messages))
-        missing = [m for m in records.messages if "cannot be read" in m]
-        assert len(missing) == 1 and "serving what is loaded" in missing[0]
-        assert not [m for m in records.messages if "poll failed" in m]
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
-        channel.close()
-        server.stop()
+    with _repository_log(logging.INFO) as messages:
+        server, channel, stub = _serve(repo)
+        try:
+            repo.rename(tmp_path / "away")
+            time.sleep(4 * POLL)
+            assert _infer(stub, "m") == 1.0
+            (tmp_path / "away").rename(repo)
+            _wait(lambda: any("is back" in m for m in messages))
+        finally:
+            channel.close()
+            server.stop()
+    missing = [m for m in messages if "cannot be read" in m]
+    assert len(missing) == 1 and "serving what is loaded" in missing[0]
+    assert not [m for m in messages if "poll failed" in m]
 
 
 def test_a_bytes_output_of_zero_rows_is_empty(tmp_path: Path) -> None:
