@@ -326,6 +326,15 @@ def test_a_ragged_csv_row_that_is_not_utf8_is_one_error_naming_its_line(tmp_path
     assert "Traceback" not in capsys.readouterr().err
 
 
+def _write_stamped_rows(folder, name, stamps, fmt):
+    """``folder/name.<ext>``: columns ts (the ``stamps``), x and y, in CSV or JSON lines."""
+    if fmt == "csv":
+        text = "ts,x,y\n" + "".join(f"{t},{i},{i % 2}\n" for i, t in enumerate(stamps))
+    else:
+        text = "".join(f'{{"ts": "{t}", "x": {i}, "y": {i % 2}}}\n' for i, t in enumerate(stamps))
+    (folder / f"{name}.{EXT[fmt]}").write_text(text)
+
+
 @pytest.mark.parametrize("zoned_first", [True, False])
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_text_timestamps_with_and_without_zones_read_as_utc(tmp_path, fmt, zoned_first):
@@ -334,19 +343,10 @@ def test_text_timestamps_with_and_without_zones_read_as_utc(tmp_path, fmt, zoned
     from conveyor.ingest.scan import run_scan
     from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
 
-    def write_rows(name, stamps):
-        if fmt == "csv":
-            text = "ts,x,y\n" + "".join(f"{t},{i},{i % 2}\n" for i, t in enumerate(stamps))
-        else:
-            text = "".join(
-                f'{{"ts": "{t}", "x": {i}, "y": {i % 2}}}\n' for i, t in enumerate(stamps)
-            )
-        (tmp_path / f"{name}.{EXT[fmt]}").write_text(text)
-
     zoned = ["2024-01-01T00:00:00Z", "2024-01-02T02:00:00+02:00"]
     naive = ["2024-01-03 00:00:00", "2024-01-04 12:30:00"]
-    write_rows("a", zoned if zoned_first else naive)
-    write_rows("b", naive if zoned_first else zoned)
+    _write_stamped_rows(tmp_path, "a", zoned if zoned_first else naive, fmt)
+    _write_stamped_rows(tmp_path, "b", naive if zoned_first else zoned, fmt)
     (tmp_path / f"c.{EXT[fmt]}").write_text(
         "ts,x,y\nnot a time,0,0\n" if fmt == "csv" else '{"ts": "not a time", "x": 0, "y": 0}\n'
     )
@@ -376,22 +376,15 @@ def test_a_bad_timestamp_is_a_type_error_whatever_the_file_order(tmp_path, fmt):
     from conveyor.ingest.scan import run_scan
     from conveyor.ingest.spec import FeatureSpec, Label, NumericFeature
 
-    def write_rows(folder, name, stamps):
-        folder.mkdir(exist_ok=True)
-        if fmt == "csv":
-            text = "ts,x,y\n" + "".join(f"{t},{i},{i % 2}\n" for i, t in enumerate(stamps))
-        else:
-            text = "".join(
-                f'{{"ts": "{t}", "x": {i}, "y": {i % 2}}}\n' for i, t in enumerate(stamps)
-            )
-        (folder / f"{name}.{EXT[fmt]}").write_text(text)
-
     spec = FeatureSpec(label=Label("y", "binary", [0, 1]), numeric=[NumericFeature("x")])
     spec = FeatureSpec.from_dict({**spec.to_dict(), "timestamp": "ts"})
     bad = ["2024-01-01 00:00:00", "not a date"]
-    write_rows(tmp_path / "two", "a", bad)  # the bad file first
-    write_rows(tmp_path / "two", "b", ["2024-01-02 10:00:00", "2024-01-03 10:00:00"])
-    write_rows(tmp_path / "one", "a", bad)
+    for folder in ("two", "one"):
+        (tmp_path / folder).mkdir()
+    _write_stamped_rows(tmp_path / "two", "a", bad, fmt)  # the bad file first
+    good = ["2024-01-02 10:00:00", "2024-01-03 10:00:00"]
+    _write_stamped_rows(tmp_path / "two", "b", good, fmt)
+    _write_stamped_rows(tmp_path / "one", "a", bad, fmt)
     for folder, types in (("two", None), ("one", spec.declared_types())):
         src = Source(str(tmp_path / folder), types=types)
         assert src.schema.field("ts").type == pa.timestamp("us"), folder
