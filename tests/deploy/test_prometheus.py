@@ -56,7 +56,7 @@ def _promtool(*args: str) -> str:
 
 @needs_promtool
 def test_promtool_checks_rules_and_config() -> None:
-    assert "5 rules found" in _promtool("check", "rules", "deploy/prometheus/alerts.yml")
+    assert "6 rules found" in _promtool("check", "rules", "deploy/prometheus/alerts.yml")
     _promtool("check", "config", "deploy/prometheus/prometheus.yml")
 
 
@@ -191,6 +191,7 @@ def test_prometheus_scrapes_the_server(server: Server, tmp_path: Path) -> None:
         assert {r["name"] for g in groups for r in g["rules"]} == {
             "ConveyorHighP99Latency",
             "ConveyorHighErrorRatio",
+            "ConveyorCallsRefused",
             "ConveyorQueueSaturated",
             "ConveyorInputDrift",
             "ConveyorModelHung",
