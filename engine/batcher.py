@@ -446,6 +446,10 @@ class Batcher:
                     if self.metrics is not None:
                         self.metrics.execution_timeouts.inc()
                         self.metrics.abandoned.inc()
+                        # In the latency histograms as a failed batch: the time was spent
+                        # (a hung batch was missing from compute p99, the case it is for).
+                        queued = [ex.started - p.arrival for p in ex.batch]
+                        self.metrics.failed_batch(now - ex.started, queued)
                     err = DeadlineExceeded(
                         f"model {self.name}: execution exceeded the {timeout:g}s execution "
                         "timeout; the request was abandoned"
@@ -769,6 +773,7 @@ class Batcher:
             )
             results = [(p, exc, True) for p in batch]
             outputs = []
+            self._observe_failed_inputs(inputs)
         except Exception as exc:  # never let a worker thread die
             self._observe_failed(batch, t0, now, isolate)
             if isolate:
@@ -777,6 +782,7 @@ class Batcher:
             err = Internal(f"model {self.name} failed: {type(exc).__name__}: {exc}")
             results = [(p, err, True) for p in batch]
             outputs = []
+            self._observe_failed_inputs(inputs)
         self._post(results)
         if self.drift is not None and outputs:
             try:
@@ -784,6 +790,15 @@ class Batcher:
             except Exception:  # drift must never fail serving
                 log.exception("drift tracking failed", extra={"model": self.name})
         return True
+
+    def _observe_failed_inputs(self, inputs: list[np.ndarray]) -> None:
+        """A batch's final failure (not one about to be isolated): its invalid input
+        values still count (see DriftMonitor.observe_failed)."""
+        if self.drift is not None and inputs:
+            try:
+                self.drift.observe_failed(inputs)
+            except Exception:  # drift must never fail serving
+                log.exception("drift tracking failed", extra={"model": self.name})
 
     def _observe_failed(self, batch: list[Pending], t0: int, taken: float, isolate: bool) -> None:
         """A failed batch's time in the latency histograms: its compute time (spent,

@@ -470,6 +470,28 @@ class DriftMonitor:
         rows = int(inputs[0].shape[0]) if inputs else 0
         if rows == 0:
             return
+        numeric_counts, categorical_counts = self._count_inputs(inputs, rows)
+        prediction = None
+        if self._prediction_output is not None and self._prediction_output < len(outputs):
+            prediction = np.ascontiguousarray(
+                outputs[self._prediction_output].reshape(rows, -1), dtype=np.float32
+            )
+        self._add(rows, numeric_counts, categorical_counts, prediction)
+
+    def observe_failed(self, inputs: Sequence[np.ndarray]) -> None:
+        """Count the invalid input values (NaN, inf, out of range, unseen) of a batch whose
+        model failed; its rows stay out of the drift window (they got no prediction). A
+        model that turns NaN into a NaN output fails the batch, so only this counts them:
+        ``conveyor_input_invalid_total{reason="nan"}`` never moved for the trainer's models."""
+        rows = int(inputs[0].shape[0]) if inputs else 0
+        if rows:
+            self._count_inputs(inputs, rows)
+
+    def _count_inputs(
+        self, inputs: Sequence[np.ndarray], rows: int
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Slot counts per numeric and categorical track; the invalid values are reported
+        to the metrics here."""
         invalid: list[tuple[int, str, str, int]] = []  # (track kind, feature, reason, count)
         numeric_counts = []
         for t in self.numeric:
@@ -512,13 +534,19 @@ class DriftMonitor:
             categorical_counts.append(counts)
             if t.unseen != t.other and counts[t.unseen]:
                 invalid.append((1, t.name, "unseen_category", int(counts[t.unseen])))
-        prediction = None
-        if self._prediction_output is not None and self._prediction_output < len(outputs):
-            prediction = np.ascontiguousarray(
-                outputs[self._prediction_output].reshape(rows, -1), dtype=np.float32
-            )
         if invalid and self.metrics is not None:
             self.metrics.invalid(invalid)
+        return numeric_counts, categorical_counts
+
+    def _add(
+        self,
+        rows: int,
+        numeric_counts: list[np.ndarray],
+        categorical_counts: list[np.ndarray],
+        prediction: np.ndarray | None,
+    ) -> None:
+        """The counts of ``rows`` served rows into the current chunk (and a rescore when
+        the chunk closes)."""
         with self._lock:
             chunk = self._current
             for acc, counts in zip(chunk.numeric, numeric_counts, strict=True):

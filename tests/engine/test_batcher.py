@@ -695,6 +695,46 @@ def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> No
     assert queued is not None and computed is not None and queued < computed / 2
 
 
+def test_a_hung_batch_is_observed_in_the_queue_and_compute_histograms() -> None:
+    # Answered by the watchdog, it was missing from both: a hang was invisible in the
+    # compute p99, the case that panel is for.
+    from conveyor.engine.metrics import ServerMetrics
+
+    release = threading.Event()
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        release.wait(5)
+        return [inputs[0]]
+
+    metrics = ServerMetrics()
+    batcher = Batcher(
+        "m:1", run, 1, DynamicBatching(max_queue_delay_microseconds=0), 1,
+        execution_timeout=0.3,
+    )  # fmt: skip
+    batcher.metrics = metrics.version("m", 1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = _pending(loop, np.ones((1, 1), np.float32))
+        batcher.submit(p)
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(p.future, 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        batcher.close(5)
+        _join_workers("m:1")
+
+    def count(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"model": "m", "version": "1"})
+
+    assert count("conveyor_queue_duration_seconds_count") == 1
+    assert count("conveyor_compute_duration_seconds_count") == 1
+    assert count("conveyor_compute_duration_seconds_sum") >= 0.3  # the time it hung
+
+
 def test_statistics_charge_each_request_the_whole_batch_compute_time() -> None:
     # Triton's ModelStatistics: compute durations per request, each request of a batch
     # charged the batch's time; batch_stats count executions with their time once.

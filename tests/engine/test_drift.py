@@ -129,6 +129,30 @@ def test_invalid_values_are_counted_not_binned(synthetic) -> None:
     }
 
 
+def test_invalid_values_of_a_failed_batch_are_counted_too(synthetic) -> None:
+    # The trainer's models turn NaN into a NaN output, which fails the batch: counted only
+    # for served batches, reason="nan" never moved for them. The rows stay out of the window.
+    config, stats, spec, held_out, _ = synthetic
+    counted: list = []
+
+    class Sink:
+        def invalid(self, items: list) -> None:
+            counted.extend(items)
+
+        def update(self, report: object) -> None:
+            raise AssertionError("a failed batch's rows are not in the drift window")
+
+    mon = monitor(config, stats, spec)
+    mon.metrics = Sink()
+    numeric = held_out[0][:2].copy()
+    numeric[0, 0] = np.nan
+    numeric[1, 0] = -np.inf
+    mon.observe_failed([numeric, held_out[1][:2]])
+    got = {(feature, reason): n for _, feature, reason, n in counted}
+    assert got == {("normal", "nan"): 1, ("normal", "inf"): 1}
+    assert mon.report().window_rows == 0
+
+
 def test_scores() -> None:
     same = np.array([0.25, 0.25, 0.5])
     assert psi(same, same) == 0 and js_distance(same, same) == 0
