@@ -41,6 +41,8 @@ import math
 import os
 import random
 import secrets
+import ssl
+import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -571,11 +573,49 @@ def _read(value: bytes | str | Path | None, argument: str) -> bytes | None:
         return None
     if isinstance(value, str) and not value:
         raise ValueError(f"{argument}: an empty path (pass None to leave it out)")
-    data = value if isinstance(value, bytes) else Path(value).read_bytes()
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        data = value.encode()  # PEM text given as a str (it was taken for a file name)
+    else:
+        try:
+            data = Path(value).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{argument}: cannot read {value}: {exc.strerror or exc}") from None
     if not data.strip():
         where = "" if isinstance(value, bytes) else f" ({value} is empty)"
         raise ValueError(f"{argument}: no PEM data{where} (pass None to leave it out)")
     return data
+
+
+def _check_pems(pems: dict[str, bytes | None]) -> None:
+    """What gRPC would only report in its own log lines at the first call ("Failed to create
+    security handshaker", retried as if the server were down): certificates that do not
+    parse, a key that is not a key or not the certificate's. A ValueError naming the
+    argument instead, from the constructor."""
+    root, key, chain = pems["root_certificates"], pems["private_key"], pems["certificate_chain"]
+    if root is not None:
+        try:
+            ssl.create_default_context(cadata=root.decode("ascii", "replace"))
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"root_certificates: no PEM certificate could be loaded ({exc.reason or exc})"
+            ) from None
+    if key is None or chain is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="conveyor-tls-") as folder:
+        key_file, chain_file = Path(folder, "key.pem"), Path(folder, "chain.pem")
+        key_file.write_bytes(key)
+        chain_file.write_bytes(chain)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(chain_file, key_file)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise ValueError("private_key does not match certificate_chain") from None
+            raise ValueError(
+                f"private_key / certificate_chain: not a PEM key and certificate chain "
+                f"({exc.reason or exc})"
+            ) from None
 
 
 _CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
@@ -672,6 +712,7 @@ def _settings(
     }
     if tls or any(v is not None for v in pems.values()):
         read = {name: _read(value, name) for name, value in pems.items()}
+        _check_pems(read)
         credentials = grpc.ssl_channel_credentials(**read)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     return _Settings(

@@ -66,7 +66,29 @@ def _tokens(value: str | None, source: str) -> tuple[str, ...]:
     return tokens
 
 
+_SET_BUT_EMPTY = {
+    "tls_cert": "--tls-cert / CONVEYOR_TLS_CERT",
+    "tls_key": "--tls-key / CONVEYOR_TLS_KEY",
+    "tls_client_ca": "--tls-client-ca / CONVEYOR_TLS_CLIENT_CA",
+    "auth_token_file": "--auth-token-file / CONVEYOR_AUTH_TOKEN_FILE",
+    "admin_token_file": "--admin-token-file / CONVEYOR_ADMIN_TOKEN_FILE",
+}
+
+
+def _check_set_but_empty(args: argparse.Namespace) -> None:
+    """A TLS or token-file setting given as "" (a variable whose secret was not mounted,
+    ``--tls-client-ca "$CA"`` with CA unset) is an error: taken as "not given", it served
+    plaintext, TLS without client certificates, or no authentication, without a word."""
+    for attr, source in _SET_BUT_EMPTY.items():
+        value = getattr(args, attr, None)
+        if value is not None and not str(value).strip():
+            raise ServeError(
+                f"{source} is set but empty; give a file, or unset it to serve without it"
+            )
+
+
 def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    _check_set_but_empty(args)
     tls = None
     if args.tls_client_ca and not (args.tls_cert and args.tls_key):
         # Without them the CA would be ignored and the server would serve plaintext,
@@ -87,7 +109,8 @@ def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             # before any worker process starts.
             tls.server_credentials()
         except CertificateDatesError as exc:
-            raise ServeError(f"--tls-cert {exc.path}: {exc.problem}") from None
+            flag = "--tls-client-ca" if exc.role == "client CA" else "--tls-cert"
+            raise ServeError(f"{flag} {exc.path}: {exc.problem}") from None
         except ValueError as exc:
             raise ServeError(str(exc)) from None
     return dict(

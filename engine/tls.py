@@ -35,6 +35,9 @@ class TLSConfig:
             return grpc.ssl_server_credentials(chain)
         ca = _read("client CA", self.client_ca)
         _check_certificates("client CA", self.client_ca)
+        # An expired CA refuses every client certificate at the handshake, while the
+        # server started as if all were well.
+        _check_dates(self.client_ca, role="client CA")
         return grpc.ssl_server_credentials(chain, root_certificates=ca, require_client_auth=True)
 
 
@@ -43,10 +46,11 @@ class CertificateDatesError(ValueError):
     fail, while the server started as if all were well. ``path`` and ``problem`` let the
     CLI name its flag."""
 
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"TLS certificate {path}: {problem}")
+    def __init__(self, path: Path, problem: str, role: str = "certificate") -> None:
+        super().__init__(f"TLS {role} {path}: {problem}")
         self.path = path
         self.problem = problem
+        self.role = role  # "certificate" (--tls-cert) or "client CA" (--tls-client-ca)
 
 
 class _EncryptedKey(Exception):
@@ -73,7 +77,7 @@ def _check_certificates(what: str, path: Path) -> None:
         raise ValueError(f"TLS {what} {path}: no PEM certificate in it") from None
 
 
-def _check_dates(cert: Path, now: float | None = None) -> None:
+def _check_dates(cert: Path, now: float | None = None, role: str = "certificate") -> None:
     """CertificateDatesError unless ``now`` (epoch seconds; default: the clock) lies within
     the validity of the first certificate in ``cert`` (the server's own).
 
@@ -93,9 +97,9 @@ def _check_dates(cert: Path, now: float | None = None) -> None:
     now = time.time() if now is None else now
     valid = f"valid from {_utc(not_before)} to {_utc(not_after)}"
     if now > not_after:
-        raise CertificateDatesError(cert, f"expired: {valid}")
+        raise CertificateDatesError(cert, f"expired: {valid}", role)
     if now < not_before:
-        raise CertificateDatesError(cert, f"not yet valid: {valid}")
+        raise CertificateDatesError(cert, f"not yet valid: {valid}", role)
 
 
 def _utc(seconds: float) -> str:
@@ -114,4 +118,16 @@ def _check_key(cert: Path, key: Path) -> None:
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise ValueError(f"TLS private key {key} does not match certificate {cert}") from None
+        weak = _WEAK.get(exc.reason or "")
+        if weak is not None:  # valid PEM that OpenSSL's security level refuses
+            raise ValueError(f"TLS certificate {cert}: {weak}") from None
         raise ValueError(f"TLS private key {key}: not a PEM private key") from None
+
+
+# OpenSSL refusals of valid PEM files by its security level: what to do about each.
+_WEAK = {
+    "EE_KEY_TOO_SMALL": "its key is too small for OpenSSL's security level (RSA under "
+    "2048 bits); use an RSA key of 2048 bits or more, or an EC key",
+    "CA_MD_TOO_WEAK": "signed with a digest too weak for OpenSSL's security level (SHA-1 "
+    "or MD5); re-sign it with SHA-256",
+}

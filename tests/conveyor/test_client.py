@@ -832,6 +832,49 @@ def test_bad_arguments_of_the_other_calls_are_named(method, args, kwargs, error,
     asyncio.run(main())
 
 
+def test_unusable_tls_files_are_named_by_the_constructor(tmp_path) -> None:
+    # Accepted, then every call failed "UNAVAILABLE: ... Failed to create security
+    # handshaker" and was retried as if the server were down; PEM text as a str was
+    # "OSError: File name too long", a missing file a bare FileNotFoundError.
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def pair(name: str) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+        pem_key = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+        return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+
+    key, cert = pair("client")
+    other_key, _ = pair("other")
+    for kwargs, message in (
+        ({"private_key": b"not a key\n", "certificate_chain": cert}, "not a PEM key and cert"),
+        ({"private_key": other_key, "certificate_chain": cert}, "private_key does not match"),
+        ({"root_certificates": b"not pem\n"}, "root_certificates: no PEM certificate"),
+        ({"root_certificates": str(tmp_path / "missing.pem")}, "root_certificates: cannot read"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Client("127.0.0.1:1", **kwargs)
+    # PEM text as a str is PEM, not a file name; a good pair is accepted.
+    good = {"root_certificates": cert.decode(), "private_key": key, "certificate_chain": cert}
+    Client("127.0.0.1:1", **good).close()
+
+
 def test_an_address_that_is_not_a_str_is_named() -> None:
     # it was AttributeError: 'int' object has no attribute 'encode'
     with pytest.raises(TypeError, match="address: expected a str such as 'localhost:8001'"):

@@ -130,6 +130,9 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "2020-01-01 00:00:00 UTC to 2020-02-01 00:00:00 UTC"),
         ("future_cert", "future_key", None, "--tls-cert {future_cert}: not yet valid: valid "
          "from {future_start} to 2099-01-01 00:00:00 UTC"),
+        # Accepted before, and every client certificate was refused at the handshake.
+        ("cert", "key", "expired_cert", "--tls-client-ca {expired_cert}: expired: valid from "
+         "2020-01-01 00:00:00 UTC to 2020-02-01 00:00:00 UTC"),
     ],
 )  # fmt: skip
 def test_an_unusable_tls_file_is_one_line_naming_it(
@@ -141,6 +144,33 @@ def test_an_unusable_tls_file_is_one_line_naming_it(
     result = _serve(repo, *flags)
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == ["conveyor: error: " + message.format(**pem)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "source"),
+    [
+        (["--tls-client-ca", ""], {}, "--tls-client-ca / CONVEYOR_TLS_CLIENT_CA"),
+        ([], {"CONVEYOR_TLS_CLIENT_CA": ""}, "--tls-client-ca / CONVEYOR_TLS_CLIENT_CA"),
+        ([], {"CONVEYOR_TLS_CERT": "", "CONVEYOR_TLS_KEY": ""}, "--tls-cert / CONVEYOR_TLS_CERT"),
+        ([], {"CONVEYOR_AUTH_TOKEN_FILE": ""}, "--auth-token-file / CONVEYOR_AUTH_TOKEN_FILE"),
+        (["--admin-token-file", " "], {}, "--admin-token-file / CONVEYOR_ADMIN_TOKEN_FILE"),
+    ],
+)
+def test_a_tls_or_token_file_setting_that_is_set_but_empty_is_refused(
+    repo: Path, pem: dict[str, Path], flags: list[str], env: dict[str, str], source: str
+) -> None:
+    # Taken as "not given": TLS without client certificates (an unset $CA), plaintext, or
+    # an open server (an unmounted token-file secret), without a word.
+    if "CONVEYOR_TLS_CLIENT_CA" in env or "--tls-client-ca" in flags:
+        flags = ["--tls-cert", str(pem["cert"]), "--tls-key", str(pem["key"]), *flags]
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve", "--model-repository", str(repo),
+         "--port", "0", "--metrics-port", "-1", *flags],
+        capture_output=True, text=True, timeout=60, env={**FAULTHANDLER_ENV, **env},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith(f"conveyor: error: {source} is set but empty; give a file")
 
 
 def test_the_embedded_server_reports_an_unusable_tls_file(repo: Path, pem: dict[str, Path]) -> None:
