@@ -17,8 +17,11 @@
 ``count``/``mean``/``std`` (population, ddof 0)/``min``/``max`` are over valid rows (what the
 trainer sees; use mean/std for normalisation); ``nulls`` counts nulls in every row read, before
 validation. ``edges`` are ``n_bins + 1`` quantile bin edges at ``linspace(0, 1, n_bins + 1)``,
-non-decreasing, first = min and last = max, duplicates kept so every feature has the same
-number of edges (rows of the float32 ``[features, n_edges]`` array the drift histogram takes).
+first = min and last = max, every feature with the same number of edges (rows of the float32
+``[features, n_edges]`` array the drift histogram takes). An edge that repeats the one before it
+in float32 (a point mass: a flag that is 0 in 97% of rows) is moved to the next float32 above,
+so that the point mass has a bin of its own (``kernels.histogram.split_point_masses``); the
+edges are then strictly increasing, and the last may exceed max by a few float32 steps.
 Quantiles are exact while a feature has at most ``sample_size`` values, otherwise computed on a
 uniform random sample of that size (bottom-k of seeded random keys, so the same data and seed
 give the same edges). A feature with no values has all edges 0.
@@ -39,6 +42,7 @@ import pyarrow.compute as pc
 
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.ingest.validate import Checked
+from conveyor.kernels.histogram import split_point_masses
 
 STATS_VERSION = 1
 
@@ -123,9 +127,12 @@ class _Numeric:
         edges = np.quantile(self.sample, np.linspace(0.0, 1.0, n_edges))
         edges[0], edges[-1] = self.min, self.max
         edges = np.maximum.accumulate(np.clip(edges, self.min, self.max))
+        # A point mass (a repeated quantile) gets a bin of its own (see split_point_masses):
+        # a rare flag's zeros and ones shared one bin, and its drift could never score.
+        edges = split_point_masses(edges)
         # The share of the (sampled) values in each histogram bin, binned as the drift
         # histogram bins them (float32, bin i = edges[i] <= v < edges[i+1], the last
-        # bin closed): the exact drift reference even where edges repeat (point masses).
+        # bin closed): the exact drift reference.
         e32 = edges.astype(np.float32)
         slot = np.searchsorted(e32, np.asarray(self.sample, np.float32), side="right")
         slot = np.clip(slot, 1, n_edges - 1) - 1

@@ -42,6 +42,27 @@ def histogram_slots(n_edges: int) -> int:
     return n_edges + 2
 
 
+def split_point_masses(edges: np.ndarray) -> np.ndarray:
+    """Quantile ``edges`` (``[..., n_edges]``, non-decreasing) made strictly increasing in
+    float32, the precision values are binned at: each edge that repeats the one before it
+    (a point mass: 97% zeros put 20 of 21 quantile edges at 0) moves to the next float32
+    above it. The point mass then has a bin of its own, ``[v, next float32)``, and values
+    above it land in later bins: with the repeats, bin i = ``edges[i] <= v < edges[i+1]``
+    held both the zeros and the ones of a rare flag, whose share could go from 3% to 100%
+    without moving a bin. Returns float64; the last edge may exceed
+    the data's maximum by a few float32 steps. Edges that do not repeat keep their value."""
+    out = np.array(edges, dtype=np.float64, copy=True)
+    up = np.float32(np.inf)
+    prev = out[..., 0].astype(np.float32)
+    for i in range(1, out.shape[-1]):
+        cur = out[..., i].astype(np.float32)
+        repeat = cur <= prev
+        bumped = np.nextafter(prev, up)
+        out[..., i] = np.where(repeat, bumped.astype(np.float64), out[..., i])
+        prev = np.where(repeat, bumped, cur)
+    return out
+
+
 def histogram_update_reference(
     values: np.ndarray, edges: np.ndarray, counts: np.ndarray
 ) -> np.ndarray:

@@ -153,6 +153,27 @@ def test_invalid_values_of_a_failed_batch_are_counted_too(synthetic) -> None:
     assert mon.report().window_rows == 0
 
 
+def test_a_rare_flag_drifts_when_its_share_moves(tmp_path: Path) -> None:
+    # A flag set in 3% of rows: 20 of 21 quantile edges at 0, so bin 19 = [0, 1] held the
+    # zeros and the ones alike, and PSI stayed 0.0 at 3%, 50% and 100% ones.
+    rng = np.random.default_rng(0)
+    n = 20_000
+    flag = (rng.random(n) < 0.03).astype(np.int8)
+    table = pa.table({"flag": flag, "z": rng.normal(0, 1, n), "y": rng.integers(0, 2, n)})
+    stats, spec = profile(table, "y", tmp_path)
+    config = config_for(spec)
+    columns = config.inputs[0].columns
+    scores = {}
+    for share in (0.03, 0.5):
+        mon = monitor(config, stats, spec, window_rows=2000, min_rows=1000, score_interval=0)
+        x = np.column_stack(
+            [(rng.random(2000) < share) if c == "flag" else rng.normal(0, 1, 2000) for c in columns]
+        ).astype(np.float32)
+        mon.observe([x], [])
+        scores[share] = {f.feature: f.psi for f in mon.report().features}["flag"]
+    assert scores[0.03] < 0.05 and scores[0.5] > 1.0
+
+
 def test_scores() -> None:
     same = np.array([0.25, 0.25, 0.5])
     assert psi(same, same) == 0 and js_distance(same, same) == 0

@@ -69,6 +69,19 @@ def test_duplicate_edges_are_well_defined() -> None:
     np.testing.assert_array_equal(got, [[1, 0, 2, 0, 0, 4, 1, 0]])
 
 
+def test_split_point_masses_gives_a_point_mass_its_own_bin() -> None:
+    from conveyor.kernels.histogram import split_point_masses
+
+    edges = np.array([[0.0] * 5 + [1.0], [0.1, 0.2, 0.2, 0.3, 0.4, 0.4]])
+    split = split_point_masses(edges)
+    assert (np.diff(split.astype(np.float32), axis=1) > 0).all()  # strictly, in float32
+    assert split[0, 0] == 0.0 and split[0, -1] == 1.0 and split[1, 3] == 0.3  # others kept
+    # The zeros and the ones of a flag land in different bins now (slots 1 and 5).
+    counts = histogram_update(np.array([[0.0, 0.2], [1.0, 0.2]], np.float32), split)
+    assert counts[0, 1] == 1 and counts[0, 5] == 1
+    assert counts[1, 2] == 2  # the point mass at 0.2: its own bin, [0.2, next float32)
+
+
 def test_counts_accumulate() -> None:
     values, edges = _data(1000, 4, 11, seed=1)
     counts = histogram_update(values, edges, impl="cpp")
