@@ -558,8 +558,8 @@ class ModelRepository:
     def _model_names(self) -> list[str]:
         names = []
         for child in sorted(self.root.iterdir()):
-            if not child.is_dir() or child.name.startswith("."):  # hidden: .git, checkpoints
-                continue
+            if not child.is_dir() or child.name.startswith(".") or child.name == "__pycache__":
+                continue  # hidden (.git, .ipynb_checkpoints) or Python's: not models
             try:
                 self.model_dir(child.name)
             except InvalidArgument as exc:

@@ -653,6 +653,7 @@ def test_model_directory_names(tmp_path: Path) -> None:
     # hidden directories (.git) are not models and pass silently.
     for name in ("_under", "-dash", "my model", ".hidden"):
         write_model(tmp_path, name, 1, Version(1), VERSION_IO)
+    (tmp_path / "__pycache__").mkdir()  # not a model, not a warning
     with _repository_log() as messages:
         server, channel, stub = _serve(tmp_path)
         try:
