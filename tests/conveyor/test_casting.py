@@ -48,6 +48,18 @@ def test_an_int_column_that_pandas_made_float_keeps_the_int_keys() -> None:
     assert _sent(TABLE_INFO, rows, "categorical") == [b"7", b"true", b"42", b"false"]
 
 
+def test_a_float32_category_is_keyed_as_the_trainer_matched_it() -> None:
+    # A float32 column's 0.1 arrives as 0.10000000149011612: the trainer matched it with
+    # the spec's 0.1, the SDK sent "0.10000000149011612" and every such row was served as
+    # an unseen value (AUC 0.92 -> 0.89 in the review). One key for both spellings.
+    from conveyor.categories import category_key
+
+    assert category_key(0.1) == category_key(float(np.float32(0.1))) == "0.1"
+    assert category_key(0.30000000000000004) == "0.30000000000000004"  # not a float32 value
+    rows = pd.DataFrame({**ROWS, "country": np.array([0.1, 0.2], np.float32)})
+    assert _sent(TABLE_INFO, rows, "categorical") == [b"0.1", b"true", b"0.2", b"false"]
+
+
 def test_string_and_bool_columns_side_by_side_keep_their_own_keys() -> None:
     rows = {"amount": [1.0], "age": [2], "country": ["FR"], "flag": np.array([True])}
     assert _sent(TABLE_INFO, rows, "categorical") == [b"FR", b"true"]
