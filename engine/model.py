@@ -350,14 +350,20 @@ class Model:
             raise Internal(f"model {self.name!r} output {spec.name!r}: the model returned NaN")
 
     def _non_finite_input(self, inputs: Sequence[np.ndarray]) -> str | None:
-        """``input 'x' contains NaN`` for the first floating-point input holding NaN
-        or +-inf (config order), else None."""
+        """``input 'x' contains NaN (first at row 3, column 'amount')`` for the first
+        floating-point input holding NaN or +-inf (config order), else None. The row is the
+        request's (a failed batch is re-run request by request); the column is named from
+        config.json's ``columns``, so a client sees which cell of its table to fix."""
         for spec, array in zip(self.config.inputs, inputs, strict=True):
             if array.dtype.kind != "f":
                 continue
             kinds = [k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(array).any()]
             if kinds:
-                return f"input {spec.name!r} contains {' and '.join(kinds)}"
+                first = np.argwhere(~np.isfinite(array))[0]
+                where = f"row {int(first[0])}" if len(first) else ""
+                if spec.columns and array.ndim == 2:
+                    where += f", column {spec.columns[int(first[1])]!r}"
+                return f"input {spec.name!r} contains {' and '.join(kinds)} (first at {where})"
         return None
 
     def _strings(self, spec: TensorSpec, item: Any, batch: int) -> np.ndarray:

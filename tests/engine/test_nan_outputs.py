@@ -55,13 +55,25 @@ def test_nan_from_a_non_finite_input_names_the_input(repo: Path) -> None:
     with pytest.raises(InvalidArgument) as exc:
         model.run(_inputs((1, 3), (np.nan, 1), (np.inf, 2)))
     assert exc.value.message == (
-        "input 'x' contains NaN and inf; model 'centre' returned NaN for output 'y'"
+        "input 'x' contains NaN and inf (first at row 1); model 'centre' returned NaN for "
+        "output 'y'"
     )
-    with pytest.raises(InvalidArgument, match=r"^input 'x' contains inf;"):
+    with pytest.raises(InvalidArgument, match=r"^input 'x' contains inf \(first at row 0\);"):
         model.run(_inputs((np.inf, 2)))
     # Finite inputs and a NaN output: the model is broken, a server error as before.
     with pytest.raises(Internal, match="output 'y': the model returned NaN"):
         model.run(_inputs((-2000, 1)))
+
+
+def test_a_non_finite_input_names_its_column_and_row(tmp_path: Path) -> None:
+    # "input 'numeric' contains NaN" left a client to search its whole table for the cell.
+    columns = {**IO["inputs"][1], "columns": ["left", "right"]}
+    io = {**IO, "inputs": [IO["inputs"][0], columns]}
+    model = Model("centre", 1, write_model(tmp_path, "centre", 1, Centre(), io, max_batch_size=8))
+    with pytest.raises(InvalidArgument, match=r"^input 'x' contains NaN \(first at row 1, "):
+        model.run(_inputs((1, 3), (2, np.nan)))
+    with pytest.raises(InvalidArgument, match=r"row 1, column 'right'\);"):
+        model.run(_inputs((1, 3), (2, np.nan)))
 
 
 def test_a_batch_answers_each_request_by_its_own_inputs(repo: Path) -> None:
@@ -114,8 +126,14 @@ def test_a_batch_answers_each_request_by_its_own_inputs(repo: Path) -> None:
     assert sizes == [1, len(rows), 1, 1, 1, 1, 1], sizes
     np.testing.assert_array_equal(ok1, [[-1, 1]])
     np.testing.assert_array_equal(ok2, [[-2, 2]])
-    assert isinstance(nan, InvalidArgument) and "input 'x' contains NaN;" in nan.message
-    assert isinstance(inf, InvalidArgument) and "input 'x' contains inf;" in inf.message
+    assert (
+        isinstance(nan, InvalidArgument)
+        and "input 'x' contains NaN (first at row 0);" in nan.message
+    )
+    assert (
+        isinstance(inf, InvalidArgument)
+        and "input 'x' contains inf (first at row 0);" in inf.message
+    )
     assert isinstance(broken, Internal) and "the model returned NaN" in broken.message
 
 
