@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import sys
-import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -252,7 +252,9 @@ class _Signals:
     """
 
     def __init__(self) -> None:
-        self.got = threading.Event()
+        # No lock is taken in the handler (no threading.Event): it runs in the main thread,
+        # which may hold the very lock an Event takes (a signal landing while Event.wait
+        # re-acquired its lock deadlocked the stop). A list append is atomic.
         self.received: list[int] = []
         # Called (in the handler) on the first signal: the server's request_stop, so that
         # a stop during the models' load ends the start instead of waiting it out.
@@ -270,19 +272,23 @@ class _Signals:
         for s in self._previous:
             signal.signal(s, signal.SIG_IGN)
         self.received.append(signum)
-        self.got.set()
         if self.on_stop is not None:
             self.on_stop()
 
     def wait(self) -> int:
         """Block until a signal came; returns its number."""
-        while not self.got.wait(1.0):
-            pass
+        while not self.received:
+            time.sleep(0.1)  # a signal cuts it short: the handler runs, then this loop
         return self.received[0]
+
+    @property
+    def got(self) -> bool:
+        """Whether a stop signal came."""
+        return bool(self.received)
 
     def restore(self) -> None:
         """Put the previous handlers back, unless a stop was asked (see the class doc)."""
-        if self.got.is_set():
+        if self.got:
             return
         for s, h in self._previous.items():
             signal.signal(s, h)
@@ -314,7 +320,7 @@ def serve_one(
             torch_threads = limit_torch_threads(cpus)  # before models load and warm up
         server = Server(**kwargs)
         signals.on_stop = server.request_stop
-        if signals.got.is_set():  # a stop while the imports ran: nothing to load
+        if signals.got:  # a stop while the imports ran: nothing to load
             return 0
         server.start()
         if cpus is not None:
