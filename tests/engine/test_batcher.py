@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -621,7 +622,9 @@ def test_close_executes_the_queue_on_a_replacement_while_a_batch_hangs() -> None
     _join_workers("m:1")  # ... and logs that it exits, within this test
 
 
-def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
+def _hanging(**kw: object) -> tuple[Batcher, threading.Event, Any]:
+    """A batcher (batches of 1, execution timeout 0.3 s, ServerMetrics attached) whose
+    model hangs until the returned event is set (at most 5 s); and the metrics."""
     from conveyor.engine.metrics import ServerMetrics
 
     release = threading.Event()
@@ -633,9 +636,14 @@ def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
     metrics = ServerMetrics()
     batcher = Batcher(
         "m:1", run, 1, DynamicBatching(max_queue_delay_microseconds=0), 1,
-        execution_timeout=0.3, max_abandoned_threads=0,
+        execution_timeout=0.3, **kw,
     )  # fmt: skip
     batcher.metrics = metrics.version("m", 1)
+    return batcher, release, metrics
+
+
+def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
+    batcher, release, metrics = _hanging(max_abandoned_threads=0)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -698,20 +706,7 @@ def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> No
 def test_a_hung_batch_is_observed_in_the_queue_and_compute_histograms() -> None:
     # Answered by the watchdog, it was missing from both: a hang was invisible in the
     # compute p99, the case that panel is for.
-    from conveyor.engine.metrics import ServerMetrics
-
-    release = threading.Event()
-
-    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        release.wait(5)
-        return [inputs[0]]
-
-    metrics = ServerMetrics()
-    batcher = Batcher(
-        "m:1", run, 1, DynamicBatching(max_queue_delay_microseconds=0), 1,
-        execution_timeout=0.3,
-    )  # fmt: skip
-    batcher.metrics = metrics.version("m", 1)
+    batcher, release, metrics = _hanging()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
