@@ -53,7 +53,7 @@ import numpy as np
 
 from conveyor.categories import category_key
 from conveyor.kernels import histogram_update
-from conveyor.kernels.histogram import split_point_masses
+from conveyor.kernels.histogram import binned_shares, split_point_masses
 
 log = logging.getLogger("conveyor.engine.drift")
 
@@ -382,15 +382,6 @@ class _Chunk:
         self.prediction = np.zeros((pred, 0), np.int64)
 
 
-def _binned_shares(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The share of ``values`` in each bin of ``edges`` (float32, bin i = edges[i] <= v <
-    edges[i+1], the last closed; the outer slots folded into the first and last bins)."""
-    n_edges = edges.shape[0]
-    slot = np.searchsorted(edges, np.asarray(values, np.float32), side="right")
-    slot = np.clip(slot, 1, n_edges - 1) - 1
-    return np.bincount(slot, minlength=n_edges - 1) / max(len(values), 1)
-
-
 class DriftMonitor:
     """Sliding-window drift of one model version (thread-safe; fed by the batch workers).
 
@@ -600,7 +591,7 @@ class DriftMonitor:
                     # Measured on the sample, binned as served rows will be: with the point
                     # masses split, the quantile levels no longer give each bin's share.
                     self._pred_shares = np.stack(
-                        [_binned_shares(e, sample[:, j]) for j, e in enumerate(edges)]
+                        [binned_shares(e, sample[:, j]) for j, e in enumerate(edges)]
                     )
             return
         if chunk.prediction.shape[1] == 0:

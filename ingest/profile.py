@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from conveyor.ingest.spec import FeatureSpec
 from conveyor.ingest.validate import Checked
-from conveyor.kernels.histogram import split_point_masses
+from conveyor.kernels.histogram import binned_shares, split_point_masses
 
 STATS_VERSION = 1
 
@@ -131,12 +131,8 @@ class _Numeric:
         # a rare flag's zeros and ones shared one bin, and its drift could never score.
         edges = split_point_masses(edges)
         # The share of the (sampled) values in each histogram bin, binned as the drift
-        # histogram bins them (float32, bin i = edges[i] <= v < edges[i+1], the last
-        # bin closed): the exact drift reference.
-        e32 = edges.astype(np.float32)
-        slot = np.searchsorted(e32, np.asarray(self.sample, np.float32), side="right")
-        slot = np.clip(slot, 1, n_edges - 1) - 1
-        shares = np.bincount(slot, minlength=n_edges - 1) / max(len(self.sample), 1)
+        # histogram bins them: the exact drift reference.
+        shares = binned_shares(edges, self.sample)
         return {
             "count": self.count,
             "nulls": self.nulls,

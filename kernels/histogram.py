@@ -63,6 +63,17 @@ def split_point_masses(edges: np.ndarray) -> np.ndarray:
     return out
 
 
+def binned_shares(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The share of ``values`` in each of the ``n_edges - 1`` bins of one row of ``edges``,
+    binned as the histogram bins them: in float32, bin i = ``edges[i] <= v < edges[i+1]``,
+    the last bin closed, values below or above the range folded into the first or last bin.
+    The drift reference of a feature or a prediction, measured on a sample."""
+    e = np.asarray(edges, np.float32)
+    slot = np.searchsorted(e, np.asarray(values, np.float32), side="right")
+    slot = np.clip(slot, 1, len(e) - 1) - 1
+    return np.bincount(slot, minlength=len(e) - 1) / max(len(values), 1)
+
+
 def histogram_update_reference(
     values: np.ndarray, edges: np.ndarray, counts: np.ndarray
 ) -> np.ndarray:
