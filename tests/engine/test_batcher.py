@@ -561,9 +561,19 @@ def test_a_hang_while_isolating_a_failed_batch_still_runs_the_rest() -> None:
     try:
         asyncio.run(main())
     finally:
-        release.set()
-        batcher.close(5)
-        _join_workers("m:1")
+        _release_and_close(batcher, release)
+
+
+def _version_sample(metrics: Any, name: str) -> float | None:
+    """A metric's value for version 1 of model "m" (None when it has no sample)."""
+    return metrics.registry.get_sample_value(name, {"model": "m", "version": "1"})
+
+
+def _release_and_close(batcher: Batcher, release: threading.Event) -> None:
+    """Let the hung model return, close the batcher and wait for its worker threads."""
+    release.set()
+    batcher.close(5)
+    _join_workers("m:1")
 
 
 def _join_workers(name: str) -> None:
@@ -658,9 +668,7 @@ def test_flushing_a_stalled_queue_lowers_the_queue_depth_gauge() -> None:
         depth = metrics.registry.get_sample_value("conveyor_queue_depth", {"model": "m"})
         assert batcher.queued == 0 and depth == 0
     finally:
-        release.set()
-        batcher.close(5)
-        _join_workers("m:1")
+        _release_and_close(batcher, release)
 
 
 def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> None:
@@ -688,18 +696,18 @@ def test_failed_batches_are_observed_in_the_queue_and_compute_histograms() -> No
     finally:
         batcher.close(5)
 
-    def count(name: str) -> float | None:
-        return metrics.registry.get_sample_value(name, {"model": "m", "version": "1"})
-
     # Each request's queue time once (a batch that fails is re-run request by request,
     # and only that last run observes it); every failed execution's compute time.
-    assert count("conveyor_queue_duration_seconds_count") == 3
-    assert count("conveyor_compute_duration_seconds_count") >= 3
-    assert count("conveyor_batch_size_count") == 0 and count("conveyor_rows_total") == 0
+    assert _version_sample(metrics, "conveyor_queue_duration_seconds_count") == 3
+    assert _version_sample(metrics, "conveyor_compute_duration_seconds_count") >= 3
+    assert (
+        _version_sample(metrics, "conveyor_batch_size_count") == 0
+        and _version_sample(metrics, "conveyor_rows_total") == 0
+    )
     # Queued until the batch was taken: the failed run (0.3 s) and the re-runs before a
     # request's own are compute, not queue (they read 0.3, 0.6 and 0.9 s more).
-    queued = count("conveyor_queue_duration_seconds_sum")
-    computed = count("conveyor_compute_duration_seconds_sum")
+    queued = _version_sample(metrics, "conveyor_queue_duration_seconds_sum")
+    computed = _version_sample(metrics, "conveyor_compute_duration_seconds_sum")
     assert queued is not None and computed is not None and queued < computed / 2
 
 
@@ -718,16 +726,13 @@ def test_a_hung_batch_is_observed_in_the_queue_and_compute_histograms() -> None:
     try:
         asyncio.run(main())
     finally:
-        release.set()
-        batcher.close(5)
-        _join_workers("m:1")
+        _release_and_close(batcher, release)
 
-    def count(name: str) -> float | None:
-        return metrics.registry.get_sample_value(name, {"model": "m", "version": "1"})
-
-    assert count("conveyor_queue_duration_seconds_count") == 1
-    assert count("conveyor_compute_duration_seconds_count") == 1
-    assert count("conveyor_compute_duration_seconds_sum") >= 0.3  # the time it hung
+    assert _version_sample(metrics, "conveyor_queue_duration_seconds_count") == 1
+    assert _version_sample(metrics, "conveyor_compute_duration_seconds_count") == 1
+    assert (
+        _version_sample(metrics, "conveyor_compute_duration_seconds_sum") >= 0.3
+    )  # the time it hung
 
 
 def test_statistics_charge_each_request_the_whole_batch_compute_time() -> None:
