@@ -73,15 +73,17 @@ def columns_with_values(source: Source, columns: list[str]) -> set[str]:
     """The ``columns`` holding at least one non-null value, each read only until it shows
     one (an all-null column is read whole: one column, no values to convert)."""
     left, found = set(columns), set()
+    if not left:
+        return found
     for piece in source.pieces():
-        if not left:
-            break
         for chunk in source.read(piece, columns=sorted(left)):
             for c in list(left):
                 column = chunk.batch.column(c)
                 if column.null_count < len(column):
                     found.add(c)
                     left.discard(c)
+            if not left:  # (the rest of this file too: it read on after the last one)
+                return found
     return found
 
 
