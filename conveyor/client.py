@@ -603,6 +603,8 @@ def _check_pems(pems: dict[str, bytes | None]) -> None:
             ) from None
     if key is None or chain is None:
         return
+    # ssl loads a key pair from files only: a private directory (mode 0700), removed at
+    # once, holds the copies for the check.
     with tempfile.TemporaryDirectory(prefix="conveyor-tls-") as folder:
         key_file, chain_file = Path(folder, "key.pem"), Path(folder, "chain.pem")
         key_file.write_bytes(key)
